@@ -1,1 +1,181 @@
-fn main() {}
+//! The `kip` binary: parses arguments, runs one command, renders its result, and exits with a typed code.
+//!
+//! This crate is the only one that prints or exits. Library errors arrive typed; they are rendered once here as
+//! `error:`, `caused by:` and `hint:` lines.
+
+mod commands;
+mod render;
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::render::{ColorChoice, Style};
+
+/// kip declares real engines (PostgreSQL, Valkey, MariaDB, NATS, S3, processes) in kip.hcl and makes them exist.
+#[derive(Debug, Parser)]
+#[command(
+    name = "kip",
+    version,
+    about,
+    propagate_version = true,
+    max_term_width = 110
+)]
+pub struct Cli {
+    /// Run as if kip was started in DIR.
+    #[arg(short = 'C', long = "chdir", global = true, value_name = "DIR")]
+    pub chdir: Option<PathBuf>,
+    /// When to use colour: auto (on a terminal, unless NO_COLOR is set), always or never.
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+    /// More logging on stderr (-v info, -vv debug, -vvv trace); KIP_LOG=debug does the same.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a commented starter kip.hcl in the current directory.
+    Init(commands::init::Args),
+    /// Check the configuration: syntax, schemas, versions, references and cycles. Exits 1 on any error.
+    #[command(visible_alias = "validate")]
+    Lint(commands::lint::Args),
+    /// Rewrite kip.hcl and *.kip.hcl files in the canonical format.
+    Fmt(commands::fmt::Args),
+    /// Print the schema of one engine, or of all of them.
+    Schema(commands::schema::Args),
+    /// Print the resource graph: instances, objects and what each depends on.
+    Graph(commands::graph::Args),
+    /// Work with the signed version registry.
+    #[command(subcommand)]
+    Registry(commands::registry::Command),
+    /// Print a shell completion script.
+    Completions(commands::completions::Args),
+}
+
+/// Exit codes are a contract (Terraform's): 0 success or no changes, 1 error, 2 changes present under
+/// `--detailed-exitcode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    Success,
+    Failure,
+    #[allow(dead_code)] // Plan's --detailed-exitcode arrives with plan.
+    Changes,
+}
+
+impl From<ExitStatus> for ExitCode {
+    fn from(status: ExitStatus) -> Self {
+        ExitCode::from(match status {
+            ExitStatus::Success => 0,
+            ExitStatus::Failure => 1,
+            ExitStatus::Changes => 2,
+        })
+    }
+}
+
+/// Wraps `error` with a hint shown after it.
+pub fn with_hint(error: impl Into<anyhow::Error>, hint: impl Into<String>) -> anyhow::Error {
+    error.into().context(HintMarker(hint.into()))
+}
+
+#[derive(Debug)]
+struct HintMarker(String);
+
+impl std::fmt::Display for HintMarker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let stderr_style = Style::for_stderr(cli.color);
+    match run(cli) {
+        Ok(status) => status.into(),
+        Err(error) => {
+            if is_broken_pipe(&error) {
+                return ExitCode::SUCCESS;
+            }
+            let _ = std::io::stderr().write_all(render_error(&error, stderr_style).as_bytes());
+            ExitStatus::Failure.into()
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
+    let dir = match &cli.chdir {
+        Some(dir) => dir.clone(),
+        None => std::env::current_dir()
+            .map_err(|error| anyhow::anyhow!("cannot read the current directory: {error}"))?,
+    };
+    let context = commands::Context {
+        dir,
+        color: cli.color,
+    };
+    match cli.command {
+        Command::Init(args) => commands::init::run(&context, args),
+        Command::Lint(args) => commands::lint::run(&context, args),
+        Command::Fmt(args) => commands::fmt::run(&context, args),
+        Command::Schema(args) => commands::schema::run(&context, args),
+        Command::Graph(args) => commands::graph::run(&context, args),
+        Command::Registry(command) => commands::registry::run(&context, command),
+        Command::Completions(args) => commands::completions::run(args),
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let from_env = std::env::var("KIP_LOG")
+        .ok()
+        .and_then(|level| level.parse::<tracing::Level>().ok());
+    let level = match verbose {
+        0 => from_env,
+        1 => Some(tracing::Level::INFO),
+        2 => Some(tracing::Level::DEBUG),
+        _ => Some(tracing::Level::TRACE),
+    };
+    if let Some(level) = level {
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(level)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// `error: …`, then one `caused by: …` per source, then `hint: …` lines.
+fn render_error(error: &anyhow::Error, style: Style) -> String {
+    // A hint is attached as context; anyhow finds it at any depth of the chain.
+    let hint = error
+        .downcast_ref::<HintMarker>()
+        .map(|hint| hint.0.clone());
+    let mut messages: Vec<String> = error
+        .chain()
+        .map(|cause| cause.to_string())
+        .filter(|message| Some(message) != hint.as_ref())
+        .collect();
+    messages.dedup();
+    let mut out = String::new();
+    let mut causes = messages.into_iter();
+    if let Some(first) = causes.next() {
+        out.push_str(&format!("{}: {first}\n", style.red("error")));
+    }
+    for cause in causes {
+        out.push_str(&format!("  {} {cause}\n", style.bold("caused by:")));
+    }
+    if let Some(hint) = hint {
+        out.push_str(&format!("  {} {hint}\n", style.green("hint:")));
+    }
+    out
+}

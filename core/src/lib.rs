@@ -1,1 +1,14 @@
-//! placeholder
+//! kip's engine-agnostic core: everything between the command line and the engines.
+//!
+//! This part of the pipeline: decode `kip.hcl` into a checked [`config::Config`] (variables, locals,
+//! outputs, instances, objects), validate it against the engine schemas and the signed registry, and build the
+//! resource [`graph::Graph`]. Later stages (plan, apply, state, supervisor) build on these types.
+//!
+//! Invariant: the core knows no engine by name. What an engine accepts comes from `kip-schemas`; which versions
+//! are supported comes from `kip-registry`.
+
+pub mod config;
+pub mod diag;
+pub mod fmt;
+pub mod graph;
+pub mod source;

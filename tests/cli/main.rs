@@ -1,1 +1,11 @@
+//! End-to-end tests of the `kip` binary: each test writes a project into a fresh temp dir, runs the real binary
+//! there, and checks its exit code and output (snapshots, with machine-specific paths filtered out).
 
+mod support;
+
+mod diagnostics;
+mod fmt;
+mod graph;
+mod init;
+mod registry;
+mod schema;

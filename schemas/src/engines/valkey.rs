@@ -1,0 +1,169 @@
+//! The `valkey` engine schema: a Valkey server (the open-source Redis fork) and its ACL users.
+//!
+//! Top-level arguments are the `valkey.conf` directives people actually tune, under their own names;
+//! `settings` passes anything else through untouched.
+
+use super::{host_export, settings_argument, version_argument};
+use crate::schema::{
+    ArgumentSchema as Arg, BlockSchema as Block, EngineSchema, ExportSchema as Export,
+};
+use crate::types::ValueType as T;
+
+pub(super) fn schema() -> EngineSchema {
+    EngineSchema {
+        name: "valkey",
+        doc: r#"Valkey, the in-memory key-value store (the open-source continuation of Redis), run from the upstream `valkey-server`.
+
+kip starts `valkey-server` under its supervisor with a generated config, listening on a unix socket under
+`.kip/` and, when `port` is set, on 127.0.0.1, then converges the declared ACL users. Keys are data:
+kip never reads or deletes them.
+
+```hcl
+valkey "cache" {
+  version          = "8"
+  maxmemory        = "64mb"
+  maxmemory_policy = "allkeys-lru"
+
+  user "app" {
+    commands = ["+@all", "-@dangerous"]
+    keys     = ["app:*"]
+  }
+}
+```"#,
+        majors: vec![8, 9],
+        versioned: true,
+        instance: Block::named_object(
+            "valkey",
+            "name",
+            "A Valkey server. The label names the instance: `valkey \"cache\"` is addressed as `valkey.cache`.",
+        )
+        .arguments(vec![
+            version_argument(
+                "The Valkey version: a major (`\"8\"`, resolved to the newest release the registry lists and \
+                 pinned in `kip.lock`) or an exact release (`\"8.1\"`, `\"8.1.4\"`).",
+            ),
+            Arg::new(
+                "port",
+                T::Number,
+                "TCP port to listen on, on 127.0.0.1. When unset the server listens only on its unix socket.",
+            ),
+            Arg::new(
+                "maxmemory",
+                T::Size,
+                "Memory limit for data (`\"64mb\"`, `\"1gb\"`); what happens at the limit is \
+                 `maxmemory_policy`. Unlimited when unset.",
+            ),
+            Arg::new(
+                "maxmemory_policy",
+                T::Enum(vec![
+                    "noeviction",
+                    "allkeys-lru",
+                    "allkeys-lfu",
+                    "allkeys-random",
+                    "volatile-lru",
+                    "volatile-lfu",
+                    "volatile-random",
+                    "volatile-ttl",
+                ]),
+                "Which keys to evict when `maxmemory` is reached: `\"noeviction\"` rejects writes instead, \
+                 `allkeys-*` consider every key, `volatile-*` only keys with a TTL. A cache usually wants \
+                 `\"allkeys-lru\"`.",
+            )
+            .with_default("noeviction"),
+            Arg::new(
+                "appendonly",
+                T::Bool,
+                "Log every write to an append-only file, so data survives a crash (not only a clean stop).",
+            )
+            .with_default(false),
+            Arg::new(
+                "appendfsync",
+                T::Enum(vec!["always", "everysec", "no"]),
+                "How often the append-only file is flushed to disk when `appendonly = true`.",
+            )
+            .with_default("everysec"),
+            Arg::new(
+                "save",
+                T::list(T::String),
+                "RDB snapshot rules, each `\"<seconds> <changes>\"`: `[\"3600 1\", \"300 100\"]` snapshots after \
+                 an hour if one key changed, or after five minutes if a hundred did. `[]` disables snapshots. \
+                 Valkey's own rules apply when unset.",
+            ),
+            Arg::new("databases", T::Number, "Number of logical databases (`SELECT 0` … `SELECT n-1`).")
+                .with_default(16),
+            Arg::new(
+                "password",
+                T::String,
+                "Password of the `default` user (`requirepass`). When unset, the default user needs no \
+                 password, which suits a server reachable only through its unix socket.",
+            )
+            .sensitive(),
+            Arg::new(
+                "io_threads",
+                T::Number,
+                "Threads for network I/O; `1` keeps everything on the main thread, which is right for \
+                 development.",
+            )
+            .with_default(1),
+            settings_argument(
+                "Any other `valkey.conf` directive, by its Valkey name: \
+                 `{ notify-keyspace-events = \"Ex\", hz = 20 }`.",
+            ),
+        ])
+        .blocks(vec![user()])
+        .exports(vec![
+            Export::new(
+                "url",
+                "Connection URL: `unix://…` for the socket, or `redis://127.0.0.1:PORT` when `port` is set. \
+                 Embeds the password when there is one.",
+            )
+            .sensitive(),
+            host_export(),
+            Export::new("port", "The TCP port, when `port` is set."),
+            Export::new("socket", "Path of the unix socket."),
+            Export::new("password", "The `default` user's password, when set.").sensitive(),
+        ]),
+    }
+}
+
+fn user() -> Block {
+    Block::named_object(
+        "user",
+        "name",
+        "An ACL user (`ACL SETUSER`). Rules are replaced as a whole on every apply, so the config is the \
+         truth; users removed from the config are deleted. Declaring `user \"default\"` restricts the \
+         default user.",
+    )
+    .arguments(vec![
+        Arg::new("enabled", T::Bool, "Whether the user can authenticate (`on` / `off`).").with_default(true),
+        Arg::new(
+            "password",
+            T::String,
+            "Password of the user. When unset, kip generates one and keeps it in state.",
+        )
+        .sensitive(),
+        Arg::new(
+            "commands",
+            T::list(T::String),
+            "Command rules in ACL syntax, applied in order: `[\"+@all\", \"-flushall\"]`, \
+             `[\"+@read\", \"+ping\"]`. A user without rules can run no command.",
+        ),
+        Arg::new(
+            "keys",
+            T::list(T::String),
+            "Key patterns the user may access, without the ACL `~` prefix: `[\"app:*\"]`; `[\"*\"]` for all \
+             keys. No keys when unset.",
+        ),
+        Arg::new(
+            "channels",
+            T::list(T::String),
+            "Pub/Sub channel patterns the user may use, without the ACL `&` prefix: `[\"events.*\"]`. \
+             No channels when unset.",
+        ),
+    ])
+    .exports(vec![
+        Export::new("name", "The user name."),
+        Export::new("url", "Connection URL authenticating as this user. Embeds the password.").sensitive(),
+        Export::new("password", "The user's password, given or generated.").sensitive(),
+    ])
+}

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite, as a newcomer and CI run it: builds kip and runs every test against real engines.
+# Build output and downloaded engine packages live in the user's cache dir, outside the clone, so a rerun on the
+# same machine neither rebuilds nor downloads everything again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cache="${XDG_CACHE_HOME:-$HOME/.cache}/kip"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# Snapshots never update silently in the test command: a mismatch fails.
+export INSTA_UPDATE=no
+
+if ! command -v cargo >/dev/null; then
+  echo "error: cargo is not installed; install Rust with rustup first" >&2
+  exit 1
+fi
+
+cargo build --workspace --all-targets --locked
+cargo test --workspace --all-targets --locked --no-fail-fast
+cargo test --workspace --doc --locked

@@ -1,0 +1,106 @@
+//! The harness for CLI tests: a fresh project directory per test, the real `kip` binary run in it with a clean
+//! environment, and insta filters that hide what differs between machines (temp paths).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A temporary project: its directory holds the config files; `home` is kip's data dir (KIP_HOME).
+pub struct Project {
+    pub dir: tempfile::TempDir,
+    pub home: tempfile::TempDir,
+}
+
+/// What one run of kip printed, and its exit code.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// The run as a snapshot: exit code, then stdout and stderr.
+    pub fn snapshot(&self) -> String {
+        format!(
+            "exit: {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+impl Project {
+    pub fn new() -> Self {
+        Project {
+            dir: tempfile::tempdir().unwrap(),
+            home: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A project whose kip.hcl holds `source`.
+    pub fn with_config(source: &str) -> Self {
+        let project = Project::new();
+        project.write("kip.hcl", source);
+        project
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.dir.path().join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+        }
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    pub fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(name)).unwrap()
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kip"));
+        command.args(args).current_dir(self.dir.path());
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if key.starts_with("KIP_") || key == "NO_COLOR" || key.starts_with("XDG_") {
+                command.env_remove(key.as_ref());
+            }
+        }
+        command
+            .env("KIP_HOME", self.home.path())
+            .env("NO_COLOR", "1");
+        command
+    }
+
+    pub fn run_with(&self, mut command: Command) -> Run {
+        let output = command.output().expect("the kip binary runs");
+        let filter = |text: &[u8]| {
+            let text = String::from_utf8_lossy(text).into_owned();
+            text.replace(&self.dir.path().display().to_string(), "[PROJECT]")
+                .replace(&self.home.path().display().to_string(), "[KIP_HOME]")
+        };
+        Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: filter(&output.stdout),
+            stderr: filter(&output.stderr),
+        }
+    }
+
+    pub fn kip(&self, args: &[&str]) -> Run {
+        self.run_with(self.command(args))
+    }
+}
+
+/// The release signing key, beside the repository in ../shared (never copied into it).
+pub fn release_key() -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/keys/registry-signing.pem");
+    assert!(
+        path.exists(),
+        "the release signing key is expected at {}: ../shared beside the repo",
+        path.display()
+    );
+    path
+}
