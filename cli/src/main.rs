@@ -53,6 +53,9 @@ pub enum Command {
     /// Work with the signed version registry.
     #[command(subcommand)]
     Registry(commands::registry::Command),
+    /// Build a binary mirror: add engine archives and index them.
+    #[command(subcommand)]
+    Mirror(commands::mirror::Command),
     /// Print a shell completion script.
     Completions(commands::completions::Args),
 }
@@ -124,6 +127,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Schema(args) => commands::schema::run(&context, args),
         Command::Graph(args) => commands::graph::run(&context, args),
         Command::Registry(command) => commands::registry::run(&context, command),
+        Command::Mirror(command) => commands::mirror::run(&context, command),
         Command::Completions(args) => commands::completions::run(args),
     }
 }

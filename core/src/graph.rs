@@ -301,7 +301,8 @@ fn add_objects(
                 kind: Some(block.kind.clone()),
                 declared: block.declared.clone(),
             };
-            by_address.insert(address.clone(), graph.add_node(node));
+            let index = graph.add_node(node);
+            by_address.insert(graph[index].address.clone(), index);
         }
         add_objects(graph, by_address, engine, &block.body);
     }

@@ -10,5 +10,7 @@
 pub mod config;
 pub mod diag;
 pub mod fmt;
+pub mod fsutil;
 pub mod graph;
+pub mod mirror;
 pub mod source;

@@ -121,6 +121,9 @@ pub struct BlockSchema {
     pub exports: Vec<ExportSchema>,
     /// Groups of arguments of which exactly one must be set, such as the probe kinds of `ready {}`.
     pub exactly_one_of: Vec<Vec<&'static str>>,
+    /// The label is the address of another node (`wait_for "process.migrate"`): the checker resolves it like a
+    /// reference, and the enclosing node depends on that node.
+    pub label_is_reference: bool,
 }
 
 impl BlockSchema {
@@ -137,7 +140,14 @@ impl BlockSchema {
             blocks: Vec::new(),
             exports: Vec::new(),
             exactly_one_of: Vec::new(),
+            label_is_reference: false,
         }
+    }
+
+    /// Marks the label as the address of another node; see [`BlockSchema::label_is_reference`].
+    pub fn label_is_reference(mut self) -> BlockSchema {
+        self.label_is_reference = true;
+        self
     }
 
     /// A repeatable object block with one label, the common shape: `role "name" { … }`.

@@ -68,7 +68,7 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<ExitStatus> {
                 writeln!(stdout, "{name}")?;
             }
         } else {
-            write_atomically(path, &formatted)
+            kip_core::fsutil::write_atomically(path, formatted.as_bytes())
                 .map_err(|error| anyhow::anyhow!("cannot write {name}: {error}"))?;
             if !args.diff {
                 writeln!(stdout, "{name}")?;
@@ -114,27 +114,4 @@ fn write_diff(
         }
     }
     Ok(())
-}
-
-/// Writes next to the file and renames over it, so an interrupted fmt never leaves half a file.
-fn write_atomically(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(std::path::Path::new("."));
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = dir.join(format!(".{file_name}.kip-fmt.{}", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&temp)?;
-        file.write_all(contents.as_bytes())?;
-        file.sync_all()?;
-        if let Ok(metadata) = std::fs::metadata(path) {
-            std::fs::set_permissions(&temp, metadata.permissions())?;
-        }
-        std::fs::rename(&temp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    result
 }

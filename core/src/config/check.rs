@@ -89,6 +89,7 @@ pub fn check_sources(dir: &Path, sources: Sources, options: &CheckOptions<'_>) -
         diagnostics,
         context_values: ContextValues::default(),
         known_values: HashMap::new(),
+        base_context: None,
     };
     let (config, graph) = checker.run(dir, &bodies);
     let mut diagnostics = checker.diagnostics;
@@ -129,6 +130,8 @@ const INSTANCE_META: &[&str] = &[
 ];
 /// Meta-arguments kip handles itself on every engine object.
 const OBJECT_META: &[&str] = &["depends_on", "prevent_destroy"];
+/// The most instances one block may expand to with `count`: each is a real engine process.
+const MAX_COUNT: u64 = 1000;
 const TOP_LEVEL: &[&str] = &["variable", "locals", "output"];
 
 fn span_of(item: &impl hcl::edit::Span, fallback: &Range<usize>) -> Range<usize> {
@@ -223,6 +226,8 @@ struct Checker<'o> {
     context_values: ContextValues,
     /// Values already evaluated for expressions that do not depend on the instance key, by file and span.
     known_values: HashMap<(FileId, usize), Option<hcl::Value>>,
+    /// The evaluation context for `var` and `local`, built on first use after the locals are settled.
+    base_context: Option<Context<'static>>,
 }
 
 impl Checker<'_> {
@@ -709,6 +714,7 @@ impl Checker<'_> {
                     .evaluate(file, &attribute.value, &expr, None)
                     .unwrap_or(hcl::Value::Null);
                 self.context_values.locals.insert(name, value);
+                self.base_context = None;
             }
             pending = still_pending;
             if pending.is_empty() || pending.len() == before {
@@ -847,30 +853,39 @@ impl Checker<'_> {
         expr: &hcl::Expression,
         iteration: Option<(&Option<IndexKey>, &Option<hcl::Value>)>,
     ) -> Option<hcl::Value> {
-        let mut context = Context::new();
-        eval::declare_functions(&mut context);
-        context.declare_var("var", hcl::Value::Object(self.context_values.vars.clone()));
-        context.declare_var(
-            "local",
-            hcl::Value::Object(self.context_values.locals.clone()),
-        );
-        if let Some((key, value)) = iteration {
-            match (key, value) {
-                (Some(IndexKey::Number(index)), _) => {
-                    let mut count = hcl::Map::new();
-                    count.insert("index".to_owned(), hcl::Value::from(*index));
-                    context.declare_var("count", hcl::Value::Object(count));
-                }
-                (Some(IndexKey::String(key)), Some(value)) => {
-                    let mut each = hcl::Map::new();
-                    each.insert("key".to_owned(), hcl::Value::from(key.clone()));
-                    each.insert("value".to_owned(), value.clone());
-                    context.declare_var("each", hcl::Value::Object(each));
-                }
-                _ => {}
-            }
+        if self.base_context.is_none() {
+            let mut context = Context::new();
+            eval::declare_functions(&mut context);
+            context.declare_var("var", hcl::Value::Object(self.context_values.vars.clone()));
+            context.declare_var(
+                "local",
+                hcl::Value::Object(self.context_values.locals.clone()),
+            );
+            self.base_context = Some(context);
         }
-        match expr.evaluate(&context) {
+        let base = self.base_context.as_ref().expect("just built");
+        let iterated;
+        let context = match iteration {
+            Some((Some(IndexKey::Number(index)), _)) => {
+                let mut context = base.clone();
+                let mut count = hcl::Map::new();
+                count.insert("index".to_owned(), hcl::Value::from(*index));
+                context.declare_var("count", hcl::Value::Object(count));
+                iterated = context;
+                &iterated
+            }
+            Some((Some(IndexKey::String(key)), Some(value))) => {
+                let mut context = base.clone();
+                let mut each = hcl::Map::new();
+                each.insert("key".to_owned(), hcl::Value::from(key.clone()));
+                each.insert("value".to_owned(), value.clone());
+                context.declare_var("each", hcl::Value::Object(each));
+                iterated = context;
+                &iterated
+            }
+            _ => base,
+        };
+        match expr.evaluate(context) {
             Ok(value) => Some(value),
             Err(errors) => {
                 let span = span_of(edit, &(0..0));
@@ -955,6 +970,18 @@ impl Checker<'_> {
             };
             let span = span_of(&attribute.value, &declared.span);
             return match value.as_u64() {
+                Some(count) if count > MAX_COUNT => {
+                    self.error(
+                        file,
+                        span,
+                        "Invalid count argument",
+                        format!(
+                            "count is {count}, more than the {MAX_COUNT} instances kip runs from one block. Each \
+                             instance is a real engine; split the block if you really need more."
+                        ),
+                    );
+                    Expansion::Invalid
+                }
                 Some(count) => Expansion::Count(count),
                 None => {
                     self.error(
@@ -1115,7 +1142,14 @@ impl Checker<'_> {
                 INSTANCE_META,
             );
             collect_nesting_edges(&address, &body, &mut edges);
-            collect_sibling_edges(&address, &engine.instance, &body, &mut edges);
+            walk_sibling_references(
+                &address,
+                &decl.tree,
+                &engine.instance,
+                &body,
+                None,
+                &mut edges,
+            );
             for (holder, reference, kind) in &holder_references {
                 let mut to = address.clone();
                 to.path.extend(holder.iter().cloned());
@@ -1288,6 +1322,9 @@ impl Checker<'_> {
         edit: &Expression,
         iteration: Option<(&Option<IndexKey>, &Option<hcl::Value>)>,
     ) -> Option<hcl::Value> {
+        if let Some(value) = literal(edit) {
+            return Some(value);
+        }
         let needs = self.needs(edit);
         if needs.runtime {
             return None;
@@ -1302,21 +1339,13 @@ impl Checker<'_> {
         if let Some(cached) = self.known_values.get(&cache_key) {
             return cached.clone();
         }
-        let value = match literal(edit) {
-            Some(value) => Some(value),
-            None => {
-                let expr = hcl::Expression::from(edit.clone());
-                self.evaluate(file, edit, &expr, None)
-            }
-        };
+        let expr = hcl::Expression::from(edit.clone());
+        let value = self.evaluate(file, edit, &expr, None);
         self.known_values.insert(cache_key, value.clone());
         value
     }
 
     fn needs(&self, edit: &Expression) -> Needs {
-        if literal(edit).is_some() {
-            return Needs::default();
-        }
         let mut needs = Needs::default();
         for reference in refs::collect(edit) {
             match reference.root.as_str() {
@@ -1408,6 +1437,17 @@ impl Checker<'_> {
             let Some(child) = schema.blocks.iter().find(|child| child.name == kind) else {
                 continue;
             };
+            if child.label_is_reference {
+                self.resolve_label_reference(
+                    declarations,
+                    index,
+                    decl,
+                    block,
+                    (counted, for_each),
+                    holder,
+                    out,
+                );
+            }
             let position = positions.entry(kind).or_insert(0);
             let pushed = if child.object {
                 holder.push(super::PathStep {
@@ -1432,6 +1472,49 @@ impl Checker<'_> {
             if pushed {
                 holder.pop();
             }
+        }
+    }
+
+    /// A block whose label is a node's address (`wait_for "process.migrate"`) makes its holder depend on it.
+    #[allow(clippy::too_many_arguments)]
+    fn resolve_label_reference(
+        &mut self,
+        declarations: &[InstanceDecl<'_>],
+        index: &BTreeMap<(String, String), usize>,
+        decl: &InstanceDecl<'_>,
+        block: &EditBlock,
+        scope: (bool, bool),
+        holder: &[super::PathStep],
+        out: &mut Vec<(Vec<super::PathStep>, ResolvedReference, EdgeKind)>,
+    ) {
+        let Some(label) = block.labels.first() else {
+            return;
+        };
+        let span = span_of(label, &(0..0));
+        let text = label_text(label);
+        let parsed = hcl::edit::parser::parse_expr(text).ok();
+        let reference = parsed.as_ref().and_then(|expr| match expr {
+            Expression::Traversal(_) => refs::collect(expr).into_iter().next(),
+            _ => None,
+        });
+        let Some(reference) = reference.filter(|r| kip_schemas::engine(&r.root).is_some()) else {
+            self.error(
+                decl.file,
+                span,
+                "Invalid reference",
+                format!(
+                    "The label of a {} block is the address of an instance or object, as in \"postgres.main\" or \
+                     \"process.migrate\"; {text:?} is not one.",
+                    block.ident.as_str()
+                ),
+            );
+            return;
+        };
+        let reference = RawReference { span, ..reference };
+        if let Some(resolved) =
+            self.resolve_reference(declarations, index, decl.file, &reference, scope)
+        {
+            out.push((holder.to_vec(), resolved, EdgeKind::DependsOn));
         }
     }
 
@@ -1877,13 +1960,32 @@ enum EdgeKind {
     DependsOn,
 }
 
-/// A literal value written directly in the source, without evaluation.
+/// A literal value written directly in the source (also lists and objects of literals), without evaluation.
 fn literal(edit: &Expression) -> Option<hcl::Value> {
     match edit {
         Expression::String(text) => Some(hcl::Value::String(text.value().clone())),
         Expression::Bool(flag) => Some(hcl::Value::Bool(*flag.value())),
         Expression::Number(number) => Some(hcl::Value::Number(*number.value())),
         Expression::Null(_) => Some(hcl::Value::Null),
+        Expression::Array(items) => items
+            .iter()
+            .map(literal)
+            .collect::<Option<Vec<_>>>()
+            .map(hcl::Value::Array),
+        Expression::Object(object) => {
+            let mut map = hcl::Map::new();
+            for (key, value) in object.iter() {
+                let key = match key {
+                    hcl::edit::expr::ObjectKey::Ident(ident) => ident.as_str().to_owned(),
+                    hcl::edit::expr::ObjectKey::Expression(Expression::String(text)) => {
+                        text.value().clone()
+                    }
+                    hcl::edit::expr::ObjectKey::Expression(_) => return None,
+                };
+                map.insert(key, literal(value.expr())?);
+            }
+            Some(hcl::Value::Object(map))
+        }
         _ => None,
     }
 }
@@ -1939,30 +2041,10 @@ fn declared_tree(schema: &BlockSchema, body: &EditBody) -> DeclaredTree {
 }
 
 /// Edges for arguments that name another object of the same instance (`owner = "app"` → `role "app"`),
-/// when that object is declared.
-fn collect_sibling_edges(
-    instance: &Address,
-    schema: &BlockSchema,
-    body: &Body,
-    edges: &mut Vec<GraphEdge>,
-) {
-    let mut declared = BTreeSet::new();
-    collect_addresses(body, &mut declared);
-    walk_sibling_references(instance, &declared, schema, body, None, edges);
-}
-
-fn collect_addresses(body: &Body, into: &mut BTreeSet<Address>) {
-    for block in &body.blocks {
-        if let Some(address) = &block.address {
-            into.insert(address.clone());
-        }
-        collect_addresses(&block.body, into);
-    }
-}
-
+/// when the instance declares that object.
 fn walk_sibling_references(
     instance: &Address,
-    declared: &BTreeSet<Address>,
+    declared: &DeclaredTree,
     schema: &BlockSchema,
     body: &Body,
     holder: Option<&Address>,
@@ -1987,9 +2069,14 @@ fn walk_sibling_references(
                 }
                 _ => Vec::new(),
             };
+            let siblings = declared.children.get(kind);
             for name in names {
-                let target = instance.child(kind, PathLabel::Name(name.to_owned()));
-                if declared.contains(&target) && &target != holder {
+                let label = PathLabel::Name(name.to_owned());
+                if !siblings.is_some_and(|labels| labels.contains_key(&label)) {
+                    continue;
+                }
+                let target = instance.child(kind, label);
+                if &target != holder {
                     edges.push(GraphEdge {
                         from: target,
                         to: holder.clone(),

@@ -157,6 +157,7 @@ fn wait_for() -> Block {
          succeed.",
     )
     .labels(&["address"])
+    .label_is_reference()
     .repeatable()
     .arguments(vec![
         Arg::new(
