@@ -13,7 +13,8 @@ pub enum Command {
         /// The engine the archive holds (postgres, valkey, mariadb, nats, s3).
         engine: String,
         /// The full engine version, e.g. 16.14.0.
-        version: String,
+        #[arg(value_name = "VERSION")]
+        full_version: String,
         /// The archive to add.
         archive: PathBuf,
         /// The platform triple the binaries run on; this machine's by default.
