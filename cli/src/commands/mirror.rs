@@ -43,7 +43,7 @@ pub fn run(context: &Context, command: Command) -> anyhow::Result<ExitStatus> {
     match command {
         Command::Add {
             engine,
-            version,
+            full_version: version,
             archive,
             platform,
             mirror,
