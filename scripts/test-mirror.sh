@@ -214,7 +214,9 @@ fetch_deb() { # PACKAGE -> sets fetched to the cached .deb
     need_client dpkg-deb "$package"
     start_download
     if [[ $refresh == 1 && $EUID == 0 ]]; then apt_update "$package"; fi
-    if ! apt-cache policy "$package" 2>/dev/null | grep -q 'Candidate: [^(]'; then apt_update "$package"; fi
+    local policy
+    policy="$(apt-cache policy "$package" 2>/dev/null || true)"
+    [[ "$policy" == *"Candidate: "[0-9]* ]] || apt_update "$package"
     note "downloading $package with apt-get"
     local dir="$tmp/apt-$package"
     mkdir -p "$dir"

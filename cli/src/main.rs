@@ -96,8 +96,8 @@ impl std::fmt::Display for HintMarker {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.verbose);
     let stderr_style = Style::for_stderr(cli.color);
+    init_tracing(cli.verbose, stderr_style.color);
     match run(cli) {
         Ok(status) => status.into(),
         Err(error) => {
@@ -132,7 +132,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
     }
 }
 
-fn init_tracing(verbose: u8) {
+fn init_tracing(verbose: u8, color: bool) {
     let from_env = std::env::var("KIP_LOG")
         .ok()
         .and_then(|level| level.parse::<tracing::Level>().ok());

@@ -54,6 +54,7 @@ pub struct Checked {
 /// Loads and checks the configuration in `dir`.
 pub fn check(dir: &Path, options: &CheckOptions<'_>) -> Result<Checked, LoadError> {
     let files = discover(dir)?;
+    tracing::debug!(?files, "loading configuration files");
     let mut sources = Sources::default();
     read_all(dir, &files, &mut sources)?;
     Ok(check_sources(dir, sources, options))
@@ -94,6 +95,13 @@ pub fn check_sources(dir: &Path, sources: Sources, options: &CheckOptions<'_>) -
     let (config, graph) = checker.run(dir, &bodies);
     let mut diagnostics = checker.diagnostics;
     diagnostics.sort();
+    tracing::debug!(
+        files = sources.len(),
+        instances = config.as_ref().map_or(0, |config| config.instances.len()),
+        nodes = graph.as_ref().map_or(0, Graph::len),
+        diagnostics = diagnostics.len(),
+        "checked the configuration"
+    );
     let ok = !diagnostics.has_errors();
     Checked {
         sources,
