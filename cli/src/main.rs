@@ -145,6 +145,7 @@ fn init_tracing(verbose: u8, color: bool) {
     if let Some(level) = level {
         let _ = tracing_subscriber::fmt()
             .with_max_level(level)
+            .with_ansi(color)
             .with_writer(std::io::stderr)
             .try_init();
     }
