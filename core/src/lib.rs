@@ -7,10 +7,15 @@
 //! Invariant: the core knows no engine by name. What an engine accepts comes from `kip-schemas`; which versions
 //! are supported comes from `kip-registry`.
 
+pub mod archive;
 pub mod config;
 pub mod diag;
+pub mod engine;
+pub mod fetch;
 pub mod fmt;
 pub mod fsutil;
 pub mod graph;
+pub mod lock;
 pub mod mirror;
+pub mod resolve;
 pub mod source;

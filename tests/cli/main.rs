@@ -1,6 +1,9 @@
 //! End-to-end tests of the `kip` binary: each test writes a project into a fresh temp dir, runs the real binary
 //! there, and checks its exit code and output (snapshots, with machine-specific paths filtered out).
 
+#[path = "../../core/tests/support/http.rs"]
+#[allow(dead_code)]
+mod http;
 mod support;
 
 mod diagnostics;
@@ -8,4 +11,5 @@ mod fmt;
 mod graph;
 mod init;
 mod registry;
+mod resolve;
 mod schema;

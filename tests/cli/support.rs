@@ -56,6 +56,11 @@ impl Project {
         path
     }
 
+    /// kip's cache (toolchain store) for this test: isolated from every other test and from the user's.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.home.path().join("cache")
+    }
+
     pub fn read(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(name)).unwrap()
     }
@@ -71,6 +76,7 @@ impl Project {
         }
         command
             .env("KIP_HOME", self.home.path())
+            .env("KIP_CACHE_DIR", self.cache_dir())
             .env("NO_COLOR", "1");
         command
     }
@@ -103,4 +109,24 @@ pub fn release_key() -> PathBuf {
         path.display()
     );
     path
+}
+
+/// The test mirror of real engine builds that `scripts/test-mirror.sh` builds (the README's test command runs it).
+pub fn test_mirror() -> PathBuf {
+    let dir = std::env::var_os("KIP_TEST_MIRROR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache")
+                });
+            cache.join("kip/test-mirror")
+        });
+    assert!(
+        dir.join("index.json").exists(),
+        "the test mirror is missing at {}: run scripts/test-mirror.sh (scripts/test.sh does)",
+        dir.display()
+    );
+    dir
 }

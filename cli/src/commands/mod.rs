@@ -6,6 +6,7 @@ pub mod fmt;
 pub mod graph;
 pub mod init;
 pub mod lint;
+pub mod lock;
 pub mod mirror;
 pub mod registry;
 pub mod schema;

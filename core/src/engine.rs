@@ -1,0 +1,113 @@
+//! The engine contract: what a provider tells the core so that it can plan, spawn, converge and prune an engine
+//! instance without knowing which engine it is.
+//!
+//! A provider describes its schema (in `kip-schemas`), and for an instance returns the processes to run
+//! ([`SpawnSpec`]) with their readiness probes; optional capabilities (converge, inventory, prune, templater) are
+//! separate traits in `kip-providers`, checked at run time. The types here are plain data so that they can be
+//! sent to the supervisor over its socket and stored in state.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How to tell that a process is ready to serve.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum ProbeKind {
+    /// A unix socket accepts a connection.
+    Socket { path: PathBuf },
+    /// A TCP port accepts a connection.
+    Tcp { host: String, port: u16 },
+    /// An HTTP GET answers 2xx.
+    Http { url: String },
+    /// A command exits 0.
+    Exec { command: Vec<String> },
+    /// The process's log has a line containing this text.
+    LogLine { pattern: String },
+    /// No probe: ready as soon as it started.
+    None,
+}
+
+/// A readiness probe: what to check, how often, and for how long at most.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probe {
+    pub kind: ProbeKind,
+    /// Wait this long after the start before the first check.
+    #[serde(with = "millis")]
+    pub initial_delay: Duration,
+    #[serde(with = "millis")]
+    pub interval: Duration,
+    /// The whole budget: not ready by then is a failure whose error quotes the log's last lines.
+    #[serde(with = "millis")]
+    pub timeout: Duration,
+}
+
+/// When the supervisor restarts a process that exited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RestartPolicy {
+    No,
+    OnFailure,
+    Always,
+}
+
+/// How to stop a process: each signal in turn, waiting up to its timeout, then SIGKILL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopSpec {
+    /// Signal names ("SIGINT", "SIGTERM", "SIGQUIT") with how long to wait after each.
+    pub signals: Vec<(String, u64)>,
+}
+
+impl Default for StopSpec {
+    fn default() -> Self {
+        StopSpec {
+            signals: vec![("SIGTERM".into(), 10_000), ("SIGQUIT".into(), 5_000)],
+        }
+    }
+}
+
+/// An account to run as (engines that refuse root, or `run_as`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunAs {
+    pub user: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// One process of an instance, as the supervisor runs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpawnSpec {
+    /// Unique in the project: the instance address, plus a suffix for composite engines ("postgres.main").
+    pub name: String,
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: PathBuf,
+    pub run_as: Option<RunAs>,
+    pub probe: Probe,
+    pub restart: RestartPolicy,
+    #[serde(default)]
+    pub max_restarts: Option<u32>,
+    pub stop: StopSpec,
+    /// Where stdout and stderr go.
+    pub log: PathBuf,
+    /// Names of processes of the same instance that must be ready first (composite engines).
+    #[serde(default)]
+    pub after: Vec<String>,
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(duration.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(deserializer)?))
+    }
+}

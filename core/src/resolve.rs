@@ -1,0 +1,704 @@
+//! Resolve: from `version = "16"` to a verified toolchain on disk, pinned in kip.lock.
+//!
+//! For each declared engine version spec, in this order:
+//! 1. `KIP_<ENGINE>_BINDIR` names a directory of binaries to use as they are (development).
+//! 2. A kip.lock pin whose archive is already in the cache: done, without any network or index I/O.
+//! 3. Otherwise the engine's mirror index (`KIP_<ENGINE>_MIRROR`, else `KIP_MIRROR`) says which full versions
+//!    exist: the pin's version, or the newest one matching the spec (`16` → newest 16.x, `16.14` → newest
+//!    16.14.x). The archive is downloaded, its sha256 checked against the pin (or the index for a new pin)
+//!    before anything is unpacked, unpacked into a temp dir and renamed into the content-addressed store, so a
+//!    crash never leaves half a toolchain. A per-artifact file lock makes two kips resolving the same artifact at
+//!    once download it once.
+//!
+//! New pins record the hash of every platform the mirror offers for that version, so a team on several
+//! platforms shares one kip.lock.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use kip_registry::mirror::MirrorIndex;
+use kip_schemas::Version;
+
+use crate::archive::{self, ArchiveKind};
+use crate::fetch::{Expected, FetchError, Fetcher, Location, Progress, RetryPolicy};
+use crate::lock::{LockFile, Pin};
+
+/// Where resolution looks, read once from the environment (or set by tests).
+#[derive(Debug, Clone, Default)]
+pub struct ResolveSettings {
+    /// `KIP_MIRROR`: the default mirror (a URL or a local path; its root or its index.json).
+    pub mirror: Option<String>,
+    /// `KIP_<ENGINE>_MIRROR`, by engine name.
+    pub engine_mirrors: BTreeMap<String, String>,
+    /// `KIP_<ENGINE>_BINDIR`, by engine name.
+    pub bindirs: BTreeMap<String, PathBuf>,
+    /// The platform triple to resolve for.
+    pub platform: String,
+    /// The content-addressed store of unpacked toolchains.
+    pub store: PathBuf,
+}
+
+impl ResolveSettings {
+    /// Reads KIP_MIRROR, KIP_<ENGINE>_MIRROR and KIP_<ENGINE>_BINDIR for `engines`.
+    pub fn from_env<'a>(
+        engines: impl IntoIterator<Item = &'a str>,
+        store: PathBuf,
+    ) -> ResolveSettings {
+        let var = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+        let mut settings = ResolveSettings {
+            mirror: var("KIP_MIRROR"),
+            platform: crate::mirror::host_platform(),
+            store,
+            ..ResolveSettings::default()
+        };
+        for engine in engines {
+            let upper = engine.to_uppercase();
+            if let Some(mirror) = var(&format!("KIP_{upper}_MIRROR")) {
+                settings.engine_mirrors.insert(engine.to_owned(), mirror);
+            }
+            if let Some(bindir) = var(&format!("KIP_{upper}_BINDIR")) {
+                settings
+                    .bindirs
+                    .insert(engine.to_owned(), PathBuf::from(bindir));
+            }
+        }
+        settings
+    }
+
+    fn mirror_for(&self, engine: &str) -> Option<&str> {
+        self.engine_mirrors
+            .get(engine)
+            .or(self.mirror.as_ref())
+            .map(String::as_str)
+    }
+}
+
+/// The default cache directory: `$KIP_CACHE_DIR`, else `$XDG_CACHE_HOME/kip`, else `~/.cache/kip`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|value| !value.is_empty())
+            .map(PathBuf::from)
+    };
+    var("KIP_CACHE_DIR")
+        .or_else(|| var("XDG_CACHE_HOME").map(|dir| dir.join("kip")))
+        .or_else(|| var("HOME").map(|home| home.join(".cache/kip")))
+}
+
+/// One engine version spec to resolve.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Request {
+    pub engine: String,
+    pub spec: Version,
+}
+
+impl Request {
+    pub fn spec_text(&self) -> String {
+        self.spec.to_string()
+    }
+}
+
+/// Whether existing pins are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Policy {
+    /// A pin wins; a missing pin is added.
+    UseLock,
+    /// Ignore the pins of these engines (all when empty) and take the newest matching version.
+    Upgrade(Vec<String>),
+}
+
+impl Policy {
+    fn keeps_pin(&self, engine: &str) -> bool {
+        match self {
+            Policy::UseLock => true,
+            Policy::Upgrade(engines) => {
+                !(engines.is_empty() || engines.iter().any(|e| e == engine))
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolchainSource {
+    /// `KIP_<ENGINE>_BINDIR`: used as is, unverified.
+    Bindir,
+    /// From the store; `downloaded` when this resolution fetched it.
+    Store { sha256: String, downloaded: bool },
+}
+
+/// A verified toolchain on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Toolchain {
+    pub engine: String,
+    pub spec: String,
+    /// The full version ("16.14.0"); "dev" for a BINDIR toolchain.
+    pub version: String,
+    /// The unpacked archive (holding bin/, lib/, share/).
+    pub root: PathBuf,
+    pub bin: PathBuf,
+    pub source: ToolchainSource,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("no mirror is configured for {engine}")]
+    NoMirror { engine: String },
+    #[error("KIP_{}_BINDIR points at {}, which is not a directory", engine.to_uppercase(), path.display())]
+    Bindir { engine: String, path: PathBuf },
+    #[error("cannot read the mirror index at {location}")]
+    Index {
+        location: String,
+        #[source]
+        source: IndexError,
+    },
+    #[error(
+        "the mirror has no {engine} matching \"{spec}\" for {platform}; it has: {}",
+        list_or_none(available)
+    )]
+    NoMatchingVersion {
+        engine: String,
+        spec: String,
+        platform: String,
+        available: Vec<String>,
+    },
+    #[error(
+        "kip.lock pins {engine} {version}, but the mirror has no such build for {platform}; it has: {}",
+        list_or_none(available)
+    )]
+    PinnedVersionMissing {
+        engine: String,
+        version: String,
+        platform: String,
+        available: Vec<String>,
+    },
+    #[error(
+        "kip.lock pins {engine} {version} with sha256 {pinned}, but the mirror offers sha256 {offered}"
+    )]
+    PinMismatch {
+        engine: String,
+        version: String,
+        pinned: String,
+        offered: String,
+    },
+    #[error("cannot download {engine} {version}")]
+    Fetch {
+        engine: String,
+        version: String,
+        #[source]
+        source: FetchError,
+    },
+    #[error("cannot unpack {engine} {version}")]
+    Unpack {
+        engine: String,
+        version: String,
+        #[source]
+        source: archive::ArchiveError,
+    },
+    #[error("the mirror entry for {engine} {version} is not a .tar.gz or .tar.zst archive: {url}")]
+    UnknownArchive {
+        engine: String,
+        version: String,
+        url: String,
+    },
+    #[error("cannot {action} {}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why an index could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error(transparent)]
+    Format(#[from] kip_registry::mirror::MirrorError),
+}
+
+fn list_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "nothing".to_owned()
+    } else {
+        items.join(", ")
+    }
+}
+
+impl ResolveError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            ResolveError::NoMirror { engine } => Some(format!(
+                "set KIP_MIRROR (or KIP_{}_MIRROR) to a mirror URL or directory; see docs/mirror.md",
+                engine.to_uppercase()
+            )),
+            ResolveError::NoMatchingVersion { .. } => {
+                Some("declare one of the versions the mirror has, or point KIP_MIRROR at a mirror that has it".into())
+            }
+            ResolveError::PinnedVersionMissing { .. } => {
+                Some("the mirror dropped the pinned build; move the pin with `kip lock --upgrade ENGINE`".into())
+            }
+            ResolveError::PinMismatch { .. } => Some(
+                "the mirror now serves a different build under the same version; do not trust it. If the change is \
+                 expected, move the pin with `kip lock --upgrade ENGINE`"
+                    .into(),
+            ),
+            ResolveError::Fetch { source, .. } => source.hint(),
+            ResolveError::Index { source: IndexError::Fetch(source), .. } => source.hint(),
+            ResolveError::Index { source: IndexError::Format(source), .. } => source.hint().map(str::to_owned),
+            _ => None,
+        }
+    }
+}
+
+/// Resolves requests against the settings, fetching lazily: nothing touches the network until a request needs
+/// the index or an archive.
+pub struct Resolver<'p> {
+    settings: ResolveSettings,
+    progress: &'p dyn Progress,
+    fetcher: Option<Fetcher>,
+    indexes: HashMap<String, (Location, MirrorIndex)>,
+}
+
+impl std::fmt::Debug for Resolver<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolver")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'p> Resolver<'p> {
+    pub fn new(settings: ResolveSettings, progress: &'p dyn Progress) -> Self {
+        Resolver {
+            settings,
+            progress,
+            fetcher: None,
+            indexes: HashMap::new(),
+        }
+    }
+
+    pub fn settings(&self) -> &ResolveSettings {
+        &self.settings
+    }
+
+    /// The store path for an archive hash.
+    pub fn store_path(&self, sha256: &str) -> PathBuf {
+        self.settings.store.join(format!("sha256-{sha256}"))
+    }
+
+    /// Resolves one request, updating `lock` when a pin is added or moved.
+    pub async fn resolve(
+        &mut self,
+        request: &Request,
+        lock: &mut LockFile,
+        policy: &Policy,
+    ) -> Result<Toolchain, ResolveError> {
+        let engine = request.engine.as_str();
+        let spec = request.spec_text();
+        if let Some(bindir) = self.settings.bindirs.get(engine) {
+            if !bindir.is_dir() {
+                return Err(ResolveError::Bindir {
+                    engine: engine.to_owned(),
+                    path: bindir.clone(),
+                });
+            }
+            let root = bindir
+                .parent()
+                .map_or_else(|| bindir.clone(), Path::to_path_buf);
+            return Ok(Toolchain {
+                engine: engine.to_owned(),
+                spec,
+                version: "dev".to_owned(),
+                root,
+                bin: bindir.clone(),
+                source: ToolchainSource::Bindir,
+            });
+        }
+        let platform = self.settings.platform.clone();
+        let pin = lock
+            .pin(engine, &spec)
+            .filter(|_| policy.keeps_pin(engine))
+            .cloned();
+
+        // A pinned, cached toolchain: no I/O beyond one stat.
+        if let Some(pin) = &pin {
+            if let Some(hash) = pin.hashes.get(&platform) {
+                let path = self.store_path(hash);
+                if path.is_dir() {
+                    return Ok(self.toolchain(request, &pin.version, hash, path, false));
+                }
+            }
+        }
+
+        let (index_location, index) = self.index(engine).await?;
+        let versions = index.engines.get(engine);
+        let available = |platform: &str| -> Vec<String> {
+            let mut list: Vec<(Version, String)> = versions
+                .into_iter()
+                .flatten()
+                .filter(|(_, platforms)| platforms.contains_key(platform))
+                .filter_map(|(version, _)| {
+                    Version::parse(version).map(|parsed| (parsed, version.clone()))
+                })
+                .collect();
+            list.sort();
+            list.into_iter().map(|(_, text)| text).collect()
+        };
+        let version = match &pin {
+            Some(pin) => {
+                if !versions.is_some_and(|v| {
+                    v.get(&pin.version)
+                        .is_some_and(|p| p.contains_key(&platform))
+                }) {
+                    return Err(ResolveError::PinnedVersionMissing {
+                        engine: engine.to_owned(),
+                        version: pin.version.clone(),
+                        platform: platform.clone(),
+                        available: available(&platform),
+                    });
+                }
+                pin.version.clone()
+            }
+            None => {
+                let newest = versions
+                    .into_iter()
+                    .flatten()
+                    .filter(|(_, platforms)| platforms.contains_key(&platform))
+                    .filter_map(|(text, _)| Version::parse(text).map(|parsed| (parsed, text)))
+                    .filter(|(parsed, _)| matches_spec(parsed, &request.spec))
+                    .max_by(|a, b| a.0.cmp(&b.0));
+                match newest {
+                    Some((_, text)) => text.clone(),
+                    None => {
+                        return Err(ResolveError::NoMatchingVersion {
+                            engine: engine.to_owned(),
+                            spec,
+                            platform: platform.clone(),
+                            available: available(&platform),
+                        });
+                    }
+                }
+            }
+        };
+        let platforms = &index.engines[engine][&version];
+        let artifact = platforms[&platform].clone();
+        let expected_hash = match pin.as_ref().and_then(|pin| pin.hashes.get(&platform)) {
+            Some(pinned) if *pinned != artifact.sha256 => {
+                return Err(ResolveError::PinMismatch {
+                    engine: engine.to_owned(),
+                    version: version.clone(),
+                    pinned: pinned.clone(),
+                    offered: artifact.sha256.clone(),
+                });
+            }
+            Some(pinned) => pinned.clone(),
+            None => artifact.sha256.clone(),
+        };
+        let new_pin = match pin {
+            Some(mut pin) => {
+                pin.hashes
+                    .entry(platform.clone())
+                    .or_insert_with(|| expected_hash.clone());
+                pin
+            }
+            None => Pin {
+                version: version.clone(),
+                hashes: platforms
+                    .iter()
+                    .map(|(platform, a)| (platform.clone(), a.sha256.clone()))
+                    .collect(),
+            },
+        };
+
+        let location =
+            index_location
+                .join(&artifact.url)
+                .map_err(|source| ResolveError::Fetch {
+                    engine: engine.to_owned(),
+                    version: version.clone(),
+                    source,
+                })?;
+        let (path, downloaded) = self
+            .ensure(
+                engine,
+                &version,
+                &location,
+                &artifact.url,
+                &expected_hash,
+                artifact.size,
+            )
+            .await?;
+        lock.pins.insert((engine.to_owned(), spec), new_pin);
+        Ok(self.toolchain(request, &version, &expected_hash, path, downloaded))
+    }
+
+    fn toolchain(
+        &self,
+        request: &Request,
+        version: &str,
+        hash: &str,
+        root: PathBuf,
+        downloaded: bool,
+    ) -> Toolchain {
+        Toolchain {
+            engine: request.engine.clone(),
+            spec: request.spec_text(),
+            version: version.to_owned(),
+            bin: root.join("bin"),
+            root,
+            source: ToolchainSource::Store {
+                sha256: hash.to_owned(),
+                downloaded,
+            },
+        }
+    }
+
+    fn fetcher(&mut self) -> Result<&Fetcher, FetchError> {
+        if self.fetcher.is_none() {
+            self.fetcher = Some(Fetcher::new(RetryPolicy::default())?);
+        }
+        Ok(self.fetcher.as_ref().expect("just created"))
+    }
+
+    /// The index of `engine`'s mirror, fetched once per run.
+    async fn index(&mut self, engine: &str) -> Result<(Location, MirrorIndex), ResolveError> {
+        let Some(mirror) = self.settings.mirror_for(engine).map(str::to_owned) else {
+            return Err(ResolveError::NoMirror {
+                engine: engine.to_owned(),
+            });
+        };
+        if let Some(cached) = self.indexes.get(&mirror) {
+            return Ok(cached.clone());
+        }
+        let index_error = |source: IndexError| ResolveError::Index {
+            location: mirror.clone(),
+            source,
+        };
+        let base = Location::parse(&mirror).map_err(|error| index_error(error.into()))?;
+        let location = if mirror.ends_with(".json") {
+            base
+        } else {
+            base.child(crate::mirror::INDEX_FILE)
+                .map_err(|error| index_error(error.into()))?
+        };
+        let bytes = self
+            .fetcher()
+            .map_err(|error| index_error(error.into()))?
+            .get(&location)
+            .await;
+        let bytes = bytes.map_err(|error| index_error(error.into()))?;
+        let index = MirrorIndex::parse(&bytes).map_err(|error| ResolveError::Index {
+            location: location.to_string(),
+            source: error.into(),
+        })?;
+        self.indexes
+            .insert(mirror, (location.clone(), index.clone()));
+        Ok((location, index))
+    }
+
+    /// Makes sure the archive with `sha256` is unpacked in the store; returns its path and whether it was fetched.
+    async fn ensure(
+        &mut self,
+        engine: &str,
+        version: &str,
+        location: &Location,
+        url: &str,
+        sha256: &str,
+        size: u64,
+    ) -> Result<(PathBuf, bool), ResolveError> {
+        let target = self.store_path(sha256);
+        if target.is_dir() {
+            return Ok((target, false));
+        }
+        let io = |action: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ResolveError::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        let Some(kind) = ArchiveKind::from_name(url) else {
+            return Err(ResolveError::UnknownArchive {
+                engine: engine.to_owned(),
+                version: version.to_owned(),
+                url: url.to_owned(),
+            });
+        };
+        let store = self.settings.store.clone();
+        let locks = store.join(".locks");
+        let temp = store.join(".tmp");
+        for dir in [&locks, &temp] {
+            std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+        }
+        // One resolver per artifact at a time, across processes; the others wait, then find it done.
+        let lock_path = locks.join(format!("sha256-{sha256}.lock"));
+        let lock_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io("open", &lock_path))?;
+        lock_file.lock().map_err(io("lock", &lock_path))?;
+        if target.is_dir() {
+            return Ok((target, false));
+        }
+        // Whatever a crashed resolver left for this artifact is garbage now that we hold its lock.
+        remove_leftovers(&temp, sha256);
+        let stem = format!("sha256-{sha256}.{}", std::process::id());
+        let download = temp.join(format!("{stem}.archive"));
+        let unpacked = temp.join(format!("{stem}.dir"));
+        let label = format!("{engine} {version}");
+        let fetched = {
+            let progress = self.progress;
+            let fetcher = self.fetcher().map_err(|source| ResolveError::Fetch {
+                engine: engine.to_owned(),
+                version: version.to_owned(),
+                source,
+            })?;
+            let expected = Expected {
+                sha256: sha256.to_owned(),
+                size: Some(size),
+            };
+            tracing::debug!(%location, %label, "downloading");
+            fetcher
+                .download(location, &download, &expected, progress)
+                .await
+        };
+        fetched.map_err(|source| ResolveError::Fetch {
+            engine: engine.to_owned(),
+            version: version.to_owned(),
+            source,
+        })?;
+        let unpack = archive::unpack(&download, kind, &unpacked);
+        let _ = std::fs::remove_file(&download);
+        unpack.map_err(|source| ResolveError::Unpack {
+            engine: engine.to_owned(),
+            version: version.to_owned(),
+            source,
+        })?;
+        if let Err(source) = std::fs::rename(&unpacked, &target) {
+            let _ = std::fs::remove_dir_all(&unpacked);
+            return Err(ResolveError::Io {
+                action: "move into the store",
+                path: target,
+                source,
+            });
+        }
+        Ok((target, true))
+    }
+}
+
+fn remove_leftovers(temp: &Path, sha256: &str) {
+    let prefix = format!("sha256-{sha256}.");
+    let Ok(entries) = std::fs::read_dir(temp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let path = entry.path();
+            let _ = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+        }
+    }
+}
+
+/// Does a full version match a spec? `16` matches every 16.x; `16.14` every 16.14.x; `16.14.2` only itself.
+pub fn matches_spec(version: &Version, spec: &Version) -> bool {
+    version.major == spec.major
+        && spec
+            .minor
+            .is_none_or(|minor| version.minor.unwrap_or(0) == minor)
+        && spec
+            .patch
+            .is_none_or(|patch| version.patch.unwrap_or(0) == patch)
+}
+
+/// The distinct engine version specs a configuration declares, in a stable order.
+pub fn requests(config: &crate::config::Config) -> Vec<Request> {
+    let mut requests: Vec<Request> = config
+        .instances
+        .iter()
+        .filter_map(|instance| {
+            instance.version.clone().map(|spec| Request {
+                engine: instance.engine.name.to_owned(),
+                spec,
+            })
+        })
+        .collect();
+    requests.sort();
+    requests.dedup();
+    requests
+}
+
+/// What `kip lock --check` and `--locked` compare: the pins the config needs that kip.lock lacks (or lacks for
+/// this platform), and the pins it holds that the config no longer needs.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct LockDrift {
+    pub missing: Vec<(String, String)>,
+    pub stale: Vec<(String, String)>,
+}
+
+impl LockDrift {
+    pub fn is_empty(&self) -> bool {
+        self.missing.is_empty() && self.stale.is_empty()
+    }
+}
+
+pub fn lock_drift(
+    requests: &[Request],
+    lock: &LockFile,
+    platform: &str,
+    settings: &ResolveSettings,
+) -> LockDrift {
+    let mut drift = LockDrift::default();
+    let wanted: Vec<(String, String)> = requests
+        .iter()
+        .filter(|request| !settings.bindirs.contains_key(&request.engine))
+        .map(|request| (request.engine.clone(), request.spec_text()))
+        .collect();
+    for key in &wanted {
+        if !lock
+            .pins
+            .get(key)
+            .is_some_and(|pin| pin.hashes.contains_key(platform))
+        {
+            drift.missing.push(key.clone());
+        }
+    }
+    for key in lock.pins.keys() {
+        if !wanted.contains(key) && !settings.bindirs.contains_key(&key.0) {
+            drift.stale.push(key.clone());
+        }
+    }
+    drift
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_match_by_the_parts_they_name() {
+        let v = |text: &str| Version::parse(text).unwrap();
+        assert!(matches_spec(&v("16.14.0"), &v("16")));
+        assert!(matches_spec(&v("16.14.0"), &v("16.14")));
+        assert!(!matches_spec(&v("16.13.0"), &v("16.14")));
+        assert!(!matches_spec(&v("17.0.0"), &v("16")));
+        assert!(matches_spec(&v("16.14.2"), &v("16.14.2")));
+        assert!(!matches_spec(&v("16.14.3"), &v("16.14.2")));
+    }
+
+    #[test]
+    fn upgrade_policy_names_engines() {
+        assert!(Policy::UseLock.keeps_pin("postgres"));
+        assert!(!Policy::Upgrade(vec![]).keeps_pin("postgres"));
+        assert!(!Policy::Upgrade(vec!["postgres".into()]).keeps_pin("postgres"));
+        assert!(Policy::Upgrade(vec!["valkey".into()]).keeps_pin("postgres"));
+    }
+}
