@@ -416,22 +416,26 @@ fn transient_http_errors_are_retried() {
 fn a_hash_mismatch_names_both_hashes_and_leaves_nothing() {
     let project = nats_project();
     let mirror = small_mirror(&project);
-    // The mirror now serves other bytes than its index promises.
+    // The mirror now serves other bytes (of the same size) than its index promises.
     let path = mirror.join(format!("nats/2.1.0/{PLATFORM}/nats-2.1.0.tar.gz"));
-    let replacement = archive(
-        &project.home.path().join("work"),
-        "other.tar.gz",
-        "tampered!",
-    );
-    std::fs::copy(&replacement, &path).unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let expected = index(&mirror)["engines"]["nats"]["2.1.0"][PLATFORM]["sha256"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let server = TestServer::serve(&mirror);
     let run = with_mirror(&project, &server.base_url(), &["lock"]);
     assert_eq!(run.code, 1, "{}", run.snapshot());
+    assert!(run.stderr.contains("sha256 mismatch"), "{}", run.stderr);
     assert!(
-        run.stderr.contains("sha256 mismatch") || run.stderr.contains("size"),
+        run.stderr.contains(&format!("expected {expected}")),
         "{}",
         run.stderr
     );
+    assert!(run.stderr.contains("computed "), "{}", run.stderr);
     assert!(
         run.stderr.contains("nats-2.1.0.tar.gz"),
         "the error names the artifact\n{}",
