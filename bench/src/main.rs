@@ -5,7 +5,6 @@
 //! (`scripts/test-mirror.sh`; `KIP_TEST_MIRROR` or `~/.cache/kip/test-mirror`).
 
 #[path = "../../core/tests/support/http.rs"]
-#[allow(dead_code)]
 mod http;
 
 use std::path::Path;

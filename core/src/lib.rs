@@ -17,5 +17,8 @@ pub mod fsutil;
 pub mod graph;
 pub mod lock;
 pub mod mirror;
+pub mod plan;
 pub mod resolve;
+pub mod runas;
 pub mod source;
+pub mod state;

@@ -73,7 +73,11 @@ impl ResolveSettings {
     }
 }
 
-/// The default cache directory: `$KIP_CACHE_DIR`, else `$XDG_CACHE_HOME/kip`, else `~/.cache/kip`.
+/// The default cache directory: `$KIP_CACHE_DIR`, else `$XDG_CACHE_HOME/kip`, else (for root) `/var/cache/kip`,
+/// else `~/.cache/kip`.
+///
+/// Root's own cache would sit in its home, which is mode 0700: the unprivileged account that engines run as when
+/// kip is root (PostgreSQL refuses root) could not reach the toolchains there.
 pub fn default_cache_dir() -> Option<PathBuf> {
     let var = |name: &str| {
         std::env::var_os(name)
@@ -82,6 +86,11 @@ pub fn default_cache_dir() -> Option<PathBuf> {
     };
     var("KIP_CACHE_DIR")
         .or_else(|| var("XDG_CACHE_HOME").map(|dir| dir.join("kip")))
+        .or_else(|| {
+            rustix::process::geteuid()
+                .is_root()
+                .then(|| PathBuf::from("/var/cache/kip"))
+        })
         .or_else(|| var("HOME").map(|home| home.join(".cache/kip")))
 }
 
@@ -323,12 +332,12 @@ impl<'p> Resolver<'p> {
             .cloned();
 
         // A pinned, cached toolchain: no I/O beyond one stat.
-        if let Some(pin) = &pin {
-            if let Some(hash) = pin.hashes.get(&platform) {
-                let path = self.store_path(hash);
-                if path.is_dir() {
-                    return Ok(self.toolchain(request, &pin.version, hash, path, false));
-                }
+        if let Some(pin) = &pin
+            && let Some(hash) = pin.hashes.get(&platform)
+        {
+            let path = self.store_path(hash);
+            if path.is_dir() {
+                return Ok(self.toolchain(request, &pin.version, hash, path, false));
             }
         }
 

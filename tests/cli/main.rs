@@ -2,7 +2,6 @@
 //! there, and checks its exit code and output (snapshots, with machine-specific paths filtered out).
 
 #[path = "../../core/tests/support/http.rs"]
-#[allow(dead_code)]
 mod http;
 mod support;
 

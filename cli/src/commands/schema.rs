@@ -1,6 +1,6 @@
 //! `kip schema [ENGINE]`: what an engine accepts, from the same schemas the checker validates against.
 
-use std::io::Write as _;
+use std::io::Write;
 
 use super::Context;
 use crate::{ExitStatus, with_hint};
@@ -44,9 +44,69 @@ pub fn run(_context: &Context, args: Args) -> anyhow::Result<ExitStatus> {
             write!(stdout, "{}", kip_schemas::to_markdown(engine))?;
         }
     } else {
-        for engine in selected {
-            write!(stdout, "{}", kip_schemas::to_markdown(engine))?;
+        for (index, engine) in selected.iter().enumerate() {
+            if index > 0 {
+                writeln!(stdout)?;
+            }
+            let majors: Vec<String> = engine.majors.iter().map(u32::to_string).collect();
+            let first_line = engine.doc.lines().next().unwrap_or_default();
+            writeln!(stdout, "{}: {first_line}", engine.name)?;
+            if !majors.is_empty() {
+                writeln!(stdout, "supported majors: {}", majors.join(", "))?;
+            }
+            write_block(&mut stdout, &engine.instance, 0)?;
         }
+        writeln!(
+            stdout,
+            "\n(--markdown for the full reference, --json for tools)"
+        )?;
     }
     Ok(ExitStatus::Success)
+}
+
+/// A compact tree: each block with its labels, then one line per argument (name, type, required or default,
+/// badges).
+fn write_block(
+    out: &mut impl Write,
+    block: &kip_schemas::BlockSchema,
+    depth: usize,
+) -> std::io::Result<()> {
+    let indent = "  ".repeat(depth);
+    let labels: String = block
+        .labels
+        .iter()
+        .map(|label| format!(" \"{}\"", label.to_uppercase()))
+        .collect();
+    writeln!(out, "{indent}{}{labels} {{", block.name)?;
+    let width = block
+        .arguments
+        .iter()
+        .map(|argument| argument.name.len())
+        .max()
+        .unwrap_or(0);
+    for argument in &block.arguments {
+        let mut notes = Vec::new();
+        if argument.required {
+            notes.push("required".to_owned());
+        } else if let Some(default) = &argument.default {
+            notes.push(format!("default {default}"));
+        }
+        if let Some(since) = &argument.since {
+            notes.push(format!("since {since}"));
+        }
+        if argument.sensitive {
+            notes.push("sensitive".to_owned());
+        }
+        let line = format!(
+            "{indent}  {:<width$}  {}  {}",
+            argument.name,
+            argument.ty,
+            notes.join(", ")
+        );
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    for child in &block.blocks {
+        write_block(out, child, depth + 1)?;
+    }
+    writeln!(out, "{indent}}}")
 }

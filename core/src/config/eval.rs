@@ -99,7 +99,7 @@ fn to_string(args: FuncArgs) -> Result<HclValue, String> {
 
 fn to_number(args: FuncArgs) -> Result<HclValue, String> {
     match &args[0] {
-        HclValue::Number(number) => Ok(HclValue::Number(number.clone())),
+        HclValue::Number(number) => Ok(HclValue::Number(*number)),
         HclValue::String(text) => {
             parse_number(text).ok_or_else(|| format!("tonumber: {text:?} is not a number"))
         }

@@ -1,0 +1,608 @@
+//! Running engines as an unprivileged account when kip itself runs as root.
+//!
+//! CI jobs and containers usually run as root, and some engines (PostgreSQL first of all) refuse to. So when kip's
+//! effective uid is 0 it starts engines as another account: `run_as` from the config, else `KIP_RUN_AS`, else a
+//! system account named `kip`, created on first use. When kip is not root it runs engines as itself: it could not
+//! switch users anyway.
+//!
+//! Accounts are looked up in `/etc/passwd`, parsed here (no libc), then through `getent` so that accounts from
+//! LDAP or sssd are found too. Switching users only helps if the account can reach its files, so
+//! [`ensure_reachable`] checks every directory on the way to a data dir and says what to do when one is closed,
+//! instead of silently opening up the user's home directory.
+//!
+//! The spawned process has only the account's primary group: the standard library drops supplementary groups when
+//! a root process switches uid, so the reachability check ignores them on purpose.
+
+use std::io;
+use std::path::{Component, Path, PathBuf};
+use std::process::Command;
+
+use crate::engine::RunAs;
+
+/// The account kip creates and uses when it runs as root and nothing else is configured.
+pub const DEFAULT_ACCOUNT: &str = "kip";
+
+/// Why kip cannot run engines as the account it should.
+#[derive(Debug, thiserror::Error)]
+pub enum RunAsError {
+    #[error(
+        "run_as names the account `{wanted}`, but kip runs as `{current}` (uid {uid}); only root can start engines \
+         as another account"
+    )]
+    NotRoot {
+        wanted: String,
+        current: String,
+        uid: u32,
+    },
+    #[error("the account `{user}` (from {origin}) does not exist")]
+    UnknownUser { user: String, origin: &'static str },
+    #[error("cannot create the account `{user}`: {reason}")]
+    CreateUser { user: String, reason: String },
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "the account `{user}` cannot reach {}: {} is mode {mode:04o} owned by uid {owner}:{group}, which does not \
+         let `{user}` traverse it",
+        path.display(),
+        blocking.display()
+    )]
+    Unreachable {
+        user: String,
+        path: PathBuf,
+        blocking: PathBuf,
+        mode: u32,
+        owner: u32,
+        group: u32,
+    },
+    #[error("cannot give {} to the account `{user}`", path.display())]
+    Chown {
+        user: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl RunAsError {
+    /// What the user can do about it, for the `hint:` line the CLI renders.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            RunAsError::NotRoot { .. } => Some(
+                "remove run_as to run engines as yourself, or run kip as root (CI, containers)"
+                    .into(),
+            ),
+            RunAsError::UnknownUser { user, .. } if user != DEFAULT_ACCOUNT => Some(format!(
+                "create it (useradd --system {user}), or set KIP_RUN_AS to an existing account such as nobody"
+            )),
+            RunAsError::UnknownUser { .. } | RunAsError::CreateUser { .. } => {
+                Some("set KIP_RUN_AS to an existing unprivileged account, such as nobody".into())
+            }
+            RunAsError::Unreachable { user, blocking, .. } => Some(format!(
+                "put the project (or KIP_CACHE_DIR) somewhere `{user}` can reach, e.g. under /var/lib or /tmp; or \
+                 let it through with `chmod o+x {}`; or set KIP_RUN_AS to an account that can reach it",
+                blocking.display()
+            )),
+            RunAsError::Read { .. } | RunAsError::Chown { .. } => None,
+        }
+    }
+}
+
+/// One line of `/etc/passwd`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswdEntry {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: String,
+    pub shell: String,
+}
+
+impl PasswdEntry {
+    pub fn run_as(&self) -> RunAs {
+        RunAs {
+            user: self.name.clone(),
+            uid: self.uid,
+            gid: self.gid,
+        }
+    }
+}
+
+/// Parses `passwd(5)` text (`name:password:uid:gid:gecos:home:shell`), skipping comments, NIS `+`/`-` lines and
+/// malformed lines rather than failing on them: one odd line must not hide every account.
+pub fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
+    text.lines().filter_map(parse_passwd_line).collect()
+}
+
+fn parse_passwd_line(line: &str) -> Option<PasswdEntry> {
+    let line = line.trim_end_matches('\r');
+    if line.is_empty() || line.starts_with('#') || line.starts_with('+') || line.starts_with('-') {
+        return None;
+    }
+    let fields: Vec<&str> = line.split(':').collect();
+    if fields.len() < 7 || fields[0].is_empty() {
+        return None;
+    }
+    Some(PasswdEntry {
+        name: fields[0].to_owned(),
+        uid: fields[2].parse().ok()?,
+        gid: fields[3].parse().ok()?,
+        home: fields[5].to_owned(),
+        shell: fields[6].to_owned(),
+    })
+}
+
+/// Looks an account up by name: `/etc/passwd` first, then `getent passwd` (accounts from LDAP, sssd, systemd).
+pub fn lookup_user(name: &str) -> Result<Option<PasswdEntry>, RunAsError> {
+    lookup_user_with(
+        Path::new("/etc/passwd"),
+        name,
+        |entry| entry.name == name,
+        Some(name.to_owned()),
+    )
+}
+
+/// Looks an account up by uid, the same way as [`lookup_user`].
+pub fn lookup_uid(uid: u32) -> Result<Option<PasswdEntry>, RunAsError> {
+    lookup_user_with(
+        Path::new("/etc/passwd"),
+        &uid.to_string(),
+        |entry| entry.uid == uid,
+        Some(uid.to_string()),
+    )
+}
+
+fn lookup_user_with(
+    passwd: &Path,
+    key: &str,
+    matches: impl Fn(&PasswdEntry) -> bool,
+    getent_key: Option<String>,
+) -> Result<Option<PasswdEntry>, RunAsError> {
+    match std::fs::read_to_string(passwd) {
+        Ok(text) => {
+            if let Some(entry) = parse_passwd(&text).into_iter().find(|entry| matches(entry)) {
+                return Ok(Some(entry));
+            }
+        }
+        // A system without /etc/passwd (some minimal containers) still has getent, maybe.
+        Err(source) if source.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(RunAsError::Read {
+                path: passwd.to_owned(),
+                source,
+            });
+        }
+    }
+    let Some(getent_key) = getent_key else {
+        return Ok(None);
+    };
+    tracing::trace!(key, "not in {}, asking getent", passwd.display());
+    let output = match Command::new("getent")
+        .arg("passwd")
+        .arg(&getent_key)
+        .output()
+    {
+        Ok(output) if output.status.success() => output,
+        // Missing getent, or exit 2 (no such key): the account does not exist as far as we can tell.
+        _ => return Ok(None),
+    };
+    Ok(parse_passwd(&String::from_utf8_lossy(&output.stdout))
+        .into_iter()
+        .find(|entry| matches(entry)))
+}
+
+/// Decides which account engines run as.
+///
+/// Returns `None` when no switch is needed: kip is not root (engines run as kip's own user), or the account
+/// resolved to is kip's own uid. When kip is root: `configured` (the config's `run_as`), else `env_kip_run_as`
+/// (`KIP_RUN_AS`), else [`DEFAULT_ACCOUNT`], which is created when missing. A configured or `KIP_RUN_AS` account
+/// that does not exist is an error; kip only creates its own.
+///
+/// When kip is not root, a configured account other than kip's own user is an error (it cannot switch), while a
+/// different `KIP_RUN_AS` is only a warning: an environment variable set for a whole CI image should not break
+/// the jobs that happen to run unprivileged.
+pub fn resolve_run_as(
+    configured: Option<&str>,
+    env_kip_run_as: Option<&str>,
+) -> Result<Option<RunAs>, RunAsError> {
+    let configured = configured.map(str::trim).filter(|name| !name.is_empty());
+    let env_kip_run_as = env_kip_run_as
+        .map(str::trim)
+        .filter(|name| !name.is_empty());
+    let euid = rustix::process::geteuid().as_raw();
+    if euid != 0 {
+        let current = lookup_uid(euid)?
+            .map(|entry| entry.name)
+            .unwrap_or_else(|| euid.to_string());
+        if let Some(wanted) = configured
+            && wanted != current
+        {
+            return Err(RunAsError::NotRoot {
+                wanted: wanted.to_owned(),
+                current,
+                uid: euid,
+            });
+        }
+        if let Some(wanted) = env_kip_run_as
+            && wanted != current
+        {
+            tracing::warn!(
+                "KIP_RUN_AS={wanted} is ignored: kip runs as `{current}`, not root, so engines run as `{current}`"
+            );
+        }
+        return Ok(None);
+    }
+    let (name, origin) = match (configured, env_kip_run_as) {
+        (Some(name), _) => (name, "run_as"),
+        (None, Some(name)) => (name, "KIP_RUN_AS"),
+        (None, None) => (DEFAULT_ACCOUNT, "the default"),
+    };
+    let entry = match lookup_user(name)? {
+        Some(entry) => entry,
+        None if origin == "the default" => create_default_account(name)?,
+        None => {
+            return Err(RunAsError::UnknownUser {
+                user: name.to_owned(),
+                origin,
+            });
+        }
+    };
+    if entry.uid == euid {
+        return Ok(None);
+    }
+    Ok(Some(entry.run_as()))
+}
+
+/// Creates kip's own system account: no home, no login shell. Tries `useradd` (most distributions), then
+/// Debian's `adduser`, then BusyBox's `adduser` (Alpine).
+fn create_default_account(name: &str) -> Result<PasswdEntry, RunAsError> {
+    let shell = ["/usr/sbin/nologin", "/sbin/nologin"]
+        .into_iter()
+        .find(|shell| Path::new(shell).exists())
+        .unwrap_or("/bin/false");
+    let attempts: [(&str, Vec<&str>); 3] = [
+        (
+            "useradd",
+            vec![
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                shell,
+                name,
+            ],
+        ),
+        (
+            "adduser",
+            vec![
+                "--system",
+                "--group",
+                "--no-create-home",
+                "--home",
+                "/nonexistent",
+                "--shell",
+                shell,
+                name,
+            ],
+        ),
+        (
+            "adduser",
+            vec!["-S", "-D", "-H", "-h", "/nonexistent", "-s", shell, name],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (program, args) in attempts {
+        match Command::new(program).args(&args).output() {
+            Ok(output) if output.status.success() => {
+                if let Some(entry) = lookup_user(name)? {
+                    tracing::info!(
+                        "created the system account `{name}` (uid {}) to run engines as, since kip runs as root; \
+                         set KIP_RUN_AS or run_as to use another account",
+                        entry.uid
+                    );
+                    return Ok(entry);
+                }
+                failures.push(format!(
+                    "`{program}` succeeded but the account is still missing"
+                ));
+            }
+            Ok(output) => {
+                // Another kip may have created it at the same moment: then its useradd fails and that is fine.
+                if let Some(entry) = lookup_user(name)? {
+                    return Ok(entry);
+                }
+                let stderr = String::from_utf8_lossy(&output.stderr);
+                failures.push(format!(
+                    "`{program} {}` failed ({}): {}",
+                    args.join(" "),
+                    output.status,
+                    stderr.trim()
+                ));
+            }
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                failures.push(format!("`{program}` is not installed"));
+            }
+            Err(error) => failures.push(format!("cannot run `{program}`: {error}")),
+        }
+    }
+    Err(RunAsError::CreateUser {
+        user: name.to_owned(),
+        reason: failures.join("; "),
+    })
+}
+
+/// Checks that `run_as` can traverse every directory leading to `path` (and `path` itself when it exists), both
+/// along the path as written and along its canonical form (symlinks resolved).
+///
+/// Only mode bits are considered (owner, primary group, other); ACLs are not. Directories that do not exist yet are
+/// skipped: kip creates them with a mode that lets the account through.
+pub fn ensure_reachable(path: &Path, run_as: &RunAs) -> Result<(), RunAsError> {
+    let absolute = if path.is_absolute() {
+        path.to_owned()
+    } else {
+        std::env::current_dir()
+            .map_err(|source| RunAsError::Read {
+                path: PathBuf::from("."),
+                source,
+            })?
+            .join(path)
+    };
+    let mut chains = vec![prefixes(&absolute)];
+    if let Some(existing) = absolute.ancestors().find(|ancestor| ancestor.exists())
+        && let Ok(canonical) = std::fs::canonicalize(existing)
+    {
+        chains.push(prefixes(&canonical));
+    }
+    for directory in chains.into_iter().flatten() {
+        let metadata = match std::fs::metadata(&directory) {
+            Ok(metadata) => metadata,
+            Err(source) if source.kind() == io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(RunAsError::Read {
+                    path: directory,
+                    source,
+                });
+            }
+        };
+        if !metadata.is_dir() {
+            continue;
+        }
+        use std::os::unix::fs::MetadataExt as _;
+        let (mode, owner, group) = (metadata.mode() & 0o7777, metadata.uid(), metadata.gid());
+        if !can_traverse(mode, owner, group, run_as) {
+            return Err(RunAsError::Unreachable {
+                user: run_as.user.clone(),
+                path: path.to_owned(),
+                blocking: directory,
+                mode,
+                owner,
+                group,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Every prefix of an absolute path, from `/` to the path itself, with `..` and `.` left as written (the kernel
+/// checks each directory it walks through, so must we).
+fn prefixes(path: &Path) -> Vec<PathBuf> {
+    let mut current = PathBuf::new();
+    let mut out = Vec::new();
+    for component in path.components() {
+        current.push(component.as_os_str());
+        if !matches!(component, Component::CurDir) {
+            out.push(current.clone());
+        }
+    }
+    out
+}
+
+/// The kernel's rule for search (x) permission on a directory: the owner's bits if the account owns it, else the
+/// group's if it is the account's (primary) group, else the others' bits. Root passes everything.
+fn can_traverse(mode: u32, owner: u32, group: u32, run_as: &RunAs) -> bool {
+    if run_as.uid == 0 {
+        return true;
+    }
+    if owner == run_as.uid {
+        mode & 0o100 != 0
+    } else if group == run_as.gid {
+        mode & 0o010 != 0
+    } else {
+        mode & 0o001 != 0
+    }
+}
+
+/// Gives `path` and everything under it to `run_as` (uid and primary group), without following symlinks.
+pub fn chown_tree(path: &Path, run_as: &RunAs) -> Result<(), RunAsError> {
+    let fail = |path: &Path, source: io::Error| RunAsError::Chown {
+        user: run_as.user.clone(),
+        path: path.to_owned(),
+        source,
+    };
+    std::os::unix::fs::lchown(path, Some(run_as.uid), Some(run_as.gid))
+        .map_err(|source| fail(path, source))?;
+    let metadata = std::fs::symlink_metadata(path).map_err(|source| fail(path, source))?;
+    if !metadata.is_dir() {
+        return Ok(());
+    }
+    let mut pending = vec![path.to_owned()];
+    while let Some(directory) = pending.pop() {
+        let entries = std::fs::read_dir(&directory).map_err(|source| fail(&directory, source))?;
+        for entry in entries {
+            let entry = entry.map_err(|source| fail(&directory, source))?;
+            let child = entry.path();
+            std::os::unix::fs::lchown(&child, Some(run_as.uid), Some(run_as.gid))
+                .map_err(|source| fail(&child, source))?;
+            if entry
+                .file_type()
+                .map_err(|source| fail(&child, source))?
+                .is_dir()
+            {
+                pending.push(child);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    const PASSWD: &str = "\
+root:x:0:0:root:/root:/bin/bash
+# a comment
+daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin
+
++nisuser::::::
+broken line
+baduid:x:notanumber:5:::/bin/sh
+nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\r
+kip:x:998:997::/nonexistent:/usr/sbin/nologin
+";
+
+    #[test]
+    fn passwd_parsing_keeps_good_lines_and_skips_the_rest() {
+        let entries = parse_passwd(PASSWD);
+        let names: Vec<&str> = entries.iter().map(|entry| entry.name.as_str()).collect();
+        assert_eq!(names, ["root", "daemon", "nobody", "kip"]);
+        let nobody = &entries[2];
+        assert_eq!((nobody.uid, nobody.gid), (65534, 65534));
+        assert_eq!(
+            nobody.shell, "/usr/sbin/nologin",
+            "a CRLF line ending is not part of the shell"
+        );
+        assert_eq!(
+            entries[3].run_as(),
+            RunAs {
+                user: "kip".into(),
+                uid: 998,
+                gid: 997
+            }
+        );
+    }
+
+    #[test]
+    fn lookup_reads_the_given_file_without_getent() {
+        let dir = tempfile::tempdir().unwrap();
+        let passwd = dir.path().join("passwd");
+        std::fs::write(&passwd, PASSWD).unwrap();
+        let found = lookup_user_with(&passwd, "kip", |entry| entry.name == "kip", None).unwrap();
+        assert_eq!(found.map(|entry| entry.uid), Some(998));
+        let missing =
+            lookup_user_with(&passwd, "ghost", |entry| entry.name == "ghost", None).unwrap();
+        assert_eq!(missing, None);
+    }
+
+    #[test]
+    fn traversal_follows_owner_group_other_bits() {
+        let account = RunAs {
+            user: "someone".into(),
+            uid: 1000,
+            gid: 1000,
+        };
+        assert!(can_traverse(0o755, 0, 0, &account));
+        assert!(can_traverse(0o711, 0, 0, &account));
+        assert!(!can_traverse(0o700, 0, 0, &account));
+        assert!(!can_traverse(0o750, 0, 0, &account));
+        assert!(can_traverse(0o750, 0, 1000, &account), "group member");
+        assert!(can_traverse(0o700, 1000, 0, &account), "owner");
+        assert!(
+            !can_traverse(0o607, 1000, 0, &account),
+            "the owner's bits win over the others'"
+        );
+        assert!(can_traverse(
+            0o000,
+            5,
+            5,
+            &RunAs {
+                user: "root".into(),
+                uid: 0,
+                gid: 0
+            }
+        ));
+    }
+
+    #[test]
+    fn a_closed_ancestor_is_named_with_a_hint() {
+        let me = rustix::process::geteuid().as_raw();
+        let my_gid = rustix::process::getegid().as_raw();
+        let root = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let closed = root.path().join("closed");
+        let data = closed.join("project/.kip/data");
+        std::fs::create_dir_all(&data).unwrap();
+        for directory in [&closed.join("project/.kip"), &closed.join("project")] {
+            std::fs::set_permissions(directory, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+
+        // Someone else (not the owner, not in the group) is stopped at `closed`, even for paths not created yet.
+        let stranger = RunAs {
+            user: "stranger".into(),
+            uid: me.wrapping_add(4242),
+            gid: my_gid.wrapping_add(4242),
+        };
+        // The temp dir's own ancestors (e.g. /tmp) must be open for this test to mean anything.
+        if ensure_reachable(root.path(), &stranger).is_ok() {
+            for target in [data.clone(), data.join("not/yet/created")] {
+                let error = ensure_reachable(&target, &stranger).unwrap_err();
+                match &error {
+                    RunAsError::Unreachable { blocking, mode, .. } => {
+                        assert_eq!(blocking, &closed);
+                        assert_eq!(*mode, 0o700);
+                    }
+                    other => panic!("unexpected error: {other}"),
+                }
+                assert!(error.to_string().contains("cannot reach"), "{error}");
+                assert!(error.hint().unwrap().contains("/var/lib or /tmp"));
+            }
+            // o+x is enough to traverse, no read permission needed.
+            std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o711)).unwrap();
+            ensure_reachable(&data, &stranger).unwrap();
+            std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
+
+        // The owner gets through its own 0700 directory.
+        let owner = RunAs {
+            user: "me".into(),
+            uid: me,
+            gid: my_gid,
+        };
+        ensure_reachable(&data, &owner).unwrap();
+    }
+
+    #[test]
+    fn chown_tree_to_ourselves_walks_everything() {
+        let me = RunAs {
+            user: "me".into(),
+            uid: rustix::process::geteuid().as_raw(),
+            gid: rustix::process::getegid().as_raw(),
+        };
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("a/b")).unwrap();
+        std::fs::write(root.path().join("a/b/file"), "x").unwrap();
+        std::os::unix::fs::symlink("/nonexistent/target", root.path().join("a/dangling")).unwrap();
+        chown_tree(root.path(), &me).unwrap();
+    }
+
+    #[test]
+    fn prefixes_start_at_the_root() {
+        assert_eq!(
+            prefixes(Path::new("/var/lib/kip")),
+            [
+                Path::new("/"),
+                Path::new("/var"),
+                Path::new("/var/lib"),
+                Path::new("/var/lib/kip")
+            ]
+        );
+    }
+}

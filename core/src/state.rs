@@ -1,0 +1,359 @@
+//! `.kip/state.json`: what kip made exist, so the next plan can compare it with the configuration.
+//!
+//! It records, per instance, the engine, the resolved version, where its data and socket live, the secrets kip
+//! generated (passwords), and the objects kip created with their attributes. Writes are atomic (temp file, fsync,
+//! rename) with mode 0600, because generated secrets live only here. Every write bumps `serial`; `lineage` is
+//! fixed when the state is first created, so a plan file can tell it is applied to the same state it was made
+//! from. A [`StateLock`] keeps two kips from changing it at once.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+pub const STATE_FORMAT: u32 = 1;
+pub const STATE_FILE: &str = "state.json";
+pub const LOCK_FILE: &str = "state.lock";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub format_version: u32,
+    pub serial: u64,
+    pub lineage: String,
+    #[serde(default)]
+    pub instances: BTreeMap<String, InstanceState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceState {
+    pub engine: String,
+    /// The declared spec ("16") and the full version it resolved to ("16.14.0").
+    pub spec: String,
+    pub version: String,
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub socket_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Generated secrets by name ("password", "role.app.password"); never printed.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+    /// Engine settings as last applied.
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
+    /// Objects kip created, by address, with their attributes as last converged.
+    #[serde(default)]
+    pub objects: BTreeMap<String, ObjectState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectState {
+    pub kind: String,
+    pub attributes: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot {action} {}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not a kip state file (line {line}, column {column})", path.display())]
+    Malformed {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{} has state format {found}; this kip reads format {STATE_FORMAT}", path.display())]
+    Format { path: PathBuf, found: u32 },
+    #[error("the state is locked by kip process {pid} (since {since}); gave up after {waited:?}")]
+    Locked {
+        pid: u32,
+        since: String,
+        waited: Duration,
+    },
+}
+
+impl StateError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            StateError::Locked { .. } => Some(
+                "another kip is changing this project; wait for it, or raise --lock-timeout. A lock whose process \
+                 is gone is broken automatically"
+                    .into(),
+            ),
+            StateError::Malformed { .. } => {
+                Some("the state was edited by hand or damaged; restore it from .kip/state.json.backup".into())
+            }
+            StateError::Format { .. } => Some("upgrade kip to read this state".into()),
+            StateError::Io { .. } => None,
+        }
+    }
+}
+
+impl State {
+    pub fn new() -> State {
+        State {
+            format_version: STATE_FORMAT,
+            serial: 0,
+            lineage: new_lineage(),
+            instances: BTreeMap::new(),
+        }
+    }
+
+    /// Reads the state in `kip_dir`; a missing file is a new, empty state.
+    pub fn read(kip_dir: &Path) -> Result<State, StateError> {
+        let path = kip_dir.join(STATE_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(State::new()),
+            Err(source) => {
+                return Err(StateError::Io {
+                    action: "read",
+                    path,
+                    source,
+                });
+            }
+        };
+        #[derive(Deserialize)]
+        struct Probe {
+            format_version: u32,
+        }
+        let malformed = |source: serde_json::Error| StateError::Malformed {
+            path: path.clone(),
+            line: source.line(),
+            column: source.column(),
+            source,
+        };
+        let probe: Probe = serde_json::from_slice(&bytes).map_err(malformed)?;
+        if probe.format_version != STATE_FORMAT {
+            return Err(StateError::Format {
+                path,
+                found: probe.format_version,
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(malformed)
+    }
+
+    /// Writes the state atomically with mode 0600, bumping the serial, keeping the previous file as a backup.
+    pub fn write(&mut self, kip_dir: &Path) -> Result<(), StateError> {
+        self.serial += 1;
+        let path = kip_dir.join(STATE_FILE);
+        let io = |action: &'static str, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StateError::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        std::fs::create_dir_all(kip_dir).map_err(io("create", kip_dir))?;
+        let mut text = serde_json::to_string_pretty(self).expect("state serialises");
+        text.push('\n');
+        let temp = kip_dir.join(format!(".{STATE_FILE}.{}.tmp", std::process::id()));
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&temp)
+                .map_err(io("write", &temp))?;
+            file.write_all(text.as_bytes())
+                .map_err(io("write", &temp))?;
+            file.sync_all().map_err(io("sync", &temp))?;
+        }
+        if path.exists() {
+            let backup = kip_dir.join(format!("{STATE_FILE}.backup"));
+            std::fs::copy(&path, &backup).map_err(io("back up", &backup))?;
+        }
+        std::fs::rename(&temp, &path).map_err(io("write", &path))?;
+        std::fs::File::open(kip_dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(io("sync", kip_dir))?;
+        Ok(())
+    }
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State::new()
+    }
+}
+
+fn new_lineage() -> String {
+    let mut bytes = [0u8; 16];
+    if let Ok(mut random) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read as _;
+        let _ = random.read_exact(&mut bytes);
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    bytes[..8]
+        .iter_mut()
+        .zip(nanos.to_le_bytes())
+        .for_each(|(byte, time)| *byte ^= time);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+/// An exclusive lock on a project's state, held while a command may change it; released on drop. The lock file
+/// names its holder, so a waiting kip can say who holds it, and can break the lock of a process that is gone.
+#[derive(Debug)]
+pub struct StateLock {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl StateLock {
+    /// Takes the lock, waiting up to `timeout` for another kip to release it.
+    pub fn acquire(kip_dir: &Path, timeout: Duration) -> Result<StateLock, StateError> {
+        let path = kip_dir.join(LOCK_FILE);
+        std::fs::create_dir_all(kip_dir).map_err(|source| StateError::Io {
+            action: "create",
+            path: kip_dir.to_path_buf(),
+            source,
+        })?;
+        let started = Instant::now();
+        loop {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(|source| StateError::Io {
+                    action: "open",
+                    path: path.clone(),
+                    source,
+                })?;
+            // The kernel releases an flock when its holder dies, so a dead holder's lock breaks by itself; the
+            // pid in the file is only for the message.
+            match file.try_lock() {
+                Ok(()) => {
+                    let mut lock = StateLock { file, path };
+                    lock.record_holder();
+                    return Ok(lock);
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    if started.elapsed() >= timeout {
+                        let (pid, since) = holder(&path);
+                        return Err(StateError::Locked {
+                            pid,
+                            since,
+                            waited: started.elapsed(),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(std::fs::TryLockError::Error(source)) => {
+                    return Err(StateError::Io {
+                        action: "lock",
+                        path,
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    fn record_holder(&mut self) {
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let _ = self.file.set_len(0);
+        let _ = (&self.file).write_all(format!("{} {since}\n", std::process::id()).as_bytes());
+        let _ = self.file.sync_all();
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for StateLock {
+    fn drop(&mut self) {
+        let _ = self.file.set_len(0);
+        let _ = self.file.unlock();
+    }
+}
+
+fn holder(path: &Path) -> (u32, String) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut parts = text.split_whitespace();
+    let pid = parts.next().and_then(|pid| pid.parse().ok()).unwrap_or(0);
+    let since = parts.next().map_or_else(
+        || "an unknown time".to_owned(),
+        |secs| format!("unix time {secs}"),
+    );
+    (pid, since)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_are_atomic_private_and_bump_the_serial() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = State::read(dir.path()).unwrap();
+        assert_eq!(state.serial, 0);
+        let lineage = state.lineage.clone();
+        state.write(dir.path()).unwrap();
+        state.write(dir.path()).unwrap();
+        let again = State::read(dir.path()).unwrap();
+        assert_eq!(again.serial, 2);
+        assert_eq!(again.lineage, lineage);
+        let mode = std::fs::metadata(dir.path().join(STATE_FILE))
+            .unwrap()
+            .permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+    }
+
+    #[test]
+    fn malformed_state_names_the_position() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(STATE_FILE),
+            "{\n  \"format_version\": 1,\n  \"serial\": x\n}",
+        )
+        .unwrap();
+        let error = State::read(dir.path()).unwrap_err();
+        assert!(
+            matches!(error, StateError::Malformed { line: 3, .. }),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_second_lock_waits_then_names_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = StateLock::acquire(dir.path(), Duration::ZERO).unwrap();
+        let error = StateLock::acquire(dir.path(), Duration::from_millis(120)).unwrap_err();
+        match error {
+            StateError::Locked { pid, .. } => assert_eq!(pid, std::process::id()),
+            other => panic!("{other}"),
+        }
+        drop(first);
+        StateLock::acquire(dir.path(), Duration::ZERO).unwrap();
+    }
+}

@@ -1,0 +1,90 @@
+//! How the supervisor runs a PostgreSQL instance: the `postgres` server itself (no `pg_ctl`, so the supervisor
+//! owns the process and its exit status), with everything else in the data dir's `kip.conf`.
+//!
+//! Readiness is the socket file appearing. PostgreSQL creates it a few milliseconds before it accepts sessions
+//! (it answers "the database system is starting up" meanwhile), so [`super::Connector`] retries that one error.
+//! Stopping is SIGINT (PostgreSQL's fast shutdown: sessions are ended, a checkpoint is written), then SIGQUIT
+//! (immediate shutdown, crash recovery at the next start) and finally SIGKILL from the supervisor.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use kip_core::engine::{Probe, ProbeKind, RestartPolicy, RunAs, SpawnSpec, StopSpec};
+
+use super::DEFAULT_PORT;
+
+/// The socket file of a server listening in `socket_dir` on `port`.
+pub fn socket_path(socket_dir: &Path, port: Option<u16>) -> std::path::PathBuf {
+    socket_dir.join(format!(".s.PGSQL.{}", port.unwrap_or(DEFAULT_PORT)))
+}
+
+/// The process of a PostgreSQL instance. `name` is the instance address (`postgres.main`); `socket_dir`, `port`
+/// must match what [`super::write_config`] wrote into the data dir.
+pub fn spawn_spec(
+    name: &str,
+    toolchain_root: &Path,
+    data_dir: &Path,
+    socket_dir: &Path,
+    port: Option<u16>,
+    log: &Path,
+    run_as: Option<RunAs>,
+) -> SpawnSpec {
+    // The builds find their libraries through RUNPATH ($ORIGIN/../lib), which a caller's LD_LIBRARY_PATH would
+    // override. An empty value is ignored by the dynamic loader, so this unsets it whatever the supervisor inherits.
+    let env = BTreeMap::from([("LD_LIBRARY_PATH".to_owned(), String::new())]);
+    SpawnSpec {
+        name: name.to_owned(),
+        program: toolchain_root.join("bin").join("postgres"),
+        args: vec!["-D".to_owned(), data_dir.to_string_lossy().into_owned()],
+        env,
+        cwd: data_dir.to_owned(),
+        run_as,
+        probe: Probe {
+            kind: ProbeKind::Socket {
+                path: socket_path(socket_dir, port),
+            },
+            initial_delay: Duration::ZERO,
+            interval: Duration::from_millis(10),
+            timeout: Duration::from_secs(30),
+        },
+        restart: RestartPolicy::OnFailure,
+        max_restarts: None,
+        stop: StopSpec {
+            signals: vec![("SIGINT".to_owned(), 10_000), ("SIGQUIT".to_owned(), 5_000)],
+        },
+        log: log.to_owned(),
+        after: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_the_server_on_its_data_dir_and_probes_its_socket() {
+        let spec = spawn_spec(
+            "postgres.main",
+            Path::new("/cache/pg16"),
+            Path::new("/p/.kip/data/main"),
+            Path::new("/p/.kip/run/main"),
+            None,
+            Path::new("/p/.kip/logs/main.log"),
+            None,
+        );
+        assert_eq!(spec.program, Path::new("/cache/pg16/bin/postgres"));
+        assert_eq!(spec.args, ["-D", "/p/.kip/data/main"]);
+        assert_eq!(
+            spec.probe.kind,
+            ProbeKind::Socket {
+                path: "/p/.kip/run/main/.s.PGSQL.5432".into()
+            }
+        );
+        assert_eq!(spec.stop.signals[0], ("SIGINT".to_owned(), 10_000));
+        assert_eq!(
+            spec.env.get("LD_LIBRARY_PATH").map(String::as_str),
+            Some("")
+        );
+    }
+}
