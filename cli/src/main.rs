@@ -54,6 +54,23 @@ pub enum Command {
     /// Work with the signed version registry.
     #[command(subcommand)]
     Registry(commands::registry::Command),
+    /// Show what apply would change: `+` create, `~` update, `-/+` replace, `-` destroy.
+    Plan(commands::engines::PlanArgs),
+    /// Make the engines match the configuration.
+    Apply(commands::engines::ApplyArgs),
+    /// Stop every instance and delete its data.
+    Destroy(commands::engines::DestroyArgs),
+    /// Stop every engine of the project, keeping their data (`kip apply` starts them again).
+    Down,
+    /// List the engines' processes: state, pid, uptime, socket.
+    Ps(commands::engines::PsArgs),
+    /// Print the connection URL of an instance or object (postgres.main.database.shop).
+    Url(commands::engines::UrlArgs),
+    /// Print the engines' URLs as environment variables (DATABASE_URL, KIP_POSTGRES_MAIN_URL, …).
+    Env(commands::engines::EnvArgs),
+    /// The per-project supervisor (started by apply).
+    #[command(hide = true)]
+    Supervisor(commands::engines::SupervisorArgs),
     /// Resolve every declared engine and pin it in kip.lock.
     Lock(commands::lock::Args),
     /// Resolve every declared engine to a verified toolchain and print where it is.
@@ -132,6 +149,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Schema(args) => commands::schema::run(&context, args),
         Command::Graph(args) => commands::graph::run(&context, args),
         Command::Registry(command) => commands::registry::run(&context, command),
+        Command::Plan(args) => commands::engines::plan(&context, args),
+        Command::Apply(args) => commands::engines::apply(&context, args),
+        Command::Destroy(args) => commands::engines::destroy(&context, args),
+        Command::Down => commands::engines::down(&context),
+        Command::Ps(args) => commands::engines::ps(&context, args),
+        Command::Url(args) => commands::engines::url(&context, args),
+        Command::Env(args) => commands::engines::env(&context, args),
+        Command::Supervisor(args) => commands::engines::supervisor(args),
         Command::Lock(args) => commands::lock::run(&context, args),
         Command::Resolve(args) => commands::lock::run_resolve(&context, args),
         Command::Mirror(command) => commands::mirror::run(&context, command),

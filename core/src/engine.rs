@@ -111,3 +111,125 @@ mod millis {
         Ok(Duration::from_millis(u64::deserialize(deserializer)?))
     }
 }
+
+/// A boxed future, so that engines can be used as trait objects.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// An engine's error, with an optional hint for the user.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct EngineError {
+    pub message: String,
+    pub hint: Option<String>,
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl EngineError {
+    pub fn new(message: impl Into<String>) -> Self {
+        EngineError {
+            message: message.into(),
+            hint: None,
+            source: None,
+        }
+    }
+
+    pub fn with_source(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        EngineError {
+            message: message.into(),
+            hint: None,
+            source: Some(Box::new(source)),
+        }
+    }
+
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+/// Everything an engine needs to act on one instance.
+#[derive(Debug, Clone)]
+pub struct InstanceEnv {
+    /// "postgres.main"
+    pub address: String,
+    pub instance: crate::config::Instance,
+    pub toolchain: crate::resolve::Toolchain,
+    /// The engine's data directory (created by provision).
+    pub data_dir: PathBuf,
+    /// Where the engine's sockets go.
+    pub run_dir: PathBuf,
+    /// Where the engine's log goes.
+    pub log: PathBuf,
+    /// A shared cache for templates (initialised data dirs per version).
+    pub templates: PathBuf,
+    pub run_as: Option<RunAs>,
+    /// Secrets kept in state (generated passwords), by name.
+    pub secrets: BTreeMap<String, String>,
+}
+
+/// What to do after new settings were written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reconfigure {
+    Nothing,
+    Reloaded,
+    RestartNeeded,
+}
+
+/// An engine: how kip plans, starts, converges and prunes its instances. Optional behaviour has defaults, so a
+/// provider implements what its engine supports.
+pub trait Engine: Send + Sync {
+    fn name(&self) -> &'static str;
+
+    /// The nodes the configuration implies for this instance (the instance itself and its objects), from the
+    /// configuration alone.
+    fn desired(
+        &self,
+        instance: &crate::config::Instance,
+    ) -> Result<Vec<crate::plan::Desired>, EngineError>;
+
+    /// Creates the data directory when it does not exist (idempotent) and generates the secrets it needs.
+    fn provision<'a>(&'a self, env: &'a mut InstanceEnv) -> BoxFuture<'a, Result<(), EngineError>>;
+
+    /// The processes to run.
+    fn spawn_specs(&self, env: &InstanceEnv) -> Result<Vec<SpawnSpec>, EngineError>;
+
+    /// Runs once the processes are ready, before objects converge (set the superuser password, …).
+    fn after_start<'a>(&'a self, _env: &'a InstanceEnv) -> BoxFuture<'a, Result<(), EngineError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Writes changed settings into the running instance's configuration and says what it takes to apply them.
+    fn reconfigure<'a>(
+        &'a self,
+        _env: &'a InstanceEnv,
+    ) -> BoxFuture<'a, Result<Reconfigure, EngineError>> {
+        Box::pin(async { Ok(Reconfigure::Nothing) })
+    }
+
+    /// The objects that exist in the running instance, by address; `managed` are the addresses kip created
+    /// or the configuration declares (others are never reported, so never pruned).
+    fn refresh<'a>(
+        &'a self,
+        _env: &'a InstanceEnv,
+        _managed: &'a [String],
+    ) -> BoxFuture<'a, Result<BTreeMap<String, crate::plan::Existing>, EngineError>> {
+        Box::pin(async { Ok(BTreeMap::new()) })
+    }
+
+    /// Applies this instance's object changes, batched.
+    fn converge<'a>(
+        &'a self,
+        _env: &'a mut InstanceEnv,
+        _changes: &'a [crate::plan::Change],
+    ) -> BoxFuture<'a, Result<(), EngineError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Exported attributes (url, host, port, socket, user, password) of the instance, or of one of its objects
+    /// (`object` is its full address).
+    fn exports(&self, env: &InstanceEnv, object: Option<&str>) -> BTreeMap<String, String>;
+}

@@ -7,6 +7,7 @@
 //! Invariant: the core knows no engine by name. What an engine accepts comes from `kip-schemas`; which versions
 //! are supported comes from `kip-registry`.
 
+pub mod apply;
 pub mod archive;
 pub mod config;
 pub mod diag;
@@ -22,3 +23,4 @@ pub mod resolve;
 pub mod runas;
 pub mod source;
 pub mod state;
+pub mod supervisor;

@@ -40,9 +40,18 @@ pub struct InstanceState {
     /// Generated secrets by name ("password", "role.app.password"); never printed.
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
-    /// Engine settings as last applied.
+    /// The toolchain the instance runs from.
     #[serde(default)]
-    pub settings: BTreeMap<String, String>,
+    pub toolchain: PathBuf,
+    /// The run-as account, when kip switched to one.
+    #[serde(default)]
+    pub run_as: Option<crate::engine::RunAs>,
+    /// The log file of the instance's processes.
+    #[serde(default)]
+    pub log: PathBuf,
+    /// The instance's own attributes as last applied (major, port, settings).
+    #[serde(default)]
+    pub attributes: BTreeMap<String, serde_json::Value>,
     /// Objects kip created, by address, with their attributes as last converged.
     #[serde(default)]
     pub objects: BTreeMap<String, ObjectState>,

@@ -5,6 +5,7 @@
 mod http;
 mod support;
 
+mod apply;
 mod diagnostics;
 mod fmt;
 mod graph;

@@ -30,10 +30,17 @@ impl Run {
 
 impl Project {
     pub fn new() -> Self {
-        Project {
+        let project = Project {
             dir: tempfile::tempdir().unwrap(),
             home: tempfile::tempdir().unwrap(),
+        };
+        // Engines run as an unprivileged account when the tests run as root: it must reach the project and the
+        // cache (a fresh temp dir is 0700).
+        for dir in [project.dir.path(), project.home.path()] {
+            std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
         }
+        project
     }
 
     /// A project whose kip.hcl holds `source`.

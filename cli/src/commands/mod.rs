@@ -2,6 +2,7 @@
 //! library crates, prints its result, and returns the exit status.
 
 pub mod completions;
+pub mod engines;
 pub mod fmt;
 pub mod graph;
 pub mod init;

@@ -13,6 +13,7 @@
 
 pub mod change;
 pub mod config;
+pub mod engine;
 pub mod live;
 pub mod quote;
 pub mod spawn;
@@ -26,6 +27,7 @@ pub use config::{
     AuthMethod, ServerConfig, SettingValue, SettingsAction, pending_restart, reload,
     settings_change, write_config, write_hba,
 };
+pub use engine::Postgres;
 pub use live::{Live, LiveDatabase, LiveExtension, LiveRole, LiveSchema, ObjectGrants, Privileges};
 pub use quote::{quote_ident, quote_literal};
 pub use spawn::spawn_spec;

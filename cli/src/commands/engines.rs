@@ -1,0 +1,623 @@
+//! The commands that make engines exist and use them: `plan`, `apply`, `destroy`, `down`, `ps`, `url`, `env`,
+//! and the hidden `supervisor` daemon entry point.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal as _, Write as _};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kip_core::apply::{Applier, ApplyError, Engines, Planner, Project};
+use kip_core::plan::{Action, Change, Plan};
+use kip_core::state::{State, StateLock};
+
+use super::{Context, VarArgs, load_and_check, print_diagnostics};
+use crate::progress::Bar;
+use crate::render::Style;
+use crate::{ExitStatus, with_hint};
+
+fn engines() -> Engines {
+    let mut engines: Engines = BTreeMap::new();
+    engines.insert("postgres", Box::new(kip_providers::postgres::Postgres));
+    engines
+}
+
+fn project(context: &Context) -> anyhow::Result<Project> {
+    let Some(cache) = kip_core::resolve::default_cache_dir() else {
+        return Err(with_hint(
+            anyhow::anyhow!("cannot find a cache directory"),
+            "set KIP_CACHE_DIR",
+        ));
+    };
+    let exe = std::env::current_exe()
+        .map_err(|error| anyhow::anyhow!("cannot find the kip binary: {error}"))?;
+    let dir = std::fs::canonicalize(&context.dir).unwrap_or_else(|_| context.dir.clone());
+    Ok(Project::new(&dir, &cache, &exe))
+}
+
+fn apply_error(error: ApplyError) -> anyhow::Error {
+    match error.hint() {
+        Some(hint) => with_hint(error, hint),
+        None => error.into(),
+    }
+}
+
+fn state_error(error: kip_core::state::StateError) -> anyhow::Error {
+    match error.hint() {
+        Some(hint) => with_hint(error, hint),
+        None => error.into(),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    /// Exit 0 when there is nothing to do, 2 when there are changes, 1 on error.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+    /// Print the plan as JSON (format_version 1.0).
+    #[arg(long)]
+    pub json: bool,
+    /// Trust the state instead of asking the running engines what exists.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub refresh: bool,
+    #[command(flatten)]
+    pub vars: VarArgs,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// Apply without asking for confirmation (CI).
+    #[arg(long)]
+    pub auto_approve: bool,
+    /// Refuse to add or move a pin in kip.lock.
+    #[arg(long)]
+    pub locked: bool,
+    /// How long to wait for another kip holding the state lock.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+    #[command(flatten)]
+    pub vars: VarArgs,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30s or 500ms"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(value)),
+        "s" | "" => Ok(Duration::from_secs(value)),
+        "m" => Ok(Duration::from_secs(value * 60)),
+        _ => Err(format!("{text:?} is not a duration like 30s or 500ms")),
+    }
+}
+
+fn make_plan(
+    context: &Context,
+    vars: &VarArgs,
+    refresh: bool,
+) -> anyhow::Result<Option<(kip_core::config::Checked, Plan, Project, State)>> {
+    let checked = load_and_check(context, vars)?;
+    print_diagnostics(context, &checked)?;
+    if checked.config.is_none() {
+        return Ok(None);
+    }
+    let project = project(context)?;
+    let state = State::read(&project.kip_dir).map_err(state_error)?;
+    let engines = engines();
+    let config = checked.config.as_ref().expect("checked above");
+    let planner = Planner {
+        project: &project,
+        config,
+        engines: &engines,
+        state: &state,
+        refresh,
+    };
+    let plan = runtime()?.block_on(planner.plan()).map_err(apply_error)?;
+    Ok(Some((checked, plan, project, state)))
+}
+
+pub fn plan(context: &Context, args: PlanArgs) -> anyhow::Result<ExitStatus> {
+    let Some((_, plan, _, _)) = make_plan(context, &args.vars, args.refresh)? else {
+        return Ok(ExitStatus::Failure);
+    };
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        let mut value = serde_json::to_value(&plan)?;
+        redact_json(&mut value, &plan);
+        writeln!(stdout, "{}", serde_json::to_string_pretty(&value)?)?;
+    } else {
+        write!(
+            stdout,
+            "{}",
+            render_plan(&plan, Style::for_stdout(context.color))
+        )?;
+    }
+    if !plan.prevented().is_empty() {
+        return Err(prevented(&plan));
+    }
+    Ok(if args.detailed_exitcode && plan.has_changes() {
+        ExitStatus::Changes
+    } else {
+        ExitStatus::Success
+    })
+}
+
+fn prevented(plan: &Plan) -> anyhow::Error {
+    let names: Vec<&str> = plan
+        .prevented()
+        .iter()
+        .map(|c| c.address.as_str())
+        .collect();
+    with_hint(
+        anyhow::anyhow!(
+            "the plan would destroy {}, which set prevent_destroy = true",
+            names.join(", ")
+        ),
+        "remove prevent_destroy first if you really mean to destroy it",
+    )
+}
+
+fn redact_json(value: &mut serde_json::Value, plan: &Plan) {
+    let Some(changes) = value.get_mut("changes").and_then(|c| c.as_array_mut()) else {
+        return;
+    };
+    for (json, change) in changes.iter_mut().zip(&plan.changes) {
+        for side in ["before", "after"] {
+            if let Some(map) = json.get_mut(side).and_then(|s| s.as_object_mut()) {
+                for key in &change.sensitive {
+                    if map.contains_key(key) {
+                        map.insert(key.clone(), serde_json::json!("(sensitive)"));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn show(value: Option<&serde_json::Value>, sensitive: bool) -> String {
+    match value {
+        _ if sensitive => "(sensitive)".to_owned(),
+        None | Some(serde_json::Value::Null) => "null".to_owned(),
+        Some(value) => value.to_string(),
+    }
+}
+
+/// Terraform's layout: one block per changing node with `+`, `~`, `-/+`, `-`, then the summary line.
+pub fn render_plan(plan: &Plan, style: Style) -> String {
+    let changing: Vec<&Change> = plan
+        .changes
+        .iter()
+        .filter(|c| c.action != Action::Noop)
+        .collect();
+    if changing.is_empty() {
+        return "No changes. The engines match the configuration.\n".to_owned();
+    }
+    let mut out = String::from("kip will perform the following actions:\n\n");
+    for change in changing {
+        let symbol = change.action.symbol();
+        let painted = match change.action {
+            Action::Create => style.green(symbol),
+            Action::Delete => style.red(symbol),
+            _ => style.yellow(symbol),
+        };
+        out.push_str(&format!(
+            "  {painted} {} ({})\n",
+            style.bold(&change.address),
+            change.kind
+        ));
+        let before = change.before.clone().unwrap_or_default();
+        let after = change.after.clone().unwrap_or_default();
+        let names: Vec<String> = match change.action {
+            Action::Create => after.keys().cloned().collect(),
+            Action::Delete => Vec::new(),
+            _ => change.changed_attributes(),
+        };
+        let width = names.iter().map(String::len).max().unwrap_or(0);
+        for name in names {
+            let sensitive = change.sensitive.contains(&name);
+            let forces = if change.replace_because.contains(&name) {
+                "  # forces replacement"
+            } else {
+                ""
+            };
+            match change.action {
+                Action::Create => out.push_str(&format!(
+                    "      {name:<width$} = {}\n",
+                    show(after.get(&name), sensitive)
+                )),
+                _ => out.push_str(&format!(
+                    "      {name:<width$} = {} -> {}{forces}\n",
+                    show(before.get(&name), sensitive),
+                    show(after.get(&name), sensitive)
+                )),
+            }
+        }
+    }
+    let summary = plan.summary();
+    out.push_str(&format!(
+        "\nPlan: {} to add, {} to change, {} to destroy.\n",
+        summary.add, summary.change, summary.destroy
+    ));
+    out
+}
+
+struct Steps;
+
+impl kip_core::apply::Report for Steps {
+    fn step(&self, address: &str, what: &str) {
+        let _ = writeln!(std::io::stderr().lock(), "{address}: {what}");
+    }
+}
+
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    if !std::io::stdin().is_terminal() {
+        return Err(with_hint(
+            anyhow::anyhow!("kip asks before changing engines, and there is no terminal to ask on"),
+            "pass --auto-approve to apply without asking (as CI does)",
+        ));
+    }
+    let mut stdout = std::io::stdout().lock();
+    write!(stdout, "{question}\n  Only 'yes' will be accepted: ")?;
+    stdout.flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(answer.trim() == "yes")
+}
+
+fn resolve_settings(project: &Project) -> kip_core::resolve::ResolveSettings {
+    let engines = kip_schemas::engines().iter().map(|engine| engine.name);
+    kip_core::resolve::ResolveSettings::from_env(engines, project.cache.join("store"))
+}
+
+pub fn apply(context: &Context, args: ApplyArgs) -> anyhow::Result<ExitStatus> {
+    let project = project(context)?;
+    let _lock = StateLock::acquire(&project.kip_dir, args.lock_timeout).map_err(state_error)?;
+    let Some((checked, plan, project, mut state)) = make_plan(context, &args.vars, true)? else {
+        return Ok(ExitStatus::Failure);
+    };
+    let style = Style::for_stdout(context.color);
+    write!(std::io::stdout().lock(), "{}", render_plan(&plan, style))?;
+    if !plan.prevented().is_empty() {
+        return Err(prevented(&plan));
+    }
+    if plan.has_changes()
+        && !args.auto_approve
+        && !confirm("\nDo you want to perform these actions?")?
+    {
+        writeln!(std::io::stdout().lock(), "Apply cancelled.")?;
+        return Ok(ExitStatus::Failure);
+    }
+    let config = checked.config.as_ref().expect("checked");
+    let graph = checked.graph.as_ref().expect("checked");
+    let engines = engines();
+    let bar = Bar::for_stderr();
+    let applier = Applier {
+        project: &project,
+        config,
+        graph,
+        engines: &engines,
+        resolve: resolve_settings(&project),
+        locked: args.locked,
+        progress: &bar,
+        report: &Steps,
+        run_as_env: std::env::var("KIP_RUN_AS").ok().filter(|v| !v.is_empty()),
+    };
+    runtime()?
+        .block_on(applier.apply(&plan, &mut state))
+        .map_err(apply_error)?;
+    let summary = plan.summary();
+    writeln!(
+        std::io::stdout().lock(),
+        "\nApply complete! Resources: {} added, {} changed, {} destroyed.",
+        summary.add,
+        summary.change,
+        summary.destroy
+    )?;
+    Ok(ExitStatus::Success)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DestroyArgs {
+    /// Destroy without asking for confirmation.
+    #[arg(long)]
+    pub auto_approve: bool,
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+}
+
+/// Stops every instance, removes its data, and shuts the supervisor down.
+pub fn destroy(context: &Context, args: DestroyArgs) -> anyhow::Result<ExitStatus> {
+    let project = project(context)?;
+    let _lock = StateLock::acquire(&project.kip_dir, args.lock_timeout).map_err(state_error)?;
+    let mut state = State::read(&project.kip_dir).map_err(state_error)?;
+    let addresses: Vec<String> = state.instances.keys().cloned().collect();
+    let mut stdout = std::io::stdout().lock();
+    if addresses.is_empty() {
+        writeln!(stdout, "Nothing to destroy.")?;
+    } else {
+        for address in &addresses {
+            writeln!(stdout, "  - {address}")?;
+        }
+        if !args.auto_approve && !confirm("\nDestroy these instances and their data?")? {
+            writeln!(stdout, "Destroy cancelled.")?;
+            return Ok(ExitStatus::Failure);
+        }
+    }
+    runtime()?
+        .block_on(async {
+            if let Some(mut client) =
+                kip_core::supervisor::Client::connect(&project.kip_dir).await?
+            {
+                for address in &addresses {
+                    let _ = client.stop(address).await;
+                }
+                client.shutdown().await?;
+            }
+            Ok::<_, kip_core::supervisor::SupervisorError>(())
+        })
+        .map_err(|error| match error.hint() {
+            Some(hint) => with_hint(error, hint),
+            None => error.into(),
+        })?;
+    for address in &addresses {
+        if let Some(saved) = state.instances.remove(address) {
+            for dir in [Some(saved.data_dir), saved.socket_dir]
+                .into_iter()
+                .flatten()
+            {
+                if let Some(parent) = dir
+                    .parent()
+                    .filter(|p| p.ends_with(kip_core::apply::slug(address)))
+                {
+                    let _ = std::fs::remove_dir_all(parent);
+                } else {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+            }
+        }
+        state.write(&project.kip_dir).map_err(state_error)?;
+    }
+    writeln!(
+        stdout,
+        "Destroy complete! {} instance(s) destroyed.",
+        addresses.len()
+    )?;
+    Ok(ExitStatus::Success)
+}
+
+/// Stops every engine (keeping their data); `kip apply` starts them again.
+pub fn down(context: &Context) -> anyhow::Result<ExitStatus> {
+    let project = project(context)?;
+    let stopped = runtime()?.block_on(async {
+        match kip_core::supervisor::Client::connect(&project.kip_dir).await? {
+            Some(client) => client.shutdown().await.map(|()| true),
+            None => Ok(false),
+        }
+    });
+    let stopped =
+        stopped.map_err(|error: kip_core::supervisor::SupervisorError| anyhow::anyhow!(error))?;
+    let message = if stopped {
+        "Stopped every engine of this project."
+    } else {
+        "No engine of this project runs."
+    };
+    writeln!(std::io::stdout().lock(), "{message}")?;
+    Ok(ExitStatus::Success)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PsArgs {
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn ps(context: &Context, args: PsArgs) -> anyhow::Result<ExitStatus> {
+    let project = project(context)?;
+    let processes = runtime()?.block_on(async {
+        match kip_core::supervisor::Client::connect(&project.kip_dir).await? {
+            Some(mut client) => client.status().await,
+            None => Ok(Vec::new()),
+        }
+    });
+    let processes =
+        processes.map_err(|error: kip_core::supervisor::SupervisorError| anyhow::anyhow!(error))?;
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        writeln!(stdout, "{}", serde_json::to_string_pretty(&processes)?)?;
+        return Ok(ExitStatus::Success);
+    }
+    if processes.is_empty() {
+        writeln!(stdout, "No engine of this project runs.")?;
+        return Ok(ExitStatus::Success);
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    writeln!(
+        stdout,
+        "{:<32} {:<10} {:>8} {:>10}  TARGET",
+        "NAME", "STATE", "PID", "UPTIME"
+    )?;
+    for process in processes {
+        let state = match &process.state {
+            kip_core::supervisor::ProcessState::Starting => "starting".to_owned(),
+            kip_core::supervisor::ProcessState::Ready => "ready".to_owned(),
+            kip_core::supervisor::ProcessState::Restarting => "restarting".to_owned(),
+            kip_core::supervisor::ProcessState::Exited { code, signal } => match (code, signal) {
+                (Some(code), _) => format!("exited({code})"),
+                (None, Some(signal)) => format!("killed({signal})"),
+                _ => "exited".to_owned(),
+            },
+            kip_core::supervisor::ProcessState::Failed { .. } => "failed".to_owned(),
+        };
+        let uptime = process
+            .started_at
+            .map(|start| format!("{}s", now.saturating_sub(start) / 1000))
+            .unwrap_or_default();
+        let target = match &process.probe {
+            kip_core::engine::ProbeKind::Socket { path } => path.display().to_string(),
+            kip_core::engine::ProbeKind::Tcp { host, port } => format!("{host}:{port}"),
+            kip_core::engine::ProbeKind::Http { url } => url.clone(),
+            _ => String::new(),
+        };
+        let pid = process.pid.map(|pid| pid.to_string()).unwrap_or_default();
+        writeln!(
+            stdout,
+            "{:<32} {:<10} {:>8} {:>10}  {target}",
+            process.name, state, pid, uptime
+        )?;
+    }
+    Ok(ExitStatus::Success)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UrlArgs {
+    /// An instance or object address: postgres.main, postgres.main.database.shop.
+    pub address: String,
+    #[command(flatten)]
+    pub vars: VarArgs,
+}
+
+fn exports_of(
+    context: &Context,
+    address: &str,
+    vars: &VarArgs,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let checked = load_and_check(context, vars)?;
+    let Some(config) = checked.config.as_ref() else {
+        print_diagnostics(context, &checked)?;
+        return Err(anyhow::anyhow!("the configuration has errors"));
+    };
+    let project = project(context)?;
+    let state = State::read(&project.kip_dir).map_err(state_error)?;
+    let engines = engines();
+    let Some(env) = kip_core::apply::instance_env(&project, config, &state, address) else {
+        return Err(with_hint(
+            anyhow::anyhow!("{address} does not run: it is not declared, or not applied yet"),
+            "run `kip apply` first; `kip graph` lists the addresses",
+        ));
+    };
+    let engine = engines
+        .get(env.instance.engine.name)
+        .expect("an applied instance has an engine");
+    let object = (address != env.address).then_some(address);
+    Ok(engine.exports(&env, object))
+}
+
+pub fn url(context: &Context, args: UrlArgs) -> anyhow::Result<ExitStatus> {
+    let exports = exports_of(context, &args.address, &args.vars)?;
+    writeln!(
+        std::io::stdout().lock(),
+        "{}",
+        exports.get("url").cloned().unwrap_or_default()
+    )?;
+    Ok(ExitStatus::Success)
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum EnvFormat {
+    Shell,
+    Dotenv,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EnvArgs {
+    #[arg(long, value_enum, default_value_t = EnvFormat::Shell)]
+    pub format: EnvFormat,
+    #[command(flatten)]
+    pub vars: VarArgs,
+}
+
+/// `DATABASE_URL` (the first postgres database, or instance) and `KIP_<ENGINE>_<NAME>_URL` for every instance
+/// and object kip runs.
+pub fn env(context: &Context, args: EnvArgs) -> anyhow::Result<ExitStatus> {
+    let checked = load_and_check(context, &args.vars)?;
+    let Some(config) = checked.config.as_ref() else {
+        print_diagnostics(context, &checked)?;
+        return Ok(ExitStatus::Failure);
+    };
+    let project = project(context)?;
+    let state = State::read(&project.kip_dir).map_err(state_error)?;
+    let engines = engines();
+    let mut variables: BTreeMap<String, String> = BTreeMap::new();
+    for instance in &config.instances {
+        let address = instance.address.to_string();
+        let Some(env) = kip_core::apply::instance_env(&project, config, &state, &address) else {
+            continue;
+        };
+        let Some(engine) = engines.get(instance.engine.name) else {
+            continue;
+        };
+        let name = |address: &str| {
+            format!(
+                "KIP_{}_URL",
+                address
+                    .to_uppercase()
+                    .replace(['.', '[', ']', '"', '-'], "_")
+            )
+        };
+        let url = engine.exports(&env, None).remove("url").unwrap_or_default();
+        variables.insert(name(&address), url.clone());
+        let mut database_url = None;
+        for block in &instance.body.blocks {
+            if let Some(object) = &block.address {
+                let object = object.to_string();
+                let url = engine
+                    .exports(&env, Some(&object))
+                    .remove("url")
+                    .unwrap_or_default();
+                if block.kind == "database" && database_url.is_none() {
+                    database_url = Some(url.clone());
+                }
+                variables.insert(name(&object), url);
+            }
+        }
+        if instance.engine.name == "postgres" && !variables.contains_key("DATABASE_URL") {
+            variables.insert("DATABASE_URL".into(), database_url.unwrap_or(url));
+        }
+    }
+    let mut stdout = std::io::stdout().lock();
+    match args.format {
+        EnvFormat::Json => writeln!(stdout, "{}", serde_json::to_string_pretty(&variables)?)?,
+        EnvFormat::Dotenv => {
+            for (key, value) in &variables {
+                writeln!(stdout, "{key}={value}")?;
+            }
+        }
+        EnvFormat::Shell => {
+            for (key, value) in &variables {
+                writeln!(stdout, "export {key}='{}'", value.replace('\'', "'\\''"))?;
+            }
+        }
+    }
+    Ok(ExitStatus::Success)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SupervisorArgs {
+    /// The project's .kip directory.
+    #[arg(long)]
+    pub dir: PathBuf,
+}
+
+/// The supervisor daemon (started by apply; not for people to run).
+pub fn supervisor(args: SupervisorArgs) -> anyhow::Result<ExitStatus> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime
+        .block_on(kip_core::supervisor::run_daemon(&args.dir))
+        .map_err(|error| anyhow::anyhow!(error))?;
+    Ok(ExitStatus::Success)
+}

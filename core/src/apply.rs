@@ -1,0 +1,708 @@
+//! Plan and apply: the orchestration between the checked configuration, the state, the engines and the
+//! supervisor.
+//!
+//! Plan builds each engine's desired nodes from the configuration, the existing nodes from the state refreshed
+//! against the running engines (so a change made behind kip's back shows up), and diffs them. Apply executes only
+//! the plan: instances in dependency order (resolve → provision → spawn → converge → prune), saving the state after
+//! each step, so that a kip killed at any point leaves a state the next apply repairs. A failed instance skips
+//! what depends on it, reported once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use crate::config::{Config, Instance};
+use crate::engine::{Engine, EngineError, InstanceEnv, Reconfigure, RunAs};
+use crate::graph::Graph;
+use crate::lock::LockFile;
+use crate::plan::{self, Action, Change, Existing, Plan};
+use crate::resolve::{
+    Policy, Request, ResolveError, ResolveSettings, Resolver, Toolchain, ToolchainSource,
+};
+use crate::state::{InstanceState, ObjectState, State, StateError};
+use crate::supervisor::{Client, SupervisorError};
+
+/// The engines kip can run, by name.
+pub type Engines = BTreeMap<&'static str, Box<dyn Engine>>;
+
+/// Where a project keeps its files.
+#[derive(Debug, Clone)]
+pub struct Project {
+    /// The directory holding kip.hcl.
+    pub dir: PathBuf,
+    /// `dir/.kip`: state, supervisor socket, logs.
+    pub kip_dir: PathBuf,
+    /// The user's cache: the toolchain store and templates.
+    pub cache: PathBuf,
+    /// The `kip` binary, to start the supervisor with.
+    pub kip_exe: PathBuf,
+}
+
+impl Project {
+    pub fn new(dir: &Path, cache: &Path, kip_exe: &Path) -> Project {
+        Project {
+            dir: dir.to_path_buf(),
+            kip_dir: dir.join(".kip"),
+            cache: cache.to_path_buf(),
+            kip_exe: kip_exe.to_path_buf(),
+        }
+    }
+
+    /// Where an instance's data, sockets and logs go: under `.kip/`, unless the account the engine runs as
+    /// cannot reach it (a project in root's 0700 home), then under `/var/lib/kip/projects/<hash>/`.
+    fn runtime_root(&self, run_as: Option<&RunAs>) -> PathBuf {
+        let local = self.kip_dir.join("run");
+        match run_as {
+            Some(run_as) if crate::runas::ensure_reachable(&self.kip_dir, run_as).is_err() => {
+                let hash =
+                    <sha2::Sha256 as sha2::Digest>::digest(self.dir.to_string_lossy().as_bytes());
+                let digest = crate::mirror::hex(&hash[..8]);
+                PathBuf::from("/var/lib/kip/projects").join(digest)
+            }
+            _ => local,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+    #[error("{address}: {source}")]
+    Engine {
+        address: String,
+        #[source]
+        source: EngineError,
+    },
+    #[error("kip cannot run {engine} instances yet ({address})")]
+    Unsupported { engine: String, address: String },
+    #[error(transparent)]
+    RunAs(#[from] crate::runas::RunAsError),
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
+    #[error("cannot {action} {}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("kip.lock lacks a pin for {0} and --locked forbids adding one")]
+    Locked(String),
+    #[error("{} failed; skipped what depends on it: {}", failed.join(", "), skipped.join(", "))]
+    Partial {
+        failed: Vec<String>,
+        skipped: Vec<String>,
+        errors: Vec<String>,
+    },
+}
+
+impl ApplyError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            ApplyError::State(error) => error.hint(),
+            ApplyError::Resolve(error) => error.hint(),
+            ApplyError::Supervisor(error) => error.hint(),
+            ApplyError::Engine { source, .. } => source.hint.clone(),
+            ApplyError::RunAs(error) => error.hint(),
+            ApplyError::Lock(error) => error.hint().map(str::to_owned),
+            ApplyError::Locked(_) => Some("run `kip lock` and commit kip.lock".into()),
+            ApplyError::Unsupported { .. } => {
+                Some("this kip runs postgres instances; the other engines come next".into())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The environment of an instance from its state.
+fn env_from_state(
+    project: &Project,
+    address: &str,
+    instance: &Instance,
+    saved: &InstanceState,
+) -> InstanceEnv {
+    let run_dir = saved
+        .socket_dir
+        .clone()
+        .unwrap_or_else(|| saved.data_dir.with_extension("run"));
+    InstanceEnv {
+        address: address.to_owned(),
+        instance: instance.clone(),
+        toolchain: Toolchain {
+            engine: saved.engine.clone(),
+            spec: saved.spec.clone(),
+            version: saved.version.clone(),
+            bin: saved.toolchain.join("bin"),
+            root: saved.toolchain.clone(),
+            source: ToolchainSource::Store {
+                sha256: String::new(),
+                downloaded: false,
+            },
+        },
+        data_dir: saved.data_dir.clone(),
+        run_dir,
+        log: saved.log.clone(),
+        templates: project.cache.join("templates"),
+        run_as: saved.run_as.clone(),
+        secrets: saved.secrets.clone(),
+    }
+}
+
+/// Whether the supervisor reports `name` ready.
+async fn running(supervisor: &mut Option<Client>, name: &str) -> bool {
+    let Some(client) = supervisor.as_mut() else {
+        return false;
+    };
+    client
+        .status()
+        .await
+        .map(|all| {
+            all.iter().any(|p| {
+                p.name == name && matches!(p.state, crate::supervisor::ProcessState::Ready)
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// Everything plan needs.
+pub struct Planner<'a> {
+    pub project: &'a Project,
+    pub config: &'a Config,
+    pub engines: &'a Engines,
+    pub state: &'a State,
+    /// Ask running engines what exists (`--refresh=false` trusts the state).
+    pub refresh: bool,
+}
+
+impl Planner<'_> {
+    pub async fn plan(&self) -> Result<Plan, ApplyError> {
+        let mut desired = Vec::new();
+        let mut existing: BTreeMap<String, Existing> = BTreeMap::new();
+        let mut supervisor = Client::connect(&self.project.kip_dir).await?;
+        for instance in &self.config.instances {
+            let address = instance.address.to_string();
+            let Some(engine) = self.engines.get(instance.engine.name) else {
+                return Err(ApplyError::Unsupported {
+                    engine: instance.engine.name.into(),
+                    address,
+                });
+            };
+            let nodes = engine
+                .desired(instance)
+                .map_err(|source| ApplyError::Engine {
+                    address: address.clone(),
+                    source,
+                })?;
+            let Some(saved) = self.state.instances.get(&address) else {
+                desired.extend(nodes);
+                continue;
+            };
+            existing.insert(
+                address.clone(),
+                Existing {
+                    address: address.clone(),
+                    engine: saved.engine.clone(),
+                    kind: "instance".into(),
+                    attributes: saved.attributes.clone(),
+                    prevent_destroy: instance.prevent_destroy,
+                },
+            );
+            let mut managed: BTreeSet<String> = saved.objects.keys().cloned().collect();
+            managed.extend(
+                nodes
+                    .iter()
+                    .filter(|n| n.kind != "instance")
+                    .map(|n| n.address.clone()),
+            );
+            let managed: Vec<String> = managed.into_iter().collect();
+            if self.refresh && running(&mut supervisor, &address).await {
+                let env = env_from_state(self.project, &address, instance, saved);
+                let live =
+                    engine
+                        .refresh(&env, &managed)
+                        .await
+                        .map_err(|source| ApplyError::Engine {
+                            address: address.clone(),
+                            source,
+                        })?;
+                existing.extend(live);
+            } else {
+                for (object, saved_object) in &saved.objects {
+                    existing.insert(
+                        object.clone(),
+                        Existing {
+                            address: object.clone(),
+                            engine: saved.engine.clone(),
+                            kind: saved_object.kind.clone(),
+                            attributes: saved_object.attributes.clone(),
+                            prevent_destroy: false,
+                        },
+                    );
+                }
+            }
+            desired.extend(nodes);
+        }
+        // Instances in the state that the configuration no longer declares.
+        for (address, saved) in &self.state.instances {
+            if self
+                .config
+                .instances
+                .iter()
+                .any(|i| i.address.to_string() == *address)
+            {
+                continue;
+            }
+            existing.insert(
+                address.clone(),
+                Existing {
+                    address: address.clone(),
+                    engine: saved.engine.clone(),
+                    kind: "instance".into(),
+                    attributes: saved.attributes.clone(),
+                    prevent_destroy: false,
+                },
+            );
+        }
+        let mut changes = plan::diff(&desired, &existing);
+        // An object of an instance being deleted goes with it: no separate change.
+        let deleted: Vec<String> = changes
+            .iter()
+            .filter(|c| {
+                c.kind == "instance" && matches!(c.action, Action::Delete | Action::Replace)
+            })
+            .map(|c| format!("{}.", c.address))
+            .collect();
+        changes.retain(|c| {
+            c.kind == "instance"
+                || !deleted
+                    .iter()
+                    .any(|prefix| c.address.starts_with(prefix.as_str()))
+                || c.action == Action::Create
+        });
+        Ok(Plan {
+            format_version: plan::PLAN_FORMAT.into(),
+            lineage: self.state.lineage.clone(),
+            serial: self.state.serial,
+            changes,
+        })
+    }
+}
+
+/// What apply reports as it goes.
+pub trait Report {
+    fn step(&self, address: &str, what: &str);
+}
+
+/// Everything apply needs.
+pub struct Applier<'a> {
+    pub project: &'a Project,
+    pub config: &'a Config,
+    pub graph: &'a Graph,
+    pub engines: &'a Engines,
+    pub resolve: ResolveSettings,
+    pub locked: bool,
+    pub progress: &'a dyn crate::fetch::Progress,
+    pub report: &'a dyn Report,
+    pub run_as_env: Option<String>,
+}
+
+impl Applier<'_> {
+    /// Executes `plan` against `state`, saving the state after every step.
+    pub async fn apply(&self, plan: &Plan, state: &mut State) -> Result<(), ApplyError> {
+        let lock_path = self.project.dir.join(crate::lock::LOCK_FILE);
+        let mut lock = LockFile::read(&lock_path)?;
+        let mut resolver = Resolver::new(self.resolve.clone(), self.progress);
+        let mut supervisor: Option<Client> = None;
+        let mut failed: Vec<String> = Vec::new();
+        let mut skipped: Vec<String> = Vec::new();
+        let mut errors: Vec<String> = Vec::new();
+
+        // Instances the configuration dropped go first, objects and all.
+        for change in plan
+            .changes
+            .iter()
+            .filter(|c| c.kind == "instance" && c.action == Action::Delete)
+        {
+            self.destroy_instance(&change.address, state, &mut supervisor)
+                .await?;
+        }
+
+        // Then every declared instance, in dependency order.
+        let order: Vec<String> = self
+            .graph
+            .topological()
+            .into_iter()
+            .filter(|n| n.kind.is_none())
+            .map(|n| n.address.to_string())
+            .collect();
+        for address in order {
+            let Some(instance) = self
+                .config
+                .instances
+                .iter()
+                .find(|i| i.address.to_string() == address)
+            else {
+                continue;
+            };
+            let depends_on_failed = self
+                .graph
+                .dependencies(&instance.address)
+                .iter()
+                .any(|dep| {
+                    failed
+                        .iter()
+                        .chain(skipped.iter())
+                        .any(|f| dep.address.to_string().starts_with(f.as_str()))
+                });
+            if depends_on_failed {
+                skipped.push(address.clone());
+                continue;
+            }
+            let result = self
+                .apply_instance(
+                    instance,
+                    plan,
+                    state,
+                    &mut lock,
+                    &mut resolver,
+                    &mut supervisor,
+                )
+                .await;
+            if let Err(error) = result {
+                errors.push(format!("{address}: {}", render(&error)));
+                failed.push(address);
+            }
+        }
+        if self.resolve.store.exists() && !lock.pins.is_empty() {
+            let before = LockFile::read(&lock_path)?;
+            if before != lock {
+                lock.write(&lock_path)?;
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(ApplyError::Partial {
+                failed,
+                skipped,
+                errors,
+            })
+        }
+    }
+
+    async fn client<'s>(
+        &self,
+        supervisor: &'s mut Option<Client>,
+    ) -> Result<&'s mut Client, ApplyError> {
+        if supervisor.is_none() {
+            let dir = self.project.kip_dir.display().to_string();
+            let args = ["supervisor", "--dir", dir.as_str()];
+            let client =
+                Client::connect_or_start(&self.project.kip_dir, &self.project.kip_exe, &args)
+                    .await?;
+            *supervisor = Some(client);
+        }
+        Ok(supervisor.as_mut().expect("just connected"))
+    }
+
+    async fn destroy_instance(
+        &self,
+        address: &str,
+        state: &mut State,
+        supervisor: &mut Option<Client>,
+    ) -> Result<(), ApplyError> {
+        self.report.step(address, "stopping");
+        if let Some(client) = Client::connect(&self.project.kip_dir).await? {
+            *supervisor = Some(client);
+        }
+        if let Some(client) = supervisor.as_mut() {
+            match client.stop(address).await {
+                Ok(()) => {}
+                Err(SupervisorError::Request(error))
+                    if matches!(
+                        &*error,
+                        crate::supervisor::RequestError::UnknownProcess { .. }
+                    ) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        if let Some(saved) = state.instances.remove(address) {
+            for dir in [Some(saved.data_dir.clone()), saved.socket_dir.clone()]
+                .into_iter()
+                .flatten()
+            {
+                if dir.exists() {
+                    std::fs::remove_dir_all(&dir).map_err(|source| ApplyError::Io {
+                        action: "remove",
+                        path: dir.clone(),
+                        source,
+                    })?;
+                }
+            }
+        }
+        state.write(&self.project.kip_dir)?;
+        self.report.step(address, "destroyed");
+        Ok(())
+    }
+
+    async fn apply_instance(
+        &self,
+        instance: &Instance,
+        plan: &Plan,
+        state: &mut State,
+        lock: &mut LockFile,
+        resolver: &mut Resolver<'_>,
+        supervisor: &mut Option<Client>,
+    ) -> Result<(), ApplyError> {
+        let address = instance.address.to_string();
+        let engine =
+            self.engines
+                .get(instance.engine.name)
+                .ok_or_else(|| ApplyError::Unsupported {
+                    engine: instance.engine.name.into(),
+                    address: address.clone(),
+                })?;
+        let change = plan.changes.iter().find(|c| c.address == address);
+        let action = change.map_or(Action::Noop, |c| c.action);
+        if action == Action::Replace {
+            self.destroy_instance(&address, state, supervisor).await?;
+        }
+        let engine_error = |source| ApplyError::Engine {
+            address: address.clone(),
+            source,
+        };
+
+        let mut env = match state.instances.get(&address) {
+            Some(saved) if action != Action::Replace => {
+                env_from_state(self.project, &address, instance, saved)
+            }
+            _ => {
+                // Resolve → provision.
+                let spec = instance
+                    .version
+                    .clone()
+                    .ok_or_else(|| ApplyError::Unsupported {
+                        engine: instance.engine.name.into(),
+                        address: address.clone(),
+                    })?;
+                let request = Request {
+                    engine: instance.engine.name.to_owned(),
+                    spec,
+                };
+                if self.locked && lock.pin(&request.engine, &request.spec_text()).is_none() {
+                    return Err(ApplyError::Locked(format!(
+                        "{} \"{}\"",
+                        request.engine,
+                        request.spec_text()
+                    )));
+                }
+                self.report.step(&address, "resolving");
+                let toolchain = resolver.resolve(&request, lock, &Policy::UseLock).await?;
+                let run_as = crate::runas::resolve_run_as(
+                    instance.run_as.as_deref(),
+                    self.run_as_env.as_deref(),
+                )?;
+                let root = self.project.runtime_root(run_as.as_ref());
+                let slug = slug(&address);
+                let data_dir = root.join(&slug).join("data");
+                let run_dir = root.join(&slug).join("run");
+                let log = self
+                    .project
+                    .kip_dir
+                    .join("logs")
+                    .join(format!("{slug}.log"));
+                for dir in [
+                    &root.join(&slug),
+                    &run_dir,
+                    &self.project.cache.join("templates"),
+                ] {
+                    std::fs::create_dir_all(dir).map_err(|source| ApplyError::Io {
+                        action: "create",
+                        path: dir.to_path_buf(),
+                        source,
+                    })?;
+                }
+                if let Some(run_as) = &run_as {
+                    crate::runas::chown_tree(&root.join(&slug), run_as)?;
+                    crate::runas::chown_tree(&self.project.cache.join("templates"), run_as)?;
+                    crate::runas::ensure_reachable(&toolchain.root, run_as)?;
+                    crate::runas::ensure_reachable(&run_dir, run_as)?;
+                }
+                InstanceEnv {
+                    address: address.clone(),
+                    instance: instance.clone(),
+                    toolchain,
+                    data_dir,
+                    run_dir,
+                    log,
+                    templates: self.project.cache.join("templates"),
+                    run_as,
+                    secrets: BTreeMap::new(),
+                }
+            }
+        };
+        env.instance = instance.clone();
+        let fresh = !state.instances.contains_key(&address);
+        if fresh {
+            self.report.step(&address, "provisioning");
+            engine.provision(&mut env).await.map_err(engine_error)?;
+            save_instance(state, &env, change, BTreeMap::new());
+            state.write(&self.project.kip_dir)?;
+        }
+
+        // Spawn (or make sure it runs), then the settings.
+        let client = self.client(supervisor).await?;
+        let specs = engine.spawn_specs(&env).map_err(engine_error)?;
+        if fresh || action == Action::Noop || action == Action::Update {
+            for spec in &specs {
+                self.report.step(&address, "starting");
+                client.start(spec.clone()).await?;
+            }
+        }
+        if fresh {
+            engine.after_start(&env).await.map_err(engine_error)?;
+            env.secrets.insert("hba.secured".into(), "true".into());
+        } else if action == Action::Update {
+            self.report.step(&address, "reconfiguring");
+            if engine.reconfigure(&env).await.map_err(engine_error)? == Reconfigure::RestartNeeded {
+                self.report.step(&address, "restarting");
+                for spec in &specs {
+                    client.stop(&spec.name).await?;
+                    client.start(spec.clone()).await?;
+                }
+            }
+        }
+        let objects = state
+            .instances
+            .get(&address)
+            .map(|s| s.objects.clone())
+            .unwrap_or_default();
+        save_instance(state, &env, change, objects);
+        state.write(&self.project.kip_dir)?;
+
+        // Converge the objects, then record them.
+        let prefix = format!("{address}.");
+        let object_changes: Vec<Change> = plan
+            .changes
+            .iter()
+            .filter(|c| c.address.starts_with(&prefix) && c.action != Action::Noop)
+            .cloned()
+            .collect();
+        if !object_changes.is_empty() {
+            self.report.step(
+                &address,
+                &format!("converging {} object(s)", object_changes.len()),
+            );
+            engine
+                .converge(&mut env, &object_changes)
+                .await
+                .map_err(engine_error)?;
+        }
+        let saved = state.instances.get_mut(&address).expect("saved above");
+        saved.secrets = env.secrets.clone();
+        for change in plan
+            .changes
+            .iter()
+            .filter(|c| c.address.starts_with(&prefix))
+        {
+            match (&change.action, &change.after) {
+                (Action::Delete, _) => {
+                    saved.objects.remove(&change.address);
+                }
+                (_, Some(after)) => {
+                    saved.objects.insert(
+                        change.address.clone(),
+                        ObjectState {
+                            kind: change.kind.clone(),
+                            attributes: after.clone(),
+                        },
+                    );
+                }
+                _ => {}
+            }
+        }
+        state.write(&self.project.kip_dir)?;
+        self.report.step(&address, "ready");
+        Ok(())
+    }
+}
+
+fn save_instance(
+    state: &mut State,
+    env: &InstanceEnv,
+    change: Option<&Change>,
+    objects: BTreeMap<String, ObjectState>,
+) {
+    let attributes = change
+        .and_then(|c| c.after.clone())
+        .or_else(|| {
+            state
+                .instances
+                .get(&env.address)
+                .map(|s| s.attributes.clone())
+        })
+        .unwrap_or_default();
+    state.instances.insert(
+        env.address.clone(),
+        InstanceState {
+            engine: env.instance.engine.name.to_owned(),
+            spec: env.toolchain.spec.clone(),
+            version: env.toolchain.version.clone(),
+            data_dir: env.data_dir.clone(),
+            socket_dir: Some(env.run_dir.clone()),
+            port: None,
+            secrets: env.secrets.clone(),
+            toolchain: env.toolchain.root.clone(),
+            run_as: env.run_as.clone(),
+            log: env.log.clone(),
+            attributes,
+            objects,
+        },
+    );
+}
+
+/// A file-system-safe name for an address: `postgres.main["eu"]` → `postgres.main-eu`.
+pub fn slug(address: &str) -> String {
+    let mut out = String::new();
+    for c in address.chars() {
+        match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '_' | '-' => out.push(c),
+            '[' => out.push('-'),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn render(error: &ApplyError) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// The environment of a declared instance that kip runs, for `kip url` / `kip env`.
+pub fn instance_env(
+    project: &Project,
+    config: &Config,
+    state: &State,
+    address: &str,
+) -> Option<InstanceEnv> {
+    let instance = config.instances.iter().find(|i| {
+        address == i.address.to_string() || address.starts_with(&format!("{}.", i.address))
+    })?;
+    let key = instance.address.to_string();
+    let saved = state.instances.get(&key)?;
+    Some(env_from_state(project, &key, instance, saved))
+}

@@ -1,0 +1,262 @@
+//! Plan and apply end to end with real PostgreSQL (14 and 16) from the test mirror, served over loopback HTTP:
+//! apply → connect with `kip url` and run SQL → no changes → drift made with SQL shows up and apply repairs it →
+//! a database removed from the config is destroyed → a settings change → destroy leaves no process, socket or
+//! lock. A guard destroys everything also when a step fails.
+
+use std::path::PathBuf;
+
+use crate::http::TestServer;
+use crate::support::{Project, Run, test_mirror};
+
+/// Runs kip with the mirror set; destroys whatever the project runs when dropped.
+struct Stack {
+    project: Project,
+    server: TestServer,
+}
+
+impl Stack {
+    fn new(config: &str) -> Stack {
+        Stack {
+            project: Project::with_config(config),
+            server: TestServer::serve(&test_mirror()),
+        }
+    }
+
+    fn kip(&self, args: &[&str]) -> Run {
+        let mut command = self.project.command(args);
+        command.env("KIP_MIRROR", self.server.base_url());
+        self.project.run_with(command)
+    }
+
+    fn ok(&self, args: &[&str]) -> Run {
+        let run = self.kip(args);
+        assert_eq!(run.code, 0, "kip {}\n{}", args.join(" "), run.snapshot());
+        run
+    }
+
+    fn url(&self, address: &str) -> String {
+        let run = self.ok(&["url", address]);
+        run.stdout
+            .trim()
+            .replace("[PROJECT]", self.project.path().to_str().unwrap())
+    }
+
+    fn sql(&self, address: &str, statements: &str) -> Vec<Vec<String>> {
+        let url = self.url(address);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (client, connection) = url
+                .parse::<tokio_postgres::Config>()
+                .unwrap()
+                .connect(tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(connection);
+            let mut rows = Vec::new();
+            for message in client.simple_query(statements).await.unwrap() {
+                if let tokio_postgres::SimpleQueryMessage::Row(row) = message {
+                    rows.push(
+                        (0..row.len())
+                            .map(|i| row.get(i).unwrap_or("").to_owned())
+                            .collect(),
+                    );
+                }
+            }
+            rows
+        })
+    }
+
+    fn socket_dir(&self) -> PathBuf {
+        let url = self.url("postgres.main");
+        let host = url
+            .split("host=")
+            .nth(1)
+            .unwrap()
+            .split('&')
+            .next()
+            .unwrap()
+            .replace("%2F", "/");
+        PathBuf::from(host)
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = self.kip(&["destroy", "--auto-approve"]);
+    }
+}
+
+fn config(version: &str, work_mem: &str, extra: &str) -> String {
+    format!(
+        r#"postgres "main" {{
+  version  = "{version}"
+  settings = {{ work_mem = "{work_mem}" }}
+  role "app" {{ login = true }}
+  database "shop" {{
+    owner      = "app"
+    extensions = ["pgcrypto"]
+  }}
+{extra}  grant {{
+    role       = "app"
+    database   = "shop"
+    privileges = ["ALL"]
+  }}
+}}
+"#
+    )
+}
+
+fn postgres_end_to_end(version: &str) {
+    let stack = Stack::new(&config(version, "8MB", ""));
+    let run = stack.ok(&["apply", "--auto-approve"]);
+    assert!(
+        run.stdout.contains("+ postgres.main (instance)"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("Plan: 4 to add, 0 to change, 0 to destroy."),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        stack
+            .project
+            .read("kip.lock")
+            .contains(&format!("engine \"postgres\" \"{version}\""))
+    );
+
+    // Connect with the database URL as the app role and use it.
+    let rows = stack.sql(
+        "postgres.main.database.shop",
+        "CREATE TABLE orders (id int); INSERT INTO orders VALUES (1), (2); \
+         SELECT current_user, current_database(), count(*)::text, current_setting('work_mem') FROM orders",
+    );
+    assert_eq!(rows, [["app", "shop", "2", "8MB"]]);
+    let rows = stack.sql(
+        "postgres.main.database.shop",
+        "SELECT extname FROM pg_extension WHERE extname = 'pgcrypto'",
+    );
+    assert_eq!(rows, [["pgcrypto"]]);
+    let server_version = stack.sql("postgres.main", "SHOW server_version");
+    assert!(
+        server_version[0][0].starts_with(&format!("{version}.")),
+        "{server_version:?}"
+    );
+
+    // Nothing to do.
+    let run = stack.kip(&["plan", "--detailed-exitcode"]);
+    assert_eq!(run.code, 0, "{}", run.snapshot());
+    assert!(run.stdout.contains("No changes."), "{}", run.stdout);
+
+    // Drift made with SQL shows up, and apply repairs it.
+    stack.sql("postgres.main", "ALTER ROLE app NOLOGIN");
+    let run = stack.kip(&["plan", "--detailed-exitcode"]);
+    assert_eq!(run.code, 2, "{}", run.snapshot());
+    assert!(
+        run.stdout.contains("~ postgres.main.role.app (role)"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("login = false -> true"),
+        "{}",
+        run.stdout
+    );
+    stack.ok(&["apply", "--auto-approve"]);
+    assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
+    assert_eq!(
+        stack.sql(
+            "postgres.main.database.shop",
+            "SELECT count(*)::text FROM orders"
+        ),
+        [["2"]],
+        "data kept"
+    );
+
+    // A database removed from the config shows `-`, and apply drops it.
+    stack
+        .project
+        .write("kip.hcl", config(version, "8MB", "  database \"old\" {}\n"));
+    stack.ok(&["apply", "--auto-approve"]);
+    stack.project.write("kip.hcl", config(version, "8MB", ""));
+    let run = stack.kip(&["plan", "--detailed-exitcode"]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stdout
+            .contains("- postgres.main.database.old (database)"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains("Plan: 0 to add, 0 to change, 1 to destroy."),
+        "{}",
+        run.stdout
+    );
+    stack.ok(&["apply", "--auto-approve"]);
+    let databases = stack.sql(
+        "postgres.main",
+        "SELECT datname FROM pg_database WHERE datname IN ('old', 'shop')",
+    );
+    assert_eq!(databases, [["shop"]]);
+
+    // A settings change is an in-place update that the running server picks up.
+    stack.project.write("kip.hcl", config(version, "16MB", ""));
+    let run = stack.kip(&["plan", "--detailed-exitcode"]);
+    assert_eq!(run.code, 2);
+    assert!(
+        run.stdout.contains("~ postgres.main (instance)"),
+        "{}",
+        run.stdout
+    );
+    stack.ok(&["apply", "--auto-approve"]);
+    assert_eq!(stack.sql("postgres.main", "SHOW work_mem"), [["16MB"]]);
+    let env = stack.ok(&["env", "--format", "dotenv"]);
+    assert!(
+        env.stdout.contains("DATABASE_URL=postgresql://app:"),
+        "{}",
+        env.stdout
+    );
+
+    // Destroy leaves no process, socket or lock.
+    let socket_dir = stack.socket_dir();
+    assert!(socket_dir.join(".s.PGSQL.5432").exists());
+    let ps = stack.ok(&["ps", "--json"]);
+    let processes: serde_json::Value = serde_json::from_str(&ps.stdout).unwrap();
+    let pid = processes[0]["pid"].as_u64().unwrap();
+    stack.ok(&["destroy", "--auto-approve"]);
+    assert!(
+        !PathBuf::from(format!("/proc/{pid}")).exists(),
+        "postgres (pid {pid}) is gone"
+    );
+    assert!(
+        !socket_dir.join(".s.PGSQL.5432").exists(),
+        "the socket is gone"
+    );
+    assert!(
+        !socket_dir.join(".s.PGSQL.5432.lock").exists(),
+        "the socket lock is gone"
+    );
+    assert!(
+        !stack.project.path().join(".kip/supervisor.sock").exists(),
+        "the supervisor is gone"
+    );
+    let state: serde_json::Value =
+        serde_json::from_str(&stack.project.read(".kip/state.json")).unwrap();
+    assert_eq!(state["instances"], serde_json::json!({}));
+}
+
+#[test]
+fn postgres_16_end_to_end() {
+    postgres_end_to_end("16");
+}
+
+#[test]
+fn postgres_14_end_to_end() {
+    postgres_end_to_end("14");
+}
