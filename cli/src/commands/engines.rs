@@ -15,13 +15,13 @@ use crate::progress::Bar;
 use crate::render::Style;
 use crate::{ExitStatus, with_hint};
 
-fn engines() -> Engines {
+pub(crate) fn engines() -> Engines {
     let mut engines: Engines = BTreeMap::new();
     engines.insert("postgres", Box::new(kip_providers::postgres::Postgres));
     engines
 }
 
-fn project(context: &Context) -> anyhow::Result<Project> {
+pub(crate) fn project(context: &Context) -> anyhow::Result<Project> {
     let Some(cache) = kip_core::resolve::default_cache_dir() else {
         return Err(with_hint(
             anyhow::anyhow!("cannot find a cache directory"),
@@ -41,14 +41,14 @@ fn apply_error(error: ApplyError) -> anyhow::Error {
     }
 }
 
-fn state_error(error: kip_core::state::StateError) -> anyhow::Error {
+pub(crate) fn state_error(error: kip_core::state::StateError) -> anyhow::Error {
     match error.hint() {
         Some(hint) => with_hint(error, hint),
         None => error.into(),
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)
