@@ -77,6 +77,13 @@ pub enum ApplyError {
         #[source]
         source: EngineError,
     },
+    #[error("{address} declares port {port}, which is already in use on 127.0.0.1")]
+    PortTaken {
+        address: String,
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("kip cannot run {engine} instances yet ({address})")]
     Unsupported { engine: String, address: String },
     #[error(transparent)]
@@ -92,7 +99,12 @@ pub enum ApplyError {
     },
     #[error("kip.lock lacks a pin for {0} and --locked forbids adding one")]
     Locked(String),
-    #[error("{} failed; skipped what depends on it: {}", failed.join(", "), skipped.join(", "))]
+    #[error(
+        "{} failed{}:\n{}",
+        failed.join(", "),
+        if skipped.is_empty() { String::new() } else { format!(" (skipped what depends on it: {})", skipped.join(", ")) },
+        errors.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n")
+    )]
     Partial {
         failed: Vec<String>,
         skipped: Vec<String>,
@@ -110,6 +122,10 @@ impl ApplyError {
             ApplyError::RunAs(error) => error.hint(),
             ApplyError::Lock(error) => error.hint().map(str::to_owned),
             ApplyError::Locked(_) => Some("run `kip lock` and commit kip.lock".into()),
+            ApplyError::PortTaken { .. } => Some(
+                "choose a free port, stop what holds it, or drop `port` to use a unix socket only"
+                    .into(),
+            ),
             ApplyError::Unsupported { .. } => {
                 Some("this kip runs postgres instances; the other engines come next".into())
             }
@@ -554,19 +570,37 @@ impl Applier<'_> {
             state.write(&self.project.kip_dir)?;
         }
 
-        // Spawn (or make sure it runs), then the settings.
+        // Spawn (or make sure it runs), then the settings. An instance that does not run (after `kip down`, a
+        // crash, or a failed start) gets its configuration rewritten first, so a fixed setting takes effect. A
+        // declared port that something else holds is refused before anything is spawned.
+        self.client(supervisor).await?;
+        let is_running = running(supervisor, &address).await;
+        if !is_running {
+            if !fresh {
+                engine.provision(&mut env).await.map_err(engine_error)?;
+            }
+            for port in engine.ports(&env) {
+                if let Err(source) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+                    return Err(ApplyError::PortTaken {
+                        address: address.clone(),
+                        port,
+                        source,
+                    });
+                }
+            }
+        }
         let client = self.client(supervisor).await?;
         let specs = engine.spawn_specs(&env).map_err(engine_error)?;
-        if fresh || action == Action::Noop || action == Action::Update {
+        if !is_running {
             for spec in &specs {
                 self.report.step(&address, "starting");
                 client.start(spec.clone()).await?;
             }
         }
-        if fresh {
+        if !env.secrets.contains_key("hba.secured") {
             engine.after_start(&env).await.map_err(engine_error)?;
             env.secrets.insert("hba.secured".into(), "true".into());
-        } else if action == Action::Update {
+        } else if action == Action::Update && is_running {
             self.report.step(&address, "reconfiguring");
             if engine.reconfigure(&env).await.map_err(engine_error)? == Reconfigure::RestartNeeded {
                 self.report.step(&address, "restarting");

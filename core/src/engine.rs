@@ -197,6 +197,11 @@ pub trait Engine: Send + Sync {
     /// The processes to run.
     fn spawn_specs(&self, env: &InstanceEnv) -> Result<Vec<SpawnSpec>, EngineError>;
 
+    /// The loopback TCP ports the instance will listen on; apply refuses to spawn when one is taken.
+    fn ports(&self, _env: &InstanceEnv) -> Vec<u16> {
+        Vec::new()
+    }
+
     /// Runs once the processes are ready, before objects converge (set the superuser password, …).
     fn after_start<'a>(&'a self, _env: &'a InstanceEnv) -> BoxFuture<'a, Result<(), EngineError>> {
         Box::pin(async { Ok(()) })

@@ -9,39 +9,39 @@ use crate::http::TestServer;
 use crate::support::{Project, Run, test_mirror};
 
 /// Runs kip with the mirror set; destroys whatever the project runs when dropped.
-struct Stack {
-    project: Project,
-    server: TestServer,
+pub struct Stack {
+    pub project: Project,
+    pub server: TestServer,
 }
 
 impl Stack {
-    fn new(config: &str) -> Stack {
+    pub fn new(config: &str) -> Stack {
         Stack {
             project: Project::with_config(config),
             server: TestServer::serve(&test_mirror()),
         }
     }
 
-    fn kip(&self, args: &[&str]) -> Run {
+    pub fn kip(&self, args: &[&str]) -> Run {
         let mut command = self.project.command(args);
         command.env("KIP_MIRROR", self.server.base_url());
         self.project.run_with(command)
     }
 
-    fn ok(&self, args: &[&str]) -> Run {
+    pub fn ok(&self, args: &[&str]) -> Run {
         let run = self.kip(args);
         assert_eq!(run.code, 0, "kip {}\n{}", args.join(" "), run.snapshot());
         run
     }
 
-    fn url(&self, address: &str) -> String {
+    pub fn url(&self, address: &str) -> String {
         let run = self.ok(&["url", address]);
         run.stdout
             .trim()
             .replace("[PROJECT]", self.project.path().to_str().unwrap())
     }
 
-    fn sql(&self, address: &str, statements: &str) -> Vec<Vec<String>> {
+    pub fn sql(&self, address: &str, statements: &str) -> Vec<Vec<String>> {
         let url = self.url(address);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -69,7 +69,7 @@ impl Stack {
         })
     }
 
-    fn socket_dir(&self) -> PathBuf {
+    pub fn socket_dir(&self) -> PathBuf {
         let url = self.url("postgres.main");
         let host = url
             .split("host=")

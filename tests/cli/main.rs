@@ -7,6 +7,7 @@ mod support;
 
 mod apply;
 mod diagnostics;
+mod faults;
 mod fmt;
 mod graph;
 mod init;

@@ -126,16 +126,49 @@ fn role_secret(role: &str) -> String {
     format!("role.{role}.password")
 }
 
-/// The role password kip uses: the configured one, else a generated one kept in state.
-fn role_password(env: &mut InstanceEnv, role: &str, configured: Option<&str>) -> String {
+/// The password of a role kip logs in as: the configured one, else one derived from the instance's own secret
+/// (kept in state from provisioning on), so that it is known again even after a crash between creating the role
+/// and saving the state.
+fn role_password(env: &InstanceEnv, role: &str, configured: Option<&str>) -> String {
     match configured {
         Some(password) => password.to_owned(),
-        None => env
-            .secrets
-            .entry(role_secret(role))
-            .or_insert_with(random_secret)
-            .clone(),
+        None => {
+            let secret = env
+                .secrets
+                .get("password")
+                .map(String::as_str)
+                .unwrap_or_default();
+            let digest = <sha2::Sha256 as sha2::Digest>::digest(format!(
+                "kip role password\0{secret}\0{role}"
+            ));
+            digest[..16]
+                .iter()
+                .map(|byte| format!("{byte:02x}"))
+                .collect()
+        }
     }
+}
+
+/// The password of a declared role that logs in (or has a password), None for other roles.
+fn login_role_password(env: &InstanceEnv, role: &str) -> Option<String> {
+    let block = env
+        .instance
+        .body
+        .blocks
+        .iter()
+        .find(|b| b.kind == "role" && b.label.as_deref() == Some(role))?;
+    let known = |name: &str| {
+        block
+            .body
+            .attributes
+            .get(name)
+            .and_then(|a| a.value.known())
+    };
+    let configured = known("password").and_then(|v| v.as_str().map(str::to_owned));
+    let login = known("login")
+        .and_then(hcl::Value::as_bool)
+        .unwrap_or(false);
+    (login || configured.is_some()).then(|| role_password(env, role, configured.as_deref()))
 }
 
 fn grant_target(attributes: &Attributes) -> Option<GrantTarget> {
@@ -606,6 +639,10 @@ impl Engine for Postgres {
         })
     }
 
+    fn ports(&self, env: &InstanceEnv) -> Vec<u16> {
+        port(&env.instance).into_iter().collect()
+    }
+
     fn spawn_specs(&self, env: &InstanceEnv) -> Result<Vec<SpawnSpec>, EngineError> {
         Ok(vec![super::spawn_spec(
             &env.address,
@@ -939,46 +976,36 @@ impl Engine for Postgres {
     fn exports(&self, env: &InstanceEnv, object: Option<&str>) -> BTreeMap<String, String> {
         let port = port(&env.instance);
         let socket = env.run_dir.display().to_string();
-        let (user, password, database) =
-            match object.and_then(|address| find_block(&env.instance.body, address)) {
-                Some(block) if block.kind == "database" => {
-                    let owner = block
-                        .body
-                        .attributes
-                        .get("owner")
-                        .and_then(|a| a.value.known())
-                        .and_then(|v| v.as_str().map(str::to_owned));
-                    match owner.filter(|owner| env.secrets.contains_key(&role_secret(owner))) {
-                        Some(owner) => {
-                            let password = env
-                                .secrets
-                                .get(&role_secret(&owner))
-                                .cloned()
-                                .unwrap_or_default();
-                            (owner, password, label(block))
-                        }
-                        None => (
-                            superuser(&env.instance),
-                            env.secrets.get("password").cloned().unwrap_or_default(),
-                            label(block),
-                        ),
-                    }
+        let (user, password, database) = match object
+            .and_then(|address| find_block(&env.instance.body, address))
+        {
+            Some(block) if block.kind == "database" => {
+                let owner = block
+                    .body
+                    .attributes
+                    .get("owner")
+                    .and_then(|a| a.value.known())
+                    .and_then(|v| v.as_str().map(str::to_owned));
+                match owner.and_then(|owner| login_role_password(env, &owner).map(|p| (owner, p))) {
+                    Some((owner, password)) => (owner, password, label(block)),
+                    None => (
+                        superuser(&env.instance),
+                        env.secrets.get("password").cloned().unwrap_or_default(),
+                        label(block),
+                    ),
                 }
-                Some(block) if block.kind == "role" => {
-                    let name = label(block);
-                    let password = env
-                        .secrets
-                        .get(&role_secret(&name))
-                        .cloned()
-                        .unwrap_or_default();
-                    (name, password, "postgres".to_owned())
-                }
-                _ => (
-                    superuser(&env.instance),
-                    env.secrets.get("password").cloned().unwrap_or_default(),
-                    "postgres".to_owned(),
-                ),
-            };
+            }
+            Some(block) if block.kind == "role" => {
+                let name = label(block);
+                let password = login_role_password(env, &name).unwrap_or_default();
+                (name, password, "postgres".to_owned())
+            }
+            _ => (
+                superuser(&env.instance),
+                env.secrets.get("password").cloned().unwrap_or_default(),
+                "postgres".to_owned(),
+            ),
+        };
         let encode = |text: &str| -> String {
             text.bytes()
                 .map(|byte| match byte {

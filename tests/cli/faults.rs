@@ -1,0 +1,152 @@
+//! Faults during apply, with real PostgreSQL: a kip killed with SIGKILL at several points leaves a state the next
+//! apply repairs (nothing duplicated or lost); an engine that fails to start reports its log tail while an
+//! independent instance still comes up; a declared port already taken is refused before spawning; a second kip
+//! waits for the state lock and then names its holder.
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use crate::apply::Stack;
+
+const TWO_INSTANCES: &str = r#"postgres "bad" {
+  version  = "16"
+  settings = { shared_buffers = "lots" }
+}
+
+postgres "good" {
+  version = "16"
+  role "app" { login = true }
+  database "shop" { owner = "app" }
+}
+"#;
+
+#[test]
+fn a_failing_engine_reports_its_log_and_the_others_come_up() {
+    let stack = Stack::new(TWO_INSTANCES);
+    let run = stack.kip(&["apply", "--auto-approve"]);
+    assert_eq!(run.code, 1, "{}", run.snapshot());
+    assert!(run.stderr.contains("postgres.bad"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("shared_buffers"),
+        "the error quotes PostgreSQL's log\n{}",
+        run.stderr
+    );
+    // The independent instance is up and converged.
+    assert_eq!(
+        stack.sql("postgres.good.database.shop", "SELECT current_user"),
+        [["app"]]
+    );
+    // Fixing the setting repairs it.
+    stack
+        .project
+        .write("kip.hcl", TWO_INSTANCES.replace("\"lots\"", "\"64MB\""));
+    stack.ok(&["apply", "--auto-approve"]);
+    assert_eq!(stack.sql("postgres.bad", "SHOW shared_buffers"), [["64MB"]]);
+    assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
+}
+
+#[test]
+fn a_taken_port_is_refused_before_spawning() {
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let stack = Stack::new(&format!(
+        "postgres \"main\" {{\n  version = \"16\"\n  port    = {port}\n}}\n"
+    ));
+    let run = stack.kip(&["apply", "--auto-approve"]);
+    assert_eq!(run.code, 1, "{}", run.snapshot());
+    assert!(
+        run.stderr
+            .contains(&format!("declares port {port}, which is already in use")),
+        "{}",
+        run.stderr
+    );
+    let ps = stack.ok(&["ps", "--json"]);
+    assert_eq!(ps.stdout.trim(), "[]", "nothing was spawned");
+    // Once the port is free, the instance listens on it.
+    drop(holder);
+    stack.ok(&["apply", "--auto-approve"]);
+    assert!(
+        stack
+            .url("postgres.main")
+            .contains(&format!("@127.0.0.1:{port}/"))
+    );
+    assert_eq!(stack.sql("postgres.main", "SELECT 1"), [["1"]]);
+}
+
+#[test]
+fn a_second_kip_waits_for_the_lock_then_names_the_holder() {
+    let stack = Stack::new("postgres \"main\" {\n  version = \"16\"\n}\n");
+    let kip_dir = stack.project.path().join(".kip");
+    std::fs::create_dir_all(&kip_dir).unwrap();
+    let mut lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(kip_dir.join("state.lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    writeln!(lock, "{} 0", std::process::id()).unwrap();
+    let started = std::time::Instant::now();
+    let run = stack.kip(&["apply", "--auto-approve", "--lock-timeout", "300ms"]);
+    assert_eq!(run.code, 1, "{}", run.snapshot());
+    assert!(started.elapsed() >= Duration::from_millis(300), "it waited");
+    assert!(
+        run.stderr
+            .contains(&format!("locked by kip process {}", std::process::id())),
+        "{}",
+        run.stderr
+    );
+    assert!(!kip_dir.join("state.json").exists(), "nothing was changed");
+    // Released: the next apply goes through.
+    drop(lock);
+    stack.ok(&["apply", "--auto-approve"]);
+}
+
+#[test]
+fn sigkill_at_any_point_leaves_a_state_the_next_apply_repairs() {
+    let config = "postgres \"main\" {\n  version = \"16\"\n  role \"app\" { login = true }\n  role \"reader\" {}\n  database \"shop\" {\n    owner      = \"app\"\n    extensions = [\"pgcrypto\"]\n  }\n}\n";
+    let stack = Stack::new(config);
+    // Warm the toolchain and template so the kills land in provisioning, spawning and converging.
+    stack.ok(&["resolve"]);
+    for delay in [20, 80, 150, 250, 400, 700] {
+        let mut command = stack.project.command(&["apply", "--auto-approve"]);
+        command.env("KIP_MIRROR", stack.server.base_url());
+        command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let mut child = command.spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay));
+        let _ = child.kill();
+        let _ = child.wait();
+        if delay == 250 {
+            // Also a destroy killed half-way, now and then: the next apply must cope with that too.
+            stack.project.write("kip.hcl", config);
+        }
+    }
+    let run = stack.kip(&["apply", "--auto-approve"]);
+    assert_eq!(
+        run.code,
+        0,
+        "the apply after the kills repairs everything\n{}",
+        run.snapshot()
+    );
+    assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
+    let roles = stack.sql(
+        "postgres.main",
+        "SELECT rolname FROM pg_roles WHERE rolname IN ('app', 'reader') ORDER BY 1",
+    );
+    assert_eq!(roles, [["app"], ["reader"]], "each role exactly once");
+    assert_eq!(
+        stack.sql("postgres.main.database.shop", "SELECT current_user"),
+        [["app"]],
+        "the app's password still works"
+    );
+    let ps = stack.ok(&["ps", "--json"]);
+    let processes: serde_json::Value = serde_json::from_str(&ps.stdout).unwrap();
+    assert_eq!(
+        processes.as_array().unwrap().len(),
+        1,
+        "one postgres, not two\n{}",
+        ps.stdout
+    );
+}
