@@ -364,6 +364,15 @@ impl Applier<'_> {
             else {
                 continue;
             };
+            // Only instances the plan speaks of (a targeted or saved plan may leave some out).
+            let prefix = format!("{address}.");
+            if !plan
+                .changes
+                .iter()
+                .any(|c| c.address == address || c.address.starts_with(&prefix))
+            {
+                continue;
+            }
             let depends_on_failed = self
                 .graph
                 .dependencies(&instance.address)

@@ -260,3 +260,63 @@ fn postgres_16_end_to_end() {
 fn postgres_14_end_to_end() {
     postgres_end_to_end("14");
 }
+
+#[test]
+fn a_saved_plan_applies_exactly_and_is_refused_once_stale() {
+    let stack = Stack::new(
+        "postgres \"main\" {\n  version = \"16\"\n  role \"a\" {}\n}\n\npostgres \"other\" {\n  version = \"16\"\n}\n",
+    );
+    // A targeted plan covers one instance only.
+    let run = stack.ok(&[
+        "plan",
+        "--target",
+        "postgres.main.role.a",
+        "--out",
+        "main.plan",
+    ]);
+    assert!(
+        run.stdout.contains("+ postgres.main (instance)"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("+ postgres.main.role.a (role)"),
+        "{}",
+        run.stdout
+    );
+    assert!(!run.stdout.contains("postgres.other"), "{}", run.stdout);
+    assert!(run.stdout.contains("Plan: 2 to add"), "{}", run.stdout);
+    let run = stack.ok(&["apply", "main.plan"]);
+    assert!(
+        run.stdout.contains("Apply complete! Resources: 2 added"),
+        "{}",
+        run.stdout
+    );
+    let ps = stack.ok(&["ps", "--json"]);
+    assert!(
+        !ps.stdout.contains("postgres.other"),
+        "the other instance was not touched\n{}",
+        ps.stdout
+    );
+    // The same plan again: the state moved on since, so it is refused.
+    let run = stack.kip(&["apply", "main.plan"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("the state changed since"),
+        "{}",
+        run.stderr
+    );
+    // A plan made, then a configuration edit: refused too.
+    stack.ok(&["plan", "--out", "all.plan"]);
+    stack.project.write(
+        "kip.hcl",
+        "postgres \"main\" {\n  version = \"16\"\n  role \"a\" {}\n  role \"b\" {}\n}\n",
+    );
+    let run = stack.kip(&["apply", "all.plan"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("the configuration changed since"),
+        "{}",
+        run.stderr
+    );
+}

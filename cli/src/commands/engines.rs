@@ -65,6 +65,12 @@ pub struct PlanArgs {
     /// Trust the state instead of asking the running engines what exists.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub refresh: bool,
+    /// Save the plan to FILE; `kip apply FILE` then applies exactly it.
+    #[arg(long = "out", short = 'o', value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Plan only this instance or object (and the instance it belongs to): postgres.main.database.shop.
+    #[arg(long, value_name = "ADDRESS")]
+    pub target: Vec<String>,
     #[command(flatten)]
     pub vars: VarArgs,
 }
@@ -80,8 +86,48 @@ pub struct ApplyArgs {
     /// How long to wait for another kip holding the state lock.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub lock_timeout: Duration,
+    /// Apply only this instance or object (and the instance it belongs to).
+    #[arg(long, value_name = "ADDRESS")]
+    pub target: Vec<String>,
+    /// A plan saved with `kip plan --out FILE`: apply exactly it (refused when the state or the configuration
+    /// changed since).
+    pub plan_file: Option<PathBuf>,
     #[command(flatten)]
     pub vars: VarArgs,
+}
+
+/// A saved plan: the plan, and a digest of the configuration it was made from.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct PlanFile {
+    format: u32,
+    config_sha256: String,
+    plan: Plan,
+}
+
+fn config_digest(sources: &kip_core::source::Sources) -> String {
+    let mut text = String::new();
+    for (_, file) in sources.iter() {
+        text.push_str(&file.name);
+        text.push('\0');
+        text.push_str(&file.text);
+        text.push('\0');
+    }
+    kip_core::mirror::hex(&<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()))
+}
+
+/// Keeps the changes of the targets, their objects, and the instance they belong to.
+fn apply_targets(plan: &mut Plan, targets: &[String]) {
+    if targets.is_empty() {
+        return;
+    }
+    plan.changes.retain(|change| {
+        targets.iter().any(|target| {
+            change.address == *target
+                || change.address.starts_with(&format!("{target}."))
+                || (change.kind == "instance"
+                    && target.starts_with(&format!("{}.", change.address)))
+        })
+    });
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -127,9 +173,23 @@ fn make_plan(
 }
 
 pub fn plan(context: &Context, args: PlanArgs) -> anyhow::Result<ExitStatus> {
-    let Some((_, plan, _, _)) = make_plan(context, &args.vars, args.refresh)? else {
+    let Some((checked, mut plan, _, _)) = make_plan(context, &args.vars, args.refresh)? else {
         return Ok(ExitStatus::Failure);
     };
+    apply_targets(&mut plan, &args.target);
+    if let Some(out) = &args.out {
+        let file = PlanFile {
+            format: 1,
+            config_sha256: config_digest(&checked.sources),
+            plan: plan.clone(),
+        };
+        let path = context.dir.join(out);
+        let mut text = serde_json::to_string_pretty(&file)?;
+        text.push('\n');
+        // The plan holds no secrets (passwords stay in the state).
+        kip_core::fsutil::write_atomically(&path, text.as_bytes())
+            .map_err(|error| anyhow::anyhow!("cannot write {}: {error}", path.display()))?;
+    }
     let mut stdout = std::io::stdout().lock();
     if args.json {
         let mut value = serde_json::to_value(&plan)?;
@@ -192,6 +252,12 @@ fn show(value: Option<&serde_json::Value>, sensitive: bool) -> String {
     }
 }
 
+fn is_multiline(value: Option<&serde_json::Value>) -> bool {
+    value
+        .and_then(|v| v.as_str())
+        .is_some_and(|text| text.contains('\n'))
+}
+
 /// Terraform's layout: one block per changing node with `+`, `~`, `-/+`, `-`, then the summary line.
 pub fn render_plan(plan: &Plan, style: Style) -> String {
     let changing: Vec<&Change> = plan
@@ -235,6 +301,26 @@ pub fn render_plan(plan: &Plan, style: Style) -> String {
                     "      {name:<width$} = {}\n",
                     show(after.get(&name), sensitive)
                 )),
+                _ if is_multiline(before.get(&name)) || is_multiline(after.get(&name)) => {
+                    out.push_str(&format!("      {name:<width$} = <<-{forces}\n"));
+                    let old = before
+                        .get(&name)
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default();
+                    let new = after
+                        .get(&name)
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default();
+                    for line in similar::TextDiff::from_lines(old, new).iter_all_changes() {
+                        let text = format!("{}{}", line.tag(), line.value().trim_end_matches('\n'));
+                        let text = match line.tag() {
+                            similar::ChangeTag::Delete => style.red(&text),
+                            similar::ChangeTag::Insert => style.green(&text),
+                            similar::ChangeTag::Equal => text,
+                        };
+                        out.push_str(&format!("          {text}\n"));
+                    }
+                }
                 _ => out.push_str(&format!(
                     "      {name:<width$} = {} -> {}{forces}\n",
                     show(before.get(&name), sensitive),
@@ -282,9 +368,48 @@ fn resolve_settings(project: &Project) -> kip_core::resolve::ResolveSettings {
 pub fn apply(context: &Context, args: ApplyArgs) -> anyhow::Result<ExitStatus> {
     let project = project(context)?;
     let _lock = StateLock::acquire(&project.kip_dir, args.lock_timeout).map_err(state_error)?;
-    let Some((checked, plan, project, mut state)) = make_plan(context, &args.vars, true)? else {
+    let Some((checked, mut plan, project, mut state)) = make_plan(context, &args.vars, true)?
+    else {
         return Ok(ExitStatus::Failure);
     };
+    let saved = args.plan_file.is_some();
+    if let Some(plan_file) = &args.plan_file {
+        let path = context.dir.join(plan_file);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|error| anyhow::anyhow!("cannot read {}: {error}", path.display()))?;
+        let file: PlanFile = serde_json::from_str(&text).map_err(|error| {
+            with_hint(
+                anyhow::anyhow!("{} is not a kip plan file: {error}", path.display()),
+                "write one with `kip plan --out FILE`",
+            )
+        })?;
+        // A state that does not exist yet has no lineage to compare; it takes the plan's.
+        if state.serial == 0 && file.plan.serial == 0 {
+            state.lineage = file.plan.lineage.clone();
+        }
+        if file.plan.lineage != state.lineage || file.plan.serial != state.serial {
+            return Err(with_hint(
+                anyhow::anyhow!(
+                    "the state changed since {} was made (serial {} then, {} now)",
+                    path.display(),
+                    file.plan.serial,
+                    state.serial
+                ),
+                "make a new plan with `kip plan --out FILE`",
+            ));
+        }
+        if file.config_sha256 != config_digest(&checked.sources) {
+            return Err(with_hint(
+                anyhow::anyhow!(
+                    "the configuration changed since {} was made",
+                    path.display()
+                ),
+                "make a new plan with `kip plan --out FILE`",
+            ));
+        }
+        plan = file.plan;
+    }
+    apply_targets(&mut plan, &args.target);
     let style = Style::for_stdout(context.color);
     write!(std::io::stdout().lock(), "{}", render_plan(&plan, style))?;
     if !plan.prevented().is_empty() {
@@ -292,6 +417,7 @@ pub fn apply(context: &Context, args: ApplyArgs) -> anyhow::Result<ExitStatus> {
     }
     if plan.has_changes()
         && !args.auto_approve
+        && !saved
         && !confirm("\nDo you want to perform these actions?")?
     {
         writeln!(std::io::stdout().lock(), "Apply cancelled.")?;
@@ -620,4 +746,66 @@ pub fn supervisor(args: SupervisorArgs) -> anyhow::Result<ExitStatus> {
         .block_on(kip_core::supervisor::run_daemon(&args.dir))
         .map_err(|error| anyhow::anyhow!(error))?;
     Ok(ExitStatus::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use kip_core::plan::{Action, Change, Plan};
+    use serde_json::json;
+
+    use super::render_plan;
+    use crate::render::Style;
+
+    fn change(
+        action: Action,
+        before: serde_json::Value,
+        after: serde_json::Value,
+        sensitive: &[&str],
+    ) -> Change {
+        let map =
+            |value: serde_json::Value| value.as_object().map(|m| m.clone().into_iter().collect());
+        Change {
+            address: "postgres.main.role.app".into(),
+            engine: "postgres".into(),
+            kind: "role".into(),
+            action,
+            before: map(before),
+            after: map(after),
+            replace_because: Vec::new(),
+            sensitive: sensitive
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect::<BTreeSet<_>>(),
+            prevent_destroy: false,
+        }
+    }
+
+    #[test]
+    fn multi_line_values_are_diffed_line_by_line_and_secrets_never_shown() {
+        let plan = Plan {
+            format_version: "1.0".into(),
+            lineage: "l".into(),
+            serial: 1,
+            changes: vec![change(
+                Action::Update,
+                json!({ "comment": "one\ntwo\nthree\n", "password": "old-secret" }),
+                json!({ "comment": "one\n2\nthree\n", "password": "new-secret" }),
+                &["password"],
+            )],
+        };
+        let text = render_plan(&plan, Style { color: false });
+        assert!(text.contains("~ postgres.main.role.app (role)"), "{text}");
+        assert!(text.contains("          -two\n          +2\n"), "{text}");
+        assert!(
+            text.contains("password = (sensitive) -> (sensitive)"),
+            "{text}"
+        );
+        assert!(!text.contains("secret"), "{text}");
+        assert!(
+            text.contains("Plan: 0 to add, 1 to change, 0 to destroy."),
+            "{text}"
+        );
+    }
 }
