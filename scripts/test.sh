@@ -18,6 +18,15 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 
+# `kip connect` runs psql, which the embedded PostgreSQL builds do not ship; its test needs Debian's client.
+if ! command -v psql >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && apt-get install -y -qq postgresql-client >/dev/null
+  else
+    echo "warning: psql is not installed (apt-get install postgresql-client); the kip connect test will fail" >&2
+  fi
+fi
+
 cargo build --workspace --all-targets --locked
 KIP="$CARGO_TARGET_DIR/debug/kip" scripts/test-mirror.sh >/dev/null
 cargo test --workspace --all-targets --locked --no-fail-fast

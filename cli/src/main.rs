@@ -60,7 +60,7 @@ pub enum Command {
     Apply(commands::engines::ApplyArgs),
     /// Stop every instance and delete its data.
     Destroy(commands::engines::DestroyArgs),
-    /// Stop every engine of the project, keeping their data (`kip apply` starts them again).
+    /// Stop every engine of the project, keeping their data (`kip up` or `kip apply` starts them again).
     Down,
     /// List the engines' processes: state, pid, uptime, socket.
     Ps(commands::engines::PsArgs),
@@ -68,6 +68,14 @@ pub enum Command {
     Url(commands::engines::UrlArgs),
     /// Print the engines' URLs as environment variables (DATABASE_URL, KIP_POSTGRES_MAIN_URL, …).
     Env(commands::engines::EnvArgs),
+    /// Start every applied instance again after `kip down`, without planning or converging.
+    Up(commands::usage::UpArgs),
+    /// Print the last lines of an instance's log (postgres.main); -f keeps following it.
+    Logs(commands::usage::LogsArgs),
+    /// Run a command with the engines' environment (DATABASE_URL, …): kip run -- CMD ARGS…
+    Run(commands::usage::RunArgs),
+    /// Open the engine's own REPL (psql) on an instance or database.
+    Connect(commands::usage::ConnectArgs),
     /// The per-project supervisor (started by apply).
     #[command(hide = true)]
     Supervisor(commands::engines::SupervisorArgs),
@@ -156,6 +164,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Ps(args) => commands::engines::ps(&context, args),
         Command::Url(args) => commands::engines::url(&context, args),
         Command::Env(args) => commands::engines::env(&context, args),
+        Command::Up(args) => commands::usage::up(&context, args),
+        Command::Logs(args) => commands::usage::logs(&context, args),
+        Command::Run(args) => commands::usage::run(&context, args),
+        Command::Connect(args) => commands::usage::connect(&context, args),
         Command::Supervisor(args) => commands::engines::supervisor(args),
         Command::Lock(args) => commands::lock::run(&context, args),
         Command::Resolve(args) => commands::lock::run_resolve(&context, args),

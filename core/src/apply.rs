@@ -7,8 +7,13 @@
 //! each step, so that a kip killed at any point leaves a state the next apply repairs. A failed instance skips
 //! what depends on it, reported once.
 
+// Apply errors carry the resolve and supervisor errors whole (with the log lines they quote); they are built
+// once per failed instance, never in a loop, so boxing them would cost clarity for nothing.
+#![allow(clippy::result_large_err)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::config::{Config, Instance};
 use crate::engine::{Engine, EngineError, InstanceEnv, Reconfigure, RunAs};
@@ -309,7 +314,7 @@ impl Planner<'_> {
 }
 
 /// What apply reports as it goes.
-pub trait Report {
+pub trait Report: Send + Sync {
     fn step(&self, address: &str, what: &str);
 }
 
@@ -324,89 +329,155 @@ pub struct Applier<'a> {
     pub progress: &'a dyn crate::fetch::Progress,
     pub report: &'a dyn Report,
     pub run_as_env: Option<String>,
+    /// How many instances apply at once (`--parallelism`).
+    pub parallelism: usize,
 }
 
 impl Applier<'_> {
-    /// Executes `plan` against `state`, saving the state after every step.
-    pub async fn apply(&self, plan: &Plan, state: &mut State) -> Result<(), ApplyError> {
+    /// Executes `plan` against `state`, saving the state after every step. Instances run in parallel, up to
+    /// `parallelism` at once, each as soon as the instances it depends on are done; a failure skips everything
+    /// that depends on it, reported once. Each running instance has its own thread and runtime, so a slow
+    /// engine never holds up an independent one.
+    pub fn apply(&self, plan: &Plan, state: &mut State) -> Result<(), ApplyError> {
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|source| ApplyError::Io {
+                    action: "start a runtime in",
+                    path: self.project.dir.clone(),
+                    source,
+                })
+        };
         let lock_path = self.project.dir.join(crate::lock::LOCK_FILE);
-        let mut lock = LockFile::read(&lock_path)?;
-        let mut resolver = Resolver::new(self.resolve.clone(), self.progress);
-        let mut supervisor: Option<Client> = None;
-        let mut failed: Vec<String> = Vec::new();
-        let mut skipped: Vec<String> = Vec::new();
-        let mut errors: Vec<String> = Vec::new();
+        let shared_lock = Mutex::new(LockFile::read(&lock_path)?);
+        let before = locked(&shared_lock).clone();
+        let shared_state = Mutex::new(std::mem::take(state));
 
         // Instances the configuration dropped go first, objects and all.
-        for change in plan
+        let deletions: Vec<&Change> = plan
             .changes
             .iter()
             .filter(|c| c.kind == "instance" && c.action == Action::Delete)
-        {
-            self.destroy_instance(&change.address, state, &mut supervisor)
-                .await?;
+            .collect();
+        let instances: Vec<&Instance> = self
+            .config
+            .instances
+            .iter()
+            .filter(|instance| {
+                let address = instance.address.to_string();
+                let prefix = format!("{address}.");
+                plan.changes
+                    .iter()
+                    .any(|c| c.address == address || c.address.starts_with(&prefix))
+            })
+            .collect();
+        let setup = runtime()?.block_on(async {
+            let mut supervisor = None;
+            for change in &deletions {
+                self.destroy_instance(&change.address, &shared_state, &mut supervisor)
+                    .await?;
+            }
+            if !instances.is_empty() {
+                // Start the supervisor once, before the instances race to it.
+                self.client(&mut supervisor).await?;
+            }
+            Ok::<(), ApplyError>(())
+        });
+        if let Err(error) = setup {
+            *state = shared_state
+                .into_inner()
+                .unwrap_or_else(|poison| poison.into_inner());
+            return Err(error);
         }
 
-        // Then every declared instance, in dependency order.
-        let order: Vec<String> = self
-            .graph
-            .topological()
-            .into_iter()
-            .filter(|n| n.kind.is_none())
-            .map(|n| n.address.to_string())
+        // The instances each instance waits for.
+        let addresses: Vec<String> = instances.iter().map(|i| i.address.to_string()).collect();
+        let waits: Vec<BTreeSet<usize>> = instances
+            .iter()
+            .map(|instance| {
+                let own = instance.address.to_string();
+                let mut nodes = vec![instance.address.clone()];
+                collect_object_addresses(&instance.body, &mut nodes);
+                nodes
+                    .iter()
+                    .flat_map(|node| self.graph.dependencies(node))
+                    .filter_map(|dep| {
+                        let dep_instance = dep.address.instance_address().to_string();
+                        (dep_instance != own)
+                            .then(|| addresses.iter().position(|a| *a == dep_instance))
+                            .flatten()
+                    })
+                    .collect()
+            })
             .collect();
-        for address in order {
-            let Some(instance) = self
-                .config
-                .instances
-                .iter()
-                .find(|i| i.address.to_string() == address)
-            else {
-                continue;
-            };
-            // Only instances the plan speaks of (a targeted or saved plan may leave some out).
-            let prefix = format!("{address}.");
-            if !plan
-                .changes
-                .iter()
-                .any(|c| c.address == address || c.address.starts_with(&prefix))
-            {
-                continue;
+
+        let parallelism = self.parallelism.max(1);
+        let mut done = vec![false; instances.len()];
+        let mut started = vec![false; instances.len()];
+        let mut failed: Vec<String> = Vec::new();
+        let mut skipped: Vec<String> = Vec::new();
+        let mut errors: Vec<String> = Vec::new();
+        let mut blocked = vec![false; instances.len()];
+        std::thread::scope(|scope| {
+            let (sender, receiver) = std::sync::mpsc::channel::<(usize, Result<(), ApplyError>)>();
+            let mut running = 0;
+            loop {
+                // Skip what waits for a failure; start what is ready, up to the limit.
+                for index in 0..instances.len() {
+                    if started[index] || blocked[index] {
+                        continue;
+                    }
+                    if waits[index].iter().any(|dep| blocked[*dep]) {
+                        blocked[index] = true;
+                        done[index] = true;
+                        skipped.push(addresses[index].clone());
+                        continue;
+                    }
+                    if running >= parallelism || !waits[index].iter().all(|dep| done[*dep]) {
+                        continue;
+                    }
+                    started[index] = true;
+                    running += 1;
+                    let sender = sender.clone();
+                    let instance = instances[index];
+                    let (shared_state, shared_lock) = (&shared_state, &shared_lock);
+                    scope.spawn(move || {
+                        let result = match runtime() {
+                            Ok(runtime) => runtime.block_on(self.apply_instance(
+                                instance,
+                                plan,
+                                shared_state,
+                                shared_lock,
+                            )),
+                            Err(error) => Err(error),
+                        };
+                        let _ = sender.send((index, result));
+                    });
+                }
+                if running == 0 {
+                    break;
+                }
+                let Ok((index, result)) = receiver.recv() else {
+                    break;
+                };
+                running -= 1;
+                done[index] = true;
+                if let Err(error) = result {
+                    errors.push(format!("{}: {}", addresses[index], render(&error)));
+                    failed.push(addresses[index].clone());
+                    blocked[index] = true;
+                }
             }
-            let depends_on_failed = self
-                .graph
-                .dependencies(&instance.address)
-                .iter()
-                .any(|dep| {
-                    failed
-                        .iter()
-                        .chain(skipped.iter())
-                        .any(|f| dep.address.to_string().starts_with(f.as_str()))
-                });
-            if depends_on_failed {
-                skipped.push(address.clone());
-                continue;
-            }
-            let result = self
-                .apply_instance(
-                    instance,
-                    plan,
-                    state,
-                    &mut lock,
-                    &mut resolver,
-                    &mut supervisor,
-                )
-                .await;
-            if let Err(error) = result {
-                errors.push(format!("{address}: {}", render(&error)));
-                failed.push(address);
-            }
-        }
-        if self.resolve.store.exists() && !lock.pins.is_empty() {
-            let before = LockFile::read(&lock_path)?;
-            if before != lock {
-                lock.write(&lock_path)?;
-            }
+        });
+        *state = shared_state
+            .into_inner()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let lock = shared_lock
+            .into_inner()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if lock != before {
+            lock.write(&lock_path)?;
         }
         if failed.is_empty() {
             Ok(())
@@ -437,7 +508,7 @@ impl Applier<'_> {
     async fn destroy_instance(
         &self,
         address: &str,
-        state: &mut State,
+        state: &Mutex<State>,
         supervisor: &mut Option<Client>,
     ) -> Result<(), ApplyError> {
         self.report.step(address, "stopping");
@@ -455,7 +526,8 @@ impl Applier<'_> {
                 Err(error) => return Err(error.into()),
             }
         }
-        if let Some(saved) = state.instances.remove(address) {
+        let removed = locked(state).instances.remove(address);
+        if let Some(saved) = removed {
             for dir in [Some(saved.data_dir.clone()), saved.socket_dir.clone()]
                 .into_iter()
                 .flatten()
@@ -469,7 +541,7 @@ impl Applier<'_> {
                 }
             }
         }
-        state.write(&self.project.kip_dir)?;
+        locked(state).write(&self.project.kip_dir)?;
         self.report.step(address, "destroyed");
         Ok(())
     }
@@ -478,11 +550,11 @@ impl Applier<'_> {
         &self,
         instance: &Instance,
         plan: &Plan,
-        state: &mut State,
-        lock: &mut LockFile,
-        resolver: &mut Resolver<'_>,
-        supervisor: &mut Option<Client>,
+        state: &Mutex<State>,
+        shared_lock: &Mutex<LockFile>,
     ) -> Result<(), ApplyError> {
+        let mut supervisor: Option<Client> = None;
+        let supervisor = &mut supervisor;
         let address = instance.address.to_string();
         let engine =
             self.engines
@@ -501,7 +573,8 @@ impl Applier<'_> {
             source,
         };
 
-        let mut env = match state.instances.get(&address) {
+        let saved_instance = locked(state).instances.get(&address).cloned();
+        let mut env = match saved_instance.as_ref() {
             Some(saved) if action != Action::Replace => {
                 env_from_state(self.project, &address, instance, saved)
             }
@@ -518,7 +591,11 @@ impl Applier<'_> {
                     engine: instance.engine.name.to_owned(),
                     spec,
                 };
-                if self.locked && lock.pin(&request.engine, &request.spec_text()).is_none() {
+                if self.locked
+                    && locked(shared_lock)
+                        .pin(&request.engine, &request.spec_text())
+                        .is_none()
+                {
                     return Err(ApplyError::Locked(format!(
                         "{} \"{}\"",
                         request.engine,
@@ -526,7 +603,14 @@ impl Applier<'_> {
                     )));
                 }
                 self.report.step(&address, "resolving");
-                let toolchain = resolver.resolve(&request, lock, &Policy::UseLock).await?;
+                // Each instance resolves with its own resolver (the store's file locks keep concurrent downloads of
+                // one archive to one), then merges the pins it added.
+                let mut lock = locked(shared_lock).clone();
+                let mut resolver = Resolver::new(self.resolve.clone(), self.progress);
+                let toolchain = resolver
+                    .resolve(&request, &mut lock, &Policy::UseLock)
+                    .await?;
+                locked(shared_lock).pins.extend(lock.pins);
                 let run_as = crate::runas::resolve_run_as(
                     instance.run_as.as_deref(),
                     self.run_as_env.as_deref(),
@@ -571,12 +655,13 @@ impl Applier<'_> {
             }
         };
         env.instance = instance.clone();
-        let fresh = !state.instances.contains_key(&address);
+        let fresh = !locked(state).instances.contains_key(&address);
         if fresh {
             self.report.step(&address, "provisioning");
             engine.provision(&mut env).await.map_err(engine_error)?;
-            save_instance(state, &env, change, BTreeMap::new());
-            state.write(&self.project.kip_dir)?;
+            let mut guard = locked(state);
+            save_instance(&mut guard, &env, change, BTreeMap::new());
+            guard.write(&self.project.kip_dir)?;
         }
 
         // Spawn (or make sure it runs), then the settings. An instance that does not run (after `kip down`, a
@@ -619,13 +704,16 @@ impl Applier<'_> {
                 }
             }
         }
-        let objects = state
-            .instances
-            .get(&address)
-            .map(|s| s.objects.clone())
-            .unwrap_or_default();
-        save_instance(state, &env, change, objects);
-        state.write(&self.project.kip_dir)?;
+        {
+            let mut guard = locked(state);
+            let objects = guard
+                .instances
+                .get(&address)
+                .map(|s| s.objects.clone())
+                .unwrap_or_default();
+            save_instance(&mut guard, &env, change, objects);
+            guard.write(&self.project.kip_dir)?;
+        }
 
         // Converge the objects, then record them.
         let prefix = format!("{address}.");
@@ -645,7 +733,8 @@ impl Applier<'_> {
                 .await
                 .map_err(engine_error)?;
         }
-        let saved = state.instances.get_mut(&address).expect("saved above");
+        let mut guard = locked(state);
+        let saved = guard.instances.get_mut(&address).expect("saved above");
         saved.secrets = env.secrets.clone();
         for change in plan
             .changes
@@ -668,9 +757,24 @@ impl Applier<'_> {
                 _ => {}
             }
         }
-        state.write(&self.project.kip_dir)?;
+        guard.write(&self.project.kip_dir)?;
         self.report.step(&address, "ready");
         Ok(())
+    }
+}
+
+/// Locks a mutex, taking the data of a poisoned one (a panicked worker cannot leave the state half-written: every
+/// write is whole).
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+fn collect_object_addresses(body: &crate::config::Body, into: &mut Vec<crate::config::Address>) {
+    for block in &body.blocks {
+        if let Some(address) = &block.address {
+            into.push(address.clone());
+        }
+        collect_object_addresses(&block.body, into);
     }
 }
 

@@ -537,11 +537,18 @@ async fn run_as_runs_the_process_and_its_exec_probe_as_that_account() {
         proc_status.contains("\nUid:\t65534\t65534\t65534\t65534\n"),
         "{proc_status}"
     );
-    assert!(
-        std::fs::read_to_string(&spec.log)
-            .unwrap()
-            .contains("uid 65534 gid 65534")
-    );
+    // The probe can pass before the shell got to its echo: wait for the line.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !std::fs::read_to_string(&spec.log)
+        .unwrap()
+        .contains("uid 65534 gid 65534")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the process logged its uid and gid"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     client.stop("unprivileged").await.unwrap();
     assert_gone(pid);
 }

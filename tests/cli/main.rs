@@ -14,3 +14,4 @@ mod init;
 mod registry;
 mod resolve;
 mod schema;
+mod usage;

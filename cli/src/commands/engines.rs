@@ -86,6 +86,9 @@ pub struct ApplyArgs {
     /// How long to wait for another kip holding the state lock.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub lock_timeout: Duration,
+    /// How many instances apply at once.
+    #[arg(long, default_value_t = 10)]
+    pub parallelism: usize,
     /// Apply only this instance or object (and the instance it belongs to).
     #[arg(long, value_name = "ADDRESS")]
     pub target: Vec<String>,
@@ -437,10 +440,9 @@ pub fn apply(context: &Context, args: ApplyArgs) -> anyhow::Result<ExitStatus> {
         progress: &bar,
         report: &Steps,
         run_as_env: std::env::var("KIP_RUN_AS").ok().filter(|v| !v.is_empty()),
+        parallelism: args.parallelism,
     };
-    runtime()?
-        .block_on(applier.apply(&plan, &mut state))
-        .map_err(apply_error)?;
+    applier.apply(&plan, &mut state).map_err(apply_error)?;
     let summary = plan.summary();
     writeln!(
         std::io::stdout().lock(),
@@ -675,44 +677,7 @@ pub fn env(context: &Context, args: EnvArgs) -> anyhow::Result<ExitStatus> {
     };
     let project = project(context)?;
     let state = State::read(&project.kip_dir).map_err(state_error)?;
-    let engines = engines();
-    let mut variables: BTreeMap<String, String> = BTreeMap::new();
-    for instance in &config.instances {
-        let address = instance.address.to_string();
-        let Some(env) = kip_core::apply::instance_env(&project, config, &state, &address) else {
-            continue;
-        };
-        let Some(engine) = engines.get(instance.engine.name) else {
-            continue;
-        };
-        let name = |address: &str| {
-            format!(
-                "KIP_{}_URL",
-                address
-                    .to_uppercase()
-                    .replace(['.', '[', ']', '"', '-'], "_")
-            )
-        };
-        let url = engine.exports(&env, None).remove("url").unwrap_or_default();
-        variables.insert(name(&address), url.clone());
-        let mut database_url = None;
-        for block in &instance.body.blocks {
-            if let Some(object) = &block.address {
-                let object = object.to_string();
-                let url = engine
-                    .exports(&env, Some(&object))
-                    .remove("url")
-                    .unwrap_or_default();
-                if block.kind == "database" && database_url.is_none() {
-                    database_url = Some(url.clone());
-                }
-                variables.insert(name(&object), url);
-            }
-        }
-        if instance.engine.name == "postgres" && !variables.contains_key("DATABASE_URL") {
-            variables.insert("DATABASE_URL".into(), database_url.unwrap_or(url));
-        }
-    }
+    let variables = super::usage::env_variables(&project, config, &state);
     let mut stdout = std::io::stdout().lock();
     match args.format {
         EnvFormat::Json => writeln!(stdout, "{}", serde_json::to_string_pretty(&variables)?)?,

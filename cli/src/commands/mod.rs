@@ -11,6 +11,7 @@ pub mod lock;
 pub mod mirror;
 pub mod registry;
 pub mod schema;
+pub mod usage;
 
 use std::io::Write as _;
 use std::path::PathBuf;

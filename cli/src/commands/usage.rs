@@ -1,0 +1,612 @@
+//! The commands for using engines that kip already applied: `logs` (an instance's log, optionally followed),
+//! `run` (a command with the engines' environment), `connect` (the engine's own REPL) and `up` (start the applied
+//! instances again after `kip down`, without planning or converging).
+//!
+//! `run` and `connect` hand the terminal to a child process and exit with its code; kip ignores SIGINT and SIGQUIT
+//! while the child runs, because the terminal sends them to the child as well and the child decides what they
+//! mean (psql cancels a query on Ctrl-C).
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kip_core::apply::Project;
+use kip_core::config::Config;
+use kip_core::state::{State, StateLock};
+use kip_core::supervisor::{Client, ProcessState, SupervisorError};
+
+use super::engines::{engines, project, runtime, state_error};
+use super::{Context, VarArgs, load_and_check, print_diagnostics};
+use crate::{ExitStatus, with_hint};
+
+/// How often `kip logs --follow` looks for new lines.
+const FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
+/// How much of a log's end is read at a time when looking for its last lines.
+const TAIL_CHUNK: u64 = 64 * 1024;
+/// How long `kip up` waits for a `kip apply` that holds the state lock.
+const UP_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn supervisor_error(error: SupervisorError) -> anyhow::Error {
+    match error.hint() {
+        Some(hint) => with_hint(error, hint),
+        None => error.into(),
+    }
+}
+
+fn engine_error(address: &str, error: kip_core::engine::EngineError) -> anyhow::Error {
+    let hint = error.hint.clone();
+    let error = anyhow::Error::new(error).context(format!("{address} did not come up"));
+    match hint {
+        Some(hint) => with_hint(error, hint),
+        None => error,
+    }
+}
+
+/// The checked configuration, or the diagnostics printed and an error when it has errors.
+fn config(context: &Context, vars: &VarArgs) -> anyhow::Result<kip_core::config::Checked> {
+    let checked = load_and_check(context, vars)?;
+    if checked.config.is_none() {
+        print_diagnostics(context, &checked)?;
+        return Err(anyhow::anyhow!("the configuration has errors"));
+    }
+    Ok(checked)
+}
+
+/// `error: {what}` plus a did-you-mean hint over `known` and the list of them.
+fn unknown_address<'a>(
+    what: String,
+    address: &str,
+    known: impl IntoIterator<Item = &'a str> + Clone,
+) -> anyhow::Error {
+    let listed: Vec<&str> = known.clone().into_iter().collect();
+    let hint = match kip_schemas::did_you_mean(address, known) {
+        Some(suggestion) => format!("did you mean `{suggestion}`?"),
+        None => "`kip graph` lists the addresses; `kip apply` makes them run".to_owned(),
+    };
+    if listed.is_empty() {
+        return with_hint(anyhow::anyhow!("{what}; nothing is applied yet"), hint);
+    }
+    with_hint(
+        anyhow::anyhow!("{what}; known: {}", listed.join(", ")),
+        hint,
+    )
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// kip logs
+
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    /// An instance address: postgres.main (an object address shows its instance's log).
+    pub address: String,
+    /// Keep printing lines as they are appended, until interrupted.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// How many of the last lines to print first.
+    #[arg(short = 'n', long, default_value_t = 100, value_name = "N")]
+    pub lines: usize,
+}
+
+/// The log of every process the supervisor runs, and of every instance in the state (for when no supervisor
+/// runs, after `kip down`), by name.
+fn known_logs(project: &Project) -> anyhow::Result<BTreeMap<String, PathBuf>> {
+    let mut logs: BTreeMap<String, PathBuf> = BTreeMap::new();
+    // A supervisor that is stuck or gone only costs the live names: the state still knows every instance's log.
+    let processes = runtime()?
+        .block_on(async {
+            match Client::connect(&project.kip_dir).await? {
+                Some(mut client) => client.status().await,
+                None => Ok(Vec::new()),
+            }
+        })
+        .unwrap_or_default();
+    for process in processes {
+        logs.insert(process.name, process.log);
+    }
+    let state = State::read(&project.kip_dir).map_err(state_error)?;
+    for (address, saved) in state.instances {
+        if !saved.log.as_os_str().is_empty() {
+            logs.entry(address).or_insert(saved.log);
+        }
+    }
+    Ok(logs)
+}
+
+pub fn logs(context: &Context, args: LogsArgs) -> anyhow::Result<ExitStatus> {
+    let project = project(context)?;
+    let logs = known_logs(&project)?;
+    // An object address (postgres.main.database.shop) has no log of its own: its instance's log is meant.
+    let path = logs.get(&args.address).or_else(|| {
+        logs.iter()
+            .filter(|(name, _)| args.address.starts_with(&format!("{name}.")))
+            .max_by_key(|(name, _)| name.len())
+            .map(|(_, path)| path)
+    });
+    let Some(path) = path else {
+        return Err(unknown_address(
+            format!("{} has no log", args.address),
+            &args.address,
+            logs.keys().map(String::as_str),
+        ));
+    };
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Err(with_hint(
+                anyhow::anyhow!(
+                    "{} has no log yet: {} does not exist",
+                    args.address,
+                    path.display()
+                ),
+                "the log appears when the instance first starts: run `kip apply` or `kip up`",
+            ));
+        }
+        Err(error) => {
+            return Err(
+                anyhow::Error::new(error).context(format!("cannot read {}", path.display()))
+            );
+        }
+    };
+    let read_error = |error: std::io::Error| {
+        anyhow::Error::new(error).context(format!("cannot read {}", path.display()))
+    };
+    let (tail, mut offset) = last_lines(&mut file, args.lines).map_err(read_error)?;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(&tail)?;
+    stdout.flush()?;
+    if !args.follow {
+        return Ok(ExitStatus::Success);
+    }
+    loop {
+        std::thread::sleep(FOLLOW_INTERVAL);
+        let length = match std::fs::metadata(path) {
+            Ok(metadata) => {
+                // A log replaced by another file (rotated, or the instance destroyed and applied again) is
+                // followed from its start.
+                let replaced = file.metadata().map_or(true, |open| {
+                    std::os::unix::fs::MetadataExt::ino(&open)
+                        != std::os::unix::fs::MetadataExt::ino(&metadata)
+                });
+                if replaced {
+                    file = File::open(path).map_err(read_error)?;
+                    offset = 0;
+                }
+                metadata.len()
+            }
+            // Gone for now (the instance is being destroyed): keep waiting for it to come back.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(error) => return Err(read_error(error)),
+        };
+        if length < offset {
+            writeln!(
+                std::io::stderr().lock(),
+                "kip: {} was truncated; following it from its start",
+                path.display()
+            )?;
+            offset = 0;
+        }
+        if length > offset {
+            file.seek(SeekFrom::Start(offset)).map_err(read_error)?;
+            let mut chunk = Vec::new();
+            (&mut file)
+                .take(length - offset)
+                .read_to_end(&mut chunk)
+                .map_err(read_error)?;
+            offset += chunk.len() as u64;
+            stdout.write_all(&chunk)?;
+            stdout.flush()?;
+        }
+    }
+}
+
+/// The bytes of the last `count` lines of `file` (the last one may lack its newline), and the file's length: the
+/// offset that following starts from. Reads the file backwards in chunks, so a large log costs only its end.
+fn last_lines(file: &mut File, count: usize) -> std::io::Result<(Vec<u8>, u64)> {
+    let length = file.metadata()?.len();
+    if count == 0 {
+        return Ok((Vec::new(), length));
+    }
+    let mut start = length;
+    let mut tail: Vec<u8> = Vec::new();
+    loop {
+        let from = start.saturating_sub(TAIL_CHUNK);
+        let mut chunk = vec![0; (start - from) as usize];
+        file.seek(SeekFrom::Start(from))?;
+        file.read_exact(&mut chunk)?;
+        chunk.extend_from_slice(&tail);
+        tail = chunk;
+        start = from;
+        // The newline that ends the last line does not start a line.
+        let body = tail.strip_suffix(b"\n").unwrap_or(&tail);
+        let mut seen = 0;
+        for (index, byte) in body.iter().enumerate().rev() {
+            if *byte == b'\n' {
+                seen += 1;
+                if seen == count {
+                    return Ok((tail[index + 1..].to_vec(), length));
+                }
+            }
+        }
+        if start == 0 {
+            return Ok((tail, length));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// kip run and kip connect
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub vars: VarArgs,
+    /// The command and its arguments: kip run -- CMD ARGS…
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD",
+        value_parser = clap::value_parser!(OsString)
+    )]
+    pub command: Vec<OsString>,
+}
+
+/// The variables `kip env` prints: `KIP_<ADDRESS>_URL` for every applied instance and object, and `DATABASE_URL`
+/// (the first postgres database, or instance).
+pub(crate) fn env_variables(
+    project: &Project,
+    config: &Config,
+    state: &State,
+) -> BTreeMap<String, String> {
+    let engines = engines();
+    let name = |address: &str| {
+        format!(
+            "KIP_{}_URL",
+            address
+                .to_uppercase()
+                .replace(['.', '[', ']', '"', '-'], "_")
+        )
+    };
+    let mut variables: BTreeMap<String, String> = BTreeMap::new();
+    for instance in &config.instances {
+        let address = instance.address.to_string();
+        let Some(env) = kip_core::apply::instance_env(project, config, state, &address) else {
+            continue;
+        };
+        let Some(engine) = engines.get(instance.engine.name) else {
+            continue;
+        };
+        let url = engine.exports(&env, None).remove("url").unwrap_or_default();
+        variables.insert(name(&address), url.clone());
+        let mut database_url = None;
+        for block in &instance.body.blocks {
+            let Some(object) = &block.address else {
+                continue;
+            };
+            let object = object.to_string();
+            let url = engine
+                .exports(&env, Some(&object))
+                .remove("url")
+                .unwrap_or_default();
+            if block.kind == "database" && database_url.is_none() {
+                database_url = Some(url.clone());
+            }
+            variables.insert(name(&object), url);
+        }
+        if instance.engine.name == "postgres" && !variables.contains_key("DATABASE_URL") {
+            variables.insert("DATABASE_URL".into(), database_url.unwrap_or(url));
+        }
+    }
+    variables
+}
+
+pub fn run(context: &Context, args: RunArgs) -> anyhow::Result<ExitStatus> {
+    let Some((program, arguments)) = args.command.split_first() else {
+        return Err(with_hint(
+            anyhow::anyhow!("kip run needs a command to run"),
+            "kip run -- CMD ARGS…, for example: kip run -- sh -c 'echo $DATABASE_URL'",
+        ));
+    };
+    let checked = config(context, &args.vars)?;
+    let config = checked.config.as_ref().expect("checked above");
+    let project = project(context)?;
+    let state = State::read(&project.kip_dir).map_err(state_error)?;
+    let variables = env_variables(&project, config, &state);
+    if variables.is_empty() {
+        writeln!(
+            std::io::stderr().lock(),
+            "warning: no instance is applied, so {} runs without DATABASE_URL; run `kip apply` first",
+            Path::new(program).display()
+        )?;
+    }
+    let mut command = std::process::Command::new(program);
+    command.args(arguments).envs(&variables);
+    run_child(command, &|error| spawn_error(program, error))
+}
+
+fn spawn_error(program: &std::ffi::OsStr, error: std::io::Error) -> anyhow::Error {
+    let shown = Path::new(program).display().to_string();
+    match error.kind() {
+        std::io::ErrorKind::NotFound => with_hint(
+            anyhow::anyhow!("cannot run {shown}: no such command"),
+            "check its spelling, or give its path; PATH is searched for a bare name",
+        ),
+        std::io::ErrorKind::PermissionDenied => with_hint(
+            anyhow::Error::new(error).context(format!("cannot run {shown}")),
+            "is it executable? (chmod +x)",
+        ),
+        _ => anyhow::Error::new(error).context(format!("cannot run {shown}")),
+    }
+}
+
+/// Runs `command` with kip's stdio and returns its exit status: its code, or 128 + the signal that ended it.
+fn run_child(
+    mut command: std::process::Command,
+    on_spawn_error: &dyn Fn(std::io::Error) -> anyhow::Error,
+) -> anyhow::Result<ExitStatus> {
+    let runtime = runtime()?;
+    let status = runtime.block_on(async {
+        // Catching them replaces their default action (ending kip) for as long as kip lives; the child gets the
+        // default back when it execs.
+        use tokio::signal::unix::{SignalKind, signal};
+        let _interrupt = signal(SignalKind::interrupt())?;
+        let _quit = signal(SignalKind::quit())?;
+        command
+            .stdin(std::process::Stdio::inherit())
+            .stdout(std::process::Stdio::inherit())
+            .stderr(std::process::Stdio::inherit());
+        let mut child = tokio::process::Command::from(command)
+            .spawn()
+            .map_err(on_spawn_error)?;
+        anyhow::Ok(child.wait().await?)
+    })?;
+    let code = match status.code() {
+        Some(code) => code,
+        None => 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0),
+    };
+    Ok(passthrough(code))
+}
+
+/// A child's exit code as kip's own. [`ExitStatus`] holds kip's contract (0, 1, 2); any other code of the child
+/// ends kip here, with that code.
+// TODO: an `ExitStatus::Child(u8)` variant in main.rs would keep this in the typed contract.
+fn passthrough(code: i32) -> ExitStatus {
+    match code {
+        0 => ExitStatus::Success,
+        1 => ExitStatus::Failure,
+        2 => ExitStatus::Changes,
+        code => {
+            let _ = std::io::stdout().flush();
+            std::process::exit(code)
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConnectArgs {
+    /// An instance or database address: postgres.main, postgres.main.database.shop.
+    pub address: String,
+    /// More arguments for the REPL, after `--`: kip connect postgres.main -- -c 'select 1'.
+    #[arg(last = true, value_parser = clap::value_parser!(OsString))]
+    pub extra: Vec<OsString>,
+    #[command(flatten)]
+    pub vars: VarArgs,
+}
+
+/// An engine's own REPL: the program, and the package that provides it on Debian and Ubuntu.
+struct Repl {
+    program: &'static str,
+    package: &'static str,
+}
+
+fn repl(engine: &str) -> Option<Repl> {
+    match engine {
+        "postgres" => Some(Repl {
+            program: "psql",
+            package: "postgresql-client",
+        }),
+        _ => None,
+    }
+}
+
+/// `program` in the first of `dirs` that has it as an executable file.
+fn find_program(program: &str, dirs: impl IntoIterator<Item = PathBuf>) -> Option<PathBuf> {
+    dirs.into_iter().map(|dir| dir.join(program)).find(|path| {
+        std::fs::metadata(path).is_ok_and(|metadata| {
+            metadata.is_file()
+                && std::os::unix::fs::PermissionsExt::mode(&metadata.permissions()) & 0o111 != 0
+        })
+    })
+}
+
+pub fn connect(context: &Context, args: ConnectArgs) -> anyhow::Result<ExitStatus> {
+    let checked = config(context, &args.vars)?;
+    let config = checked.config.as_ref().expect("checked above");
+    let project = project(context)?;
+    let state = State::read(&project.kip_dir).map_err(state_error)?;
+    let Some(env) = kip_core::apply::instance_env(&project, config, &state, &args.address) else {
+        let mut known: Vec<String> = Vec::new();
+        for instance in &config.instances {
+            if state.instances.contains_key(&instance.address.to_string()) {
+                known.push(instance.address.to_string());
+                known.extend(
+                    instance
+                        .body
+                        .blocks
+                        .iter()
+                        .filter(|block| block.kind == "database")
+                        .filter_map(|block| block.address.as_ref().map(ToString::to_string)),
+                );
+            }
+        }
+        return Err(unknown_address(
+            format!("{} is not an applied instance or database", args.address),
+            &args.address,
+            known.iter().map(String::as_str),
+        ));
+    };
+    let engine_name = env.instance.engine.name;
+    let Some(repl) = repl(engine_name) else {
+        return Err(anyhow::anyhow!(
+            "kip connect does not know the REPL of {engine_name} instances yet"
+        ));
+    };
+    let engines = engines();
+    let engine = engines
+        .get(engine_name)
+        .expect("an applied instance has an engine");
+    let object = (args.address != env.address).then_some(args.address.as_str());
+    let url = engine
+        .exports(&env, object)
+        .remove("url")
+        .unwrap_or_default();
+    let path_dirs = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .unwrap_or_default();
+    let toolchain_bin = env.toolchain.bin.clone();
+    let Some(program) = find_program(
+        repl.program,
+        std::iter::once(toolchain_bin.clone()).chain(path_dirs),
+    ) else {
+        return Err(with_hint(
+            anyhow::anyhow!(
+                "{} is not in the toolchain of {} ({}) nor on PATH",
+                repl.program,
+                env.address,
+                toolchain_bin.display()
+            ),
+            format!(
+                "kip's embedded {engine_name} builds carry the server only: install the {} package \
+                 (apt-get install {}), or put {} on PATH",
+                repl.package, repl.package, repl.program
+            ),
+        ));
+    };
+    let mut command = std::process::Command::new(&program);
+    command.arg(&url).args(&args.extra);
+    run_child(command, &|error| spawn_error(program.as_os_str(), error))
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// kip up
+
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub vars: VarArgs,
+}
+
+/// Starts every applied instance from the state, in dependency order, without planning or converging.
+pub fn up(context: &Context, args: UpArgs) -> anyhow::Result<ExitStatus> {
+    let checked = config(context, &args.vars)?;
+    let config = checked.config.as_ref().expect("checked above");
+    let graph = checked
+        .graph
+        .as_ref()
+        .expect("a checked config has a graph");
+    let project = project(context)?;
+    let _lock = StateLock::acquire(&project.kip_dir, UP_LOCK_TIMEOUT).map_err(state_error)?;
+    let state = State::read(&project.kip_dir).map_err(state_error)?;
+    let mut stdout = std::io::stdout().lock();
+    if state.instances.is_empty() {
+        writeln!(
+            stdout,
+            "Nothing is applied in this project: run `kip apply` first."
+        )?;
+        return Ok(ExitStatus::Success);
+    }
+    let mut order: Vec<String> = graph
+        .topological()
+        .into_iter()
+        .filter(|node| node.kind.is_none())
+        .map(|node| node.address.to_string())
+        .filter(|address| state.instances.contains_key(address))
+        .collect();
+    for address in state.instances.keys() {
+        if !order.contains(address) {
+            writeln!(
+                stdout,
+                "{address}: skipped, the configuration no longer declares it (`kip apply` destroys it)"
+            )?;
+        }
+    }
+    order.retain(|address| {
+        config
+            .instances
+            .iter()
+            .any(|i| i.address.to_string() == *address)
+    });
+    for address in config.instances.iter().map(|i| i.address.to_string()) {
+        if !state.instances.contains_key(&address) {
+            writeln!(
+                stdout,
+                "{address}: skipped, not applied yet (`kip apply` creates it)"
+            )?;
+        }
+    }
+    let engines = engines();
+    let runtime = runtime()?;
+    let dir = project.kip_dir.display().to_string();
+    let mut client = runtime
+        .block_on(Client::connect_or_start(
+            &project.kip_dir,
+            &project.kip_exe,
+            &["supervisor", "--dir", dir.as_str()],
+        ))
+        .map_err(supervisor_error)?;
+    let running = runtime
+        .block_on(client.status())
+        .map_err(supervisor_error)?;
+    let mut started = 0;
+    for address in &order {
+        let env = kip_core::apply::instance_env(&project, config, &state, address)
+            .expect("declared and applied, checked above");
+        let engine = engines
+            .get(env.instance.engine.name)
+            .expect("an applied instance has an engine");
+        let specs = engine
+            .spawn_specs(&env)
+            .map_err(|error| engine_error(address, error))?;
+        let ready = |name: &str| {
+            running
+                .iter()
+                .any(|process| process.name == name && process.state == ProcessState::Ready)
+        };
+        if specs.iter().all(|spec| ready(&spec.name)) {
+            writeln!(stdout, "{address}: already running")?;
+            continue;
+        }
+        // What `kip apply` checks too: a declared port that something else holds would pass a tcp probe that the
+        // engine never answers.
+        for port in engine.ports(&env) {
+            if let Err(error) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+                return Err(with_hint(
+                    anyhow::Error::new(error).context(format!(
+                        "{address} declares port {port}, which is already in use on 127.0.0.1"
+                    )),
+                    "stop what holds it, or change the port and run `kip apply`",
+                ));
+            }
+        }
+        let mut pids = Vec::new();
+        for spec in specs {
+            let status = runtime
+                .block_on(client.start(spec))
+                .map_err(supervisor_error)?;
+            pids.extend(status.pid.map(|pid| pid.to_string()));
+        }
+        // The supervisor's probe passes when the engine listens, which can be a moment before it takes sessions
+        // (PostgreSQL answers "the database system is starting up" meanwhile). Reading what exists, as plan does,
+        // waits that out through the engine's own client, so `kip up && psql` works.
+        runtime
+            .block_on(engine.refresh(&env, &[]))
+            .map_err(|error| engine_error(address, error))?;
+        started += 1;
+        writeln!(stdout, "{address}: ready (pid {})", pids.join(", "))?;
+        stdout.flush()?;
+    }
+    writeln!(stdout, "Started {started} instance(s).")?;
+    Ok(ExitStatus::Success)
+}
