@@ -58,6 +58,8 @@ pub enum Command {
     Plan(commands::engines::PlanArgs),
     /// Make the engines match the configuration.
     Apply(commands::engines::ApplyArgs),
+    /// Converge structure (roles, databases, grants…) in running engines, without starting or restarting any.
+    Sync(commands::engines::ApplyArgs),
     /// Stop every instance and delete its data.
     Destroy(commands::engines::DestroyArgs),
     /// Stop every engine of the project, keeping their data (`kip up` or `kip apply` starts them again).
@@ -159,6 +161,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Registry(command) => commands::registry::run(&context, command),
         Command::Plan(args) => commands::engines::plan(&context, args),
         Command::Apply(args) => commands::engines::apply(&context, args),
+        Command::Sync(mut args) => {
+            args.sync_only = true;
+            commands::engines::apply(&context, args)
+        }
         Command::Destroy(args) => commands::engines::destroy(&context, args),
         Command::Down => commands::engines::down(&context),
         Command::Ps(args) => commands::engines::ps(&context, args),

@@ -89,6 +89,8 @@ pub enum ApplyError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{address} does not run, and kip sync never starts or creates an instance")]
+    NotRunning { address: String },
     #[error("kip cannot run {engine} instances yet ({address})")]
     Unsupported { engine: String, address: String },
     #[error(transparent)]
@@ -127,6 +129,7 @@ impl ApplyError {
             ApplyError::RunAs(error) => error.hint(),
             ApplyError::Lock(error) => error.hint().map(str::to_owned),
             ApplyError::Locked(_) => Some("run `kip lock` and commit kip.lock".into()),
+            ApplyError::NotRunning { .. } => Some("run `kip up` (or `kip apply`) first".into()),
             ApplyError::PortTaken { .. } => Some(
                 "choose a free port, stop what holds it, or drop `port` to use a unix socket only"
                     .into(),
@@ -331,6 +334,8 @@ pub struct Applier<'a> {
     pub run_as_env: Option<String>,
     /// How many instances apply at once (`--parallelism`).
     pub parallelism: usize,
+    /// `kip sync`: converge objects only; never create, start, restart or replace an instance.
+    pub sync_only: bool,
 }
 
 impl Applier<'_> {
@@ -669,6 +674,11 @@ impl Applier<'_> {
         // declared port that something else holds is refused before anything is spawned.
         self.client(supervisor).await?;
         let is_running = running(supervisor, &address).await;
+        if self.sync_only && (!is_running || fresh || matches!(action, Action::Replace)) {
+            return Err(ApplyError::NotRunning {
+                address: address.clone(),
+            });
+        }
         if !is_running {
             if !fresh {
                 engine.provision(&mut env).await.map_err(engine_error)?;
@@ -696,7 +706,9 @@ impl Applier<'_> {
             env.secrets.insert("hba.secured".into(), "true".into());
         } else if action == Action::Update && is_running {
             self.report.step(&address, "reconfiguring");
-            if engine.reconfigure(&env).await.map_err(engine_error)? == Reconfigure::RestartNeeded {
+            if engine.reconfigure(&env).await.map_err(engine_error)? == Reconfigure::RestartNeeded
+                && !self.sync_only
+            {
                 self.report.step(&address, "restarting");
                 for spec in &specs {
                     client.stop(&spec.name).await?;

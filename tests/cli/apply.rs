@@ -320,3 +320,54 @@ fn a_saved_plan_applies_exactly_and_is_refused_once_stale() {
         run.stderr
     );
 }
+
+#[test]
+fn sync_converges_only_running_engines_and_destroy_takes_one_instance() {
+    let config = "postgres \"main\" {\n  version = \"16\"\n}\n\npostgres \"other\" {\n  version = \"16\"\n}\n";
+    let stack = Stack::new(config);
+    stack.ok(&["apply", "--auto-approve"]);
+    stack.ok(&["down"]);
+    stack.project.write(
+        "kip.hcl",
+        config.replace(
+            "  version = \"16\"\n}\n\npostgres \"other\"",
+            "  version = \"16\"\n  role \"late\" {}\n}\n\npostgres \"other\"",
+        ),
+    );
+    let run = stack.kip(&["sync", "--auto-approve"]);
+    assert_eq!(run.code, 1, "{}", run.snapshot());
+    assert!(
+        run.stderr
+            .contains("does not run, and kip sync never starts"),
+        "{}",
+        run.stderr
+    );
+    stack.ok(&["up"]);
+    stack.ok(&["sync", "--auto-approve"]);
+    assert_eq!(
+        stack.sql(
+            "postgres.main",
+            "SELECT rolname FROM pg_roles WHERE rolname = 'late'"
+        ),
+        [["late"]]
+    );
+
+    let run = stack.kip(&["destroy", "postgres.othr", "--auto-approve"]);
+    assert_eq!(run.code, 1);
+    assert!(
+        run.stderr.contains("did you mean postgres.other?"),
+        "{}",
+        run.stderr
+    );
+    stack.ok(&["destroy", "postgres.other", "--auto-approve"]);
+    let ps = stack.ok(&["ps", "--json"]);
+    let names: Vec<String> = serde_json::from_str::<serde_json::Value>(&ps.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["postgres.main"], "only the other instance is gone");
+    assert_eq!(stack.sql("postgres.main", "SELECT 1"), [["1"]]);
+}

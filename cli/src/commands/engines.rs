@@ -89,6 +89,9 @@ pub struct ApplyArgs {
     /// How many instances apply at once.
     #[arg(long, default_value_t = 10)]
     pub parallelism: usize,
+    /// Set by `kip sync`: converge structure only, never start or restart an engine.
+    #[arg(skip)]
+    pub sync_only: bool,
     /// Apply only this instance or object (and the instance it belongs to).
     #[arg(long, value_name = "ADDRESS")]
     pub target: Vec<String>,
@@ -441,6 +444,7 @@ pub fn apply(context: &Context, args: ApplyArgs) -> anyhow::Result<ExitStatus> {
         report: &Steps,
         run_as_env: std::env::var("KIP_RUN_AS").ok().filter(|v| !v.is_empty()),
         parallelism: args.parallelism,
+        sync_only: args.sync_only,
     };
     applier.apply(&plan, &mut state).map_err(apply_error)?;
     let summary = plan.summary();
@@ -456,6 +460,8 @@ pub fn apply(context: &Context, args: ApplyArgs) -> anyhow::Result<ExitStatus> {
 
 #[derive(Debug, clap::Args)]
 pub struct DestroyArgs {
+    /// Destroy only this instance (postgres.main); every instance when absent.
+    pub address: Option<String>,
     /// Destroy without asking for confirmation.
     #[arg(long)]
     pub auto_approve: bool,
@@ -468,7 +474,23 @@ pub fn destroy(context: &Context, args: DestroyArgs) -> anyhow::Result<ExitStatu
     let project = project(context)?;
     let _lock = StateLock::acquire(&project.kip_dir, args.lock_timeout).map_err(state_error)?;
     let mut state = State::read(&project.kip_dir).map_err(state_error)?;
-    let addresses: Vec<String> = state.instances.keys().cloned().collect();
+    let mut addresses: Vec<String> = state.instances.keys().cloned().collect();
+    if let Some(address) = &args.address {
+        if !addresses.contains(address) {
+            let hint =
+                match kip_schemas::did_you_mean(address, addresses.iter().map(String::as_str)) {
+                    Some(close) => format!("did you mean {close}?"),
+                    None if addresses.is_empty() => "nothing is applied in this project".to_owned(),
+                    None => format!("the applied instances are: {}", addresses.join(", ")),
+                };
+            return Err(with_hint(
+                anyhow::anyhow!("{address} is not an applied instance"),
+                hint,
+            ));
+        }
+        addresses = vec![address.clone()];
+    }
+    let everything = args.address.is_none();
     let mut stdout = std::io::stdout().lock();
     if addresses.is_empty() {
         writeln!(stdout, "Nothing to destroy.")?;
@@ -489,7 +511,9 @@ pub fn destroy(context: &Context, args: DestroyArgs) -> anyhow::Result<ExitStatu
                 for address in &addresses {
                     let _ = client.stop(address).await;
                 }
-                client.shutdown().await?;
+                if everything {
+                    client.shutdown().await?;
+                }
             }
             Ok::<_, kip_core::supervisor::SupervisorError>(())
         })
