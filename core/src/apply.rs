@@ -254,6 +254,12 @@ impl Planner<'_> {
                             source,
                         })?;
                 existing.extend(live);
+                // Protection outlives the block: a removed `prevent_destroy = true` object stays protected.
+                for (object, saved_object) in &saved.objects {
+                    if let Some(node) = existing.get_mut(object) {
+                        node.prevent_destroy |= saved_object.prevent_destroy;
+                    }
+                }
             } else {
                 for (object, saved_object) in &saved.objects {
                     existing.insert(
@@ -263,7 +269,7 @@ impl Planner<'_> {
                             engine: saved.engine.clone(),
                             kind: saved_object.kind.clone(),
                             attributes: saved_object.attributes.clone(),
-                            prevent_destroy: false,
+                            prevent_destroy: saved_object.prevent_destroy,
                         },
                     );
                 }
@@ -763,6 +769,7 @@ impl Applier<'_> {
                         ObjectState {
                             kind: change.kind.clone(),
                             attributes: after.clone(),
+                            prevent_destroy: change.prevent_destroy,
                         },
                     );
                 }

@@ -205,7 +205,8 @@ pub fn diff(desired: &[Desired], existing: &BTreeMap<String, Existing>) -> Vec<C
             after: Some(want.attributes.clone()),
             replace_because,
             sensitive: want.sensitive.clone(),
-            prevent_destroy: want.prevent_destroy || have.prevent_destroy,
+            // While the block exists, the configuration says whether it is protected (it can be unprotected).
+            prevent_destroy: want.prevent_destroy,
         });
     }
     for (address, have) in existing {

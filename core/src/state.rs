@@ -61,6 +61,9 @@ pub struct InstanceState {
 pub struct ObjectState {
     pub kind: String,
     pub attributes: BTreeMap<String, serde_json::Value>,
+    /// Remembered from the configuration, so that removing a protected block is refused, not obeyed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prevent_destroy: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -371,3 +371,96 @@ fn sync_converges_only_running_engines_and_destroy_takes_one_instance() {
     assert_eq!(names, ["postgres.main"], "only the other instance is gone");
     assert_eq!(stack.sql("postgres.main", "SELECT 1"), [["1"]]);
 }
+
+#[test]
+fn prevent_destroy_restart_settings_json_plans_and_refresh_false() {
+    let config = |buffers: &str, databases: &str| {
+        format!(
+            "postgres \"main\" {{\n  version  = \"16\"\n  settings = {{ shared_buffers = \"{buffers}\" }}\n{databases}}}\n"
+        )
+    };
+    let keep = "  database \"keep\" {\n    prevent_destroy = true\n  }\n";
+    let stack = Stack::new(&config("32MB", keep));
+    stack.ok(&["apply", "--auto-approve"]);
+
+    // A setting PostgreSQL reads only at start: apply restarts the server, and the value is live after.
+    stack.project.write("kip.hcl", config("48MB", keep));
+    let plan = stack.kip(&["plan", "--json", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 2, "{}", plan.snapshot());
+    let json: serde_json::Value = serde_json::from_str(&plan.stdout).unwrap();
+    assert_eq!(json["format_version"], "1.0");
+    let change = json["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["action"] != "noop")
+        .unwrap();
+    assert_eq!(change["address"], "postgres.main");
+    assert_eq!(change["action"], "update");
+    assert_eq!(change["before"]["settings"]["shared_buffers"], "32MB");
+    assert_eq!(change["after"]["settings"]["shared_buffers"], "48MB");
+    let run = stack.ok(&["apply", "--auto-approve"]);
+    assert!(
+        run.stderr.contains("postgres.main: restarting"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        stack.sql("postgres.main", "SHOW shared_buffers"),
+        [["48MB"]]
+    );
+
+    // --refresh=false trusts the state: a role dropped behind kip's back does not show.
+    stack.project.write(
+        "kip.hcl",
+        config("48MB", &format!("{keep}  role \"r\" {{}}\n")),
+    );
+    stack.ok(&["apply", "--auto-approve"]);
+    stack.sql("postgres.main", "DROP ROLE r");
+    assert_eq!(
+        stack
+            .kip(&["plan", "--refresh=false", "--detailed-exitcode"])
+            .code,
+        0
+    );
+    assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 2);
+    stack.ok(&["apply", "--auto-approve"]);
+
+    // Removing a database with prevent_destroy is refused by plan and apply, and the database stays.
+    stack
+        .project
+        .write("kip.hcl", config("48MB", "  role \"r\" {}\n"));
+    let run = stack.kip(&["plan"]);
+    assert_eq!(run.code, 1, "{}", run.snapshot());
+    assert!(
+        run.stderr
+            .contains("postgres.main.database.keep, which set prevent_destroy = true"),
+        "{}",
+        run.stderr
+    );
+    let run = stack.kip(&["apply", "--auto-approve"]);
+    assert_eq!(run.code, 1);
+    assert_eq!(
+        stack.sql(
+            "postgres.main",
+            "SELECT datname FROM pg_database WHERE datname = 'keep'"
+        ),
+        [["keep"]]
+    );
+    // Unprotected first, it can go.
+    let unprotected = "  database \"keep\" {\n    prevent_destroy = false\n  }\n  role \"r\" {}\n";
+    stack.project.write("kip.hcl", config("48MB", unprotected));
+    stack.ok(&["apply", "--auto-approve"]);
+    stack
+        .project
+        .write("kip.hcl", config("48MB", "  role \"r\" {}\n"));
+    stack.ok(&["apply", "--auto-approve"]);
+    assert!(
+        stack
+            .sql(
+                "postgres.main",
+                "SELECT datname FROM pg_database WHERE datname = 'keep'"
+            )
+            .is_empty()
+    );
+}
