@@ -22,10 +22,38 @@ impl Stack {
         }
     }
 
-    pub fn kip(&self, args: &[&str]) -> Run {
+    pub fn command(&self, args: &[&str]) -> std::process::Command {
         let mut command = self.project.command(args);
         command.env("KIP_MIRROR", self.server.base_url());
-        self.project.run_with(command)
+        command
+    }
+
+    pub fn kip(&self, args: &[&str]) -> Run {
+        self.project.run_with(self.command(args))
+    }
+
+    /// Runs kip with `input` on its stdin.
+    pub fn kip_with_input(&self, args: &[&str], input: &str) -> Run {
+        use std::io::Write as _;
+        use std::process::Stdio;
+        let mut command = self.command(args);
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
     }
 
     pub fn ok(&self, args: &[&str]) -> Run {

@@ -8,8 +8,8 @@ use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::http::TestServer;
-use crate::support::{Project, Run, test_mirror};
+use crate::apply::Stack;
+use crate::support::Project;
 
 const CONFIG: &str = r#"postgres "main" {
   version = "16"
@@ -24,93 +24,19 @@ const CONFIG: &str = r#"postgres "main" {
 "#;
 
 /// A project applied from the test mirror (served over loopback), destroyed when dropped.
-struct Stack {
-    project: Project,
-    server: TestServer,
+fn applied() -> Stack {
+    let stack = Stack::new(CONFIG);
+    stack.ok(&["apply", "--auto-approve"]);
+    stack
 }
 
-impl Stack {
-    fn applied() -> Stack {
-        let stack = Stack {
-            project: Project::with_config(CONFIG),
-            server: TestServer::serve(&test_mirror()),
-        };
-        stack.ok(&["apply", "--auto-approve"]);
-        stack
-    }
-
-    fn command(&self, args: &[&str]) -> std::process::Command {
-        let mut command = self.project.command(args);
-        command.env("KIP_MIRROR", self.server.base_url());
-        command
-    }
-
-    fn kip(&self, args: &[&str]) -> Run {
-        self.project.run_with(self.command(args))
-    }
-
-    fn ok(&self, args: &[&str]) -> Run {
-        let run = self.kip(args);
-        assert_eq!(run.code, 0, "kip {}\n{}", args.join(" "), run.snapshot());
-        run
-    }
-
-    /// Runs kip with `input` on its stdin.
-    fn kip_with_input(&self, args: &[&str], input: &str) -> Run {
-        let mut child = self
-            .command(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        let output = child.wait_with_output().unwrap();
-        Run {
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        }
-    }
-
-    /// The first column of the first row `query` returns, over the URL `kip url` prints.
-    fn query(&self, address: &str, query: &str) -> String {
-        let url = self
-            .ok(&["url", address])
-            .stdout
-            .trim()
-            .replace("[PROJECT]", self.project.path().to_str().unwrap());
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let (client, connection) = url
-                .parse::<tokio_postgres::Config>()
-                .unwrap()
-                .connect(tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(connection);
-            for message in client.simple_query(query).await.unwrap() {
-                if let tokio_postgres::SimpleQueryMessage::Row(row) = message {
-                    return row.get(0).unwrap_or("").to_owned();
-                }
-            }
-            panic!("{query} returned no row")
-        })
-    }
-}
-
-impl Drop for Stack {
-    fn drop(&mut self) {
-        let _ = self.kip(&["destroy", "--auto-approve"]);
-    }
+/// The first column of the first row `query` returns, over the URL `kip url` prints.
+fn query(stack: &Stack, address: &str, query: &str) -> String {
+    let rows = stack.sql(address, query);
+    rows.first()
+        .and_then(|row| row.first())
+        .cloned()
+        .unwrap_or_else(|| panic!("{query} returned no row"))
 }
 
 /// Kills a `kip logs -f` when dropped, also when an assertion fails.
@@ -125,7 +51,7 @@ impl Drop for Follower {
 
 #[test]
 fn logs_show_the_instance_log_and_follow_it() {
-    let stack = Stack::applied();
+    let stack = applied();
     let run = stack.ok(&["logs", "postgres.main"]);
     assert!(
         run.stdout
@@ -204,7 +130,7 @@ fn logs_show_the_instance_log_and_follow_it() {
 
 #[test]
 fn run_passes_the_environment_and_the_exit_code() {
-    let stack = Stack::applied();
+    let stack = applied();
     let url = stack.ok(&["url", "postgres.main.database.shop"]).stdout;
     let run = stack.ok(&["run", "--", "sh", "-c", "echo $DATABASE_URL"]);
     assert_eq!(run.stdout, url);
@@ -247,7 +173,7 @@ fn run_passes_the_environment_and_the_exit_code() {
 
 #[test]
 fn connect_runs_psql_or_says_why_it_cannot() {
-    let stack = Stack::applied();
+    let stack = applied();
     let mut command = stack.command(&["connect", "postgres.main.database.shop"]);
     command.env("PATH", "/nonexistent");
     let run = stack.project.run_with(command);
@@ -303,8 +229,9 @@ fn connect_runs_psql_or_says_why_it_cannot() {
 
 #[test]
 fn up_starts_the_instances_again_after_down() {
-    let stack = Stack::applied();
-    stack.query(
+    let stack = applied();
+    query(
+        &stack,
         "postgres.main.database.shop",
         "CREATE TABLE orders (id int); INSERT INTO orders VALUES (1), (2); SELECT 1",
     );
@@ -330,7 +257,8 @@ fn up_starts_the_instances_again_after_down() {
     );
     assert!(stack.ok(&["ps"]).stdout.contains("ready"));
     assert_eq!(
-        stack.query(
+        query(
+            &stack,
             "postgres.main.database.shop",
             "SELECT count(*)::text FROM orders"
         ),
