@@ -1,11 +1,15 @@
 //! kip's benchmarks. Each one prints the median (and min / max) of repeated runs for a target an issue names;
 //! BENCHMARKS.md records the numbers and what bounds them.
 //!
-//! Run: `cargo run --release -p kip-bench -- [front-half] [resolve] [--runs N]`. `resolve` needs the test mirror
-//! (`scripts/test-mirror.sh`; `KIP_TEST_MIRROR` or `~/.cache/kip/test-mirror`).
+//! Run: `cargo run --release -p kip-bench -- [front-half] [resolve] [apply] [--runs N]`. `resolve` and `apply` need
+//! the test mirror (`scripts/test-mirror.sh`; `KIP_TEST_MIRROR` or `~/.cache/kip/test-mirror`); `apply` drives the
+//! release `kip` binary (`KIP_BIN`, default `$CARGO_TARGET_DIR/release/kip`: build it with
+//! `cargo build --release -p kip-cli`). Without `--runs`, each benchmark uses its own default run counts.
 
+mod apply;
 #[path = "../../core/tests/support/http.rs"]
 mod http;
+mod kip;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -19,19 +23,23 @@ fn main() {
         .iter()
         .position(|arg| arg == "--runs")
         .and_then(|at| args.get(at + 1))
-        .and_then(|runs| runs.parse().ok())
-        .unwrap_or(21);
+        .and_then(|runs| runs.parse::<usize>().ok());
+    // Benchmark names: every argument but the options and the value of --runs.
     let selected: Vec<&str> = args
         .iter()
-        .map(String::as_str)
-        .filter(|arg| !arg.starts_with("--"))
+        .enumerate()
+        .filter(|(at, arg)| !arg.starts_with("--") && (*at == 0 || args[at - 1] != "--runs"))
+        .map(|(_, arg)| arg.as_str())
         .collect();
     let wants = |name: &str| selected.is_empty() || selected.contains(&name);
     if wants("front-half") {
-        front_half(runs);
+        front_half(runs.unwrap_or(21));
     }
     if wants("resolve") {
-        resolve(runs);
+        resolve(runs.unwrap_or(21));
+    }
+    if wants("apply") {
+        apply::run(runs);
     }
 }
 
