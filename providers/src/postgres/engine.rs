@@ -473,6 +473,57 @@ impl Postgres {
     }
 }
 
+/// The databases whose insides kip manages (extensions, schemas, schema-level grants): only those need a
+/// session of their own to refresh. (A database whose last extension is removed from the list is not looked into
+/// any more, so that extension stays: kip never drops what it cannot see.)
+fn databases_with_contents(desired: &[Desired], managed: &[String]) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for node in desired {
+        match node.kind.as_str() {
+            "database" => {
+                let declares = node
+                    .attributes
+                    .get("extensions")
+                    .and_then(Json::as_array)
+                    .is_some_and(|list| !list.is_empty());
+                if declares {
+                    names.insert(address_name(&node.address));
+                }
+            }
+            "schema" | "extension" => {
+                if let Some(database) = node.attributes.get("database").and_then(Json::as_str) {
+                    names.insert(database.to_owned());
+                }
+            }
+            "grant" => {
+                let on = node
+                    .attributes
+                    .get("on")
+                    .and_then(Json::as_str)
+                    .unwrap_or("database");
+                if on != "database" {
+                    let database = node
+                        .attributes
+                        .get("database")
+                        .and_then(Json::as_str)
+                        .unwrap_or("postgres");
+                    names.insert(database.to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    // Objects kip created inside databases before (schemas, extensions) stay visible after their blocks go.
+    for address in managed {
+        if address_kind(address).is_some_and(|kind| kind == "schema" || kind == "extension") {
+            if let Some(database) = database_of(address) {
+                names.insert(database);
+            }
+        }
+    }
+    names
+}
+
 fn json_attributes(value: &Json) -> Attributes {
     value
         .as_object()
@@ -725,10 +776,11 @@ impl Engine for Postgres {
         managed: &'a [String],
     ) -> BoxFuture<'a, Result<BTreeMap<String, Existing>, EngineError>> {
         Box::pin(async move {
-            let live = super::read_live(&self.connector(env))
+            let desired = self.desired(&env.instance)?;
+            let contents = databases_with_contents(&desired, managed);
+            let live = super::sql::read_live_of(&self.connector(env), Some(&contents))
                 .await
                 .map_err(|e| pg_error("cannot read PostgreSQL", e))?;
-            let desired = self.desired(&env.instance)?;
             let by_address: BTreeMap<&str, &Desired> =
                 desired.iter().map(|d| (d.address.as_str(), d)).collect();
             let mut existing = BTreeMap::new();

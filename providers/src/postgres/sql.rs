@@ -163,6 +163,16 @@ const USER_SCHEMA: &str = "n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'informa
 /// Reads every role, database, schema, extension and grant kip could have declared. One connection to
 /// `postgres`, then one per database that accepts connections, read concurrently.
 pub async fn read_live(connector: &Connector) -> Result<Live, PgError> {
+    read_live_of(connector, None).await
+}
+
+/// As [`read_live`], but looks inside (schemas, extensions, schema grants) only the databases in `contents`
+/// when given: a session per database costs a fork and an authentication, and most declared databases hold
+/// nothing kip manages inside them. The others keep `contents_read = false`.
+pub async fn read_live_of(
+    connector: &Connector,
+    contents: Option<&std::collections::BTreeSet<String>>,
+) -> Result<Live, PgError> {
     let client = connector.connect("postgres").await?;
     let version_row = query(
         &client,
@@ -236,7 +246,8 @@ pub async fn read_live(connector: &Connector) -> Result<Live, PgError> {
     let mut reads = tokio::task::JoinSet::new();
     for (name, database) in &live.databases {
         // A connection limit of -2 marks a database left invalid by an interrupted DROP DATABASE.
-        if database.allow_connections && database.connection_limit != -2 {
+        let wanted = contents.is_none_or(|names| names.contains(name));
+        if wanted && database.allow_connections && database.connection_limit != -2 {
             let (connector, name) = (connector.clone(), name.clone());
             reads.spawn(async move {
                 let contents = read_database(&connector, &name).await;
