@@ -192,7 +192,9 @@ fn check_body(
         }
     }
 
-    let mut seen_blocks: Vec<&BlockView> = Vec::new();
+    // (block type, labels) of the blocks seen so far: a set, so that a body of thousands of roles stays linear.
+    let mut seen_blocks: std::collections::HashSet<(&str, Vec<&str>)> =
+        std::collections::HashSet::new();
     for block in &body.blocks {
         let Some(child) = schema.block(&block.ident) else {
             problems.push(unsupported_block(schema, block));
@@ -200,8 +202,7 @@ fn check_body(
         };
         let labels_ok = check_block_header(child, block, declared, problems);
         if labels_ok {
-            check_duplicate_block(schema, child, block, &seen_blocks, problems);
-            seen_blocks.push(block);
+            check_duplicate_block(schema, child, block, &mut seen_blocks, problems);
         }
         check_body(child, &block.body, declared, block.ident_span, problems);
     }
@@ -390,20 +391,19 @@ fn check_block_header(
     true
 }
 
-fn check_duplicate_block(
+fn check_duplicate_block<'a>(
     parent: &BlockSchema,
     schema: &BlockSchema,
-    block: &BlockView,
-    seen: &[&BlockView],
+    block: &'a BlockView,
+    seen: &mut std::collections::HashSet<(&'a str, Vec<&'a str>)>,
     problems: &mut Vec<Problem>,
 ) {
-    let same_ident = |other: &&&BlockView| other.ident == block.ident;
     let header_span = block
         .labels
         .last()
         .map_or(block.ident_span, |(_, span)| block.ident_span.to(*span));
     if !schema.repeatable {
-        if seen.iter().any(|other| same_ident(&other)) {
+        if !seen.insert((block.ident.as_str(), Vec::new())) {
             problems.push(Problem {
                 span: header_span,
                 summary: summary::DUPLICATE_BLOCK,
@@ -419,17 +419,12 @@ fn check_duplicate_block(
     if schema.labels.is_empty() {
         return;
     }
-    let labels = |view: &BlockView| {
-        view.labels
-            .iter()
-            .map(|(label, _)| label.clone())
-            .collect::<Vec<_>>()
-    };
-    let mine = labels(block);
-    if seen
+    let mine: Vec<&str> = block
+        .labels
         .iter()
-        .any(|other| same_ident(&other) && labels(other) == mine)
-    {
+        .map(|(label, _)| label.as_str())
+        .collect();
+    if !seen.insert((block.ident.as_str(), mine.clone())) {
         let written = mine
             .iter()
             .map(|label| format!("{label:?}"))
