@@ -515,10 +515,10 @@ fn databases_with_contents(desired: &[Desired], managed: &[String]) -> BTreeSet<
     }
     // Objects kip created inside databases before (schemas, extensions) stay visible after their blocks go.
     for address in managed {
-        if address_kind(address).is_some_and(|kind| kind == "schema" || kind == "extension") {
-            if let Some(database) = database_of(address) {
-                names.insert(database);
-            }
+        if address_kind(address).is_some_and(|kind| kind == "schema" || kind == "extension")
+            && let Some(database) = database_of(address)
+        {
+            names.insert(database);
         }
     }
     names
