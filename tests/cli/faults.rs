@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::apply::Stack;
 
-const TWO_INSTANCES: &str = r#"postgres "bad" {
+const INSTANCES: &str = r#"postgres "bad" {
   version  = "16"
   settings = { shared_buffers = "lots" }
 }
@@ -18,17 +18,34 @@ postgres "good" {
   role "app" { login = true }
   database "shop" { owner = "app" }
 }
+
+postgres "after" {
+  version    = "16"
+  depends_on = [postgres.bad]
+}
 "#;
 
 #[test]
 fn a_failing_engine_reports_its_log_and_the_others_come_up() {
-    let stack = Stack::new(TWO_INSTANCES);
+    let stack = Stack::new(INSTANCES);
     let run = stack.kip(&["apply", "--auto-approve"]);
     assert_eq!(run.code, 1, "{}", run.snapshot());
     assert!(run.stderr.contains("postgres.bad"), "{}", run.stderr);
     assert!(
         run.stderr.contains("shared_buffers"),
         "the error quotes PostgreSQL's log\n{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("skipped what depends on it: postgres.after"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        run.stderr.matches("postgres.bad failed").count(),
+        1,
+        "reported once\n{}",
         run.stderr
     );
     // The independent instance is up and converged.
@@ -39,10 +56,15 @@ fn a_failing_engine_reports_its_log_and_the_others_come_up() {
     // Fixing the setting repairs it.
     stack
         .project
-        .write("kip.hcl", TWO_INSTANCES.replace("\"lots\"", "\"64MB\""));
+        .write("kip.hcl", INSTANCES.replace("\"lots\"", "\"64MB\""));
     stack.ok(&["apply", "--auto-approve"]);
     assert_eq!(stack.sql("postgres.bad", "SHOW shared_buffers"), [["64MB"]]);
     assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
+    assert_eq!(
+        stack.sql("postgres.after", "SELECT 1"),
+        [["1"]],
+        "the skipped instance came up once its dependency did"
+    );
 }
 
 #[test]
