@@ -76,7 +76,7 @@ pub enum RegistryError {
     #[error("not an ed25519 public key in PEM (SPKI) form: {detail}")]
     InvalidPublicKey { detail: String },
 
-    /// A signing key is not an ed25519 PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`).
+    /// A signing key is not an ed25519 PKCS#8 PEM (a PEM `PRIVATE KEY` block).
     #[error("not an ed25519 private key in PEM (PKCS#8) form: {detail}")]
     InvalidSigningKey { detail: String },
 

