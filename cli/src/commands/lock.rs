@@ -61,22 +61,32 @@ fn lock_error(error: kip_core::lock::LockError) -> anyhow::Error {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?)
-}
+use super::engines::runtime;
 
-pub fn run(context: &Context, args: Args) -> anyhow::Result<ExitStatus> {
-    let checked = load_and_check(context, &args.vars)?;
+/// What both commands start from: the declared specs, kip.lock (and its path), and where to resolve.
+type Prepared = (
+    Vec<resolve::Request>,
+    std::path::PathBuf,
+    LockFile,
+    ResolveSettings,
+);
+
+fn prepare(context: &Context, vars: &VarArgs) -> anyhow::Result<Option<Prepared>> {
+    let checked = load_and_check(context, vars)?;
     print_diagnostics(context, &checked)?;
     let Some(config) = checked.config.as_ref() else {
-        return Ok(ExitStatus::Failure);
+        return Ok(None);
     };
     let requests = resolve::requests(config);
     let lock_path = context.dir.join(LOCK_FILE);
-    let mut lock = LockFile::read(&lock_path).map_err(lock_error)?;
-    let settings = settings()?;
+    let lock = LockFile::read(&lock_path).map_err(lock_error)?;
+    Ok(Some((requests, lock_path, lock, settings()?)))
+}
+
+pub fn run(context: &Context, args: Args) -> anyhow::Result<ExitStatus> {
+    let Some((requests, lock_path, mut lock, settings)) = prepare(context, &args.vars)? else {
+        return Ok(ExitStatus::Failure);
+    };
     let mut stdout = std::io::stdout().lock();
 
     if args.check {
@@ -170,15 +180,9 @@ fn describe(toolchain: &resolve::Toolchain) -> String {
 }
 
 pub fn run_resolve(context: &Context, args: ResolveArgs) -> anyhow::Result<ExitStatus> {
-    let checked = load_and_check(context, &args.vars)?;
-    print_diagnostics(context, &checked)?;
-    let Some(config) = checked.config.as_ref() else {
+    let Some((requests, lock_path, mut lock, settings)) = prepare(context, &args.vars)? else {
         return Ok(ExitStatus::Failure);
     };
-    let requests = resolve::requests(config);
-    let lock_path = context.dir.join(LOCK_FILE);
-    let mut lock = LockFile::read(&lock_path).map_err(lock_error)?;
-    let settings = settings()?;
     if args.locked {
         let drift = resolve::lock_drift(&requests, &lock, &settings.platform, &settings);
         if !drift.missing.is_empty() {
