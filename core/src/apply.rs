@@ -235,14 +235,17 @@ impl Planner<'_> {
                     prevent_destroy: instance.prevent_destroy,
                 },
             );
-            let mut managed: BTreeSet<String> = saved.objects.keys().cloned().collect();
-            managed.extend(
-                nodes
-                    .iter()
-                    .filter(|n| n.kind != "instance")
-                    .map(|n| n.address.clone()),
-            );
-            let managed: Vec<String> = managed.into_iter().collect();
+            // What kip manages in this instance: the objects it created (with their attributes as last applied)
+            // and the objects the configuration declares.
+            let mut managed: BTreeMap<String, plan::Attributes> = saved
+                .objects
+                .iter()
+                .map(|(address, object)| (address.clone(), object.attributes.clone()))
+                .collect();
+            for node in nodes.iter().filter(|n| n.kind != "instance") {
+                managed.entry(node.address.clone()).or_default();
+            }
+            let declared: BTreeSet<&str> = nodes.iter().map(|n| n.address.as_str()).collect();
             if self.refresh && running(&mut supervisor, &address).await {
                 let env = env_from_state(self.project, &address, instance, saved);
                 let live =
@@ -254,10 +257,26 @@ impl Planner<'_> {
                             source,
                         })?;
                 existing.extend(live);
-                // Protection outlives the block: a removed `prevent_destroy = true` object stays protected.
                 for (object, saved_object) in &saved.objects {
-                    if let Some(node) = existing.get_mut(object) {
-                        node.prevent_destroy |= saved_object.prevent_destroy;
+                    match existing.get_mut(object) {
+                        // Protection outlives the block: a removed `prevent_destroy = true` object stays protected.
+                        Some(node) => node.prevent_destroy |= saved_object.prevent_destroy,
+                        // Created by kip, no longer declared, and not reported (gone already, or something the
+                        // engine cannot see, such as a grant): planned as a delete from the state, which the
+                        // engine carries out idempotently.
+                        None if !declared.contains(object.as_str()) => {
+                            existing.insert(
+                                object.clone(),
+                                Existing {
+                                    address: object.clone(),
+                                    engine: saved.engine.clone(),
+                                    kind: saved_object.kind.clone(),
+                                    attributes: saved_object.attributes.clone(),
+                                    prevent_destroy: saved_object.prevent_destroy,
+                                },
+                            );
+                        }
+                        None => {}
                     }
                 }
             } else {

@@ -215,12 +215,13 @@ pub trait Engine: Send + Sync {
         Box::pin(async { Ok(Reconfigure::Nothing) })
     }
 
-    /// The objects that exist in the running instance, by address; `managed` are the addresses kip created
+    /// The objects that exist in the running instance, by address; `managed` are the objects kip created (with
+    /// their attributes as last applied) or the configuration declares (with none); the addresses kip created
     /// or the configuration declares (others are never reported, so never pruned).
     fn refresh<'a>(
         &'a self,
         _env: &'a InstanceEnv,
-        _managed: &'a [String],
+        _managed: &'a BTreeMap<String, crate::plan::Attributes>,
     ) -> BoxFuture<'a, Result<BTreeMap<String, crate::plan::Existing>, EngineError>> {
         Box::pin(async { Ok(BTreeMap::new()) })
     }

@@ -492,3 +492,34 @@ fn prevent_destroy_restart_settings_json_plans_and_refresh_false() {
             .is_empty()
     );
 }
+
+#[test]
+fn removing_a_grant_revokes_it_and_removing_the_last_extension_drops_it() {
+    let with = "postgres \"main\" {\n  version = \"16\"\n  role \"reader\" {}\n  database \"shop\" {\n    extensions = [\"pgcrypto\"]\n  }\n  grant {\n    role       = \"reader\"\n    database   = \"shop\"\n    privileges = [\"CREATE\"]\n  }\n}\n";
+    let without = "postgres \"main\" {\n  version = \"16\"\n  role \"reader\" {}\n  database \"shop\" {\n    extensions = []\n  }\n}\n";
+    let stack = Stack::new(with);
+    stack.ok(&["apply", "--auto-approve"]);
+    let held = "SELECT has_database_privilege('reader', 'shop', 'CREATE')::text";
+    assert_eq!(stack.sql("postgres.main", held), [["true"]]);
+    stack.project.write("kip.hcl", without);
+    let run = stack.kip(&["plan", "--detailed-exitcode"]);
+    assert_eq!(run.code, 2, "{}", run.snapshot());
+    assert!(
+        run.stdout.contains("- postgres.main.grant[0] (grant)"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("extensions = [\"pgcrypto\"] -> []"),
+        "{}",
+        run.stdout
+    );
+    stack.ok(&["apply", "--auto-approve"]);
+    assert_eq!(stack.sql("postgres.main", held), [["false"]]);
+    let extensions = stack.sql(
+        "postgres.main.database.shop",
+        "SELECT extname FROM pg_extension WHERE extname = 'pgcrypto'",
+    );
+    assert!(extensions.is_empty(), "{extensions:?}");
+    assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
+}

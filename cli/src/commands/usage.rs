@@ -601,7 +601,7 @@ pub fn up(context: &Context, args: UpArgs) -> anyhow::Result<ExitStatus> {
         // (PostgreSQL answers "the database system is starting up" meanwhile). Reading what exists, as plan does,
         // waits that out through the engine's own client, so `kip up && psql` works.
         runtime
-            .block_on(engine.refresh(&env, &[]))
+            .block_on(engine.refresh(&env, &BTreeMap::new()))
             .map_err(|error| engine_error(address, error))?;
         started += 1;
         writeln!(stdout, "{address}: ready (pid {})", pids.join(", "))?;

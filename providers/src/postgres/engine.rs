@@ -474,9 +474,11 @@ impl Postgres {
 }
 
 /// The databases whose insides kip manages (extensions, schemas, schema-level grants): only those need a
-/// session of their own to refresh. (A database whose last extension is removed from the list is not looked into
-/// any more, so that extension stays: kip never drops what it cannot see.)
-fn databases_with_contents(desired: &[Desired], managed: &[String]) -> BTreeSet<String> {
+/// session of their own to refresh.
+fn databases_with_contents(
+    desired: &[Desired],
+    managed: &BTreeMap<String, Attributes>,
+) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     for node in desired {
         match node.kind.as_str() {
@@ -514,7 +516,15 @@ fn databases_with_contents(desired: &[Desired], managed: &[String]) -> BTreeSet<
         }
     }
     // Objects kip created inside databases before (schemas, extensions) stay visible after their blocks go.
-    for address in managed {
+    for (address, attributes) in managed {
+        // A database that had extensions: look inside, so that removing the last one is seen.
+        let had_extensions = attributes
+            .get("extensions")
+            .and_then(Json::as_array)
+            .is_some_and(|l| !l.is_empty());
+        if address_kind(address).as_deref() == Some("database") && had_extensions {
+            names.insert(address_name(address));
+        }
         if address_kind(address).is_some_and(|kind| kind == "schema" || kind == "extension")
             && let Some(database) = database_of(address)
         {
@@ -773,7 +783,7 @@ impl Engine for Postgres {
     fn refresh<'a>(
         &'a self,
         env: &'a InstanceEnv,
-        managed: &'a [String],
+        managed: &'a BTreeMap<String, Attributes>,
     ) -> BoxFuture<'a, Result<BTreeMap<String, Existing>, EngineError>> {
         Box::pin(async move {
             let desired = self.desired(&env.instance)?;
@@ -784,7 +794,7 @@ impl Engine for Postgres {
             let by_address: BTreeMap<&str, &Desired> =
                 desired.iter().map(|d| (d.address.as_str(), d)).collect();
             let mut existing = BTreeMap::new();
-            for address in managed {
+            for address in managed.keys() {
                 if let Some(node) = self.existing_of(
                     env,
                     &live,
