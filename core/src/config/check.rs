@@ -446,23 +446,16 @@ impl Checker<'_> {
         let mut seen: BTreeMap<String, Declared> = BTreeMap::new();
         let mut variables = Vec::new();
         for &(file, block) in blocks {
-            if !self.expect_labels(file, block, &["name"]) {
-                continue;
-            }
-            let name = label_text(&block.labels[0]).to_owned();
-            let declared = Declared {
+            let Some((name, declared)) = self.named(
                 file,
-                span: span_of(&block.labels[0], &(0..0)),
-            };
-            if self.duplicate(
+                block,
                 &mut seen,
-                &name,
-                &declared,
+                "",
                 "Duplicate variable declaration",
                 "variable",
-            ) {
+            ) else {
                 continue;
-            }
+            };
             self.check_arguments(
                 file,
                 &block.body,
@@ -584,6 +577,31 @@ impl Checker<'_> {
             }
         }
         variables
+    }
+
+    /// The name of a block that takes one label (`variable "port"`, `postgres "main"`) and where it is declared;
+    /// `None`, reported, when the labels are wrong or the name (qualified by `prefix`) is already taken.
+    fn named(
+        &mut self,
+        file: FileId,
+        block: &EditBlock,
+        seen: &mut BTreeMap<String, Declared>,
+        prefix: &str,
+        summary: &str,
+        what: &str,
+    ) -> Option<(String, Declared)> {
+        if !self.expect_labels(file, block, &["name"]) {
+            return None;
+        }
+        let name = label_text(&block.labels[0]).to_owned();
+        let declared = Declared {
+            file,
+            span: span_of(&block.labels[0], &(0..0)),
+        };
+        if self.duplicate(seen, &format!("{prefix}{name}"), &declared, summary, what) {
+            return None;
+        }
+        Some((name, declared))
     }
 
     fn duplicate(
@@ -932,18 +950,17 @@ impl Checker<'_> {
         let mut seen: BTreeMap<String, Declared> = BTreeMap::new();
         let mut declarations = Vec::new();
         for &(file, block, engine) in blocks {
-            if !self.expect_labels(file, block, &["name"]) {
-                continue;
-            }
-            let name = label_text(&block.labels[0]).to_owned();
-            let declared = Declared {
+            let prefix = format!("{}.", engine.name);
+            let Some((name, declared)) = self.named(
                 file,
-                span: span_of(&block.labels[0], &(0..0)),
-            };
-            let key = format!("{}.{}", engine.name, name);
-            if self.duplicate(&mut seen, &key, &declared, "Duplicate instance", "instance") {
+                block,
+                &mut seen,
+                &prefix,
+                "Duplicate instance",
+                "instance",
+            ) else {
                 continue;
-            }
+            };
             let expansion = self.expansion(file, block, &declared);
             let tree = declared_tree(&engine.instance, &block.body);
             declarations.push(InstanceDecl {
@@ -1912,17 +1929,11 @@ impl Checker<'_> {
         let mut seen: BTreeMap<String, Declared> = BTreeMap::new();
         let mut outputs = Vec::new();
         for &(file, block) in blocks {
-            if !self.expect_labels(file, block, &["name"]) {
+            let Some((name, declared)) =
+                self.named(file, block, &mut seen, "", "Duplicate output", "output")
+            else {
                 continue;
-            }
-            let name = label_text(&block.labels[0]).to_owned();
-            let declared = Declared {
-                file,
-                span: span_of(&block.labels[0], &(0..0)),
             };
-            if self.duplicate(&mut seen, &name, &declared, "Duplicate output", "output") {
-                continue;
-            }
             self.check_arguments(
                 file,
                 &block.body,
