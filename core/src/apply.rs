@@ -176,20 +176,48 @@ fn env_from_state(
     }
 }
 
-/// Whether the supervisor reports `name` ready.
-async fn running(supervisor: &mut Option<Client>, name: &str) -> bool {
+/// The instance node as the state remembers it.
+fn instance_from_state(address: &str, saved: &InstanceState, prevent_destroy: bool) -> Existing {
+    Existing {
+        address: address.to_owned(),
+        engine: saved.engine.clone(),
+        kind: "instance".into(),
+        attributes: saved.attributes.clone(),
+        prevent_destroy,
+    }
+}
+
+/// An object as the state remembers it.
+fn object_from_state(address: &str, saved: &InstanceState, object: &ObjectState) -> Existing {
+    Existing {
+        address: address.to_owned(),
+        engine: saved.engine.clone(),
+        kind: object.kind.clone(),
+        attributes: object.attributes.clone(),
+        prevent_destroy: object.prevent_destroy,
+    }
+}
+
+/// The names of the processes the supervisor reports ready.
+async fn ready_processes(supervisor: &mut Option<Client>) -> BTreeSet<String> {
     let Some(client) = supervisor.as_mut() else {
-        return false;
+        return BTreeSet::new();
     };
     client
         .status()
         .await
         .map(|all| {
-            all.iter().any(|p| {
-                p.name == name && matches!(p.state, crate::supervisor::ProcessState::Ready)
-            })
+            all.into_iter()
+                .filter(|p| matches!(p.state, crate::supervisor::ProcessState::Ready))
+                .map(|p| p.name)
+                .collect()
         })
-        .unwrap_or(false)
+        .unwrap_or_default()
+}
+
+/// Whether the supervisor reports `name` ready.
+async fn running(supervisor: &mut Option<Client>, name: &str) -> bool {
+    ready_processes(supervisor).await.contains(name)
 }
 
 /// Everything plan needs.
@@ -206,7 +234,8 @@ impl Planner<'_> {
     pub async fn plan(&self) -> Result<Plan, ApplyError> {
         let mut desired = Vec::new();
         let mut existing: BTreeMap<String, Existing> = BTreeMap::new();
-        let mut supervisor = Client::connect(&self.project.kip_dir).await?;
+        // One status request for the whole plan: which instances run, and so can be refreshed.
+        let ready = ready_processes(&mut Client::connect(&self.project.kip_dir).await?).await;
         for instance in &self.config.instances {
             let address = instance.address.to_string();
             let Some(engine) = self.engines.get(instance.engine.name) else {
@@ -227,13 +256,7 @@ impl Planner<'_> {
             };
             existing.insert(
                 address.clone(),
-                Existing {
-                    address: address.clone(),
-                    engine: saved.engine.clone(),
-                    kind: "instance".into(),
-                    attributes: saved.attributes.clone(),
-                    prevent_destroy: instance.prevent_destroy,
-                },
+                instance_from_state(&address, saved, instance.prevent_destroy),
             );
             // What kip manages in this instance: the objects it created (with their attributes as last applied)
             // and the objects the configuration declares.
@@ -246,7 +269,7 @@ impl Planner<'_> {
                 managed.entry(node.address.clone()).or_default();
             }
             let declared: BTreeSet<&str> = nodes.iter().map(|n| n.address.as_str()).collect();
-            if self.refresh && running(&mut supervisor, &address).await {
+            if self.refresh && ready.contains(&address) {
                 let env = env_from_state(self.project, &address, instance, saved);
                 let live =
                     engine
@@ -267,13 +290,7 @@ impl Planner<'_> {
                         None if !declared.contains(object.as_str()) => {
                             existing.insert(
                                 object.clone(),
-                                Existing {
-                                    address: object.clone(),
-                                    engine: saved.engine.clone(),
-                                    kind: saved_object.kind.clone(),
-                                    attributes: saved_object.attributes.clone(),
-                                    prevent_destroy: saved_object.prevent_destroy,
-                                },
+                                object_from_state(object, saved, saved_object),
                             );
                         }
                         None => {}
@@ -283,13 +300,7 @@ impl Planner<'_> {
                 for (object, saved_object) in &saved.objects {
                     existing.insert(
                         object.clone(),
-                        Existing {
-                            address: object.clone(),
-                            engine: saved.engine.clone(),
-                            kind: saved_object.kind.clone(),
-                            attributes: saved_object.attributes.clone(),
-                            prevent_destroy: saved_object.prevent_destroy,
-                        },
+                        object_from_state(object, saved, saved_object),
                     );
                 }
             }
@@ -305,16 +316,7 @@ impl Planner<'_> {
             {
                 continue;
             }
-            existing.insert(
-                address.clone(),
-                Existing {
-                    address: address.clone(),
-                    engine: saved.engine.clone(),
-                    kind: "instance".into(),
-                    attributes: saved.attributes.clone(),
-                    prevent_destroy: false,
-                },
-            );
+            existing.insert(address.clone(), instance_from_state(address, saved, false));
         }
         let mut changes = plan::diff(&desired, &existing);
         // An object of an instance being deleted goes with it: no separate change.
@@ -839,7 +841,6 @@ fn save_instance(
             version: env.toolchain.version.clone(),
             data_dir: env.data_dir.clone(),
             socket_dir: Some(env.run_dir.clone()),
-            port: None,
             secrets: env.secrets.clone(),
             toolchain: env.toolchain.root.clone(),
             run_as: env.run_as.clone(),

@@ -35,8 +35,6 @@ pub struct InstanceState {
     pub data_dir: PathBuf,
     #[serde(default)]
     pub socket_dir: Option<PathBuf>,
-    #[serde(default)]
-    pub port: Option<u16>,
     /// Generated secrets by name ("password", "role.app.password"); never printed.
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,

@@ -821,6 +821,17 @@ impl Engine for Postgres {
                 let before = change.before.as_ref().unwrap_or(&empty);
                 let name = address_name(&change.address);
                 let deleting = matches!(change.action, Action::Delete | Action::Replace);
+                // The database a schema or extension lives in (as last applied, for a delete).
+                let current = if change.action == Action::Delete {
+                    before
+                } else {
+                    after
+                };
+                let database = current
+                    .get("database")
+                    .and_then(Json::as_str)
+                    .unwrap_or("postgres")
+                    .to_owned();
                 let creating = matches!(
                     change.action,
                     Action::Create | Action::Replace | Action::Update
@@ -950,16 +961,6 @@ impl Engine for Postgres {
                         }
                     }
                     "schema" => {
-                        let attributes = if change.action == Action::Delete {
-                            before
-                        } else {
-                            after
-                        };
-                        let database = attributes
-                            .get("database")
-                            .and_then(Json::as_str)
-                            .unwrap_or("postgres")
-                            .to_owned();
                         if deleting {
                             batch.push(PgChange::DropSchema {
                                 database: database.clone(),
@@ -984,16 +985,6 @@ impl Engine for Postgres {
                         }
                     }
                     "extension" => {
-                        let attributes = if change.action == Action::Delete {
-                            before
-                        } else {
-                            after
-                        };
-                        let database = attributes
-                            .get("database")
-                            .and_then(Json::as_str)
-                            .unwrap_or("postgres")
-                            .to_owned();
                         if deleting {
                             batch.push(PgChange::DropExtension {
                                 database: database.clone(),
