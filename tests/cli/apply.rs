@@ -251,6 +251,68 @@ fn postgres_end_to_end(version: &str) {
         env.stdout
     );
 
+    // Generated passwords live in the state only: never in a plan, kip's output, or any log.
+    let passwords: Vec<String> = ["postgres.main", "postgres.main.database.shop"]
+        .iter()
+        .map(|address| {
+            let url = stack.url(address);
+            url.split_once("://")
+                .unwrap()
+                .1
+                .split_once('@')
+                .unwrap()
+                .0
+                .split_once(':')
+                .unwrap()
+                .1
+                .to_owned()
+        })
+        .collect();
+    assert!(passwords.iter().all(|p| p.len() >= 16), "{passwords:?}");
+    stack.project.write(
+        "kip.hcl",
+        config(version, "16MB", "  role \"extra\" { login = true }\n"),
+    );
+    let mut printed = Vec::new();
+    for args in [
+        &["plan"][..],
+        &["plan", "--json"],
+        &["apply", "--auto-approve"],
+    ] {
+        let run = stack.kip(args);
+        printed.push(run.stdout + &run.stderr);
+    }
+    let logs = stack.project.path().join(".kip/logs");
+    for entry in std::fs::read_dir(&logs).unwrap().flatten() {
+        printed.push(String::from_utf8_lossy(&std::fs::read(entry.path()).unwrap()).into_owned());
+    }
+    let extra = stack.url("postgres.main.role.extra");
+    let extra_password = extra
+        .split_once("://")
+        .unwrap()
+        .1
+        .split_once('@')
+        .unwrap()
+        .0
+        .split_once(':')
+        .unwrap()
+        .1;
+    for password in passwords.iter().map(String::as_str).chain([extra_password]) {
+        for text in &printed {
+            assert!(
+                !text.contains(password),
+                "a generated password leaked:\n{text}"
+            );
+        }
+    }
+    let state_mode = std::fs::metadata(stack.project.path().join(".kip/state.json"))
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&state_mode) & 0o777,
+        0o600
+    );
+
     // Destroy leaves no process, socket or lock.
     let socket_dir = stack.socket_dir();
     assert!(socket_dir.join(".s.PGSQL.5432").exists());
