@@ -162,9 +162,18 @@ fn env_from_state(
             version: saved.version.clone(),
             bin: saved.toolchain.join("bin"),
             root: saved.toolchain.clone(),
-            source: ToolchainSource::Store {
-                sha256: String::new(),
-                downloaded: false,
+            // The store names each toolchain after its archive's hash (`sha256-HEX`); a BINDIR toolchain has none.
+            source: match saved
+                .toolchain
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix("sha256-"))
+            {
+                Some(sha256) => ToolchainSource::Store {
+                    sha256: sha256.to_owned(),
+                    downloaded: false,
+                },
+                None => ToolchainSource::Bindir,
             },
         },
         data_dir: saved.data_dir.clone(),
