@@ -55,23 +55,23 @@ pub enum Command {
     #[command(subcommand)]
     Registry(commands::registry::Command),
     /// Show what apply would change: `+` create, `~` update, `-/+` replace, `-` destroy.
-    Plan(commands::engines::PlanArgs),
+    Plan(commands::plan::PlanArgs),
     /// Make the engines match the configuration.
-    Apply(commands::engines::ApplyArgs),
+    Apply(commands::apply::ApplyArgs),
     /// Converge structure (roles, databases, grants…) in running engines, without starting or restarting any.
-    Sync(commands::engines::ApplyArgs),
+    Sync(commands::apply::ApplyArgs),
     /// Stop every instance and delete its data.
-    Destroy(commands::engines::DestroyArgs),
+    Destroy(commands::apply::DestroyArgs),
     /// Stop every engine of the project, keeping their data (`kip up` or `kip apply` starts them again).
     Down,
     /// List the engines' processes: state, pid, uptime, socket.
-    Ps(commands::engines::PsArgs),
+    Ps(commands::processes::PsArgs),
     /// Print the connection URL of an instance or object (postgres.main.database.shop).
-    Url(commands::engines::UrlArgs),
+    Url(commands::exports::UrlArgs),
     /// Print the engines' URLs as environment variables (DATABASE_URL, KIP_POSTGRES_MAIN_URL, …).
-    Env(commands::engines::EnvArgs),
+    Env(commands::exports::EnvArgs),
     /// Start every applied instance again after `kip down`, without planning or converging.
-    Up(commands::usage::UpArgs),
+    Up(commands::processes::UpArgs),
     /// Print the last lines of an instance's log (postgres.main); -f keeps following it.
     Logs(commands::usage::LogsArgs),
     /// Run a command with the engines' environment (DATABASE_URL, …): kip run -- CMD ARGS…
@@ -80,7 +80,7 @@ pub enum Command {
     Connect(commands::usage::ConnectArgs),
     /// The per-project supervisor (started by apply).
     #[command(hide = true)]
-    Supervisor(commands::engines::SupervisorArgs),
+    Supervisor(commands::processes::SupervisorArgs),
     /// Resolve every declared engine and pin it in kip.lock.
     Lock(commands::lock::Args),
     /// Resolve every declared engine to a verified toolchain and print where it is.
@@ -159,22 +159,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Schema(args) => commands::schema::run(&context, args),
         Command::Graph(args) => commands::graph::run(&context, args),
         Command::Registry(command) => commands::registry::run(&context, command),
-        Command::Plan(args) => commands::engines::plan(&context, args),
-        Command::Apply(args) => commands::engines::apply(&context, args),
+        Command::Plan(args) => commands::plan::plan(&context, args),
+        Command::Apply(args) => commands::apply::apply(&context, args),
         Command::Sync(mut args) => {
             args.sync_only = true;
-            commands::engines::apply(&context, args)
+            commands::apply::apply(&context, args)
         }
-        Command::Destroy(args) => commands::engines::destroy(&context, args),
-        Command::Down => commands::engines::down(&context),
-        Command::Ps(args) => commands::engines::ps(&context, args),
-        Command::Url(args) => commands::engines::url(&context, args),
-        Command::Env(args) => commands::engines::env(&context, args),
-        Command::Up(args) => commands::usage::up(&context, args),
+        Command::Destroy(args) => commands::apply::destroy(&context, args),
+        Command::Down => commands::processes::down(&context),
+        Command::Ps(args) => commands::processes::ps(&context, args),
+        Command::Url(args) => commands::exports::url(&context, args),
+        Command::Env(args) => commands::exports::env(&context, args),
+        Command::Up(args) => commands::processes::up(&context, args),
         Command::Logs(args) => commands::usage::logs(&context, args),
         Command::Run(args) => commands::usage::run(&context, args),
         Command::Connect(args) => commands::usage::connect(&context, args),
-        Command::Supervisor(args) => commands::engines::supervisor(args),
+        Command::Supervisor(args) => commands::processes::supervisor(args),
         Command::Lock(args) => commands::lock::run(&context, args),
         Command::Resolve(args) => commands::lock::run_resolve(&context, args),
         Command::Mirror(command) => commands::mirror::run(&context, command),
@@ -210,7 +210,7 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
 }
 
 /// `error: …`, then one `caused by: …` per source, then `hint: …` lines.
-fn render_error(error: &anyhow::Error, style: Style) -> String {
+pub(crate) fn render_error(error: &anyhow::Error, style: Style) -> String {
     // A hint is attached as context; anyhow finds it at any depth of the chain.
     let hint = error
         .downcast_ref::<HintMarker>()

@@ -7,9 +7,11 @@
 //! Invariant: the core knows no engine by name. What an engine accepts comes from `kip-schemas`; which versions
 //! are supported comes from `kip-registry`.
 
+pub mod address;
 pub mod apply;
 pub mod archive;
 pub mod config;
+pub mod desired;
 pub mod diag;
 pub mod engine;
 pub mod fetch;
@@ -19,8 +21,12 @@ pub mod graph;
 pub mod lock;
 pub mod mirror;
 pub mod plan;
+pub mod planner;
+pub mod project;
+pub mod references;
 pub mod resolve;
 pub mod runas;
 pub mod source;
 pub mod state;
+pub mod supervise;
 pub mod supervisor;

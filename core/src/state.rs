@@ -1,19 +1,23 @@
 //! `.kip/state.json`: what kip made exist, so the next plan can compare it with the configuration.
 //!
-//! It records, per instance, the engine, the resolved version, where its data and socket live, the secrets kip
-//! generated (passwords), and the objects kip created with their attributes. Writes are atomic (temp file, fsync,
+//! It records, per instance (keyed by its typed address), the engine, the resolved version, where its data,
+//! sockets and logs live, the secrets kip generated, the ports it allocated, its attributes and objects as last
+//! applied (real values: the state is the one place secrets live, which is why it is 0600), and its lifecycle
+//! flags. A format 1 state (kip 0.1) is migrated when read. Writes are atomic (temp file, fsync,
 //! rename) with mode 0600, because generated secrets live only here. Every write bumps `serial`; `lineage` is
 //! fixed when the state is first created, so a plan file can tell it is applied to the same state it was made
 //! from. A [`StateLock`] keeps two kips from changing it at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-pub const STATE_FORMAT: u32 = 1;
+use crate::address::Address;
+
+pub const STATE_FORMAT: u32 = 2;
 pub const STATE_FILE: &str = "state.json";
 pub const LOCK_FILE: &str = "state.lock";
 
@@ -23,42 +27,71 @@ pub struct State {
     pub serial: u64,
     pub lineage: String,
     #[serde(default)]
-    pub instances: BTreeMap<String, InstanceState>,
+    pub instances: BTreeMap<Address, InstanceState>,
 }
 
+/// One instance kip made exist.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceState {
     pub engine: String,
-    /// The declared spec ("16") and the full version it resolved to ("16.14.0").
-    pub spec: String,
-    pub version: String,
-    pub data_dir: PathBuf,
+    /// The declared spec ("16") and the full version it resolved to ("16.14.0"); none for unversioned engines.
     #[serde(default)]
-    pub socket_dir: Option<PathBuf>,
-    /// Generated secrets by name ("password", "role.app.password"); never printed.
+    pub spec: Option<String>,
     #[serde(default)]
-    pub secrets: BTreeMap<String, String>,
+    pub version: Option<String>,
     /// The toolchain the instance runs from.
     #[serde(default)]
-    pub toolchain: PathBuf,
+    pub toolchain: Option<PathBuf>,
+    /// The instance's own directory (holding `data/` and `run/`), removed by destroy.
+    pub dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub log_dir: PathBuf,
     /// The run-as account, when kip switched to one.
     #[serde(default)]
     pub run_as: Option<crate::engine::RunAs>,
-    /// The log file of the instance's processes.
+    /// Generated secrets by name; never printed.
     #[serde(default)]
-    pub log: PathBuf,
-    /// The instance's own attributes as last applied (major, port, settings).
+    pub secrets: BTreeMap<String, String>,
+    /// Loopback ports allocated to the instance, by name.
+    #[serde(default)]
+    pub ports: BTreeMap<String, u16>,
+    /// The instance's own attributes as last applied, with real values.
     #[serde(default)]
     pub attributes: BTreeMap<String, serde_json::Value>,
-    /// Objects kip created, by address, with their attributes as last converged.
+    /// Which of them are sensitive.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub sensitive: BTreeSet<String>,
+    /// Objects kip created or converged, with their attributes as last applied.
     #[serde(default)]
-    pub objects: BTreeMap<String, ObjectState>,
+    pub objects: BTreeMap<Address, ObjectState>,
+    #[serde(default)]
+    pub lifecycle: Lifecycle,
+    /// The instances it depends on (they are destroyed after it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<Address>,
+    /// Remembered from the configuration, so that removing a protected block is refused, not obeyed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub prevent_destroy: bool,
+}
+
+/// Where an instance is in its life, as explicit flags.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lifecycle {
+    /// The engine's after-start step ran (once in the life of an instance: it secures access).
+    #[serde(default)]
+    pub initialized: bool,
+    /// A job that exited 0 with the attributes last applied: it does not run again until they change.
+    #[serde(default)]
+    pub succeeded: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectState {
     pub kind: String,
     pub attributes: BTreeMap<String, serde_json::Value>,
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub sensitive: BTreeSet<String>,
     /// Remembered from the configuration, so that removing a protected block is refused, not obeyed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub prevent_destroy: bool,
@@ -143,6 +176,10 @@ impl State {
             source,
         };
         let probe: Probe = serde_json::from_slice(&bytes).map_err(malformed)?;
+        if probe.format_version == 1 {
+            let old: serde_json::Value = serde_json::from_slice(&bytes).map_err(malformed)?;
+            return Ok(migrate::from_v1(old));
+        }
         if probe.format_version != STATE_FORMAT {
             return Err(StateError::Format {
                 path,
@@ -190,6 +227,90 @@ impl State {
             .and_then(|dir| dir.sync_all())
             .map_err(io("sync", kip_dir))?;
         Ok(())
+    }
+}
+
+mod migrate {
+    //! Reading a format 1 state: string addresses, one log file, a socket dir, and the "hba.secured" marker in
+    //! the secrets that format 2 keeps as a lifecycle flag.
+
+    use super::*;
+
+    pub(super) fn from_v1(old: serde_json::Value) -> State {
+        let text = |value: &serde_json::Value, key: &str| {
+            value.get(key).and_then(|v| v.as_str()).map(str::to_owned)
+        };
+        let mut state = State {
+            format_version: STATE_FORMAT,
+            serial: old.get("serial").and_then(|v| v.as_u64()).unwrap_or(0),
+            lineage: text(&old, "lineage").unwrap_or_else(new_lineage),
+            instances: BTreeMap::new(),
+        };
+        let Some(instances) = old.get("instances").and_then(|v| v.as_object()) else {
+            return state;
+        };
+        for (address, saved) in instances {
+            let Ok(address) = Address::parse(address) else {
+                tracing::warn!("dropping the format 1 state entry {address:?}: not an address");
+                continue;
+            };
+            let data_dir = PathBuf::from(text(saved, "data_dir").unwrap_or_default());
+            let dir = data_dir.parent().map(Path::to_path_buf).unwrap_or_default();
+            let mut secrets: BTreeMap<String, String> = saved
+                .get("secrets")
+                .cloned()
+                .and_then(|v| serde_json::from_value(v).ok())
+                .unwrap_or_default();
+            let initialized = secrets.remove("hba.secured").is_some();
+            let mut objects = BTreeMap::new();
+            if let Some(saved_objects) = saved.get("objects").and_then(|v| v.as_object()) {
+                for (object, value) in saved_objects {
+                    let (Ok(object), Ok(value)) = (
+                        Address::parse(object),
+                        serde_json::from_value::<ObjectState>(value.clone()),
+                    ) else {
+                        continue;
+                    };
+                    objects.insert(object, value);
+                }
+            }
+            let log = PathBuf::from(text(saved, "log").unwrap_or_default());
+            state.instances.insert(
+                address,
+                InstanceState {
+                    engine: text(saved, "engine").unwrap_or_default(),
+                    spec: text(saved, "spec"),
+                    version: text(saved, "version"),
+                    toolchain: text(saved, "toolchain").map(PathBuf::from),
+                    dir,
+                    run_dir: text(saved, "socket_dir")
+                        .map(PathBuf::from)
+                        .unwrap_or_else(|| data_dir.with_extension("run")),
+                    data_dir,
+                    log_dir: log.parent().map(Path::to_path_buf).unwrap_or_default(),
+                    run_as: saved
+                        .get("run_as")
+                        .cloned()
+                        .and_then(|v| serde_json::from_value(v).ok()),
+                    secrets,
+                    ports: BTreeMap::new(),
+                    attributes: saved
+                        .get("attributes")
+                        .cloned()
+                        .and_then(|v| serde_json::from_value(v).ok())
+                        .unwrap_or_default(),
+                    sensitive: BTreeSet::new(),
+                    objects,
+                    lifecycle: Lifecycle {
+                        initialized,
+                        succeeded: false,
+                    },
+                    depends_on: Vec::new(),
+                    prevent_destroy: false,
+                },
+            );
+        }
+        state
     }
 }
 

@@ -105,6 +105,9 @@ impl TestDaemon {
             },
             log: self.kip_dir.join("logs").join(format!("{name}.log")),
             after: Vec::new(),
+            reload: None,
+            job: false,
+            instance: String::new(),
         }
     }
 
@@ -1122,6 +1125,9 @@ async fn start_daemon_runs_a_detached_supervisor() {
         stop: StopSpec::default(),
         log: kip_dir.join("logs/sleeper.log"),
         after: Vec::new(),
+        reload: None,
+        job: false,
+        instance: String::new(),
     };
     let sleeper = client.start(spec).await.unwrap().pid.unwrap();
     // A second start_daemon finds the running one rather than starting another.

@@ -1,3 +1,14 @@
-//! placeholder
+//! kip's engines: one module per engine, each implementing the [`Engine`](kip_core::engine::Engine) contract of
+//! `kip-core` for the schema `kip-schemas` describes. [`engines`] registers them; the CLI and tests take the
+//! registry from here, so adding an engine is a module and a line below.
 
 pub mod postgres;
+
+use kip_core::engine::Engines;
+
+/// Every engine this kip can run.
+pub fn engines() -> Engines {
+    let mut engines = Engines::new();
+    engines.register(postgres::Postgres);
+    engines
+}

@@ -226,6 +226,9 @@ pub struct EngineSchema {
     pub majors: Vec<u32>,
     /// `false` for `process`, which has no `version`.
     pub versioned: bool,
+    /// A new major version needs a new data directory (the on-disk format changes between majors), so the plan
+    /// replaces the instance (`-/+`) rather than restarting it.
+    pub replace_on_new_major: bool,
     /// The instance block: labels `["name"]`, an object, with `version` among its arguments when versioned.
     pub instance: BlockSchema,
 }

@@ -282,9 +282,18 @@ fn postgres_end_to_end(version: &str) {
         let run = stack.kip(args);
         printed.push(run.stdout + &run.stderr);
     }
-    let logs = stack.project.path().join(".kip/logs");
-    for entry in std::fs::read_dir(&logs).unwrap().flatten() {
-        printed.push(String::from_utf8_lossy(&std::fs::read(entry.path()).unwrap()).into_owned());
+    // Every log under .kip/logs (the supervisor's, and each instance's directory of process logs).
+    let mut directories = vec![stack.project.path().join(".kip/logs")];
+    while let Some(directory) = directories.pop() {
+        for entry in std::fs::read_dir(&directory).unwrap().flatten() {
+            if entry.path().is_dir() {
+                directories.push(entry.path());
+            } else {
+                printed.push(
+                    String::from_utf8_lossy(&std::fs::read(entry.path()).unwrap()).into_owned(),
+                );
+            }
+        }
     }
     let extra = stack.url("postgres.main.role.extra");
     let extra_password = extra
@@ -478,7 +487,7 @@ fn prevent_destroy_restart_settings_json_plans_and_refresh_false() {
     let plan = stack.kip(&["plan", "--json", "--detailed-exitcode"]);
     assert_eq!(plan.code, 2, "{}", plan.snapshot());
     let json: serde_json::Value = serde_json::from_str(&plan.stdout).unwrap();
-    assert_eq!(json["format_version"], "1.0");
+    assert_eq!(json["format_version"], "2.0");
     let change = json["changes"]
         .as_array()
         .unwrap()

@@ -61,7 +61,7 @@ fn lock_error(error: kip_core::lock::LockError) -> anyhow::Error {
     }
 }
 
-use super::engines::runtime;
+use super::project::runtime;
 
 /// What both commands start from: the declared specs, kip.lock (and its path), and where to resolve.
 type Prepared = (

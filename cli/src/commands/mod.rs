@@ -1,14 +1,18 @@
 //! One module per command. Each takes its clap arguments and the shared [`Context`], does its work through the
 //! library crates, prints its result, and returns the exit status.
 
+pub mod apply;
 pub mod completions;
-pub mod engines;
+pub mod exports;
 pub mod fmt;
 pub mod graph;
 pub mod init;
 pub mod lint;
 pub mod lock;
 pub mod mirror;
+pub mod plan;
+pub mod processes;
+pub mod project;
 pub mod registry;
 pub mod schema;
 pub mod usage;

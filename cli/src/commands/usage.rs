@@ -1,6 +1,5 @@
 //! The commands for using engines that kip already applied: `logs` (an instance's log, optionally followed),
-//! `run` (a command with the engines' environment), `connect` (the engine's own REPL) and `up` (start the applied
-//! instances again after `kip down`, without planning or converging).
+//! `run` (a command with the engines' environment) and `connect` (the engine's own REPL).
 //!
 //! `run` and `connect` hand the terminal to a child process and exit with its code; kip ignores SIGINT and SIGQUIT
 //! while the child runs, because the terminal sends them to the child as well and the child decides what they
@@ -13,47 +12,21 @@ use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kip_core::apply::Project;
-use kip_core::config::Config;
-use kip_core::state::{State, StateLock};
-use kip_core::supervisor::{Client, ProcessState, SupervisorError};
+use kip_core::address::Address;
 
-use super::engines::{engines, project, runtime, state_error};
-use super::{Context, VarArgs, load_and_check, print_diagnostics};
+use kip_core::project::Project;
+use kip_core::state::State;
+use kip_core::supervisor::Client;
+
+use super::exports::{env_variables, exports_of};
+use super::project::{engines, parse_address, project, runtime, state_error};
+use super::{Context, VarArgs};
 use crate::{ExitStatus, with_hint};
 
 /// How often `kip logs --follow` looks for new lines.
 const FOLLOW_INTERVAL: Duration = Duration::from_millis(200);
 /// How much of a log's end is read at a time when looking for its last lines.
 const TAIL_CHUNK: u64 = 64 * 1024;
-/// How long `kip up` waits for a `kip apply` that holds the state lock.
-const UP_LOCK_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn supervisor_error(error: SupervisorError) -> anyhow::Error {
-    match error.hint() {
-        Some(hint) => with_hint(error, hint),
-        None => error.into(),
-    }
-}
-
-fn engine_error(address: &str, error: kip_core::engine::EngineError) -> anyhow::Error {
-    let hint = error.hint.clone();
-    let error = anyhow::Error::new(error).context(format!("{address} did not come up"));
-    match hint {
-        Some(hint) => with_hint(error, hint),
-        None => error,
-    }
-}
-
-/// The checked configuration, or the diagnostics printed and an error when it has errors.
-fn config(context: &Context, vars: &VarArgs) -> anyhow::Result<kip_core::config::Checked> {
-    let checked = load_and_check(context, vars)?;
-    if checked.config.is_none() {
-        print_diagnostics(context, &checked)?;
-        return Err(anyhow::anyhow!("the configuration has errors"));
-    }
-    Ok(checked)
-}
 
 /// `error: {what}` plus a did-you-mean hint over `known` and the list of them.
 fn unknown_address<'a>(
@@ -108,8 +81,17 @@ fn known_logs(project: &Project) -> anyhow::Result<BTreeMap<String, PathBuf>> {
     }
     let state = State::read(&project.kip_dir).map_err(state_error)?;
     for (address, saved) in state.instances {
-        if !saved.log.as_os_str().is_empty() {
-            logs.entry(address).or_insert(saved.log);
+        // The log of the instance's main process, named like the instance.
+        if let Ok(entries) = std::fs::read_dir(&saved.log_dir) {
+            let mut files: Vec<PathBuf> = entries
+                .flatten()
+                .map(|entry| entry.path())
+                .filter(|path| path.extension().is_some_and(|e| e == "log"))
+                .collect();
+            files.sort();
+            if let Some(first) = files.into_iter().next() {
+                logs.entry(address.to_string()).or_insert(first);
+            }
         }
     }
     Ok(logs)
@@ -120,10 +102,11 @@ pub fn logs(context: &Context, args: LogsArgs) -> anyhow::Result<ExitStatus> {
     let logs = known_logs(&project)?;
     // An object address (postgres.main.database.shop) has no log of its own: its instance's log is meant.
     let path = logs.get(&args.address).or_else(|| {
-        logs.iter()
-            .filter(|(name, _)| args.address.starts_with(&format!("{name}.")))
-            .max_by_key(|(name, _)| name.len())
-            .map(|(_, path)| path)
+        let instance = Address::parse(&args.address)
+            .ok()?
+            .instance_address()
+            .to_string();
+        logs.get(&instance)
     });
     let Some(path) = path else {
         return Err(unknown_address(
@@ -253,55 +236,6 @@ pub struct RunArgs {
     pub command: Vec<OsString>,
 }
 
-/// The variables `kip env` prints: `KIP_<ADDRESS>_URL` for every applied instance and object, and `DATABASE_URL`
-/// (the first postgres database, or instance).
-pub(crate) fn env_variables(
-    project: &Project,
-    config: &Config,
-    state: &State,
-) -> BTreeMap<String, String> {
-    let engines = engines();
-    let name = |address: &str| {
-        format!(
-            "KIP_{}_URL",
-            address
-                .to_uppercase()
-                .replace(['.', '[', ']', '"', '-'], "_")
-        )
-    };
-    let mut variables: BTreeMap<String, String> = BTreeMap::new();
-    for instance in &config.instances {
-        let address = instance.address.to_string();
-        let Some(env) = kip_core::apply::instance_env(project, config, state, &address) else {
-            continue;
-        };
-        let Some(engine) = engines.get(instance.engine.name) else {
-            continue;
-        };
-        let url = engine.exports(&env, None).remove("url").unwrap_or_default();
-        variables.insert(name(&address), url.clone());
-        let mut database_url = None;
-        for block in &instance.body.blocks {
-            let Some(object) = &block.address else {
-                continue;
-            };
-            let object = object.to_string();
-            let url = engine
-                .exports(&env, Some(&object))
-                .remove("url")
-                .unwrap_or_default();
-            if block.kind == "database" && database_url.is_none() {
-                database_url = Some(url.clone());
-            }
-            variables.insert(name(&object), url);
-        }
-        if instance.engine.name == "postgres" && !variables.contains_key("DATABASE_URL") {
-            variables.insert("DATABASE_URL".into(), database_url.unwrap_or(url));
-        }
-    }
-    variables
-}
-
 pub fn run(context: &Context, args: RunArgs) -> anyhow::Result<ExitStatus> {
     let Some((program, arguments)) = args.command.split_first() else {
         return Err(with_hint(
@@ -309,11 +243,9 @@ pub fn run(context: &Context, args: RunArgs) -> anyhow::Result<ExitStatus> {
             "kip run -- CMD ARGS…, for example: kip run -- sh -c 'echo $DATABASE_URL'",
         ));
     };
-    let checked = config(context, &args.vars)?;
-    let config = checked.config.as_ref().expect("checked above");
     let project = project(context)?;
     let state = State::read(&project.kip_dir).map_err(state_error)?;
-    let variables = env_variables(&project, config, &state);
+    let variables = env_variables(&project, &state)?;
     if variables.is_empty() {
         writeln!(
             std::io::stderr().lock(),
@@ -422,59 +354,50 @@ fn find_program(program: &str, dirs: impl IntoIterator<Item = PathBuf>) -> Optio
 }
 
 pub fn connect(context: &Context, args: ConnectArgs) -> anyhow::Result<ExitStatus> {
-    let checked = config(context, &args.vars)?;
-    let config = checked.config.as_ref().expect("checked above");
+    let address = parse_address(&args.address)?;
     let project = project(context)?;
     let state = State::read(&project.kip_dir).map_err(state_error)?;
-    let Some(env) = kip_core::apply::instance_env(&project, config, &state, &args.address) else {
-        let mut known: Vec<String> = Vec::new();
-        for instance in &config.instances {
-            if state.instances.contains_key(&instance.address.to_string()) {
-                known.push(instance.address.to_string());
-                known.extend(
-                    instance
-                        .body
-                        .blocks
-                        .iter()
-                        .filter(|block| block.kind == "database")
-                        .filter_map(|block| block.address.as_ref().map(ToString::to_string)),
-                );
-            }
-        }
+    let instance = address.instance_address();
+    let Some(saved) = state.instances.get(&instance) else {
+        let known: Vec<String> = state.instances.keys().map(ToString::to_string).collect();
         return Err(unknown_address(
-            format!("{} is not an applied instance or database", args.address),
+            format!("{address} is not an applied instance or database"),
             &args.address,
             known.iter().map(String::as_str),
         ));
     };
-    let engine_name = env.instance.engine.name;
-    let Some(repl) = repl(engine_name) else {
+    let engine_name = saved.engine.clone();
+    let Some(repl) = repl(&engine_name) else {
         return Err(anyhow::anyhow!(
             "kip connect does not know the REPL of {engine_name} instances yet"
         ));
     };
-    let engines = engines();
-    let engine = engines
-        .get(engine_name)
-        .expect("an applied instance has an engine");
-    let object = (args.address != env.address).then_some(args.address.as_str());
-    let url = engine
-        .exports(&env, object)
-        .remove("url")
-        .unwrap_or_default();
+    let exports = exports_of(&project, &engines(), &state, &address)?;
+    let text = |name: &str| {
+        exports
+            .get(name)
+            .map(|value| match value {
+                serde_json::Value::String(text) => text.clone(),
+                other => other.to_string(),
+            })
+            .unwrap_or_default()
+    };
     let path_dirs = std::env::var_os("PATH")
         .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
         .unwrap_or_default();
-    let toolchain_bin = env.toolchain.bin.clone();
+    let toolchain_bin = saved
+        .toolchain
+        .as_ref()
+        .map(|root| root.join("bin"))
+        .unwrap_or_default();
     let Some(program) = find_program(
         repl.program,
         std::iter::once(toolchain_bin.clone()).chain(path_dirs),
     ) else {
         return Err(with_hint(
             anyhow::anyhow!(
-                "{} is not in the toolchain of {} ({}) nor on PATH",
+                "{} is not in the toolchain of {instance} ({}) nor on PATH",
                 repl.program,
-                env.address,
                 toolchain_bin.display()
             ),
             format!(
@@ -484,129 +407,30 @@ pub fn connect(context: &Context, args: ConnectArgs) -> anyhow::Result<ExitStatu
             ),
         ));
     };
+    // The password travels in the client's environment, never on its command line (where `ps` shows it).
     let mut command = std::process::Command::new(&program);
-    command.arg(&url).args(&args.extra);
+    let url = text("url");
+    let (without_password, password) = split_password(&url);
+    command
+        .arg(without_password)
+        .args(&args.extra)
+        .env("PGPASSWORD", password);
     run_child(command, &|error| spawn_error(program.as_os_str(), error))
 }
 
-// ---------------------------------------------------------------------------------------------------------------
-// kip up
-
-#[derive(Debug, clap::Args)]
-pub struct UpArgs {
-    #[command(flatten)]
-    pub vars: VarArgs,
-}
-
-/// Starts every applied instance from the state, in dependency order, without planning or converging.
-pub fn up(context: &Context, args: UpArgs) -> anyhow::Result<ExitStatus> {
-    let checked = config(context, &args.vars)?;
-    let config = checked.config.as_ref().expect("checked above");
-    let graph = checked
-        .graph
-        .as_ref()
-        .expect("a checked config has a graph");
-    let project = project(context)?;
-    let _lock = StateLock::acquire(&project.kip_dir, UP_LOCK_TIMEOUT).map_err(state_error)?;
-    let state = State::read(&project.kip_dir).map_err(state_error)?;
-    let mut stdout = std::io::stdout().lock();
-    if state.instances.is_empty() {
-        writeln!(
-            stdout,
-            "Nothing is applied in this project: run `kip apply` first."
-        )?;
-        return Ok(ExitStatus::Success);
-    }
-    let mut order: Vec<String> = graph
-        .topological()
-        .into_iter()
-        .filter(|node| node.kind.is_none())
-        .map(|node| node.address.to_string())
-        .filter(|address| state.instances.contains_key(address))
-        .collect();
-    for address in state.instances.keys() {
-        if !order.contains(address) {
-            writeln!(
-                stdout,
-                "{address}: skipped, the configuration no longer declares it (`kip apply` destroys it)"
-            )?;
-        }
-    }
-    order.retain(|address| {
-        config
-            .instances
-            .iter()
-            .any(|i| i.address.to_string() == *address)
-    });
-    for address in config.instances.iter().map(|i| i.address.to_string()) {
-        if !state.instances.contains_key(&address) {
-            writeln!(
-                stdout,
-                "{address}: skipped, not applied yet (`kip apply` creates it)"
-            )?;
-        }
-    }
-    let engines = engines();
-    let runtime = runtime()?;
-    let dir = project.kip_dir.display().to_string();
-    let mut client = runtime
-        .block_on(Client::connect_or_start(
-            &project.kip_dir,
-            &project.kip_exe,
-            &["supervisor", "--dir", dir.as_str()],
-        ))
-        .map_err(supervisor_error)?;
-    let running = runtime
-        .block_on(client.status())
-        .map_err(supervisor_error)?;
-    let mut started = 0;
-    for address in &order {
-        let env = kip_core::apply::instance_env(&project, config, &state, address)
-            .expect("declared and applied, checked above");
-        let engine = engines
-            .get(env.instance.engine.name)
-            .expect("an applied instance has an engine");
-        let specs = engine
-            .spawn_specs(&env)
-            .map_err(|error| engine_error(address, error))?;
-        let ready = |name: &str| {
-            running
-                .iter()
-                .any(|process| process.name == name && process.state == ProcessState::Ready)
-        };
-        if specs.iter().all(|spec| ready(&spec.name)) {
-            writeln!(stdout, "{address}: already running")?;
-            continue;
-        }
-        // What `kip apply` checks too: a declared port that something else holds would pass a tcp probe that the
-        // engine never answers.
-        for port in engine.ports(&env) {
-            if let Err(error) = std::net::TcpListener::bind(("127.0.0.1", port)) {
-                return Err(with_hint(
-                    anyhow::Error::new(error).context(format!(
-                        "{address} declares port {port}, which is already in use on 127.0.0.1"
-                    )),
-                    "stop what holds it, or change the port and run `kip apply`",
-                ));
-            }
-        }
-        let mut pids = Vec::new();
-        for spec in specs {
-            let status = runtime
-                .block_on(client.start(spec))
-                .map_err(supervisor_error)?;
-            pids.extend(status.pid.map(|pid| pid.to_string()));
-        }
-        // The supervisor's probe passes when the engine listens, which can be a moment before it takes sessions
-        // (PostgreSQL answers "the database system is starting up" meanwhile). Reading what exists, as plan does,
-        // waits that out through the engine's own client, so `kip up && psql` works.
-        runtime
-            .block_on(engine.refresh(&env, &BTreeMap::new()))
-            .map_err(|error| engine_error(address, error))?;
-        started += 1;
-        writeln!(stdout, "{address}: ready (pid {})", pids.join(", "))?;
-        stdout.flush()?;
-    }
-    writeln!(stdout, "Started {started} instance(s).")?;
-    Ok(ExitStatus::Success)
+/// A libpq URL without its password, and the password (percent-decoded).
+fn split_password(url: &str) -> (String, String) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_owned(), String::new());
+    };
+    let Some((userinfo, host)) = rest.split_once('@') else {
+        return (url.to_owned(), String::new());
+    };
+    let Some((user, password)) = userinfo.split_once(':') else {
+        return (url.to_owned(), String::new());
+    };
+    let password = percent_encoding::percent_decode_str(password)
+        .decode_utf8_lossy()
+        .into_owned();
+    (format!("{scheme}://{user}@{host}"), password)
 }

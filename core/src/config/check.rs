@@ -961,6 +961,20 @@ impl Checker<'_> {
             ) else {
                 continue;
             };
+            if !crate::address::is_plain_label(&name) {
+                self.error(
+                    file,
+                    declared.span.clone(),
+                    "Invalid instance name",
+                    format!(
+                        "The instance name {name:?} is not a plain name: use letters, digits, `_` and `-`, \
+                         starting with a letter or `_` (such as \"main\"), so that references \
+                         ({}.NAME), addresses and environment variable names stay unambiguous.",
+                        engine.name
+                    ),
+                );
+                continue;
+            }
             let expansion = self.expansion(file, block, &declared);
             let tree = declared_tree(&engine.instance, &block.body);
             declarations.push(InstanceDecl {
@@ -1196,6 +1210,7 @@ impl Checker<'_> {
             instances.push(Instance {
                 address,
                 engine,
+                each_value,
                 version: version.clone(),
                 body,
                 run_as: run_as.clone(),
@@ -1750,6 +1765,12 @@ impl Checker<'_> {
                     Some(Step::Attr(label)) if !child.labels.is_empty() => {
                         PathLabel::Name(label.clone())
                     }
+                    // A label that is not an identifier: `role["app.user"]`, as addresses write it.
+                    Some(Step::Index(Some(IndexKey::String(label))))
+                        if !child.labels.is_empty() =>
+                    {
+                        PathLabel::Name(label.clone())
+                    }
                     Some(Step::Index(Some(IndexKey::Number(position))))
                         if child.labels.is_empty() =>
                     {
@@ -1759,7 +1780,7 @@ impl Checker<'_> {
                         let example = if child.labels.is_empty() {
                             "[0]"
                         } else {
-                            ".NAME"
+                            ".NAME (or [\"LABEL\"] for a label that is not a plain name)"
                         };
                         self.error(
                             file,

@@ -18,9 +18,10 @@ use std::path::PathBuf;
 
 use kip_schemas::{EngineSchema, Version};
 
+pub use crate::address::{Address, IndexKey, PathLabel, PathStep};
 pub use check::{CheckOptions, Checked, check, check_sources};
+pub use eval::declare_functions;
 pub use load::{CONFIG_FILE, CONFIG_SUFFIX, LoadError, discover};
-pub use refs::IndexKey;
 
 use crate::source::FileId;
 
@@ -29,86 +30,6 @@ use crate::source::FileId;
 pub struct Declared {
     pub file: FileId,
     pub span: Range<usize>,
-}
-
-/// The address of a graph node: an engine instance (`postgres.main`, `postgres.main[0]`) or an object declared
-/// inside one (`postgres.main.database.shop`, `postgres.main.grant[0]`).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Address {
-    pub engine: String,
-    pub name: String,
-    pub key: Option<IndexKey>,
-    pub path: Vec<PathStep>,
-}
-
-/// One level of nesting below an instance: the block type and its label, or its position for unlabelled blocks.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct PathStep {
-    pub kind: String,
-    pub label: PathLabel,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum PathLabel {
-    Name(String),
-    Index(usize),
-}
-
-impl Address {
-    pub fn instance(engine: &str, name: &str, key: Option<IndexKey>) -> Self {
-        Address {
-            engine: engine.to_owned(),
-            name: name.to_owned(),
-            key,
-            path: Vec::new(),
-        }
-    }
-
-    pub fn child(&self, kind: &str, label: PathLabel) -> Self {
-        let mut child = self.clone();
-        child.path.push(PathStep {
-            kind: kind.to_owned(),
-            label,
-        });
-        child
-    }
-
-    /// The address of the instance this node belongs to.
-    pub fn instance_address(&self) -> Address {
-        Address {
-            path: Vec::new(),
-            ..self.clone()
-        }
-    }
-
-    pub fn is_instance(&self) -> bool {
-        self.path.is_empty()
-    }
-}
-
-impl fmt::Display for IndexKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            IndexKey::Number(index) => write!(f, "[{index}]"),
-            IndexKey::String(key) => write!(f, "[{key:?}]"),
-        }
-    }
-}
-
-impl fmt::Display for Address {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.engine, self.name)?;
-        if let Some(key) = &self.key {
-            write!(f, "{key}")?;
-        }
-        for step in &self.path {
-            match &step.label {
-                PathLabel::Name(name) => write!(f, ".{}.{}", step.kind, name)?,
-                PathLabel::Index(index) => write!(f, ".{}[{}]", step.kind, index)?,
-            }
-        }
-        Ok(())
-    }
 }
 
 /// An attribute value: known once variables and locals are evaluated, or deferred until apply because it
@@ -160,6 +81,8 @@ pub struct Block {
 pub struct Instance {
     pub address: Address,
     pub engine: &'static EngineSchema,
+    /// `each.value` of a `for_each` instance, for expressions evaluated during apply.
+    pub each_value: Option<hcl::Value>,
     /// The declared version (`"16"`, `"16.14"`); `None` for unversioned engines such as `process`.
     pub version: Option<Version>,
     pub body: Body,
@@ -231,6 +154,14 @@ pub struct Config {
 }
 
 impl Config {
+    /// The schema of the engine called `name`, when an instance of it is declared.
+    pub fn engine_schema(&self, name: &str) -> Option<&'static EngineSchema> {
+        self.instances
+            .iter()
+            .find(|instance| instance.engine.name == name)
+            .map(|instance| instance.engine)
+    }
+
     pub fn instance(&self, address: &Address) -> Option<&Instance> {
         self.instances
             .iter()

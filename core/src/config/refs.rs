@@ -23,11 +23,7 @@ pub enum Step {
     Splat,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum IndexKey {
-    Number(u64),
-    String(String),
-}
+pub use crate::address::IndexKey;
 
 /// A traversal rooted at a name, as written in the source.
 #[derive(Debug, Clone, PartialEq)]

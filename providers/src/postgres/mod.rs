@@ -7,14 +7,20 @@
 //! - [`spawn`]: the [`SpawnSpec`](kip_core::engine::SpawnSpec) the supervisor runs.
 //! - [`sql`]: the connection over the unix socket, [`read_live`] (what exists) and [`apply`] (make it so).
 //! - [`live`] and [`change`]: the plain data on either side of the diff the core computes.
+//! - [`engine`]: the [`Engine`](kip_core::engine::Engine) contract, with [`args`] (the schema's blocks as typed
+//!   values), [`observe`] (refresh), [`converge`] (plan changes → statements) and [`exports`] (URLs).
 //! - [`quote`]: the only way names and values get into SQL text.
 //!
 //! Convergence owns structure, never data: nothing here drops a table, a row, or anything kip did not declare.
 
+pub mod args;
 pub mod change;
 pub mod config;
+pub mod converge;
 pub mod engine;
+pub mod exports;
 pub mod live;
+pub mod observe;
 pub mod quote;
 pub mod spawn;
 pub mod sql;

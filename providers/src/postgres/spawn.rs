@@ -55,6 +55,10 @@ pub fn spawn_spec(
         },
         log: log.to_owned(),
         after: Vec::new(),
+        // PostgreSQL re-reads postgresql.conf and pg_hba.conf on SIGHUP.
+        reload: Some("SIGHUP".to_owned()),
+        job: false,
+        instance: name.to_owned(),
     }
 }
 

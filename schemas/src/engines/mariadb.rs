@@ -35,6 +35,7 @@ mariadb "main" {
 ```"#,
         majors: vec![10],
         versioned: true,
+        replace_on_new_major: true,
         instance: Block::named_object(
             "mariadb",
             "name",

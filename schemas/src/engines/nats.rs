@@ -34,6 +34,7 @@ nats "bus" {
 ```"#,
         majors: vec![2],
         versioned: true,
+        replace_on_new_major: false,
         instance: Block::named_object(
             "nats",
             "name",

@@ -41,6 +41,7 @@ postgres "main" {
 ```"#,
         majors: vec![14, 15, 16, 17, 18],
         versioned: true,
+        replace_on_new_major: true,
         instance: Block::named_object(
             "postgres",
             "name",

@@ -41,6 +41,7 @@ process "web" {
 ```"#,
         majors: Vec::new(),
         versioned: false,
+        replace_on_new_major: false,
         instance: Block::named_object(
             "process",
             "name",

@@ -32,6 +32,7 @@ Point any S3 SDK at `s3.blobs.endpoint` with `s3.blobs.access_key`, `s3.blobs.se
 addressing."#,
         majors: vec![4],
         versioned: true,
+        replace_on_new_major: false,
         instance: Block::named_object(
             "s3",
             "name",

@@ -32,6 +32,7 @@ valkey "cache" {
 ```"#,
         majors: vec![8, 9],
         versioned: true,
+        replace_on_new_major: false,
         instance: Block::named_object(
             "valkey",
             "name",

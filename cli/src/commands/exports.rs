@@ -1,0 +1,226 @@
+//! `kip url ADDR` and `kip env`: what applied instances export, for people and programs. Values come from the
+//! engines' exports of what the state holds; `kip env` names them `KIP_<ADDRESS>_URL` (the address in capitals,
+//! every other character `_`) and refuses two addresses that would share a name.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+
+use kip_core::address::Address;
+use kip_core::apply::lifecycle;
+use kip_core::engine::Engines;
+use kip_core::project::Project;
+use kip_core::state::State;
+
+use super::project::{engines, parse_address, project, state_error};
+use super::{Context, VarArgs};
+use crate::{ExitStatus, with_hint};
+
+#[derive(Debug, clap::Args)]
+pub struct UrlArgs {
+    /// An instance or object address: postgres.main, postgres.main.database.shop, postgres.main.role["app.user"].
+    pub address: String,
+    #[command(flatten)]
+    pub vars: VarArgs,
+}
+
+/// The exports of an applied instance or object.
+pub(crate) fn exports_of(
+    project: &Project,
+    engines: &Engines,
+    state: &State,
+    address: &Address,
+) -> anyhow::Result<BTreeMap<String, serde_json::Value>> {
+    let instance = address.instance_address();
+    let not_applied = || {
+        let known: Vec<String> = state
+            .instances
+            .iter()
+            .flat_map(|(address, saved)| {
+                std::iter::once(address.to_string())
+                    .chain(saved.objects.keys().map(ToString::to_string))
+            })
+            .collect();
+        let hint =
+            match kip_schemas::did_you_mean(&address.to_string(), known.iter().map(String::as_str))
+            {
+                Some(close) => format!("did you mean {close}?"),
+                None => "run `kip apply` first; `kip graph` lists the addresses".to_owned(),
+            };
+        with_hint(
+            anyhow::anyhow!("{address} is not applied: it is not declared, or not applied yet"),
+            hint,
+        )
+    };
+    let Some(saved) = state.instances.get(&instance) else {
+        return Err(not_applied());
+    };
+    if !address.is_instance() && !saved.objects.contains_key(address) {
+        return Err(not_applied());
+    }
+    let engine = engines
+        .get(&saved.engine)
+        .ok_or_else(|| anyhow::anyhow!("this kip cannot run {} instances", saved.engine))?;
+    let ctx = lifecycle::ctx_from_state(project, &instance, saved);
+    let object = (!address.is_instance()).then_some(address);
+    engine.exports(&ctx, object).map_err(|error| {
+        let hint = error.hint.clone();
+        super::project::hinted(error, hint)
+    })
+}
+
+fn text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(text) => text.clone(),
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+pub fn url(context: &Context, args: UrlArgs) -> anyhow::Result<ExitStatus> {
+    let address = parse_address(&args.address)?;
+    let project = project(context)?;
+    let state = State::read(&project.kip_dir).map_err(state_error)?;
+    let exports = exports_of(&project, &engines(), &state, &address)?;
+    let Some(url) = exports.get("url") else {
+        return Err(anyhow::anyhow!("{address} exports no url"));
+    };
+    writeln!(std::io::stdout().lock(), "{}", text(url))?;
+    Ok(ExitStatus::Success)
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum EnvFormat {
+    Shell,
+    Dotenv,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EnvArgs {
+    #[arg(long, value_enum, default_value_t = EnvFormat::Shell)]
+    pub format: EnvFormat,
+    #[command(flatten)]
+    pub vars: VarArgs,
+}
+
+/// `KIP_<ADDRESS>_URL`: capitals, digits and `_`; every other character becomes `_`.
+pub(crate) fn variable_name(address: &Address) -> String {
+    let mut name = String::from("KIP_");
+    for character in address.to_string().chars() {
+        let character = character.to_ascii_uppercase();
+        name.push(
+            if character.is_ascii_uppercase() || character.is_ascii_digit() {
+                character
+            } else {
+                '_'
+            },
+        );
+    }
+    name.push_str("_URL");
+    name
+}
+
+/// The variables `kip env` prints: `KIP_<ADDRESS>_URL` for every applied instance and object that exports a
+/// url, and `DATABASE_URL` (the first postgres database, or instance).
+pub(crate) fn env_variables(
+    project: &Project,
+    state: &State,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let engines = engines();
+    let mut variables: BTreeMap<String, String> = BTreeMap::new();
+    let mut owners: BTreeMap<String, Address> = BTreeMap::new();
+    let mut database_url: Option<String> = None;
+    for (instance, saved) in &state.instances {
+        let Some(engine) = engines.get(&saved.engine) else {
+            continue;
+        };
+        let ctx = lifecycle::ctx_from_state(project, instance, saved);
+        let (exports, objects) = lifecycle::instance_exports(engine.as_ref(), &ctx);
+        let mut add = |address: &Address,
+                       exports: &BTreeMap<String, serde_json::Value>|
+         -> anyhow::Result<()> {
+            let Some(url) = exports.get("url") else {
+                return Ok(());
+            };
+            let name = variable_name(address);
+            if let Some(other) = owners.get(&name) {
+                return Err(with_hint(
+                    anyhow::anyhow!("{other} and {address} would both be exported as {name}"),
+                    "rename one of the two blocks; `kip env` maps every character but letters and digits to `_`",
+                ));
+            }
+            owners.insert(name.clone(), address.clone());
+            variables.insert(name, text(url));
+            Ok(())
+        };
+        add(instance, &exports)?;
+        for (object, exports) in &objects {
+            add(object, exports)?;
+            if saved.engine == "postgres"
+                && object.kind() == Some("database")
+                && database_url.is_none()
+            {
+                database_url = exports.get("url").map(text);
+            }
+        }
+        if saved.engine == "postgres" && database_url.is_none() {
+            database_url = exports.get("url").map(text);
+        }
+    }
+    if let Some(url) = database_url {
+        variables.entry("DATABASE_URL".into()).or_insert(url);
+    }
+    Ok(variables)
+}
+
+/// A value in single quotes for a POSIX shell: nothing inside is interpreted; a `'` ends the quote, is escaped,
+/// and opens a new one.
+pub(crate) fn shell_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "'\\''"))
+}
+
+/// A dotenv value: bare when every character is plain, single-quoted (literal) when it holds no `'`, else
+/// double-quoted with `\\`, `"`, `$` and newlines escaped, as dotenv readers unescape them.
+pub(crate) fn dotenv_quote(value: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_-./:@%?&=+,~".contains(c);
+    if !value.is_empty() && value.chars().all(plain) {
+        return value.to_owned();
+    }
+    if !value.contains(['\'', '\n', '\r']) {
+        return format!("'{value}'");
+    }
+    let mut quoted = String::from("\"");
+    for c in value.chars() {
+        match c {
+            '\\' => quoted.push_str("\\\\"),
+            '"' => quoted.push_str("\\\""),
+            '$' => quoted.push_str("\\$"),
+            '\n' => quoted.push_str("\\n"),
+            '\r' => quoted.push_str("\\r"),
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('"');
+    quoted
+}
+
+pub fn env(context: &Context, args: EnvArgs) -> anyhow::Result<ExitStatus> {
+    let project = project(context)?;
+    let state = State::read(&project.kip_dir).map_err(state_error)?;
+    let variables = env_variables(&project, &state)?;
+    let mut stdout = std::io::stdout().lock();
+    match args.format {
+        EnvFormat::Json => writeln!(stdout, "{}", serde_json::to_string_pretty(&variables)?)?,
+        EnvFormat::Dotenv => {
+            for (key, value) in &variables {
+                writeln!(stdout, "{key}={}", dotenv_quote(value))?;
+            }
+        }
+        EnvFormat::Shell => {
+            for (key, value) in &variables {
+                writeln!(stdout, "export {key}={}", shell_quote(value))?;
+            }
+        }
+    }
+    Ok(ExitStatus::Success)
+}

@@ -1,0 +1,140 @@
+//! What the commands that run engines share: the project's places, the engines registered by the providers, a
+//! runtime, the supervisor, the checked configuration, and turning library errors into rendered ones (each with
+//! its hint, and one block per failed instance).
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use kip_core::address::Address;
+use kip_core::apply::ApplyError;
+use kip_core::config::{Checked, Config};
+use kip_core::engine::Engines;
+use kip_core::graph::Graph;
+use kip_core::project::Project;
+use kip_core::supervise::DaemonSupervisors;
+
+use super::{Context, VarArgs, load_and_check, print_diagnostics};
+use crate::{ExitStatus, render::Style, with_hint};
+
+pub(crate) fn engines() -> Engines {
+    kip_providers::engines()
+}
+
+pub(crate) fn project(context: &Context) -> anyhow::Result<Project> {
+    let Some(cache) = kip_core::resolve::default_cache_dir() else {
+        return Err(with_hint(
+            anyhow::anyhow!("cannot find a cache directory"),
+            "set KIP_CACHE_DIR",
+        ));
+    };
+    let exe = std::env::current_exe()
+        .map_err(|error| anyhow::anyhow!("cannot find the kip binary: {error}"))?;
+    let dir = std::fs::canonicalize(&context.dir).unwrap_or_else(|_| context.dir.clone());
+    Ok(Project::new(&dir, &cache, &exe))
+}
+
+pub(crate) fn supervisors(project: &Project) -> DaemonSupervisors {
+    DaemonSupervisors {
+        kip_dir: project.kip_dir.clone(),
+        kip_exe: project.kip_exe.clone(),
+    }
+}
+
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// An error with its hint attached for the renderer.
+pub(crate) fn hinted(
+    error: impl std::error::Error + Send + Sync + 'static,
+    hint: Option<String>,
+) -> anyhow::Error {
+    match hint {
+        Some(hint) => with_hint(error, hint),
+        None => anyhow::Error::new(error),
+    }
+}
+
+pub(crate) fn state_error(error: kip_core::state::StateError) -> anyhow::Error {
+    let hint = error.hint();
+    hinted(error, hint)
+}
+
+pub(crate) fn supervisor_error(error: kip_core::supervisor::SupervisorError) -> anyhow::Error {
+    let hint = error.hint();
+    hinted(error, hint)
+}
+
+/// Prints one `error:` block per failed instance and a line for what was skipped; other apply errors become the
+/// command's error.
+pub(crate) fn report_apply_error(
+    context: &Context,
+    error: ApplyError,
+) -> anyhow::Result<ExitStatus> {
+    let ApplyError::Failed { failures, skipped } = error else {
+        let hint = error.hint();
+        return Err(hinted(error, hint));
+    };
+    let style = Style::for_stderr(context.color);
+    let mut stderr = std::io::stderr().lock();
+    for failure in failures {
+        let hint = failure.error.hint();
+        let error = hinted(failure, hint);
+        stderr.write_all(crate::render_error(&error, style).as_bytes())?;
+    }
+    if !skipped.is_empty() {
+        let names: Vec<String> = skipped.iter().map(Address::to_string).collect();
+        writeln!(
+            stderr,
+            "{} kip skipped what depends on it: {}",
+            style.bold("note:"),
+            names.join(", ")
+        )?;
+    }
+    Ok(ExitStatus::Failure)
+}
+
+/// The checked configuration and graph, or `None` after printing why there are none.
+pub(crate) fn checked_config(context: &Context, vars: &VarArgs) -> anyhow::Result<Option<Checked>> {
+    let checked = load_and_check(context, vars)?;
+    print_diagnostics(context, &checked)?;
+    Ok(checked.config.is_some().then_some(checked))
+}
+
+/// The configuration and graph of a checked configuration.
+pub(crate) fn config_and_graph(checked: &Checked) -> (&Config, &Graph) {
+    (
+        checked.config.as_ref().expect("checked"),
+        checked
+            .graph
+            .as_ref()
+            .expect("a checked configuration has a graph"),
+    )
+}
+
+/// An address typed on the command line, with the parser's own error and hint.
+pub(crate) fn parse_address(text: &str) -> anyhow::Result<Address> {
+    Address::parse(text).map_err(|error| {
+        let hint = error.hint().to_owned();
+        with_hint(error, hint)
+    })
+}
+
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30s or 500ms"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(value)),
+        "s" | "" => Ok(Duration::from_secs(value)),
+        "m" => Ok(Duration::from_secs(value * 60)),
+        _ => Err(format!("{text:?} is not a duration like 30s or 500ms")),
+    }
+}

@@ -1,0 +1,686 @@
+//! Apply: executes a plan, and nothing else.
+//!
+//! Instances the plan deletes go first, in reverse dependency order (a web server before the database it uses).
+//! Then every instance the plan touches runs its [`lifecycle`] on its own thread, up to `parallelism` at once,
+//! each released as soon as the instances it depends on are done ([`walk`]); a failure (or a provider panic)
+//! skips what depends on it, reported once. The state is saved after every step, so a kip killed at any moment
+//! leaves a state the next apply repairs.
+//!
+//! Values come from the plan. Two kinds are taken where they live instead: secrets (the plan holds only
+//! fingerprints) and values the plan marked `(known after apply)`. Both are computed from the configuration —
+//! which a saved plan proves unchanged by its digest — against the instances applied so far.
+
+// Errors here carry resolve, supervisor and engine errors whole (with the log lines they quote); they are built once
+// per failed instance, never in a loop, so boxing them would cost clarity for nothing.
+#![allow(clippy::result_large_err)]
+
+mod error;
+pub mod lifecycle;
+pub mod walk;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Mutex;
+
+pub use error::{ApplyError, InstanceError, InstanceFailure};
+pub use walk::{Failure, Outcome, walk};
+
+use crate::address::Address;
+use crate::config::{Config, Instance};
+use crate::desired::desired_nodes;
+use crate::engine::{Engine, Engines, InstanceCtx, Reconfigure, Secrets};
+use crate::graph::Graph;
+use crate::lock::LockFile;
+use crate::plan::{Action, Attributes, Change, Desired, Plan};
+use crate::project::Project;
+use crate::resolve::{Policy, Request, ResolveSettings, Resolver};
+use crate::state::{InstanceState, Lifecycle, ObjectState, State};
+use crate::supervise::{Supervise, Supervisors};
+
+/// What apply reports as it goes.
+pub trait Report: Send + Sync {
+    fn step(&self, address: &Address, what: &str);
+}
+
+/// Everything apply needs.
+pub struct Applier<'a> {
+    pub project: &'a Project,
+    pub config: &'a Config,
+    pub graph: &'a Graph,
+    pub engines: &'a Engines,
+    pub supervisors: &'a dyn Supervisors,
+    pub resolve: ResolveSettings,
+    pub locked: bool,
+    pub progress: &'a dyn crate::fetch::Progress,
+    pub report: &'a dyn Report,
+    pub run_as_env: Option<String>,
+    /// How many instances apply at once (`--parallelism`).
+    pub parallelism: usize,
+    /// `kip sync`: converge objects only; never create, start, restart or replace an instance.
+    pub sync_only: bool,
+}
+
+/// Locks a mutex, taking the data of a poisoned one (a panicked worker cannot leave the state half-written: every
+/// write is whole).
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, InstanceError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| InstanceError::Io {
+            action: "start a runtime for",
+            path: Path::new("apply").to_path_buf(),
+            source,
+        })
+}
+
+/// Turns a walk's outcome into failures and skips by address.
+fn collect<E>(
+    outcome: Outcome<E>,
+    addresses: &[Address],
+    failures: &mut Vec<InstanceFailure>,
+    skipped: &mut Vec<Address>,
+    panicked: impl Fn(usize, String) -> E,
+) where
+    E: Into<InstanceError>,
+{
+    for (index, failure) in outcome.failed {
+        let error = match failure {
+            walk::Failure::Error(error) => error.into(),
+            walk::Failure::Panic(message) => panicked(index, message).into(),
+        };
+        failures.push(InstanceFailure {
+            address: addresses[index].clone(),
+            error,
+        });
+    }
+    skipped.extend(
+        outcome
+            .skipped
+            .into_iter()
+            .map(|index| addresses[index].clone()),
+    );
+}
+
+impl Applier<'_> {
+    /// Executes `plan` against `state`, saving the state after every step.
+    pub fn apply(&self, plan: &Plan, state: &mut State) -> Result<(), ApplyError> {
+        let lock_path = self.project.dir.join(crate::lock::LOCK_FILE);
+        let lock_before = LockFile::read(&lock_path)?;
+        let shared_lock = Mutex::new(lock_before.clone());
+        let shared_state = Mutex::new(std::mem::take(state));
+        let mut failures = Vec::new();
+        let mut skipped = Vec::new();
+
+        // Deletions of whole instances, dependents first.
+        let deleted: Vec<Address> = plan
+            .changes
+            .iter()
+            .filter(|change| change.is_instance() && change.action == Action::Delete)
+            .map(|change| change.address.clone())
+            .collect();
+        let destroyer = Destroyer {
+            project: self.project,
+            supervisors: self.supervisors,
+            report: self.report,
+            parallelism: self.parallelism,
+        };
+        destroyer.walk(&deleted, &shared_state, &mut failures, &mut skipped);
+
+        // Every declared instance the plan has a change for (`--target` keeps only some), in dependency order.
+        let instances: Vec<&Instance> = self
+            .config
+            .instances
+            .iter()
+            .filter(|instance| plan.change(&instance.address).is_some())
+            .collect();
+        let addresses: Vec<Address> = instances.iter().map(|i| i.address.clone()).collect();
+        let position: BTreeMap<&Address, usize> =
+            addresses.iter().enumerate().map(|(i, a)| (a, i)).collect();
+        let waits: Vec<Vec<usize>> = instances
+            .iter()
+            .map(|instance| {
+                crate::desired::instance_dependencies(self.graph, instance)
+                    .iter()
+                    .filter_map(|dependency| position.get(dependency).copied())
+                    .collect()
+            })
+            .collect();
+        let outcome = walk(&waits, self.parallelism, |index| {
+            let runtime = runtime()?;
+            runtime.block_on(self.apply_instance(
+                instances[index],
+                plan,
+                &shared_state,
+                &shared_lock,
+            ))
+        });
+        collect(
+            outcome,
+            &addresses,
+            &mut failures,
+            &mut skipped,
+            |index, message| InstanceError::Panicked {
+                engine: instances[index].engine.name.to_owned(),
+                message,
+            },
+        );
+
+        *state = shared_state
+            .into_inner()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let lock = shared_lock
+            .into_inner()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if lock != lock_before {
+            lock.write(&lock_path)?;
+        }
+        if failures.is_empty() && skipped.is_empty() {
+            Ok(())
+        } else {
+            Err(ApplyError::Failed { failures, skipped })
+        }
+    }
+
+    /// The plan's change with real values: secrets and values known only now, from the configuration evaluated
+    /// against what is applied. A known, non-secret value the configuration no longer gives means the plan is
+    /// stale.
+    fn resolve_change(
+        change: &Change,
+        desired: &BTreeMap<&Address, &Desired>,
+        saved: Option<&Attributes>,
+    ) -> Result<Change, InstanceError> {
+        let mut resolved = change.clone();
+        if let (Some(after), Some(now)) = (resolved.after.as_mut(), desired.get(&change.address)) {
+            for name in change.sensitive.iter().chain(&change.after_unknown) {
+                if after.contains_key(name) {
+                    let value = now.attributes.get(name).cloned().ok_or_else(|| {
+                        InstanceError::MissingValue {
+                            attribute: name.clone(),
+                        }
+                    })?;
+                    after.insert(name.clone(), value);
+                }
+            }
+        } else if resolved.after.is_some() {
+            return Err(InstanceError::MissingValue {
+                attribute: "(every attribute)".to_owned(),
+            });
+        }
+        if let (Some(before), Some(saved)) = (resolved.before.as_mut(), saved) {
+            for name in &change.sensitive {
+                if let (Some(slot), Some(value)) = (before.get_mut(name), saved.get(name)) {
+                    *slot = value.clone();
+                }
+            }
+        }
+        resolved.after_unknown.clear();
+        Ok(resolved)
+    }
+
+    /// Resolves the toolchain (for versioned engines) and lays out a new instance's directories.
+    async fn new_ctx(
+        &self,
+        instance: &Instance,
+        attributes: Attributes,
+        shared_lock: &Mutex<LockFile>,
+    ) -> Result<InstanceCtx, InstanceError> {
+        let address = &instance.address;
+        let toolchain = match &instance.version {
+            Some(spec) if instance.engine.versioned => {
+                let request = Request {
+                    engine: instance.engine.name.to_owned(),
+                    spec: spec.clone(),
+                };
+                if self.locked
+                    && locked(shared_lock)
+                        .pin(&request.engine, &request.spec_text())
+                        .is_none()
+                {
+                    return Err(InstanceError::Locked(format!(
+                        "{} \"{}\"",
+                        request.engine,
+                        request.spec_text()
+                    )));
+                }
+                self.report.step(address, "resolving");
+                // Each instance resolves with its own resolver (the store's file locks keep concurrent downloads
+                // of one archive to one), then merges the pins it added.
+                let mut lock = locked(shared_lock).clone();
+                let mut resolver = Resolver::new(self.resolve.clone(), self.progress);
+                let toolchain = resolver
+                    .resolve(&request, &mut lock, &Policy::UseLock)
+                    .await?;
+                locked(shared_lock).pins.extend(lock.pins);
+                Some(toolchain)
+            }
+            _ => None,
+        };
+        let run_as =
+            crate::runas::resolve_run_as(instance.run_as.as_deref(), self.run_as_env.as_deref())?;
+        let dirs = self.project.instance_dirs(address, run_as.as_ref());
+        let templates = self.project.templates();
+        for dir in [&dirs.dir, &dirs.run_dir, &dirs.log_dir, &templates] {
+            std::fs::create_dir_all(dir).map_err(|source| InstanceError::Io {
+                action: "create",
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        if let Some(run_as) = &run_as {
+            crate::runas::chown_tree(&dirs.dir, run_as)?;
+            crate::runas::chown_tree(&templates, run_as)?;
+            crate::runas::chown_tree(&dirs.log_dir, run_as)?;
+            if let Some(toolchain) = &toolchain {
+                crate::runas::ensure_reachable(&toolchain.root, run_as)?;
+            }
+            crate::runas::ensure_reachable(&dirs.run_dir, run_as)?;
+        }
+        Ok(InstanceCtx {
+            address: address.clone(),
+            attributes,
+            objects: BTreeMap::new(),
+            toolchain,
+            data_dir: dirs.data_dir,
+            run_dir: dirs.run_dir,
+            log_dir: dirs.log_dir,
+            project_dir: self.project.dir.clone(),
+            templates,
+            run_as,
+            secrets: Secrets::default(),
+            ports: BTreeMap::new(),
+            initialized: false,
+        })
+    }
+
+    /// Writes the instance's entry (keeping its objects) and the state file.
+    fn save(
+        &self,
+        state: &Mutex<State>,
+        ctx: &InstanceCtx,
+        engine: &dyn Engine,
+        instance_change: Option<&Change>,
+        lifecycle: &Lifecycle,
+    ) -> Result<(), InstanceError> {
+        let mut guard = locked(state);
+        let previous = guard.instances.remove(&ctx.address);
+        let dir = previous.as_ref().map(|p| p.dir.clone()).unwrap_or_else(|| {
+            ctx.data_dir
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default()
+        });
+        let entry = InstanceState {
+            engine: engine.name().to_owned(),
+            spec: ctx.toolchain.as_ref().map(|t| t.spec.clone()),
+            version: ctx.toolchain.as_ref().map(|t| t.version.clone()),
+            toolchain: ctx.toolchain.as_ref().map(|t| t.root.clone()),
+            dir,
+            data_dir: ctx.data_dir.clone(),
+            run_dir: ctx.run_dir.clone(),
+            log_dir: ctx.log_dir.clone(),
+            run_as: ctx.run_as.clone(),
+            secrets: ctx.secrets.0.clone(),
+            ports: ctx.ports.clone(),
+            attributes: ctx.attributes.clone(),
+            sensitive: instance_change
+                .map(|c| c.sensitive.clone())
+                .or_else(|| previous.as_ref().map(|p| p.sensitive.clone()))
+                .unwrap_or_default(),
+            objects: previous
+                .as_ref()
+                .map(|p| p.objects.clone())
+                .unwrap_or_default(),
+            lifecycle: lifecycle.clone(),
+            depends_on: instance_change
+                .map(|c| c.depends_on.clone())
+                .or_else(|| previous.as_ref().map(|p| p.depends_on.clone()))
+                .unwrap_or_default(),
+            prevent_destroy: instance_change
+                .map(|c| c.prevent_destroy)
+                .or_else(|| previous.as_ref().map(|p| p.prevent_destroy))
+                .unwrap_or_default(),
+        };
+        guard.instances.insert(ctx.address.clone(), entry);
+        guard.write(&self.project.kip_dir)?;
+        Ok(())
+    }
+
+    async fn apply_instance(
+        &self,
+        instance: &Instance,
+        plan: &Plan,
+        state: &Mutex<State>,
+        shared_lock: &Mutex<LockFile>,
+    ) -> Result<(), InstanceError> {
+        let address = &instance.address;
+        let engine = self
+            .engines
+            .get(instance.engine.name)
+            .ok_or_else(|| InstanceError::Unsupported {
+                engine: instance.engine.name.to_owned(),
+            })?
+            .as_ref();
+        let mut supervisor = self.supervisors.connect();
+        let supervisor: &mut dyn Supervise = supervisor.as_mut();
+        let change = plan.change(address);
+        let action = change.map_or(Action::Noop, |c| c.action);
+        if self.sync_only && matches!(action, Action::Create | Action::Replace) {
+            return Err(InstanceError::NotRunning);
+        }
+
+        // Real values, now that what this instance reads is applied.
+        let desired = {
+            let guard = locked(state);
+            let dependencies = crate::desired::instance_dependencies(self.graph, instance);
+            let scope = lifecycle::scope_from_state(self.project, self.engines, &guard, |a| {
+                dependencies.contains(a)
+            });
+            drop(guard);
+            desired_nodes(self.config, self.graph, instance, engine, &scope)?
+        };
+        let by_address: BTreeMap<&Address, &Desired> =
+            desired.iter().map(|node| (&node.address, node)).collect();
+
+        if action == Action::Replace {
+            let saved = locked(state).instances.get(address).cloned();
+            if let Some(saved) = saved {
+                self.report.step(address, "replacing");
+                lifecycle::destroy(supervisor, address, &saved).await?;
+                let mut guard = locked(state);
+                guard.instances.remove(address);
+                guard.write(&self.project.kip_dir)?;
+            }
+        }
+        let saved = locked(state).instances.get(address).cloned();
+        let instance_change = match change {
+            Some(change) => Some(Self::resolve_change(
+                change,
+                &by_address,
+                saved.as_ref().map(|s| &s.attributes),
+            )?),
+            None => None,
+        };
+        let attributes = instance_change
+            .as_ref()
+            .and_then(|c| c.after.clone())
+            .or_else(|| saved.as_ref().map(|s| s.attributes.clone()))
+            .unwrap_or_default();
+        let fresh = saved.is_none();
+        let mut lifecycle = saved
+            .as_ref()
+            .map(|s| s.lifecycle.clone())
+            .unwrap_or_default();
+        let mut ctx = match &saved {
+            Some(saved) => {
+                let mut ctx = lifecycle::ctx_from_state(self.project, address, saved);
+                ctx.attributes = attributes;
+                ctx
+            }
+            None => {
+                if self.sync_only {
+                    return Err(InstanceError::NotRunning);
+                }
+                self.new_ctx(instance, attributes, shared_lock).await?
+            }
+        };
+        ctx.objects = lifecycle::objects_view(&desired);
+        if fresh {
+            self.report.step(address, "provisioning");
+            engine.provision(&mut ctx).await?;
+            self.save(state, &ctx, engine, instance_change.as_ref(), &lifecycle)?;
+        }
+
+        // Spawn (or make sure it runs), or reconfigure what runs. An instance that does not run (after `kip down`,
+        // a crash, or a failed start) gets its configuration rewritten first, so a fixed setting takes effect.
+        let specs = engine.spawn_specs(&ctx)?;
+        let statuses = supervisor.status().await?;
+        let running = lifecycle::all_ready(&statuses, &specs);
+        let jobs = specs.iter().any(|spec| spec.job);
+        if action == Action::Update {
+            // A job runs again when what it was run with changed.
+            lifecycle.succeeded = false;
+        }
+        let mut started = false;
+        if !(running || jobs && lifecycle.succeeded) {
+            if self.sync_only {
+                return Err(InstanceError::NotRunning);
+            }
+            if !fresh {
+                engine.provision(&mut ctx).await?;
+            }
+            lifecycle::check_ports(engine, &ctx)?;
+            self.report
+                .step(address, if jobs { "running" } else { "starting" });
+            lifecycle::start(supervisor, &specs).await?;
+            if jobs {
+                lifecycle.succeeded = true;
+            } else {
+                engine.ready(&ctx).await?;
+            }
+            started = true;
+        }
+        if !lifecycle.initialized && !jobs {
+            engine.after_start(&ctx).await?;
+            lifecycle.initialized = true;
+            ctx.initialized = true;
+            self.save(state, &ctx, engine, instance_change.as_ref(), &lifecycle)?;
+        }
+        // A changed instance that runs (or was just started with its new configuration) hears about the change:
+        // what provision could not do on disk (a new password, a reload, a restart).
+        if action == Action::Update && !fresh && !jobs {
+            self.report.step(address, "reconfiguring");
+            if !started {
+                engine.provision(&mut ctx).await?;
+            }
+            let change = instance_change.as_ref().expect("an update has a change");
+            match engine.reconfigure(&mut ctx, change).await? {
+                Reconfigure::Done => {}
+                Reconfigure::Reload => {
+                    for spec in specs.iter().filter(|spec| spec.reload.is_some()) {
+                        supervisor.reload(&spec.name).await?;
+                    }
+                }
+                Reconfigure::Restart if self.sync_only => {}
+                Reconfigure::Restart => {
+                    self.report.step(address, "restarting");
+                    lifecycle::stop(supervisor, address).await?;
+                    lifecycle::check_ports(engine, &ctx)?;
+                    lifecycle::start(supervisor, &specs).await?;
+                    engine.ready(&ctx).await?;
+                }
+            }
+        }
+        self.save(state, &ctx, engine, instance_change.as_ref(), &lifecycle)?;
+
+        // Converge the objects: creates and updates in plan order (parents first), then deletions, deepest first.
+        let mut changes: Vec<Change> = Vec::new();
+        let mut deletions: Vec<Change> = Vec::new();
+        for change in plan
+            .changes
+            .iter()
+            .filter(|c| !c.is_instance() && c.address.is_within(address))
+        {
+            let saved_object = saved
+                .as_ref()
+                .and_then(|s| s.objects.get(&change.address))
+                .map(|o| &o.attributes);
+            let resolved = Self::resolve_change(change, &by_address, saved_object)?;
+            match change.action {
+                Action::Delete => deletions.push(resolved),
+                _ => changes.push(resolved),
+            }
+        }
+        deletions.sort_by_key(|c| std::cmp::Reverse(c.address.path.len()));
+        let converging: Vec<Change> = changes
+            .iter()
+            .filter(|c| c.action != Action::Noop)
+            .cloned()
+            .chain(deletions.iter().cloned())
+            .collect();
+        if !converging.is_empty() {
+            self.report.step(
+                address,
+                &format!("converging {} object(s)", converging.len()),
+            );
+            engine.converge(&mut ctx, &converging).await?;
+        }
+        let mut guard = locked(state);
+        let saved = guard
+            .instances
+            .get_mut(address)
+            .expect("saved above, and only this worker touches this instance");
+        saved.secrets = ctx.secrets.0.clone();
+        saved.ports = ctx.ports.clone();
+        for change in &deletions {
+            saved.objects.remove(&change.address);
+        }
+        for change in &changes {
+            if let Some(after) = &change.after {
+                saved.objects.insert(
+                    change.address.clone(),
+                    ObjectState {
+                        kind: change.kind.clone(),
+                        attributes: after.clone(),
+                        sensitive: change.sensitive.clone(),
+                        prevent_destroy: change.prevent_destroy,
+                    },
+                );
+            }
+        }
+        guard.write(&self.project.kip_dir)?;
+        drop(guard);
+        self.report.step(address, "ready");
+        Ok(())
+    }
+}
+
+/// Destroys instances: stops them, removes their data, drops them from the state, dependents first.
+pub struct Destroyer<'a> {
+    pub project: &'a Project,
+    pub supervisors: &'a dyn Supervisors,
+    pub report: &'a dyn Report,
+    pub parallelism: usize,
+}
+
+impl Destroyer<'_> {
+    /// Destroys `addresses` (instances in `state`), each after every one of them that depends on it.
+    pub fn destroy(&self, addresses: &[Address], state: &mut State) -> Result<(), ApplyError> {
+        let shared_state = Mutex::new(std::mem::take(state));
+        let mut failures = Vec::new();
+        let mut skipped = Vec::new();
+        self.walk(addresses, &shared_state, &mut failures, &mut skipped);
+        *state = shared_state
+            .into_inner()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if failures.is_empty() && skipped.is_empty() {
+            Ok(())
+        } else {
+            Err(ApplyError::Failed { failures, skipped })
+        }
+    }
+
+    fn walk(
+        &self,
+        addresses: &[Address],
+        state: &Mutex<State>,
+        failures: &mut Vec<InstanceFailure>,
+        skipped: &mut Vec<Address>,
+    ) {
+        let depends_on: Vec<Vec<Address>> = {
+            let guard = locked(state);
+            addresses
+                .iter()
+                .map(|address| {
+                    guard
+                        .instances
+                        .get(address)
+                        .map(|saved| saved.depends_on.clone())
+                        .unwrap_or_default()
+                })
+                .collect()
+        };
+        // An instance waits for every instance being destroyed that depends on it.
+        let waits: Vec<Vec<usize>> = addresses
+            .iter()
+            .map(|address| {
+                depends_on
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, dependencies)| dependencies.contains(address))
+                    .map(|(index, _)| index)
+                    .collect()
+            })
+            .collect();
+        let outcome = walk(&waits, self.parallelism, |index| {
+            let runtime = runtime()?;
+            runtime.block_on(self.destroy_one(&addresses[index], state))
+        });
+        let engines: Vec<String> = {
+            let guard = locked(state);
+            addresses
+                .iter()
+                .map(|a| {
+                    guard
+                        .instances
+                        .get(a)
+                        .map(|s| s.engine.clone())
+                        .unwrap_or_default()
+                })
+                .collect()
+        };
+        collect(outcome, addresses, failures, skipped, |index, message| {
+            InstanceError::Panicked {
+                engine: engines[index].clone(),
+                message,
+            }
+        });
+    }
+
+    async fn destroy_one(
+        &self,
+        address: &Address,
+        state: &Mutex<State>,
+    ) -> Result<(), InstanceError> {
+        let Some(saved) = locked(state).instances.get(address).cloned() else {
+            return Ok(());
+        };
+        self.report.step(address, "destroying");
+        let mut supervisor = self.supervisors.connect();
+        lifecycle::destroy(supervisor.as_mut(), address, &saved).await?;
+        let mut guard = locked(state);
+        guard.instances.remove(address);
+        guard.write(&self.project.kip_dir)?;
+        drop(guard);
+        self.report.step(address, "destroyed");
+        Ok(())
+    }
+}
+
+/// The addresses of the instances that `address` (an instance or an object) belongs to or lies below, among
+/// `known`: for `kip url`, `kip destroy ADDR`.
+pub fn owning_instance<'k>(
+    known: impl IntoIterator<Item = &'k Address>,
+    address: &Address,
+) -> Option<&'k Address> {
+    known
+        .into_iter()
+        .find(|instance| address.is_within(instance) && instance.is_instance())
+}
+
+/// The set of instances `address` depends on, from the state (for ordering deletions and stops).
+pub fn state_dependencies(state: &State) -> BTreeMap<Address, BTreeSet<Address>> {
+    state
+        .instances
+        .iter()
+        .map(|(address, saved)| {
+            (
+                address.clone(),
+                saved.depends_on.iter().cloned().collect::<BTreeSet<_>>(),
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,357 @@
+//! The engine contract: what a provider implements so that core can plan, start, converge, prune and stop its
+//! instances without knowing which engine it is.
+//!
+//! The shape, in the order core drives it (see [`crate::lifecycle`]):
+//!
+//! - **Describe**: [`Engine::schema`] is the engine's `kip-schemas` description. Core builds every node's desired
+//!   attributes from it (defaults filled in, `sensitive` redacted, `forces_replacement` planned as `-/+`), so an
+//!   argument the schema documents always reaches the provider; providers read them as typed values
+//!   ([`InstanceCtx::args`], [`crate::plan::Change::after_as`]) into structs that deny unknown fields, which is
+//!   what makes a forgotten argument a test failure rather than a silent drop.
+//! - **Provision** a data directory (idempotent; also rewrites the configuration of a stopped instance), then
+//!   **spawn** the processes [`Engine::spawn_specs`] describes (one or several, with `after` ordering, probes,
+//!   a reload signal, jobs), then **after-start** once in the life of an instance (recorded in state, not a
+//!   marker), **reconfigure** a running instance whose own attributes changed, **refresh** what exists,
+//!   **converge** object changes straight from the plan, and give **exports** (url, host, port, …) that other
+//!   blocks reference.
+//! - Errors are [`EngineError`]s: a message, a typed source kept for the chain, and a hint for the user.
+//!
+//! The types in [`spec`] are plain data shared with the supervisor.
+
+pub mod spec;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use kip_schemas::EngineSchema;
+use serde::de::DeserializeOwned;
+
+pub use spec::{Probe, ProbeKind, RestartPolicy, RunAs, SpawnSpec, StopSpec};
+
+use crate::address::Address;
+use crate::plan::{Attributes, Change, Desired};
+use crate::resolve::Toolchain;
+
+/// A boxed future, so that engines can be used as trait objects.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// An engine's error: what failed, the typed cause (kept for the `caused by:` chain), and what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct EngineError {
+    pub message: String,
+    pub hint: Option<String>,
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl EngineError {
+    pub fn new(message: impl Into<String>) -> Self {
+        EngineError {
+            message: message.into(),
+            hint: None,
+            source: None,
+        }
+    }
+
+    pub fn with_source(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        EngineError {
+            message: message.into(),
+            hint: None,
+            source: Some(Box::new(source)),
+        }
+    }
+
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+/// What it takes to apply a running instance's changed attributes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reconfigure {
+    /// Nothing, or the engine applied them itself (a live `SET`, `CONFIG SET`).
+    Done,
+    /// Ask the supervisor to send each process its reload signal.
+    Reload,
+    /// Stop and start the processes.
+    Restart,
+}
+
+/// An object kip manages in an instance, as refresh is asked about it.
+#[derive(Debug, Clone)]
+pub struct Managed {
+    pub address: Address,
+    pub kind: String,
+    /// The desired attributes when the configuration declares it, else the ones last applied.
+    pub attributes: Attributes,
+    pub declared: bool,
+}
+
+/// An object as the running engine reports it. Attributes the engine cannot read (a password) are left out, and
+/// the state's last applied value stands in for them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    pub address: Address,
+    pub attributes: Attributes,
+}
+
+/// An instance's or object's exported attributes, by the names its schema declares (`url`, `host`, `port`,
+/// `socket`, `user`, `password`, `name`, …). Which of them are sensitive is the schema's to say.
+pub type Exports = BTreeMap<String, serde_json::Value>;
+
+/// Secrets kip generates for an instance (passwords, keys), kept in state only; never in a plan or a log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Secrets(pub BTreeMap<String, String>);
+
+impl Secrets {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
+    /// The secret called `key`, generated (random, hex, 32 characters) the first time it is asked for.
+    pub fn get_or_generate(&mut self, key: &str) -> Result<String, EngineError> {
+        if let Some(secret) = self.0.get(key) {
+            return Ok(secret.clone());
+        }
+        let secret = random_hex(16)?;
+        self.0.insert(key.to_owned(), secret.clone());
+        Ok(secret)
+    }
+
+    pub fn remove(&mut self, key: &str) {
+        self.0.remove(key);
+    }
+}
+
+/// `bytes` random bytes from the operating system, as hex. Never falls back to anything weaker.
+pub fn random_hex(bytes: usize) -> Result<String, EngineError> {
+    let mut buffer = vec![0u8; bytes];
+    getrandom::getrandom(&mut buffer).map_err(|error| {
+        EngineError::new(format!(
+            "the operating system gave no random bytes for a secret: {error}"
+        ))
+    })?;
+    Ok(buffer.iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
+/// An object of the instance as apply and exports see it: declared (desired) or last applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectView {
+    pub kind: String,
+    pub attributes: Attributes,
+}
+
+/// Everything an engine sees of one instance.
+#[derive(Debug, Clone)]
+pub struct InstanceCtx {
+    pub address: Address,
+    /// The instance's own attributes, with real values (secrets and references resolved).
+    pub attributes: Attributes,
+    /// The instance's objects, declared or last applied, with real values.
+    pub objects: BTreeMap<Address, ObjectView>,
+    /// The resolved engine build; `None` for unversioned engines (`process`).
+    pub toolchain: Option<Toolchain>,
+    /// The instance's own data directory (created by provision).
+    pub data_dir: PathBuf,
+    /// Where its sockets go (private to the instance).
+    pub run_dir: PathBuf,
+    /// Where its processes' logs go (`<log_dir>/<process>.log`).
+    pub log_dir: PathBuf,
+    /// The project directory (where kip.hcl is): relative paths in the configuration start there.
+    pub project_dir: PathBuf,
+    /// A shared cache for templates (initialised data dirs per version), one per machine and account.
+    pub templates: PathBuf,
+    pub run_as: Option<RunAs>,
+    pub secrets: Secrets,
+    /// Loopback ports allocated to the instance, by name, kept in state so they stay the same.
+    pub ports: BTreeMap<String, u16>,
+    /// Whether the after-start step ran already (once in the life of the instance).
+    pub initialized: bool,
+}
+
+impl InstanceCtx {
+    /// The instance's attributes as the provider's typed view.
+    pub fn args<T: DeserializeOwned>(&self) -> Result<T, EngineError> {
+        typed(&self.address, &self.attributes)
+    }
+
+    /// The log file of a process of this instance.
+    pub fn log(&self, process: &str) -> PathBuf {
+        self.log_dir.join(format!("{process}.log"))
+    }
+
+    /// The toolchain, for engines that have one.
+    pub fn toolchain(&self) -> Result<&Toolchain, EngineError> {
+        self.toolchain
+            .as_ref()
+            .ok_or_else(|| EngineError::new(format!("{} has no resolved toolchain", self.address)))
+    }
+
+    /// A free loopback port for `name`, allocated once and kept in state, so the instance keeps its address
+    /// across restarts.
+    pub fn port(&mut self, name: &str) -> Result<u16, EngineError> {
+        if let Some(port) = self.ports.get(name) {
+            return Ok(*port);
+        }
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))
+            .and_then(|listener| listener.local_addr())
+            .map_err(|error| EngineError::with_source("cannot find a free loopback port", error))?;
+        self.ports.insert(name.to_owned(), listener.port());
+        Ok(listener.port())
+    }
+
+    /// The objects of `kind`, in address order.
+    pub fn objects_of<'a>(
+        &'a self,
+        kind: &'a str,
+    ) -> impl Iterator<Item = (&'a Address, &'a ObjectView)> + 'a {
+        self.objects
+            .iter()
+            .filter(move |(_, object)| object.kind == kind)
+    }
+}
+
+/// Reads attributes into a provider's typed view; a mismatch is a bug in the provider (the checker already
+/// validated the values against the schema), reported with the node it happened on.
+pub fn typed<T: DeserializeOwned>(
+    address: &Address,
+    attributes: &Attributes,
+) -> Result<T, EngineError> {
+    let object: serde_json::Map<String, serde_json::Value> = attributes
+        .iter()
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    serde_json::from_value(serde_json::Value::Object(object)).map_err(|error| {
+        EngineError::with_source(
+            format!("the provider cannot read the attributes of {address}"),
+            error,
+        )
+        .hint("this is a bug in kip's provider: please report it with the configuration block")
+    })
+}
+
+/// An engine: how kip provisions, starts, reconfigures, refreshes, converges and exports its instances. Optional
+/// steps have defaults, so a provider implements what its engine has.
+pub trait Engine: Send + Sync {
+    /// The engine's schema, as `kip-schemas` describes it.
+    fn schema(&self) -> &'static EngineSchema;
+
+    fn name(&self) -> &'static str {
+        self.schema().name
+    }
+
+    /// Adds attributes derived from the declared ones to a desired node (a role that logs in has a password),
+    /// so that the plan compares what the engine can report.
+    fn derive(&self, _node: &mut Desired) {}
+
+    /// Creates the instance's data directory when it does not exist, and (re)writes its configuration from the
+    /// instance's attributes. Idempotent: it runs before every start of a stopped instance.
+    fn provision<'a>(
+        &'a self,
+        instance: &'a mut InstanceCtx,
+    ) -> BoxFuture<'a, Result<(), EngineError>>;
+
+    /// The processes to run, in start order.
+    fn spawn_specs(&self, instance: &InstanceCtx) -> Result<Vec<SpawnSpec>, EngineError>;
+
+    /// The loopback TCP ports the instance's configuration declares; apply refuses to start when one is taken.
+    fn ports(&self, _instance: &InstanceCtx) -> Vec<u16> {
+        Vec::new()
+    }
+
+    /// Waits until the started instance serves its clients (its processes passed their probes already): the
+    /// *ready* step, through the engine's own client. PostgreSQL, for one, listens a moment before it takes
+    /// sessions.
+    fn ready<'a>(&'a self, _instance: &'a InstanceCtx) -> BoxFuture<'a, Result<(), EngineError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Runs once in the life of an instance, after its first start, before anything else may use it.
+    fn after_start<'a>(
+        &'a self,
+        _instance: &'a InstanceCtx,
+    ) -> BoxFuture<'a, Result<(), EngineError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Applies a change of the instance's own attributes to the running instance (its configuration was
+    /// rewritten by provision already) and says what else it takes.
+    fn reconfigure<'a>(
+        &'a self,
+        _instance: &'a mut InstanceCtx,
+        _change: &'a Change,
+    ) -> BoxFuture<'a, Result<Reconfigure, EngineError>> {
+        Box::pin(async { Ok(Reconfigure::Restart) })
+    }
+
+    /// Reads what exists of the managed objects, in a constant number of round trips. Objects that do not
+    /// exist are left out.
+    fn refresh<'a>(
+        &'a self,
+        _instance: &'a InstanceCtx,
+        _managed: &'a [Managed],
+    ) -> BoxFuture<'a, Result<Vec<Observed>, EngineError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// Applies this instance's object changes (creates, updates, replacements, deletions in the order given:
+    /// deletions last, in reverse dependency order), with real values.
+    fn converge<'a>(
+        &'a self,
+        _instance: &'a mut InstanceCtx,
+        _changes: &'a [Change],
+    ) -> BoxFuture<'a, Result<(), EngineError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// The exported attributes of the instance (`object` None) or of one of its objects.
+    fn exports(
+        &self,
+        instance: &InstanceCtx,
+        object: Option<&Address>,
+    ) -> Result<Exports, EngineError>;
+}
+
+/// The engines kip can run, by name. Providers register theirs (`kip_providers::engines()`); core names none.
+#[derive(Clone, Default)]
+pub struct Engines {
+    engines: BTreeMap<&'static str, Arc<dyn Engine>>,
+}
+
+impl std::fmt::Debug for Engines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.engines.keys()).finish()
+    }
+}
+
+impl Engines {
+    pub fn new() -> Engines {
+        Engines::default()
+    }
+
+    pub fn register(&mut self, engine: impl Engine + 'static) {
+        self.engines.insert(engine.name(), Arc::new(engine));
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Engine>> {
+        self.engines.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.engines.keys().copied()
+    }
+
+    /// The schemas of the registered engines, for the checker.
+    pub fn schemas(&self) -> Vec<&'static EngineSchema> {
+        self.engines
+            .values()
+            .map(|engine| engine.schema())
+            .collect()
+    }
+}

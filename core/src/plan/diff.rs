@@ -1,0 +1,328 @@
+//! The diff of desired against existing nodes, and the redaction of secrets on the way into the plan.
+//!
+//! Every attribute of a desired node is compared (the schema filled in defaults, so a setting the user did not
+//! write is still the engine's default, and drift away from it shows). An attribute the existing side lacks is
+//! `null` there. A sensitive value is compared in memory and leaves as a fingerprint.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sha2::Digest as _;
+
+use super::{Action, Attributes, Change, Desired, Existing, SENSITIVE_PREFIX};
+use crate::address::Address;
+use crate::engine::random_hex;
+
+/// Fingerprints sensitive values with a key that exists only for one plan: equal values get equal fingerprints
+/// within the plan, and nothing outside it can tell what they were.
+#[derive(Debug, Clone)]
+pub struct Fingerprinter {
+    key: String,
+}
+
+impl Fingerprinter {
+    pub fn new() -> Fingerprinter {
+        // No randomness means no key an attacker could not guess: a constant would let a plan file be checked
+        // against candidate passwords. Failing here is better; the OS always has random bytes in practice.
+        Fingerprinter {
+            key: random_hex(32).expect("the operating system provides random bytes"),
+        }
+    }
+
+    /// `"sensitive:<16 hex>"` for a value; `null` stays `null` (nothing set is not a secret).
+    pub fn redact(&self, value: &serde_json::Value) -> serde_json::Value {
+        if value.is_null() {
+            return serde_json::Value::Null;
+        }
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(self.key.as_bytes());
+        hasher.update([0]);
+        hasher.update(value.to_string().as_bytes());
+        let digest = hasher.finalize();
+        let hex: String = digest[..8]
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        serde_json::Value::String(format!("{SENSITIVE_PREFIX}{hex}"))
+    }
+
+    fn redact_all(&self, attributes: &Attributes, sensitive: &BTreeSet<String>) -> Attributes {
+        attributes
+            .iter()
+            .map(|(name, value)| {
+                let value = if sensitive.contains(name) {
+                    self.redact(value)
+                } else {
+                    value.clone()
+                };
+                (name.clone(), value)
+            })
+            .collect()
+    }
+}
+
+impl Default for Fingerprinter {
+    fn default() -> Self {
+        Fingerprinter::new()
+    }
+}
+
+/// Compares desired with existing nodes; existing nodes nobody desires are deleted.
+pub fn diff(
+    desired: &[Desired],
+    existing: &BTreeMap<Address, Existing>,
+    fingerprints: &Fingerprinter,
+) -> Vec<Change> {
+    let mut changes = Vec::new();
+    let mut seen = BTreeSet::new();
+    for want in desired {
+        seen.insert(&want.address);
+        let after = fingerprints.redact_all(&want.attributes, &want.sensitive);
+        let Some(have) = existing.get(&want.address) else {
+            changes.push(Change {
+                address: want.address.clone(),
+                engine: want.engine.clone(),
+                kind: want.kind.clone(),
+                action: Action::Create,
+                before: None,
+                after: Some(after),
+                after_unknown: want.unknown.clone(),
+                replace_because: Vec::new(),
+                sensitive: want.sensitive.clone(),
+                prevent_destroy: want.prevent_destroy,
+                depends_on: want.depends_on.clone(),
+            });
+            continue;
+        };
+        let sensitive: BTreeSet<String> = want.sensitive.union(&have.sensitive).cloned().collect();
+        let before_real: Attributes = want
+            .attributes
+            .keys()
+            .map(|key| {
+                let value = have
+                    .attributes
+                    .get(key)
+                    .cloned()
+                    .unwrap_or(serde_json::Value::Null);
+                (key.clone(), value)
+            })
+            .collect();
+        // An attribute the existing side lacks is `null` there.
+        let differing: Vec<String> = want
+            .attributes
+            .iter()
+            .filter(|(key, value)| {
+                want.unknown.contains(*key)
+                    || have
+                        .attributes
+                        .get(*key)
+                        .unwrap_or(&serde_json::Value::Null)
+                        != *value
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        let replace_because: Vec<String> = differing
+            .iter()
+            .filter(|key| want.replace_on.contains(*key))
+            .cloned()
+            .collect();
+        let action = if differing.is_empty() {
+            Action::Noop
+        } else if replace_because.is_empty() {
+            Action::Update
+        } else {
+            Action::Replace
+        };
+        changes.push(Change {
+            address: want.address.clone(),
+            engine: want.engine.clone(),
+            kind: want.kind.clone(),
+            action,
+            before: Some(fingerprints.redact_all(&before_real, &sensitive)),
+            after: Some(after),
+            after_unknown: want.unknown.clone(),
+            replace_because,
+            sensitive,
+            // While the block exists, the configuration says whether it is protected (it can be unprotected).
+            prevent_destroy: want.prevent_destroy,
+            depends_on: want.depends_on.clone(),
+        });
+    }
+    for (address, have) in existing {
+        if seen.contains(address) {
+            continue;
+        }
+        changes.push(Change {
+            address: address.clone(),
+            engine: have.engine.clone(),
+            kind: have.kind.clone(),
+            action: Action::Delete,
+            before: Some(fingerprints.redact_all(&have.attributes, &have.sensitive)),
+            after: None,
+            after_unknown: BTreeSet::new(),
+            replace_because: Vec::new(),
+            sensitive: have.sensitive.clone(),
+            prevent_destroy: have.prevent_destroy,
+            depends_on: have.depends_on.clone(),
+        });
+    }
+    changes
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::super::{PLAN_FORMAT, Plan, Summary};
+    use super::*;
+
+    fn attrs(pairs: &[(&str, serde_json::Value)]) -> Attributes {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect()
+    }
+
+    fn address(label: &str) -> Address {
+        Address::instance("postgres", "main", None).named_child("database", label)
+    }
+
+    fn want(label: &str, attributes: Attributes) -> Desired {
+        Desired {
+            address: address(label),
+            engine: "postgres".into(),
+            kind: "database".into(),
+            attributes,
+            unknown: BTreeSet::new(),
+            replace_on: ["encoding".to_owned()].into(),
+            sensitive: ["password".to_owned()].into(),
+            prevent_destroy: false,
+            depends_on: Vec::new(),
+        }
+    }
+
+    fn have(label: &str, attributes: Attributes, prevent_destroy: bool) -> (Address, Existing) {
+        let existing = Existing {
+            address: address(label),
+            engine: "postgres".into(),
+            kind: "database".into(),
+            attributes,
+            sensitive: BTreeSet::new(),
+            prevent_destroy,
+            depends_on: Vec::new(),
+        };
+        (address(label), existing)
+    }
+
+    #[test]
+    fn every_action_and_the_summary() {
+        let desired = vec![
+            want("a", attrs(&[("owner", json!("app"))])),
+            want("b", attrs(&[("owner", json!("app"))])),
+            want("c", attrs(&[("encoding", json!("UTF8"))])),
+            want("d", attrs(&[("owner", json!("app"))])),
+        ];
+        let existing: BTreeMap<Address, Existing> = [
+            have(
+                "b",
+                attrs(&[("owner", json!("other")), ("connection_limit", json!(-1))]),
+                false,
+            ),
+            have("c", attrs(&[("encoding", json!("LATIN1"))]), false),
+            have(
+                "d",
+                attrs(&[("owner", json!("app")), ("extra", json!(1))]),
+                false,
+            ),
+            have("e", attrs(&[("owner", json!("x"))]), true),
+        ]
+        .into_iter()
+        .collect();
+        let changes = diff(&desired, &existing, &Fingerprinter::new());
+        let actions: Vec<(String, Action)> = changes
+            .iter()
+            .map(|c| (c.address.label().unwrap().to_owned(), c.action))
+            .collect();
+        let expected = [
+            ("a", Action::Create),
+            ("b", Action::Update),
+            ("c", Action::Replace),
+            ("d", Action::Noop),
+            ("e", Action::Delete),
+        ];
+        assert_eq!(
+            actions,
+            expected.map(|(label, action)| (label.to_owned(), action))
+        );
+        assert_eq!(changes[1].changed_attributes(), ["owner"]);
+        assert_eq!(changes[2].replace_because, ["encoding"]);
+        let plan = Plan {
+            format_version: PLAN_FORMAT.into(),
+            lineage: "l".into(),
+            serial: 1,
+            changes,
+        };
+        assert_eq!(
+            plan.summary(),
+            Summary {
+                add: 2,
+                change: 1,
+                destroy: 2
+            }
+        );
+        assert_eq!(plan.prevented().len(), 1);
+    }
+
+    #[test]
+    fn secrets_leave_as_fingerprints_that_still_show_a_change() {
+        let fingerprints = Fingerprinter::new();
+        let desired = vec![
+            want("same", attrs(&[("password", json!("hunter2"))])),
+            want("new", attrs(&[("password", json!("correct horse"))])),
+        ];
+        let existing: BTreeMap<Address, Existing> = [
+            have("same", attrs(&[("password", json!("hunter2"))]), false),
+            have(
+                "new",
+                attrs(&[("password", json!("battery staple"))]),
+                false,
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let changes = diff(&desired, &existing, &fingerprints);
+        let text = serde_json::to_string(&changes).unwrap();
+        for secret in ["hunter2", "correct horse", "battery staple"] {
+            assert!(!text.contains(secret), "{text}");
+        }
+        let by_label = |label: &str| {
+            changes
+                .iter()
+                .find(|c| c.address.label() == Some(label))
+                .unwrap()
+        };
+        assert_eq!(by_label("same").action, Action::Noop);
+        assert_eq!(by_label("new").action, Action::Update);
+        assert_eq!(by_label("new").changed_attributes(), ["password"]);
+        // Another plan's fingerprints of the same value differ: a fingerprint cannot be looked up.
+        assert_ne!(
+            Fingerprinter::new().redact(&json!("hunter2")),
+            fingerprints.redact(&json!("hunter2"))
+        );
+    }
+
+    #[test]
+    fn an_unknown_value_is_a_change_even_when_the_rest_matches() {
+        let mut node = want("a", attrs(&[("owner", json!("app")), ("url", json!(null))]));
+        node.unknown.insert("url".into());
+        let existing: BTreeMap<Address, Existing> = [have(
+            "a",
+            attrs(&[("owner", json!("app")), ("url", json!("x"))]),
+            false,
+        )]
+        .into_iter()
+        .collect();
+        let changes = diff(&[node], &existing, &Fingerprinter::new());
+        assert_eq!(changes[0].action, Action::Update);
+        assert_eq!(changes[0].changed_attributes(), ["url"]);
+    }
+}

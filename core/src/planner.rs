@@ -1,0 +1,311 @@
+//! Plan: what the configuration implies ([`crate::desired`]), against what exists (the state, refreshed from
+//! the running engines so that a change made behind kip's back shows up), diffed into a [`Plan`].
+//!
+//! Instances are planned in dependency order. Once an instance is planned, if neither it nor any of its objects
+//! changes, its exports join the [`Scope`], so a reference to it is a known value in the plan; otherwise a
+//! reference to it is `(known after apply)`.
+
+// Errors here carry resolve, supervisor and engine errors whole (with the log lines they quote); they are built once
+// per failed instance, never in a loop, so boxing them would cost clarity for nothing.
+#![allow(clippy::result_large_err)]
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::address::Address;
+use crate::apply::lifecycle;
+use crate::config::{Config, Instance};
+use crate::desired::{DesiredError, desired_nodes};
+use crate::engine::{EngineError, Engines, Managed};
+use crate::graph::Graph;
+use crate::plan::{self, Action, Change, Existing, Fingerprinter, INSTANCE, Plan};
+use crate::project::Project;
+use crate::references::Scope;
+use crate::state::{InstanceState, ObjectState, State};
+use crate::supervise::Supervisors;
+use crate::supervisor::{ProcessState, SupervisorError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("kip cannot run {engine} instances yet ({address})")]
+    Unsupported { engine: String, address: Address },
+    #[error(transparent)]
+    Desired(#[from] DesiredError),
+    #[error("{address}: cannot read what exists")]
+    Refresh {
+        address: Address,
+        #[source]
+        source: EngineError,
+    },
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+}
+
+impl PlanError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            PlanError::Unsupported { .. } => Some(
+                "this kip runs postgres instances and processes; the other engines come next"
+                    .into(),
+            ),
+            PlanError::Refresh { source, .. } => source.hint.clone(),
+            PlanError::Supervisor(error) => error.hint(),
+            PlanError::Desired(_) => None,
+        }
+    }
+}
+
+/// Everything plan needs.
+pub struct Planner<'a> {
+    pub project: &'a Project,
+    pub config: &'a Config,
+    pub graph: &'a Graph,
+    pub engines: &'a Engines,
+    pub state: &'a State,
+    pub supervisors: &'a dyn Supervisors,
+    /// Ask running engines what exists (`--refresh=false` trusts the state).
+    pub refresh: bool,
+}
+
+fn existing_instance(address: &Address, saved: &InstanceState) -> Existing {
+    Existing {
+        address: address.clone(),
+        engine: saved.engine.clone(),
+        kind: INSTANCE.into(),
+        attributes: saved.attributes.clone(),
+        sensitive: saved.sensitive.clone(),
+        prevent_destroy: saved.prevent_destroy,
+        depends_on: saved.depends_on.clone(),
+    }
+}
+
+fn existing_object(address: &Address, engine: &str, saved: &ObjectState) -> Existing {
+    Existing {
+        address: address.clone(),
+        engine: engine.to_owned(),
+        kind: saved.kind.clone(),
+        attributes: saved.attributes.clone(),
+        sensitive: saved.sensitive.clone(),
+        prevent_destroy: saved.prevent_destroy,
+        depends_on: Vec::new(),
+    }
+}
+
+impl Planner<'_> {
+    pub async fn plan(&self) -> Result<Plan, PlanError> {
+        let fingerprints = Fingerprinter::new();
+        // One status request for the whole plan: which instances run, and so can be refreshed.
+        let statuses = if self.refresh {
+            self.supervisors.running().await?
+        } else {
+            Vec::new()
+        };
+        let mut scope = Scope::new();
+        let mut changes = Vec::new();
+        for instance in self.instances_in_order() {
+            let address = &instance.address;
+            let engine = self
+                .engines
+                .get(instance.engine.name)
+                .ok_or_else(|| PlanError::Unsupported {
+                    engine: instance.engine.name.into(),
+                    address: address.clone(),
+                })?
+                .as_ref();
+            let desired = desired_nodes(self.config, self.graph, instance, engine, &scope)?;
+            let saved = self.state.instances.get(address);
+            let mut existing: BTreeMap<Address, Existing> = BTreeMap::new();
+            if let Some(saved) = saved {
+                existing.insert(address.clone(), existing_instance(address, saved));
+                let running = lifecycle::processes_of(&statuses, address)
+                    .iter()
+                    .any(|status| status.state == ProcessState::Ready);
+                self.existing_objects(instance, saved, &desired, running, &mut existing)
+                    .await?;
+            }
+            // An object attribute the configuration leaves unset (`null`, no default) is the engine's to choose,
+            // as Terraform's optional computed attributes: whatever it is, it is not a change. (The instance's
+            // own attributes compare exactly: an unset `port` means no TCP listener.)
+            for node in desired.iter().filter(|node| !node.address.is_instance()) {
+                if let Some(have) = existing.get_mut(&node.address) {
+                    for (name, value) in &node.attributes {
+                        if value.is_null() && !node.unknown.contains(name) {
+                            have.attributes
+                                .insert(name.clone(), serde_json::Value::Null);
+                        }
+                    }
+                }
+            }
+            let mut instance_changes = plan::diff(&desired, &existing, &fingerprints);
+            let replaced = instance_changes
+                .iter()
+                .any(|c| c.is_instance() && c.action == Action::Replace);
+            if replaced {
+                // A replaced instance starts empty: its declared objects are created again, and what it had goes
+                // with its data.
+                instance_changes.retain(|c| c.is_instance() || c.action != Action::Delete);
+                for change in instance_changes.iter_mut().filter(|c| !c.is_instance()) {
+                    change.action = Action::Create;
+                    change.before = None;
+                    change.replace_because.clear();
+                }
+            }
+            let unchanged = instance_changes.iter().all(|c| c.action == Action::Noop);
+            if unchanged && let Some(saved) = saved {
+                let ctx = lifecycle::ctx_from_state(self.project, address, saved);
+                let (exports, objects) = lifecycle::instance_exports(engine, &ctx);
+                scope.add_instance(address, exports, objects);
+            }
+            changes.extend(instance_changes);
+        }
+        // Instances the configuration no longer declares: deleted with everything in them.
+        let declared: BTreeSet<&Address> =
+            self.config.instances.iter().map(|i| &i.address).collect();
+        let gone: BTreeMap<Address, Existing> = self
+            .state
+            .instances
+            .iter()
+            .filter(|(address, _)| !declared.contains(address))
+            .map(|(address, saved)| (address.clone(), existing_instance(address, saved)))
+            .collect();
+        changes.extend(plan::diff(&[], &gone, &fingerprints));
+        Ok(Plan {
+            format_version: plan::PLAN_FORMAT.into(),
+            lineage: self.state.lineage.clone(),
+            serial: self.state.serial,
+            changes,
+        })
+    }
+
+    /// The declared instances, dependencies first (the graph's order).
+    fn instances_in_order(&self) -> Vec<&Instance> {
+        let mut ordered: Vec<&Instance> = Vec::new();
+        for node in self.graph.topological() {
+            if node.kind.is_none()
+                && let Some(instance) = self.config.instance(&node.address)
+            {
+                ordered.push(instance);
+            }
+        }
+        for instance in &self.config.instances {
+            if !ordered.iter().any(|i| i.address == instance.address) {
+                ordered.push(instance);
+            }
+        }
+        ordered
+    }
+
+    /// The objects that exist in an applied instance: refreshed from the engine when it runs, else as the state
+    /// remembers them.
+    async fn existing_objects(
+        &self,
+        instance: &Instance,
+        saved: &InstanceState,
+        desired: &[plan::Desired],
+        running: bool,
+        existing: &mut BTreeMap<Address, Existing>,
+    ) -> Result<(), PlanError> {
+        let address = &instance.address;
+        let engine_name = instance.engine.name;
+        if !(self.refresh && running) {
+            for (object, saved_object) in &saved.objects {
+                existing.insert(
+                    object.clone(),
+                    existing_object(object, engine_name, saved_object),
+                );
+            }
+            return Ok(());
+        }
+        let engine = self
+            .engines
+            .get(engine_name)
+            .expect("checked by the caller")
+            .as_ref();
+        // What kip manages here: the objects the configuration declares (with their desired attributes) and the
+        // ones it created before (with their attributes as last applied).
+        let declared: BTreeMap<&Address, &plan::Desired> = desired
+            .iter()
+            .filter(|node| !node.address.is_instance())
+            .map(|node| (&node.address, node))
+            .collect();
+        let mut managed: Vec<Managed> = declared
+            .values()
+            .map(|node| Managed {
+                address: node.address.clone(),
+                kind: node.kind.clone(),
+                attributes: node.attributes.clone(),
+                declared: true,
+            })
+            .collect();
+        for (object, saved_object) in &saved.objects {
+            if !declared.contains_key(object) {
+                managed.push(Managed {
+                    address: object.clone(),
+                    kind: saved_object.kind.clone(),
+                    attributes: saved_object.attributes.clone(),
+                    declared: false,
+                });
+            }
+        }
+        let ctx = lifecycle::ctx_from_state(self.project, address, saved);
+        let observed =
+            engine
+                .refresh(&ctx, &managed)
+                .await
+                .map_err(|source| PlanError::Refresh {
+                    address: address.clone(),
+                    source,
+                })?;
+        let observed: BTreeMap<Address, plan::Attributes> = observed
+            .into_iter()
+            .map(|node| (node.address, node.attributes))
+            .collect();
+        for node in &managed {
+            let saved_object = saved.objects.get(&node.address);
+            match observed.get(&node.address) {
+                Some(live) => {
+                    // What the engine reports wins; what it cannot read (a password) is as last applied.
+                    let mut attributes = saved_object
+                        .map(|o| o.attributes.clone())
+                        .unwrap_or_default();
+                    attributes.extend(live.clone());
+                    existing.insert(
+                        node.address.clone(),
+                        Existing {
+                            address: node.address.clone(),
+                            engine: engine_name.to_owned(),
+                            kind: node.kind.clone(),
+                            attributes,
+                            sensitive: saved_object
+                                .map(|o| o.sensitive.clone())
+                                .unwrap_or_default(),
+                            // Protection outlives the block: a removed `prevent_destroy = true` stays protected.
+                            prevent_destroy: saved_object.is_some_and(|o| o.prevent_destroy),
+                            depends_on: Vec::new(),
+                        },
+                    );
+                }
+                // Created by kip, no longer declared, and not reported (gone already, or something the engine cannot
+                // see, such as a grant): planned as a delete from the state, which the engine carries out
+                // idempotently.
+                None if !node.declared => {
+                    if let Some(saved_object) = saved_object {
+                        existing.insert(
+                            node.address.clone(),
+                            existing_object(&node.address, engine_name, saved_object),
+                        );
+                    }
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The changes of a plan that touch `instance` or its objects.
+pub fn changes_of<'p>(plan: &'p Plan, instance: &Address) -> Vec<&'p Change> {
+    plan.changes
+        .iter()
+        .filter(|change| change.address.is_within(instance))
+        .collect()
+}

@@ -1,0 +1,178 @@
+//! Refresh: what exists of the objects kip manages, read in one session on `postgres` plus one per database whose
+//! insides kip manages (declared extensions, schemas, schema-level grants), and reported with the same attribute
+//! names the plan compares. Objects that do not exist are left out; what PostgreSQL cannot report (a password) is
+//! left out too, and the state's last applied value stands in.
+
+use std::collections::BTreeSet;
+
+use kip_core::engine::{EngineError, Managed, Observed};
+use kip_core::plan::Attributes;
+use serde_json::{Value as Json, json};
+
+use super::args::GrantArgs;
+use super::converge::grant_spec;
+use super::engine::pg_error;
+use super::{Connector, GrantTarget, Live};
+
+pub async fn refresh(
+    connector: &Connector,
+    managed: &[Managed],
+) -> Result<Vec<Observed>, EngineError> {
+    let contents = databases_with_contents(managed);
+    let live = super::sql::read_live_of(connector, Some(&contents))
+        .await
+        .map_err(|e| pg_error("cannot read PostgreSQL", e))?;
+    Ok(managed
+        .iter()
+        .filter_map(|node| {
+            observe(&live, node).map(|attributes| Observed {
+                address: node.address.clone(),
+                attributes,
+            })
+        })
+        .collect())
+}
+
+fn text(attributes: &Attributes, name: &str) -> Option<String> {
+    attributes
+        .get(name)
+        .and_then(Json::as_str)
+        .map(str::to_owned)
+}
+
+fn object(value: Json) -> Attributes {
+    value
+        .as_object()
+        .map(|map| map.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        .unwrap_or_default()
+}
+
+/// What the server has of one managed object, or `None` when it does not exist.
+fn observe(live: &Live, node: &Managed) -> Option<Attributes> {
+    // Grants are unlabelled; every other object has a name.
+    let name = node.address.label().unwrap_or_default().to_owned();
+    match node.kind.as_str() {
+        "role" => {
+            let role = live.roles.get(&name)?;
+            Some(object(json!({
+                "login": role.login, "superuser": role.superuser, "createdb": role.createdb,
+                "createrole": role.createrole, "inherit": role.inherit, "replication": role.replication,
+                "bypassrls": role.bypassrls, "connection_limit": role.connection_limit,
+                "valid_until": role.valid_until, "member_of": role.member_of, "has_password": role.has_password,
+            })))
+        }
+        "database" => {
+            let database = live.databases.get(&name)?;
+            let mut attributes = object(json!({
+                "owner": database.owner, "encoding": database.encoding, "lc_collate": database.lc_collate,
+                "lc_ctype": database.lc_ctype, "connection_limit": database.connection_limit,
+                "is_template": database.is_template, "allow_connections": database.allow_connections,
+            }));
+            if database.contents_read {
+                // plpgsql comes with every database (from template1); it is not kip's to manage.
+                let extensions: Vec<&String> = database
+                    .extensions
+                    .keys()
+                    .filter(|name| *name != "plpgsql")
+                    .collect();
+                attributes.insert("extensions".into(), json!(extensions));
+            }
+            Some(attributes)
+        }
+        "schema" => {
+            let database_name =
+                text(&node.attributes, "database").unwrap_or_else(|| "postgres".into());
+            let schema = live.databases.get(&database_name)?.schemas.get(&name)?;
+            Some(object(
+                json!({ "owner": schema.owner, "database": database_name }),
+            ))
+        }
+        "extension" => {
+            let database_name =
+                text(&node.attributes, "database").unwrap_or_else(|| "postgres".into());
+            let extension = live.databases.get(&database_name)?.extensions.get(&name)?;
+            Some(object(json!({
+                "schema": extension.schema, "version": extension.version, "database": database_name,
+            })))
+        }
+        "grant" => {
+            let args: GrantArgs = kip_core::engine::typed(&node.address, &node.attributes).ok()?;
+            let spec = grant_spec(&args).ok()?;
+            grant_held(live, &spec).then(|| node.attributes.clone())
+        }
+        _ => None,
+    }
+}
+
+/// Whether the live server already grants what `spec` asks.
+fn grant_held(live: &Live, spec: &super::GrantSpec) -> bool {
+    let all: Vec<&str>;
+    let privileges: Vec<&str> = if spec.privileges.iter().any(|p| p == "ALL") {
+        all = spec.target.all_privileges(live.server_version).to_vec();
+        all.clone()
+    } else {
+        spec.privileges.iter().map(String::as_str).collect()
+    };
+    let Some(database) = live.databases.get(spec.target.database()) else {
+        return false;
+    };
+    let schema = spec
+        .target
+        .schema()
+        .and_then(|name| database.schemas.get(name));
+    let option = spec.with_grant_option;
+    match &spec.target {
+        GrantTarget::Database { .. } => database.holds(&spec.role, &privileges, option),
+        GrantTarget::Schema { .. } => {
+            schema.is_some_and(|s| s.holds(&spec.role, &privileges, option))
+        }
+        GrantTarget::Tables { .. } => {
+            schema.is_some_and(|s| s.tables.holds(&spec.role, &privileges, option))
+        }
+        GrantTarget::Sequences { .. } => {
+            schema.is_some_and(|s| s.sequences.holds(&spec.role, &privileges, option))
+        }
+        GrantTarget::Functions { .. } => {
+            schema.is_some_and(|s| s.functions.holds(&spec.role, &privileges, option))
+        }
+    }
+}
+
+/// The databases whose insides kip manages: only those need a session of their own to refresh.
+fn databases_with_contents(managed: &[Managed]) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for node in managed {
+        match node.kind.as_str() {
+            "database" => {
+                // Declared extensions, or extensions kip created before (so removing the last one is seen).
+                let has_extensions = node
+                    .attributes
+                    .get("extensions")
+                    .and_then(Json::as_array)
+                    .is_some_and(|list| !list.is_empty());
+                if has_extensions && let Some(name) = node.address.label() {
+                    names.insert(name.to_owned());
+                }
+            }
+            "schema" | "extension" => {
+                names.insert(
+                    text(&node.attributes, "database").unwrap_or_else(|| "postgres".into()),
+                );
+            }
+            "grant" => {
+                let on = text(&node.attributes, "on");
+                let schema = text(&node.attributes, "schema");
+                let database = text(&node.attributes, "database");
+                let database_level = match on.as_deref() {
+                    Some(on) => on == "database",
+                    None => !(schema.is_some() && database.is_none()),
+                };
+                if !database_level {
+                    names.insert(database.unwrap_or_else(|| "postgres".into()));
+                }
+            }
+            _ => {}
+        }
+    }
+    names
+}
