@@ -3,6 +3,7 @@
 //! registry from here, so adding an engine is a module and a line below.
 
 pub mod postgres;
+pub mod process;
 
 use kip_core::engine::Engines;
 
@@ -10,5 +11,6 @@ use kip_core::engine::Engines;
 pub fn engines() -> Engines {
     let mut engines = Engines::new();
     engines.register(postgres::Postgres);
+    engines.register(process::Process);
     engines
 }

@@ -12,7 +12,7 @@
 //! BLOCK    = { "name", "doc", "labels": ["name"], "repeatable", "object", "since": "18" | null,
 //!              "arguments": [ARGUMENT], "blocks": [BLOCK], "exports": [EXPORT], "exactly_one_of": [["http", …]] }
 //! ARGUMENT = { "name", "doc", "type": "list(string)", "required", "default": <JSON> | null,
-//!              "sensitive", "since": "18" | null, "forces_replacement" }
+//!              "sensitive", "since": "18" | null, "forces_replacement", "not_yet": "why" | null }
 //! EXPORT   = { "name", "doc", "sensitive" }
 //! ```
 //!
@@ -73,6 +73,7 @@ fn argument_json(argument: &ArgumentSchema) -> Value {
         "sensitive": argument.sensitive,
         "since": argument.since.as_ref().map(ToString::to_string),
         "forces_replacement": argument.forces_replacement,
+        "not_yet": argument.not_yet,
     })
 }
 
@@ -127,7 +128,8 @@ pub fn markdown_index(engines: &[EngineSchema]) -> String {
         "\nIn the tables, **required** arguments must be set; the others are optional, with kip's default \
          shown when there is one. Badges: `since N` (needs engine version N or later; `kip lint` rejects it on \
          older versions), `sensitive` (redacted in plan output), `forces replacement` (changing it later \
-         recreates the object instead of updating it in place).\n",
+         recreates the object instead of updating it in place), **not supported yet** (described, but `kip lint` \
+         refuses it until kip can honour it).\n",
     );
     page
 }
@@ -253,6 +255,9 @@ fn argument_row(argument: &ArgumentSchema) -> String {
     }
     if argument.forces_replacement {
         badges.push("`forces replacement`".to_owned());
+    }
+    if let Some(reason) = argument.not_yet {
+        badges.push(format!("**not supported yet** ({reason})"));
     }
     let badges = if badges.is_empty() {
         String::new()

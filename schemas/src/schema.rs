@@ -27,6 +27,9 @@ pub struct ArgumentSchema {
     /// The value names another object of this kind in the same instance (`owner = "app"` names `role "app"`):
     /// when that object is declared, this block depends on it in the graph.
     pub refers_to: Option<&'static str>,
+    /// Described, but kip cannot honour it yet: lint refuses it with this reason, so it is never silently
+    /// ignored.
+    pub not_yet: Option<&'static str>,
 }
 
 impl ArgumentSchema {
@@ -42,6 +45,7 @@ impl ArgumentSchema {
             since: None,
             forces_replacement: false,
             refers_to: None,
+            not_yet: None,
         }
     }
 
@@ -68,6 +72,12 @@ impl ArgumentSchema {
 
     pub fn forces_replacement(mut self) -> ArgumentSchema {
         self.forces_replacement = true;
+        self
+    }
+
+    /// Marks the argument as described but not supported yet, with why (lint refuses it).
+    pub fn not_yet(mut self, reason: &'static str) -> ArgumentSchema {
+        self.not_yet = Some(reason);
         self
     }
 

@@ -128,6 +128,7 @@ pub mod summary {
     pub const CONFLICTING_ARGUMENTS: &str = "Conflicting arguments";
     pub const ARGUMENT_REQUIRES_NEWER_VERSION: &str = "Argument requires a newer engine version";
     pub const BLOCK_REQUIRES_NEWER_VERSION: &str = "Block requires a newer engine version";
+    pub const ARGUMENT_NOT_SUPPORTED_YET: &str = "Argument not supported yet";
 }
 
 /// Validates `body` (the inside of a block described by `schema`), recursively.
@@ -256,6 +257,17 @@ fn check_attribute(
     if attribute.shape == Shape::Null && !argument.required {
         // null means "unset" for an optional argument.
         return;
+    }
+    if let Some(reason) = argument.not_yet {
+        problems.push(Problem {
+            span: attribute.name_span,
+            summary: summary::ARGUMENT_NOT_SUPPORTED_YET,
+            detail: format!(
+                "kip describes \"{}\" but cannot honour it yet: {reason}. Remove it; kip would otherwise run \
+                 without it.",
+                argument.name
+            ),
+        });
     }
     if let Err(mismatch) = argument.ty.check(&attribute.shape) {
         let location = format_path(argument.name, &mismatch.path);

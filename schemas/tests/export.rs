@@ -43,6 +43,7 @@ fn json_document_shape() {
             "sensitive": false,
             "since": "18",
             "forces_replacement": false,
+            "not_yet": null,
         })
     );
     assert_eq!(argument("version")["type"], json!("scalar"));

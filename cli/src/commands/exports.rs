@@ -103,18 +103,35 @@ pub struct EnvArgs {
     pub vars: VarArgs,
 }
 
-/// `KIP_<ADDRESS>_URL`: capitals, digits and `_`; every other character becomes `_`.
+/// `KIP_<ADDRESS>_URL`: the address's parts (engine, name, key, then kind and label of each step) in capitals,
+/// joined by `_`; in each part every character but ASCII letters and digits becomes `_`. So
+/// `postgres.main.role["app.user"]` is `KIP_POSTGRES_MAIN_ROLE_APP_USER_URL`. Two addresses that map to one name
+/// are refused by `kip env`, never silently merged.
 pub(crate) fn variable_name(address: &Address) -> String {
-    let mut name = String::from("KIP_");
-    for character in address.to_string().chars() {
-        let character = character.to_ascii_uppercase();
-        name.push(
-            if character.is_ascii_uppercase() || character.is_ascii_digit() {
-                character
+    let mut parts: Vec<String> = vec![address.engine.clone(), address.name.clone()];
+    if let Some(key) = &address.key {
+        parts.push(match key {
+            kip_core::address::IndexKey::Number(number) => number.to_string(),
+            kip_core::address::IndexKey::String(text) => text.clone(),
+        });
+    }
+    for step in &address.path {
+        parts.push(step.kind.clone());
+        parts.push(match &step.label {
+            kip_core::address::PathLabel::Name(name) => name.clone(),
+            kip_core::address::PathLabel::Index(index) => index.to_string(),
+        });
+    }
+    let mut name = String::from("KIP");
+    for part in parts {
+        name.push('_');
+        name.extend(part.chars().map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
             } else {
                 '_'
-            },
-        );
+            }
+        }));
     }
     name.push_str("_URL");
     name
@@ -139,7 +156,7 @@ pub(crate) fn env_variables(
         let mut add = |address: &Address,
                        exports: &BTreeMap<String, serde_json::Value>|
          -> anyhow::Result<()> {
-            let Some(url) = exports.get("url") else {
+            let Some(url) = exports.get("url").filter(|url| !url.is_null()) else {
                 return Ok(());
             };
             let name = variable_name(address);

@@ -224,6 +224,7 @@ impl Applier<'_> {
     /// Resolves the toolchain (for versioned engines) and lays out a new instance's directories.
     async fn new_ctx(
         &self,
+        engine: &dyn Engine,
         instance: &Instance,
         attributes: Attributes,
         shared_lock: &Mutex<LockFile>,
@@ -259,8 +260,11 @@ impl Applier<'_> {
             }
             _ => None,
         };
-        let run_as =
-            crate::runas::resolve_run_as(instance.run_as.as_deref(), self.run_as_env.as_deref())?;
+        let run_as = if engine.runs_as_caller() && instance.run_as.is_none() {
+            None
+        } else {
+            crate::runas::resolve_run_as(instance.run_as.as_deref(), self.run_as_env.as_deref())?
+        };
         let dirs = self.project.instance_dirs(address, run_as.as_ref());
         let templates = self.project.templates();
         for dir in [&dirs.dir, &dirs.run_dir, &dirs.log_dir, &templates] {
@@ -424,7 +428,8 @@ impl Applier<'_> {
                 if self.sync_only {
                     return Err(InstanceError::NotRunning);
                 }
-                self.new_ctx(instance, attributes, shared_lock).await?
+                self.new_ctx(engine, instance, attributes, shared_lock)
+                    .await?
             }
         };
         ctx.objects = lifecycle::objects_view(&desired);

@@ -246,6 +246,12 @@ pub trait Engine: Send + Sync {
         self.schema().name
     }
 
+    /// Whether the engine's processes run as the user who ran kip (a user's own program), rather than as kip's
+    /// unprivileged account when kip runs as root (database servers). `run_as` overrides either.
+    fn runs_as_caller(&self) -> bool {
+        false
+    }
+
     /// Adds attributes derived from the declared ones to a desired node (a role that logs in has a password),
     /// so that the plan compares what the engine can report.
     fn derive(&self, _node: &mut Desired) {}

@@ -87,7 +87,9 @@ process "web" {
                  The count resets once the process has been ready for a minute.",
             )
             .with_default(5),
-            Arg::new("restart_delay", T::Duration, "Pause before each restart.").with_default("1s"),
+            Arg::new("restart_delay", T::Duration, "Pause before each restart.")
+                .with_default("1s")
+                .not_yet("the supervisor restarts with its own backoff, 200 ms doubling up to 10 s"),
             Arg::new(
                 "stop_signal",
                 T::Enum(vec!["SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGKILL"]),
@@ -99,7 +101,8 @@ process "web" {
                 T::list(T::String),
                 "Command run to stop the process gracefully instead of sending `stop_signal`, e.g. \
                  `[\"./bin/web\", \"shutdown\"]`.",
-            ),
+            )
+            .not_yet("the supervisor stops processes with signals only"),
             Arg::new(
                 "stop_timeout",
                 T::Duration,
@@ -144,7 +147,8 @@ fn ready() -> Block {
             T::Number,
             "Failed attempts allowed before giving up, on top of `timeout`. Only `timeout` limits attempts \
              when unset.",
-        ),
+        )
+        .not_yet("only `timeout` limits a probe"),
     ])
     .exactly_one_of(&["http", "tcp", "exec", "log_line", "socket"])
 }
