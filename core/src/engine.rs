@@ -96,6 +96,14 @@ pub struct SpawnSpec {
     /// Names of processes of the same instance that must be ready first (composite engines).
     #[serde(default)]
     pub after: Vec<String>,
+    /// The signal ("SIGHUP") that makes the process re-read its configuration, sent to its whole process group by
+    /// the supervisor's `reload`; none when the engine cannot reload without a restart.
+    #[serde(default)]
+    pub reload: Option<String>,
+    /// The address of the engine instance the process belongs to ("postgres.main"); an instance may have several
+    /// processes.
+    #[serde(default)]
+    pub instance: String,
 }
 
 mod millis {

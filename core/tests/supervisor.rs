@@ -105,6 +105,8 @@ impl TestDaemon {
             },
             log: self.kip_dir.join("logs").join(format!("{name}.log")),
             after: Vec::new(),
+            reload: None,
+            instance: "test.main".to_owned(),
         }
     }
 
@@ -132,7 +134,7 @@ impl Drop for TestDaemon {
         if let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket_path(&self.kip_dir))
         {
             let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
-            if stream.write_all(b"{\"v\":1,\"op\":\"shutdown\"}\n").is_ok() {
+            if stream.write_all(b"{\"v\":2,\"op\":\"shutdown\"}\n").is_ok() {
                 let _ = BufReader::new(stream).read_line(&mut String::new());
             }
         }
@@ -153,7 +155,7 @@ fn answers_a_ping(kip_dir: &Path) -> bool {
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let mut answer = String::new();
-    stream.write_all(b"{\"v\":1,\"op\":\"ping\"}\n").is_ok()
+    stream.write_all(b"{\"v\":2,\"op\":\"ping\"}\n").is_ok()
         && BufReader::new(stream).read_line(&mut answer).is_ok()
         && answer.contains("\"ok\":true")
 }
@@ -883,22 +885,22 @@ async fn malformed_requests_get_error_answers_and_the_daemon_keeps_serving() {
         },
     ))
     .unwrap();
-    let start_bad_regex = format!("{}\n", json!({"v": 1, "op": "start", "spec": bad_regex}));
+    let start_bad_regex = format!("{}\n", json!({"v": 2, "op": "start", "spec": bad_regex}));
     let cases: [(&[u8], &str); 7] = [
         (b"this is not json\n", "bad_request"),
         (b"[1, 2]\n", "bad_request"),
         (b"{\"op\":\"status\"}\n", "bad_request"),
-        (b"{\"v\":2,\"op\":\"status\"}\n", "unsupported_version"),
-        (b"{\"v\":1,\"op\":\"launch\"}\n", "bad_request"),
+        (b"{\"v\":1,\"op\":\"status\"}\n", "unsupported_version"),
+        (b"{\"v\":2,\"op\":\"launch\"}\n", "bad_request"),
         (
-            b"{\"v\":1,\"op\":\"start\",\"spec\":{\"name\":\"x\"}}\n",
+            b"{\"v\":2,\"op\":\"start\",\"spec\":{\"name\":\"x\"}}\n",
             "bad_request",
         ),
         (start_bad_regex.as_bytes(), "invalid_spec"),
     ];
     for (line, kind) in cases {
         let answer = exchange(&mut stream, line).await.expect("an answer");
-        assert_eq!(answer["v"], 1, "{answer}");
+        assert_eq!(answer["v"], 2, "{answer}");
         assert_eq!(answer["ok"], false, "{answer}");
         assert_eq!(
             answer["error"]["kind"],
@@ -914,23 +916,23 @@ async fn malformed_requests_get_error_answers_and_the_daemon_keeps_serving() {
         );
     }
     // The same connection still works.
-    let answer = exchange(&mut stream, b"{\"v\":1,\"op\":\"status\"}\n")
+    let answer = exchange(&mut stream, b"{\"v\":2,\"op\":\"status\"}\n")
         .await
         .unwrap();
-    assert_eq!(answer, json!({"v": 1, "ok": true, "result": []}));
+    assert_eq!(answer, json!({"v": 2, "ok": true, "result": []}));
 
     // A line over the limit is refused, and the next request on the connection is served.
     let mut huge = vec![b'x'; 3 << 20];
     huge.push(b'\n');
     let answer = exchange(&mut stream, &huge).await.unwrap();
     assert_eq!(answer["error"]["kind"], "bad_request");
-    let answer = exchange(&mut stream, b"{\"v\":1,\"op\":\"status\"}\n").await;
+    let answer = exchange(&mut stream, b"{\"v\":2,\"op\":\"status\"}\n").await;
     assert_eq!(answer.unwrap()["ok"], true);
 
     let mut client = daemon.client().await;
     assert_eq!(client.status().await.unwrap(), vec![]);
     let info = client.ping().await.unwrap();
-    assert_eq!((info.pid, info.protocol), (std::process::id(), 1));
+    assert_eq!((info.pid, info.protocol), (std::process::id(), 2));
 }
 
 #[tokio::test]
@@ -1046,7 +1048,7 @@ impl Drop for DetachedGuard {
         if let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket_path(&self.kip_dir))
         {
             let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-            if stream.write_all(b"{\"v\":1,\"op\":\"shutdown\"}\n").is_ok()
+            if stream.write_all(b"{\"v\":2,\"op\":\"shutdown\"}\n").is_ok()
                 && BufReader::new(stream)
                     .read_line(&mut String::new())
                     .is_ok_and(|read| read > 0)
@@ -1122,6 +1124,8 @@ async fn start_daemon_runs_a_detached_supervisor() {
         stop: StopSpec::default(),
         log: kip_dir.join("logs/sleeper.log"),
         after: Vec::new(),
+        reload: None,
+        instance: String::new(),
     };
     let sleeper = client.start(spec).await.unwrap().pid.unwrap();
     // A second start_daemon finds the running one rather than starting another.
