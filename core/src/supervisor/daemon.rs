@@ -13,8 +13,9 @@
 //!
 //! At start-up, before it serves anything, the daemon reads the persisted table: a process whose pid is alive with
 //! the recorded start time is adopted (see [`super::process`]); one whose leader is gone is dropped (the next
-//! apply starts it again), after what is left of its process group is stopped; one whose pid another process has
-//! now is dropped without a signal. Until such leftovers are stopped, a start of the same name waits.
+//! apply starts it again), after what is left of its process group is stopped, when every member still carries the
+//! run's id in its environment; one whose pid another process has now is dropped without a signal. Until such
+//! leftovers are stopped, a start of the same name waits.
 //!
 //! Starts of different processes run in parallel (apply starts independent instances at the same time); starts
 //! of the same name are serialised, so that a repeated `start` sees the first one's outcome, and a start that
@@ -622,7 +623,14 @@ impl Supervisor {
                     let guard = supervisor.start_lock(&record.name).try_lock_owned();
                     let cleanup = tokio::spawn(async move {
                         let _serialised = guard;
-                        process::stop_leftovers(&record.spec, &checked, group, start_time).await;
+                        process::stop_leftovers(
+                            &record.spec,
+                            &checked,
+                            group,
+                            start_time,
+                            record.run.as_deref(),
+                        )
+                        .await;
                         persistence.store.remove(persistence.sequence);
                     });
                     supervisor

@@ -47,7 +47,7 @@ use tokio::time::Instant;
 use super::error::RequestError;
 use super::probe::{self, Prober};
 use super::procfs::{self, Identity};
-use super::table::{Record, Store};
+use super::table::{RUN_ENV, Record, Store};
 use super::{ProcessState, ProcessStatus, logfile};
 use crate::engine::{ProbeKind, RestartPolicy, SpawnSpec};
 
@@ -305,6 +305,7 @@ pub(super) struct Adoption {
     pub restarts: u32,
     pub started_at: Option<u64>,
     pub log_offset: u64,
+    pub run: Option<String>,
 }
 
 impl Adoption {
@@ -318,6 +319,7 @@ impl Adoption {
             restarts: record.restarts,
             started_at: record.started_at,
             log_offset: record.log_offset,
+            run: record.run.clone(),
         })
     }
 }
@@ -352,6 +354,7 @@ pub(super) fn launch(
         adopted: false,
     };
     let mut log_offset = 0;
+    let mut run = None;
     let adoption = match origin {
         Origin::Spawn => None,
         Origin::Adopt(adoption) => {
@@ -362,6 +365,7 @@ pub(super) fn launch(
             status.started_at = adoption.started_at;
             status.adopted = true;
             log_offset = adoption.log_offset;
+            run = adoption.run.clone();
             Some(adoption)
         }
     };
@@ -375,6 +379,7 @@ pub(super) fn launch(
         commands,
         persistence,
         log_offset,
+        run,
         adoption,
     };
     tokio::spawn(runner.run(ready_sender));
@@ -397,6 +402,8 @@ struct Runner {
     persistence: Persistence,
     /// The length of the log when the current run was spawned.
     log_offset: u64,
+    /// The current run's id (see [`RUN_ENV`]).
+    run: Option<String>,
     /// The process to adopt, until the first run takes it.
     adoption: Option<Adoption>,
 }
@@ -600,10 +607,17 @@ impl Runner {
                         target,
                     });
                 }
-                let (child, offset) = match spawn(&spec) {
+                let run = format!(
+                    "{}-{}-{}",
+                    std::process::id(),
+                    self.persistence.sequence,
+                    unix_millis()
+                );
+                let (child, offset) = match spawn(&spec, &run) {
                     Ok(spawned) => spawned,
                     Err(error) => return RunEnd::NotReady(error),
                 };
+                self.run = Some(run);
                 let pid = child.id().unwrap_or_default();
                 let start_time = procfs::stat(pid).map(|stat| stat.start_time);
                 tracing::info!(name = %spec.name, pid, "started {}", spec.program.display());
@@ -751,6 +765,7 @@ impl Runner {
             pid: status.pid,
             start_time: status.start_time,
             log_offset: self.log_offset,
+            run: self.run.clone(),
             state: status.state,
             restarts: status.restarts,
             started_at: status.started_at,
@@ -784,24 +799,43 @@ fn note_in_log(spec: &SpawnSpec, message: &str) {
     }
 }
 
-/// Stops what is left of the process group of a run whose leader (started at `start_time` as `group`) is gone:
-/// the workers of an engine whose supervisor and leader were both killed, found when the next supervisor reads
-/// the table. Members that started before the leader cannot be the leader's (and no process can have joined the
-/// group otherwise), so the group is stopped only when every live member started at or after it.
+/// Stops the process group `group` of a record the daemon does not adopt: the group of a process whose leader runs
+/// (under a name adopted already, or in a state a new daemon cannot resume), or what is left of the group of one
+/// whose leader is gone (workers of an engine whose supervisor and leader were both killed). A group whose leader is
+/// gone may by now be another one that got the same id, after ours emptied: it is stopped only when every live
+/// member carries the run's id in its environment ([`RUN_ENV`]), inherited from the leader.
 pub(super) async fn stop_leftovers(
     spec: &SpawnSpec,
     checked: &Checked,
     group: u32,
     start_time: u64,
+    run: Option<&str>,
 ) {
     let members = procfs::group_members(group);
-    if members.is_empty() || members.iter().any(|(_, stat)| stat.start_time < start_time) {
+    if members.is_empty() {
         return;
     }
-    let message = format!(
-        "its leader {group} exited while no supervisor ran; stopping the {} process(es) left in its group",
-        members.len()
-    );
+    let leader_runs = procfs::identify(group, start_time) == Identity::Alive;
+    let all_ours = run.is_some_and(|run| {
+        members
+            .iter()
+            .all(|(pid, _)| procfs::environment_has(*pid, RUN_ENV, run))
+    });
+    if !leader_runs && !all_ours {
+        tracing::info!(
+            name = %spec.name,
+            "process group {group} has live members that may not be its: left alone"
+        );
+        return;
+    }
+    let message = if leader_runs {
+        format!("stopping process group {group}, which this supervisor does not adopt")
+    } else {
+        format!(
+            "its leader {group} exited while no supervisor ran; stopping the {} process(es) left in its group",
+            members.len()
+        )
+    };
     tracing::warn!(name = %spec.name, "{message}");
     note_in_log(spec, &message);
     let mut leader = Leader::Adopted {
@@ -900,8 +934,8 @@ fn group_is_gone(group: Pid) -> bool {
 }
 
 /// Spawns one run of `spec`: output appended to its log (whose length before the run is returned, for the probe
-/// and the error tail), in its own process group, as its `run_as` account.
-fn spawn(spec: &SpawnSpec) -> Result<(Child, u64), RequestError> {
+/// and the error tail), in its own process group, as its `run_as` account, with its run id in [`RUN_ENV`].
+fn spawn(spec: &SpawnSpec, run: &str) -> Result<(Child, u64), RequestError> {
     let log_error = |error: std::io::Error| RequestError::OpenLog {
         name: spec.name.clone(),
         log: spec.log.clone(),
@@ -931,6 +965,7 @@ fn spawn(spec: &SpawnSpec) -> Result<(Child, u64), RequestError> {
     command
         .args(&spec.args)
         .envs(&spec.env)
+        .env(RUN_ENV, run)
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(stderr)

@@ -92,6 +92,17 @@ pub(super) fn group_has_live_member(group: u32) -> bool {
     !group_members(group).is_empty()
 }
 
+/// Whether the environment `pid` started with holds `NAME=VALUE` (`/proc/PID/environ`; false when unreadable).
+pub(super) fn environment_has(pid: u32, name: &str, value: &str) -> bool {
+    let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    let wanted = format!("{name}={value}");
+    environ
+        .split(|&byte| byte == 0)
+        .any(|entry| entry == wanted.as_bytes())
+}
+
 /// The inodes of the listening unix stream sockets bound to `path` (from `/proc/net/unix`); `None` when that file
 /// cannot be read.
 pub(super) fn unix_listening_inodes(path: &Path) -> Option<Vec<u64>> {
@@ -198,6 +209,10 @@ mod tests {
             identify(std::process::id(), own.start_time + 1),
             Identity::Reused
         );
+        // The environment the process started with (tests do not change PATH).
+        let path = std::env::var("PATH").unwrap();
+        assert!(environment_has(std::process::id(), "PATH", &path));
+        assert!(!environment_has(std::process::id(), "PATH", "/nowhere"));
     }
 
     #[test]

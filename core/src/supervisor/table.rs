@@ -25,6 +25,10 @@ use crate::engine::SpawnSpec;
 
 /// The format version of the table file; a file of another version is set aside, not misread.
 const FORMAT_VERSION: u32 = 1;
+/// The environment variable every spawned process gets, set to its run's id (daemon pid, sequence, spawn time):
+/// the members of its process group inherit it, which tells them from the members of a later group that got the
+/// same process group id.
+pub(super) const RUN_ENV: &str = "KIP_SUPERVISOR_RUN";
 
 /// What the daemon persists about one supervised process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +45,10 @@ pub(super) struct Record {
     /// from there.
     #[serde(default)]
     pub log_offset: u64,
+    /// The current run's id, which its processes inherit as [`RUN_ENV`]: the next daemon stops what is left of a
+    /// group whose leader is gone only when every member carries it.
+    #[serde(default)]
+    pub run: Option<String>,
     pub state: ProcessState,
     pub restarts: u32,
     pub started_at: Option<u64>,
@@ -242,6 +250,7 @@ mod tests {
             pid,
             start_time,
             log_offset: 12,
+            run: Some("4242-3-1767225600000".to_owned()),
             state: ProcessState::Ready,
             restarts: 0,
             started_at: Some(1),
