@@ -3,9 +3,14 @@
 //!
 //! Most tests run the daemon in a thread of the test process ([`TestDaemon`]), which makes every supervised
 //! process a child of the test process: checking `/proc/PID` after a stop proves it was reaped, not left a zombie.
-//! One test starts the daemon detached through [`Client::start_daemon`], with this test binary as the daemon
-//! program (see [`supervisor_daemon_entry`]). Every guard shuts its supervisor down on drop, so a failing test
-//! leaves no process behind.
+//! Tests that need a daemon in a process of its own (to SIGKILL it, or to race two of them) start it detached
+//! through [`Client::start_daemon`], with this test binary as the daemon program (see [`supervisor_daemon_entry`]).
+//! Every guard shuts its supervisor down on drop, so a failing test leaves no process behind.
+//!
+//! The tests of a supervisor that survives its own crash play the fault: they SIGKILL a detached daemon while its
+//! processes run (or while a start waits for a probe), and let the next daemon (detached, or in a thread) adopt
+//! them. Such processes are orphans: PID 1 inherits them and may never reap them, so those tests count a zombie as
+//! stopped ([`assert_stopped`]), and a [`Groups`] guard SIGKILLs the groups they started when the test ends.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};

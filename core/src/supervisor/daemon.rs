@@ -618,9 +618,10 @@ impl Supervisor {
                     );
                 }
                 Verdict::Stop { group, start_time } => {
-                    // A start of this name waits until the leftovers are gone. The lock is free: nothing is served
-                    // yet.
-                    let guard = supervisor.start_lock(&record.name).try_lock_owned();
+                    // A start of this name waits until the leftovers are gone: the lock is taken here, before
+                    // anything is served (only a second record of the same name could hold it already, and that
+                    // one is a cleanup too).
+                    let guard = supervisor.start_lock(&record.name).try_lock_owned().ok();
                     let cleanup = tokio::spawn(async move {
                         let _serialised = guard;
                         process::stop_leftovers(
