@@ -2215,3 +2215,75 @@ async fn two_supervisors_racing_for_one_project_leave_exactly_one_running() {
     assert_eq!(count_running_with(&command_line), 1);
     assert!(is_running(first.daemon().pid));
 }
+
+/// Asks a Valkey server on `socket` for PING.
+fn valkey_ping(socket: &Path) -> String {
+    let mut connection = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    connection
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    connection.write_all(b"PING\r\n").unwrap();
+    let mut answer = [0; 7];
+    connection.read_exact(&mut answer).unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn an_adopted_valkey_keeps_its_socket_and_is_replaced_on_the_same_socket() {
+    let mut groups = Groups::default();
+    let dir = tempfile::tempdir().unwrap();
+    let kip_dir = dir.path().join(".kip");
+    let server = unpack_valkey(&dir.path().join("valkey"));
+    let socket = dir.path().join("valkey.sock");
+    let mut spec = script_spec(
+        dir.path(),
+        "valkey.cache",
+        "",
+        ProbeKind::Socket {
+            path: socket.clone(),
+        },
+    );
+    spec.program = server;
+    spec.args = [
+        "--port",
+        "0",
+        "--unixsocket",
+        &socket.to_string_lossy(),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    spec.restart = RestartPolicy::OnFailure;
+    let (mut first, mut first_guard) = start_detached(&kip_dir).await;
+    let pid = groups.add(first.start(spec.clone()).await.unwrap().pid.unwrap());
+    drop(first);
+    kill_supervisor(&mut first_guard);
+    assert_eq!(valkey_ping(&socket), "+PONG\r\n");
+
+    let mut client = connect_or_adopt(&kip_dir).await.expect("a supervisor");
+    let _second_guard = DetachedGuard {
+        kip_dir: kip_dir.clone(),
+        pid: Some(client.daemon().pid),
+    };
+    // Its own socket is not a foreign listener: the same spec answers the adopted server.
+    let same = client.start(spec.clone()).await.unwrap();
+    assert_eq!((same.pid, same.adopted), (Some(pid), true));
+    assert_eq!(valkey_ping(&socket), "+PONG\r\n");
+
+    // A changed spec: the adopted server is stopped, and the new one binds the same socket and is ready on it.
+    let mut changed = spec.clone();
+    changed
+        .args
+        .extend(["--databases".to_owned(), "4".to_owned()]);
+    let replaced = client.start(changed).await.unwrap();
+    let new_pid = groups.add(replaced.pid.unwrap());
+    assert_ne!(new_pid, pid);
+    assert!(!replaced.adopted);
+    assert_stopped(pid);
+    assert_eq!(valkey_ping(&socket), "+PONG\r\n");
+    client.stop("valkey.cache").await.unwrap();
+    assert_stopped(new_pid);
+}
