@@ -1329,10 +1329,22 @@ async fn connect_or_adopt(kip_dir: &Path) -> Option<Client> {
 }
 
 /// SIGKILLs a detached supervisor and waits until it is dead; its guard has nothing left to stop.
+///
+/// Dead means its socket refuses connections: the main thread of a killed process can be a zombie while its other
+/// threads still exit, with the files they share (the listening socket, the lock) still open.
 fn kill_supervisor(guard: &mut DetachedGuard) {
     let pid = guard.pid.take().expect("a supervisor to kill");
     rustix::process::kill_process(Pid::from_raw(pid as i32).unwrap(), Signal::KILL).unwrap();
     assert_stopped(pid);
+    let socket = socket_path(&guard.kip_dir);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the killed supervisor's socket still accepts"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// The processes the persisted table lists: name, pid and start time.

@@ -55,7 +55,8 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// Connects to the supervisor of the project whose `.kip/` directory is `kip_dir`; `None` when none runs
-    /// (no socket, or a socket file nobody listens on). A supervisor that accepts the connection but does not
+    /// (no socket, a socket file nobody listens on, or a supervisor that was dying as it was reached: it accepted
+    /// the connection and vanished without an answer). A supervisor that accepts the connection but does not
     /// answer a ping is an error: it is there, and stuck.
     pub async fn connect(kip_dir: &Path) -> Result<Option<Client>, SupervisorError> {
         let socket = socket_path(kip_dir);
@@ -85,6 +86,15 @@ impl Client {
             in_flight: false,
         };
         client.daemon = match tokio::time::timeout(PING_TIMEOUT, client.ping()).await {
+            Ok(Err(SupervisorError::Closed { .. })) => return Ok(None),
+            Ok(Err(SupervisorError::Transport { source, .. }))
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                ) =>
+            {
+                return Ok(None);
+            }
             Ok(answer) => answer?,
             Err(_) => {
                 return Err(SupervisorError::Timeout {

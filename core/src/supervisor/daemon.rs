@@ -49,8 +49,9 @@ use super::{
 };
 use crate::engine::SpawnSpec;
 
-/// How long a daemon that finds the lock taken (and nobody answering on the socket) keeps trying: the holder may
-/// be a client checking whether a daemon runs ([`lock_is_held`]), which lets go at once.
+/// How long a daemon that finds the lock taken keeps trying before it refuses to start: the holder may be a client
+/// checking whether a daemon runs ([`lock_is_held`]), which lets go at once, or a daemon that was just killed,
+/// whose threads are still exiting (its socket may even still accept connections).
 const LOCK_PATIENCE: Duration = Duration::from_secs(1);
 /// How much longer than its probe's timeout a start waits for a process of the same spec that is starting already.
 const SETTLE_MARGIN: Duration = Duration::from_secs(1);
@@ -148,8 +149,9 @@ pub async fn run_daemon_with(
     Ok(())
 }
 
-/// Takes the project's daemon lock, and writes this daemon's pid into the lock file (for messages). Refuses when a
-/// daemon answers on the socket, or when the lock stays taken for [`LOCK_PATIENCE`].
+/// Takes the project's daemon lock, and writes this daemon's pid into the lock file (for messages). Refuses when
+/// the lock stays taken for [`LOCK_PATIENCE`]: as `AlreadyRunning` when a daemon listens on the socket, else as
+/// `Locked`.
 async fn acquire_lock(kip_dir: &Path, socket: &Path) -> Result<std::fs::File, SupervisorError> {
     let path = lock_path(kip_dir);
     let lock_error = |source| SupervisorError::Lock {
@@ -168,6 +170,9 @@ async fn acquire_lock(kip_dir: &Path, socket: &Path) -> Result<std::fs::File, Su
     loop {
         match file.try_lock() {
             Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             Err(std::fs::TryLockError::WouldBlock) => {
                 if UnixStream::connect(socket).await.is_ok() {
                     return Err(SupervisorError::AlreadyRunning {
@@ -175,13 +180,10 @@ async fn acquire_lock(kip_dir: &Path, socket: &Path) -> Result<std::fs::File, Su
                         pid: read_pid(kip_dir),
                     });
                 }
-                if Instant::now() >= deadline {
-                    return Err(SupervisorError::Locked {
-                        pid: lock_holder(&path),
-                        lock: path,
-                    });
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                return Err(SupervisorError::Locked {
+                    pid: lock_holder(&path),
+                    lock: path,
+                });
             }
             Err(std::fs::TryLockError::Error(source)) => return Err(lock_error(source)),
         }
