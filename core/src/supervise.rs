@@ -41,9 +41,6 @@ pub trait Supervisors: Send + Sync {
     fn running(&self) -> BoxFuture<'_, Result<Vec<ProcessStatus>, SupervisorError>>;
 }
 
-/// How often a job's exit is polled.
-const WAIT_POLL: Duration = Duration::from_millis(20);
-
 /// The project's supervisor daemon.
 #[derive(Debug, Clone)]
 pub struct DaemonSupervisors {
@@ -62,11 +59,21 @@ impl Supervisors for DaemonSupervisors {
 
     fn running(&self) -> BoxFuture<'_, Result<Vec<ProcessStatus>, SupervisorError>> {
         Box::pin(async move {
-            match Client::connect(&self.kip_dir).await? {
+            match self.adopt().await? {
                 Some(mut client) => client.status().await,
                 None => Ok(Vec::new()),
             }
         })
+    }
+}
+
+impl DaemonSupervisors {
+    /// The running supervisor; or, when none answers but processes it ran outlived it (it was killed), a new
+    /// one that adopts them; or none.
+    pub async fn adopt(&self) -> Result<Option<Client>, SupervisorError> {
+        let dir = self.kip_dir.display().to_string();
+        let args = ["supervisor", "--dir", dir.as_str()];
+        Client::connect_or_adopt(&self.kip_dir, &self.kip_exe, &args).await
     }
 }
 
@@ -91,10 +98,11 @@ impl DaemonConnection {
         Ok(self.client.as_mut().expect("just connected"))
     }
 
-    /// Connects to a supervisor that runs, without starting one.
+    /// Connects to a supervisor that runs (or adopts what a killed one left running), without starting one for
+    /// nothing.
     async fn existing(&mut self) -> Result<Option<&mut Client>, SupervisorError> {
         if self.client.is_none() {
-            self.client = Client::connect(&self.supervisors.kip_dir).await?;
+            self.client = self.supervisors.adopt().await?;
         }
         Ok(self.client.as_mut())
     }
@@ -126,13 +134,7 @@ impl Supervise for DaemonConnection {
     }
 
     fn reload<'a>(&'a mut self, name: &'a str) -> BoxFuture<'a, Result<(), SupervisorError>> {
-        // MERGE: the daemon's `reload` request arrives with the supervisor work; until then it is refused.
-        Box::pin(async move {
-            let _ = self.client().await?;
-            Err(SupervisorError::from(RequestError::Other {
-                message: format!("this supervisor cannot reload `{name}` yet"),
-            }))
-        })
+        Box::pin(async move { self.client().await?.reload(name).await })
     }
 
     fn wait_exit<'a>(
@@ -141,29 +143,10 @@ impl Supervise for DaemonConnection {
         timeout: Duration,
     ) -> BoxFuture<'a, Result<ProcessStatus, SupervisorError>> {
         Box::pin(async move {
-            let started = tokio::time::Instant::now();
-            loop {
-                let client = self.client().await?;
-                let status = client
-                    .status()
-                    .await?
-                    .into_iter()
-                    .find(|process| process.name == name)
-                    .ok_or_else(|| RequestError::UnknownProcess {
-                        name: name.to_owned(),
-                    })?;
-                if !status.state.is_live() {
-                    return Ok(status);
-                }
-                if started.elapsed() >= timeout {
-                    return Err(SupervisorError::Timeout {
-                        socket: client.socket().to_path_buf(),
-                        what: "the exit of a job",
-                        waited_ms: timeout.as_millis() as u64,
-                    });
-                }
-                tokio::time::sleep(WAIT_POLL).await;
-            }
+            self.client()
+                .await?
+                .wait(name, crate::supervisor::WaitUntil::Exited, timeout)
+                .await
         })
     }
 
@@ -297,6 +280,9 @@ impl Supervise for MemorySupervisors {
             };
             let status = ProcessStatus {
                 name: spec.name.clone(),
+                instance: spec.instance.clone(),
+                start_time: None,
+                adopted: false,
                 pid: (state == ProcessState::Ready).then_some(pid),
                 state,
                 started_at: Some(0),

@@ -3,20 +3,27 @@
 //!
 //! Most tests run the daemon in a thread of the test process ([`TestDaemon`]), which makes every supervised
 //! process a child of the test process: checking `/proc/PID` after a stop proves it was reaped, not left a zombie.
-//! One test starts the daemon detached through [`Client::start_daemon`], with this test binary as the daemon
-//! program (see [`supervisor_daemon_entry`]). Every guard shuts its supervisor down on drop, so a failing test
-//! leaves no process behind.
+//! Tests that need a daemon in a process of its own (to SIGKILL it, or to race two of them) start it detached
+//! through [`Client::start_daemon`], with this test binary as the daemon program (see [`supervisor_daemon_entry`]).
+//! Every guard shuts its supervisor down on drop, so a failing test leaves no process behind.
+//!
+//! The tests of a supervisor that survives its own crash play the fault: they SIGKILL a detached daemon while its
+//! processes run (or while a start waits for a probe), and let the next daemon (detached, or in a thread) adopt
+//! them. Such processes are orphans: PID 1 inherits them and may never reap them, so those tests count a zombie as
+//! stopped ([`assert_stopped`]), and a [`Groups`] guard SIGKILLs the groups they started when the test ends.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kip_core::engine::{Probe, ProbeKind, RestartPolicy, RunAs, SpawnSpec, StopSpec};
 use kip_core::supervisor::{
-    Client, DaemonOptions, ProcessState, ProcessStatus, RequestError, SupervisorError,
-    pid_file_path, run_daemon, run_daemon_with, socket_path,
+    Client, DEFAULT_MAX_RESTARTS, DaemonOptions, ProcessState, ProcessStatus, RequestError,
+    SupervisorError, WaitUntil, pid_file_path, run_daemon, run_daemon_with, socket_path,
 };
 use rustix::process::{Pid, Signal};
 use serde_json::{Value, json};
@@ -85,30 +92,7 @@ impl TestDaemon {
 
     /// A `sh -c SCRIPT` process with a short probe interval and a 5 s probe budget.
     fn script(&self, name: &str, script: &str, probe: ProbeKind) -> SpawnSpec {
-        SpawnSpec {
-            name: name.to_owned(),
-            program: "/bin/sh".into(),
-            args: vec!["-c".to_owned(), script.to_owned()],
-            env: BTreeMap::new(),
-            cwd: self.dir.path().to_owned(),
-            run_as: None,
-            probe: Probe {
-                kind: probe,
-                initial_delay: Duration::ZERO,
-                interval: Duration::from_millis(20),
-                timeout: Duration::from_secs(5),
-            },
-            restart: RestartPolicy::No,
-            max_restarts: None,
-            stop: StopSpec {
-                signals: vec![("SIGTERM".to_owned(), 2_000)],
-            },
-            log: self.kip_dir.join("logs").join(format!("{name}.log")),
-            after: Vec::new(),
-            reload: None,
-            job: false,
-            instance: String::new(),
-        }
+        script_spec(self.dir.path(), name, script, probe)
     }
 
     /// Waits for the daemon thread to end, after a shutdown.
@@ -135,7 +119,7 @@ impl Drop for TestDaemon {
         if let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket_path(&self.kip_dir))
         {
             let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
-            if stream.write_all(b"{\"v\":1,\"op\":\"shutdown\"}\n").is_ok() {
+            if stream.write_all(b"{\"v\":2,\"op\":\"shutdown\"}\n").is_ok() {
                 let _ = BufReader::new(stream).read_line(&mut String::new());
             }
         }
@@ -149,6 +133,35 @@ impl Drop for TestDaemon {
     }
 }
 
+/// A `sh -c SCRIPT` process run in `dir` (the project dir: its log goes to `.kip/logs/NAME.log`), with a short
+/// probe interval and a 5 s probe budget.
+fn script_spec(dir: &Path, name: &str, script: &str, probe: ProbeKind) -> SpawnSpec {
+    SpawnSpec {
+        name: name.to_owned(),
+        program: "/bin/sh".into(),
+        args: vec!["-c".to_owned(), script.to_owned()],
+        env: BTreeMap::new(),
+        cwd: dir.to_owned(),
+        run_as: None,
+        probe: Probe {
+            kind: probe,
+            initial_delay: Duration::ZERO,
+            interval: Duration::from_millis(20),
+            timeout: Duration::from_secs(5),
+        },
+        restart: RestartPolicy::No,
+        max_restarts: None,
+        stop: StopSpec {
+            signals: vec![("SIGTERM".to_owned(), 2_000)],
+        },
+        log: dir.join(".kip/logs").join(format!("{name}.log")),
+        after: Vec::new(),
+        reload: None,
+        job: false,
+        instance: "test.main".to_owned(),
+    }
+}
+
 /// Whether a supervisor answers on the socket of `kip_dir` (a blocking check, for use outside a runtime).
 fn answers_a_ping(kip_dir: &Path) -> bool {
     let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket_path(kip_dir)) else {
@@ -156,7 +169,7 @@ fn answers_a_ping(kip_dir: &Path) -> bool {
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let mut answer = String::new();
-    stream.write_all(b"{\"v\":1,\"op\":\"ping\"}\n").is_ok()
+    stream.write_all(b"{\"v\":2,\"op\":\"ping\"}\n").is_ok()
         && BufReader::new(stream).read_line(&mut answer).is_ok()
         && answer.contains("\"ok\":true")
 }
@@ -886,22 +899,22 @@ async fn malformed_requests_get_error_answers_and_the_daemon_keeps_serving() {
         },
     ))
     .unwrap();
-    let start_bad_regex = format!("{}\n", json!({"v": 1, "op": "start", "spec": bad_regex}));
+    let start_bad_regex = format!("{}\n", json!({"v": 2, "op": "start", "spec": bad_regex}));
     let cases: [(&[u8], &str); 7] = [
         (b"this is not json\n", "bad_request"),
         (b"[1, 2]\n", "bad_request"),
         (b"{\"op\":\"status\"}\n", "bad_request"),
-        (b"{\"v\":2,\"op\":\"status\"}\n", "unsupported_version"),
-        (b"{\"v\":1,\"op\":\"launch\"}\n", "bad_request"),
+        (b"{\"v\":1,\"op\":\"status\"}\n", "unsupported_version"),
+        (b"{\"v\":2,\"op\":\"launch\"}\n", "bad_request"),
         (
-            b"{\"v\":1,\"op\":\"start\",\"spec\":{\"name\":\"x\"}}\n",
+            b"{\"v\":2,\"op\":\"start\",\"spec\":{\"name\":\"x\"}}\n",
             "bad_request",
         ),
         (start_bad_regex.as_bytes(), "invalid_spec"),
     ];
     for (line, kind) in cases {
         let answer = exchange(&mut stream, line).await.expect("an answer");
-        assert_eq!(answer["v"], 1, "{answer}");
+        assert_eq!(answer["v"], 2, "{answer}");
         assert_eq!(answer["ok"], false, "{answer}");
         assert_eq!(
             answer["error"]["kind"],
@@ -917,23 +930,23 @@ async fn malformed_requests_get_error_answers_and_the_daemon_keeps_serving() {
         );
     }
     // The same connection still works.
-    let answer = exchange(&mut stream, b"{\"v\":1,\"op\":\"status\"}\n")
+    let answer = exchange(&mut stream, b"{\"v\":2,\"op\":\"status\"}\n")
         .await
         .unwrap();
-    assert_eq!(answer, json!({"v": 1, "ok": true, "result": []}));
+    assert_eq!(answer, json!({"v": 2, "ok": true, "result": []}));
 
     // A line over the limit is refused, and the next request on the connection is served.
     let mut huge = vec![b'x'; 3 << 20];
     huge.push(b'\n');
     let answer = exchange(&mut stream, &huge).await.unwrap();
     assert_eq!(answer["error"]["kind"], "bad_request");
-    let answer = exchange(&mut stream, b"{\"v\":1,\"op\":\"status\"}\n").await;
+    let answer = exchange(&mut stream, b"{\"v\":2,\"op\":\"status\"}\n").await;
     assert_eq!(answer.unwrap()["ok"], true);
 
     let mut client = daemon.client().await;
     assert_eq!(client.status().await.unwrap(), vec![]);
     let info = client.ping().await.unwrap();
-    assert_eq!((info.pid, info.protocol), (std::process::id(), 1));
+    assert_eq!((info.pid, info.protocol), (std::process::id(), 2));
 }
 
 #[tokio::test]
@@ -1049,7 +1062,7 @@ impl Drop for DetachedGuard {
         if let Ok(mut stream) = std::os::unix::net::UnixStream::connect(socket_path(&self.kip_dir))
         {
             let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-            if stream.write_all(b"{\"v\":1,\"op\":\"shutdown\"}\n").is_ok()
+            if stream.write_all(b"{\"v\":2,\"op\":\"shutdown\"}\n").is_ok()
                 && BufReader::new(stream)
                     .read_line(&mut String::new())
                     .is_ok_and(|read| read > 0)
@@ -1190,4 +1203,1101 @@ async fn start_daemon_quotes_the_log_of_a_supervisor_that_dies() {
         error.to_string().contains("| error: cannot create"),
         "{error}"
     );
+}
+
+// A supervisor that survives its own crash: adoption, the persisted table, and the checks that keep a name from
+// ever running twice.
+
+/// The start time of `pid` in clock ticks since boot (`/proc/PID/stat` field 22), if it exists.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+/// Whether `pid` exists and is not a zombie.
+fn is_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat[stat.rfind(')')? + 1..].split_whitespace().next()?;
+            Some(!matches!(state, "Z" | "X"))
+        })
+        .unwrap_or(false)
+}
+
+/// Asserts that `pid` stops running within 5 s. A process whose supervisor was killed is reparented to PID 1,
+/// which in a container may never reap it: its zombie counts as stopped.
+fn assert_stopped(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while is_running(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} still runs: {}",
+            std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                .unwrap_or_default()
+                .replace('\0', " ")
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// How many running processes have `marker` in their command line.
+fn count_running_with(marker: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(marker))
+                && is_running(*pid)
+        })
+        .count()
+}
+
+/// The process groups a test's supervisors started, killed (SIGKILL) when the test ends, passed or failed:
+/// processes whose supervisor a test killed belong to nobody. A group is killed only while its leader runs with
+/// the start time it had, so a pid the kernel reused in the meantime is left alone.
+#[derive(Default)]
+struct Groups(Vec<(u32, u64)>);
+
+impl Groups {
+    fn add(&mut self, pid: u32) -> u32 {
+        if let Some(started) = start_time(pid) {
+            self.0.push((pid, started));
+        }
+        pid
+    }
+}
+
+impl Drop for Groups {
+    fn drop(&mut self) {
+        for &(pid, started) in &self.0 {
+            if start_time(pid) == Some(started)
+                && let Some(group) = Pid::from_raw(pid as i32)
+            {
+                let _ = rustix::process::kill_process_group(group, Signal::KILL);
+            }
+        }
+    }
+}
+
+/// A child of the test process that is killed and reaped when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The arguments that make this test binary a supervisor for `kip_dir` (see [`supervisor_daemon_entry`]).
+fn daemon_args(kip_dir: &Path) -> Vec<String> {
+    vec![
+        "supervisor_daemon_entry".to_owned(),
+        "--exact".to_owned(),
+        "--nocapture".to_owned(),
+        "--test-threads=1".to_owned(),
+        format!("kip-supervisor-dir={}", kip_dir.display()),
+    ]
+}
+
+/// Starts a detached supervisor (this test binary) for `kip_dir`; the guard shuts it down when dropped.
+async fn start_detached(kip_dir: &Path) -> (Client, DetachedGuard) {
+    let args = daemon_args(kip_dir);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let client = Client::start_daemon(kip_dir, &std::env::current_exe().unwrap(), &args)
+        .await
+        .unwrap();
+    let guard = DetachedGuard {
+        kip_dir: kip_dir.to_owned(),
+        pid: Some(client.daemon().pid),
+    };
+    (client, guard)
+}
+
+/// [`Client::connect_or_adopt`] with this test binary as the supervisor program.
+async fn connect_or_adopt(kip_dir: &Path) -> Option<Client> {
+    let args = daemon_args(kip_dir);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Client::connect_or_adopt(kip_dir, &std::env::current_exe().unwrap(), &args)
+        .await
+        .unwrap()
+}
+
+/// SIGKILLs a detached supervisor and waits until it is dead; its guard has nothing left to stop.
+///
+/// Dead means its socket refuses connections: the main thread of a killed process can be a zombie while its other
+/// threads still exit, with the files they share (the listening socket, the lock) still open.
+fn kill_supervisor(guard: &mut DetachedGuard) {
+    let pid = guard.pid.take().expect("a supervisor to kill");
+    rustix::process::kill_process(Pid::from_raw(pid as i32).unwrap(), Signal::KILL).unwrap();
+    assert_stopped(pid);
+    let socket = socket_path(&guard.kip_dir);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the killed supervisor's socket still accepts"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The processes the persisted table lists: name, pid and start time.
+fn table_processes(kip_dir: &Path) -> Vec<(String, Option<u64>, Option<u64>)> {
+    let table: Value =
+        serde_json::from_slice(&std::fs::read(kip_dir.join("supervisor/table.json")).unwrap())
+            .unwrap();
+    table["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|process| {
+            (
+                process["name"].as_str().unwrap().to_owned(),
+                process["pid"].as_u64(),
+                process["start_time"].as_u64(),
+            )
+        })
+        .collect()
+}
+
+fn log_line(pattern: &str) -> ProbeKind {
+    ProbeKind::LogLine {
+        pattern: pattern.to_owned(),
+    }
+}
+
+#[tokio::test]
+async fn a_killed_supervisors_processes_are_adopted_and_never_run_twice() {
+    let mut groups = Groups::default();
+    let dir = tempfile::tempdir().unwrap();
+    let kip_dir = dir.path().join(".kip");
+    let marker = format!(
+        "kip-marker-{}",
+        dir.path().file_name().unwrap().to_string_lossy()
+    );
+    let (mut first, mut first_guard) = start_detached(&kip_dir).await;
+    // A shell with a child in its group, to see that a stop reaches the whole group of an adopted process.
+    let web = script_spec(
+        dir.path(),
+        "web",
+        &format!(": {marker}-web; sleep 1000 & echo $! > web.child; echo ready; wait"),
+        log_line("^ready$"),
+    );
+    let other = script_spec(
+        dir.path(),
+        "other",
+        &format!(": {marker}-other; echo ready; while :; do sleep 0.05; done"),
+        log_line("^ready$"),
+    );
+    let started = first.start(web.clone()).await.unwrap();
+    let web_pid = groups.add(started.pid.unwrap());
+    assert!(!started.adopted);
+    assert_eq!(started.start_time, start_time(web_pid));
+    assert_eq!(started.instance, "test.main");
+    let other_pid = groups.add(first.start(other.clone()).await.unwrap().pid.unwrap());
+    let child: u32 = std::fs::read_to_string(dir.path().join("web.child"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+
+    // The supervisor is killed: its processes run on, unsupervised, and the table it left names them.
+    let first_pid = first.daemon().pid;
+    drop(first);
+    kill_supervisor(&mut first_guard);
+    assert!(is_running(web_pid) && is_running(child) && is_running(other_pid));
+    assert_eq!(
+        table_processes(&kip_dir),
+        [
+            (
+                "web".to_owned(),
+                Some(u64::from(web_pid)),
+                start_time(web_pid)
+            ),
+            (
+                "other".to_owned(),
+                Some(u64::from(other_pid)),
+                start_time(other_pid)
+            ),
+        ]
+    );
+    assert!(Client::connect(&kip_dir).await.unwrap().is_none());
+
+    // A command that finds no supervisor, but live processes in the table, starts one, which adopts them.
+    let mut client = connect_or_adopt(&kip_dir)
+        .await
+        .expect("a supervisor that adopted the processes");
+    let mut second_guard = DetachedGuard {
+        kip_dir: kip_dir.clone(),
+        pid: Some(client.daemon().pid),
+    };
+    assert_ne!(client.daemon().pid, first_pid);
+    let status = client.status().await.unwrap();
+    let seen: Vec<_> = status
+        .iter()
+        .map(|status| {
+            (
+                status.name.as_str(),
+                status.pid,
+                status.start_time,
+                status.adopted,
+                &status.state,
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (
+                "web",
+                Some(web_pid),
+                start_time(web_pid),
+                true,
+                &ProcessState::Ready
+            ),
+            (
+                "other",
+                Some(other_pid),
+                start_time(other_pid),
+                true,
+                &ProcessState::Ready
+            ),
+        ]
+    );
+
+    // Starting the same spec again spawns nothing: one process with that command line runs, the adopted one.
+    let again = client.start(web.clone()).await.unwrap();
+    assert_eq!((again.pid, again.adopted), (Some(web_pid), true));
+    assert_eq!(count_running_with(&format!("{marker}-web")), 1);
+
+    // A stop stops the adopted process's whole group, and forgets it.
+    client.stop("web").await.unwrap();
+    assert_stopped(web_pid);
+    assert_stopped(child);
+    assert!(!group_exists(web_pid));
+    assert_eq!(
+        table_processes(&kip_dir)
+            .into_iter()
+            .map(|(name, ..)| name)
+            .collect::<Vec<_>>(),
+        ["other"]
+    );
+
+    // A shutdown stops the adopted ones too.
+    client.shutdown().await.unwrap();
+    second_guard.pid = None;
+    assert_stopped(other_pid);
+    assert_eq!(count_running_with(&marker), 0);
+    assert_eq!(table_processes(&kip_dir), []);
+    assert!(!socket_path(&kip_dir).exists());
+}
+
+#[tokio::test]
+async fn an_adopted_process_is_restarted_when_it_exits_and_replaced_only_once_stopped() {
+    let mut groups = Groups::default();
+    let dir = tempfile::tempdir().unwrap();
+    let kip_dir = dir.path().join(".kip");
+    let (mut first, mut first_guard) = start_detached(&kip_dir).await;
+    // Takes 0.3 s to stop, and says when it did.
+    let service = script_spec(
+        dir.path(),
+        "service",
+        "trap 'sleep 0.3; echo old-stopped >> order; exit 0' TERM; echo ready; while :; do sleep 0.05; done",
+        log_line("^ready$"),
+    );
+    // Exits with 0 once `done` exists.
+    let mut job = script_spec(
+        dir.path(),
+        "job",
+        "echo ready; while [ ! -e done ]; do sleep 0.02; done; rm done; exit 0",
+        log_line("^ready$"),
+    );
+    job.restart = RestartPolicy::OnFailure;
+    let service_pid = groups.add(first.start(service.clone()).await.unwrap().pid.unwrap());
+    let job_pid = groups.add(first.start(job.clone()).await.unwrap().pid.unwrap());
+    drop(first);
+    kill_supervisor(&mut first_guard);
+
+    let daemon = TestDaemon::start_in(dir);
+    let mut client = daemon.client().await;
+    assert!(
+        client
+            .status()
+            .await
+            .unwrap()
+            .iter()
+            .all(|status| status.adopted)
+    );
+
+    // An adopted process's exit status is unknown: its exit counts as a failure, and on-failure restarts it.
+    std::fs::write(daemon.path("done"), "").unwrap();
+    let restarted = wait_for(&mut client, "job", Duration::from_secs(5), |status| {
+        status.restarts == 1 && status.state == ProcessState::Ready
+    })
+    .await;
+    groups.add(restarted.pid.unwrap());
+    assert_ne!(restarted.pid, Some(job_pid));
+    assert!(!restarted.adopted);
+    assert_eq!(restarted.start_time, start_time(restarted.pid.unwrap()));
+    assert_stopped(job_pid);
+    let log = std::fs::read_to_string(&job.log).unwrap();
+    assert!(log.contains("its exit status is unknown"), "{log}");
+
+    // Another spec under the adopted name: the old process is stopped (which takes it 0.3 s) before the new one
+    // is spawned.
+    let mut changed = service.clone();
+    changed.args[1] = "echo new-started >> order; echo ready; exec sleep 1000".to_owned();
+    let replaced = client.start(changed).await.unwrap();
+    groups.add(replaced.pid.unwrap());
+    assert_ne!(replaced.pid, Some(service_pid));
+    assert!(!replaced.adopted);
+    assert_stopped(service_pid);
+    assert_eq!(
+        std::fs::read_to_string(daemon.path("order")).unwrap(),
+        "old-stopped\nnew-started\n"
+    );
+}
+
+#[tokio::test]
+async fn a_supervisor_killed_during_a_start_leaves_the_process_to_the_next_one() {
+    let mut groups = Groups::default();
+    let dir = tempfile::tempdir().unwrap();
+    let kip_dir = dir.path().join(".kip");
+    let (first, mut first_guard) = start_detached(&kip_dir).await;
+    let mut second = Client::connect(&kip_dir).await.unwrap().unwrap();
+    // Ready once `go` exists.
+    let mut slow = script_spec(
+        dir.path(),
+        "slow",
+        "while [ ! -e go ]; do sleep 0.02; done; echo ready; exec sleep 1000",
+        log_line("^ready$"),
+    );
+    slow.probe.timeout = Duration::from_secs(30);
+    // Never ready.
+    let mut doomed = script_spec(dir.path(), "doomed", "exec sleep 1000", log_line("^never$"));
+    doomed.probe.timeout = Duration::from_millis(1_500);
+    let slow_start = tokio::spawn({
+        let mut first = first;
+        async move { first.start(slow).await }
+    });
+    let doomed_start = tokio::spawn(async move { second.start(doomed).await });
+
+    // Both pids are in the table while the probes still wait.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let pids = loop {
+        let recorded: BTreeMap<String, u32> = table_processes(&kip_dir)
+            .into_iter()
+            .filter_map(|(name, pid, start)| {
+                start?;
+                Some((name, u32::try_from(pid?).ok()?))
+            })
+            .collect();
+        if recorded.len() == 2 {
+            break recorded;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the table does not list both: {recorded:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let (slow_pid, doomed_pid) = (groups.add(pids["slow"]), groups.add(pids["doomed"]));
+    kill_supervisor(&mut first_guard);
+    assert!(slow_start.await.unwrap().is_err());
+    assert!(doomed_start.await.unwrap().is_err());
+    assert!(is_running(slow_pid) && is_running(doomed_pid));
+
+    let mut client = connect_or_adopt(&kip_dir).await.expect("a supervisor");
+    let _second_guard = DetachedGuard {
+        kip_dir: kip_dir.clone(),
+        pid: Some(client.daemon().pid),
+    };
+    let status = client.status().await.unwrap();
+    let slow_status = status.iter().find(|status| status.name == "slow").unwrap();
+    assert_eq!(
+        (slow_status.pid, slow_status.adopted, &slow_status.state),
+        (Some(slow_pid), true, &ProcessState::Starting)
+    );
+
+    // The adopted process's probe runs again: it becomes ready, as the same process.
+    std::fs::write(dir.path().join("go"), "").unwrap();
+    let ready = client
+        .wait("slow", WaitUntil::Ready, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        (ready.pid, ready.adopted, ready.state),
+        (Some(slow_pid), true, ProcessState::Ready)
+    );
+    // The one that never passes its probe is stopped, not left running.
+    let failed = client
+        .wait("doomed", WaitUntil::Exited, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&failed.state, ProcessState::Failed { reason } if reason.contains("did not become ready")),
+        "{failed:?}"
+    );
+    assert_stopped(doomed_pid);
+
+    client.shutdown().await.unwrap();
+    assert_stopped(slow_pid);
+}
+
+#[tokio::test]
+async fn the_leftovers_of_a_group_whose_leader_died_unsupervised_are_stopped() {
+    let mut groups = Groups::default();
+    let dir = tempfile::tempdir().unwrap();
+    let kip_dir = dir.path().join(".kip");
+    let (mut first, mut first_guard) = start_detached(&kip_dir).await;
+    let web = script_spec(
+        dir.path(),
+        "web",
+        "sleep 1000 & echo $! > web.child; echo ready; wait",
+        log_line("^ready$"),
+    );
+    let web_pid = groups.add(first.start(web.clone()).await.unwrap().pid.unwrap());
+    let child: u32 = std::fs::read_to_string(dir.path().join("web.child"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    drop(first);
+    kill_supervisor(&mut first_guard);
+    // Then its leader dies too, leaving its child behind in the group.
+    rustix::process::kill_process(Pid::from_raw(web_pid as i32).unwrap(), Signal::KILL).unwrap();
+    assert_stopped(web_pid);
+    assert!(is_running(child));
+
+    let daemon = TestDaemon::start_in(dir);
+    let mut client = daemon.client().await;
+    assert_stopped(child);
+    assert_eq!(client.status().await.unwrap(), vec![]);
+    let log = std::fs::read_to_string(&web.log).unwrap();
+    assert!(log.contains("exited while no supervisor ran"), "{log}");
+    // The name starts afresh.
+    let restarted = client.start(web).await.unwrap();
+    groups.add(restarted.pid.unwrap());
+    assert!(!restarted.adopted);
+}
+
+#[tokio::test]
+async fn a_reused_pid_is_neither_adopted_nor_signalled() {
+    let dir = tempfile::tempdir().unwrap();
+    let kip_dir = dir.path().join(".kip");
+    // A bystander in a process group of its own, which notes every signal it gets.
+    let bystander = KillOnDrop(
+        std::process::Command::new("/bin/sh")
+            .args([
+                "-c",
+                "for s in TERM INT QUIT HUP USR1 USR2; do trap \"echo $s >> signals\" $s; done; \
+                 while :; do sleep 0.05; done",
+            ])
+            .current_dir(dir.path())
+            .process_group(0)
+            .spawn()
+            .unwrap(),
+    );
+    let pid = bystander.0.id();
+    let real_start = start_time(pid).unwrap();
+    // A pid whose process is gone: a child that was reaped (and that started no group of its own).
+    let mut gone = std::process::Command::new("/bin/true").spawn().unwrap();
+    gone.wait().unwrap();
+    let record = |name: &str, sequence: u64, pid: u32, start_time: u64| {
+        json!({
+            "name": name,
+            "sequence": sequence,
+            "spec": script_spec(dir.path(), name, "exec sleep 1000", ProbeKind::None),
+            "pid": pid,
+            "start_time": start_time,
+            "log_offset": 0,
+            "state": {"kind": "ready"},
+            "restarts": 0,
+            "started_at": null,
+        })
+    };
+    let table = json!({
+        "version": 1,
+        "daemon_pid": 1,
+        "processes": [record("reused", 0, pid, real_start + 7), record("gone", 1, gone.id(), 1)],
+    });
+    std::fs::create_dir_all(kip_dir.join("supervisor")).unwrap();
+    std::fs::write(
+        kip_dir.join("supervisor/table.json"),
+        serde_json::to_vec(&table).unwrap(),
+    )
+    .unwrap();
+
+    // Nothing to adopt: no supervisor is started (the program would not even run).
+    assert!(
+        Client::connect_or_adopt(&kip_dir, Path::new("/nonexistent/kip"), &[])
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(!socket_path(&kip_dir).exists());
+
+    let daemon = TestDaemon::start_in(dir);
+    let mut client = daemon.client().await;
+    assert_eq!(client.status().await.unwrap(), vec![]);
+    assert_eq!(table_processes(&daemon.kip_dir), []);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(is_running(pid));
+    assert_eq!(start_time(pid), Some(real_start));
+    assert!(
+        !daemon.path("signals").exists(),
+        "the bystander was signalled: {:?}",
+        std::fs::read_to_string(daemon.path("signals"))
+    );
+}
+
+#[tokio::test]
+async fn a_foreign_listener_on_the_probe_target_refuses_the_start_and_is_left_alone() {
+    let daemon = TestDaemon::start();
+    let mut client = daemon.client().await;
+    let spawned = daemon.path("spawned");
+    let script = format!("echo yes >> {}; exec sleep 1000", spawned.display());
+
+    // A unix socket someone else listens on.
+    let socket = daemon.path("foreign.sock");
+    let foreign = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let spec = daemon.script(
+        "unix",
+        &script,
+        ProbeKind::Socket {
+            path: socket.clone(),
+        },
+    );
+    let error = client.start(spec).await.unwrap_err();
+    assert!(error.hint().unwrap().contains("ss -xlp"), "{error}");
+    assert_eq!(
+        probe_error(error),
+        RequestError::AddressInUse {
+            name: "unix".to_owned(),
+            target: socket.display().to_string(),
+        }
+    );
+    // Untouched: it still accepts.
+    let _connection = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    foreign.accept().unwrap();
+
+    // A TCP port someone else listens on.
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = tcp.local_addr().unwrap().port();
+    let spec = daemon.script(
+        "tcp",
+        &script,
+        ProbeKind::Tcp {
+            host: "127.0.0.1".to_owned(),
+            port,
+        },
+    );
+    let error = probe_error(client.start(spec).await.unwrap_err());
+    assert_eq!(
+        error,
+        RequestError::AddressInUse {
+            name: "tcp".to_owned(),
+            target: format!("127.0.0.1:{port}"),
+        }
+    );
+    assert!(
+        error.to_string().contains(&format!(
+            "something else already listens on 127.0.0.1:{port}"
+        )),
+        "{error}"
+    );
+    let _connection = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.accept().unwrap();
+    assert!(!spawned.exists(), "a process was spawned");
+
+    // A foreign listener that appears after the spawn, while the probe waits, does not make the process ready:
+    // the listening socket is not its group's.
+    let late_socket = daemon.path("late.sock");
+    let late_port = free_port();
+    for (name, probe) in [
+        (
+            "late-unix",
+            ProbeKind::Socket {
+                path: late_socket.clone(),
+            },
+        ),
+        (
+            "late-tcp",
+            ProbeKind::Tcp {
+                host: "127.0.0.1".to_owned(),
+                port: late_port,
+            },
+        ),
+    ] {
+        let mut spec = daemon.script(name, "echo started; exec sleep 1000", probe);
+        spec.probe.timeout = Duration::from_millis(1_000);
+        let log = spec.log.clone();
+        let bind_path = late_socket.clone();
+        let binder = tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !std::fs::read_to_string(&log).is_ok_and(|log| log.contains("started")) {
+                assert!(Instant::now() < deadline, "the process did not start");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if name == "late-unix" {
+                Ok(std::os::unix::net::UnixListener::bind(&bind_path).unwrap())
+            } else {
+                Err(std::net::TcpListener::bind(("127.0.0.1", late_port)).unwrap())
+            }
+        });
+        let error = probe_error(client.start(spec).await.unwrap_err());
+        let listener = binder.await.unwrap();
+        let RequestError::NotReady { reason, .. } = &error else {
+            panic!("{error:?}")
+        };
+        assert!(
+            reason.contains("belongs to no process of the started process group"),
+            "{reason}"
+        );
+        // The foreign listener was left alone.
+        match listener {
+            Ok(unix) => {
+                let _connection = std::os::unix::net::UnixStream::connect(&late_socket).unwrap();
+                unix.accept().unwrap();
+            }
+            Err(tcp) => {
+                let _connection = std::net::TcpStream::connect(("127.0.0.1", late_port)).unwrap();
+                tcp.accept().unwrap();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_spent_restart_budget_fails_the_process_with_the_reason() {
+    let daemon = TestDaemon::start();
+    let mut client = daemon.client().await;
+    let mut crasher = daemon.script("crasher", "echo up; exit 1", ProbeKind::None);
+    crasher.restart = RestartPolicy::OnFailure;
+    assert_eq!(crasher.max_restarts, None);
+    client.start(crasher.clone()).await.unwrap();
+
+    // No max_restarts: the default budget; backoffs of 0.2, 0.4, 0.8, 1.6 and 3.2 s.
+    let clock = Instant::now();
+    let failed = client
+        .wait("crasher", WaitUntil::Exited, Duration::from_secs(20))
+        .await
+        .unwrap();
+    eprintln!("restart budget spent after {:?}", clock.elapsed());
+    assert_eq!(DEFAULT_MAX_RESTARTS, 5);
+    assert_eq!((failed.restarts, failed.pid), (5, None));
+    let ProcessState::Failed { reason } = &failed.state else {
+        panic!("{failed:?}")
+    };
+    assert_eq!(
+        reason,
+        "exited with code 1; gave up after 5 restarts in a row (max_restarts = 5)"
+    );
+    let log = std::fs::read_to_string(&crasher.log).unwrap();
+    assert_eq!(log.matches("up\n").count(), 6, "{log}");
+    assert!(log.contains(reason.as_str()), "{log}");
+}
+
+#[tokio::test]
+async fn reload_sends_the_reload_signal_to_the_group() {
+    let daemon = TestDaemon::start();
+    let mut client = daemon.client().await;
+    let mut spec = daemon.script(
+        "reloadable",
+        "trap 'echo reloaded >> reloads' HUP; echo ready; while :; do sleep 0.05; done",
+        log_line("^ready$"),
+    );
+    spec.reload = Some("SIGHUP".to_owned());
+    let pid = client.start(spec.clone()).await.unwrap().pid.unwrap();
+    let reloads = daemon.path("reloads");
+    for count in 1..=2 {
+        client.reload("reloadable").await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while std::fs::read_to_string(&reloads)
+            .unwrap_or_default()
+            .matches("reloaded")
+            .count()
+            < count
+        {
+            assert!(Instant::now() < deadline, "no reload {count} noted");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let status = wait_for(&mut client, "reloadable", Duration::from_secs(1), |_| true).await;
+    assert_eq!((status.pid, status.state), (Some(pid), ProcessState::Ready));
+    let log = std::fs::read_to_string(&spec.log).unwrap();
+    assert!(log.contains("sending SIGHUP (reload)"), "{log}");
+
+    // No reload signal, an unknown name, a process that is not running, a signal that does not exist.
+    let plain = daemon.script("plain", "echo ready; exec sleep 1000", log_line("^ready$"));
+    client.start(plain).await.unwrap();
+    assert_eq!(
+        probe_error(client.reload("plain").await.unwrap_err()),
+        RequestError::NoReloadSignal {
+            name: "plain".to_owned()
+        }
+    );
+    assert_eq!(
+        probe_error(client.reload("nobody").await.unwrap_err()),
+        RequestError::UnknownProcess {
+            name: "nobody".to_owned()
+        }
+    );
+    let mut finished = daemon.script("finished", "exit 0", ProbeKind::None);
+    finished.reload = Some("SIGHUP".to_owned());
+    client.start(finished).await.unwrap();
+    client
+        .wait("finished", WaitUntil::Exited, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        probe_error(client.reload("finished").await.unwrap_err()),
+        RequestError::NotRunning {
+            name: "finished".to_owned(),
+            state: "exited with code 0".to_owned(),
+        }
+    );
+    let mut bad = daemon.script("bad", "exec sleep 1000", ProbeKind::None);
+    bad.reload = Some("SIGFOO".to_owned());
+    let error = probe_error(client.start(bad).await.unwrap_err());
+    assert!(
+        matches!(&error, RequestError::InvalidSpec { reason, .. } if reason.contains("SIGFOO")),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn wait_until_exited_answers_a_one_shot_jobs_exit_code() {
+    let daemon = TestDaemon::start();
+    let mut client = daemon.client().await;
+    for code in [0, 3] {
+        let name = format!("job-{code}");
+        let spec = daemon.script(&name, &format!("sleep 0.3; exit {code}"), ProbeKind::None);
+        assert_eq!(spec.restart, RestartPolicy::No);
+        let started = client.start(spec).await.unwrap();
+        assert_eq!(started.state, ProcessState::Ready);
+        let clock = Instant::now();
+        let exited = client
+            .wait(&name, WaitUntil::Exited, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(
+            clock.elapsed() >= Duration::from_millis(200),
+            "{:?}",
+            clock.elapsed()
+        );
+        assert_eq!(
+            (exited.state, exited.pid),
+            (
+                ProcessState::Exited {
+                    code: Some(code),
+                    signal: None
+                },
+                None
+            )
+        );
+    }
+    // Waiting again answers at once; waiting for it to be ready cannot succeed.
+    let again = client
+        .wait("job-3", WaitUntil::Exited, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert!(matches!(
+        again.state,
+        ProcessState::Exited { code: Some(3), .. }
+    ));
+    assert_eq!(
+        probe_error(
+            client
+                .wait("job-3", WaitUntil::Ready, Duration::from_secs(5))
+                .await
+                .unwrap_err()
+        ),
+        RequestError::WaitUnreachable {
+            name: "job-3".to_owned(),
+            until: WaitUntil::Ready,
+            state: "exited with code 3".to_owned(),
+        }
+    );
+
+    // A process that keeps running: ready at once, and a wait for its exit times out.
+    let runner = daemon.script("runner", "echo ready; exec sleep 1000", log_line("^ready$"));
+    client.start(runner).await.unwrap();
+    let ready = client
+        .wait("runner", WaitUntil::Ready, Duration::from_millis(100))
+        .await
+        .unwrap();
+    assert_eq!(ready.state, ProcessState::Ready);
+    let clock = Instant::now();
+    let error = probe_error(
+        client
+            .wait("runner", WaitUntil::Exited, Duration::from_millis(300))
+            .await
+            .unwrap_err(),
+    );
+    assert!(clock.elapsed() >= Duration::from_millis(300));
+    assert_eq!(
+        error,
+        RequestError::WaitTimeout {
+            name: "runner".to_owned(),
+            until: WaitUntil::Exited,
+            waited_ms: 300,
+            state: "is ready".to_owned(),
+        }
+    );
+    assert_eq!(
+        error.to_string(),
+        "`runner` was not exited after 300 ms: it is ready"
+    );
+    assert_eq!(
+        probe_error(
+            client
+                .wait("nobody", WaitUntil::Exited, Duration::from_secs(1))
+                .await
+                .unwrap_err()
+        ),
+        RequestError::UnknownProcess {
+            name: "nobody".to_owned()
+        }
+    );
+}
+
+#[tokio::test]
+async fn the_control_socket_is_private_and_other_accounts_are_refused() {
+    let daemon = TestDaemon::start();
+    let socket = socket_path(&daemon.kip_dir);
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&socket), 0o600);
+    let mut client = daemon.client().await;
+    client
+        .start(daemon.script("secretive", "exec sleep 1000", ProbeKind::None))
+        .await
+        .unwrap();
+    assert_eq!(mode(&daemon.kip_dir.join("supervisor/table.json")), 0o600);
+
+    let python = Path::new("/usr/bin/python3");
+    if !rustix::process::geteuid().is_root() || !python.exists() {
+        eprintln!("skipped the other account: needs root and /usr/bin/python3");
+        return;
+    }
+    // Connects as `nobody`, reads one line, and says whether the connection was closed after it.
+    let as_nobody = |socket: &Path| {
+        let output = std::process::Command::new(python)
+            .args([
+                "-c",
+                "import socket, sys\n\
+                 s = socket.socket(socket.AF_UNIX)\n\
+                 try:\n    s.connect(sys.argv[1])\n\
+                 except OSError as e:\n    print('connect failed', e.errno); sys.exit(0)\n\
+                 f = s.makefile('rb')\n\
+                 print(f.readline().decode().strip())\n\
+                 print('closed' if f.readline() == b'' else 'open')\n",
+                &socket.to_string_lossy(),
+            ])
+            .current_dir("/")
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    // The socket's mode keeps it out (once the directories let it through).
+    for dir in [daemon.dir.path(), daemon.kip_dir.as_path()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    }
+    assert_eq!(as_nobody(&socket), "connect failed 13\n");
+    // And were the socket's mode lost, the peer check would refuse it.
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let said = as_nobody(&socket);
+    let mut lines = said.lines();
+    let answer: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    assert_eq!(answer["ok"], false, "{answer}");
+    assert_eq!(answer["error"]["kind"], "forbidden", "{answer}");
+    assert_eq!(answer["error"]["uid"], 65534, "{answer}");
+    assert_eq!(lines.next(), Some("closed"));
+    // The daemon serves its own account as before.
+    assert_eq!(client.status().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn two_supervisors_racing_for_one_project_leave_exactly_one_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let kip_dir = dir.path().join(".kip");
+    let exe = std::env::current_exe().unwrap();
+    let mut racers: Vec<KillOnDrop> = (0..2)
+        .map(|racer| {
+            let output =
+                std::fs::File::create(dir.path().join(format!("racer-{racer}.log"))).unwrap();
+            KillOnDrop(
+                std::process::Command::new(&exe)
+                    .args(daemon_args(&kip_dir))
+                    .stdin(std::process::Stdio::null())
+                    .stdout(output.try_clone().unwrap())
+                    .stderr(output)
+                    .process_group(0)
+                    .spawn()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let _guard = DetachedGuard {
+        kip_dir: kip_dir.clone(),
+        pid: None,
+    };
+    // One exits (refused), the other serves.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (loser, status) = loop {
+        if let Some((index, status)) = racers
+            .iter_mut()
+            .enumerate()
+            .find_map(|(index, racer)| Some((index, racer.0.try_wait().unwrap()?)))
+        {
+            break (index, status);
+        }
+        assert!(Instant::now() < deadline, "neither supervisor gave way");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(!status.success());
+    let said = std::fs::read_to_string(dir.path().join(format!("racer-{loser}.log"))).unwrap();
+    assert!(
+        said.contains("AlreadyRunning") || said.contains("Locked"),
+        "{said}"
+    );
+    let winner = &mut racers[1 - loser].0;
+    let mut client = Client::connect(&kip_dir)
+        .await
+        .unwrap()
+        .expect("the winner answers");
+    assert_eq!(client.daemon().pid, winner.id());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        winner.try_wait().unwrap().is_none(),
+        "the winner exited too"
+    );
+
+    // A third one, in-process, is refused while the winner holds the lock; the winner goes on serving.
+    let error = run_daemon_with(
+        &kip_dir,
+        DaemonOptions {
+            handle_signals: false,
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&error, SupervisorError::AlreadyRunning { pid: Some(pid), .. } if *pid == winner.id()),
+        "{error:?}"
+    );
+    client.ping().await.unwrap();
+
+    // Two clients starting a supervisor at once end up with the same one.
+    client.shutdown().await.unwrap();
+    let winner_status = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(status) = winner.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    assert!(winner_status.success());
+    let (first, second) = tokio::join!(start_detached(&kip_dir), start_detached(&kip_dir));
+    let (first, _first_guard) = first;
+    let (second, _second_guard) = second;
+    assert_eq!(first.daemon().pid, second.daemon().pid);
+    // The other one gives way (it may try for the lock a little longer while the winner starts listening).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let command_line = format!("kip-supervisor-dir={}", kip_dir.display());
+    while count_running_with(&command_line) > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "two supervisors run for one project"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(count_running_with(&command_line), 1);
+    assert!(is_running(first.daemon().pid));
+}
+
+/// Asks a Valkey server on `socket` for PING.
+fn valkey_ping(socket: &Path) -> String {
+    let mut connection = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    connection
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    connection.write_all(b"PING\r\n").unwrap();
+    let mut answer = [0; 7];
+    connection.read_exact(&mut answer).unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn an_adopted_valkey_keeps_its_socket_and_is_replaced_on_the_same_socket() {
+    let mut groups = Groups::default();
+    let dir = tempfile::tempdir().unwrap();
+    let kip_dir = dir.path().join(".kip");
+    let server = unpack_valkey(&dir.path().join("valkey"));
+    let socket = dir.path().join("valkey.sock");
+    let mut spec = script_spec(
+        dir.path(),
+        "valkey.cache",
+        "",
+        ProbeKind::Socket {
+            path: socket.clone(),
+        },
+    );
+    spec.program = server;
+    spec.args = [
+        "--port",
+        "0",
+        "--unixsocket",
+        &socket.to_string_lossy(),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    spec.restart = RestartPolicy::OnFailure;
+    let (mut first, mut first_guard) = start_detached(&kip_dir).await;
+    let pid = groups.add(first.start(spec.clone()).await.unwrap().pid.unwrap());
+    drop(first);
+    kill_supervisor(&mut first_guard);
+    assert_eq!(valkey_ping(&socket), "+PONG\r\n");
+
+    let mut client = connect_or_adopt(&kip_dir).await.expect("a supervisor");
+    let _second_guard = DetachedGuard {
+        kip_dir: kip_dir.clone(),
+        pid: Some(client.daemon().pid),
+    };
+    // Its own socket is not a foreign listener: the same spec answers the adopted server.
+    let same = client.start(spec.clone()).await.unwrap();
+    assert_eq!((same.pid, same.adopted), (Some(pid), true));
+    assert_eq!(valkey_ping(&socket), "+PONG\r\n");
+
+    // A changed spec: the adopted server is stopped, and the new one binds the same socket and is ready on it.
+    let mut changed = spec.clone();
+    changed
+        .args
+        .extend(["--databases".to_owned(), "4".to_owned()]);
+    let replaced = client.start(changed).await.unwrap();
+    let new_pid = groups.add(replaced.pid.unwrap());
+    assert_ne!(new_pid, pid);
+    assert!(!replaced.adopted);
+    assert_stopped(pid);
+    assert_eq!(valkey_ping(&socket), "+PONG\r\n");
+    client.stop("valkey.cache").await.unwrap();
+    assert_stopped(new_pid);
 }

@@ -279,9 +279,7 @@ pub fn destroy(context: &Context, args: DestroyArgs) -> anyhow::Result<ExitStatu
     if state.instances.is_empty() {
         runtime()?
             .block_on(async {
-                if let Some(client) =
-                    kip_core::supervisor::Client::connect(&project.kip_dir).await?
-                {
+                if let Some(client) = supervisors.adopt().await? {
                     client.shutdown().await?;
                 }
                 Ok(())

@@ -115,8 +115,7 @@ pub fn down(context: &Context) -> anyhow::Result<ExitStatus> {
     let runtime = runtime()?;
     let stopped = runtime
         .block_on(async {
-            let Some(client) = kip_core::supervisor::Client::connect(&project.kip_dir).await?
-            else {
+            let Some(client) = supervisors(&project).adopt().await? else {
                 return Ok(false);
             };
             let mut supervisor = supervisors(&project).connect();

@@ -16,7 +16,6 @@ use kip_core::address::Address;
 
 use kip_core::project::Project;
 use kip_core::state::State;
-use kip_core::supervisor::Client;
 
 use super::exports::{env_variables, exports_of};
 use super::project::{engines, parse_address, project, runtime, state_error};
@@ -70,7 +69,7 @@ fn known_logs(project: &Project) -> anyhow::Result<BTreeMap<String, PathBuf>> {
     // A supervisor that is stuck or gone only costs the live names: the state still knows every instance's log.
     let processes = runtime()?
         .block_on(async {
-            match Client::connect(&project.kip_dir).await? {
+            match super::project::supervisors(project).adopt().await? {
                 Some(mut client) => client.status().await,
                 None => Ok(Vec::new()),
             }

@@ -1,5 +1,6 @@
-//! The client side of the supervisor, used by the CLI: find the project's supervisor (or start one, detached),
-//! and ask it to start, stop and report on processes.
+//! The client side of the supervisor, used by the CLI: find the project's supervisor (or start one, detached,
+//! also when none runs but a killed one left live processes to adopt), and ask it to start, stop, reload, wait
+//! for and report on processes.
 //!
 //! A [`Client`] is one connection; its requests are answered in order. To start processes in parallel, open one
 //! client per task. A request whose future is dropped before its answer arrived leaves the connection out of step,
@@ -19,7 +20,9 @@ use tokio::time::Instant;
 
 use super::error::SupervisorError;
 use super::protocol::{self, MAX_LINE, Request};
-use super::{DaemonInfo, ProcessStatus, daemon_log_path, logfile, socket_path};
+use super::{
+    DaemonInfo, ProcessStatus, WaitUntil, daemon_log_path, logfile, socket_path, table, table_path,
+};
 use crate::engine::SpawnSpec;
 
 /// How long [`Client::start_daemon`] waits for a new supervisor to answer. It binds its socket within
@@ -52,7 +55,8 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// Connects to the supervisor of the project whose `.kip/` directory is `kip_dir`; `None` when none runs
-    /// (no socket, or a socket file nobody listens on). A supervisor that accepts the connection but does not
+    /// (no socket, a socket file nobody listens on, or a supervisor that was dying as it was reached: it accepted
+    /// the connection and vanished without an answer). A supervisor that accepts the connection but does not
     /// answer a ping is an error: it is there, and stuck.
     pub async fn connect(kip_dir: &Path) -> Result<Option<Client>, SupervisorError> {
         let socket = socket_path(kip_dir);
@@ -82,6 +86,15 @@ impl Client {
             in_flight: false,
         };
         client.daemon = match tokio::time::timeout(PING_TIMEOUT, client.ping()).await {
+            Ok(Err(SupervisorError::Closed { .. })) => return Ok(None),
+            Ok(Err(SupervisorError::Transport { source, .. }))
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                ) =>
+            {
+                return Ok(None);
+            }
             Ok(answer) => answer?,
             Err(_) => {
                 return Err(SupervisorError::Timeout {
@@ -148,8 +161,15 @@ impl Client {
                 return Ok(client);
             }
             if let Some(status) = exited {
-                // It exited and, even after that, nobody answers.
-                return Err(did_not_start(Some(super::process::describe_exit(status))));
+                // It exited, and even after that nobody answers. If another daemon holds the lock, that one won a
+                // race to start and is not listening yet: wait for it.
+                if !super::daemon::lock_is_held(kip_dir)
+                    || started.elapsed() >= DAEMON_START_TIMEOUT
+                {
+                    return Err(did_not_start(Some(super::process::describe_exit(status))));
+                }
+                tokio::time::sleep(START_POLL).await;
+                continue;
             }
             if let Ok(Some(status)) = child.try_wait() {
                 // Connect once more: it may have exited because another supervisor won the race.
@@ -175,6 +195,25 @@ impl Client {
             Some(client) => Ok(client),
             None => Client::start_daemon(kip_dir, kip_exe, args).await,
         }
+    }
+
+    /// [`Client::connect`]; when no supervisor answers but the persisted process table lists processes that still
+    /// run (their supervisor was killed), starts one with [`Client::start_daemon`], which adopts them, and returns
+    /// the connection to it. `None` when no supervisor runs and nothing is left to adopt: nothing is started.
+    ///
+    /// For commands that act on what runs (`ps`, `down`, `destroy`, `apply`) without necessarily starting anything.
+    pub async fn connect_or_adopt(
+        kip_dir: &Path,
+        kip_exe: &Path,
+        args: &[&str],
+    ) -> Result<Option<Client>, SupervisorError> {
+        if let Some(client) = Client::connect(kip_dir).await? {
+            return Ok(Some(client));
+        }
+        if !table::lists_a_live_process(&table_path(kip_dir)) {
+            return Ok(None);
+        }
+        Client::start_daemon(kip_dir, kip_exe, args).await.map(Some)
     }
 
     /// The control socket this client is connected to.
@@ -211,6 +250,34 @@ impl Client {
         })
         .await
         .map(drop)
+    }
+
+    /// Sends the process's reload signal (its spec's `reload`) to its whole process group.
+    pub async fn reload(&mut self, name: &str) -> Result<(), SupervisorError> {
+        self.request(&Request::Reload {
+            name: name.to_owned(),
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Waits until the process is ready, or has exited for good (a one-shot job: its state then says its exit
+    /// code), and returns its status then. Waiting longer than `timeout` is an error, and so is waiting for a
+    /// process that exited for good to become ready.
+    pub async fn wait(
+        &mut self,
+        name: &str,
+        until: WaitUntil,
+        timeout: Duration,
+    ) -> Result<ProcessStatus, SupervisorError> {
+        let answer = self
+            .request(&Request::Wait {
+                name: name.to_owned(),
+                until,
+                timeout_ms: timeout.as_millis().try_into().unwrap_or(u64::MAX),
+            })
+            .await?;
+        self.decode(answer)
     }
 
     /// Every supervised process, in start order.

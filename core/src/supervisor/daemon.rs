@@ -1,16 +1,30 @@
-//! The supervisor daemon: owns the project's control socket and pid file, serves requests (one task per
-//! connection), and keeps the table of supervised processes.
+//! The supervisor daemon: owns the project's control socket, lock and pid file, serves requests (one task per
+//! connection), and keeps the table of supervised processes, persisted so that a daemon that replaces a killed one
+//! adopts its processes.
 //!
-//! There is one daemon per project. It refuses to start while another one answers on the socket; a socket file
-//! nobody listens on (left by a daemon that was killed) is removed. On shutdown (a `shutdown` request, or SIGTERM
-//! or SIGINT when it handles signals) it stops every process, newest first, so that a process is stopped before
-//! the ones it was started after, then removes its socket and pid file, if they are still its own.
+//! There is one daemon per project: it holds an exclusive lock on `.kip/supervisor.lock` for its whole life (the
+//! kernel releases it when the daemon dies, however it dies), and it also refuses to start while another one
+//! answers on the socket (a daemon of an older kip, which took no lock). A socket file nobody listens on (left by a
+//! daemon that was killed) is removed. The socket is made 0600 before the first connection is accepted, and every
+//! connection's peer must be the daemon's own effective uid or root: anyone else gets one `forbidden` error line
+//! and is disconnected. On shutdown (a `shutdown` request, or SIGTERM or SIGINT when it handles signals) it stops
+//! every process, newest first, so that a process is stopped before the ones it was started after, then removes its
+//! socket and pid file, if they are still its own.
+//!
+//! At start-up, before it serves anything, the daemon reads the persisted table: a process whose pid is alive with
+//! the recorded start time is adopted (see [`super::process`]); one whose leader is gone is dropped (the next
+//! apply starts it again), after what is left of its process group is stopped, when every member still carries the
+//! run's id in its environment; one whose pid another process has now is dropped without a signal. Until such
+//! leftovers are stopped, a start of the same name waits.
 //!
 //! Starts of different processes run in parallel (apply starts independent instances at the same time); starts
-//! of the same name are serialised, so that a repeated `start` sees the first one's outcome.
+//! of the same name are serialised, so that a repeated `start` sees the first one's outcome, and a start that
+//! replaces a process stops the old one (its whole group) before it spawns the new one: two processes of one name
+//! never run at the same time.
 
-use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::MetadataExt as _;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write as _;
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,12 +35,26 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, Buf
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use super::error::{RequestError, SupervisorError};
-use super::process::{self, Handle};
+use super::process::{self, Adoption, Handle, Origin, Persistence};
+use super::procfs::Identity;
 use super::protocol::{self, MAX_LINE, PROTOCOL_VERSION, Request};
-use super::{DaemonInfo, ProcessState, ProcessStatus, pid_file_path, socket_path};
+use super::table::{self, LoadError, Record, Store};
+use super::{
+    DaemonInfo, ProcessState, ProcessStatus, WaitUntil, lock_path, pid_file_path, socket_path,
+    table_path,
+};
 use crate::engine::SpawnSpec;
+
+/// How long a daemon that finds the lock taken keeps trying before it refuses to start: the holder may be a client
+/// checking whether a daemon runs ([`lock_is_held`]), which lets go at once, or a daemon that was just killed,
+/// whose threads are still exiting (its socket may even still accept connections).
+const LOCK_PATIENCE: Duration = Duration::from_secs(1);
+/// How much longer than its probe's timeout a start waits for a process of the same spec that is starting already.
+const SETTLE_MARGIN: Duration = Duration::from_secs(1);
 
 /// How the daemon runs, beyond its directory.
 #[derive(Debug, Clone)]
@@ -63,16 +91,25 @@ pub async fn run_daemon_with(
         source,
     })?;
     let socket = socket_path(kip_dir);
+    let lock = acquire_lock(kip_dir, &socket).await?;
     let listener = bind(&socket, kip_dir).await?;
     let mut files = OwnedFiles::new(socket, pid_file_path(kip_dir));
+    // Before the first accept: until then, connections only wait in the backlog, and each one's peer is checked.
+    std::fs::set_permissions(&files.socket, std::fs::Permissions::from_mode(0o600)).map_err(
+        |source| SupervisorError::Bind {
+            socket: files.socket.clone(),
+            source,
+        },
+    )?;
     files.write_pid()?;
     let mut signals = if options.handle_signals {
         Some(Signals::new()?)
     } else {
         None
     };
+    let supervisor = Supervisor::adopt(table_path(kip_dir))?;
     let daemon = Arc::new(Daemon {
-        supervisor: Supervisor::default(),
+        supervisor,
         files,
         exit: Notify::new(),
         info: DaemonInfo {
@@ -80,6 +117,8 @@ pub async fn run_daemon_with(
             protocol: PROTOCOL_VERSION,
             kip_version: env!("CARGO_PKG_VERSION").to_owned(),
         },
+        owner: rustix::process::geteuid().as_raw(),
+        _lock: lock,
     });
     tracing::info!(socket = %daemon.files.socket.display(), pid = daemon.info.pid, "supervisor listening");
     loop {
@@ -108,6 +147,68 @@ pub async fn run_daemon_with(
     daemon.files.remove();
     tracing::info!("supervisor stopped");
     Ok(())
+}
+
+/// Takes the project's daemon lock, and writes this daemon's pid into the lock file (for messages). Refuses when
+/// the lock stays taken for [`LOCK_PATIENCE`]: as `AlreadyRunning` when a daemon listens on the socket, else as
+/// `Locked`.
+async fn acquire_lock(kip_dir: &Path, socket: &Path) -> Result<std::fs::File, SupervisorError> {
+    let path = lock_path(kip_dir);
+    let lock_error = |source| SupervisorError::Lock {
+        path: path.clone(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(lock_error)?;
+    let deadline = Instant::now() + LOCK_PATIENCE;
+    loop {
+        match file.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                if UnixStream::connect(socket).await.is_ok() {
+                    return Err(SupervisorError::AlreadyRunning {
+                        socket: socket.to_owned(),
+                        pid: read_pid(kip_dir),
+                    });
+                }
+                return Err(SupervisorError::Locked {
+                    pid: lock_holder(&path),
+                    lock: path,
+                });
+            }
+            Err(std::fs::TryLockError::Error(source)) => return Err(lock_error(source)),
+        }
+    }
+    let written = file
+        .set_len(0)
+        .and_then(|()| file.write_all(format!("{}\n", std::process::id()).as_bytes()));
+    if let Err(error) = written {
+        tracing::warn!(lock = %path.display(), "cannot write the pid into the lock file: {error}");
+    }
+    Ok(file)
+}
+
+/// The pid a daemon wrote into the lock file it holds.
+fn lock_holder(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Whether a daemon holds the lock of `kip_dir` (it may be starting, not yet answering). Takes the lock for an
+/// instant when it is free; a daemon starting at that instant waits ([`LOCK_PATIENCE`]).
+pub(super) fn lock_is_held(kip_dir: &Path) -> bool {
+    let Ok(file) = std::fs::File::open(lock_path(kip_dir)) else {
+        return false;
+    };
+    matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock))
 }
 
 /// Binds the control socket, removing a stale socket file first; refuses when a live daemon answers on it.
@@ -260,6 +361,10 @@ struct Daemon {
     /// Told once a `shutdown` request has been answered: the accept loop ends.
     exit: Notify,
     info: DaemonInfo,
+    /// The daemon's effective uid: with root, the only peer it serves.
+    owner: u32,
+    /// The project's daemon lock, held while this lives.
+    _lock: std::fs::File,
 }
 
 impl Daemon {
@@ -276,6 +381,14 @@ impl Daemon {
             }
             Request::Stop { name } => self.supervisor.stop(&name).await.map(|()| Value::Null),
             Request::Status => encode(serde_json::to_value(self.supervisor.status())),
+            Request::Reload { name } => self.supervisor.reload(&name).await.map(|()| Value::Null),
+            Request::Wait {
+                name,
+                until,
+                timeout_ms,
+            } => encode(serde_json::to_value(
+                self.supervisor.wait(&name, until, timeout_ms).await?,
+            )),
             Request::Shutdown => {
                 self.supervisor.shutdown().await;
                 // Before answering, so that a client that got the answer finds no socket to connect to.
@@ -286,8 +399,22 @@ impl Daemon {
     }
 }
 
-/// Serves one connection: one request per line, answered in order, until the client closes it.
-async fn serve_connection(daemon: Arc<Daemon>, stream: UnixStream) {
+/// Serves one connection: one request per line, answered in order, until the client closes it. A peer that is
+/// neither the daemon's own uid nor root gets one error line and is disconnected.
+async fn serve_connection(daemon: Arc<Daemon>, mut stream: UnixStream) {
+    let uid = stream.peer_cred().ok().map(|cred| cred.uid());
+    if !uid.is_some_and(|uid| uid == daemon.owner || uid == 0) {
+        tracing::warn!("refused a connection from uid {uid:?}");
+        let error = RequestError::Forbidden {
+            uid,
+            owner: daemon.owner,
+        };
+        let _ = stream
+            .write_all(&protocol::encode_response(Err(error)))
+            .await;
+        let _ = stream.shutdown().await;
+        return;
+    }
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut line = Vec::new();
@@ -376,11 +503,14 @@ async fn skip_line(
 const MAX_SKIP: usize = 64 << 20;
 
 /// The table of supervised processes.
-#[derive(Default)]
 struct Supervisor {
     table: Mutex<Table>,
     /// One lock per name, held for the whole of a start: a second start of the same name waits for the first.
     start_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The persisted table.
+    store: Arc<Store>,
+    /// Stops of what a killed supervisor left behind (see [`Supervisor::adopt`]); shutdown waits for them.
+    cleanups: Mutex<Vec<JoinHandle<()>>>,
 }
 
 #[derive(Default)]
@@ -396,7 +526,129 @@ struct Entry {
     handle: Arc<Handle>,
 }
 
+/// What a new daemon does with one record of the persisted table.
+enum Verdict {
+    /// Its process runs: supervise it.
+    Adopt(Adoption),
+    /// Stop what runs of its process group, then forget it: its leader is gone (or runs under a name adopted
+    /// already, or in a state that cannot be resumed).
+    Stop { group: u32, start_time: u64 },
+    /// Forget it: nothing of it runs, or its pid belongs to another process now.
+    Drop,
+}
+
 impl Supervisor {
+    /// The supervisor of a new daemon: reads the persisted table at `path` and adopts the processes of the daemon
+    /// that wrote it (see the module header). Needs a runtime (it spawns the adopted processes' tasks).
+    fn adopt(path: PathBuf) -> Result<Supervisor, SupervisorError> {
+        let mut records = match table::load(&path) {
+            Ok(records) => records,
+            Err(LoadError::Io(source)) => return Err(SupervisorError::Table { path, source }),
+            Err(LoadError::Malformed(reason)) => {
+                tracing::warn!(table = %path.display(), "the process table cannot be read ({reason}): set aside");
+                table::set_aside(&path);
+                Vec::new()
+            }
+        };
+        // Newest first: if a name appears twice (it should not), the newest is the one adopted.
+        records.sort_by_key(|record| std::cmp::Reverse(record.sequence));
+        let mut names = HashSet::new();
+        let mut verdicts: Vec<(Record, Verdict)> = Vec::new();
+        for record in records {
+            let verdict = match (record.identify(), record.pid, record.start_time) {
+                (Some(Identity::Alive), Some(group), Some(start_time)) => {
+                    match Adoption::from_record(&record) {
+                        Some(adoption) if names.insert(record.name.clone()) => {
+                            Verdict::Adopt(adoption)
+                        }
+                        _ => Verdict::Stop { group, start_time },
+                    }
+                }
+                (Some(Identity::Gone), Some(group), Some(start_time)) => {
+                    Verdict::Stop { group, start_time }
+                }
+                _ => Verdict::Drop,
+            };
+            match &verdict {
+                Verdict::Adopt(adoption) => {
+                    tracing::info!(name = %record.name, pid = adoption.pid, "adopting ({:?})", adoption.state)
+                }
+                Verdict::Stop { group, .. } => {
+                    tracing::info!(name = %record.name, pid = group, "not adopted: stopping what is left of it")
+                }
+                Verdict::Drop => tracing::info!(
+                    name = %record.name,
+                    pid = record.pid,
+                    "not adopted: it is gone (or its pid belongs to another process now)"
+                ),
+            }
+            verdicts.push((record, verdict));
+        }
+        // The records to keep are written before anything else happens: a daemon killed during the adoption
+        // leaves them to the next one.
+        let store = Arc::new(Store::new(
+            path,
+            verdicts
+                .iter()
+                .filter(|(_, verdict)| !matches!(verdict, Verdict::Drop))
+                .map(|(record, _)| record.clone()),
+        ));
+        let supervisor = Supervisor {
+            table: Mutex::new(Table::default()),
+            start_locks: Mutex::default(),
+            store: Arc::clone(&store),
+            cleanups: Mutex::default(),
+        };
+        let mut table = supervisor.table();
+        for (record, verdict) in verdicts.into_iter().rev() {
+            table.next_sequence = table.next_sequence.max(record.sequence + 1);
+            let checked = process::check_persisted(&record.spec);
+            let persistence = Persistence {
+                store: Arc::clone(&store),
+                sequence: record.sequence,
+            };
+            match verdict {
+                Verdict::Adopt(adoption) => {
+                    let (handle, _ready) =
+                        process::launch(record.spec, checked, Origin::Adopt(adoption), persistence);
+                    table.entries.insert(
+                        record.name,
+                        Entry {
+                            sequence: record.sequence,
+                            handle: Arc::new(handle),
+                        },
+                    );
+                }
+                Verdict::Stop { group, start_time } => {
+                    // A start of this name waits until the leftovers are gone: the lock is taken here, before
+                    // anything is served (only a second record of the same name could hold it already, and that
+                    // one is a cleanup too).
+                    let guard = supervisor.start_lock(&record.name).try_lock_owned().ok();
+                    let cleanup = tokio::spawn(async move {
+                        let _serialised = guard;
+                        process::stop_leftovers(
+                            &record.spec,
+                            &checked,
+                            group,
+                            start_time,
+                            record.run.as_deref(),
+                        )
+                        .await;
+                        persistence.store.remove(persistence.sequence);
+                    });
+                    supervisor
+                        .cleanups
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(cleanup);
+                }
+                Verdict::Drop => {}
+            }
+        }
+        drop(table);
+        Ok(supervisor)
+    }
+
     fn table(&self) -> std::sync::MutexGuard<'_, Table> {
         // A panic while holding the lock cannot leave the table half-updated (every update is one insert or
         // remove), so a poisoned lock is still usable.
@@ -411,6 +663,16 @@ impl Supervisor {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         Arc::clone(locks.entry(name.to_owned()).or_default())
+    }
+
+    fn handle(&self, name: &str) -> Result<Arc<Handle>, RequestError> {
+        self.table()
+            .entries
+            .get(name)
+            .map(|entry| Arc::clone(&entry.handle))
+            .ok_or_else(|| RequestError::UnknownProcess {
+                name: name.to_owned(),
+            })
     }
 
     async fn start(&self, spec: SpawnSpec) -> Result<ProcessStatus, RequestError> {
@@ -429,7 +691,20 @@ impl Supervisor {
                 .map(|entry| (entry.sequence, Arc::clone(&entry.handle)))
         };
         if let Some((sequence, handle)) = existing {
-            let status = handle.status.borrow().clone();
+            let mut status = handle.status.borrow().clone();
+            if handle.spec == spec && status.state == ProcessState::Starting {
+                // The same process on its way up (adopted while its probe ran, or restarting): its outcome is
+                // this start's.
+                let mut watch = handle.status.clone();
+                let settled = tokio::time::timeout(
+                    spec.probe.timeout + SETTLE_MARGIN,
+                    watch.wait_for(|status| status.state != ProcessState::Starting),
+                )
+                .await;
+                if let Ok(Ok(settled)) = settled {
+                    status = settled.clone();
+                }
+            }
             if handle.spec == spec && status.state == ProcessState::Ready {
                 return Ok(status);
             }
@@ -443,9 +718,13 @@ impl Supervisor {
             if table.shutting_down {
                 return Err(RequestError::ShuttingDown);
             }
-            let (handle, ready) = process::launch(spec, checked);
             let sequence = table.next_sequence;
             table.next_sequence += 1;
+            let persistence = Persistence {
+                store: Arc::clone(&self.store),
+                sequence,
+            };
+            let (handle, ready) = process::launch(spec, checked, Origin::Spawn, persistence);
             let entry = Entry {
                 sequence,
                 handle: Arc::new(handle),
@@ -536,7 +815,51 @@ impl Supervisor {
             .collect()
     }
 
-    /// Stops every process, the most recently started first; no start is accepted from here on.
+    async fn reload(&self, name: &str) -> Result<(), RequestError> {
+        self.handle(name)?.reload().await
+    }
+
+    /// Answers the status of `name` once it is ready (or has exited), for at most `timeout_ms`.
+    async fn wait(
+        &self,
+        name: &str,
+        until: WaitUntil,
+        timeout_ms: u64,
+    ) -> Result<ProcessStatus, RequestError> {
+        let mut status = self.handle(name)?.status.clone();
+        let reached = |status: &ProcessStatus| match until {
+            WaitUntil::Ready => status.state == ProcessState::Ready,
+            WaitUntil::Exited => !status.state.is_live(),
+        };
+        // A process that exited for good will not become ready.
+        let hopeless =
+            |status: &ProcessStatus| until == WaitUntil::Ready && !status.state.is_live();
+        let unreachable = |state: String| RequestError::WaitUnreachable {
+            name: name.to_owned(),
+            until,
+            state,
+        };
+        let outcome = tokio::time::timeout(
+            Duration::from_millis(timeout_ms),
+            status.wait_for(|status| reached(status) || hopeless(status)),
+        )
+        .await
+        .map(|settled| settled.map(|status| status.clone()));
+        match outcome {
+            Ok(Ok(status)) if reached(&status) => Ok(status),
+            Ok(Ok(status)) => Err(unreachable(status.state.describe())),
+            Ok(Err(_)) => Err(unreachable("was stopped".to_owned())),
+            Err(_) => Err(RequestError::WaitTimeout {
+                name: name.to_owned(),
+                until,
+                waited_ms: timeout_ms,
+                state: status.borrow().state.describe(),
+            }),
+        }
+    }
+
+    /// Stops every process, the most recently started first, and waits for the stops of leftovers; no start is
+    /// accepted from here on.
     async fn shutdown(&self) {
         let mut entries: Vec<(String, Entry)> = {
             let mut table = self.table();
@@ -548,6 +871,15 @@ impl Supervisor {
             if let Err(error) = entry.handle.stop().await {
                 tracing::warn!(name = %name, "{error}");
             }
+        }
+        let cleanups = std::mem::take(
+            &mut *self
+                .cleanups
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for cleanup in cleanups {
+            let _ = cleanup.await;
         }
     }
 }

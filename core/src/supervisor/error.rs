@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::WaitUntil;
+
 /// Why the daemon refused or failed a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
@@ -70,6 +72,30 @@ pub enum RequestError {
         pid: u32,
         reason: String,
     },
+    #[error("cannot start `{name}`: something else already listens on {target}")]
+    AddressInUse { name: String, target: String },
+    #[error("`{name}` has no reload signal: it can only be restarted")]
+    NoReloadSignal { name: String },
+    #[error("`{name}` is not running: it {state}")]
+    NotRunning { name: String, state: String },
+    #[error("`{name}` was not {until} after {}: it {state}", seconds(*waited_ms))]
+    WaitTimeout {
+        name: String,
+        until: WaitUntil,
+        waited_ms: u64,
+        state: String,
+    },
+    #[error("`{name}` will not be {until}: it {state}")]
+    WaitUnreachable {
+        name: String,
+        until: WaitUntil,
+        state: String,
+    },
+    #[error(
+        "the supervisor serves only uid {owner} and root, and this connection comes from {}",
+        uid.map_or_else(|| "an unknown uid".to_owned(), |uid| format!("uid {uid}"))
+    )]
+    Forbidden { uid: Option<u32>, owner: u32 },
     #[error("bad request: {reason}")]
     BadRequest { reason: String },
     #[error(
@@ -98,6 +124,16 @@ impl RequestError {
                  or stop its pid (in .kip/supervisor.pid)"
                     .to_owned(),
             ),
+            RequestError::AddressInUse { target, .. } => Some(format!(
+                "stop whatever serves {target} (`ss -xlp` lists unix sockets, `ss -tlnp` TCP ports with their \
+                 processes), or give the instance another socket or port"
+            )),
+            RequestError::NoReloadSignal { .. } => {
+                Some("restart it instead: apply with the changed settings restarts it".to_owned())
+            }
+            RequestError::Forbidden { .. } => Some(
+                "run kip as the account that started the supervisor (or as root)".to_owned(),
+            ),
             RequestError::Spawn { program, .. } => Some(format!(
                 "check that {} exists and is executable by the account the process runs as",
                 program.display()
@@ -124,6 +160,20 @@ pub enum SupervisorError {
     },
     #[error("another supervisor already serves {}{}", socket.display(), pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default())]
     AlreadyRunning { socket: PathBuf, pid: Option<u32> },
+    #[error("another supervisor holds {}{}", lock.display(), pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default())]
+    Locked { lock: PathBuf, pid: Option<u32> },
+    #[error("cannot lock {}", path.display())]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot read the process table {}", path.display())]
+    Table {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot write {}", path.display())]
     PidFile {
         path: PathBuf,
@@ -202,6 +252,9 @@ impl SupervisorError {
             SupervisorError::AlreadyRunning { .. } => Some(
                 "use the running supervisor (kip up, kip ps), or stop it with `kip down`"
                     .to_owned(),
+            ),
+            SupervisorError::Locked { .. } => Some(
+                "another supervisor of this project is starting or stuck: wait a moment, or stop its pid".to_owned(),
             ),
             SupervisorError::Bind { socket, source }
                 if source.kind() == io::ErrorKind::InvalidInput =>

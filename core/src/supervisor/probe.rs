@@ -4,6 +4,14 @@
 //! A probe waits its initial delay, then checks every interval until one check passes or its timeout (counted
 //! from the spawn) runs out. Each check is bounded by what is left of the timeout, so a server that accepts a
 //! connection and never answers cannot hold a probe past it. A failed probe reports the reason of its last check.
+//!
+//! A server that is not the spawned process must never make it ready: another instance's engine (or one left
+//! running by a supervisor that was killed) on the same socket path or port would have the start succeed while the
+//! new process fails to bind and restart-loops. So before each spawn [`target_in_use`] refuses a socket, tcp or
+//! (loopback) http target that already accepts connections, and a check that connects passes only when the
+//! listening socket belongs to the spawned process group: for a unix socket, the peer credentials of the connection
+//! name the process that called `listen` (or else the socket's inode in `/proc/net/unix` is looked for among the
+//! group's open files); for a TCP port, the inodes of the sockets listening on it (`/proc/net/tcp`, `tcp6`) are.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -12,12 +20,15 @@ use regex_lite::Regex;
 use tokio::time::Instant;
 
 use super::logfile::LogScanner;
+use super::procfs;
 use crate::engine::{ProbeKind, RunAs, SpawnSpec};
 
 /// The shortest interval between checks: a zero interval would spin.
 const MIN_INTERVAL: Duration = Duration::from_millis(10);
 /// The least time a check gets, even when the probe's timeout is (nearly) spent: every probe checks at least once.
 const MIN_CHECK: Duration = Duration::from_millis(50);
+/// How long [`target_in_use`] tries to connect: a listener on this machine answers at once.
+const IN_USE_CHECK: Duration = Duration::from_secs(1);
 
 /// A probe that did not pass: the reason its last check gave, and how long it tried.
 #[derive(Debug)]
@@ -35,6 +46,116 @@ pub(super) fn describe(kind: &ProbeKind) -> String {
         ProbeKind::Exec { command } => format!("exec (`{}`)", command.join(" ")),
         ProbeKind::LogLine { pattern } => format!("log_line (/{pattern}/)"),
         ProbeKind::None => "none".to_owned(),
+    }
+}
+
+/// What accepts connections for a probe, when it connects to something: a unix socket or a TCP port.
+enum Target {
+    Unix(PathBuf),
+    /// A host and port; `local` when the host is this machine (a loopback address or `localhost`), the only case
+    /// where the listener can be looked up.
+    Tcp {
+        host: String,
+        port: u16,
+        local: bool,
+    },
+}
+
+impl Target {
+    fn of(kind: &ProbeKind) -> Option<Target> {
+        match kind {
+            ProbeKind::Socket { path } => Some(Target::Unix(path.clone())),
+            ProbeKind::Tcp { host, port } => Some(Target::Tcp {
+                host: host.clone(),
+                port: *port,
+                local: is_local(host),
+            }),
+            ProbeKind::Http { url } => {
+                let url = reqwest::Url::parse(url).ok()?;
+                let host = url.host_str()?.to_owned();
+                let port = url.port_or_known_default()?;
+                // Only a server on this machine can be one of the group's; a remote URL is left to the probe.
+                is_local(&host).then_some(Target::Tcp {
+                    host,
+                    port,
+                    local: true,
+                })
+            }
+            _ => None,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Target::Unix(path) => path.display().to_string(),
+            Target::Tcp { host, port, .. } => format!("{host}:{port}"),
+        }
+    }
+}
+
+/// Whether `host` is this machine.
+fn is_local(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|address| address.is_loopback() || address.is_unspecified())
+}
+
+/// The probe's target, described ("/p/.kip/run/pg/.s.PGSQL.5432", "127.0.0.1:6379"), when something already
+/// accepts connections there: the process must not be spawned, its probe would pass on that server.
+pub(super) async fn target_in_use(kind: &ProbeKind) -> Option<String> {
+    let target = Target::of(kind)?;
+    let connected = match &target {
+        Target::Unix(path) => {
+            tokio::time::timeout(IN_USE_CHECK, tokio::net::UnixStream::connect(path))
+                .await
+                .is_ok_and(|connected| connected.is_ok())
+        }
+        Target::Tcp { host, port, .. } => tokio::time::timeout(
+            IN_USE_CHECK,
+            tokio::net::TcpStream::connect((host.as_str(), *port)),
+        )
+        .await
+        .is_ok_and(|connected| connected.is_ok()),
+    };
+    connected.then(|| target.describe())
+}
+
+/// Whether the socket a check connected to is served by the process group `group`: `Err` with the reason when
+/// it is not. When `/proc` cannot tell, the connection is taken as the group's (nothing better is known).
+fn check_listener(target: &Target, group: u32, peer_pid: Option<u32>) -> Result<(), String> {
+    let not_ours = || {
+        format!(
+            "{} accepts connections, but its listening socket belongs to no process of the started process group              {group}: something else listens there",
+            target.describe()
+        )
+    };
+    let inodes = match target {
+        Target::Unix(path) => {
+            // The peer credentials of a unix connection name the process that called `listen`.
+            if let Some(pid) = peer_pid
+                && procfs::stat(pid)
+                    .is_some_and(|stat| stat.process_group == group && !stat.is_dead())
+            {
+                return Ok(());
+            }
+            procfs::unix_listening_inodes(path)
+        }
+        Target::Tcp { local: false, .. } => return Ok(()),
+        Target::Tcp { port, .. } => procfs::tcp_listening_inodes(*port),
+    };
+    let Some(inodes) = inodes else {
+        tracing::debug!(
+            "cannot read /proc/net to check who listens on {}",
+            target.describe()
+        );
+        return Ok(());
+    };
+    if procfs::group_holds_socket(group, &inodes) {
+        Ok(())
+    } else {
+        Err(not_ours())
     }
 }
 
@@ -62,16 +183,22 @@ pub(super) struct Prober {
     interval: Duration,
     deadline: Instant,
     started: Instant,
+    /// The spawned process group, which must own the listening socket a check connects to.
+    group: u32,
+    /// The socket or port the check connects to, if it connects to one.
+    target: Option<Target>,
 }
 
 impl Prober {
-    /// The probe of `spec` for the run spawned at `started`, whose output starts at `log_offset` in its log.
-    /// `log_pattern` is the compiled `log_line` pattern (checked when the start request came in).
+    /// The probe of `spec` for the run spawned at `started` as the process group `group`, whose output starts at
+    /// `log_offset` in its log. `log_pattern` is the compiled `log_line` pattern (checked when the start request
+    /// came in).
     pub(super) fn new(
         spec: &SpawnSpec,
         log_pattern: Option<Regex>,
         log_offset: u64,
         started: Instant,
+        group: u32,
     ) -> Result<Prober, String> {
         let check = match &spec.probe.kind {
             ProbeKind::Socket { path } => Check::Socket(path.clone()),
@@ -112,6 +239,8 @@ impl Prober {
             interval: spec.probe.interval.max(MIN_INTERVAL),
             deadline: started + spec.probe.timeout,
             started,
+            group,
+            target: Target::of(&spec.probe.kind),
         })
     }
 
@@ -144,14 +273,23 @@ impl Prober {
 
     async fn check_once(&mut self, budget: Duration) -> Result<(), String> {
         match &mut self.check {
-            Check::Socket(path) => tokio::net::UnixStream::connect(&*path)
-                .await
-                .map(drop)
-                .map_err(|error| format!("cannot connect to {}: {error}", path.display())),
-            Check::Tcp(host, port) => tokio::net::TcpStream::connect((host.as_str(), *port))
-                .await
-                .map(drop)
-                .map_err(|error| format!("cannot connect to {host}:{port}: {error}")),
+            Check::Socket(path) => {
+                let stream = tokio::net::UnixStream::connect(&*path)
+                    .await
+                    .map_err(|error| format!("cannot connect to {}: {error}", path.display()))?;
+                let peer_pid = stream
+                    .peer_cred()
+                    .ok()
+                    .and_then(|cred| cred.pid())
+                    .and_then(|pid| u32::try_from(pid).ok());
+                self.check_listener(peer_pid)
+            }
+            Check::Tcp(host, port) => {
+                tokio::net::TcpStream::connect((host.as_str(), *port))
+                    .await
+                    .map_err(|error| format!("cannot connect to {host}:{port}: {error}"))?;
+                self.check_listener(None)
+            }
             Check::Http(client, url) => {
                 let response = client
                     .get(url.as_str())
@@ -161,7 +299,7 @@ impl Prober {
                     .map_err(|error| format!("GET {url} failed: {}", error_chain(&error)))?;
                 let status = response.status();
                 if status.is_success() {
-                    Ok(())
+                    self.check_listener(None)
                 } else {
                     Err(format!("GET {url} answered {status}"))
                 }
@@ -169,6 +307,15 @@ impl Prober {
             Check::Exec(exec) => exec.run().await,
             Check::LogLine(scanner) => scanner.check(),
             Check::None => Ok(()),
+        }
+    }
+}
+
+impl Prober {
+    fn check_listener(&self, peer_pid: Option<u32>) -> Result<(), String> {
+        match &self.target {
+            Some(target) => check_listener(target, self.group, peer_pid),
+            None => Ok(()),
         }
     }
 }

@@ -1,22 +1,34 @@
-//! One supervised process: spawning it, gating on its readiness probe, restarting it when it crashes, and stopping
-//! it. Each process is owned by one task, which alone holds its [`Child`]; the rest of the daemon talks to that
-//! task through a [`Handle`] (a command channel and a status watch), so that nothing else ever races it for the
-//! process's exit status.
+//! One supervised process: spawning it (or adopting it from a supervisor that was killed), gating on its readiness
+//! probe, restarting it when it crashes, reloading it, and stopping it. Each process is owned by one task, which
+//! alone holds its [`Child`]; the rest of the daemon talks to that task through a [`Handle`] (a command channel and
+//! a status watch), so that nothing else ever races it for the process's exit status.
 //!
 //! Process groups: every process is spawned as the leader of its own process group (`process_group(0)`), and
-//! every stop signal goes to the whole group. Engines that fork workers (PostgreSQL's backends, a shell script's
-//! children) are stopped with them, a terminal's Ctrl-C that reaches the `kip` command never reaches them, and a
-//! stop is done only when the group is empty, not merely when the leader exited.
+//! every stop and reload signal goes to the whole group. Engines that fork workers (PostgreSQL's backends, a shell
+//! script's children) are stopped with them, a terminal's Ctrl-C that reaches the `kip` command never reaches them,
+//! and a stop is done only when the group is empty, not merely when the leader exited.
 //!
 //! Zombies: the owning task always waits for its child (in the stop sequence, or when it exits by itself), so the
 //! leader is reaped as soon as it exits; a child that is dropped unreaped (a stop that gave up after SIGKILL)
 //! goes to tokio's orphan queue, which reaps it later. Members of the group other than the leader are not the
 //! daemon's children: when the leader dies they are reparented to init, which reaps them.
 //!
+//! Adopted processes: a process started by a supervisor that was killed is not this daemon's child. Its task knows
+//! it by pid and start time (from the persisted table), polls `/proc` every [`ADOPTED_POLL`] to notice its exit
+//! (whose status it cannot learn: an adopted process's exit counts as a failure), and stops it like any other, with
+//! its spec's stop sequence to the whole group. One that was still starting runs its readiness probe again, with a
+//! full budget, from the log offset its spawn recorded. Once restarted, it is an ordinary child again.
+//!
 //! Restarts: a process that exits after it was ready is restarted per its policy, after a backoff that starts at
-//! 200 ms and doubles up to 10 s. `max_restarts` bounds the restarts in a row: a run that stays up for 30 s
-//! resets that count and the backoff, so a process that crashes once a day is not given up on after a week. A
-//! restarted process must pass its readiness probe again; a restart that does not become ready counts as a crash.
+//! 200 ms and doubles up to 10 s. `max_restarts` (default [`DEFAULT_MAX_RESTARTS`]) bounds the restarts in a row:
+//! once spent, the process is `failed`, with a reason that says how many restarts were made and how the last run
+//! ended. A run that stays up for 30 s resets that count and the backoff, so a process that crashes once a day is
+//! not given up on after a week. A restarted process must pass its readiness probe again; a restart that does not
+//! become ready counts as a crash.
+//!
+//! Persistence: every change of a process's status is written to the daemon's table (see [`super::table`]) before
+//! anything else happens, the pid and start time of a new run right after the spawn, before the probe; the record
+//! is removed once the process is gone after a stop, just before the stop is answered.
 
 use std::fs::OpenOptions;
 use std::io::Write as _;
@@ -34,6 +46,8 @@ use tokio::time::Instant;
 
 use super::error::RequestError;
 use super::probe::{self, Prober};
+use super::procfs::{self, Identity};
+use super::table::{RUN_ENV, Record, Store};
 use super::{ProcessState, ProcessStatus, logfile};
 use crate::engine::{ProbeKind, RestartPolicy, SpawnSpec};
 
@@ -41,19 +55,28 @@ use crate::engine::{ProbeKind, RestartPolicy, SpawnSpec};
 pub(super) const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
 /// The longest wait before a restart.
 pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How many restarts in a row a process gets when its spec sets no `max_restarts`: with the backoff, a process
+/// that crashes at once is given up on after about 6 s (0.2 + 0.4 + 0.8 + 1.6 + 3.2), rather than restarted
+/// forever while it fills its log.
+pub const DEFAULT_MAX_RESTARTS: u32 = 5;
 /// A run that stayed ready this long resets the backoff and the count of restarts in a row.
 const STABLE_RUN: Duration = Duration::from_secs(30);
 /// After SIGKILL, how long to wait for the group to disappear before giving up on it.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 /// How often a stop checks whether the group is gone, once its leader has been reaped.
 const GROUP_POLL: Duration = Duration::from_millis(10);
+/// How often the task of an adopted process (not the daemon's child: no exit notification) checks that it runs.
+pub(super) const ADOPTED_POLL: Duration = Duration::from_millis(50);
+
+/// The reply to a command.
+type Reply = oneshot::Sender<Result<(), RequestError>>;
 
 /// What the daemon may tell a process's task.
 pub(super) enum Command {
     /// Stop the process (if it runs) and end the task; the reply comes once the process is gone.
-    Stop {
-        reply: oneshot::Sender<Result<(), RequestError>>,
-    },
+    Stop { reply: Reply },
+    /// Send the reload signal to the process group of the running process.
+    Reload { reply: Reply },
 }
 
 /// The rest of the daemon's view of a supervised process.
@@ -73,12 +96,30 @@ impl Handle {
         }
         answer.await.unwrap_or(Ok(()))
     }
+
+    /// Sends the reload signal to the running process's group.
+    pub(super) async fn reload(&self) -> Result<(), RequestError> {
+        let stopped = || RequestError::NotRunning {
+            name: self.spec.name.clone(),
+            state: "was stopped".to_owned(),
+        };
+        let (reply, answer) = oneshot::channel();
+        if self.commands.send(Command::Reload { reply }).await.is_err() {
+            return Err(stopped());
+        }
+        answer.await.unwrap_or_else(|_| Err(stopped()))
+    }
 }
 
-/// A stop signal, parsed.
-struct StopStep {
+/// A signal, parsed, with the name the spec gave it.
+struct NamedSignal {
     signal: Signal,
     name: String,
+}
+
+/// A stop signal and how long to wait after it.
+struct StopStep {
+    signal: NamedSignal,
     wait: Duration,
 }
 
@@ -86,7 +127,10 @@ struct StopStep {
 pub(super) struct Checked {
     log_pattern: Option<Regex>,
     stop: Vec<StopStep>,
+    reload: Option<NamedSignal>,
 }
+
+const SIGNAL_NAMES: &str = "SIGINT, SIGTERM, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGKILL";
 
 /// Checks what the daemon cannot run, before anything is spawned: a pattern that is not a regex, an unknown
 /// signal, an empty command.
@@ -119,14 +163,74 @@ pub(super) fn check(spec: &SpawnSpec) -> Result<Checked, RequestError> {
         .stop
         .signals
         .iter()
-        .map(|(name, wait)| match parse_signal(name) {
-            Some(signal) => Ok(StopStep { signal, name: name.clone(), wait: Duration::from_millis(*wait) }),
+        .map(|(name, wait)| match named_signal(name) {
+            Some(signal) => Ok(StopStep {
+                signal,
+                wait: Duration::from_millis(*wait),
+            }),
             None => Err(invalid(format!(
-                "the stop signal `{name}` is not one of SIGINT, SIGTERM, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGKILL"
+                "the stop signal `{name}` is not one of {SIGNAL_NAMES}"
             ))),
         })
         .collect::<Result<_, _>>()?;
-    Ok(Checked { log_pattern, stop })
+    let reload = match &spec.reload {
+        Some(name) => Some(named_signal(name).ok_or_else(|| {
+            invalid(format!(
+                "the reload signal `{name}` is not one of {SIGNAL_NAMES}"
+            ))
+        })?),
+        None => None,
+    };
+    Ok(Checked {
+        log_pattern,
+        stop,
+        reload,
+    })
+}
+
+/// [`check`] for a spec read back from the persisted table, whose process runs already and must be supervised
+/// whatever this kip thinks of its spec (a later kip may have written it): what does not check out is left out (a
+/// pattern, a reload signal), and stop signals this kip does not know give way to SIGTERM.
+pub(super) fn check_persisted(spec: &SpawnSpec) -> Checked {
+    check(spec).unwrap_or_else(|error| {
+        tracing::warn!(name = %spec.name, "adopting a process whose spec does not check out: {error}");
+        let stop: Vec<StopStep> = spec
+            .stop
+            .signals
+            .iter()
+            .filter_map(|(name, wait)| {
+                Some(StopStep {
+                    signal: named_signal(name)?,
+                    wait: Duration::from_millis(*wait),
+                })
+            })
+            .collect();
+        Checked {
+            log_pattern: match &spec.probe.kind {
+                ProbeKind::LogLine { pattern } => Regex::new(pattern).ok(),
+                _ => None,
+            },
+            stop: if stop.is_empty() {
+                vec![StopStep {
+                    signal: NamedSignal {
+                        signal: Signal::TERM,
+                        name: "SIGTERM".to_owned(),
+                    },
+                    wait: Duration::from_secs(10),
+                }]
+            } else {
+                stop
+            },
+            reload: spec.reload.as_deref().and_then(named_signal),
+        }
+    })
+}
+
+fn named_signal(name: &str) -> Option<NamedSignal> {
+    Some(NamedSignal {
+        signal: parse_signal(name)?,
+        name: name.to_owned(),
+    })
 }
 
 fn parse_signal(name: &str) -> Option<Signal> {
@@ -184,16 +288,60 @@ fn unix_millis() -> u64 {
         .map_or(0, |elapsed| elapsed.as_millis() as u64)
 }
 
-/// Starts supervising `spec`: spawns it in a new task and returns its handle, and a receiver that gets the status
-/// once the first run is ready (or the error that says why it is not).
+/// How a supervised process's first run begins.
+pub(super) enum Origin {
+    /// Spawn it.
+    Spawn,
+    /// It runs already: a supervisor that was killed started it.
+    Adopt(Adoption),
+}
+
+/// What the persisted table says about a process to adopt (checked alive with the same start time).
+pub(super) struct Adoption {
+    pub pid: u32,
+    pub start_time: u64,
+    /// `Ready`, or `Starting` when the earlier supervisor was killed before its probe passed.
+    pub state: ProcessState,
+    pub restarts: u32,
+    pub started_at: Option<u64>,
+    pub log_offset: u64,
+    pub run: Option<String>,
+}
+
+impl Adoption {
+    /// The adoption a record describes, when it names a run (pid and start time) that was starting or ready.
+    pub(super) fn from_record(record: &Record) -> Option<Adoption> {
+        matches!(record.state, ProcessState::Starting | ProcessState::Ready).then_some(())?;
+        Some(Adoption {
+            pid: record.pid?,
+            start_time: record.start_time?,
+            state: record.state.clone(),
+            restarts: record.restarts,
+            started_at: record.started_at,
+            log_offset: record.log_offset,
+            run: record.run.clone(),
+        })
+    }
+}
+
+/// Where a process's task persists its record: the daemon's table, under the sequence it was started as.
+pub(super) struct Persistence {
+    pub store: Arc<Store>,
+    pub sequence: u64,
+}
+
+/// Starts supervising `spec`: spawns (or adopts) it in a new task and returns its handle, and a receiver that gets
+/// the status once the first run is ready (or the error that says why it is not).
 pub(super) fn launch(
     spec: SpawnSpec,
     checked: Checked,
+    origin: Origin,
+    persistence: Persistence,
 ) -> (
     Handle,
     oneshot::Receiver<Result<ProcessStatus, RequestError>>,
 ) {
-    let (status_sender, status) = watch::channel(ProcessStatus {
+    let mut status = ProcessStatus {
         name: spec.name.clone(),
         pid: None,
         state: ProcessState::Starting,
@@ -201,7 +349,27 @@ pub(super) fn launch(
         restarts: 0,
         log: spec.log.clone(),
         probe: spec.probe.kind.clone(),
-    });
+        instance: spec.instance.clone(),
+        start_time: None,
+        adopted: false,
+    };
+    let mut log_offset = 0;
+    let mut run = None;
+    let adoption = match origin {
+        Origin::Spawn => None,
+        Origin::Adopt(adoption) => {
+            status.pid = Some(adoption.pid);
+            status.start_time = Some(adoption.start_time);
+            status.state = adoption.state.clone();
+            status.restarts = adoption.restarts;
+            status.started_at = adoption.started_at;
+            status.adopted = true;
+            log_offset = adoption.log_offset;
+            run = adoption.run.clone();
+            Some(adoption)
+        }
+    };
+    let (status_sender, status) = watch::channel(status);
     let (commands_sender, commands) = mpsc::channel(4);
     let (ready_sender, ready) = oneshot::channel();
     let runner = Runner {
@@ -209,6 +377,10 @@ pub(super) fn launch(
         checked,
         status: status_sender,
         commands,
+        persistence,
+        log_offset,
+        run,
+        adoption,
     };
     tokio::spawn(runner.run(ready_sender));
     (
@@ -227,20 +399,32 @@ struct Runner {
     checked: Checked,
     status: watch::Sender<ProcessStatus>,
     commands: mpsc::Receiver<Command>,
+    persistence: Persistence,
+    /// The length of the log when the current run was spawned.
+    log_offset: u64,
+    /// The current run's id (see [`RUN_ENV`]).
+    run: Option<String>,
+    /// The process to adopt, until the first run takes it.
+    adoption: Option<Adoption>,
+}
+
+/// A stop request that ended the task: its reply (none when the daemon went away), and what the stop came to.
+struct StopOutcome {
+    reply: Option<Reply>,
+    result: Result<(), RequestError>,
 }
 
 /// How one run of the process ended.
 enum RunEnd {
     /// The daemon said stop (or went away); the process is gone; the stop's reply is still to send.
-    Stopped(
-        Option<oneshot::Sender<Result<(), RequestError>>>,
-        Result<(), RequestError>,
-    ),
+    Stopped(StopOutcome),
     /// It never became ready (could not spawn, failed its probe, exited first); it is stopped.
     NotReady(RequestError),
-    /// It exited after it was ready; `stable` when it had been up long enough to reset the backoff.
+    /// It exited after it was ready; `stable` when it had been up long enough to reset the backoff. The status is
+    /// unknown for an adopted process.
     Exited {
         status: Option<ExitStatus>,
+        adopted: bool,
         stable: bool,
     },
 }
@@ -249,27 +433,71 @@ enum RunEnd {
 enum Readiness {
     Probe(Result<(), probe::ProbeFailure>),
     Exited(Option<ExitStatus>),
-    Command(Option<Command>),
+    Stop(Option<Reply>),
+}
+
+/// The leader of a run's process group: the daemon's child, or a process it adopted.
+enum Leader {
+    Child(Child),
+    Adopted { pid: u32, start_time: u64 },
+}
+
+impl Leader {
+    /// Waits for the leader to exit (reaping a child); its exit status when it is the daemon's child.
+    /// Cancel-safe.
+    async fn wait(&mut self) -> Option<ExitStatus> {
+        match self {
+            Leader::Child(child) => child.wait().await.ok(),
+            Leader::Adopted { pid, start_time } => loop {
+                if procfs::identify(*pid, *start_time) != Identity::Alive {
+                    return None;
+                }
+                tokio::time::sleep(ADOPTED_POLL).await;
+            },
+        }
+    }
+
+    /// Whether the leader has exited (and a child been reaped).
+    fn has_exited(&mut self) -> bool {
+        match self {
+            Leader::Child(child) => !matches!(child.try_wait(), Ok(None)),
+            Leader::Adopted { pid, start_time } => {
+                procfs::identify(*pid, *start_time) != Identity::Alive
+            }
+        }
+    }
 }
 
 impl Runner {
     async fn run(mut self, ready: oneshot::Sender<Result<ProcessStatus, RequestError>>) {
+        self.save();
+        let stop = self.supervise(ready).await;
+        // The process is gone: forget it before the stop is answered, so that whoever got the answer finds a
+        // table without it.
+        self.persistence.store.remove(self.persistence.sequence);
+        if let Some(reply) = stop.reply {
+            let _ = reply.send(stop.result);
+        }
+    }
+
+    /// Runs, restarts and waits until told to stop; returns the stop request.
+    async fn supervise(
+        &mut self,
+        ready: oneshot::Sender<Result<ProcessStatus, RequestError>>,
+    ) -> StopOutcome {
         let mut first = Some(ready);
         let mut in_a_row = 0u32;
         let mut backoff = INITIAL_BACKOFF;
         loop {
             // How the run ended: its exit status when it ran and its status is known, and why, in words.
             let (exit, reason) = match self.run_once(&mut first).await {
-                RunEnd::Stopped(reply, result) => {
+                RunEnd::Stopped(stop) => {
                     if let Some(first) = first.take() {
                         let _ = first.send(Err(RequestError::StoppedBeforeReady {
                             name: self.spec.name.clone(),
                         }));
                     }
-                    if let Some(reply) = reply {
-                        let _ = reply.send(result);
-                    }
-                    return;
+                    return stop;
                 }
                 RunEnd::NotReady(error) => {
                     let reason = error
@@ -286,13 +514,24 @@ impl Runner {
                     }
                     (None, reason)
                 }
-                RunEnd::Exited { status, stable } => {
+                RunEnd::Exited {
+                    status,
+                    adopted,
+                    stable,
+                } => {
                     if stable {
                         in_a_row = 0;
                         backoff = INITIAL_BACKOFF;
                     }
-                    let reason = status
-                        .map_or_else(|| "its exit status is unknown".to_owned(), describe_exit);
+                    let reason = match status {
+                        Some(status) => describe_exit(status),
+                        None if adopted => {
+                            "exited (it was adopted from a supervisor that was killed, so its \
+                                            exit status is unknown)"
+                                .to_owned()
+                        }
+                        None => "exited (its exit status is unknown)".to_owned(),
+                    };
                     (status, reason)
                 }
             };
@@ -315,9 +554,11 @@ impl Runner {
                 self.set_stopped(state);
                 break;
             }
-            if let Some(max) = self.spec.max_restarts.filter(|max| in_a_row >= *max) {
-                let reason =
-                    format!("{reason}; gave up after {max} restarts in a row (max_restarts)");
+            let max = self.spec.max_restarts.unwrap_or(DEFAULT_MAX_RESTARTS);
+            if in_a_row >= max {
+                let reason = format!(
+                    "{reason}; gave up after {in_a_row} restarts in a row (max_restarts = {max})"
+                );
                 tracing::warn!(name = %self.spec.name, "{reason}");
                 self.note_in_log(&reason);
                 self.set_stopped(ProcessState::Failed { reason });
@@ -329,109 +570,228 @@ impl Runner {
             self.set_stopped(ProcessState::Restarting);
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
-                command = self.commands.recv() => {
-                    if let Some(Command::Stop { reply }) = command {
-                        let _ = reply.send(Ok(()));
-                    }
-                    return;
-                }
+                reply = self.next_stop(None) => return StopOutcome { reply, result: Ok(()) },
             }
             in_a_row += 1;
             backoff = (backoff * 2).min(MAX_BACKOFF);
-            self.status.send_modify(|status| status.restarts += 1);
+            self.update(|status| status.restarts += 1);
         }
         // Not running, and not to be restarted: stay in the table (for `kip ps`) until told to stop.
-        if let Some(Command::Stop { reply }) = self.commands.recv().await {
-            let _ = reply.send(Ok(()));
+        StopOutcome {
+            reply: self.next_stop(None).await,
+            result: Ok(()),
         }
     }
 
-    /// One run: spawn, wait for readiness, then wait for an exit or a stop.
+    /// One run: spawn (or adopt), wait for readiness, then wait for an exit or a stop.
     async fn run_once(
         &mut self,
         first: &mut Option<oneshot::Sender<Result<ProcessStatus, RequestError>>>,
     ) -> RunEnd {
         let spec = Arc::clone(&self.spec);
-        let (mut child, offset) = match spawn(&spec) {
-            Ok(spawned) => spawned,
-            Err(error) => return RunEnd::NotReady(error),
-        };
         let started = Instant::now();
-        let pid = child.id().unwrap_or_default();
-        tracing::info!(name = %spec.name, pid, "started {}", spec.program.display());
-        self.status.send_modify(|status| {
-            status.pid = Some(pid);
-            status.state = ProcessState::Starting;
-            status.started_at = Some(unix_millis());
-        });
-        let prober = match Prober::new(&spec, self.checked.log_pattern.clone(), offset, started) {
-            Ok(prober) => prober,
-            Err(reason) => {
-                let _ = self.stop_process(&mut child, pid).await;
-                return RunEnd::NotReady(RequestError::InvalidSpec {
-                    name: spec.name.clone(),
-                    reason,
+        let (mut leader, pid, probe_first) = match self.adoption.take() {
+            Some(adoption) => {
+                tracing::info!(name = %spec.name, pid = adoption.pid, "adopted ({:?})", adoption.state);
+                let probe_first = adoption.state != ProcessState::Ready;
+                let leader = Leader::Adopted {
+                    pid: adoption.pid,
+                    start_time: adoption.start_time,
+                };
+                (leader, adoption.pid, probe_first)
+            }
+            None => {
+                if let Some(target) = probe::target_in_use(&spec.probe.kind).await {
+                    return RunEnd::NotReady(RequestError::AddressInUse {
+                        name: spec.name.clone(),
+                        target,
+                    });
+                }
+                let run = format!(
+                    "{}-{}-{}",
+                    std::process::id(),
+                    self.persistence.sequence,
+                    unix_millis()
+                );
+                let (child, offset) = match spawn(&spec, &run) {
+                    Ok(spawned) => spawned,
+                    Err(error) => return RunEnd::NotReady(error),
+                };
+                self.run = Some(run);
+                let pid = child.id().unwrap_or_default();
+                let start_time = procfs::stat(pid).map(|stat| stat.start_time);
+                tracing::info!(name = %spec.name, pid, "started {}", spec.program.display());
+                self.log_offset = offset;
+                // Persisted before the probe: a daemon killed while it waits still leaves the pid behind.
+                self.update(|status| {
+                    status.pid = Some(pid);
+                    status.start_time = start_time;
+                    status.state = ProcessState::Starting;
+                    status.started_at = Some(unix_millis());
+                    status.adopted = false;
                 });
+                // Without a probe, a process is ready once it is spawned (a one-shot job that exits at once
+                // included: its exit is then seen as an exit after readiness).
+                (
+                    Leader::Child(child),
+                    pid,
+                    spec.probe.kind != ProbeKind::None,
+                )
             }
         };
-        let readiness = tokio::select! {
-            result = prober.wait_ready() => Readiness::Probe(result),
-            exit = child.wait() => Readiness::Exited(exit.ok()),
-            command = self.commands.recv() => Readiness::Command(command),
-        };
-        match readiness {
-            Readiness::Probe(Ok(())) => {}
-            Readiness::Probe(Err(failure)) => {
-                let _ = self.stop_process(&mut child, pid).await;
-                return RunEnd::NotReady(RequestError::NotReady {
-                    name: spec.name.clone(),
-                    probe: probe::describe(&spec.probe.kind),
-                    reason: failure.reason,
-                    waited_ms: failure.waited.as_millis() as u64,
-                    log: spec.log.clone(),
-                    tail: logfile::tail(&spec.log, offset),
-                });
+        let adopted = matches!(leader, Leader::Adopted { .. });
+        let tail_offset = self.log_offset;
+        if probe_first {
+            let prober = match Prober::new(
+                &spec,
+                self.checked.log_pattern.clone(),
+                self.log_offset,
+                started,
+                pid,
+            ) {
+                Ok(prober) => prober,
+                Err(reason) => {
+                    let _ = self.stop_process(&mut leader, pid).await;
+                    return RunEnd::NotReady(RequestError::InvalidSpec {
+                        name: spec.name.clone(),
+                        reason,
+                    });
+                }
+            };
+            let readiness = tokio::select! {
+                result = prober.wait_ready() => Readiness::Probe(result),
+                exit = leader.wait() => Readiness::Exited(exit),
+                reply = self.next_stop(Some(pid)) => Readiness::Stop(reply),
+            };
+            match readiness {
+                Readiness::Probe(Ok(())) => {}
+                Readiness::Probe(Err(failure)) => {
+                    let _ = self.stop_process(&mut leader, pid).await;
+                    return RunEnd::NotReady(RequestError::NotReady {
+                        name: spec.name.clone(),
+                        probe: probe::describe(&spec.probe.kind),
+                        reason: failure.reason,
+                        waited_ms: failure.waited.as_millis() as u64,
+                        log: spec.log.clone(),
+                        tail: logfile::tail(&spec.log, tail_offset),
+                    });
+                }
+                // A job that finished its work before its probe said so has succeeded, not failed to start.
+                Readiness::Exited(status)
+                    if spec.job && status.is_some_and(|status| status.success()) =>
+                {
+                    let _ = self.stop_process(&mut leader, pid).await;
+                    self.update(|status| status.state = ProcessState::Ready);
+                    if let Some(first) = first.take() {
+                        let _ = first.send(Ok(self.status.borrow().clone()));
+                    }
+                    return RunEnd::Exited {
+                        status,
+                        adopted,
+                        stable: false,
+                    };
+                }
+                Readiness::Exited(status) => {
+                    // Whatever it left behind in its group goes with it.
+                    let _ = self.stop_process(&mut leader, pid).await;
+                    return RunEnd::NotReady(RequestError::ExitedBeforeReady {
+                        name: spec.name.clone(),
+                        exit: status
+                            .map_or_else(|| "its exit status is unknown".to_owned(), describe_exit),
+                        log: spec.log.clone(),
+                        tail: logfile::tail(&spec.log, tail_offset),
+                    });
+                }
+                Readiness::Stop(reply) => {
+                    let result = self.stop_process(&mut leader, pid).await;
+                    return RunEnd::Stopped(StopOutcome { reply, result });
+                }
             }
-            Readiness::Exited(status) => {
-                // Whatever it left behind in its group goes with it.
-                let _ = self.stop_process(&mut child, pid).await;
-                return RunEnd::NotReady(RequestError::ExitedBeforeReady {
-                    name: spec.name.clone(),
-                    exit: status
-                        .map_or_else(|| "its exit status is unknown".to_owned(), describe_exit),
-                    log: spec.log.clone(),
-                    tail: logfile::tail(&spec.log, offset),
-                });
-            }
-            Readiness::Command(command) => {
-                let result = self.stop_process(&mut child, pid).await;
-                return RunEnd::Stopped(command.map(|Command::Stop { reply }| reply), result);
-            }
+            tracing::info!(name = %spec.name, pid, "ready after {} ms", started.elapsed().as_millis());
         }
-        self.status
-            .send_modify(|status| status.state = ProcessState::Ready);
-        tracing::info!(name = %spec.name, pid, "ready after {} ms", started.elapsed().as_millis());
+        self.update(|status| status.state = ProcessState::Ready);
         if let Some(first) = first.take() {
             let _ = first.send(Ok(self.status.borrow().clone()));
         }
         let ready_at = Instant::now();
         tokio::select! {
-            exit = child.wait() => {
-                let status = exit.ok();
-                let _ = self.stop_process(&mut child, pid).await;
-                RunEnd::Exited { status, stable: ready_at.elapsed() >= STABLE_RUN }
+            exit = leader.wait() => {
+                let status = exit;
+                let _ = self.stop_process(&mut leader, pid).await;
+                RunEnd::Exited { status, adopted, stable: ready_at.elapsed() >= STABLE_RUN }
             }
-            command = self.commands.recv() => {
-                let result = self.stop_process(&mut child, pid).await;
-                RunEnd::Stopped(command.map(|Command::Stop { reply }| reply), result)
+            reply = self.next_stop(Some(pid)) => {
+                let result = self.stop_process(&mut leader, pid).await;
+                RunEnd::Stopped(StopOutcome { reply, result })
             }
         }
     }
 
+    /// Serves commands until a stop comes (its reply; none when the daemon went away). Reloads are answered on the
+    /// way: the signal goes to the group of `running` (the pid of the running process), or the reload is refused.
+    /// Cancel-safe: a command is handled completely between two receives.
+    async fn next_stop(&mut self, running: Option<u32>) -> Option<Reply> {
+        loop {
+            match self.commands.recv().await? {
+                Command::Stop { reply } => return Some(reply),
+                Command::Reload { reply } => {
+                    let _ = reply.send(self.reload(running));
+                }
+            }
+        }
+    }
+
+    fn reload(&self, running: Option<u32>) -> Result<(), RequestError> {
+        let name = &self.spec.name;
+        let Some(signal) = &self.checked.reload else {
+            return Err(RequestError::NoReloadSignal { name: name.clone() });
+        };
+        let Some(group) = running.and_then(|pid| Pid::from_raw(pid as i32)) else {
+            return Err(RequestError::NotRunning {
+                name: name.clone(),
+                state: self.status.borrow().state.describe(),
+            });
+        };
+        tracing::info!(name = %name, pid = group.as_raw_pid(), "sending {} (reload)", signal.name);
+        self.note_in_log(&format!("sending {} (reload)", signal.name));
+        rustix::process::kill_process_group(group, signal.signal).map_err(|errno| {
+            RequestError::Signal {
+                name: name.clone(),
+                signal: signal.name.clone(),
+                pid: group.as_raw_pid() as u32,
+                reason: errno.to_string(),
+            }
+        })
+    }
+
+    /// Changes the status and persists it.
+    fn update(&self, change: impl FnOnce(&mut ProcessStatus)) {
+        self.status.send_modify(change);
+        self.save();
+    }
+
+    /// Writes this process's record to the daemon's table.
+    fn save(&self) {
+        let status = self.status.borrow().clone();
+        self.persistence.store.put(Record {
+            name: status.name,
+            sequence: self.persistence.sequence,
+            spec: (*self.spec).clone(),
+            pid: status.pid,
+            start_time: status.start_time,
+            log_offset: self.log_offset,
+            run: self.run.clone(),
+            state: status.state,
+            restarts: status.restarts,
+            started_at: status.started_at,
+        });
+    }
+
     /// Records that no process runs now.
     fn set_stopped(&self, state: ProcessState) {
-        self.status.send_modify(|status| {
+        self.update(|status| {
             status.pid = None;
+            status.start_time = None;
             status.state = state;
         });
     }
@@ -439,59 +799,127 @@ impl Runner {
     /// A line in the process's log that says what the supervisor did, so that `kip logs` shows crashes and
     /// restarts among the engine's own lines.
     fn note_in_log(&self, message: &str) {
-        if let Ok(mut log) = OpenOptions::new().append(true).open(&self.spec.log) {
-            let _ = writeln!(log, "[kip supervisor] {}: {message}", self.spec.name);
-        }
+        note_in_log(&self.spec, message);
     }
 
-    /// The stop sequence: each signal to the process group, waiting up to its time for the group to be gone, then
-    /// SIGKILL. The leader is reaped on the way. Also cleans up after a leader that exited by itself: what is left
-    /// of its group gets the same sequence (an empty group returns at once).
-    async fn stop_process(&self, child: &mut Child, pid: u32) -> Result<(), RequestError> {
-        let Some(group) = Pid::from_raw(pid as i32) else {
-            return Ok(());
-        };
-        let name = &self.spec.name;
-        for step in &self.checked.stop {
-            match rustix::process::kill_process_group(group, step.signal) {
-                Ok(()) => {}
-                Err(errno) if errno == Errno::SRCH => {}
-                Err(errno) => {
-                    tracing::warn!(name = %name, pid, "cannot send {}: {errno}", step.name)
-                }
-            }
-            if wait_group_gone(child, group, step.wait).await {
-                return Ok(());
-            }
-            tracing::info!(name = %name, pid, "still running {} ms after {}", step.wait.as_millis(), step.name);
-        }
-        match rustix::process::kill_process_group(group, Signal::KILL) {
-            Ok(()) => {}
-            Err(errno) if errno == Errno::SRCH => {}
-            Err(errno) => {
-                return Err(RequestError::Signal {
-                    name: name.clone(),
-                    signal: "SIGKILL".to_owned(),
-                    pid,
-                    reason: errno.to_string(),
-                });
-            }
-        }
-        if !wait_group_gone(child, group, KILL_WAIT).await {
-            // A member stuck in the kernel, or a zombie its new parent does not reap: nothing more to do here. An
-            // unreaped leader goes to tokio's orphan queue when `child` is dropped.
-            tracing::warn!(name = %name, pid, "process group still present {} s after SIGKILL", KILL_WAIT.as_secs());
-        }
-        Ok(())
+    async fn stop_process(&self, leader: &mut Leader, pid: u32) -> Result<(), RequestError> {
+        stop_group(&self.spec.name, &self.checked.stop, leader, pid).await
     }
 }
 
-/// Waits up to `budget` for the leader to exit (reaping it) and the rest of its group to be gone.
-async fn wait_group_gone(child: &mut Child, group: Pid, budget: Duration) -> bool {
+/// A line in a process's log that says what the supervisor did.
+fn note_in_log(spec: &SpawnSpec, message: &str) {
+    if let Ok(mut log) = OpenOptions::new().append(true).open(&spec.log) {
+        let _ = writeln!(log, "[kip supervisor] {}: {message}", spec.name);
+    }
+}
+
+/// Stops the process group `group` of a record the daemon does not adopt: the group of a process whose leader runs
+/// (under a name adopted already, or in a state a new daemon cannot resume), or what is left of the group of one
+/// whose leader is gone (workers of an engine whose supervisor and leader were both killed). A group whose leader is
+/// gone may by now be another one that got the same id, after ours emptied: it is stopped only when every live
+/// member carries the run's id in its environment ([`RUN_ENV`]), inherited from the leader.
+pub(super) async fn stop_leftovers(
+    spec: &SpawnSpec,
+    checked: &Checked,
+    group: u32,
+    start_time: u64,
+    run: Option<&str>,
+) {
+    let members = procfs::group_members(group);
+    if members.is_empty() {
+        return;
+    }
+    let leader_runs = procfs::identify(group, start_time) == Identity::Alive;
+    let all_ours = run.is_some_and(|run| {
+        members
+            .iter()
+            .all(|(pid, _)| procfs::environment_has(*pid, RUN_ENV, run))
+    });
+    if !leader_runs && !all_ours {
+        tracing::info!(
+            name = %spec.name,
+            "process group {group} has live members that may not be its: left alone"
+        );
+        return;
+    }
+    let message = if leader_runs {
+        format!("stopping process group {group}, which this supervisor does not adopt")
+    } else {
+        format!(
+            "its leader {group} exited while no supervisor ran; stopping the {} process(es) left in its group",
+            members.len()
+        )
+    };
+    tracing::warn!(name = %spec.name, "{message}");
+    note_in_log(spec, &message);
+    let mut leader = Leader::Adopted {
+        pid: group,
+        start_time,
+    };
+    if let Err(error) = stop_group(&spec.name, &checked.stop, &mut leader, group).await {
+        tracing::warn!(name = %spec.name, "{error}");
+    }
+}
+
+/// The stop sequence: each signal to the process group, waiting up to its time for the group to be gone, then
+/// SIGKILL. A child leader is reaped on the way. Also cleans up after a leader that exited by itself: what is left
+/// of its group gets the same sequence (an empty group returns at once, and is not signalled: once a group is
+/// empty, its number may be reused).
+async fn stop_group(
+    name: &str,
+    steps: &[StopStep],
+    leader: &mut Leader,
+    pid: u32,
+) -> Result<(), RequestError> {
+    let Some(group) = Pid::from_raw(pid as i32) else {
+        return Ok(());
+    };
+    for step in steps {
+        if wait_group_gone(leader, group, Duration::ZERO).await {
+            return Ok(());
+        }
+        match rustix::process::kill_process_group(group, step.signal.signal) {
+            Ok(()) => {}
+            Err(errno) if errno == Errno::SRCH => {}
+            Err(errno) => {
+                tracing::warn!(name = %name, pid, "cannot send {}: {errno}", step.signal.name)
+            }
+        }
+        if wait_group_gone(leader, group, step.wait).await {
+            return Ok(());
+        }
+        tracing::info!(name = %name, pid, "still running {} ms after {}", step.wait.as_millis(), step.signal.name);
+    }
+    if wait_group_gone(leader, group, Duration::ZERO).await {
+        return Ok(());
+    }
+    match rustix::process::kill_process_group(group, Signal::KILL) {
+        Ok(()) => {}
+        Err(errno) if errno == Errno::SRCH => {}
+        Err(errno) => {
+            return Err(RequestError::Signal {
+                name: name.to_owned(),
+                signal: "SIGKILL".to_owned(),
+                pid,
+                reason: errno.to_string(),
+            });
+        }
+    }
+    if !wait_group_gone(leader, group, KILL_WAIT).await {
+        // A member stuck in the kernel, or a zombie its new parent does not reap: nothing more to do here. An
+        // unreaped leader goes to tokio's orphan queue when its `Child` is dropped.
+        tracing::warn!(name = %name, pid, "process group still present {} s after SIGKILL", KILL_WAIT.as_secs());
+    }
+    Ok(())
+}
+
+/// Waits up to `budget` for the leader to exit (reaping a child) and the rest of its group to be gone.
+async fn wait_group_gone(leader: &mut Leader, group: Pid, budget: Duration) -> bool {
     let deadline = Instant::now() + budget;
     loop {
-        let leader_reaped = !matches!(child.try_wait(), Ok(None));
-        if leader_reaped && group_is_gone(group) {
+        let leader_exited = leader.has_exited();
+        if leader_exited && group_is_gone(group) {
             return true;
         }
         let now = Instant::now();
@@ -499,60 +927,30 @@ async fn wait_group_gone(child: &mut Child, group: Pid, budget: Duration) -> boo
             return false;
         }
         let tick = (deadline - now).min(GROUP_POLL);
-        if leader_reaped {
-            tokio::time::sleep(tick).await;
-        } else {
-            // Wake up as soon as the leader exits rather than at the next tick.
-            tokio::select! {
-                _ = child.wait() => {}
-                () = tokio::time::sleep(deadline - now) => {}
+        match leader {
+            Leader::Child(child) if !leader_exited => {
+                // Wake up as soon as the leader exits rather than at the next tick.
+                tokio::select! {
+                    _ = child.wait() => {}
+                    () = tokio::time::sleep(deadline - now) => {}
+                }
             }
+            _ => tokio::time::sleep(tick).await,
         }
     }
 }
 
-/// Whether no live process is left in the group. Zombies do not count: they hold no port, socket or file, and
-/// the members other than the leader are not the daemon's to reap. Whoever inherited them does that: init, which
-/// in a container may be slow to, or never do it (a container's PID 1 is often not an init at all).
+/// Whether no live process is left in the group (zombies do not count, see [`procfs::group_has_live_member`]).
 fn group_is_gone(group: Pid) -> bool {
     match rustix::process::test_kill_process_group(group) {
         Err(errno) if errno == Errno::SRCH => true,
-        _ => !group_has_live_member(group),
+        _ => !procfs::group_has_live_member(group.as_raw_pid() as u32),
     }
 }
 
-/// Whether a process of the group is alive (neither a zombie nor dead), from `/proc/*/stat`.
-fn group_has_live_member(group: Pid) -> bool {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        // Without /proc, only the signal test can tell, and it counts zombies: say the group is there.
-        return true;
-    };
-    let group = group.as_raw_pid();
-    entries.flatten().any(|entry| {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|name| name.parse::<u32>().ok())
-        else {
-            return false;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            return false;
-        };
-        // `pid (comm) state ppid pgrp …`; comm may hold spaces and parentheses, so split after the last ')'.
-        let Some(after_comm) = stat.rfind(')').map(|end| &stat[end + 1..]) else {
-            return false;
-        };
-        let mut fields = after_comm.split_whitespace();
-        let state = fields.next();
-        let process_group = fields.nth(1).and_then(|field| field.parse::<i32>().ok());
-        process_group == Some(group) && !matches!(state, Some("Z" | "X"))
-    })
-}
-
 /// Spawns one run of `spec`: output appended to its log (whose length before the run is returned, for the probe
-/// and the error tail), in its own process group, as its `run_as` account.
-fn spawn(spec: &SpawnSpec) -> Result<(Child, u64), RequestError> {
+/// and the error tail), in its own process group, as its `run_as` account, with its run id in [`RUN_ENV`].
+fn spawn(spec: &SpawnSpec, run: &str) -> Result<(Child, u64), RequestError> {
     let log_error = |error: std::io::Error| RequestError::OpenLog {
         name: spec.name.clone(),
         log: spec.log.clone(),
@@ -582,6 +980,7 @@ fn spawn(spec: &SpawnSpec) -> Result<(Child, u64), RequestError> {
     command
         .args(&spec.args)
         .envs(&spec.env)
+        .env(RUN_ENV, run)
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(stderr)

@@ -5,11 +5,12 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::WaitUntil;
 use super::error::RequestError;
 use crate::engine::SpawnSpec;
 
 /// The protocol version this kip speaks; every message carries it as `"v"`.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// The longest request or response line accepted (a spawn spec is a few KiB; a status of hundreds of processes
 /// stays far below this).
 pub(super) const MAX_LINE: usize = 1 << 20;
@@ -19,10 +20,22 @@ pub(super) const MAX_LINE: usize = 1 << 20;
 #[serde(rename_all = "snake_case", tag = "op")]
 pub(super) enum Request {
     Ping,
-    Start { spec: Box<SpawnSpec> },
-    Stop { name: String },
+    Start {
+        spec: Box<SpawnSpec>,
+    },
+    Stop {
+        name: String,
+    },
     Status,
     Shutdown,
+    Reload {
+        name: String,
+    },
+    Wait {
+        name: String,
+        until: WaitUntil,
+        timeout_ms: u64,
+    },
 }
 
 impl Request {
@@ -34,6 +47,8 @@ impl Request {
             Request::Stop { .. } => "stop",
             Request::Status => "status",
             Request::Shutdown => "shutdown",
+            Request::Reload { .. } => "reload",
+            Request::Wait { .. } => "wait",
         }
     }
 }
@@ -159,9 +174,30 @@ mod tests {
         let line = encode_request(&Request::Stop {
             name: "pg.main".to_owned(),
         });
-        assert_eq!(line, b"{\"v\":1,\"op\":\"stop\",\"name\":\"pg.main\"}\n");
+        assert_eq!(line, b"{\"v\":2,\"op\":\"stop\",\"name\":\"pg.main\"}\n");
         let decoded = decode_request(line.trim_ascii()).unwrap();
         assert!(matches!(decoded, Request::Stop { name } if name == "pg.main"));
+
+        let line = encode_request(&Request::Wait {
+            name: "job".to_owned(),
+            until: WaitUntil::Exited,
+            timeout_ms: 500,
+        });
+        assert_eq!(
+            line,
+            b"{\"v\":2,\"op\":\"wait\",\"name\":\"job\",\"until\":\"exited\",\"timeout_ms\":500}\n"
+        );
+        assert!(matches!(
+            decode_request(br#"{"v":2,"op":"reload","name":"pg.main"}"#).unwrap(),
+            Request::Reload { name } if name == "pg.main"
+        ));
+        let error =
+            decode_request(br#"{"v":2,"op":"wait","name":"job","until":"done","timeout_ms":1}"#)
+                .unwrap_err();
+        assert!(
+            matches!(error, RequestError::BadRequest { .. }),
+            "{error:?}"
+        );
     }
 
     #[test]
@@ -182,7 +218,7 @@ mod tests {
 
     #[test]
     fn an_unknown_error_kind_keeps_the_daemons_message() {
-        let line = br#"{"v":1,"ok":false,"error":{"kind":"from_the_future","message":"it broke"}}"#;
+        let line = br#"{"v":2,"ok":false,"error":{"kind":"from_the_future","message":"it broke"}}"#;
         assert_eq!(
             decode_response(line).unwrap(),
             Err(RequestError::Other {

@@ -1,0 +1,239 @@
+//! What the supervisor reads from `/proc`: a process's start time (which, with its pid, names one process for the
+//! machine's uptime: a pid alone can be reused once its process is gone), its process group, whether a group still
+//! has live members, and which processes hold a listening socket.
+//!
+//! A supervisor that adopts the processes of a supervisor that was killed knows them only by the pid and start time
+//! it persisted; everything it decides about them (adopt, monitor, leave alone) rests on these reads. The listening
+//! socket checks let a readiness probe tell its own process's server from a foreign one on the same path or port.
+//!
+//! Every function here answers from a snapshot that may be stale a moment later; callers only draw conclusions that
+//! stay true (a process that is gone stays gone; a pid that is a live process group's id cannot be reused).
+
+use std::path::Path;
+
+/// The fields of `/proc/PID/stat` the supervisor uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Stat {
+    /// `R`, `S`, `D`, `Z` (zombie), `X` (dead)…
+    pub state: char,
+    pub process_group: u32,
+    /// When the process started, in clock ticks since boot (field 22).
+    pub start_time: u64,
+}
+
+impl Stat {
+    /// Whether the process has exited (a zombie waits only to be reaped).
+    pub fn is_dead(&self) -> bool {
+        matches!(self.state, 'Z' | 'X')
+    }
+}
+
+/// The stat of `pid`, if it exists.
+pub(super) fn stat(pid: u32) -> Option<Stat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&text)
+}
+
+/// Parses `pid (comm) state ppid pgrp … starttime …`. The command name may hold spaces and parentheses, so the
+/// fields are counted after its last `)`.
+fn parse_stat(text: &str) -> Option<Stat> {
+    let after_comm = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // Field 3 (state) is fields[0]; field 5 (pgrp) is fields[2]; field 22 (starttime) is fields[19].
+    Some(Stat {
+        state: fields.first()?.chars().next()?,
+        process_group: fields.get(2)?.parse().ok()?,
+        start_time: fields.get(19)?.parse().ok()?,
+    })
+}
+
+/// What became of a process the supervisor knows by pid and start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Identity {
+    /// It runs: the pid exists with the same start time and is not a zombie.
+    Alive,
+    /// It exited: no process has the pid, or only its zombie does.
+    Gone,
+    /// Another process has the pid now: the kernel reused it.
+    Reused,
+}
+
+/// Whether the process started at `start_time` as `pid` still runs.
+pub(super) fn identify(pid: u32, start_time: u64) -> Identity {
+    match stat(pid) {
+        None => Identity::Gone,
+        Some(stat) if stat.start_time != start_time => Identity::Reused,
+        Some(stat) if stat.is_dead() => Identity::Gone,
+        Some(_) => Identity::Alive,
+    }
+}
+
+/// The live (not zombie) processes whose process group is `group`, with their stats.
+pub(super) fn group_members(group: u32) -> Vec<(u32, Stat)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| Some((pid, stat(pid)?)))
+        .filter(|(_, stat)| stat.process_group == group && !stat.is_dead())
+        .collect()
+}
+
+/// Whether a live process is in the group. Zombies do not count: they hold no port, socket or file, and the
+/// members other than the leader are not the daemon's to reap. Whoever inherited them does that: init, which in a
+/// container may be slow to, or never do it (a container's PID 1 is often not an init at all).
+pub(super) fn group_has_live_member(group: u32) -> bool {
+    if !Path::new("/proc/self/stat").exists() {
+        // Without /proc, only a signal test can tell, and it counts zombies: say the group is there.
+        return true;
+    }
+    !group_members(group).is_empty()
+}
+
+/// Whether the environment `pid` started with holds `NAME=VALUE` (`/proc/PID/environ`; false when unreadable).
+pub(super) fn environment_has(pid: u32, name: &str, value: &str) -> bool {
+    let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    let wanted = format!("{name}={value}");
+    environ
+        .split(|&byte| byte == 0)
+        .any(|entry| entry == wanted.as_bytes())
+}
+
+/// The inodes of the listening unix stream sockets bound to `path` (from `/proc/net/unix`); `None` when that file
+/// cannot be read.
+pub(super) fn unix_listening_inodes(path: &Path) -> Option<Vec<u64>> {
+    let text = std::fs::read_to_string("/proc/net/unix").ok()?;
+    let path = path.to_str()?;
+    Some(parse_unix_listeners(&text, path))
+}
+
+/// `Num RefCount Protocol Flags Type St Inode Path`: a listening socket has the `__SO_ACCEPTCON` flag (0x10000).
+fn parse_unix_listeners(text: &str, path: &str) -> Vec<u64> {
+    const ACCEPTING: u32 = 0x10000;
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            // The inode column is padded with spaces and the path may hold spaces: take seven fields, then the
+            // rest of the line (after one space) is the path.
+            let mut rest = line;
+            let mut fields = [""; 7];
+            for field in &mut fields {
+                rest = rest.trim_start();
+                let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+                *field = &rest[..end];
+                rest = &rest[end..];
+            }
+            let bound_to = rest.strip_prefix(' ')?;
+            let flags = u32::from_str_radix(fields[3], 16).ok()?;
+            let inode = fields[6].parse().ok()?;
+            (flags & ACCEPTING != 0 && bound_to == path).then_some(inode)
+        })
+        .collect()
+}
+
+/// The inodes of the TCP sockets listening on `port`, on any local address, over IPv4 and IPv6 (from
+/// `/proc/net/tcp` and `/proc/net/tcp6`); `None` when neither can be read.
+pub(super) fn tcp_listening_inodes(port: u16) -> Option<Vec<u64>> {
+    let mut inodes = Vec::new();
+    let mut read_any = false;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        if let Ok(text) = std::fs::read_to_string(table) {
+            read_any = true;
+            inodes.extend(parse_tcp_listeners(&text, port));
+        }
+    }
+    read_any.then_some(inodes)
+}
+
+/// `sl local_address rem_address st … uid timeout inode`: a listening socket has state 0A.
+fn parse_tcp_listeners(text: &str, port: u16) -> Vec<u64> {
+    const LISTEN: &str = "0A";
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields.get(1)?.rsplit(':').next()?;
+            let local_port = u16::from_str_radix(local_port, 16).ok()?;
+            (local_port == port && *fields.get(3)? == LISTEN)
+                .then(|| fields.get(9)?.parse().ok())
+                .flatten()
+        })
+        .collect()
+}
+
+/// Whether a live member of `group` has one of the sockets `inodes` open.
+pub(super) fn group_holds_socket(group: u32, inodes: &[u64]) -> bool {
+    let wanted: Vec<String> = inodes
+        .iter()
+        .map(|inode| format!("socket:[{inode}]"))
+        .collect();
+    group_members(group).into_iter().any(|(pid, _)| {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            return false;
+        };
+        fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|target| wanted.iter().any(|wanted| target.as_os_str() == &**wanted))
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_counted_after_the_command_name() {
+        let line = "4711 (my (odd) name) S 1 4711 4711 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 987654 \
+                    1000 10 18446744073709551615";
+        assert_eq!(
+            parse_stat(line),
+            Some(Stat {
+                state: 'S',
+                process_group: 4711,
+                start_time: 987654,
+            })
+        );
+        assert_eq!(parse_stat("4711 (truncated"), None);
+        let own = stat(std::process::id()).unwrap();
+        assert!(!own.is_dead());
+        assert_eq!(
+            identify(std::process::id(), own.start_time),
+            Identity::Alive
+        );
+        assert_eq!(
+            identify(std::process::id(), own.start_time + 1),
+            Identity::Reused
+        );
+        // The environment the process started with (tests do not change PATH).
+        let path = std::env::var("PATH").unwrap();
+        assert!(environment_has(std::process::id(), "PATH", &path));
+        assert!(!environment_has(std::process::id(), "PATH", "/nowhere"));
+    }
+
+    #[test]
+    fn listening_sockets_are_found_by_path_and_by_port() {
+        let unix = "Num       RefCount Protocol Flags    Type St Inode Path\n\
+                    0000000000000000: 00000002 00000000 00010000 0001 01   337 /p/.kip/run/a b.sock\n\
+                    0000000000000000: 00000003 00000000 00000000 0001 03 31338 /p/.kip/run/a b.sock\n\
+                    0000000000000000: 00000002 00000000 00010000 0001 01 31339 /p/other.sock\n\
+                    0000000000000000: 00000002 00000000 00000000 0002 01 31340\n";
+        assert_eq!(parse_unix_listeners(unix, "/p/.kip/run/a b.sock"), [337]);
+        assert_eq!(
+            parse_unix_listeners(unix, "/p/missing.sock"),
+            Vec::<u64>::new()
+        );
+
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+                   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0\n\
+                   1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 4243 1 0\n\
+                   2: 00000000:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4244 1 0\n";
+        assert_eq!(parse_tcp_listeners(tcp, 8080), [4242]);
+        assert_eq!(parse_tcp_listeners(tcp, 80), [4244]);
+        assert_eq!(parse_tcp_listeners(tcp, 81), Vec::<u64>::new());
+    }
+}

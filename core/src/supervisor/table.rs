@@ -1,0 +1,301 @@
+//! The persisted process table (`.kip/supervisor/table.json`): what a supervisor that was killed leaves for the next
+//! one, so that the engines it ran are adopted rather than left running unsupervised.
+//!
+//! The daemon keeps one [`Record`] per supervised process and rewrites the whole file on every change: a spawn (its
+//! pid and start time are on disk before the readiness probe runs, so a daemon killed during a start still knows
+//! them), a state change, a restart, and a stop (the record goes once the process is gone, not before, so a daemon
+//! killed during a stop leaves the process to the next one). Writes are atomic (temp file, fsync, rename, fsync of
+//! the directory) and the file is private (0600, in a 0700 directory): specs carry environment variables, which may
+//! hold secrets.
+//!
+//! A record names a process by pid and start time (`/proc/PID/stat` field 22): a pid alone could have been reused
+//! by an unrelated process since, which the next daemon must neither adopt nor signal.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use super::ProcessState;
+use super::procfs::{self, Identity};
+use crate::engine::SpawnSpec;
+
+/// The format version of the table file; a file of another version is set aside, not misread.
+const FORMAT_VERSION: u32 = 1;
+/// The environment variable every spawned process gets, set to its run's id (daemon pid, sequence, spawn time):
+/// the members of its process group inherit it, which tells them from the members of a later group that got the
+/// same process group id.
+pub(super) const RUN_ENV: &str = "KIP_SUPERVISOR_RUN";
+
+/// What the daemon persists about one supervised process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Record {
+    pub name: String,
+    /// Its start order among the daemon's processes (status order, and shutdown in reverse).
+    pub sequence: u64,
+    pub spec: SpawnSpec,
+    /// The pid and process group id of the current run; none while no run is alive.
+    pub pid: Option<u32>,
+    /// The current run's start time in clock ticks since boot, from `/proc/PID/stat`.
+    pub start_time: Option<u64>,
+    /// The length of the log when the current run was spawned: a `log_line` probe resumed by the next daemon reads
+    /// from there.
+    #[serde(default)]
+    pub log_offset: u64,
+    /// The current run's id, which its processes inherit as [`RUN_ENV`]: the next daemon stops what is left of a
+    /// group whose leader is gone only when every member carries it.
+    #[serde(default)]
+    pub run: Option<String>,
+    pub state: ProcessState,
+    pub restarts: u32,
+    pub started_at: Option<u64>,
+}
+
+impl Record {
+    /// Whether the run this record names is alive, gone, or its pid reused; `None` when it names no run.
+    pub fn identify(&self) -> Option<Identity> {
+        Some(procfs::identify(self.pid?, self.start_time?))
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct TableFile {
+    version: u32,
+    /// The daemon that wrote it, for people reading the file.
+    daemon_pid: u32,
+    processes: Vec<Record>,
+}
+
+/// Why the table could not be read.
+#[derive(Debug)]
+pub(super) enum LoadError {
+    /// The file could not be read (not a missing file: that is an empty table).
+    Io(std::io::Error),
+    /// The file is not a table this kip understands.
+    Malformed(String),
+}
+
+/// Reads the table at `path`; a missing file is an empty table.
+pub(super) fn load(path: &Path) -> Result<Vec<Record>, LoadError> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(LoadError::Io(error)),
+    };
+    let file: TableFile =
+        serde_json::from_slice(&bytes).map_err(|error| LoadError::Malformed(error.to_string()))?;
+    if file.version != FORMAT_VERSION {
+        return Err(LoadError::Malformed(format!(
+            "format version {} (this kip reads {FORMAT_VERSION})",
+            file.version
+        )));
+    }
+    Ok(file.processes)
+}
+
+/// Whether the table at `path` names a process that is still alive (so that a supervisor should adopt it).
+pub(super) fn lists_a_live_process(path: &Path) -> bool {
+    load(path).is_ok_and(|records| {
+        records
+            .iter()
+            .any(|record| record.identify() == Some(Identity::Alive))
+    })
+}
+
+/// The daemon's records and the file they are written to. Every change rewrites the file while holding the lock, so
+/// that writes never interleave and the file always holds one consistent table.
+pub(super) struct Store {
+    path: PathBuf,
+    records: Mutex<BTreeMap<u64, Record>>,
+}
+
+impl Store {
+    /// A store that starts with `records` (the ones a new daemon adopts) and writes them at once, so that the
+    /// records it drops (dead processes) leave the file too.
+    pub fn new(path: PathBuf, records: impl IntoIterator<Item = Record>) -> Store {
+        let store = Store {
+            path,
+            records: Mutex::new(
+                records
+                    .into_iter()
+                    .map(|record| (record.sequence, record))
+                    .collect(),
+            ),
+        };
+        store.write(&store.lock());
+        store
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Record>> {
+        // Every update is one insert or remove: a panic cannot leave the map half-updated.
+        self.records
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds or replaces the record of the process started as `record.sequence`, and writes the table.
+    pub fn put(&self, record: Record) {
+        let mut records = self.lock();
+        if records.get(&record.sequence) == Some(&record) {
+            return;
+        }
+        records.insert(record.sequence, record);
+        self.write(&records);
+    }
+
+    /// Forgets the process started as `sequence` (it is gone), and writes the table.
+    pub fn remove(&self, sequence: u64) {
+        let mut records = self.lock();
+        if records.remove(&sequence).is_some() {
+            self.write(&records);
+        }
+    }
+
+    /// Writes the table. A failure is logged, not returned: the processes run on either way, and refusing to
+    /// supervise them because the disk is full would be worse than a table the next daemon cannot use.
+    fn write(&self, records: &BTreeMap<u64, Record>) {
+        let file = TableFile {
+            version: FORMAT_VERSION,
+            daemon_pid: std::process::id(),
+            processes: records.values().cloned().collect(),
+        };
+        let mut bytes = serde_json::to_vec_pretty(&file).expect("a table always serialises");
+        bytes.push(b'\n');
+        if let Err(error) = write_private(&self.path, &bytes) {
+            tracing::warn!(table = %self.path.display(), "cannot write the process table: {error}");
+        }
+    }
+}
+
+/// Sets a table that cannot be read aside (as `table.json.unreadable`), so that the next write does not destroy
+/// what a person may want to look at.
+pub(super) fn set_aside(path: &Path) {
+    let aside = path.with_extension("json.unreadable");
+    if let Err(error) = std::fs::rename(path, &aside) {
+        tracing::warn!(table = %path.display(), "cannot set the unreadable process table aside: {error}");
+    }
+}
+
+/// Writes `contents` to `path` atomically with mode 0600, creating its directory with mode 0700.
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&temp)?;
+        // A temp file left by a crash keeps its old mode through `open`: set it.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        std::fs::rename(&temp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt as _;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::engine::{Probe, ProbeKind, RestartPolicy, StopSpec};
+
+    fn record(sequence: u64, pid: Option<u32>, start_time: Option<u64>) -> Record {
+        Record {
+            name: format!("p{sequence}"),
+            sequence,
+            spec: SpawnSpec {
+                name: format!("p{sequence}"),
+                program: "/bin/true".into(),
+                args: Vec::new(),
+                env: BTreeMap::from([("SECRET".to_owned(), "hunter2".to_owned())]),
+                cwd: "/".into(),
+                run_as: None,
+                probe: Probe {
+                    kind: ProbeKind::None,
+                    initial_delay: Duration::ZERO,
+                    interval: Duration::from_millis(10),
+                    timeout: Duration::from_secs(1),
+                },
+                restart: RestartPolicy::No,
+                max_restarts: None,
+                stop: StopSpec::default(),
+                log: "/tmp/p.log".into(),
+                after: Vec::new(),
+                reload: None,
+                job: false,
+                instance: "test.main".to_owned(),
+            },
+            pid,
+            start_time,
+            log_offset: 12,
+            run: Some("4242-3-1767225600000".to_owned()),
+            state: ProcessState::Ready,
+            restarts: 0,
+            started_at: Some(1),
+        }
+    }
+
+    #[test]
+    fn the_table_is_private_and_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("supervisor/table.json");
+        assert_eq!(load(&path).unwrap(), Vec::new());
+        let own = procfs::stat(std::process::id()).unwrap().start_time;
+        let store = Store::new(
+            path.clone(),
+            [record(3, Some(std::process::id()), Some(own))],
+        );
+        store.put(record(7, None, None));
+        let metadata = std::fs::metadata(&path).unwrap();
+        assert_eq!(metadata.mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(path.parent().unwrap()).unwrap().mode() & 0o777,
+            0o700
+        );
+        let loaded = load(&path).unwrap();
+        assert_eq!(loaded.len(), 2);
+        assert_eq!(loaded[0], record(3, Some(std::process::id()), Some(own)));
+        assert!(lists_a_live_process(&path));
+
+        store.remove(3);
+        assert_eq!(load(&path).unwrap(), vec![record(7, None, None)]);
+        assert!(!lists_a_live_process(&path));
+
+        // A reused pid (this process, with another start time) is not alive.
+        store.put(record(8, Some(std::process::id()), Some(own + 1)));
+        assert!(!lists_a_live_process(&path));
+
+        std::fs::write(
+            &path,
+            b"{\"version\": 99, \"daemon_pid\": 1, \"processes\": []}",
+        )
+        .unwrap();
+        assert!(matches!(load(&path), Err(LoadError::Malformed(reason)) if reason.contains("99")));
+        set_aside(&path);
+        assert!(!path.exists());
+        assert!(dir.path().join("supervisor/table.json.unreadable").exists());
+    }
+}
