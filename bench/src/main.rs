@@ -236,6 +236,7 @@ fn front_half(runs: usize) {
             registry,
             vars: Vec::new(),
             env_vars: Vec::new(),
+            extra_engines: Vec::new(),
         };
         let mut times = Vec::with_capacity(runs);
         let mut nodes = 0;

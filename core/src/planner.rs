@@ -176,20 +176,28 @@ impl Planner<'_> {
         })
     }
 
-    /// The declared instances, dependencies first (the graph's order).
+    /// The declared instances, each after every instance it (or any of its objects) depends on.
     fn instances_in_order(&self) -> Vec<&Instance> {
-        let mut ordered: Vec<&Instance> = Vec::new();
-        for node in self.graph.topological() {
-            if node.kind.is_none()
-                && let Some(instance) = self.config.instance(&node.address)
-            {
-                ordered.push(instance);
+        fn visit<'c>(
+            instance: &'c Instance,
+            planner: &Planner<'c>,
+            ordered: &mut Vec<&'c Instance>,
+            seen: &mut BTreeSet<Address>,
+        ) {
+            if !seen.insert(instance.address.clone()) {
+                return;
             }
+            for dependency in crate::desired::instance_dependencies(planner.graph, instance) {
+                if let Some(dependency) = planner.config.instance(&dependency) {
+                    visit(dependency, planner, ordered, seen);
+                }
+            }
+            ordered.push(instance);
         }
+        let mut ordered = Vec::new();
+        let mut seen = BTreeSet::new();
         for instance in &self.config.instances {
-            if !ordered.iter().any(|i| i.address == instance.address) {
-                ordered.push(instance);
-            }
+            visit(instance, self, &mut ordered, &mut seen);
         }
         ordered
     }

@@ -14,6 +14,7 @@ fn check_text(files: &[String]) {
         registry,
         vars: vec![("n".into(), "2".into()), ("undeclared".into(), "x".into())],
         env_vars: vec![("v".into(), "16".into())],
+        extra_engines: Vec::new(),
     };
     let mut sources = Sources::default();
     for (index, text) in files.iter().enumerate() {

@@ -185,6 +185,10 @@ impl Engine for Process {
         true
     }
 
+    fn check_view(&self, node: &kip_core::plan::Desired) -> Result<(), EngineError> {
+        kip_core::engine::typed::<ProcessArgs>(&node.address, &node.attributes).map(drop)
+    }
+
     fn provision<'a>(&'a self, ctx: &'a mut InstanceCtx) -> BoxFuture<'a, Result<(), EngineError>> {
         Box::pin(async move {
             let args: ProcessArgs = ctx.args()?;

@@ -39,6 +39,20 @@ pub struct CheckOptions<'a> {
     pub vars: Vec<(String, String)>,
     /// `KIP_VAR_name=value` from the environment, name without the prefix.
     pub env_vars: Vec<(String, String)>,
+    /// Engines beyond the ones `kip-schemas` ships (a test's fake engine).
+    pub extra_engines: Vec<&'static EngineSchema>,
+}
+
+impl CheckOptions<'_> {
+    /// The engine whose block type is `name`.
+    pub fn engine(&self, name: &str) -> Option<&'static EngineSchema> {
+        kip_schemas::engine(name).or_else(|| {
+            self.extra_engines
+                .iter()
+                .copied()
+                .find(|engine| engine.name == name)
+        })
+    }
 }
 
 /// The result of a check: the sources (always, to render diagnostics), and the config and graph when there
@@ -302,7 +316,7 @@ impl Checker<'_> {
                                 }
                             }
                             "output" => output_blocks.push((*file, block)),
-                            _ => match kip_schemas::engine(ident) {
+                            _ => match self.options.engine(ident) {
                                 Some(engine) => instance_blocks.push((*file, block, engine)),
                                 None => {
                                     let candidates = kip_schemas::engines()
@@ -725,7 +739,7 @@ impl Checker<'_> {
                                 }
                             }
                         }
-                        root if kip_schemas::engine(root).is_some() => runtime = true,
+                        root if self.options.engine(root).is_some() => runtime = true,
                         _ => {
                             self.unknown_root(file, reference, false, false);
                         }
@@ -1537,7 +1551,7 @@ impl Checker<'_> {
             Expression::Traversal(_) => refs::collect(expr).into_iter().next(),
             _ => None,
         });
-        let Some(reference) = reference.filter(|r| kip_schemas::engine(&r.root).is_some()) else {
+        let Some(reference) = reference.filter(|r| self.options.engine(&r.root).is_some()) else {
             self.error(
                 decl.file,
                 span,
@@ -1586,7 +1600,7 @@ impl Checker<'_> {
                     let edit = hcl::edit::expr::Expression::from(expr);
                     let mut targets = Vec::new();
                     for inner in refs::collect(&edit) {
-                        if kip_schemas::engine(&inner.root).is_some() {
+                        if self.options.engine(&inner.root).is_some() {
                             let inner = RawReference {
                                 span: span.clone(),
                                 ..inner
@@ -1641,7 +1655,7 @@ impl Checker<'_> {
             }
             _ => {}
         }
-        let Some(engine) = kip_schemas::engine(&reference.root) else {
+        let Some(engine) = self.options.engine(&reference.root) else {
             self.unknown_root(file, reference, counted, for_each);
             return None;
         };

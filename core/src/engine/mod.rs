@@ -246,6 +246,11 @@ pub trait Engine: Send + Sync {
         self.schema().name
     }
 
+    /// Reads a node's attributes into the provider's typed view of its kind, as provision, converge and exports
+    /// read them. The conformance suite calls it with every argument of every block set: an argument the schema
+    /// documents and the provider does not read fails there, instead of being dropped silently.
+    fn check_view(&self, node: &Desired) -> Result<(), EngineError>;
+
     /// Whether the engine's processes run as the user who ran kip (a user's own program), rather than as kip's
     /// unprivileged account when kip runs as root (database servers). `run_as` overrides either.
     fn runs_as_caller(&self) -> bool {

@@ -90,7 +90,26 @@ pub fn statements(ctx: &mut InstanceCtx, changes: &[Change]) -> Result<Vec<PgCha
         let creating = matches!(change.action, Action::Create | Action::Replace);
         match change.kind.as_str() {
             "role" => role(ctx, change, &name, &mut batch)?,
-            "database" => database(change, &name, deleting, creating, &mut batch)?,
+            "database" => {
+                database(change, &name, deleting, creating, &mut batch)?;
+                // A new owner takes over the database's ACL (PostgreSQL rewrites it around the owner), which can
+                // drop privileges granted by the old one: grant what is declared on it again, idempotently.
+                if change.action == Action::Update
+                    && change.changed_attributes().iter().any(|a| a == "owner")
+                {
+                    for (_, grant) in ctx.objects_of("grant") {
+                        let Ok(args) = kip_core::engine::typed::<GrantArgs>(
+                            &change.address,
+                            &grant.attributes,
+                        ) else {
+                            continue;
+                        };
+                        if args.database.as_deref() == Some(name.as_str()) {
+                            batch.push(PgChange::Grant(grant_spec(&args)?));
+                        }
+                    }
+                }
+            }
             "schema" => {
                 let current: SchemaArgs = if change.action == Action::Delete {
                     change.before_as()?

@@ -123,6 +123,23 @@ impl Engine for Postgres {
         kip_schemas::engine("postgres").expect("kip-schemas describes postgres")
     }
 
+    fn check_view(&self, node: &Desired) -> Result<(), EngineError> {
+        use super::args::{DatabaseArgs, ExtensionArgs, GrantArgs, SchemaArgs};
+        let address = &node.address;
+        let attributes = &node.attributes;
+        match node.kind.as_str() {
+            kip_core::plan::INSTANCE => {
+                kip_core::engine::typed::<InstanceArgs>(address, attributes).map(drop)
+            }
+            "role" => kip_core::engine::typed::<RoleArgs>(address, attributes).map(drop),
+            "database" => kip_core::engine::typed::<DatabaseArgs>(address, attributes).map(drop),
+            "schema" => kip_core::engine::typed::<SchemaArgs>(address, attributes).map(drop),
+            "extension" => kip_core::engine::typed::<ExtensionArgs>(address, attributes).map(drop),
+            "grant" => kip_core::engine::typed::<GrantArgs>(address, attributes).map(drop),
+            other => Err(EngineError::new(format!("postgres has no {other} objects"))),
+        }
+    }
+
     fn derive(&self, node: &mut Desired) {
         let attributes = &mut node.attributes;
         match node.kind.as_str() {

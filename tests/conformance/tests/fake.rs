@@ -1,0 +1,249 @@
+//! The fake engine through the whole suite, and through the parts of the lifecycle and the scheduler real
+//! engines rarely hit on demand: parallel starts, a failure that skips its dependents (reported once), a provider
+//! panic, several processes in order, reload and restart, a job that runs once, a forced replacement, and a
+//! reference to another instance that is known only after apply and stays redacted.
+
+use kip_conformance::fake::{Fake, FakeFixture, schema};
+use kip_conformance::{Harness, Setup, run};
+use kip_core::address::Address;
+use kip_core::apply::{ApplyError, InstanceError};
+use kip_core::engine::Engines;
+use kip_core::plan::Action;
+use kip_core::supervise::MemorySupervisors;
+
+fn setup() -> (Setup, Fake, MemorySupervisors) {
+    let fake = Fake::default();
+    let mut engines = Engines::new();
+    engines.register(fake.clone());
+    let supervisors = MemorySupervisors::new();
+    let setup = Setup::memory(engines, supervisors.clone()).with_schema(schema());
+    (setup, fake, supervisors)
+}
+
+fn fake(name: &str) -> Address {
+    Address::instance("fake", name, None)
+}
+
+#[test]
+fn the_fake_engine_conforms() {
+    let (setup, _, _) = setup();
+    run(&FakeFixture, &setup);
+}
+
+#[test]
+fn independent_instances_start_in_parallel_and_dependents_after() {
+    let (setup, fake_engine, _) = setup();
+    let harness = Harness::new(
+        &setup,
+        r#"
+fake "a" { delay_ms = 300 }
+fake "b" { delay_ms = 300 }
+fake "c" { depends_on = [fake.a, fake.b] }
+"#,
+    );
+    harness.apply_clean("apply");
+    let journal = &fake_engine.journal;
+    let started = |name: &str| {
+        journal
+            .when(&fake(name).to_string(), "provision started")
+            .unwrap()
+    };
+    let done = |name: &str| {
+        journal
+            .when(&fake(name).to_string(), "provisioned")
+            .unwrap()
+    };
+    assert!(
+        started("b") < done("a") && started("a") < done("b"),
+        "a and b overlap: {:#?}",
+        journal.events()
+    );
+    assert!(started("c") > done("a") && started("c") > done("b"));
+}
+
+#[test]
+fn a_failure_skips_its_dependents_once_and_the_rest_comes_up() {
+    let (setup, _, supervisors) = setup();
+    let harness = Harness::new(
+        &setup,
+        r#"
+fake "bad" { fail = true }
+fake "after" { depends_on = [fake.bad] }
+fake "later" { depends_on = [fake.after] }
+fake "good" {}
+"#,
+    );
+    let Err(ApplyError::Failed { failures, skipped }) = harness.apply() else {
+        panic!("the apply should fail");
+    };
+    assert_eq!(failures.len(), 1, "reported once: {failures:?}");
+    assert_eq!(failures[0].address, fake("bad"));
+    assert!(matches!(failures[0].error, InstanceError::Supervisor(_)));
+    assert_eq!(skipped, [fake("after"), fake("later")]);
+    let spawned = supervisors.spawned();
+    assert!(spawned.contains(&"fake.good".to_owned()), "{spawned:?}");
+    assert!(
+        !spawned
+            .iter()
+            .any(|name| name == "fake.after" || name == "fake.later")
+    );
+    assert!(harness.state().instances.contains_key(&fake("good")));
+    assert!(!harness.state().instances.contains_key(&fake("after")));
+}
+
+#[test]
+fn a_provider_panic_fails_its_instance_and_skips_its_dependents() {
+    let (setup, _, _) = setup();
+    let harness = Harness::new(
+        &setup,
+        r#"
+fake "boom" { panic = "provision" }
+fake "child" { depends_on = [fake.boom] }
+fake "fine" {}
+"#,
+    );
+    let Err(ApplyError::Failed { failures, skipped }) = harness.apply() else {
+        panic!("the apply should fail");
+    };
+    assert_eq!(failures.len(), 1);
+    match &failures[0].error {
+        InstanceError::Panicked { engine, message } => {
+            assert_eq!(engine, "fake");
+            assert!(message.contains("panics in provision"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(skipped, [fake("child")]);
+    assert!(harness.state().instances.contains_key(&fake("fine")));
+}
+
+#[test]
+fn processes_start_in_order_and_changes_reload_or_restart() {
+    let (setup, _, supervisors) = setup();
+    let harness = Harness::new(&setup, "fake \"multi\" {\n  processes = 3\n}\n");
+    harness.apply_clean("apply");
+    assert_eq!(
+        supervisors.spawned(),
+        ["fake.multi/p0", "fake.multi/p1", "fake.multi/p2"]
+    );
+    harness.write_config("fake \"multi\" {\n  processes = 3\n  setting = \"b\"\n}\n");
+    harness.apply_clean("reload");
+    assert_eq!(
+        supervisors.reloads(),
+        ["fake.multi/p0", "fake.multi/p1", "fake.multi/p2"]
+    );
+    assert_eq!(supervisors.spawned().len(), 3, "a reload spawns nothing");
+    harness.write_config(
+        "fake \"multi\" {\n  processes = 3\n  setting = \"b\"\n  restart_setting = \"b\"\n}\n",
+    );
+    harness.apply_clean("restart");
+    assert_eq!(
+        supervisors.spawned().len(),
+        6,
+        "a restart spawns each process again"
+    );
+}
+
+#[test]
+fn a_job_runs_once_until_its_configuration_changes_and_a_failed_one_skips_its_dependents() {
+    let (setup, _, supervisors) = setup();
+    let harness = Harness::new(&setup, "fake \"job\" {\n  job = true\n}\n");
+    harness.apply_clean("apply");
+    assert_eq!(supervisors.spawned(), ["fake.job"]);
+    harness.apply_clean("again");
+    harness.down().unwrap();
+    harness.up().unwrap();
+    assert_eq!(
+        supervisors.spawned(),
+        ["fake.job"],
+        "a job that succeeded is not run again"
+    );
+    harness.write_config("fake \"job\" {\n  job = true\n  setting = \"b\"\n}\n");
+    harness.apply_clean("changed");
+    assert_eq!(
+        supervisors.spawned(),
+        ["fake.job", "fake.job"],
+        "a changed job runs again"
+    );
+
+    harness.write_config(
+        "fake \"job\" {\n  job = true\n  exit_code = 3\n}\nfake \"web\" {\n  depends_on = [fake.job]\n}\n",
+    );
+    let Err(ApplyError::Failed { failures, skipped }) = harness.apply() else {
+        panic!("a failed job fails the apply");
+    };
+    assert!(
+        matches!(&failures[0].error, InstanceError::JobFailed { exit, .. } if exit.contains("code 3")),
+        "{failures:?}"
+    );
+    assert_eq!(skipped, [fake("web")]);
+}
+
+#[test]
+fn a_forced_replacement_plans_minus_plus_and_starts_afresh() {
+    let (setup, fake_engine, _) = setup();
+    let config = |flavour: &str| {
+        format!(
+            "fake \"main\" {{\n  flavour = \"{flavour}\"\n  item \"a\" {{ value = \"1\" }}\n}}\n"
+        )
+    };
+    let harness = Harness::new(&setup, &config("plain"));
+    harness.apply_clean("apply");
+    harness.write_config(&config("spicy"));
+    let plan = harness.plan().unwrap();
+    let change = plan.change(&fake("main")).unwrap();
+    assert_eq!(change.action, Action::Replace);
+    assert_eq!(change.replace_because, ["flavour"]);
+    let item = plan.change(&fake("main").named_child("item", "a")).unwrap();
+    assert_eq!(
+        item.action,
+        Action::Create,
+        "the new instance gets its objects again"
+    );
+    harness.apply_clean("replace");
+    let provisions = fake_engine
+        .journal
+        .events()
+        .iter()
+        .filter(|event| event.what == "provisioned")
+        .count();
+    assert_eq!(provisions, 2);
+}
+
+#[test]
+fn a_reference_is_known_after_apply_and_stays_redacted() {
+    let (setup, _, _) = setup();
+    let harness = Harness::new(
+        &setup,
+        r#"
+fake "db" {}
+fake "app" {
+  item "link" { value = fake.db.url }
+}
+"#,
+    );
+    let plan = harness.plan().unwrap();
+    let link = plan
+        .change(&fake("app").named_child("item", "link"))
+        .unwrap();
+    assert!(link.after_unknown.contains("value"), "{link:?}");
+    assert!(
+        link.sensitive.contains("value"),
+        "a value made from a secret is secret"
+    );
+    harness.apply_clean("apply");
+    let db_url = harness.exports(&fake("db")).unwrap()["url"].clone();
+    let store = kip_conformance::fake::read_store(&kip_conformance::fake::store_path(
+        &harness.state().instances[&fake("app")].data_dir,
+    ))
+    .unwrap();
+    assert_eq!(store["items"]["link"]["value"], db_url);
+    // Known now, and equal: no change, and the plan holds no password.
+    let plan = harness.plan().unwrap();
+    assert!(!plan.has_changes());
+    let password = harness.exports(&fake("db")).unwrap()["password"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(!serde_json::to_string(&plan).unwrap().contains(&password));
+}
