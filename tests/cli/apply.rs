@@ -594,3 +594,73 @@ fn removing_a_grant_revokes_it_and_removing_the_last_extension_drops_it() {
     assert!(extensions.is_empty(), "{extensions:?}");
     assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
 }
+
+#[test]
+fn a_new_minor_restarts_in_place_and_a_new_major_replaces() {
+    let instance = |version: &str| {
+        format!("postgres \"main\" {{\n  version = \"{version}\"\n  database \"shop\" {{}}\n}}\n")
+    };
+    let stack = Stack::new(&instance("16.13"));
+    stack.ok(&["apply", "--auto-approve"]);
+    assert_eq!(
+        stack.sql("postgres.main", "SHOW server_version"),
+        [["16.13"]]
+    );
+    stack.sql(
+        "postgres.main.database.shop",
+        "CREATE TABLE kept (v int); INSERT INTO kept VALUES (1)",
+    );
+
+    // A new minor: an in-place update, the server restarts on the new build with its data.
+    stack.project.write("kip.hcl", instance("16.14"));
+    let plan = stack.kip(&["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 2, "{}", plan.snapshot());
+    assert!(
+        plan.stdout.contains("~ postgres.main (instance)"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains("version = \"16.13\" -> \"16.14\""),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        !plan.stdout.contains("forces replacement"),
+        "{}",
+        plan.stdout
+    );
+    let run = stack.ok(&["apply", "--auto-approve"]);
+    assert!(
+        run.stderr.contains("postgres.main: restarting"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        stack.sql("postgres.main", "SHOW server_version"),
+        [["16.14"]]
+    );
+    assert_eq!(
+        stack.sql("postgres.main.database.shop", "SELECT v FROM kept"),
+        [["1"]]
+    );
+    assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
+
+    // A new major: the on-disk format changes, so the plan replaces the instance and says why.
+    stack.project.write("kip.hcl", instance("14"));
+    let plan = stack.kip(&["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 2, "{}", plan.snapshot());
+    assert!(
+        plan.stdout.contains("-/+ postgres.main (instance)"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains("major") && plan.stdout.contains("# forces replacement"),
+        "{}",
+        plan.stdout
+    );
+    stack.ok(&["apply", "--auto-approve"]);
+    assert!(stack.sql("postgres.main", "SHOW server_version")[0][0].starts_with("14."));
+    assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
+}

@@ -221,16 +221,14 @@ impl Applier<'_> {
         Ok(resolved)
     }
 
-    /// Resolves the toolchain (for versioned engines) and lays out a new instance's directories.
-    async fn new_ctx(
+    /// The verified toolchain of a versioned instance (pinned in kip.lock), or `None` for an unversioned one.
+    async fn resolve_toolchain(
         &self,
-        engine: &dyn Engine,
         instance: &Instance,
-        attributes: Attributes,
         shared_lock: &Mutex<LockFile>,
-    ) -> Result<InstanceCtx, InstanceError> {
+    ) -> Result<Option<crate::resolve::Toolchain>, InstanceError> {
         let address = &instance.address;
-        let toolchain = match &instance.version {
+        Ok(match &instance.version {
             Some(spec) if instance.engine.versioned => {
                 let request = Request {
                     engine: instance.engine.name.to_owned(),
@@ -259,7 +257,19 @@ impl Applier<'_> {
                 Some(toolchain)
             }
             _ => None,
-        };
+        })
+    }
+
+    /// Resolves the toolchain (for versioned engines) and lays out a new instance's directories.
+    async fn new_ctx(
+        &self,
+        engine: &dyn Engine,
+        instance: &Instance,
+        attributes: Attributes,
+        shared_lock: &Mutex<LockFile>,
+    ) -> Result<InstanceCtx, InstanceError> {
+        let address = &instance.address;
+        let toolchain = self.resolve_toolchain(instance, shared_lock).await?;
         let run_as = if engine.runs_as_caller() && instance.run_as.is_none() {
             None
         } else {
@@ -441,6 +451,21 @@ impl Applier<'_> {
 
         // Spawn (or make sure it runs), or reconfigure what runs. An instance that does not run (after `kip down`,
         // a crash, or a failed start) gets its configuration rewritten first, so a fixed setting takes effect.
+        // A new release of the same major (a new major replaces the instance): resolved here, and the processes
+        // restart on it below.
+        let new_release = action == Action::Update
+            && !fresh
+            && instance_change.as_ref().is_some_and(|c| {
+                c.changed_attributes()
+                    .iter()
+                    .any(|a| a == crate::desired::VERSION)
+            });
+        if new_release {
+            ctx.toolchain = self.resolve_toolchain(instance, shared_lock).await?;
+            if let (Some(run_as), Some(toolchain)) = (&ctx.run_as, &ctx.toolchain) {
+                crate::runas::ensure_reachable(&toolchain.root, run_as)?;
+            }
+        }
         let specs = engine.spawn_specs(&ctx)?;
         let statuses = supervisor.status().await?;
         let running = lifecycle::all_ready(&statuses, &specs);
@@ -482,7 +507,13 @@ impl Applier<'_> {
                 engine.provision(&mut ctx).await?;
             }
             let change = instance_change.as_ref().expect("an update has a change");
-            match engine.reconfigure(&mut ctx, change).await? {
+            let mut needed = engine.reconfigure(&mut ctx, change).await?;
+            if new_release {
+                needed = Reconfigure::Restart;
+            }
+            match needed {
+                // Just started with its new configuration: nothing more to reload or restart.
+                Reconfigure::Reload | Reconfigure::Restart if started => {}
                 Reconfigure::Done => {}
                 Reconfigure::Reload => {
                     for spec in specs.iter().filter(|spec| spec.reload.is_some()) {
