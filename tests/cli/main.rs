@@ -14,4 +14,5 @@ mod init;
 mod registry;
 mod resolve;
 mod schema;
+mod security;
 mod usage;

@@ -83,6 +83,8 @@ pub struct SpawnSpec {
     pub instance: String,
     pub program: PathBuf,
     pub args: Vec<String>,
+    /// The process's whole environment: the supervisor starts it with exactly this, inheriting nothing (engines
+    /// get what they need; `process` blocks get kip's environment plus `env`, explicitly).
     pub env: BTreeMap<String, String>,
     pub cwd: PathBuf,
     pub run_as: Option<RunAs>,

@@ -133,8 +133,15 @@ impl Client {
             .map_err(log_error)?;
         let offset = log.metadata().map_err(log_error)?.len();
         let stderr = log.try_clone().map_err(log_error)?;
+        // The daemon keeps nothing of the caller's environment but where programs are and how to log: it holds
+        // no secret a process could read from it, and every process it starts gets its spec's environment.
+        let kept = ["PATH", "KIP_LOG", "LANG", "TZ"]
+            .into_iter()
+            .filter_map(|name| std::env::var_os(name).map(|value| (name, value)));
         let mut child = tokio::process::Command::new(kip_exe)
             .args(args)
+            .env_clear()
+            .envs(kept)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(stderr)

@@ -329,6 +329,7 @@ impl ExecCheck {
         let mut command = tokio::process::Command::new(program);
         command
             .args(args)
+            .env_clear()
             .envs(self.env.iter().map(|(key, value)| (key, value)))
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())

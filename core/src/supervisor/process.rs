@@ -977,8 +977,11 @@ fn spawn(spec: &SpawnSpec, run: &str) -> Result<(Child, u64), RequestError> {
     let offset = log.metadata().map_err(log_error)?.len();
     let stderr = log.try_clone().map_err(log_error)?;
     let mut command = tokio::process::Command::new(&spec.program);
+    // The spec's environment is the whole environment: nothing of the supervisor's (nor of the kip that started
+    // it) leaks into an engine, so a caller's secrets never reach a server process.
     command
         .args(&spec.args)
+        .env_clear()
         .envs(&spec.env)
         .env(RUN_ENV, run)
         .stdin(Stdio::null())

@@ -14,6 +14,13 @@ use kip_core::engine::{Probe, ProbeKind, RestartPolicy, RunAs, SpawnSpec, StopSp
 
 use super::DEFAULT_PORT;
 
+/// The whole environment PostgreSQL's programs get: a plain PATH, and nothing else of the caller's (a cloud key
+/// or token in kip's environment must never reach a server). The locale, time zone and messages come from the
+/// data directory's configuration, which initdb wrote.
+pub fn engine_environment() -> BTreeMap<String, String> {
+    BTreeMap::from([("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned())])
+}
+
 /// The socket file of a server listening in `socket_dir` on `port`.
 pub fn socket_path(socket_dir: &Path, port: Option<u16>) -> std::path::PathBuf {
     socket_dir.join(format!(".s.PGSQL.{}", port.unwrap_or(DEFAULT_PORT)))
@@ -31,8 +38,8 @@ pub fn spawn_spec(
     run_as: Option<RunAs>,
 ) -> SpawnSpec {
     // The builds find their libraries through RUNPATH ($ORIGIN/../lib), which a caller's LD_LIBRARY_PATH would
-    // override. An empty value is ignored by the dynamic loader, so this unsets it whatever the supervisor inherits.
-    let env = BTreeMap::from([("LD_LIBRARY_PATH".to_owned(), String::new())]);
+    // override; the supervisor passes exactly this environment, so it is not there.
+    let env = engine_environment();
     SpawnSpec {
         name: name.to_owned(),
         program: toolchain_root.join("bin").join("postgres"),
@@ -87,8 +94,9 @@ mod tests {
         );
         assert_eq!(spec.stop.signals[0], ("SIGINT".to_owned(), 10_000));
         assert_eq!(
-            spec.env.get("LD_LIBRARY_PATH").map(String::as_str),
-            Some("")
+            spec.env.keys().collect::<Vec<_>>(),
+            ["PATH"],
+            "nothing of the caller's"
         );
     }
 }

@@ -177,8 +177,10 @@ fn run_initdb(
         .arg(work)
         .args(options.initdb_args(major_of(version)))
         .current_dir(work)
-        // The builds find their libraries through RUNPATH ($ORIGIN/../lib); a caller's LD_LIBRARY_PATH would win.
-        .env_remove("LD_LIBRARY_PATH")
+        // Only what initdb needs: nothing of the caller's environment (its LD_LIBRARY_PATH would beat the builds'
+        // RUNPATH, and its secrets have no business there).
+        .env_clear()
+        .envs(super::spawn::engine_environment())
         .stdin(Stdio::null());
     if let Some(run_as) = run_as {
         command.uid(run_as.uid).gid(run_as.gid);
