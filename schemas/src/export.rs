@@ -10,7 +10,8 @@
 //! { "format": 1,
 //!   "engines": [ { "name": "postgres", "doc": "…", "majors": [14, …], "versioned": true, "instance": BLOCK } ] }
 //! BLOCK    = { "name", "doc", "labels": ["name"], "repeatable", "object", "since": "18" | null,
-//!              "arguments": [ARGUMENT], "blocks": [BLOCK], "exports": [EXPORT], "exactly_one_of": [["http", …]] }
+//!              "arguments": [ARGUMENT], "blocks": [BLOCK], "exports": [EXPORT], "exactly_one_of": [["http", …]],
+//!              "max_label_bytes": 63 | null }
 //! ARGUMENT = { "name", "doc", "type": "list(string)", "required", "default": <JSON> | null,
 //!              "sensitive", "since": "18" | null, "forces_replacement", "not_yet": "why" | null }
 //! EXPORT   = { "name", "doc", "sensitive" }
@@ -60,6 +61,7 @@ fn block_json(block: &BlockSchema) -> Value {
         "blocks": block.blocks.iter().map(block_json).collect::<Vec<_>>(),
         "exports": block.exports.iter().map(export_json).collect::<Vec<_>>(),
         "exactly_one_of": block.exactly_one_of,
+        "max_label_bytes": block.max_label_bytes,
     })
 }
 
@@ -177,6 +179,9 @@ fn write_block(page: &mut String, block: &BlockSchema, path: &[String], address:
     }
     if block.object {
         facts.push("declares an object (a node of the graph)".to_owned());
+    }
+    if let Some(max) = block.max_label_bytes {
+        facts.push(format!("its name is at most {max} bytes"));
     }
     if !facts.is_empty() {
         page.push_str(&format!("{}.\n\n", capitalise(&facts.join(" · "))));

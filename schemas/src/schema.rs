@@ -134,6 +134,8 @@ pub struct BlockSchema {
     /// The label is the address of another node (`wait_for "process.migrate"`): the checker resolves it like a
     /// reference, and the enclosing node depends on that node.
     pub label_is_reference: bool,
+    /// The longest label the engine accepts, in bytes (PostgreSQL's names: 63).
+    pub max_label_bytes: Option<usize>,
 }
 
 impl BlockSchema {
@@ -151,7 +153,14 @@ impl BlockSchema {
             exports: Vec::new(),
             exactly_one_of: Vec::new(),
             label_is_reference: false,
+            max_label_bytes: None,
         }
+    }
+
+    /// Caps the label's length in bytes, as the engine does for its names.
+    pub fn max_label_bytes(mut self, max: usize) -> BlockSchema {
+        self.max_label_bytes = Some(max);
+        self
     }
 
     /// Marks the label as the address of another node; see [`BlockSchema::label_is_reference`].

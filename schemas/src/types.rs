@@ -26,6 +26,8 @@ pub enum ValueType {
     Duration,
     /// A string such as `"64mb"` or `"8MB"`, or a whole number of bytes; see [`parse_size`].
     Size,
+    /// A TCP port: a whole number from 1 to 65535.
+    Port,
     Any,
 }
 
@@ -62,6 +64,7 @@ impl fmt::Display for ValueType {
             }
             ValueType::Duration => f.write_str("duration"),
             ValueType::Size => f.write_str("size"),
+            ValueType::Port => f.write_str("port"),
             ValueType::Any => f.write_str("any"),
         }
     }
@@ -146,6 +149,13 @@ fn check_at(ty: &ValueType, shape: &Shape, path: &mut Vec<PathStep>) -> Result<(
             Some(_) => Ok(()),
             None => Err(invalid(path, format!("{text:?}"))),
         },
+        (ValueType::Port, Shape::Number(number)) => {
+            if number.fract() == 0.0 && (1.0..=65535.0).contains(number) {
+                Ok(())
+            } else {
+                Err(invalid(path, format_number(*number)))
+            }
+        }
         (ValueType::Size, Shape::Number(number)) => {
             if number.is_finite() && *number >= 0.0 && number.fract() == 0.0 {
                 Ok(())

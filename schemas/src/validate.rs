@@ -273,9 +273,13 @@ fn check_attribute(
         let location = format_path(argument.name, &mismatch.path);
         let (summary, detail) = match mismatch.kind {
             MismatchKind::Type { expected, found } => {
+                let wanted = match &argument.ty {
+                    ValueType::Port => "a TCP port (a whole number from 1 to 65535)".to_owned(),
+                    other => other.to_string(),
+                };
                 let mut detail = format!(
-                    "\"{}\" must be {}, got {found}{location}.",
-                    argument.name, argument.ty
+                    "\"{}\" must be {wanted}, got {found}{location}.",
+                    argument.name
                 );
                 if matches!(expected, ValueType::Duration) {
                     detail.push_str(
@@ -308,6 +312,10 @@ fn check_attribute(
                     ValueType::Size => format!(
                         "\"{}\" must be a size such as \"64mb\", \"512kb\" or \"2gb\" (units b, kb, mb, gb, tb, \
                          any case, 1kb = 1024 bytes) or a whole number of bytes, got {found}{location}.",
+                        argument.name
+                    ),
+                    ValueType::Port => format!(
+                        "\"{}\" must be a TCP port, a whole number from 1 to 65535, got {found}{location}.",
                         argument.name
                     ),
                     other => format!(
@@ -389,6 +397,30 @@ fn check_block_header(
     }
 
     for ((label, span), label_name) in block.labels.iter().zip(&schema.labels) {
+        if label.contains('\0') {
+            problems.push(Problem {
+                span: *span,
+                summary: summary::INVALID_VALUE,
+                detail: format!(
+                    "The {label_name} label of {} block contains a NUL character, which no engine accepts in a name.",
+                    a_block(schema.name, false)
+                ),
+            });
+        }
+        if let Some(max) = schema.max_label_bytes
+            && label.len() > max
+        {
+            problems.push(Problem {
+                span: *span,
+                summary: summary::INVALID_VALUE,
+                detail: format!(
+                    "The {label_name} label of {} block is {} bytes long; the engine allows at most {max} \
+                     (longer names would be cut short by the engine and collide). Use a shorter name.",
+                    a_block(schema.name, false),
+                    label.len()
+                ),
+            });
+        }
         if label.trim().is_empty() {
             problems.push(Problem {
                 span: *span,

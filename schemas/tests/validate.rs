@@ -396,7 +396,7 @@ fn type_checks() {
             string("5432"),
             Some((
                 summary::INCORRECT_ATTRIBUTE_VALUE_TYPE,
-                r#""port" must be number, got string."#,
+                r#""port" must be a TCP port (a whole number from 1 to 65535), got string."#,
             )),
         ),
         ("postgres", "port", "5433", Shape::Number(5433.0), None),

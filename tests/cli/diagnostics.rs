@@ -335,3 +335,39 @@ fn colour_only_when_asked_or_on_a_terminal() {
         "--color always colours"
     );
 }
+
+#[test]
+fn values_the_engines_would_refuse() {
+    let long = "r".repeat(64);
+    check(
+        "values_the_engines_would_refuse",
+        &format!(
+            r#"postgres "zero" {{
+  version = "16"
+  port    = 0
+}}
+
+postgres "big" {{
+  version = "16"
+  port    = 70000
+}}
+
+postgres "half" {{
+  version = "16"
+  port    = 5432.5
+  role "{long}" {{}}
+  role "nul\u0000byte" {{}}
+}}
+
+postgres "bad name" {{
+  version = "16"
+}}
+
+process "web" {{
+  command      = ["./web"]
+  stop_command = ["./web", "stop"]
+}}
+"#
+        ),
+    );
+}

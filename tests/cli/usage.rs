@@ -292,3 +292,39 @@ fn up_and_logs_with_nothing_applied() {
         run.stderr
     );
 }
+
+#[test]
+fn a_directory_without_kip_hcl_is_not_a_project_and_nothing_is_written() {
+    let project = crate::support::Project::new();
+    for args in [
+        &["plan"][..],
+        &["apply", "--auto-approve"],
+        &["sync"],
+        &["destroy", "--auto-approve"],
+        &["up"],
+        &["down"],
+        &["ps"],
+        &["url", "postgres.main"],
+        &["env"],
+        &["logs", "postgres.main"],
+        &["connect", "postgres.main"],
+        &["run", "--", "true"],
+        &["lock"],
+        &["resolve"],
+    ] {
+        let run = project.kip(args);
+        assert_eq!(run.code, 1, "kip {}\n{}", args.join(" "), run.snapshot());
+        assert!(
+            run.stderr.contains("no kip.hcl"),
+            "kip {} says why\n{}",
+            args.join(" "),
+            run.stderr
+        );
+        let written: Vec<_> = std::fs::read_dir(project.path()).unwrap().collect();
+        assert!(
+            written.is_empty(),
+            "kip {} wrote {written:?}",
+            args.join(" ")
+        );
+    }
+}

@@ -131,6 +131,7 @@ fn saved_plan(
 }
 
 pub fn apply(context: &Context, args: ApplyArgs) -> anyhow::Result<ExitStatus> {
+    // No project, no state lock: nothing is written where there is no kip.hcl.
     let project = project(context)?;
     let _lock = StateLock::acquire(&project.kip_dir, args.lock_timeout).map_err(state_error)?;
     let saved = args.plan_file.is_some();

@@ -20,7 +20,13 @@ pub(crate) fn engines() -> Engines {
     kip_providers::engines()
 }
 
+/// The project in the context's directory. A directory without kip.hcl is not a project: every command that works
+/// on one says so, and writes nothing there (no `.kip/`).
 pub(crate) fn project(context: &Context) -> anyhow::Result<Project> {
+    kip_core::config::discover(&context.dir).map_err(|error| {
+        let hint = error.hint().map(str::to_owned);
+        hinted(error, hint)
+    })?;
     let Some(cache) = kip_core::resolve::default_cache_dir() else {
         return Err(with_hint(
             anyhow::anyhow!("cannot find a cache directory"),

@@ -48,7 +48,7 @@ mariadb "main" {
             ),
             Arg::new(
                 "port",
-                T::Number,
+                T::Port,
                 "TCP port to listen on, on 127.0.0.1. When unset the server listens only on its unix socket \
                  (`skip-networking`).",
             ),

@@ -47,7 +47,7 @@ nats "bus" {
             ),
             Arg::new(
                 "port",
-                T::Number,
+                T::Port,
                 "Client port on 127.0.0.1. When unset, kip picks a free port once and keeps it in state, so it \
                  stays the same across applies.",
             ),

@@ -56,7 +56,7 @@ postgres "main" {
             ),
             Arg::new(
                 "port",
-                T::Number,
+                T::Port,
                 "TCP port to listen on, on 127.0.0.1. When unset the server listens only on its unix socket, \
                  which is faster and never collides with a system PostgreSQL; `url` and `socket` still work.",
             ),
@@ -141,6 +141,9 @@ postgres "main" {
     }
 }
 
+/// PostgreSQL's identifiers hold at most NAMEDATALEN - 1 = 63 bytes.
+const NAME_BYTES: usize = 63;
+
 fn role() -> Block {
     Block::named_object(
         "role",
@@ -148,6 +151,7 @@ fn role() -> Block {
         "A role (`CREATE ROLE`): a user when it can log in, a group otherwise. Attributes set here are \
          kept in step on every apply; roles removed from the config are dropped.",
     )
+    .max_label_bytes(NAME_BYTES)
     .arguments(vec![
         Arg::new("login", T::Bool, "Whether the role can log in (a user rather than a group).").with_default(false),
         Arg::new("superuser", T::Bool, "Bypass all permission checks.").with_default(false),
@@ -193,6 +197,7 @@ fn database() -> Block {
         "name",
         "A database (`CREATE DATABASE`). Its schemas and extensions can be declared inside it.",
     )
+    .max_label_bytes(NAME_BYTES)
     .arguments(vec![
         Arg::new("owner", T::String, "Role that owns the database; the superuser when unset.").refers_to("role"),
         Arg::new("encoding", T::String, "Character encoding; the server's `encoding` when unset.").forces_replacement(),
@@ -261,6 +266,7 @@ fn schema_block(instance_level: bool) -> Block {
         "A schema (`CREATE SCHEMA`) in this database. `public` exists already; declare it only to set its owner."
     };
     Block::named_object("schema", "name", doc)
+        .max_label_bytes(NAME_BYTES)
         .arguments(arguments)
         .exports(vec![Export::new("name", "The schema name.")])
 }
@@ -272,6 +278,7 @@ fn extension() -> Block {
         "An extension (`CREATE EXTENSION`) in this database. It must be available to the server: contrib \
          extensions such as `pgcrypto`, `citext` or `pg_trgm` ship with it.",
     )
+    .max_label_bytes(NAME_BYTES)
     .arguments(vec![
         Arg::new("schema", T::String, "Schema to install the extension's objects into; `public` when unset.")
             .forces_replacement(),

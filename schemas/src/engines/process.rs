@@ -69,7 +69,7 @@ process "web" {
             ),
             Arg::new(
                 "port",
-                T::Number,
+                T::Port,
                 "The TCP port the process listens on, if any. kip does not allocate it or pass it on: it is \
                  what `url`, `host` and `port` export, so other blocks can reference it.",
             ),

@@ -45,7 +45,7 @@ addressing."#,
             ),
             Arg::new(
                 "port",
-                T::Number,
+                T::Port,
                 "S3 API port on 127.0.0.1. When unset, kip picks a free port once and keeps it in state. The \
                  store's internal listeners always get free ports.",
             ),

@@ -45,7 +45,7 @@ valkey "cache" {
             ),
             Arg::new(
                 "port",
-                T::Number,
+                T::Port,
                 "TCP port to listen on, on 127.0.0.1. When unset the server listens only on its unix socket.",
             ),
             Arg::new(
