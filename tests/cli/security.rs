@@ -69,3 +69,145 @@ process "app" {
     );
     assert!(app.contains(&"FROM_CONFIG=yes".to_owned()), "{app:?}");
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Another local account (`nobody`) trying, in a tight loop, to connect as the superuser without a password over
+/// the instance's TCP port and its unix socket; stops when `stop` appears. Its output says what it got.
+struct Poller {
+    child: std::process::Child,
+    stop: std::path::PathBuf,
+    output: std::path::PathBuf,
+}
+
+impl Poller {
+    fn start(dir: &std::path::Path, port: u16, socket_dir: &std::path::Path) -> Poller {
+        let stop = dir.join("stop");
+        let output = dir.join("poller.out");
+        let script = format!(
+            "while [ ! -e '{stop}' ]; do \
+               psql 'host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=1' -Atc 'select 1' \
+                 >/dev/null 2>>'{output}' && echo GOT-IN-OVER-TCP >>'{output}'; \
+               psql 'host={socket} port=5432 user=postgres dbname=postgres connect_timeout=1' -Atc 'select 1' \
+                 >/dev/null 2>>'{output}' && echo GOT-IN-OVER-THE-SOCKET >>'{output}'; \
+             done",
+            stop = stop.display(),
+            output = output.display(),
+            socket = socket_dir.display(),
+        );
+        std::fs::write(&output, "").unwrap();
+        std::fs::set_permissions(&output, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+            .unwrap();
+        let child = std::process::Command::new("setpriv")
+            .args([
+                "--reuid=nobody",
+                "--regid=nogroup",
+                "--clear-groups",
+                "sh",
+                "-c",
+                &script,
+            ])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", "/nonexistent")
+            .spawn()
+            .expect("setpriv runs the poller as nobody");
+        Poller {
+            child,
+            stop,
+            output,
+        }
+    }
+
+    /// Stops it and returns what it saw.
+    fn finish(mut self) -> String {
+        std::fs::write(&self.stop, "").unwrap();
+        let _ = self.child.wait();
+        std::fs::read_to_string(&self.output).unwrap()
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.stop, "");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn another_local_user_polling_the_socket_and_port_never_gets_in() {
+    let port = free_port();
+    let stack = Stack::new(&format!(
+        "postgres \"main\" {{\n  version = \"16\"\n  port    = {port}\n}}\n"
+    ));
+    let watch = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        watch.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let socket_dir = stack.project.path().join(".kip/run/postgres.main/run");
+    let poller = Poller::start(watch.path(), port, &socket_dir);
+    // Let it poll before the server exists, through the first start, and after.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    stack.ok(&["apply", "--auto-approve"]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let seen = poller.finish();
+    assert!(!seen.contains("GOT-IN"), "another user got in:\n{seen}");
+    assert!(
+        seen.contains("password") || seen.contains("Permission denied"),
+        "the poller reached the server and was refused:\n{seen}"
+    );
+    // The socket directory is the engine account's alone.
+    let mode = std::fs::metadata(&socket_dir).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o700
+    );
+    assert_eq!(stack.sql("postgres.main", "SELECT 1"), [["1"]]);
+}
+
+#[test]
+fn a_kip_killed_during_the_first_start_leaves_no_open_window() {
+    use std::io::BufRead as _;
+    let port = free_port();
+    let stack = Stack::new(&format!(
+        "postgres \"main\" {{\n  version = \"16\"\n  port    = {port}\n}}\n"
+    ));
+    let watch = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        watch.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let socket_dir = stack.project.path().join(".kip/run/postgres.main/run");
+    let poller = Poller::start(watch.path(), port, &socket_dir);
+    for moment in ["postgres.main: provisioning", "postgres.main: starting"] {
+        let mut apply = stack.command(&["apply", "--auto-approve"]);
+        apply
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null());
+        let mut child = apply.spawn().unwrap();
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        for line in stderr.lines() {
+            if line.unwrap().contains(moment) {
+                child.kill().unwrap();
+                break;
+            }
+        }
+        let _ = child.wait();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    stack.ok(&["apply", "--auto-approve"]);
+    assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
+    let seen = poller.finish();
+    assert!(!seen.contains("GOT-IN"), "another user got in:\n{seen}");
+    assert_eq!(stack.sql("postgres.main", "SELECT 1"), [["1"]]);
+}

@@ -284,6 +284,16 @@ impl Applier<'_> {
                 source,
             })?;
         }
+        // The instance's data, sockets and logs are the engine account's and the caller's only (root reaches them
+        // anyway): another local user cannot even reach a socket to knock on.
+        for dir in [&dirs.dir, &dirs.run_dir, &dirs.log_dir] {
+            std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                .map_err(|source| InstanceError::Io {
+                    action: "set the mode of",
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+        }
         if let Some(run_as) = &run_as {
             crate::runas::chown_tree(&dirs.dir, run_as)?;
             crate::runas::chown_tree(&templates, run_as)?;

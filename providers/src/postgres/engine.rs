@@ -1,6 +1,6 @@
 //! The PostgreSQL engine behind kip's [`Engine`] contract: a data directory copied from a per-version template,
-//! the `postgres` server under the supervisor, the superuser secured after the first start, settings reloaded or
-//! restarted as PostgreSQL requires, and roles, databases, schemas, extensions and grants refreshed
+//! its superuser's password set offline before the first start (so there is never a moment of open access), the
+//! `postgres` server under the supervisor, settings reloaded or restarted as PostgreSQL requires, and roles, databases, schemas, extensions and grants refreshed
 //! ([`super::observe`]) and converged ([`super::converge`]) from the plan.
 
 use kip_core::address::Address;
@@ -12,9 +12,7 @@ use kip_schemas::EngineSchema;
 use serde_json::{Value as Json, json};
 
 use super::args::{InstanceArgs, RoleArgs};
-use super::{
-    AuthMethod, Connector, InitOptions, Password, PgChange, PgError, ServerConfig, SettingsAction,
-};
+use super::{Connector, InitOptions, Password, PgChange, PgError, ServerConfig, SettingsAction};
 
 /// The `postgres` engine.
 #[derive(Debug, Default)]
@@ -106,14 +104,9 @@ impl Postgres {
             .map_err(|error| pg_error("cannot write the PostgreSQL configuration", error))
     }
 
-    /// The access rules: trust until the superuser has its password (the first start), then `auth_method`.
+    /// The access rules: `auth_method`, from the first start on (the password exists before it).
     fn write_hba(ctx: &InstanceCtx, args: &InstanceArgs) -> Result<bool, EngineError> {
-        let method = if ctx.initialized {
-            args.auth_method
-        } else {
-            AuthMethod::Trust
-        };
-        super::write_hba(&ctx.data_dir, method, ctx.run_as.as_ref())
+        super::write_hba(&ctx.data_dir, args.auth_method, ctx.run_as.as_ref())
             .map_err(|error| pg_error("cannot write pg_hba.conf", error))
     }
 }
@@ -210,6 +203,20 @@ impl Engine for Postgres {
             ctx.secrets.get_or_generate(ROLE_KEY)?;
             Self::write_config(ctx, &args)?;
             Self::write_hba(ctx, &args)?;
+            if !ctx.initialized {
+                // Before the first start: the server never runs without its superuser's password. Idempotent (a
+                // crash before the first start sets the same password again).
+                let password = ctx.secrets.get(SUPERUSER_PASSWORD).unwrap_or_default();
+                let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+                super::set_password_offline(
+                    &toolchain.root,
+                    &ctx.data_dir,
+                    &args.superuser,
+                    &verifier,
+                    ctx.run_as.as_ref(),
+                )
+                .map_err(|error| pg_error("cannot secure the new instance", error))?;
+            }
             Ok(())
         })
     }
@@ -241,10 +248,7 @@ impl Engine for Postgres {
     fn ready<'a>(&'a self, ctx: &'a InstanceCtx) -> BoxFuture<'a, Result<(), EngineError>> {
         Box::pin(async move {
             let args: InstanceArgs = ctx.args()?;
-            let mut connector = connector(ctx, &args);
-            if !ctx.initialized {
-                connector.password = None;
-            }
+            let connector = connector(ctx, &args);
             // The connector waits out "the database system is starting up".
             let client = connector
                 .connect("postgres")
@@ -256,32 +260,6 @@ impl Engine for Postgres {
                     PgError::sql("postgres", "SELECT 1", error),
                 )
             })?;
-            Ok(())
-        })
-    }
-
-    fn after_start<'a>(&'a self, ctx: &'a InstanceCtx) -> BoxFuture<'a, Result<(), EngineError>> {
-        Box::pin(async move {
-            let args: InstanceArgs = ctx.args()?;
-            let mut connector = connector(ctx, &args);
-            connector.password = None;
-            let password = ctx.secrets.get(SUPERUSER_PASSWORD).unwrap_or_default();
-            let change = PgChange::SetPassword {
-                role: args.superuser.clone(),
-                password: Password::new(password),
-            };
-            super::apply(&connector, &[change])
-                .await
-                .map_err(|error| pg_error("cannot set the superuser password", error))?;
-            super::write_hba(&ctx.data_dir, args.auth_method, ctx.run_as.as_ref())
-                .map_err(|error| pg_error("cannot write pg_hba.conf", error))?;
-            let client = connector
-                .connect("postgres")
-                .await
-                .map_err(|e| pg_error("cannot connect", e))?;
-            super::config::reload(&client)
-                .await
-                .map_err(|error| pg_error("cannot reload", error))?;
             Ok(())
         })
     }

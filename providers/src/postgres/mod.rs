@@ -38,7 +38,7 @@ pub use live::{Live, LiveDatabase, LiveExtension, LiveRole, LiveSchema, ObjectGr
 pub use quote::{quote_ident, quote_literal};
 pub use spawn::spawn_spec;
 pub use sql::{Connector, apply, read_live};
-pub use template::{InitOptions, ensure_template, provision};
+pub use template::{InitOptions, ensure_template, provision, set_password_offline};
 
 /// The port PostgreSQL uses when none is declared; with a private socket directory per instance it never
 /// collides, and it names the socket file (`.s.PGSQL.5432`).
@@ -69,6 +69,20 @@ pub enum PgError {
     },
     #[error(transparent)]
     RunAs(#[from] kip_core::runas::RunAsError),
+    #[error(
+        "{}",
+        if *in_use {
+            format!("a PostgreSQL server kip has no credentials for already runs on {}", data_dir.display())
+        } else {
+            format!("cannot set the superuser's password in {} before its first start:\n{output}", data_dir.display())
+        }
+    )]
+    Offline {
+        data_dir: PathBuf,
+        /// A server runs on the data directory.
+        in_use: bool,
+        output: String,
+    },
     #[error("cannot connect to PostgreSQL at {} (database {database:?} as {user:?})", socket_dir.display())]
     Connect {
         socket_dir: PathBuf,
@@ -121,6 +135,18 @@ impl PgError {
                 (None, None) => None,
             },
             PgError::RunAs(error) => error.hint(),
+            PgError::Offline { in_use: true, data_dir, .. } => Some(format!(
+                "kip's state no longer knows this instance (it was lost, or restored from an older backup), and kip \
+                 never opens access to recover: restore .kip/state.json from .kip/state.json.backup if that is \
+                 the right one; or, to recreate the instance, stop it (kip down) and remove {} (its data goes)",
+                data_dir.parent().unwrap_or(data_dir).display()
+            )),
+            PgError::Connect { source, .. } if source.code().is_some_and(|c| c.code() == "28P01") => Some(
+                "the superuser password in kip's state does not work: it was changed behind kip's back, or the state \
+                 was restored from an older backup. Restore the right .kip/state.json, or set `password` in the \
+                 postgres block to the password the server has"
+                    .to_owned(),
+            ),
             _ => None,
         }
     }

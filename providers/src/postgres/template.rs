@@ -53,7 +53,9 @@ impl InitOptions {
     fn initdb_args(&self, major: u32) -> Vec<String> {
         let mut args = vec![
             format!("--username={}", self.superuser),
-            "--auth=trust".into(),
+            // Nobody gets into a server born from a template until kip wrote its access rules and set its
+            // superuser's password, offline, before its first start (see `set_password_offline`).
+            "--auth=reject".into(),
             format!("--encoding={}", self.encoding),
             format!("--locale={}", self.locale),
         ];
@@ -285,6 +287,74 @@ pub fn provision(template: &Path, data_dir: &Path, run_as: Option<&RunAs>) -> Re
         }
     }
     result
+}
+
+/// Sets the superuser's password in a data directory whose server does not run, in PostgreSQL's single-user mode
+/// (which listens on nothing): the server's first start then already requires it, so there is no moment of open
+/// access, over the socket or a port. `verifier` is a SCRAM-SHA-256 verifier (`SCRAM-SHA-256$…`), so the
+/// password itself never reaches the server. A server that runs on the data directory makes this fail (its lock
+/// file), which is how a lost state is told apart from a fresh instance.
+pub fn set_password_offline(
+    toolchain_root: &Path,
+    data_dir: &Path,
+    superuser: &str,
+    verifier: &str,
+    run_as: Option<&RunAs>,
+) -> Result<(), PgError> {
+    use std::io::Write as _;
+    let postgres = toolchain_root.join("bin").join("postgres");
+    let role = super::quote::ident("role", superuser)?;
+    let verifier = super::quote::literal("password verifier", verifier)?;
+    let mut command = Command::new(&postgres);
+    command
+        .arg("--single")
+        .arg("-D")
+        .arg(data_dir)
+        .args([
+            "-c",
+            "listen_addresses=",
+            "-c",
+            "unix_socket_directories=",
+            "-c",
+            "log_statement=none",
+        ])
+        .arg("postgres")
+        .current_dir(data_dir)
+        .env_clear()
+        .envs(super::spawn::engine_environment())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(run_as) = run_as {
+        command.uid(run_as.uid).gid(run_as.gid);
+    }
+    let mut child = command.spawn().map_err(|source| PgError::Run {
+        program: postgres.clone(),
+        source,
+    })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A failed write shows in the output below (the server exited first).
+        let _ = writeln!(stdin, "ALTER ROLE {role} PASSWORD {verifier};");
+    }
+    let output = child.wait_with_output().map_err(|source| PgError::Run {
+        program: postgres.clone(),
+        source,
+    })?;
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    if output.status.success() && !text.contains("ERROR:") && !text.contains("FATAL:") {
+        return Ok(());
+    }
+    let in_use = text.contains("postmaster.pid") || text.contains("is another postmaster");
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .collect();
+    Err(PgError::Offline {
+        data_dir: data_dir.to_owned(),
+        in_use,
+        output: lines[lines.len().saturating_sub(10)..].join("\n"),
+    })
 }
 
 /// Copies a directory tree keeping modes, recreating symlinks, and giving everything to `owner` when set.
