@@ -211,6 +211,10 @@ impl Instance {
         let started = Instant::now();
         provision(template, &data_dir, run_as.as_ref()).unwrap();
         let elapsed = started.elapsed();
+        // These tests drive the provider's library below the engine contract, as the superuser without a password:
+        // the template rejects every connection until kip's engine secures an instance, so open this one to its
+        // private socket directory only (the engine's own first start is tested in kip's CLI and security tests).
+        write_hba(&data_dir, AuthMethod::Trust, run_as.as_ref()).unwrap();
         let instance = Instance {
             name: name.to_owned(),
             data_dir,
