@@ -31,6 +31,8 @@ impl Checker<'_> {
             ) else {
                 continue;
             };
+            // Known as declared from here on, with or without a value, so a reference to it is never "undeclared".
+            self.context_values.declared_vars.insert(name.clone());
             self.check_arguments(
                 file,
                 &block.body,
