@@ -237,6 +237,7 @@ fn front_half(runs: usize) {
             vars: Vec::new(),
             env_vars: Vec::new(),
             extra_engines: Vec::new(),
+            runnable: None,
         };
         let mut times = Vec::with_capacity(runs);
         let mut nodes = 0;

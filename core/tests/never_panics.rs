@@ -15,6 +15,7 @@ fn check_text(files: &[String]) {
         vars: vec![("n".into(), "2".into()), ("undeclared".into(), "x".into())],
         env_vars: vec![("v".into(), "16".into())],
         extra_engines: Vec::new(),
+        runnable: None,
     };
     let mut sources = Sources::default();
     for (index, text) in files.iter().enumerate() {

@@ -11,7 +11,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
     let registry = kip_registry::embedded().expect("the embedded registry verifies");
-    let options = CheckOptions { registry, vars: Vec::new(), env_vars: Vec::new(), extra_engines: Vec::new() };
+    let options = CheckOptions { registry, vars: Vec::new(), env_vars: Vec::new(), extra_engines: Vec::new(), runnable: None };
     let mut sources = Sources::default();
     sources.add(SourceFile::new("kip.hcl".into(), "kip.hcl".into(), text.to_owned()));
     let checked = check_sources(Path::new("."), sources, &options);

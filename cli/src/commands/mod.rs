@@ -103,6 +103,7 @@ pub fn load_and_check(context: &Context, vars: &VarArgs) -> anyhow::Result<Check
         vars: vars.vars.clone(),
         env_vars: env_vars(),
         extra_engines: Vec::new(),
+        runnable: Some(kip_providers::engines().names().collect()),
     };
     let checked = check(&context.dir, &options).map_err(|error| match error.hint() {
         Some(hint) => with_hint(error, hint),

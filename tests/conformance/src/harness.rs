@@ -222,6 +222,7 @@ impl Harness {
             vars: Vec::new(),
             env_vars: Vec::new(),
             extra_engines: self.setup.extra_schemas.clone(),
+            runnable: None,
         };
         check(dir, &options).expect("the configuration loads")
     }

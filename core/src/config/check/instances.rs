@@ -234,6 +234,22 @@ impl Checker<'_> {
                     .at(file, problem.span.start..problem.span.end),
             );
         }
+        if let Some(runnable) = &self.options.runnable
+            && !runnable.contains(&engine.name)
+        {
+            self.diagnostics.push(
+                Diagnostic::warning(
+                    "Engine not supported yet",
+                    format!(
+                        "kip checks {} blocks but cannot run them yet: `kip plan` and `kip apply` refuse them. \
+                         This kip runs: {}.",
+                        engine.name,
+                        runnable.join(", ")
+                    ),
+                )
+                .at(file, header_start..header_end.max(header_start)),
+            );
+        }
         let run_as = self.literal_string(file, &block.body, "run_as");
         let prevent_destroy = self
             .literal_bool(file, &block.body, "prevent_destroy")

@@ -52,6 +52,9 @@ pub struct CheckOptions<'a> {
     pub env_vars: Vec<(String, String)>,
     /// Engines beyond the ones `kip-schemas` ships (a test's fake engine).
     pub extra_engines: Vec<&'static EngineSchema>,
+    /// The engines this kip can run (those with a provider), when the caller knows: an instance of another one is
+    /// checked, and warned about (`kip plan` refuses it).
+    pub runnable: Option<Vec<&'static str>>,
 }
 
 impl CheckOptions<'_> {
