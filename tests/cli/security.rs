@@ -211,3 +211,104 @@ fn a_kip_killed_during_the_first_start_leaves_no_open_window() {
     assert!(!seen.contains("GOT-IN"), "another user got in:\n{seen}");
     assert_eq!(stack.sql("postgres.main", "SELECT 1"), [["1"]]);
 }
+
+#[test]
+fn a_password_changed_behind_kips_back_is_drift_and_apply_makes_kip_url_work_again() {
+    let stack = Stack::new(
+        "postgres \"main\" {\n  version = \"16\"\n  role \"app\" { login = true }\n  database \"shop\" { owner = \"app\" }\n}\n",
+    );
+    stack.ok(&["apply", "--auto-approve"]);
+    stack.sql(
+        "postgres.main",
+        "ALTER ROLE app PASSWORD 'changed-by-someone'",
+    );
+    let plan = stack.kip(&["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 2, "{}", plan.snapshot());
+    assert!(
+        plan.stdout.contains("~ postgres.main.role.app (role)"),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        plan.stdout.contains("password_works = false -> true"),
+        "{}",
+        plan.stdout
+    );
+    stack.ok(&["apply", "--auto-approve"]);
+    assert_eq!(
+        stack.sql("postgres.main.database.shop", "SELECT current_user"),
+        [["app"]]
+    );
+    assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
+}
+
+#[test]
+fn a_lost_state_never_opens_access_and_says_how_to_recover() {
+    let stack = Stack::new("postgres \"main\" {\n  version = \"16\"\n}\n");
+    stack.ok(&["apply", "--auto-approve"]);
+    let url = stack.url("postgres.main");
+    let hba_path = stack
+        .project
+        .path()
+        .join(".kip/run/postgres.main/data/pg_hba.conf");
+    let hba = std::fs::read_to_string(&hba_path).unwrap();
+    std::fs::remove_file(stack.project.path().join(".kip/state.json")).unwrap();
+
+    let run = stack.kip(&["apply", "--auto-approve"]);
+    assert_eq!(run.code, 1, "{}", run.snapshot());
+    assert!(
+        run.stderr.contains("kip has no credentials for"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("state.json.backup"),
+        "says how to recover\n{}",
+        run.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(&hba_path).unwrap(),
+        hba,
+        "the access rules are untouched"
+    );
+    assert!(!hba.contains("trust"), "{hba}");
+    // The server still asks for the password it had, and that password still works.
+    let without_password = url.replacen(
+        &format!(
+            ":{}@",
+            url.split(':').nth(2).unwrap().split('@').next().unwrap()
+        ),
+        "@",
+        1,
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let refused = runtime.block_on(async {
+        without_password
+            .parse::<tokio_postgres::Config>()
+            .unwrap()
+            .connect(tokio_postgres::NoTls)
+            .await
+            .is_err()
+    });
+    assert!(refused, "no password, no session");
+    let works = runtime.block_on(async {
+        url.parse::<tokio_postgres::Config>()
+            .unwrap()
+            .connect(tokio_postgres::NoTls)
+            .await
+            .is_ok()
+    });
+    assert!(works, "the old password still works");
+
+    // The way back the hint names: the backup.
+    std::fs::copy(
+        stack.project.path().join(".kip/state.json.backup"),
+        stack.project.path().join(".kip/state.json"),
+    )
+    .unwrap();
+    stack.ok(&["apply", "--auto-approve"]);
+    assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
+}

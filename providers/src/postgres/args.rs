@@ -63,6 +63,9 @@ pub struct RoleArgs {
     /// Derived: a role that logs in, or has a configured password, has a password.
     #[serde(default)]
     pub has_password: bool,
+    /// Derived: the password kip hands out for the role (configured or generated) is the one the server has.
+    #[serde(default)]
+    pub password_works: bool,
 }
 
 /// `database "name" { … }`.

@@ -220,20 +220,29 @@ fn role(
     }
     let after: RoleArgs = change.after_as()?;
     let before: Option<RoleArgs> = change.before.as_ref().and_then(|_| change.before_as().ok());
-    // A password is sent when the role gets one: created, had none, or a configured one changed.
-    let password_changed = change.changed_attributes().iter().any(|a| a == "password");
+    // A password is sent when the role gets one: created, had none, a configured one changed, or the one the
+    // server has is not the one kip hands out (changed behind its back).
+    let password_changed = change
+        .changed_attributes()
+        .iter()
+        .any(|a| a == "password" || a == "password_works");
     let needs_password = after.has_password
         && (change.action != Action::Update
             || !before.as_ref().is_some_and(|b| b.has_password)
             || password_changed);
-    let password = needs_password.then(|| {
-        Password::new(
-            after
-                .password
-                .clone()
-                .unwrap_or_else(|| generated_role_password(ctx, name)),
-        )
-    });
+    // The server gets a verifier, never the password.
+    let password = if needs_password {
+        let verifier = match &after.password {
+            Some(chosen) => super::scram::verifier(chosen, super::scram::CHOSEN_ITERATIONS)?,
+            None => super::scram::verifier(
+                &generated_role_password(ctx, name),
+                super::scram::GENERATED_ITERATIONS,
+            )?,
+        };
+        Some(Password::new(verifier))
+    } else {
+        None
+    };
     let attributes = role_attributes(&after, password);
     batch.push(if change.action == Action::Update {
         PgChange::AlterRole {

@@ -143,6 +143,7 @@ impl Engine for Postgres {
                     .unwrap_or(false);
                 let configured = attributes.get("password").is_some_and(|p| !p.is_null());
                 attributes.insert("has_password".into(), json!(login || configured));
+                attributes.insert("password_works".into(), json!(login || configured));
                 if let Some(groups) = attributes.get("member_of").filter(|v| !v.is_null()) {
                     let groups = sorted_strings(Some(groups));
                     attributes.insert("member_of".into(), json!(groups));
@@ -207,7 +208,12 @@ impl Engine for Postgres {
                 // Before the first start: the server never runs without its superuser's password. Idempotent (a
                 // crash before the first start sets the same password again).
                 let password = ctx.secrets.get(SUPERUSER_PASSWORD).unwrap_or_default();
-                let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+                let iterations = if args.password.is_some() {
+                    super::scram::CHOSEN_ITERATIONS
+                } else {
+                    super::scram::GENERATED_ITERATIONS
+                };
+                let verifier = super::scram::verifier(password, iterations)?;
                 super::set_password_offline(
                     &toolchain.root,
                     &ctx.data_dir,
@@ -284,7 +290,10 @@ impl Engine for Postgres {
                     &connector(ctx, &args),
                     &[PgChange::SetPassword {
                         role: args.superuser.clone(),
-                        password: Password::new(password.clone()),
+                        password: Password::new(super::scram::verifier(
+                            password,
+                            super::scram::CHOSEN_ITERATIONS,
+                        )?),
                     }],
                 )
                 .await
@@ -322,7 +331,7 @@ impl Engine for Postgres {
     ) -> BoxFuture<'a, Result<Vec<Observed>, EngineError>> {
         Box::pin(async move {
             let args: InstanceArgs = ctx.args()?;
-            super::observe::refresh(&connector(ctx, &args), managed).await
+            super::observe::refresh(ctx, &connector(ctx, &args), managed).await
         })
     }
 

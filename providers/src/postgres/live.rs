@@ -46,11 +46,25 @@ pub struct LiveRole {
     /// In UTC as `2030-01-01T00:00:00Z` (whole seconds), or `infinity`; None when never set. PostgreSQL cannot
     /// reset it to None once set, only to `infinity`.
     pub valid_until: Option<String>,
-    /// Whether a password is set. Its value cannot be read back (the server keeps a SCRAM verifier), so a password
-    /// changed behind kip's back is not drift kip can see.
+    /// Whether a password is set. Its value cannot be read back (the server keeps a SCRAM verifier), but the
+    /// verifier tells whether a given password is the one set.
     pub has_password: bool,
     /// The roles it is a member of.
     pub member_of: BTreeSet<String>,
+    /// The stored password verifier (`SCRAM-SHA-256$…`), to check that the password kip hands out still works.
+    #[serde(skip)]
+    pub verifier: Verifier,
+}
+
+/// A role's stored verifier. Not part of what the role *is*: setting the same password twice stores two verifiers
+/// (a new salt each time), so two reads of roles compare equal whatever their verifiers. Never serialised.
+#[derive(Debug, Clone, Default, Eq)]
+pub struct Verifier(pub Option<String>);
+
+impl PartialEq for Verifier {
+    fn eq(&self, _other: &Verifier) -> bool {
+        true
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -22,6 +22,7 @@ pub mod exports;
 pub mod live;
 pub mod observe;
 pub mod quote;
+pub mod scram;
 pub mod spawn;
 pub mod sql;
 pub mod template;

@@ -5,16 +5,17 @@
 
 use std::collections::BTreeSet;
 
-use kip_core::engine::{EngineError, Managed, Observed};
+use kip_core::engine::{EngineError, InstanceCtx, Managed, Observed};
 use kip_core::plan::Attributes;
 use serde_json::{Value as Json, json};
 
 use super::args::GrantArgs;
 use super::converge::grant_spec;
-use super::engine::pg_error;
+use super::engine::{generated_role_password, pg_error};
 use super::{Connector, GrantTarget, Live};
 
 pub async fn refresh(
+    ctx: &InstanceCtx,
     connector: &Connector,
     managed: &[Managed],
 ) -> Result<Vec<Observed>, EngineError> {
@@ -25,7 +26,7 @@ pub async fn refresh(
     Ok(managed
         .iter()
         .filter_map(|node| {
-            observe(&live, node).map(|attributes| Observed {
+            observe(ctx, &live, node).map(|attributes| Observed {
                 address: node.address.clone(),
                 attributes,
             })
@@ -48,18 +49,37 @@ fn object(value: Json) -> Attributes {
 }
 
 /// What the server has of one managed object, or `None` when it does not exist.
-fn observe(live: &Live, node: &Managed) -> Option<Attributes> {
+fn observe(ctx: &InstanceCtx, live: &Live, node: &Managed) -> Option<Attributes> {
     // Grants are unlabelled; every other object has a name.
     let name = node.address.label().unwrap_or_default().to_owned();
     match node.kind.as_str() {
         "role" => {
             let role = live.roles.get(&name)?;
-            Some(object(json!({
+            let mut attributes = object(json!({
                 "login": role.login, "superuser": role.superuser, "createdb": role.createdb,
                 "createrole": role.createrole, "inherit": role.inherit, "replication": role.replication,
                 "bypassrls": role.bypassrls, "connection_limit": role.connection_limit,
                 "valid_until": role.valid_until, "member_of": role.member_of, "has_password": role.has_password,
-            })))
+            }));
+            // Whether the password kip hands out (kip url, kip env) is the one the server has.
+            let expects_password = node
+                .attributes
+                .get("has_password")
+                .and_then(Json::as_bool)
+                .unwrap_or(false);
+            if expects_password {
+                let expected = match node.attributes.get("password").and_then(Json::as_str) {
+                    Some(chosen) => chosen.to_owned(),
+                    None => generated_role_password(ctx, &name),
+                };
+                let works = role
+                    .verifier
+                    .0
+                    .as_deref()
+                    .is_some_and(|verifier| super::scram::verifies(verifier, &expected));
+                attributes.insert("password_works".into(), json!(works));
+            }
+            Some(attributes)
         }
         "database" => {
             let database = live.databases.get(&name)?;

@@ -142,7 +142,8 @@ SELECT r.rolname::text, r.rolcanlogin, r.rolsuper, r.rolcreatedb, r.rolcreaterol
             ELSE r.rolvaliduntil::text END,
        r.rolpassword IS NOT NULL,
        ARRAY(SELECT DISTINCT g.rolname::text FROM pg_auth_members m JOIN pg_authid g ON g.oid = m.roleid
-             WHERE m.member = r.oid ORDER BY 1)
+             WHERE m.member = r.oid ORDER BY 1),
+       r.rolpassword
 FROM pg_authid r WHERE r.oid >= $1";
 
 const DATABASES: &str = "\
@@ -202,6 +203,7 @@ pub async fn read_live_of(
                 valid_until: row.get(9),
                 has_password: row.get(10),
                 member_of: member_of.into_iter().collect(),
+                verifier: super::live::Verifier(row.get(12)),
             },
         );
     }
