@@ -172,3 +172,56 @@ fn sigkill_at_any_point_leaves_a_state_the_next_apply_repairs() {
         ps.stdout
     );
 }
+
+#[test]
+fn a_kip_killed_while_converging_never_makes_the_next_apply_fail() {
+    use std::io::BufRead as _;
+    let mut config = String::from("postgres \"main\" {\n  version = \"16\"\n");
+    for index in 0..300 {
+        config.push_str(&format!("  role \"r{index}\" {{ login = true }}\n"));
+    }
+    for index in 0..5 {
+        config.push_str(&format!(
+            "  database \"d{index}\" {{ owner = \"r{index}\" }}\n"
+        ));
+    }
+    config.push_str("}\n");
+    let stack = Stack::new(&config);
+    for delay in [
+        Duration::ZERO,
+        Duration::from_millis(15),
+        Duration::from_millis(40),
+    ] {
+        let mut apply = stack.command(&["apply", "--auto-approve"]);
+        apply
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null());
+        let mut child = apply.spawn().unwrap();
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        for line in stderr.lines() {
+            if line.unwrap().contains("converging") {
+                std::thread::sleep(delay);
+                child.kill().unwrap();
+                break;
+            }
+        }
+        let _ = child.wait();
+    }
+    let run = stack.kip(&["apply", "--auto-approve"]);
+    assert_eq!(run.code, 0, "{}", run.snapshot());
+    assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
+    assert_eq!(
+        stack.sql(
+            "postgres.main",
+            "SELECT count(*)::text FROM pg_roles WHERE rolname ~ '^r[0-9]+$'"
+        ),
+        [["300"]]
+    );
+    assert_eq!(
+        stack.sql(
+            "postgres.main.database.d3",
+            "SELECT current_database(), current_user"
+        ),
+        [["d3", "r3"]]
+    );
+}

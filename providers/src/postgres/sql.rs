@@ -484,6 +484,12 @@ pub async fn apply(connector: &Connector, changes: &[PgChange]) -> Result<(), Pg
     ordered.sort_by_key(|(phase, rank, index, _)| (*phase, *rank, *index));
 
     let client = connector.connect("postgres").await?;
+    // Sessions of an earlier kip that was killed mid-converge may still hold locks (or sit in template1 and make
+    // CREATE DATABASE fail): end them first. Only one kip changes a project at a time (the state lock), so any other
+    // session named "kip" is a dead one's.
+    const STALE: &str = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                         WHERE application_name = 'kip' AND pid <> pg_backend_pid()";
+    query(&client, "postgres", STALE, &[]).await?;
     let mut existing_roles = names(&client, "SELECT rolname::text FROM pg_roles").await?;
     let mut existing_databases = names(&client, "SELECT datname::text FROM pg_database").await?;
 
