@@ -6,6 +6,7 @@ mod http;
 mod support;
 
 mod apply;
+mod contract;
 mod diagnostics;
 mod faults;
 mod fmt;
