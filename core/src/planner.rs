@@ -241,6 +241,10 @@ impl Planner<'_> {
                 address: node.address.clone(),
                 kind: node.kind.clone(),
                 attributes: node.attributes.clone(),
+                applied: saved
+                    .objects
+                    .get(&node.address)
+                    .map(|o| o.attributes.clone()),
                 declared: true,
             })
             .collect();
@@ -250,6 +254,7 @@ impl Planner<'_> {
                     address: object.clone(),
                     kind: saved_object.kind.clone(),
                     attributes: saved_object.attributes.clone(),
+                    applied: Some(saved_object.attributes.clone()),
                     declared: false,
                 });
             }

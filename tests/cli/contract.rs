@@ -1733,7 +1733,6 @@ fn io_method_and_checksums_off_reach_postgres_18() {
 }
 
 #[test]
-#[ignore = "BUG: a database's live `extensions` lists every extension in it, so `extension` blocks are dropped by the next apply and re-created by the one after"]
 fn extension_blocks_with_schema_and_version_converge() {
     let stack = Contract::new(
         r#"postgres "main" {
@@ -1775,7 +1774,6 @@ fn extension_blocks_with_schema_and_version_converge() {
 }
 
 #[test]
-#[ignore = "BUG: kip drops extensions it never declared: a user's `CREATE EXTENSION hstore` (or the `cube` that `earthdistance` cascades to) shows as drift and apply drops it"]
 fn extensions_kip_did_not_declare_are_left_alone() {
     let stack = Contract::new(
         r#"postgres "main" {

@@ -90,6 +90,9 @@ pub struct Managed {
     pub kind: String,
     /// The desired attributes when the configuration declares it, else the ones last applied.
     pub attributes: Attributes,
+    /// The attributes as kip last applied them, when it did (what kip itself did is what refresh compares against
+    /// to tell drift from a change of the configuration).
+    pub applied: Option<Attributes>,
     pub declared: bool,
 }
 

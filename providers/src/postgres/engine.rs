@@ -278,11 +278,8 @@ impl Engine for Postgres {
         Box::pin(async move {
             let args: InstanceArgs = ctx.args()?;
             let changed = change.changed_attributes();
-            let client = connector(ctx, &args)
-                .connect("postgres")
-                .await
-                .map_err(|e| pg_error("cannot connect", e))?;
-            // A new superuser password, set with the one kip has now.
+            // A new superuser password, set with the one kip has now (before any other session of this kip is
+            // open: converging ends sessions it does not know).
             if let Some(password) = &args.password
                 && ctx.secrets.get(SUPERUSER_PASSWORD) != Some(password.as_str())
             {
@@ -305,6 +302,10 @@ impl Engine for Postgres {
             if changed.iter().any(|name| name == "port") {
                 return Ok(Reconfigure::Restart);
             }
+            let client = connector(ctx, &args)
+                .connect("postgres")
+                .await
+                .map_err(|e| pg_error("cannot connect", e))?;
             let mut action = super::settings_change(&client, &args.server_settings())
                 .await
                 .map_err(|e| pg_error("cannot read the server's settings", e))?;

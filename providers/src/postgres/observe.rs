@@ -68,7 +68,10 @@ fn observe(ctx: &InstanceCtx, live: &Live, node: &Managed) -> Option<Attributes>
                 .and_then(Json::as_bool)
                 .unwrap_or(false);
             if expects_password {
-                let expected = match node.attributes.get("password").and_then(Json::as_str) {
+                // The password kip set last (a change in the configuration is a change, not drift), else the one
+                // it is about to set.
+                let source = node.applied.as_ref().unwrap_or(&node.attributes);
+                let expected = match source.get("password").and_then(Json::as_str) {
                     Some(chosen) => chosen.to_owned(),
                     None => generated_role_password(ctx, &name),
                 };
@@ -89,11 +92,27 @@ fn observe(ctx: &InstanceCtx, live: &Live, node: &Managed) -> Option<Attributes>
                 "is_template": database.is_template, "allow_connections": database.allow_connections,
             }));
             if database.contents_read {
-                // plpgsql comes with every database (from template1); it is not kip's to manage.
+                // Only the extensions kip manages through this list: declared in it now, or when kip last applied
+                // it. Others (a user's own, one a CASCADE pulled in, one declared as an `extension` block, the
+                // plpgsql every database has) are not this attribute's, and never dropped by it.
+                let listed = |attributes: Option<&Attributes>| -> Vec<String> {
+                    attributes
+                        .and_then(|a| a.get("extensions"))
+                        .and_then(Json::as_array)
+                        .map(|items| {
+                            items
+                                .iter()
+                                .filter_map(|i| i.as_str().map(str::to_owned))
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                };
+                let mut managed = listed(Some(&node.attributes));
+                managed.extend(listed(node.applied.as_ref()));
                 let extensions: Vec<&String> = database
                     .extensions
                     .keys()
-                    .filter(|name| *name != "plpgsql")
+                    .filter(|name| managed.contains(name))
                     .collect();
                 attributes.insert("extensions".into(), json!(extensions));
             }
@@ -165,11 +184,14 @@ fn databases_with_contents(managed: &[Managed]) -> BTreeSet<String> {
         match node.kind.as_str() {
             "database" => {
                 // Declared extensions, or extensions kip created before (so removing the last one is seen).
-                let has_extensions = node
-                    .attributes
-                    .get("extensions")
-                    .and_then(Json::as_array)
-                    .is_some_and(|list| !list.is_empty());
+                let has = |attributes: &Attributes| {
+                    attributes
+                        .get("extensions")
+                        .and_then(Json::as_array)
+                        .is_some_and(|list| !list.is_empty())
+                };
+                let has_extensions =
+                    has(&node.attributes) || node.applied.as_ref().is_some_and(has);
                 if has_extensions && let Some(name) = node.address.label() {
                     names.insert(name.to_owned());
                 }

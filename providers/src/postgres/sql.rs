@@ -65,7 +65,7 @@ impl Connector {
             .port(self.port)
             .user(&self.user)
             .dbname(database)
-            .application_name("kip")
+            .application_name(&format!("kip/{}", std::process::id()))
             .connect_timeout(Duration::from_secs(5));
         if self.quiet_log {
             config
@@ -485,11 +485,27 @@ pub async fn apply(connector: &Connector, changes: &[PgChange]) -> Result<(), Pg
 
     let client = connector.connect("postgres").await?;
     // Sessions of an earlier kip that was killed mid-converge may still hold locks (or sit in template1 and make
-    // CREATE DATABASE fail): end them first. Only one kip changes a project at a time (the state lock), so any other
-    // session named "kip" is a dead one's.
-    const STALE: &str = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                         WHERE application_name = 'kip' AND pid <> pg_backend_pid()";
-    query(&client, "postgres", STALE, &[]).await?;
+    // CREATE DATABASE fail): end them first. Each kip names its sessions `kip/<pid>`; a session whose kip is gone
+    // is a dead one's.
+    const SESSIONS: &str = "SELECT pid, application_name FROM pg_stat_activity \
+                            WHERE application_name LIKE 'kip/%' AND pid <> pg_backend_pid()";
+    for row in query(&client, "postgres", SESSIONS, &[]).await? {
+        let backend: i32 = row.get(0);
+        let name: String = row.get(1);
+        let kip_alive = name
+            .strip_prefix("kip/")
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+        if !kip_alive {
+            query(
+                &client,
+                "postgres",
+                "SELECT pg_terminate_backend($1)",
+                &[&backend],
+            )
+            .await?;
+        }
+    }
     let mut existing_roles = names(&client, "SELECT rolname::text FROM pg_roles").await?;
     let mut existing_databases = names(&client, "SELECT datname::text FROM pg_database").await?;
 
