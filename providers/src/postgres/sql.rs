@@ -65,7 +65,7 @@ impl Connector {
             .port(self.port)
             .user(&self.user)
             .dbname(database)
-            .application_name(&format!("kip/{}", std::process::id()))
+            .application_name(format!("kip/{}", std::process::id()))
             .connect_timeout(Duration::from_secs(5));
         if self.quiet_log {
             config
