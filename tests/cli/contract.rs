@@ -1149,7 +1149,6 @@ fn a_saved_plan_is_applied_as_saved() {
 }
 
 #[test]
-#[ignore = "BUG: a saved plan's sensitive values are re-read at apply: `kip apply p.json --var pw=…` sets a password nobody reviewed"]
 fn a_saved_plan_sets_the_secret_it_was_made_with() {
     let stack = Contract::new(
         r#"variable "pw" {

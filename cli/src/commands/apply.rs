@@ -118,7 +118,7 @@ fn saved_plan(
             "make a new plan with `kip plan --out FILE`",
         ));
     }
-    if file.config_sha256 != config_digest(&checked.sources) {
+    if file.config_sha256 != config_digest(checked) {
         return Err(with_hint(
             anyhow::anyhow!(
                 "the configuration changed since {} was made",

@@ -50,13 +50,24 @@ pub(crate) struct PlanFile {
 
 pub(crate) const PLAN_FILE_FORMAT: u32 = 2;
 
-pub(crate) fn config_digest(sources: &kip_core::source::Sources) -> String {
+/// A digest of everything the plan was computed from besides the state: the configuration files, and the value
+/// of every variable (from --var, KIP_VAR_ or defaults). A saved plan is refused when it changed, so that a secret
+/// apply reads from the configuration is the one the plan was made with.
+pub(crate) fn config_digest(checked: &Checked) -> String {
     let mut text = String::new();
-    for (_, file) in sources.iter() {
+    for (_, file) in checked.sources.iter() {
         text.push_str(&file.name);
         text.push('\0');
         text.push_str(&file.text);
         text.push('\0');
+    }
+    if let Some(config) = &checked.config {
+        for variable in &config.variables {
+            text.push_str(&variable.name);
+            text.push('\0');
+            text.push_str(&serde_json::to_string(&variable.value).unwrap_or_default());
+            text.push('\0');
+        }
     }
     kip_core::mirror::hex(&<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()))
 }
@@ -109,7 +120,7 @@ pub fn plan(context: &Context, args: PlanArgs) -> anyhow::Result<ExitStatus> {
     if let Some(out) = &args.out {
         let file = PlanFile {
             format: PLAN_FILE_FORMAT,
-            config_sha256: config_digest(&checked.sources),
+            config_sha256: config_digest(&checked),
             plan: plan.clone(),
         };
         let path = context.dir.join(out);
