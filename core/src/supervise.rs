@@ -47,6 +47,19 @@ pub struct DaemonSupervisors {
     pub kip_dir: PathBuf,
     /// The `kip` binary, to start the daemon with (`kip supervisor --dir …`).
     pub kip_exe: PathBuf,
+    /// Held while a connection looks for the daemon or starts it: the workers of a parallel apply share one
+    /// daemon rather than race to start several.
+    starting: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+impl DaemonSupervisors {
+    pub fn new(kip_dir: PathBuf, kip_exe: PathBuf) -> DaemonSupervisors {
+        DaemonSupervisors {
+            kip_dir,
+            kip_exe,
+            starting: Default::default(),
+        }
+    }
 }
 
 impl Supervisors for DaemonSupervisors {
@@ -71,6 +84,7 @@ impl DaemonSupervisors {
     /// The running supervisor; or, when none answers but processes it ran outlived it (it was killed), a new
     /// one that adopts them; or none.
     pub async fn adopt(&self) -> Result<Option<Client>, SupervisorError> {
+        let _one_at_a_time = self.starting.lock().await;
         let dir = self.kip_dir.display().to_string();
         let args = ["supervisor", "--dir", dir.as_str()];
         Client::connect_or_adopt(&self.kip_dir, &self.kip_exe, &args).await
@@ -85,6 +99,7 @@ struct DaemonConnection {
 impl DaemonConnection {
     async fn client(&mut self) -> Result<&mut Client, SupervisorError> {
         if self.client.is_none() {
+            let _one_at_a_time = self.supervisors.starting.lock().await;
             let dir = self.supervisors.kip_dir.display().to_string();
             let args = ["supervisor", "--dir", dir.as_str()];
             let client = Client::connect_or_start(

@@ -716,7 +716,6 @@ fn a_supervisor_killed_right_after_it_spawned_a_postmaster_leaves_nothing_the_ne
 }
 
 #[test]
-#[ignore = "BUG: instances applied in parallel start one supervisor each; a loser of that race takes over once down or destroy stops the winner, and runs on"]
 fn down_and_destroy_leave_no_supervisor_behind() {
     let stack = Contract::new(
         "postgres \"a\" {\n  version = \"16\"\n}\n\npostgres \"b\" {\n  version = \"16\"\n}\n\npostgres \"c\" {\n  version = \"16\"\n}\n",

@@ -40,10 +40,7 @@ pub(crate) fn project(context: &Context) -> anyhow::Result<Project> {
 }
 
 pub(crate) fn supervisors(project: &Project) -> DaemonSupervisors {
-    DaemonSupervisors {
-        kip_dir: project.kip_dir.clone(),
-        kip_exe: project.kip_exe.clone(),
-    }
+    DaemonSupervisors::new(project.kip_dir.clone(), project.kip_exe.clone())
 }
 
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -127,10 +127,10 @@ impl Harness {
         // The daemon runs on a thread here; no `kip` binary is started, so a missing one fails loudly.
         let project = Project::new(&project_dir, &cache, Path::new("/nonexistent/kip"));
         let supervisors: Box<dyn Supervisors> = match &setup.processes {
-            Processes::Daemon => Box::new(DaemonSupervisors {
-                kip_dir: project.kip_dir.clone(),
-                kip_exe: project.kip_exe.clone(),
-            }),
+            Processes::Daemon => Box::new(DaemonSupervisors::new(
+                project.kip_dir.clone(),
+                project.kip_exe.clone(),
+            )),
             Processes::Memory(memory) => Box::new(memory.clone()),
         };
         let harness = Harness {
