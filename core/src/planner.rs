@@ -259,6 +259,17 @@ impl Planner<'_> {
                 });
             }
         }
+        // The instance itself too: an engine may report its own settings as the server has them (overridden behind
+        // kip's back); it is merged into the instance's attributes, never deleted or created from here.
+        if let Some(instance_node) = desired.iter().find(|node| node.address.is_instance()) {
+            managed.push(Managed {
+                address: address.clone(),
+                kind: plan::INSTANCE.to_owned(),
+                attributes: instance_node.attributes.clone(),
+                applied: Some(saved.attributes.clone()),
+                declared: true,
+            });
+        }
         let ctx = lifecycle::ctx_from_state(self.project, address, saved);
         let observed =
             engine
@@ -272,7 +283,10 @@ impl Planner<'_> {
             .into_iter()
             .map(|node| (node.address, node.attributes))
             .collect();
-        for node in &managed {
+        if let (Some(live), Some(instance)) = (observed.get(address), existing.get_mut(address)) {
+            instance.attributes.extend(live.clone());
+        }
+        for node in managed.iter().filter(|node| !node.address.is_instance()) {
             let saved_object = saved.objects.get(&node.address);
             match observed.get(&node.address) {
                 Some(live) => {

@@ -454,6 +454,10 @@ impl Applier<'_> {
         };
         ctx.objects = lifecycle::objects_view(&desired);
         if fresh {
+            // In the state before anything is made on disk: a provisioning that fails half-way leaves an instance
+            // the next plan knows (and replaces, when what it was made with changed) and `kip destroy` removes,
+            // never a directory nobody knows of.
+            self.save(state, &ctx, engine, instance_change.as_ref(), &lifecycle)?;
             self.report.step(address, "provisioning");
             engine.provision(&mut ctx).await?;
             self.save(state, &ctx, engine, instance_change.as_ref(), &lifecycle)?;

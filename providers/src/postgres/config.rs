@@ -398,6 +398,80 @@ pub async fn settings_change(
     Ok(action)
 }
 
+/// The declared settings the running server does not have: overridden from elsewhere (`ALTER SYSTEM`, which
+/// PostgreSQL reads after kip's file, or a setting changed at runtime), or different in value. By name, with
+/// the value the server uses (`SHOW` text), for refresh to report as drift.
+pub async fn settings_drift(
+    client: &tokio_postgres::Client,
+    desired: &BTreeMap<String, SettingValue>,
+) -> Result<BTreeMap<String, String>, PgError> {
+    const QUERY: &str = "SELECT name, setting, unit, vartype, context, \
+                         coalesce(sourcefile LIKE '%/kip.conf', false), pending_restart, current_setting(name) \
+                         FROM pg_settings WHERE name = ANY($1)";
+    let names: Vec<String> = desired
+        .keys()
+        .map(|name| name.to_ascii_lowercase())
+        .collect();
+    let rows = client
+        .query(QUERY, &[&names])
+        .await
+        .map_err(|source| PgError::sql("postgres", QUERY, source))?;
+    let mut drift = BTreeMap::new();
+    for row in rows {
+        let name: String = row.get(0);
+        let current = ServerSetting {
+            setting: row.get(1),
+            unit: row.get(2),
+            vartype: row.get(3),
+            context: row.get(4),
+            from_kip_conf: row.get(5),
+            pending_restart: row.get(6),
+        };
+        let Some((declared, value)) = desired
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(&name))
+        else {
+            continue;
+        };
+        // A setting waiting for a restart is kip's own change in progress, not drift.
+        if current.pending_restart {
+            continue;
+        }
+        if !current.from_kip_conf || !same_value(value, &current) {
+            drift.insert(declared.clone(), row.get::<_, String>(7));
+        }
+    }
+    Ok(drift)
+}
+
+/// Removes `ALTER SYSTEM` overrides of the declared settings (PostgreSQL reads them after kip's file, so they
+/// would win over kip.hcl); says whether it removed any (a reload makes it take effect).
+pub async fn reset_overrides(
+    client: &tokio_postgres::Client,
+    desired: &BTreeMap<String, SettingValue>,
+) -> Result<bool, PgError> {
+    const QUERY: &str = "SELECT name FROM pg_settings WHERE name = ANY($1) \
+                         AND sourcefile LIKE '%/postgresql.auto.conf'";
+    let names: Vec<String> = desired
+        .keys()
+        .map(|name| name.to_ascii_lowercase())
+        .collect();
+    let rows = client
+        .query(QUERY, &[&names])
+        .await
+        .map_err(|source| PgError::sql("postgres", QUERY, source))?;
+    for row in &rows {
+        let name: String = row.get(0);
+        check_name(&name)?;
+        let statement = format!("ALTER SYSTEM RESET {name}");
+        client
+            .batch_execute(&statement)
+            .await
+            .map_err(|source| PgError::sql("postgres", statement.clone(), source))?;
+    }
+    Ok(!rows.is_empty())
+}
+
 /// Asks the server to re-read its config and waits (up to 5 s) until this session has, so that what follows on
 /// `client`, and any new connection, sees the new values.
 pub async fn reload(client: &tokio_postgres::Client) -> Result<(), PgError> {

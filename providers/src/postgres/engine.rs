@@ -306,9 +306,18 @@ impl Engine for Postgres {
                 .connect("postgres")
                 .await
                 .map_err(|e| pg_error("cannot connect", e))?;
+            // What kip.hcl declares wins over `ALTER SYSTEM` made behind kip's back.
+            let reset = super::config::reset_overrides(&client, &args.server_settings())
+                .await
+                .map_err(|e| {
+                    pg_error("cannot reset the settings overridden with ALTER SYSTEM", e)
+                })?;
             let mut action = super::settings_change(&client, &args.server_settings())
                 .await
                 .map_err(|e| pg_error("cannot read the server's settings", e))?;
+            if reset {
+                action = action.max(SettingsAction::Reload);
+            }
             if changed.iter().any(|name| name == "auth_method") {
                 action = action.max(SettingsAction::Reload);
             }

@@ -9,7 +9,7 @@ use kip_core::engine::{EngineError, InstanceCtx, Managed, Observed};
 use kip_core::plan::Attributes;
 use serde_json::{Value as Json, json};
 
-use super::args::GrantArgs;
+use super::args::{GrantArgs, InstanceArgs};
 use super::converge::grant_spec;
 use super::engine::{generated_role_password, pg_error};
 use super::{Connector, GrantTarget, Live};
@@ -23,15 +23,53 @@ pub async fn refresh(
     let live = super::sql::read_live_of(connector, Some(&contents))
         .await
         .map_err(|e| pg_error("cannot read PostgreSQL", e))?;
-    Ok(managed
-        .iter()
-        .filter_map(|node| {
-            observe(ctx, &live, node).map(|attributes| Observed {
-                address: node.address.clone(),
-                attributes,
-            })
+    let mut observed: Vec<Observed> = Vec::new();
+    // The instance's declared settings, as the server has them: one overridden behind kip's back is drift.
+    if let Some(instance) = managed.iter().find(|node| node.address.is_instance()) {
+        let args: InstanceArgs = ctx.args()?;
+        let declared = args.server_settings();
+        if !declared.is_empty() {
+            let client = connector
+                .connect("postgres")
+                .await
+                .map_err(|e| pg_error("cannot read PostgreSQL", e))?;
+            let drift = super::config::settings_drift(&client, &declared)
+                .await
+                .map_err(|e| pg_error("cannot read the server's settings", e))?;
+            if !drift.is_empty() {
+                let mut settings = instance
+                    .attributes
+                    .get("settings")
+                    .and_then(Json::as_object)
+                    .cloned()
+                    .unwrap_or_default();
+                let mut io_method = instance.attributes.get("io_method").cloned();
+                for (name, value) in drift {
+                    if name == "io_method" && !settings.contains_key(&name) {
+                        io_method = Some(json!(value));
+                    } else {
+                        settings.insert(name, json!(value));
+                    }
+                }
+                let mut attributes = Attributes::new();
+                attributes.insert("settings".into(), Json::Object(settings));
+                if let Some(io_method) = io_method {
+                    attributes.insert("io_method".into(), io_method);
+                }
+                observed.push(Observed {
+                    address: instance.address.clone(),
+                    attributes,
+                });
+            }
+        }
+    }
+    observed.extend(managed.iter().filter_map(|node| {
+        observe(ctx, &live, node).map(|attributes| Observed {
+            address: node.address.clone(),
+            attributes,
         })
-        .collect())
+    }));
+    Ok(observed)
 }
 
 fn text(attributes: &Attributes, name: &str) -> Option<String> {
