@@ -698,7 +698,6 @@ fn a_supervisor_killed_when_the_apply_says_starting_leaves_nothing_the_next_appl
 }
 
 #[test]
-#[ignore = "BUG: a supervisor killed between spawning postgres and persisting its pid orphans it; the next apply fails with `something else already listens`"]
 fn a_supervisor_killed_right_after_it_spawned_a_postmaster_leaves_nothing_the_next_apply_trips_on()
 {
     // Stopping the supervisor in that window takes luck: a few rounds, until one does.

@@ -312,3 +312,86 @@ fn a_lost_state_never_opens_access_and_says_how_to_recover() {
     stack.ok(&["apply", "--auto-approve"]);
     assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
 }
+
+#[test]
+fn instances_whose_labels_flatten_alike_never_share_a_place_and_one_goes_alone() {
+    let stack = Stack::new(
+        r#"postgres "main" {
+  for_each = { "a b" = 1, "a-b" = 2, "a_b" = 3 }
+  version  = "16"
+  database "shop" {}
+}
+"#,
+    );
+    stack.ok(&["apply", "--auto-approve"]);
+    let state: serde_json::Value =
+        serde_json::from_str(&stack.project.read(".kip/state.json")).unwrap();
+    let instances = state["instances"].as_object().unwrap();
+    assert_eq!(instances.len(), 3);
+    let mut data_dirs: Vec<&str> = instances
+        .values()
+        .map(|instance| instance["data_dir"].as_str().unwrap())
+        .collect();
+    data_dirs.sort();
+    data_dirs.dedup();
+    assert_eq!(data_dirs.len(), 3, "{data_dirs:?}");
+    for key in ["a b", "a-b", "a_b"] {
+        let address = format!("postgres.main[{key:?}].database.shop");
+        stack.sql(
+            &address,
+            &format!("CREATE TABLE mine (v text); INSERT INTO mine VALUES ('{key}')"),
+        );
+    }
+    // Destroying one leaves the others' data where it was.
+    stack.ok(&["destroy", "--auto-approve", "postgres.main[\"a b\"]"]);
+    for key in ["a-b", "a_b"] {
+        let address = format!("postgres.main[{key:?}].database.shop");
+        assert_eq!(stack.sql(&address, "SELECT v FROM mine"), [[key]]);
+    }
+}
+
+#[test]
+fn a_port_added_changed_or_removed_restarts_the_instance_and_is_served_as_said() {
+    let config = |port: Option<u16>| match port {
+        Some(port) => format!("postgres \"main\" {{\n  version = \"16\"\n  port    = {port}\n}}\n"),
+        None => "postgres \"main\" {\n  version = \"16\"\n}\n".to_owned(),
+    };
+    let listens = |port: u16| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+    let stack = Stack::new(&config(None));
+    stack.ok(&["apply", "--auto-approve"]);
+
+    let first = free_port();
+    stack.project.write("kip.hcl", config(Some(first)));
+    let plan = stack.kip(&["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 2, "{}", plan.snapshot());
+    assert!(
+        plan.stdout.contains(&format!("port = null -> {first}")),
+        "{}",
+        plan.stdout
+    );
+    let run = stack.ok(&["apply", "--auto-approve"]);
+    assert!(run.stderr.contains("restarting"), "{}", run.stderr);
+    assert!(listens(first));
+    assert!(
+        stack
+            .url("postgres.main")
+            .contains(&format!("@127.0.0.1:{first}/"))
+    );
+    assert_eq!(stack.sql("postgres.main", "SELECT 1"), [["1"]]);
+
+    let second = free_port();
+    stack.project.write("kip.hcl", config(Some(second)));
+    stack.ok(&["apply", "--auto-approve"]);
+    assert!(listens(second) && !listens(first));
+    assert_eq!(stack.sql("postgres.main", "SELECT 1"), [["1"]]);
+
+    stack.project.write("kip.hcl", config(None));
+    stack.ok(&["apply", "--auto-approve"]);
+    assert!(!listens(second), "nothing claims a port that is not served");
+    assert!(
+        stack.url("postgres.main").contains("host="),
+        "back on the socket"
+    );
+    assert_eq!(stack.sql("postgres.main", "SELECT 1"), [["1"]]);
+    assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
+}

@@ -40,7 +40,7 @@ use tokio::time::Instant;
 
 use super::error::{RequestError, SupervisorError};
 use super::process::{self, Adoption, Handle, Origin, Persistence};
-use super::procfs::Identity;
+use super::procfs::{self, Identity};
 use super::protocol::{self, MAX_LINE, PROTOCOL_VERSION, Request};
 use super::table::{self, LoadError, Record, Store};
 use super::{
@@ -380,7 +380,10 @@ impl Daemon {
                 encode(serde_json::to_value(self.supervisor.start(*spec).await?))
             }
             Request::Stop { name } => self.supervisor.stop(&name).await.map(|()| Value::Null),
-            Request::Status => encode(serde_json::to_value(self.supervisor.status())),
+            Request::Status => {
+                self.supervisor.cleaned().await;
+                encode(serde_json::to_value(self.supervisor.status()))
+            }
             Request::Reload { name } => self.supervisor.reload(&name).await.map(|()| Value::Null),
             Request::Wait {
                 name,
@@ -511,6 +514,9 @@ struct Supervisor {
     store: Arc<Store>,
     /// Stops of what a killed supervisor left behind (see [`Supervisor::adopt`]); shutdown waits for them.
     cleanups: Mutex<Vec<JoinHandle<()>>>,
+    /// How many of those stops are still running: a status waits for them, so that nobody is told nothing runs (and
+    /// goes on to use a data directory) while a leftover is still being stopped.
+    cleaning: tokio::sync::watch::Sender<usize>,
 }
 
 #[derive(Default)]
@@ -554,6 +560,7 @@ impl Supervisor {
         records.sort_by_key(|record| std::cmp::Reverse(record.sequence));
         let mut names = HashSet::new();
         let mut verdicts: Vec<(Record, Verdict)> = Vec::new();
+        let recorded_pids: Vec<u32> = records.iter().filter_map(|record| record.pid).collect();
         for record in records {
             let verdict = match (record.identify(), record.pid, record.start_time) {
                 (Some(Identity::Alive), Some(group), Some(start_time)) => {
@@ -566,6 +573,26 @@ impl Supervisor {
                 }
                 (Some(Identity::Gone), Some(group), Some(start_time)) => {
                     Verdict::Stop { group, start_time }
+                }
+                // Spawned, and the daemon killed before it recorded the pid: whatever carries the run's id is it.
+                (None, None, _) if record.run.is_some() => {
+                    let run = record.run.as_deref().unwrap_or_default();
+                    let leader = procfs::orphaned_leaders(
+                        table::RUN_ENV,
+                        run,
+                        &record.spec.program,
+                        &record.spec.cwd,
+                        &recorded_pids,
+                    )
+                    .into_iter()
+                    .next();
+                    match leader {
+                        Some((pid, stat)) => Verdict::Stop {
+                            group: pid,
+                            start_time: stat.start_time,
+                        },
+                        None => Verdict::Drop,
+                    }
                 }
                 _ => Verdict::Drop,
             };
@@ -598,6 +625,7 @@ impl Supervisor {
             start_locks: Mutex::default(),
             store: Arc::clone(&store),
             cleanups: Mutex::default(),
+            cleaning: tokio::sync::watch::Sender::new(0),
         };
         let mut table = supervisor.table();
         for (record, verdict) in verdicts.into_iter().rev() {
@@ -624,6 +652,8 @@ impl Supervisor {
                     // anything is served (only a second record of the same name could hold it already, and that
                     // one is a cleanup too).
                     let guard = supervisor.start_lock(&record.name).try_lock_owned().ok();
+                    let cleaning = supervisor.cleaning.clone();
+                    cleaning.send_modify(|count| *count += 1);
                     let cleanup = tokio::spawn(async move {
                         let _serialised = guard;
                         process::stop_leftovers(
@@ -635,6 +665,7 @@ impl Supervisor {
                         )
                         .await;
                         persistence.store.remove(persistence.sequence);
+                        cleaning.send_modify(|count| *count -= 1);
                     });
                     supervisor
                         .cleanups
@@ -647,6 +678,16 @@ impl Supervisor {
         }
         drop(table);
         Ok(supervisor)
+    }
+
+    /// Waits (up to a minute) until the leftovers of a killed supervisor are stopped.
+    async fn cleaned(&self) {
+        let mut cleaning = self.cleaning.subscribe();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(60),
+            cleaning.wait_for(|count| *count == 0),
+        )
+        .await;
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, Table> {

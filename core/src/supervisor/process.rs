@@ -613,11 +613,18 @@ impl Runner {
                     self.persistence.sequence,
                     unix_millis()
                 );
+                // The run id is persisted before the spawn: a daemon killed between the spawn and the record of
+                // its pid leaves the next one a way to find the process (its environment carries the id).
+                self.run = Some(run.clone());
+                self.update(|status| {
+                    status.pid = None;
+                    status.start_time = None;
+                    status.state = ProcessState::Starting;
+                });
                 let (child, offset) = match spawn(&spec, &run) {
                     Ok(spawned) => spawned,
                     Err(error) => return RunEnd::NotReady(error),
                 };
-                self.run = Some(run);
                 let pid = child.id().unwrap_or_default();
                 let start_time = procfs::stat(pid).map(|stat| stat.start_time);
                 tracing::info!(name = %spec.name, pid, "started {}", spec.program.display());

@@ -92,6 +92,43 @@ pub(super) fn group_has_live_member(group: u32) -> bool {
     !group_members(group).is_empty()
 }
 
+/// The live process-group leaders a run left behind when its pid was never recorded (the daemon was killed between
+/// spawning it and writing its table): the run's id in their environment, or, for programs that overwrite their
+/// environment's memory with their process title (PostgreSQL does), the same executable in the same working
+/// directory with no run id of another. `exclude` are pids other records own.
+pub(super) fn orphaned_leaders(
+    run_name: &str,
+    run: &str,
+    program: &Path,
+    cwd: &Path,
+    exclude: &[u32],
+) -> Vec<(u32, Stat)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let program = std::fs::canonicalize(program).unwrap_or_else(|_| program.to_path_buf());
+    let cwd = std::fs::canonicalize(cwd).unwrap_or_else(|_| cwd.to_path_buf());
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| !exclude.contains(pid))
+        .filter_map(|pid| Some((pid, stat(pid)?)))
+        .filter(|(pid, stat)| stat.process_group == *pid && !stat.is_dead())
+        .filter(|(pid, _)| {
+            if environment_has(*pid, run_name, run) {
+                return true;
+            }
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let carries_another_run = environ
+                .split(|byte| *byte == 0)
+                .any(|entry| entry.starts_with(format!("{run_name}=").as_bytes()));
+            !carries_another_run
+                && std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == program)
+                && std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|dir| dir == cwd)
+        })
+        .collect()
+}
+
 /// Whether the environment `pid` started with holds `NAME=VALUE` (`/proc/PID/environ`; false when unreadable).
 pub(super) fn environment_has(pid: u32, name: &str, value: &str) -> bool {
     let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {

@@ -214,14 +214,28 @@ impl Engine for Postgres {
                     super::scram::GENERATED_ITERATIONS
                 };
                 let verifier = super::scram::verifier(password, iterations)?;
-                super::set_password_offline(
-                    &toolchain.root,
-                    &ctx.data_dir,
-                    &args.superuser,
-                    &verifier,
-                    ctx.run_as.as_ref(),
-                )
-                .map_err(|error| pg_error("cannot secure the new instance", error))?;
+                // A server on the data directory may be one a killed supervisor left, which its successor is
+                // stopping: give that a moment before calling it a server kip has no credentials for.
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                loop {
+                    match super::set_password_offline(
+                        &toolchain.root,
+                        &ctx.data_dir,
+                        &args.superuser,
+                        &verifier,
+                        ctx.run_as.as_ref(),
+                    ) {
+                        Ok(()) => break,
+                        Err(PgError::Offline { in_use: true, .. })
+                            if std::time::Instant::now() < deadline =>
+                        {
+                            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                        }
+                        Err(error) => {
+                            return Err(pg_error("cannot secure the new instance", error));
+                        }
+                    }
+                }
             }
             Ok(())
         })
