@@ -1,9 +1,11 @@
 //! Running engines as an unprivileged account when kip itself runs as root.
 //!
 //! CI jobs and containers usually run as root, and some engines (PostgreSQL first of all) refuse to. So when kip's
-//! effective uid is 0 it starts engines as another account: `run_as` from the config, else `KIP_RUN_AS`, else a
-//! system account named `kip`, created on first use. When kip is not root it runs engines as itself: it could not
-//! switch users anyway.
+//! effective uid is 0 it starts engines as another account: `run_as` from the config, else `KIP_RUN_AS`, else the
+//! project's own system account, `kip-<hash of the project directory>`, created on first use and removed when the
+//! project's last instance is destroyed. One account per project is what keeps the engines of one project from
+//! reading another's data directories (each is 0700, its account's). When kip is not root it runs engines as
+//! itself: it could not switch users anyway, and its projects are its own.
 //!
 //! Accounts are looked up in `/etc/passwd`, parsed here (no libc), then through `getent` so that accounts from
 //! LDAP or sssd are found too. Switching users only helps if the account can reach its files, so
@@ -19,8 +21,19 @@ use std::process::Command;
 
 use crate::engine::RunAs;
 
-/// The account kip creates and uses when it runs as root and nothing else is configured.
+/// The account the provider library's own tests run engines as (kip itself uses [`project_account`]).
 pub const DEFAULT_ACCOUNT: &str = "kip";
+
+/// The account kip creates for the engines of the project in `project_dir` when it runs as root:
+/// `kip-` and 8 hex digits of a hash of the directory (system account names stay short).
+pub fn project_account(project_dir: &Path) -> String {
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(project_dir.to_string_lossy().as_bytes());
+    let hex: String = digest[..4]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    format!("kip-{hex}")
+}
 
 /// Why kip cannot run engines as the account it should.
 #[derive(Debug, thiserror::Error)]
@@ -198,7 +211,7 @@ fn lookup_user_with(
 ///
 /// Returns `None` when no switch is needed: kip is not root (engines run as kip's own user), or the account
 /// resolved to is kip's own uid. When kip is root: `configured` (the config's `run_as`), else `env_kip_run_as`
-/// (`KIP_RUN_AS`), else [`DEFAULT_ACCOUNT`], which is created when missing. A configured or `KIP_RUN_AS` account
+/// (`KIP_RUN_AS`), else `default_account` (the project's, [`project_account`]), which is created when missing. A configured or `KIP_RUN_AS` account
 /// that does not exist is an error; kip only creates its own.
 ///
 /// When kip is not root, a configured account other than kip's own user is an error (it cannot switch), while a
@@ -207,6 +220,7 @@ fn lookup_user_with(
 pub fn resolve_run_as(
     configured: Option<&str>,
     env_kip_run_as: Option<&str>,
+    default_account: &str,
 ) -> Result<Option<RunAs>, RunAsError> {
     let configured = configured.map(str::trim).filter(|name| !name.is_empty());
     let env_kip_run_as = env_kip_run_as
@@ -238,8 +252,11 @@ pub fn resolve_run_as(
     let (name, origin) = match (configured, env_kip_run_as) {
         (Some(name), _) => (name, "run_as"),
         (None, Some(name)) => (name, "KIP_RUN_AS"),
-        (None, None) => (DEFAULT_ACCOUNT, "the default"),
+        (None, None) => (default_account, "the default"),
     };
+    // The instances of one apply resolve at once: one of them creates the account, the others find it.
+    static CREATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = CREATING.lock().unwrap_or_else(|poison| poison.into_inner());
     let entry = match lookup_user(name)? {
         Some(entry) => entry,
         None if origin == "the default" => create_default_account(name)?,
@@ -295,9 +312,27 @@ fn create_default_account(name: &str) -> Result<PasswdEntry, RunAsError> {
             vec!["-S", "-D", "-H", "-h", "/nonexistent", "-s", shell, name],
         ),
     ];
+    // Several kips (or tests) creating accounts at once contend for the lock on /etc/passwd: try a few times.
+    for attempt in 0..20 {
+        match try_create_account(name, &attempts) {
+            Ok(entry) => return Ok(entry),
+            Err(error) if attempt < 19 && error.to_string().contains("lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(50 + 25 * attempt));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+fn try_create_account(
+    name: &str,
+    attempts: &[(&str, Vec<&str>); 3],
+) -> Result<PasswdEntry, RunAsError> {
     let mut failures = Vec::new();
-    for (program, args) in attempts {
-        match Command::new(program).args(&args).output() {
+    for (program, args) in attempts.iter() {
+        let (program, args) = (*program, args);
+        match Command::new(program).args(args).output() {
             Ok(output) if output.status.success() => {
                 if let Some(entry) = lookup_user(name)? {
                     tracing::info!(
@@ -334,6 +369,38 @@ fn create_default_account(name: &str) -> Result<PasswdEntry, RunAsError> {
         user: name.to_owned(),
         reason: failures.join("; "),
     })
+}
+
+/// Removes the project's own account (see [`project_account`]) once nothing of the project runs or stays: what kip
+/// created for a project goes with it. Only kip's per-project accounts are ever removed, and only as root;
+/// failures are logged (an account left behind owns nothing).
+pub fn remove_project_account(project_dir: &Path) {
+    if rustix::process::geteuid().as_raw() != 0 {
+        return;
+    }
+    let name = project_account(project_dir);
+    if !matches!(lookup_user(&name), Ok(Some(_))) {
+        return;
+    }
+    for attempt in 0..20u64 {
+        match Command::new("userdel").arg(&name).output() {
+            Ok(output) if output.status.success() => return,
+            Ok(output) if String::from_utf8_lossy(&output.stderr).contains("lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(50 + 25 * attempt));
+            }
+            Ok(output) => {
+                tracing::warn!(
+                    "cannot remove the account `{name}`: {}",
+                    String::from_utf8_lossy(&output.stderr).trim()
+                );
+                return;
+            }
+            Err(error) => {
+                tracing::warn!("cannot run userdel for `{name}`: {error}");
+                return;
+            }
+        }
+    }
 }
 
 /// Checks that `run_as` can traverse every directory leading to `path` (and `path` itself when it exists), both

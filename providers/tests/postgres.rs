@@ -108,7 +108,7 @@ fn run_as() -> Option<RunAs> {
     RUN_AS
         .get_or_init(|| {
             let env = std::env::var("KIP_RUN_AS").ok();
-            kip_core::runas::resolve_run_as(None, env.as_deref())
+            kip_core::runas::resolve_run_as(None, env.as_deref(), kip_core::runas::DEFAULT_ACCOUNT)
                 .expect("an account to run PostgreSQL as")
         })
         .clone()

@@ -395,3 +395,78 @@ fn a_port_added_changed_or_removed_restarts_the_instance_and_is_served_as_said()
     assert_eq!(stack.sql("postgres.main", "SELECT 1"), [["1"]]);
     assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
 }
+
+#[test]
+fn the_engines_of_one_project_cannot_read_another_projects_data() {
+    let one = Stack::new("postgres \"main\" {\n  version = \"16\"\n}\n");
+    let two = Stack::new("postgres \"main\" {\n  version = \"16\"\n}\n");
+    one.ok(&["apply", "--auto-approve"]);
+    two.ok(&["apply", "--auto-approve"]);
+    let account = |stack: &Stack| {
+        let state: serde_json::Value =
+            serde_json::from_str(&stack.project.read(".kip/state.json")).unwrap();
+        let run_as = &state["instances"]["postgres.main"]["run_as"];
+        (
+            run_as["user"].as_str().unwrap().to_owned(),
+            state["instances"]["postgres.main"]["data_dir"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        )
+    };
+    let (user_one, data_one) = account(&one);
+    let (user_two, data_two) = account(&two);
+    assert_ne!(user_one, user_two, "one account per project");
+    assert_eq!(pid_owner(pid_of(&one, "postgres.main")), user_one);
+    // Each project's account can read its own data directory, and not the other's.
+    let can_read = |user: &str, dir: &str| {
+        std::process::Command::new("setpriv")
+            .args([
+                &format!("--reuid={user}"),
+                &format!("--regid={user}"),
+                "--clear-groups",
+                "ls",
+                dir,
+            ])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(can_read(&user_one, &data_one));
+    assert!(
+        !can_read(&user_one, &data_two),
+        "{user_one} reads {data_two}"
+    );
+    assert!(
+        !can_read(&user_two, &data_one),
+        "{user_two} reads {data_one}"
+    );
+    // The account goes with the project.
+    one.ok(&["destroy", "--auto-approve"]);
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    assert!(
+        !passwd
+            .lines()
+            .any(|line| line.starts_with(&format!("{user_one}:")))
+    );
+}
+
+/// The account name a process runs as, from /proc and /etc/passwd.
+fn pid_owner(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid: u32 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|uid| uid.parse().ok())
+        .unwrap();
+    std::fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            (fields.get(2) == Some(&uid.to_string().as_str())).then(|| fields[0].to_owned())
+        })
+        .unwrap()
+}

@@ -278,6 +278,8 @@ pub fn destroy(context: &Context, args: DestroyArgs) -> anyhow::Result<ExitStatu
         return report_apply_error(context, error);
     }
     if state.instances.is_empty() {
+        // Nothing of the project is left: neither is the account kip made for its engines.
+        kip_core::runas::remove_project_account(&project.dir);
         runtime()?
             .block_on(async {
                 if let Some(client) = supervisors.adopt().await? {

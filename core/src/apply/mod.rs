@@ -273,7 +273,11 @@ impl Applier<'_> {
         let run_as = if engine.runs_as_caller() && instance.run_as.is_none() {
             None
         } else {
-            crate::runas::resolve_run_as(instance.run_as.as_deref(), self.run_as_env.as_deref())?
+            crate::runas::resolve_run_as(
+                instance.run_as.as_deref(),
+                self.run_as_env.as_deref(),
+                &crate::runas::project_account(&self.project.dir),
+            )?
         };
         let dirs = self.project.instance_dirs(address, run_as.as_ref());
         let templates = self.project.templates();
@@ -296,7 +300,6 @@ impl Applier<'_> {
         }
         if let Some(run_as) = &run_as {
             crate::runas::chown_tree(&dirs.dir, run_as)?;
-            crate::runas::chown_tree(&templates, run_as)?;
             crate::runas::chown_tree(&dirs.log_dir, run_as)?;
             if let Some(toolchain) = &toolchain {
                 crate::runas::ensure_reachable(&toolchain.root, run_as)?;

@@ -491,6 +491,9 @@ impl Harness {
         for instance in state.instances.keys() {
             leftovers.push(format!("state entry {instance}"));
         }
+        if state.instances.is_empty() {
+            kip_core::runas::remove_project_account(&self.project.dir);
+        }
         Ok(leftovers)
     }
 }
