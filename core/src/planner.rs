@@ -101,7 +101,14 @@ impl Planner<'_> {
         };
         let mut scope = Scope::new();
         let mut changes = Vec::new();
-        for instance in self.instances_in_order() {
+        let ordered = self.instances_in_order();
+        // Only what another instance reads goes into the scope: exports cost (a provider may derive a password per
+        // object), and most instances are read by nobody.
+        let read_by_others: BTreeSet<Address> = ordered
+            .iter()
+            .flat_map(|instance| crate::desired::instance_dependencies(self.graph, instance))
+            .collect();
+        for instance in ordered {
             let address = &instance.address;
             let engine = self
                 .engines
@@ -150,7 +157,10 @@ impl Planner<'_> {
                 }
             }
             let unchanged = instance_changes.iter().all(|c| c.action == Action::Noop);
-            if unchanged && let Some(saved) = saved {
+            if unchanged
+                && read_by_others.contains(address)
+                && let Some(saved) = saved
+            {
                 let ctx = lifecycle::ctx_from_state(self.project, address, saved);
                 let (exports, objects) = lifecycle::instance_exports(engine, &ctx);
                 scope.add_instance(address, exports, objects);

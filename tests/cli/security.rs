@@ -205,6 +205,23 @@ fn a_kip_killed_during_the_first_start_leaves_no_open_window() {
         let _ = child.wait();
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    // And the moment the server's socket appears: it runs with the template's bootstrap password until kip sets the
+    // instance's own, and kip dies in between.
+    let mut apply = stack.command(&["apply", "--auto-approve"]);
+    apply
+        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    let mut child = apply.spawn().unwrap();
+    let socket = socket_dir.join(".s.PGSQL.5432");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !socket.exists() && std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
     stack.ok(&["apply", "--auto-approve"]);
     assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
     let seen = poller.finish();
@@ -442,6 +459,44 @@ fn the_engines_of_one_project_cannot_read_another_projects_data() {
         !can_read(&user_two, &data_one),
         "{user_two} reads {data_one}"
     );
+    // The template both were copied from is kip's own: no engine account reads it (its bootstrap password
+    // included) or changes what later instances start from; the bootstrap password is not copied, and opens
+    // neither instance.
+    let templates = one.project.cache_dir().join("templates");
+    let template = std::fs::read_dir(&templates)
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| path.join("PG_VERSION").exists())
+        .expect("a template");
+    use std::os::unix::fs::MetadataExt as _;
+    assert_eq!(std::fs::metadata(&template).unwrap().uid(), 0);
+    assert!(
+        !can_read(&user_one, &template.to_string_lossy()),
+        "{user_one} reads the template"
+    );
+    for data in [&data_one, &data_two] {
+        assert!(!std::path::Path::new(data).join("kip-bootstrap").exists());
+    }
+    let bootstrap = std::fs::read_to_string(template.join("kip-bootstrap")).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for stack in [&one, &two] {
+        let url = stack.url("postgres.main");
+        let password = url.split(':').nth(2).unwrap().split('@').next().unwrap();
+        let with_bootstrap = url.replacen(password, bootstrap.trim(), 1);
+        let refused = runtime.block_on(async {
+            with_bootstrap
+                .parse::<tokio_postgres::Config>()
+                .unwrap()
+                .connect(tokio_postgres::NoTls)
+                .await
+                .is_err()
+        });
+        assert!(refused, "the bootstrap password opens an applied instance");
+    }
     // The account goes with the project.
     one.ok(&["destroy", "--auto-approve"]);
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap();

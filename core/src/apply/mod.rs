@@ -511,7 +511,7 @@ impl Applier<'_> {
             started = true;
         }
         if !lifecycle.initialized && !jobs {
-            engine.after_start(&ctx).await?;
+            engine.after_start(&mut ctx).await?;
             lifecycle.initialized = true;
             ctx.initialized = true;
             self.save(state, &ctx, engine, instance_change.as_ref(), &lifecycle)?;

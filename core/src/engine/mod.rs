@@ -286,10 +286,12 @@ pub trait Engine: Send + Sync {
         Box::pin(async { Ok(()) })
     }
 
-    /// Runs once in the life of an instance, after its first start, before anything else may use it.
+    /// Runs once in the life of an instance, after its first start, before anything else may use it (and again if
+    /// kip stopped before it finished, so it must be idempotent). It may change the instance's secrets: a
+    /// bootstrap credential replaced by the instance's own, for one.
     fn after_start<'a>(
         &'a self,
-        _instance: &'a InstanceCtx,
+        _instance: &'a mut InstanceCtx,
     ) -> BoxFuture<'a, Result<(), EngineError>> {
         Box::pin(async { Ok(()) })
     }

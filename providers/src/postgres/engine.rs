@@ -1,5 +1,6 @@
-//! The PostgreSQL engine behind kip's [`Engine`] contract: a data directory copied from a per-version template,
-//! its superuser's password set offline before the first start (so there is never a moment of open access), the
+//! The PostgreSQL engine behind kip's [`Engine`] contract: a data directory copied from a per-version template whose
+//! superuser has a bootstrap password only kip knows (so there is never a moment of open access) until kip sets
+//! the instance's own right after its first start, the
 //! `postgres` server under the supervisor, settings reloaded or restarted as PostgreSQL requires, and roles, databases, schemas, extensions and grants refreshed
 //! ([`super::observe`]) and converged ([`super::converge`]) from the plan.
 
@@ -31,15 +32,42 @@ pub(super) const SUPERUSER_PASSWORD: &str = "password";
 /// The secret generated roles' passwords derive from.
 const ROLE_KEY: &str = "role-key";
 
-/// How kip reaches the instance: its socket, as the superuser with the password it has now.
+/// The secret holding the template's bootstrap password, from provisioning until the first start is through.
+const BOOTSTRAP_PASSWORD: &str = "bootstrap";
+
+/// How kip reaches the instance: its socket, as the superuser with the password it has now. Before the first
+/// start is through, that is the bootstrap password, or the instance's own if kip set it and stopped before saving.
 pub(super) fn connector(ctx: &InstanceCtx, args: &InstanceArgs) -> Connector {
     let mut connector = Connector::new(&ctx.run_dir, args.port);
     connector.user = args.superuser.clone();
-    connector.password = ctx
+    let own = ctx
         .secrets
         .get(SUPERUSER_PASSWORD)
         .map(|password| Password::new(password.to_owned()));
+    match ctx.secrets.get(BOOTSTRAP_PASSWORD) {
+        Some(bootstrap) if !ctx.initialized => {
+            connector.password = Some(Password::new(bootstrap.to_owned()));
+            connector.fallback = own;
+        }
+        _ => connector.password = own,
+    }
     connector
+}
+
+/// A session refused for its password before the instance's first start was through: the server on the data
+/// directory is not one kip made (its state was lost, or restored from an older backup).
+fn first_session_error(ctx: &InstanceCtx, context: &str, error: PgError) -> EngineError {
+    let refused = matches!(&error, PgError::Connect { source, .. }
+        if source.code().is_some_and(|code| code.code() == "28P01"));
+    if refused && !ctx.initialized {
+        return pg_error(
+            context,
+            PgError::NoCredentials {
+                data_dir: ctx.data_dir.clone(),
+            },
+        );
+    }
+    pg_error(context, error)
 }
 
 /// The password of a role kip generates one for: derived from a random key kept in the instance's state from
@@ -83,6 +111,16 @@ fn sorted_strings(value: Option<&Json>) -> Vec<String> {
 }
 
 impl Postgres {
+    /// SCRAM iterations for the superuser's verifier: few for a generated (random) password, PostgreSQL's
+    /// default for a chosen one.
+    fn iterations(args: &InstanceArgs) -> u32 {
+        if args.password.is_some() {
+            super::scram::CHOSEN_ITERATIONS
+        } else {
+            super::scram::GENERATED_ITERATIONS
+        }
+    }
+
     fn init_options(args: &InstanceArgs) -> InitOptions {
         InitOptions {
             superuser: args.superuser.clone(),
@@ -192,6 +230,7 @@ impl Engine for Postgres {
                 ctx.run_as.as_ref(),
             )
             .map_err(|error| pg_error("cannot prepare the PostgreSQL template", error))?;
+            let existed = ctx.data_dir.join("PG_VERSION").is_file();
             super::provision(&template, &ctx.data_dir, ctx.run_as.as_ref())
                 .map_err(|error| pg_error("cannot create the data directory", error))?;
             if ctx.secrets.get(SUPERUSER_PASSWORD).is_none() {
@@ -201,42 +240,33 @@ impl Engine for Postgres {
                 };
                 ctx.secrets.0.insert(SUPERUSER_PASSWORD.into(), password);
             }
-            ctx.secrets.get_or_generate(ROLE_KEY)?;
-            Self::write_config(ctx, &args)?;
-            Self::write_hba(ctx, &args)?;
-            if !ctx.initialized {
-                // Before the first start: the server never runs without its superuser's password. Idempotent (a
-                // crash before the first start sets the same password again).
-                let password = ctx.secrets.get(SUPERUSER_PASSWORD).unwrap_or_default();
-                let iterations = if args.password.is_some() {
-                    super::scram::CHOSEN_ITERATIONS
-                } else {
-                    super::scram::GENERATED_ITERATIONS
-                };
-                let verifier = super::scram::verifier(password, iterations)?;
-                // A server on the data directory may be one a killed supervisor left, which its successor is
-                // stopping: give that a moment before calling it a server kip has no credentials for.
-                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-                loop {
-                    match super::set_password_offline(
+            if !ctx.initialized && ctx.secrets.get(BOOTSTRAP_PASSWORD).is_none() {
+                if existed {
+                    // A data directory kip's state does not account for (the state was lost, or kip stopped between
+                    // copying it and saving): its superuser's password is unknown, so it gets the instance's own,
+                    // offline. A server running on it makes this fail, and kip never opens access to get in.
+                    let password = ctx.secrets.get(SUPERUSER_PASSWORD).unwrap_or_default();
+                    let verifier = super::scram::verifier(password, Self::iterations(&args))?;
+                    super::set_password_offline(
                         &toolchain.root,
                         &ctx.data_dir,
                         &args.superuser,
                         &verifier,
                         ctx.run_as.as_ref(),
-                    ) {
-                        Ok(()) => break,
-                        Err(PgError::Offline { in_use: true, .. })
-                            if std::time::Instant::now() < deadline =>
-                        {
-                            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                        }
-                        Err(error) => {
-                            return Err(pg_error("cannot secure the new instance", error));
-                        }
-                    }
+                    )
+                    .map_err(|error| pg_error("cannot secure the instance", error))?;
+                } else {
+                    // Until its first start is through, the instance's superuser has the template's bootstrap
+                    // password (see `after_start`).
+                    let bootstrap = super::bootstrap_password(&template).map_err(|error| {
+                        pg_error("cannot prepare the PostgreSQL template", error)
+                    })?;
+                    ctx.secrets.0.insert(BOOTSTRAP_PASSWORD.into(), bootstrap);
                 }
             }
+            ctx.secrets.get_or_generate(ROLE_KEY)?;
+            Self::write_config(ctx, &args)?;
+            Self::write_hba(ctx, &args)?;
             Ok(())
         })
     }
@@ -270,16 +300,49 @@ impl Engine for Postgres {
             let args: InstanceArgs = ctx.args()?;
             let connector = connector(ctx, &args);
             // The connector waits out "the database system is starting up".
-            let client = connector
-                .connect("postgres")
-                .await
-                .map_err(|error| pg_error("PostgreSQL does not take sessions", error))?;
+            let client = connector.connect("postgres").await.map_err(|error| {
+                first_session_error(ctx, "PostgreSQL does not take sessions", error)
+            })?;
             client.simple_query("SELECT 1").await.map_err(|error| {
                 pg_error(
                     "PostgreSQL does not answer",
                     PgError::sql("postgres", "SELECT 1", error),
                 )
             })?;
+            Ok(())
+        })
+    }
+
+    /// The instance's own superuser password replaces the bootstrap password, as a kip-computed verifier (so the
+    /// password never reaches the server), before anything else may use the instance.
+    fn after_start<'a>(
+        &'a self,
+        ctx: &'a mut InstanceCtx,
+    ) -> BoxFuture<'a, Result<(), EngineError>> {
+        Box::pin(async move {
+            let args: InstanceArgs = ctx.args()?;
+            let client = connector(ctx, &args)
+                .connect("postgres")
+                .await
+                .map_err(|error| {
+                    first_session_error(ctx, "cannot secure the new instance", error)
+                })?;
+            let password = ctx.secrets.get(SUPERUSER_PASSWORD).unwrap_or_default();
+            let verifier = super::scram::verifier(password, Self::iterations(&args))?;
+            let statement = format!(
+                "ALTER ROLE {} PASSWORD {}",
+                super::quote::ident("role", &args.superuser)
+                    .map_err(|error| pg_error("cannot secure the new instance", error))?,
+                super::quote::literal("password verifier", &verifier)
+                    .map_err(|error| pg_error("cannot secure the new instance", error))?
+            );
+            client.batch_execute(&statement).await.map_err(|error| {
+                pg_error(
+                    "cannot secure the new instance",
+                    PgError::sql("postgres", "ALTER ROLE … PASSWORD …", error),
+                )
+            })?;
+            ctx.secrets.remove(BOOTSTRAP_PASSWORD);
             Ok(())
         })
     }

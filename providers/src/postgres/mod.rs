@@ -39,7 +39,9 @@ pub use live::{Live, LiveDatabase, LiveExtension, LiveRole, LiveSchema, ObjectGr
 pub use quote::{quote_ident, quote_literal};
 pub use spawn::spawn_spec;
 pub use sql::{Connector, apply, read_live};
-pub use template::{InitOptions, ensure_template, provision, set_password_offline};
+pub use template::{
+    InitOptions, bootstrap_password, ensure_template, provision, set_password_offline,
+};
 
 /// The port PostgreSQL uses when none is declared; with a private socket directory per instance it never
 /// collides, and it names the socket file (`.s.PGSQL.5432`).
@@ -70,20 +72,10 @@ pub enum PgError {
     },
     #[error(transparent)]
     RunAs(#[from] kip_core::runas::RunAsError),
-    #[error(
-        "{}",
-        if *in_use {
-            format!("a PostgreSQL server kip has no credentials for already runs on {}", data_dir.display())
-        } else {
-            format!("cannot set the superuser's password in {} before its first start:\n{output}", data_dir.display())
-        }
-    )]
-    Offline {
-        data_dir: PathBuf,
-        /// A server runs on the data directory.
-        in_use: bool,
-        output: String,
-    },
+    #[error("cannot set the superuser's password in {} offline:\n{output}", data_dir.display())]
+    Offline { data_dir: PathBuf, output: String },
+    #[error("a PostgreSQL server kip has no credentials for runs on {}", data_dir.display())]
+    NoCredentials { data_dir: PathBuf },
     #[error("cannot connect to PostgreSQL at {} (database {database:?} as {user:?})", socket_dir.display())]
     Connect {
         socket_dir: PathBuf,
@@ -136,7 +128,7 @@ impl PgError {
                 (None, None) => None,
             },
             PgError::RunAs(error) => error.hint(),
-            PgError::Offline { in_use: true, data_dir, .. } => Some(format!(
+            PgError::NoCredentials { data_dir } => Some(format!(
                 "kip's state no longer knows this instance (it was lost, or restored from an older backup), and kip \
                  never opens access to recover: restore .kip/state.json from .kip/state.json.backup if that is \
                  the right one; or, to recreate the instance, stop it (kip down) and remove {} (its data goes)",

@@ -35,6 +35,9 @@ pub struct Connector {
     pub port: u16,
     pub user: String,
     pub password: Option<Password>,
+    /// A second password to try when the server refuses `password` (a bootstrap password that may have been
+    /// replaced already).
+    pub fallback: Option<Password>,
     /// How long to keep retrying while the server is starting up (socket missing, or "starting up").
     pub startup_timeout: Duration,
     /// Keep this session's statements out of the server log (`log_statement = none`,
@@ -51,6 +54,7 @@ impl Connector {
             port: port.unwrap_or(super::DEFAULT_PORT),
             user: "postgres".into(),
             password: None,
+            fallback: None,
             startup_timeout: Duration::from_secs(10),
             quiet_log: true,
         }
@@ -76,6 +80,7 @@ impl Connector {
         if let Some(password) = &self.password {
             config.password(password.expose());
         }
+        let mut fallback = self.fallback.as_ref();
         let deadline = Instant::now() + self.startup_timeout;
         loop {
             match config.connect(NoTls).await {
@@ -89,6 +94,15 @@ impl Connector {
                 }
                 Err(source) if Instant::now() < deadline && is_starting_up(&source) => {
                     tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(source)
+                    if fallback.is_some()
+                        && source.code()
+                            == Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD) =>
+                {
+                    if let Some(password) = fallback.take() {
+                        config.password(password.expose());
+                    }
                 }
                 Err(source) => {
                     return Err(PgError::Connect {

@@ -12,11 +12,11 @@
 //! next builder removes once it holds the lock.
 //!
 //! Templates are built with `--no-sync`: they are a cache, rebuilt by deleting them, and skipping the fsyncs keeps
-//! the first apply fast. The template trusts local connections; each instance gets its own `pg_hba.conf` from
-//! [`super::config::write_hba`].
+//! the first apply fast. A template rejects every connection, and its superuser has a bootstrap password only kip
+//! knows ([`ensure_template`]); each instance gets its own `pg_hba.conf` from [`super::config::write_hba`].
 
 use std::io;
-use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -114,10 +114,20 @@ pub fn major_of(version: &str) -> u32 {
     digits.parse().unwrap_or(0)
 }
 
+/// The file in a template holding its bootstrap password (never copied into an instance).
+const BOOTSTRAP_FILE: &str = "kip-bootstrap";
+
 /// Returns the template for this version and these options, running `initdb` (as `run_as`) when there is none yet.
 ///
 /// `toolchain_root` holds `bin/initdb`; `templates_dir` is shared by every project on the machine (the cache).
 /// Both must be reachable by `run_as`, which is checked first so that the error says which directory is closed.
+///
+/// A template is built closed: `initdb --auth=reject`, then, offline, its superuser gets a random bootstrap
+/// password (a kip-computed SCRAM verifier, so the password itself never reaches the server), kept in the
+/// template's `kip-bootstrap` file. An instance's first start therefore already asks for a password that only kip
+/// knows, and kip replaces it with the instance's own before anything else uses the instance. Built as `run_as`
+/// (PostgreSQL refuses root), the template is then given back to kip's own account: no engine account can read the
+/// bootstrap password or change what later instances are copied from.
 pub fn ensure_template(
     toolchain_root: &Path,
     version: &str,
@@ -127,7 +137,7 @@ pub fn ensure_template(
 ) -> Result<PathBuf, PgError> {
     let name = options.template_name(version);
     let target = templates_dir.join(&name);
-    if target.join("PG_VERSION").is_file() {
+    if is_complete(&target) {
         return Ok(target);
     }
     let locks = templates_dir.join(".locks");
@@ -144,20 +154,86 @@ pub fn ensure_template(
         .open(&lock_path)
         .map_err(io_error("open", &lock_path))?;
     lock_file.lock().map_err(io_error("lock", &lock_path))?;
-    if target.join("PG_VERSION").is_file() {
+    if is_complete(&target) {
         return Ok(target);
     }
     // Holding the lock, anything left under this template's name is a crashed builder's garbage.
     remove_leftovers(&temp, &name);
     let work = temp.join(format!("{name}.{}", std::process::id()));
     std::fs::create_dir(&work).map_err(io_error("create", &work))?;
-    let result = run_initdb(toolchain_root, version, options, &work, run_as).and_then(|()| {
+    let result = build(toolchain_root, version, options, &work, run_as).and_then(|()| {
+        if target.exists() {
+            // A template of an earlier kip (no bootstrap password): set aside, then removed.
+            let stale = temp.join(format!("{name}.{}.stale", std::process::id()));
+            std::fs::rename(&target, &stale)
+                .map_err(io_error("move the old template to", &stale))?;
+            let _ = std::fs::remove_dir_all(&stale);
+        }
         std::fs::rename(&work, &target).map_err(io_error("move the new template to", &target))
     });
     if result.is_err() {
         let _ = std::fs::remove_dir_all(&work);
     }
     result.map(|()| target)
+}
+
+/// Whether `template` is a whole template of this kip: initialised, with its bootstrap password.
+fn is_complete(template: &Path) -> bool {
+    template.join("PG_VERSION").is_file() && template.join(BOOTSTRAP_FILE).is_file()
+}
+
+/// The bootstrap password of `template`: the superuser's password in every instance copied from it, until kip
+/// sets the instance's own after its first start.
+pub fn bootstrap_password(template: &Path) -> Result<String, PgError> {
+    let path = template.join(BOOTSTRAP_FILE);
+    let text = std::fs::read_to_string(&path).map_err(io_error("read", &path))?;
+    Ok(text.trim().to_owned())
+}
+
+/// initdb into `work`, the bootstrap password set offline, then the whole template kip's own and private.
+fn build(
+    toolchain_root: &Path,
+    version: &str,
+    options: &InitOptions,
+    work: &Path,
+    run_as: Option<&RunAs>,
+) -> Result<(), PgError> {
+    run_initdb(toolchain_root, version, options, work, run_as)?;
+    let password = kip_core::engine::random_hex(16).map_err(|error| PgError::Io {
+        action: "generate a password for",
+        path: work.to_owned(),
+        source: io::Error::other(error.to_string()),
+    })?;
+    let verifier =
+        super::scram::verifier(&password, super::scram::GENERATED_ITERATIONS).map_err(|error| {
+            PgError::Io {
+                action: "generate a password for",
+                path: work.to_owned(),
+                source: io::Error::other(error.to_string()),
+            }
+        })?;
+    set_password_offline(toolchain_root, work, &options.superuser, &verifier, run_as)?;
+    if run_as.is_some() {
+        let own = RunAs {
+            user: "kip".into(),
+            uid: rustix::process::geteuid().as_raw(),
+            gid: rustix::process::getegid().as_raw(),
+        };
+        chown_tree(work, &own)?;
+    }
+    std::fs::set_permissions(work, std::fs::Permissions::from_mode(0o700))
+        .map_err(io_error("set the mode of", work))?;
+    let path = work.join(BOOTSTRAP_FILE);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut file| {
+            use std::io::Write as _;
+            file.write_all(password.as_bytes())
+        })
+        .map_err(io_error("write", &path))
 }
 
 fn run_initdb(
@@ -220,8 +296,8 @@ fn remove_leftovers(temp: &Path, name: &str) {
     }
 }
 
-/// Files of a data dir that belong to a running server, never to a copy.
-const RUNTIME_FILES: [&str; 2] = ["postmaster.pid", "postmaster.opts"];
+/// Files of a template that are never copied: a running server's, and kip's own.
+const NOT_COPIED: [&str; 3] = ["postmaster.pid", "postmaster.opts", BOOTSTRAP_FILE];
 
 /// Creates the data dir `data_dir` as a copy of `template`, owned by `run_as` and mode 0700 as PostgreSQL requires.
 ///
@@ -290,10 +366,9 @@ pub fn provision(template: &Path, data_dir: &Path, run_as: Option<&RunAs>) -> Re
 }
 
 /// Sets the superuser's password in a data directory whose server does not run, in PostgreSQL's single-user mode
-/// (which listens on nothing): the server's first start then already requires it, so there is no moment of open
-/// access, over the socket or a port. `verifier` is a SCRAM-SHA-256 verifier (`SCRAM-SHA-256$…`), so the
-/// password itself never reaches the server. A server that runs on the data directory makes this fail (its lock
-/// file), which is how a lost state is told apart from a fresh instance.
+/// (which listens on nothing). `verifier` is a SCRAM-SHA-256 verifier (`SCRAM-SHA-256$…`), so the password itself
+/// never reaches the server. A server running on the data directory makes this fail with
+/// [`PgError::NoCredentials`].
 pub fn set_password_offline(
     toolchain_root: &Path,
     data_dir: &Path,
@@ -345,14 +420,18 @@ pub fn set_password_offline(
     if output.status.success() && !text.contains("ERROR:") && !text.contains("FATAL:") {
         return Ok(());
     }
-    let in_use = text.contains("postmaster.pid") || text.contains("is another postmaster");
+    if text.contains("postmaster.pid") || text.contains("is another postmaster") {
+        // A server runs on it: one kip has no credentials for.
+        return Err(PgError::NoCredentials {
+            data_dir: data_dir.to_owned(),
+        });
+    }
     let lines: Vec<&str> = text
         .lines()
         .filter(|line| !line.trim().is_empty())
         .collect();
     Err(PgError::Offline {
         data_dir: data_dir.to_owned(),
-        in_use,
         output: lines[lines.len().saturating_sub(10)..].join("\n"),
     })
 }
@@ -367,7 +446,7 @@ fn copy_tree(from: &Path, to: &Path, owner: Option<(u32, u32)>, top: bool) -> Re
     for entry in std::fs::read_dir(from).map_err(io_error("read", from))? {
         let entry = entry.map_err(io_error("read", from))?;
         let name = entry.file_name();
-        if top && RUNTIME_FILES.iter().any(|runtime| name == *runtime) {
+        if top && NOT_COPIED.iter().any(|skipped| name == *skipped) {
             continue;
         }
         let source = entry.path();

@@ -280,7 +280,10 @@ impl Engine for Fake {
         Ok(specs)
     }
 
-    fn after_start<'a>(&'a self, ctx: &'a InstanceCtx) -> BoxFuture<'a, Result<(), EngineError>> {
+    fn after_start<'a>(
+        &'a self,
+        ctx: &'a mut InstanceCtx,
+    ) -> BoxFuture<'a, Result<(), EngineError>> {
         self.journal.record(&ctx.address, "after start");
         Box::pin(async { Ok(()) })
     }
