@@ -163,14 +163,14 @@ impl Steps {
             &self.resolve,
         );
         row(
-            "  provision: template lookup + data-dir copy + config, state write",
+            "  provision: template lookup + data-dir copy + config + state write",
             &self.provision,
         );
         if !self.initdb.is_empty() {
             row("    of which initdb (kip's debug log)", &self.initdb);
         }
         row(
-            "  postgres start, superuser password, pg_hba, reload",
+            "  postgres start, ready, after-start (own superuser password)",
             &self.spawn_secure,
         );
         if !self.postgres_ready.is_empty() {
