@@ -531,7 +531,10 @@ fn append_tree<W: std::io::Write>(
         header.set_entry_type(tar::EntryType::Directory);
         header.set_mode(0o755);
         header.set_size(0);
-        builder.append_data(&mut header, relative, std::io::empty())?;
+        // Named with a trailing slash, as tar names directories.
+        let mut name = relative.as_os_str().to_owned();
+        name.push("/");
+        builder.append_data(&mut header, Path::new(&name), std::io::empty())?;
         let mut children: Vec<OsString> = std::fs::read_dir(&path)?
             .map(|entry| entry.map(|entry| entry.file_name()))
             .collect::<Result<_, _>>()?;
@@ -1767,23 +1770,23 @@ mod tests {
             assert_eq!((header.uid().unwrap(), header.gid().unwrap(), header.mtime().unwrap()), (0, 0, 0));
             listed.push(format!(
                 "{} {:o}",
-                entry.path().unwrap().display(),
+                String::from_utf8_lossy(&entry.path_bytes()),
                 header.mode().unwrap()
             ));
         }
         assert_eq!(
             listed,
             [
-                "bin 755",
+                "bin/ 755",
                 "bin/engine 755",
-                "lib 755",
+                "lib/ 755",
                 "lib/libx.so 777",
                 "lib/libx.so.1.0 644",
-                "lib/sub 755",
+                "lib/sub/ 755",
                 "lib/sub/a 644",
                 "lib/sub/b 644",
-                "share 755",
-                "share/doc 755",
+                "share/ 755",
+                "share/doc/ 755",
                 "share/doc/LICENSE 644",
             ]
         );
