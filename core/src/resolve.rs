@@ -49,7 +49,10 @@ pub struct ResolveSettings {
 impl ResolveSettings {
     /// Reads KIP_MIRROR, KIP_<ENGINE>_MIRROR and KIP_<ENGINE>_BINDIR for `engines`; the store and the local
     /// mirror are in `cache`.
-    pub fn from_env<'a>(engines: impl IntoIterator<Item = &'a str>, cache: &Path) -> ResolveSettings {
+    pub fn from_env<'a>(
+        engines: impl IntoIterator<Item = &'a str>,
+        cache: &Path,
+    ) -> ResolveSettings {
         let var = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
         let mut settings = ResolveSettings {
             mirror: var("KIP_MIRROR"),

@@ -86,7 +86,12 @@ pub(crate) fn check_sources_for(context: &Context, vars: &VarArgs) -> anyhow::Re
     let Ok(lock) = LockFile::read(&context.dir.join(LOCK_FILE)) else {
         return Ok(());
     };
-    check_sources(&resolve::requests(config), &lock, &Policy::UseLock, &settings()?)
+    check_sources(
+        &resolve::requests(config),
+        &lock,
+        &Policy::UseLock,
+        &settings()?,
+    )
 }
 
 /// What both commands start from: the declared specs, kip.lock (and its path), and where to resolve.
