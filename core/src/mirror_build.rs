@@ -696,9 +696,17 @@ impl<'r> Cache<'r> {
                 });
             }
         }
+        // What killed runs left (their temporary directories, half-written archives) is garbage: we hold the lock.
+        for (sub, garbage) in [("tmp", "run."), ("archives", ".")] {
+            for entry in std::fs::read_dir(dir.join(sub)).into_iter().flatten().flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(garbage) && (sub == "tmp" || name.ends_with(".partial")) {
+                    let path = entry.path();
+                    let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+                }
+            }
+        }
         let tmp = dir.join("tmp").join(format!("run.{}", std::process::id()));
-        // A run killed earlier with this pid left its directory; we hold the lock, so it is garbage.
-        let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir(&tmp).map_err(io_error("create", &tmp))?;
         Ok(Cache {
             dir: dir.to_path_buf(),

