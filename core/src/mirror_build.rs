@@ -215,7 +215,7 @@ pub enum BuildError {
         engine: String,
         version: String,
         #[source]
-        source: PublishError,
+        source: Box<PublishError>,
     },
 }
 
@@ -247,7 +247,7 @@ impl BuildError {
                 "run as root: apt-get install {}",
                 packages.join(" ")
             )),
-            BuildError::Publish { source, .. } => match source {
+            BuildError::Publish { source, .. } => match source.as_ref() {
                 PublishError::Conflict { .. } => Some(
                     "the mirror already holds another build of that version (from an older run, or --refresh \
                      found a repackaged upstream build); publish into a new mirror directory, or delete this one \
@@ -282,8 +282,11 @@ fn io_error<'p>(
 // ---------------------------------------------------------------------------------------------------------------
 // Selection
 
+/// How npm build versions order: major, minor, patch, then the beta number (a release ranks above its betas).
+type NpmKey = (u64, u64, u64, u64);
+
 /// An npm build version: `MAJOR.MINOR.PATCH` with an optional `-beta.N` packaging suffix.
-fn parse_npm_version(text: &str) -> Option<(u64, u64, u64, u64)> {
+fn parse_npm_version(text: &str) -> Option<NpmKey> {
     let (release, beta) = match text.split_once('-') {
         Some((release, suffix)) => (release, Some(suffix.strip_prefix("beta.")?)),
         None => (text, None),
@@ -318,7 +321,7 @@ pub fn select_npm_builds(
     majors: &[u64],
     previous_minor_of: &[u64],
 ) -> Result<Vec<(String, String)>, u64> {
-    let mut builds: Vec<((u64, u64, u64, u64), &String)> = versions
+    let mut builds: Vec<(NpmKey, &String)> = versions
         .iter()
         .filter_map(|text| parse_npm_version(text).map(|key| (key, text)))
         .collect();
@@ -1038,8 +1041,7 @@ impl<'r> Cache<'r> {
         let newest = |dir: &Path| {
             cached_files(dir, &prefix, ".whl")
                 .into_iter()
-                .filter(|name| name[prefix.len()..].starts_with(|c: char| c.is_ascii_digit()))
-                .next_back()
+                .rfind(|name| name[prefix.len()..].starts_with(|c: char| c.is_ascii_digit()))
         };
         if !self.refresh
             && let Some(name) = newest(&dir)
@@ -1640,7 +1642,7 @@ fn publish(mirror: &Path, record: &Record) -> Result<kip_registry::mirror::Artif
     let publish_error = |source| BuildError::Publish {
         engine: record.engine.clone(),
         version: record.version.clone(),
-        source,
+        source: Box::new(source),
     };
     let index = crate::mirror::read_index(mirror).map_err(publish_error)?;
     if let Some(existing) = index.artifact(&record.engine, &record.version, BUILD_PLATFORM)
@@ -1809,8 +1811,11 @@ mod tests {
         }
     }
 
+    /// An entry's name, type and link target, written as they are.
+    type RawEntry<'a> = (&'a str, tar::EntryType, &'a str);
+
     /// A .tar.gz holding exactly these raw entries (names written byte for byte, as a hostile archive would).
-    fn raw_archive(path: &Path, entries: &[(&str, tar::EntryType, &str)]) {
+    fn raw_archive(path: &Path, entries: &[RawEntry]) {
         let file = std::fs::File::create(path).unwrap();
         let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
             file,
@@ -1832,7 +1837,7 @@ mod tests {
     #[test]
     fn hostile_archives_are_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
-        let cases: [(&[(&str, tar::EntryType, &str)], &str); 3] = [
+        let cases: [(&[RawEntry], &str); 3] = [
             (
                 &[
                     ("bin/x", tar::EntryType::Regular, ""),
