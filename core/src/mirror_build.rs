@@ -703,6 +703,15 @@ impl<'r> Cache<'r> {
                 });
             }
         }
+        // The package clients and unpackers this run starts inherit the lock: if kip is killed, a client still
+        // writing into the cache keeps the lock until it ends, and the next run waits for it instead of racing it.
+        rustix::io::fcntl_setfd(&lock, rustix::io::FdFlags::empty()).map_err(|error| {
+            BuildError::Io {
+                action: "lock",
+                path: lock_path.clone(),
+                source: error.into(),
+            }
+        })?;
         // What killed runs left (their temporary directories, half-written archives) is garbage: we hold the lock.
         for (sub, garbage) in [("tmp", "run."), ("archives", ".")] {
             for entry in std::fs::read_dir(dir.join(sub))

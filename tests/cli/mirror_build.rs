@@ -368,7 +368,7 @@ fn a_build_killed_midway_leaves_nothing_a_rerun_trips_on() {
     let mirror = project.cache_dir().join("mirror");
     let published: Vec<String> = files_under(&mirror)
         .into_iter()
-        .filter(|name| name.starts_with('.'))
+        .filter(|name| name.starts_with('.') && name != ".index.json.lock")
         .collect();
     assert!(published.is_empty(), "{published:?}");
     // What was published is what the index says.
@@ -399,4 +399,43 @@ fn a_corrupt_download_is_refused_and_nothing_is_published() {
     assert!(!project.cache_dir().join("mirror/nats").exists());
     assert!(files_under(&project.cache_dir().join("packages/archives")).is_empty());
     assert!(files_under(&project.cache_dir().join("packages/tmp")).is_empty());
+}
+
+#[test]
+fn publishers_into_one_mirror_at_once_lose_no_entry() {
+    let project = Project::new();
+    let mirror = project.path().join("shared-mirror");
+    let children: Vec<_> = (0..8)
+        .map(|n| {
+            let archive = project.write(&format!("a{n}.tar.gz"), format!("archive {n}"));
+            project
+                .command(&[
+                    "mirror",
+                    "add",
+                    "nats",
+                    &format!("2.{n}.0"),
+                    archive.to_str().unwrap(),
+                ])
+                .args(["--mirror", mirror.to_str().unwrap()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(mirror.join("index.json")).unwrap()).unwrap();
+    assert_eq!(
+        index["engines"]["nats"].as_object().unwrap().len(),
+        8,
+        "{index}"
+    );
 }
