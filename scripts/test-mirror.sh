@@ -47,6 +47,10 @@ if [[ ! -x "$KIP" ]]; then
   }
   echo "test-mirror: building kip (cargo build -p kip-cli)" >&2
   (cd "$(dirname "$0")/.." && CARGO_TARGET_DIR="$(dirname "$(dirname "$KIP")")" cargo build -q -p kip-cli >&2)
+  [[ -x "$KIP" ]] || {
+    echo "test-mirror: error: cargo built kip, but not at $KIP (set KIP=/path/to/kip)" >&2
+    exit 1
+  }
 fi
 
 mkdir -p "$cache"
