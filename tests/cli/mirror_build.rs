@@ -468,3 +468,55 @@ fn a_mirror_dir_with_a_hostile_name_works_as_any_other() {
         run.stdout
     );
 }
+
+#[test]
+fn apply_with_no_mirror_configured_runs_postgres_from_the_local_mirror() {
+    // The guard destroys what the project runs, also when an assertion fails.
+    let stack = crate::apply::Stack::new("postgres \"main\" {\n  version = \"16\"\n}\n");
+    let project = &stack.project;
+    // Put PostgreSQL 16 from the test mirror into the local mirror, as `kip mirror build postgres` would.
+    let test_mirror = crate::support::test_mirror();
+    let index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(test_mirror.join("index.json")).unwrap())
+            .unwrap();
+    let (version, platforms) = index["engines"]["postgres"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(version, _)| version.starts_with("16."))
+        .max_by_key(|(version, _)| {
+            version
+                .split('.')
+                .map(|p| p.parse::<u32>().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .unwrap();
+    let artifact = &platforms["x86_64-unknown-linux-gnu"];
+    let local = project.cache_dir().join("mirror");
+    let archive = test_mirror.join(artifact["url"].as_str().unwrap());
+    let run = project.kip(&[
+        "mirror",
+        "add",
+        "postgres",
+        version,
+        archive.to_str().unwrap(),
+        "--mirror",
+        local.to_str().unwrap(),
+    ]);
+    assert_eq!(run.code, 0, "{}", run.snapshot());
+
+    // No KIP_MIRROR: the local mirror it is.
+    let run = project.kip(&["apply", "--auto-approve"]);
+    assert_eq!(run.code, 0, "{}", run.snapshot());
+    let sha256 = artifact["sha256"].as_str().unwrap();
+    assert!(
+        project
+            .read("kip.lock")
+            .contains(&format!("sha256:{sha256}"))
+    );
+    let rows = stack.sql("postgres.main", "SHOW server_version");
+    let short = version.trim_end_matches(".0");
+    assert!(rows[0][0].starts_with(short), "{rows:?}");
+    let run = project.kip(&["plan", "--detailed-exitcode"]);
+    assert_eq!(run.code, 0, "{}", run.snapshot());
+}
