@@ -627,6 +627,7 @@ fn describe(command: &Command) -> String {
 /// Runs a command to its end; its stdout, or an error quoting the end of what it printed.
 fn run(command: &mut Command) -> Result<Vec<u8>, BuildError> {
     let text = describe(command);
+    tracing::debug!(command = %text, "running");
     let output = command
         .stdin(std::process::Stdio::null())
         .output()
