@@ -20,6 +20,7 @@ pub mod fsutil;
 pub mod graph;
 pub mod lock;
 pub mod mirror;
+pub mod mirror_build;
 pub mod plan;
 pub mod planner;
 pub mod project;

@@ -3,7 +3,8 @@
 //!
 //! The layout is `DIR/ENGINE/VERSION/PLATFORM/<archive>` with `DIR/index.json` beside it, urls relative to the
 //! index, so the directory can be served as is by any static file server (or used as a local path). The index
-//! is written atomically, so a reader never sees half an index.
+//! is written atomically, so a reader never sees half an index, and its read-modify-write holds a file lock
+//! (`DIR/.index.json.lock`), so two publishers into one mirror never lose each other's entries.
 
 use std::collections::BTreeMap;
 use std::io::Read as _;
@@ -131,6 +132,19 @@ pub fn write_index(dir: &Path, index: &MirrorIndex) -> Result<(), PublishError> 
     crate::fsutil::write_atomically(&path, text.as_bytes()).map_err(io("write", &path))
 }
 
+/// Holds the mirror's index lock until dropped; `dir` must exist.
+fn lock_index(dir: &Path) -> Result<std::fs::File, PublishError> {
+    let path = dir.join(format!(".{INDEX_FILE}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io("open", &path))?;
+    file.lock().map_err(io("lock", &path))?;
+    Ok(file)
+}
+
 fn check_name(what: &'static str, value: &str) -> Result<(), PublishError> {
     let why = if value.is_empty() {
         Some("it is empty")
@@ -178,6 +192,8 @@ pub fn add(
         });
     }
     let (sha256, size) = sha256_file(archive).map_err(io("read", archive))?;
+    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    let _lock = lock_index(dir)?;
     let mut index = read_index(dir)?;
     if let Some(existing) = index.artifact(engine, version, platform) {
         if existing.sha256 == sha256 {
@@ -220,6 +236,11 @@ pub fn add(
 
 /// Rebuilds `DIR/index.json` from the archives found at `DIR/ENGINE/VERSION/PLATFORM/*.tar.{gz,zst}`.
 pub fn rebuild_index(dir: &Path) -> Result<MirrorIndex, PublishError> {
+    let _lock = if dir.is_dir() {
+        Some(lock_index(dir)?)
+    } else {
+        None
+    };
     let mut index = MirrorIndex {
         format: MIRROR_FORMAT,
         engines: BTreeMap::new(),

@@ -3,7 +3,8 @@
 //! For each declared engine version spec, in this order:
 //! 1. `KIP_<ENGINE>_BINDIR` names a directory of binaries to use as they are (development).
 //! 2. A kip.lock pin whose archive is already in the cache: done, without any network or index I/O.
-//! 3. Otherwise the engine's mirror index (`KIP_<ENGINE>_MIRROR`, else `KIP_MIRROR`) says which full versions
+//! 3. Otherwise the engine's mirror index (`KIP_<ENGINE>_MIRROR`, else `KIP_MIRROR`, else the local mirror in the
+//!    cache dir that `kip mirror build` fills, when it lists the engine) says which full versions
 //!    exist: the pin's version, or the newest one matching the spec (`16` → newest 16.x, `16.14` → newest
 //!    16.14.x). The archive is downloaded, its sha256 checked against the pin (or the index for a new pin)
 //!    before anything is unpacked, unpacked into a temp dir and renamed into the content-addressed store, so a
@@ -23,11 +24,18 @@ use crate::archive::{self, ArchiveKind};
 use crate::fetch::{Expected, FetchError, Fetcher, Location, Progress, RetryPolicy};
 use crate::lock::{LockFile, Pin};
 
+/// The local mirror's directory under the cache dir: where `kip mirror build` publishes by default, and what
+/// resolution uses for an engine no configured mirror covers.
+pub const LOCAL_MIRROR: &str = "mirror";
+
 /// Where resolution looks, read once from the environment (or set by tests).
 #[derive(Debug, Clone, Default)]
 pub struct ResolveSettings {
     /// `KIP_MIRROR`: the default mirror (a URL or a local path; its root or its index.json).
     pub mirror: Option<String>,
+    /// The local mirror (`<cache>/mirror`), used for an engine that neither `KIP_<ENGINE>_MIRROR` nor `KIP_MIRROR`
+    /// covers, when its index lists that engine.
+    pub local_mirror: Option<PathBuf>,
     /// `KIP_<ENGINE>_MIRROR`, by engine name.
     pub engine_mirrors: BTreeMap<String, String>,
     /// `KIP_<ENGINE>_BINDIR`, by engine name.
@@ -39,16 +47,18 @@ pub struct ResolveSettings {
 }
 
 impl ResolveSettings {
-    /// Reads KIP_MIRROR, KIP_<ENGINE>_MIRROR and KIP_<ENGINE>_BINDIR for `engines`.
+    /// Reads KIP_MIRROR, KIP_<ENGINE>_MIRROR and KIP_<ENGINE>_BINDIR for `engines`; the store and the local
+    /// mirror are in `cache`.
     pub fn from_env<'a>(
         engines: impl IntoIterator<Item = &'a str>,
-        store: PathBuf,
+        cache: &Path,
     ) -> ResolveSettings {
         let var = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
         let mut settings = ResolveSettings {
             mirror: var("KIP_MIRROR"),
+            local_mirror: Some(cache.join(LOCAL_MIRROR)),
             platform: crate::mirror::host_platform(),
-            store,
+            store: cache.join("store"),
             ..ResolveSettings::default()
         };
         for engine in engines {
@@ -70,6 +80,52 @@ impl ResolveSettings {
             .get(engine)
             .or(self.mirror.as_ref())
             .map(String::as_str)
+    }
+
+    /// The local mirror's index, when there is one (`None` when there is no local mirror or no index in it).
+    fn local_index(&self) -> Result<Option<(PathBuf, MirrorIndex)>, ResolveError> {
+        let Some(dir) = &self.local_mirror else {
+            return Ok(None);
+        };
+        let path = dir.join(crate::mirror::INDEX_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(ResolveError::Io {
+                    action: "read",
+                    path,
+                    source,
+                });
+            }
+        };
+        let index = MirrorIndex::parse(&bytes).map_err(|source| ResolveError::Index {
+            location: path.display().to_string(),
+            source: source.into(),
+        })?;
+        Ok(Some((dir.clone(), index)))
+    }
+
+    /// The mirror to ask for `engine`: the configured one, else the local mirror when it lists the engine for
+    /// this platform.
+    fn mirror_or_local(&self, engine: &str) -> Result<Option<String>, ResolveError> {
+        if let Some(mirror) = self.mirror_for(engine) {
+            return Ok(Some(mirror.to_owned()));
+        }
+        Ok(self.local_index()?.and_then(|(dir, index)| {
+            index
+                .engines
+                .get(engine)
+                .is_some_and(|versions| versions.values().any(|p| p.contains_key(&self.platform)))
+                .then(|| dir.display().to_string())
+        }))
+    }
+
+    fn no_mirror(&self, engines: Vec<String>) -> ResolveError {
+        ResolveError::NoMirror {
+            engines,
+            local: self.local_mirror.clone(),
+        }
     }
 }
 
@@ -150,8 +206,22 @@ pub struct Toolchain {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
-    #[error("no mirror is configured for {engine}")]
-    NoMirror { engine: String },
+    #[error(
+        "no mirror is configured for {}{}",
+        and_list(engines),
+        match local {
+            Some(local) => format!(
+                ", and the local mirror ({}) does not have {}",
+                local.display(),
+                if engines.len() == 1 { "it" } else { "them" }
+            ),
+            None => String::new(),
+        }
+    )]
+    NoMirror {
+        engines: Vec<String>,
+        local: Option<PathBuf>,
+    },
     #[error("KIP_{}_BINDIR points at {}, which is not a directory", engine.to_uppercase(), path.display())]
     Bindir { engine: String, path: PathBuf },
     #[error("cannot read the mirror index at {location}")]
@@ -227,6 +297,14 @@ pub enum IndexError {
     Format(#[from] kip_registry::mirror::MirrorError),
 }
 
+fn and_list(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [one] => one.clone(),
+        [init @ .., last] => format!("{} and {last}", init.join(", ")),
+    }
+}
+
 fn list_or_none(items: &[String]) -> String {
     if items.is_empty() {
         "nothing".to_owned()
@@ -238,9 +316,11 @@ fn list_or_none(items: &[String]) -> String {
 impl ResolveError {
     pub fn hint(&self) -> Option<String> {
         match self {
-            ResolveError::NoMirror { engine } => Some(format!(
-                "set KIP_MIRROR (or KIP_{}_MIRROR) to a mirror URL or directory; see docs/mirror.md",
-                engine.to_uppercase()
+            ResolveError::NoMirror { engines, .. } => Some(format!(
+                "run `kip mirror build {}` to download {} with npm, pip or apt-get into the local mirror; or set \
+                 KIP_MIRROR to a mirror's URL or directory (see docs/mirror.md)",
+                engines.join(" "),
+                if engines.len() == 1 { "it" } else { "them" }
             )),
             ResolveError::NoMatchingVersion { .. } => {
                 Some("declare one of the versions the mirror has, or point KIP_MIRROR at a mirror that has it".into())
@@ -473,10 +553,8 @@ impl<'p> Resolver<'p> {
 
     /// The index of `engine`'s mirror, fetched once per run.
     async fn index(&mut self, engine: &str) -> Result<(Location, MirrorIndex), ResolveError> {
-        let Some(mirror) = self.settings.mirror_for(engine).map(str::to_owned) else {
-            return Err(ResolveError::NoMirror {
-                engine: engine.to_owned(),
-            });
+        let Some(mirror) = self.settings.mirror_or_local(engine)? else {
+            return Err(self.settings.no_mirror(vec![engine.to_owned()]));
         };
         if let Some(cached) = self.indexes.get(&mirror) {
             return Ok(cached.clone());
@@ -617,6 +695,37 @@ fn remove_leftovers(temp: &Path, sha256: &str) {
     }
 }
 
+/// Checks, before anything is written, that every request can be resolved from somewhere: a
+/// `KIP_<ENGINE>_BINDIR`, a pinned toolchain already in the store (kept under `policy`), a configured mirror, or
+/// the local mirror. One error names every engine that has none of these, so one `kip mirror build` gets them all.
+pub fn check_sources(
+    requests: &[Request],
+    lock: &LockFile,
+    policy: &Policy,
+    settings: &ResolveSettings,
+) -> Result<(), ResolveError> {
+    let mut missing: Vec<String> = Vec::new();
+    for request in requests {
+        let engine = request.engine.as_str();
+        if settings.bindirs.contains_key(engine) || missing.iter().any(|m| m == engine) {
+            continue;
+        }
+        let cached = lock
+            .pin(engine, &request.spec_text())
+            .filter(|_| policy.keeps_pin(engine))
+            .and_then(|pin| pin.hashes.get(&settings.platform))
+            .is_some_and(|hash| settings.store.join(format!("sha256-{hash}")).is_dir());
+        if !cached && settings.mirror_or_local(engine)?.is_none() {
+            missing.push(engine.to_owned());
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(settings.no_mirror(missing))
+    }
+}
+
 /// Does a full version match a spec? `16` matches every 16.x; `16.14` every 16.14.x; `16.14.2` only itself.
 pub fn matches_spec(version: &Version, spec: &Version) -> bool {
     version.major == spec.major
@@ -701,6 +810,96 @@ mod tests {
         assert!(!matches_spec(&v("17.0.0"), &v("16")));
         assert!(matches_spec(&v("16.14.2"), &v("16.14.2")));
         assert!(!matches_spec(&v("16.14.3"), &v("16.14.2")));
+    }
+
+    #[test]
+    fn sources_are_checked_before_anything_runs() {
+        let cache = tempfile::tempdir().unwrap();
+        let platform = "x86_64-unknown-linux-gnu";
+        let mut settings = ResolveSettings::from_env(std::iter::empty(), cache.path());
+        settings.platform = platform.to_owned();
+        let request = |engine: &str, spec: &str| Request {
+            engine: engine.to_owned(),
+            spec: Version::parse(spec).unwrap(),
+        };
+        let requests = vec![
+            request("alpha", "1"),
+            request("beta", "2"),
+            request("beta", "3"),
+            request("gamma", "4"),
+        ];
+        let mut lock = LockFile::default();
+        let missing =
+            |lock: &LockFile, policy: &Policy, settings: &ResolveSettings| match check_sources(
+                &requests, lock, policy, settings,
+            ) {
+                Ok(()) => Vec::new(),
+                Err(ResolveError::NoMirror { engines, .. }) => engines,
+                Err(other) => panic!("{other}"),
+            };
+        // Nothing anywhere: every engine, once, in order.
+        assert_eq!(
+            missing(&lock, &Policy::UseLock, &settings),
+            ["alpha", "beta", "gamma"]
+        );
+        let error = check_sources(&requests, &lock, &Policy::UseLock, &settings).unwrap_err();
+        assert!(
+            error.to_string().contains("alpha, beta and gamma"),
+            "{error}"
+        );
+        assert!(
+            error
+                .hint()
+                .unwrap()
+                .contains("`kip mirror build alpha beta gamma`")
+        );
+
+        // A pin whose toolchain is unpacked needs no mirror, unless an upgrade ignores the pin.
+        let hash = "ab".repeat(32);
+        std::fs::create_dir_all(settings.store.join(format!("sha256-{hash}"))).unwrap();
+        lock.pins.insert(
+            ("alpha".to_owned(), "1".to_owned()),
+            crate::lock::Pin {
+                version: "1.0.0".to_owned(),
+                hashes: [(platform.to_owned(), hash)].into_iter().collect(),
+            },
+        );
+        assert_eq!(
+            missing(&lock, &Policy::UseLock, &settings),
+            ["beta", "gamma"]
+        );
+        assert_eq!(
+            missing(&lock, &Policy::Upgrade(Vec::new()), &settings),
+            ["alpha", "beta", "gamma"]
+        );
+
+        // A BINDIR, a per-engine mirror, and the local mirror's index (for this platform only).
+        settings
+            .bindirs
+            .insert("gamma".to_owned(), cache.path().to_path_buf());
+        let local = cache.path().join(LOCAL_MIRROR);
+        std::fs::create_dir_all(&local).unwrap();
+        std::fs::write(
+            local.join("index.json"),
+            r#"{"format": 1, "engines": {"beta": {"2.0.0": {"x86_64-unknown-linux-gnu": {"url": "b.tar.gz", "sha256": "0000000000000000000000000000000000000000000000000000000000000000", "size": 1}}}, "alpha": {"1.0.0": {"aarch64-apple-darwin": {"url": "a.tar.gz", "sha256": "0000000000000000000000000000000000000000000000000000000000000000", "size": 1}}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            missing(&lock, &Policy::Upgrade(Vec::new()), &settings),
+            ["alpha"]
+        );
+        settings
+            .engine_mirrors
+            .insert("alpha".to_owned(), "https://mirror.invalid/".to_owned());
+        assert!(missing(&lock, &Policy::Upgrade(Vec::new()), &settings).is_empty());
+
+        // A broken local index is an error of its own, naming the file.
+        settings.engine_mirrors.clear();
+        std::fs::write(local.join("index.json"), "{").unwrap();
+        let error =
+            check_sources(&requests, &lock, &Policy::Upgrade(Vec::new()), &settings).unwrap_err();
+        assert!(matches!(error, ResolveError::Index { .. }), "{error}");
+        assert!(error.to_string().contains("index.json"), "{error}");
     }
 
     #[test]

@@ -74,7 +74,7 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
 
 fn resolve_settings(project: &kip_core::project::Project) -> kip_core::resolve::ResolveSettings {
     let engines = kip_schemas::engines().iter().map(|engine| engine.name);
-    kip_core::resolve::ResolveSettings::from_env(engines, project.cache.join("store"))
+    kip_core::resolve::ResolveSettings::from_env(engines, &project.cache)
 }
 
 /// Reads a saved plan and checks it still applies: same state (lineage and serial), same configuration.
@@ -133,6 +133,8 @@ fn saved_plan(
 pub fn apply(context: &Context, args: ApplyArgs) -> anyhow::Result<ExitStatus> {
     // No project, no state lock: nothing is written where there is no kip.hcl.
     let project = project(context)?;
+    // Engines that no mirror has stop the apply here, before the state lock creates .kip/.
+    super::lock::check_sources_for(context, &args.vars)?;
     let _lock = StateLock::acquire(&project.kip_dir, args.lock_timeout).map_err(state_error)?;
     let saved = args.plan_file.is_some();
     let (checked, mut plan, mut state) = match &args.plan_file {

@@ -44,7 +44,7 @@ fn settings() -> anyhow::Result<ResolveSettings> {
         ));
     };
     let engines = kip_schemas::engines().iter().map(|engine| engine.name);
-    Ok(ResolveSettings::from_env(engines, cache.join("store")))
+    Ok(ResolveSettings::from_env(engines, &cache))
 }
 
 fn resolve_error(error: resolve::ResolveError) -> anyhow::Error {
@@ -62,6 +62,37 @@ fn lock_error(error: kip_core::lock::LockError) -> anyhow::Error {
 }
 
 use super::project::runtime;
+
+/// Fails, before anything is written, when an engine the configuration declares can be resolved from nowhere
+/// (no mirror configured, and the local mirror lacks it): one message naming the `kip mirror build` that gets them.
+fn check_sources(
+    requests: &[resolve::Request],
+    lock: &LockFile,
+    policy: &Policy,
+    settings: &ResolveSettings,
+) -> anyhow::Result<()> {
+    resolve::check_sources(requests, lock, policy, settings).map_err(resolve_error)
+}
+
+/// [`check_sources`] for plan and apply: reads the configuration and kip.lock on its own. A configuration with
+/// errors, or no kip.lock to read, passes: the command itself reports those.
+pub(crate) fn check_sources_for(context: &Context, vars: &VarArgs) -> anyhow::Result<()> {
+    let Ok(checked) = load_and_check(context, vars) else {
+        return Ok(());
+    };
+    let Some(config) = checked.config.as_ref() else {
+        return Ok(());
+    };
+    let Ok(lock) = LockFile::read(&context.dir.join(LOCK_FILE)) else {
+        return Ok(());
+    };
+    check_sources(
+        &resolve::requests(config),
+        &lock,
+        &Policy::UseLock,
+        &settings()?,
+    )
+}
 
 /// What both commands start from: the declared specs, kip.lock (and its path), and where to resolve.
 type Prepared = (
@@ -126,6 +157,7 @@ pub fn run(context: &Context, args: Args) -> anyhow::Result<ExitStatus> {
             Policy::Upgrade(vec![engine])
         }
     };
+    check_sources(&requests, &lock, &policy, &settings)?;
     let before = lock.clone();
     let bar = Bar::for_stderr();
     let platform = settings.platform.clone();
@@ -200,6 +232,7 @@ pub fn run_resolve(context: &Context, args: ResolveArgs) -> anyhow::Result<ExitS
             ));
         }
     }
+    check_sources(&requests, &lock, &Policy::UseLock, &settings)?;
     let before = lock.clone();
     let bar = Bar::for_stderr();
     let mut resolver = Resolver::new(settings, &bar);

@@ -113,6 +113,7 @@ pub(crate) fn make_plan(
 }
 
 pub fn plan(context: &Context, args: PlanArgs) -> anyhow::Result<ExitStatus> {
+    super::lock::check_sources_for(context, &args.vars)?;
     let Some((checked, mut plan, _, _)) = make_plan(context, &args.vars, args.refresh)? else {
         return Ok(ExitStatus::Failure);
     };
