@@ -407,6 +407,16 @@ fn check_block_header(
                 ),
             });
         }
+        if let Some(reason) = schema.label_check.and_then(|check| check.check(label)) {
+            problems.push(Problem {
+                span: *span,
+                summary: summary::INVALID_VALUE,
+                detail: format!(
+                    "The {label_name} label of {} block is not a name the engine accepts: {reason}",
+                    a_block(schema.name, false)
+                ),
+            });
+        }
         if let Some(max) = schema.max_label_bytes
             && label.len() > max
         {

@@ -15,8 +15,10 @@ pub(super) fn schema() -> EngineSchema {
         doc: r#"Valkey, the in-memory key-value store (the open-source continuation of Redis), run from the upstream `valkey-server`.
 
 kip starts `valkey-server` under its supervisor with a generated config, listening on a unix socket under
-`.kip/` and, when `port` is set, on 127.0.0.1, then converges the declared ACL users. Keys are data:
-kip never reads or deletes them.
+`.kip/` and, when `port` is set, on 127.0.0.1, then converges the declared ACL users. The `default` user always
+has a password (`password`, or one kip generates and keeps in state), set before the first start, so no
+connection ever gets in without it. Settings Valkey can change at runtime are applied with `CONFIG SET`; the
+others restart the server, and the plan says which. Keys are data: kip never reads or deletes them.
 
 ```hcl
 valkey "cache" {
@@ -46,7 +48,8 @@ valkey "cache" {
             Arg::new(
                 "port",
                 T::Port,
-                "TCP port to listen on, on 127.0.0.1. When unset the server listens only on its unix socket.",
+                "TCP port to listen on, on 127.0.0.1. When unset the server listens only on its unix socket. \
+                 Changing it restarts the server.",
             ),
             Arg::new(
                 "maxmemory",
@@ -90,39 +93,48 @@ valkey "cache" {
                  an hour if one key changed, or after five minutes if a hundred did. `[]` disables snapshots. \
                  Valkey's own rules apply when unset.",
             ),
-            Arg::new("databases", T::Number, "Number of logical databases (`SELECT 0` … `SELECT n-1`).")
+            Arg::new(
+                "databases",
+                T::Number,
+                "Number of logical databases (`SELECT 0` … `SELECT n-1`). Changing it restarts the server.",
+            )
                 .with_default(16),
             Arg::new(
                 "password",
                 T::String,
-                "Password of the `default` user (`requirepass`). When unset, the default user needs no \
-                 password, which suits a server reachable only through its unix socket.",
+                "Password of the `default` user, the one `url` connects as and kip manages the server with. \
+                 When unset, kip generates one and keeps it in state: the default user never goes without a \
+                 password, from the first start on. Changed live.",
             )
             .sensitive(),
             Arg::new(
                 "io_threads",
                 T::Number,
                 "Threads for network I/O; `1` keeps everything on the main thread, which is right for \
-                 development.",
+                 development. Changing it restarts Valkey 8 (Valkey 9 changes it live).",
             )
             .with_default(1),
             settings_argument(
                 "Any other `valkey.conf` directive, by its Valkey name: \
-                 `{ notify-keyspace-events = \"Ex\", hz = 20 }`.",
+                 `{ notify-keyspace-events = \"Ex\", hz = 20 }`. Booleans are written `yes` / `no`. A directive \
+                 Valkey can change at runtime is applied with `CONFIG SET`; an immutable one (`unixsocketgroup`, \
+                 `tcp-backlog`, …), or one removed from the map, restarts the server. Directives kip sets itself \
+                 (`port`, `bind`, `unixsocket`, `dir`, `aclfile`, …) and those with an argument of their own are \
+                 refused.",
             ),
         ])
         .blocks(vec![user()])
         .exports(vec![
             Export::new(
                 "url",
-                "Connection URL: `unix://…` for the socket, or `redis://127.0.0.1:PORT` when `port` is set. \
-                 Embeds the password when there is one.",
+                "Connection URL as the `default` user: `unix:///…/valkey.sock?pass=…` for the socket, or \
+                 `redis://:…@127.0.0.1:PORT` when `port` is set. Embeds the password.",
             )
             .sensitive(),
             host_export(),
             Export::new("port", "The TCP port, when `port` is set."),
             Export::new("socket", "Path of the unix socket."),
-            Export::new("password", "The `default` user's password, when set.").sensitive(),
+            Export::new("password", "The `default` user's password, given or generated.").sensitive(),
         ]),
     }
 }
@@ -132,9 +144,11 @@ fn user() -> Block {
         "user",
         "name",
         "An ACL user (`ACL SETUSER`). Rules are replaced as a whole on every apply, so the config is the \
-         truth; users removed from the config are deleted. Declaring `user \"default\"` restricts the \
-         default user.",
+         truth; a user changed or deleted behind kip's back is planned and repaired; users removed from the \
+         config are deleted. The name cannot hold spaces or control characters (Valkey refuses them), and \
+         cannot be `default`: that user is the instance's own (its password is the block's `password`).",
     )
+    .label_check(user_name_problem)
     .arguments(vec![
         Arg::new("enabled", T::Bool, "Whether the user can authenticate (`on` / `off`).").with_default(true),
         Arg::new(
@@ -167,4 +181,18 @@ fn user() -> Block {
         Export::new("url", "Connection URL authenticating as this user. Embeds the password.").sensitive(),
         Export::new("password", "The user's password, given or generated.").sensitive(),
     ])
+}
+
+/// Why Valkey (or kip) would refuse `name` as an ACL user name.
+fn user_name_problem(name: &str) -> Option<String> {
+    if name == "default" {
+        return Some(
+            "`default` is the user kip manages the instance as; set the valkey block's `password` instead"
+                .to_owned(),
+        );
+    }
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Some("Valkey user names cannot contain spaces or control characters".to_owned());
+    }
+    None
 }
