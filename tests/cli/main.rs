@@ -17,3 +17,4 @@ mod resolve;
 mod schema;
 mod security;
 mod usage;
+mod valkey;

@@ -113,7 +113,8 @@ fn url(ctx: &InstanceCtx, args: &InstanceArgs, user: Option<&str>, password: &st
     match args.port {
         Some(port) => format!(
             "redis://{}:{}@127.0.0.1:{port}",
-            user.map(encode).unwrap_or_default(),
+            // `default` spelled out: redis-cli 7.0 does not read `redis://:password@…` as the default user.
+            encode(user.unwrap_or("default")),
             encode(password)
         ),
         None => {

@@ -128,7 +128,7 @@ valkey "cache" {
             Export::new(
                 "url",
                 "Connection URL as the `default` user: `unix:///…/valkey.sock?pass=…` for the socket, or \
-                 `redis://:…@127.0.0.1:PORT` when `port` is set. Embeds the password.",
+                 `redis://default:…@127.0.0.1:PORT` when `port` is set. Embeds the password.",
             )
             .sensitive(),
             host_export(),

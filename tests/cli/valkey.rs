@@ -1,0 +1,492 @@
+//! Valkey end to end through the real `kip` binary and real `valkey-server` builds from the test mirror, checked
+//! with the `redis` crate (and `redis-cli` where the machine has it): apply, `kip url`, live and restarting
+//! changes as the plan announces them, a setting Valkey refuses, awkward user names, drift, another local user
+//! polling during the first start, the engine's environment, and a destroy that leaves nothing.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::apply::Stack;
+
+/// A connection through a URL `kip url` printed.
+fn connect(url: &str) -> redis::Connection {
+    redis::Client::open(url)
+        .and_then(|client| client.get_connection_with_timeout(Duration::from_secs(5)))
+        .unwrap_or_else(|error| panic!("cannot connect to {url}: {error}"))
+}
+
+fn config_get(url: &str, name: &str) -> String {
+    let pair: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg(name)
+        .query(&mut connect(url))
+        .unwrap();
+    pair.get(1).cloned().unwrap_or_default()
+}
+
+/// The pid of a supervised process, from `kip ps --json`.
+fn pid_of(stack: &Stack, name: &str) -> u32 {
+    let ps = stack.ok(&["ps", "--json"]);
+    let processes: serde_json::Value = serde_json::from_str(&ps.stdout).unwrap();
+    processes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|process| process["name"] == name)
+        .and_then(|process| process["pid"].as_u64())
+        .unwrap_or_else(|| panic!("{name} is not running: {}", ps.stdout)) as u32
+}
+
+/// The account a process runs as.
+fn owner_of(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    std::fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            (fields.get(2) == Some(&uid.as_str())).then(|| fields[0].to_owned())
+        })
+        .unwrap_or(uid)
+}
+
+fn environment_of(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap_or_default()
+        .split(|byte| *byte == 0)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| String::from_utf8_lossy(entry).into_owned())
+        .collect()
+}
+
+/// A user name with quotes, dots, unicode, shell metacharacters and ACL's own prefixes (`>`, `~`, `&`, `#`): it
+/// round-trips (Valkey refuses only spaces and NUL).
+const AWKWARD: &str = r#">o'd"d.ü$(x)~&#;"#;
+
+fn config(version: &str, maxmemory: &str, databases: u32, extra: &str) -> String {
+    let awkward = AWKWARD.replace('\\', "\\\\").replace('"', "\\\"");
+    format!(
+        r#"valkey "cache" {{
+  version    = "{version}"
+  maxmemory  = "{maxmemory}"
+  databases  = {databases}
+  appendonly = true
+{extra}
+  user "app" {{
+    commands = ["+@all", "-flushall"]
+    keys     = ["app:*"]
+  }}
+  user "{awkward}" {{
+    commands = ["+ping", "+get"]
+    keys     = ["*"]
+  }}
+}}
+"#
+    )
+}
+
+fn end_to_end(version: &str) {
+    let stack = Stack::new(&config(version, "64mb", 16, ""));
+    stack.ok(&["apply", "--auto-approve"]);
+
+    // `kip url` works with the redis crate, and the data is there through it.
+    let url = stack.url("valkey.cache");
+    assert!(url.starts_with("unix://"), "{url}");
+    let mut connection = connect(&url);
+    redis::cmd("SET")
+        .arg("app:greeting")
+        .arg("hello")
+        .query::<()>(&mut connection)
+        .unwrap();
+    let got: String = redis::cmd("GET")
+        .arg("app:greeting")
+        .query(&mut connection)
+        .unwrap();
+    assert_eq!(got, "hello");
+    // The awkward user logs in with its own URL and may do what its rules say, and no more.
+    let awkward_address = format!(
+        "valkey.cache.user[{}]",
+        serde_json::to_string(AWKWARD).unwrap()
+    );
+    let mut awkward = connect(&stack.url(&awkward_address));
+    let pong: String = redis::cmd("PING").query(&mut awkward).unwrap();
+    assert_eq!(pong, "PONG");
+    let refused = redis::cmd("SET")
+        .arg("x")
+        .arg("y")
+        .query::<()>(&mut awkward)
+        .unwrap_err();
+    assert_eq!(refused.code(), Some("NOPERM"), "{refused}");
+    // Without a password, nothing.
+    // (The temp project's path needs no percent-decoding.)
+    let socket_path = url
+        .strip_prefix("unix://")
+        .and_then(|rest| rest.split('?').next())
+        .unwrap()
+        .to_owned();
+    let mut anonymous = connect(&format!("unix://{socket_path}"));
+    let denied = redis::cmd("PING")
+        .query::<String>(&mut anonymous)
+        .unwrap_err();
+    assert_eq!(denied.code(), Some("NOAUTH"), "{denied}");
+
+    assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
+    let pid = pid_of(&stack, "valkey.cache");
+    // As kip's unprivileged account, never as root.
+    assert_ne!(owner_of(pid), "root");
+
+    // maxmemory: in place, live, the same process.
+    stack
+        .project
+        .write("kip.hcl", config(version, "128mb", 16, ""));
+    let plan = stack.kip(&["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 2, "{}", plan.snapshot());
+    assert!(
+        plan.stdout.contains("# applied live, without a restart")
+            && plan.stdout.contains("maxmemory = \"64mb\" -> \"128mb\"")
+            && !plan.stdout.contains("restarts the instance")
+            && !plan.stdout.contains("forces a restart"),
+        "{}",
+        plan.stdout
+    );
+    stack.ok(&["apply", "--auto-approve"]);
+    assert_eq!(
+        pid_of(&stack, "valkey.cache"),
+        pid,
+        "maxmemory restarted Valkey"
+    );
+    assert_eq!(config_get(&url, "maxmemory"), (128u64 << 20).to_string());
+
+    // databases: Valkey cannot change it live; the plan says it restarts, and it does.
+    stack
+        .project
+        .write("kip.hcl", config(version, "128mb", 32, ""));
+    let plan = stack.kip(&["plan"]);
+    assert!(
+        plan.stdout.contains("# restarts the instance")
+            && plan
+                .stdout
+                .contains("databases = 16 -> 32  # forces a restart"),
+        "{}",
+        plan.stdout
+    );
+    stack.ok(&["apply", "--auto-approve"]);
+    let restarted = pid_of(&stack, "valkey.cache");
+    assert_ne!(restarted, pid, "databases did not restart Valkey");
+    assert_eq!(config_get(&url, "databases"), "32");
+    // The users and the data came through the restart.
+    let got: String = redis::cmd("GET")
+        .arg("app:greeting")
+        .query(&mut connect(&url))
+        .unwrap();
+    assert_eq!(got, "hello");
+    assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
+
+    // A setting Valkey refuses: the error quotes Valkey, and the server keeps running as it was.
+    stack.project.write(
+        "kip.hcl",
+        config(version, "128mb", 32, "  settings   = { hz = \"lots\" }\n"),
+    );
+    let refused = stack.kip(&["apply", "--auto-approve"]);
+    assert_eq!(refused.code, 1, "{}", refused.snapshot());
+    assert!(
+        refused
+            .stderr
+            .contains("Valkey refused `CONFIG SET hz \"lots\"`")
+            && refused
+                .stderr
+                .contains("argument couldn't be parsed into an integer"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(pid_of(&stack, "valkey.cache"), restarted);
+    stack.project.write(
+        "kip.hcl",
+        config(version, "128mb", 32, "  settings   = { hz = 20 }\n"),
+    );
+    stack.ok(&["apply", "--auto-approve"]);
+    assert_eq!(config_get(&url, "hz"), "20");
+    assert_eq!(pid_of(&stack, "valkey.cache"), restarted);
+
+    // Drift made with Valkey's own client: a user deleted, another one changed; planned, then repaired.
+    let mut admin = connect(&url);
+    redis::cmd("ACL")
+        .arg("DELUSER")
+        .arg(AWKWARD)
+        .query::<i64>(&mut admin)
+        .unwrap();
+    redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("app")
+        .arg("+flushall")
+        .arg(">stolen")
+        .query::<()>(&mut admin)
+        .unwrap();
+    let plan = stack.kip(&["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 2, "{}", plan.snapshot());
+    assert!(
+        plan.stdout.contains(&format!("+ {awkward_address} (user)"))
+            && plan.stdout.contains("~ valkey.cache.user.app (user)")
+            && plan.stdout.contains("password_works = false -> true"),
+        "{}",
+        plan.stdout
+    );
+    stack.ok(&["apply", "--auto-approve"]);
+    assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
+    let pong: String = redis::cmd("PING")
+        .query(&mut connect(&stack.url(&awkward_address)))
+        .unwrap();
+    assert_eq!(pong, "PONG");
+
+    // A user removed from the configuration is deleted.
+    let without_app = config(version, "128mb", 32, "  settings   = { hz = 20 }\n").replace(
+        "  user \"app\" {\n    commands = [\"+@all\", \"-flushall\"]\n    keys     = [\"app:*\"]\n  }\n",
+        "",
+    );
+    stack.project.write("kip.hcl", without_app);
+    stack.ok(&["apply", "--auto-approve"]);
+    let users: Vec<String> = redis::cmd("ACL")
+        .arg("USERS")
+        .query(&mut connect(&url))
+        .unwrap();
+    assert!(!users.contains(&"app".to_owned()), "{users:?}");
+
+    // Destroy leaves no process, no directory, no socket.
+    stack.ok(&["destroy", "--auto-approve"]);
+    assert!(!std::path::Path::new(&format!("/proc/{restarted}")).exists());
+    assert!(!PathBuf::from(&socket_path).exists());
+    assert!(
+        !stack.project.path().join(".kip/run/valkey.cache").exists(),
+        "the instance's directory is left"
+    );
+}
+
+#[test]
+fn valkey_8_end_to_end() {
+    end_to_end("8");
+}
+
+#[test]
+fn valkey_9_end_to_end() {
+    end_to_end("9");
+}
+
+#[test]
+fn a_user_name_valkey_would_refuse_is_a_lint_error_with_its_span() {
+    let stack = Stack::new(
+        "valkey \"cache\" {\n  version = \"9\"\n  user \"has space\" {}\n  user \"default\" {}\n}\n",
+    );
+    let run = stack.kip(&["lint"]);
+    assert_eq!(run.code, 1, "{}", run.snapshot());
+    assert!(
+        run.stderr.contains("kip.hcl:3:8")
+            && run.stderr.contains("cannot contain spaces")
+            && run.stderr.contains("kip.hcl:4:8")
+            && run.stderr.contains("`default` is the user kip manages"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_tcp_port_is_served_on_loopback_with_the_password() {
+    let port = free_port();
+    let stack = Stack::new(&format!(
+        "valkey \"cache\" {{\n  version = \"8\"\n  port    = {port}\n}}\n"
+    ));
+    stack.ok(&["apply", "--auto-approve"]);
+    let url = stack.url("valkey.cache");
+    assert!(
+        url.starts_with("redis://default:") && url.ends_with(&format!("@127.0.0.1:{port}")),
+        "{url}"
+    );
+    let pong: String = redis::cmd("PING").query(&mut connect(&url)).unwrap();
+    assert_eq!(pong, "PONG");
+    assert_eq!(config_get(&url, "bind"), "127.0.0.1");
+    if let Ok(output) = std::process::Command::new("redis-cli")
+        .args(["-u", &url, "--no-auth-warning", "PING"])
+        .output()
+    {
+        assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "PONG");
+    }
+}
+
+#[test]
+fn a_secret_in_the_callers_environment_never_reaches_valkey() {
+    let stack = Stack::new("valkey \"cache\" {\n  version = \"9\"\n}\n");
+    let mut apply = stack.command(&["apply", "--auto-approve"]);
+    apply.env("CLOUD_SECRET_TOKEN", "s3cr3t-t0k3n");
+    let run = stack.project.run_with(apply);
+    assert_eq!(run.code, 0, "{}", run.snapshot());
+    let environment = environment_of(pid_of(&stack, "valkey.cache"));
+    assert!(
+        !environment.is_empty(),
+        "the server's environment is readable"
+    );
+    assert!(
+        !environment
+            .iter()
+            .any(|entry| entry.contains("s3cr3t-t0k3n")),
+        "the server got the caller's secret: {environment:?}"
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Another local account (`nobody`) sending `PING` without credentials, in a tight loop, over the instance's TCP
+/// port and its unix socket with `redis-cli`; stops when `stop` appears. Its output says what it got.
+struct Poller {
+    child: std::process::Child,
+    stop: PathBuf,
+    output: PathBuf,
+}
+
+impl Poller {
+    fn start(dir: &std::path::Path, port: u16, socket: &std::path::Path) -> Poller {
+        let stop = dir.join("stop");
+        let output = dir.join("poller.out");
+        let script = format!(
+            "while [ ! -e '{stop}' ]; do \
+               redis-cli -h 127.0.0.1 -p {port} PING 2>&1 | grep -q PONG && echo GOT-IN-OVER-TCP >>'{output}'; \
+               redis-cli -h 127.0.0.1 -p {port} PING >>'{output}' 2>&1; \
+               redis-cli -s '{socket}' PING 2>&1 | grep -q PONG && echo GOT-IN-OVER-THE-SOCKET >>'{output}'; \
+               redis-cli -s '{socket}' PING >>'{output}' 2>&1; \
+             done",
+            stop = stop.display(),
+            output = output.display(),
+            socket = socket.display(),
+        );
+        std::fs::write(&output, "").unwrap();
+        std::fs::set_permissions(&output, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+            .unwrap();
+        let child = std::process::Command::new("setpriv")
+            .args([
+                "--reuid=nobody",
+                "--regid=nogroup",
+                "--clear-groups",
+                "sh",
+                "-c",
+                &script,
+            ])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", "/nonexistent")
+            .spawn()
+            .expect("setpriv runs the poller as nobody");
+        Poller {
+            child,
+            stop,
+            output,
+        }
+    }
+
+    fn finish(mut self) -> String {
+        std::fs::write(&self.stop, "").unwrap();
+        let _ = self.child.wait();
+        std::fs::read_to_string(&self.output).unwrap()
+    }
+}
+
+impl Drop for Poller {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.stop, "");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls through a first start, and through first starts whose kip is SIGKILLed at each moment (provisioning,
+/// starting, the socket appearing): never a command runs without the password.
+#[test]
+fn another_local_user_polling_the_socket_and_port_never_gets_in() {
+    use std::io::BufRead as _;
+    if std::process::Command::new("redis-cli")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("redis-cli is not installed: the poller needs it");
+        return;
+    }
+    let port = free_port();
+    let stack = Stack::new(&format!(
+        "valkey \"cache\" {{\n  version = \"8\"\n  port    = {port}\n}}\n"
+    ));
+    let watch = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        watch.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let socket = stack
+        .project
+        .path()
+        .join(".kip/run/valkey.cache/run/valkey.sock");
+    let poller = Poller::start(watch.path(), port, &socket);
+    std::thread::sleep(Duration::from_millis(300));
+    for moment in ["valkey.cache: provisioning", "valkey.cache: starting"] {
+        let mut apply = stack.command(&["apply", "--auto-approve"]);
+        apply
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null());
+        let mut child = apply.spawn().unwrap();
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        for line in stderr.lines() {
+            if line.unwrap().contains(moment) {
+                child.kill().unwrap();
+                break;
+            }
+        }
+        let _ = child.wait();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The moment the socket appears.
+    stack.ok(&["destroy", "--auto-approve"]);
+    let mut apply = stack.command(&["apply", "--auto-approve"]);
+    apply
+        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    let mut child = apply.spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !socket.exists() && std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    stack.ok(&["apply", "--auto-approve"]);
+    assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
+    std::thread::sleep(Duration::from_millis(300));
+    let seen = poller.finish();
+    assert!(!seen.contains("GOT-IN"), "another user got in:\n{seen}");
+    assert!(
+        seen.contains("NOAUTH"),
+        "the poller never reached the server over TCP to be refused:\n{seen}"
+    );
+    // The socket's directory is the engine account's alone: the poller cannot even reach the socket.
+    let mode = std::fs::metadata(socket.parent().unwrap())
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o700
+    );
+    let pong: String = redis::cmd("PING")
+        .query(&mut connect(&stack.url("valkey.cache")))
+        .unwrap();
+    assert_eq!(pong, "PONG");
+}
