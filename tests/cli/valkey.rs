@@ -490,3 +490,88 @@ fn another_local_user_polling_the_socket_and_port_never_gets_in() {
         .unwrap();
     assert_eq!(pong, "PONG");
 }
+
+/// The declared password of `default` changes live (same process), the old one stops working, and a restart
+/// keeps the new one (it is saved to the ACL file).
+#[test]
+fn a_new_password_is_applied_live_and_survives_a_restart() {
+    let config = |password: &str, databases: u32| {
+        format!(
+            "valkey \"cache\" {{\n  version   = \"9\"\n  password  = \"{password}\"\n  databases = {databases}\n}}\n"
+        )
+    };
+    let stack = Stack::new(&config("first pass/word", 16));
+    stack.ok(&["apply", "--auto-approve"]);
+    let old_url = stack.url("valkey.cache");
+    assert!(old_url.ends_with("pass=first%20pass%2Fword"), "{old_url}");
+    let pid = pid_of(&stack, "valkey.cache");
+
+    stack.project.write("kip.hcl", config("second", 16));
+    let plan = stack.kip(&["plan"]);
+    assert!(
+        plan.stdout.contains("# applied live, without a restart")
+            && plan
+                .stdout
+                .contains("password = (sensitive) -> (sensitive)"),
+        "{}",
+        plan.stdout
+    );
+    stack.ok(&["apply", "--auto-approve"]);
+    assert_eq!(pid_of(&stack, "valkey.cache"), pid);
+    let new_url = stack.url("valkey.cache");
+    let pong: String = redis::cmd("PING").query(&mut connect(&new_url)).unwrap();
+    assert_eq!(pong, "PONG");
+    let Err(refused) = redis::Client::open(old_url.as_str())
+        .unwrap()
+        .get_connection()
+    else {
+        panic!("the old password still works");
+    };
+    assert!(
+        refused.kind() == redis::ErrorKind::AuthenticationFailed,
+        "{refused}"
+    );
+
+    stack.project.write("kip.hcl", config("second", 8));
+    stack.ok(&["apply", "--auto-approve"]);
+    assert_ne!(pid_of(&stack, "valkey.cache"), pid);
+    assert_eq!(config_get(&new_url, "databases"), "8");
+    assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
+}
+
+/// A value Valkey refuses in the config file, at the first start: the error quotes Valkey's own words from its
+/// log. A directive kip sets itself is refused before anything runs.
+#[test]
+fn settings_valkey_or_kip_refuse_are_errors_that_say_why() {
+    let stack =
+        Stack::new("valkey \"cache\" {\n  version  = \"8\"\n  settings = { hz = \"lots\" }\n}\n");
+    let run = stack.kip(&["apply", "--auto-approve"]);
+    assert_eq!(run.code, 1, "{}", run.snapshot());
+    assert!(
+        run.stderr.contains("FATAL CONFIG FILE ERROR")
+            && run
+                .stderr
+                .contains("argument couldn't be parsed into an integer"),
+        "{}",
+        run.stderr
+    );
+    stack.project.write(
+        "kip.hcl",
+        "valkey \"cache\" {\n  version  = \"8\"\n  settings = { unixsocket = \"/tmp/elsewhere.sock\" }\n}\n",
+    );
+    let run = stack.kip(&["apply", "--auto-approve"]);
+    assert_eq!(run.code, 1, "{}", run.snapshot());
+    assert!(
+        run.stderr
+            .contains("setting `unixsocket`: kip sets it itself"),
+        "{}",
+        run.stderr
+    );
+    assert!(!std::path::Path::new("/tmp/elsewhere.sock").exists());
+    stack.project.write(
+        "kip.hcl",
+        "valkey \"cache\" {\n  version  = \"8\"\n  settings = { hz = 50 }\n}\n",
+    );
+    stack.ok(&["apply", "--auto-approve"]);
+    assert_eq!(config_get(&stack.url("valkey.cache"), "hz"), "50");
+}
