@@ -575,3 +575,36 @@ fn settings_valkey_or_kip_refuse_are_errors_that_say_why() {
     stack.ok(&["apply", "--auto-approve"]);
     assert_eq!(config_get(&stack.url("valkey.cache"), "hz"), "50");
 }
+
+/// A lost state never opens the server: kip does not know the password any more, says how to recover, and the
+/// server still refuses a connection without it.
+#[test]
+fn a_lost_state_never_opens_access_and_says_how_to_recover() {
+    let stack = Stack::new("valkey \"cache\" {\n  version = \"9\"\n}\n");
+    stack.ok(&["apply", "--auto-approve"]);
+    let url = stack.url("valkey.cache");
+    stack.ok(&["down"]);
+    std::fs::remove_file(stack.project.path().join(".kip/state.json")).unwrap();
+    let _ = std::fs::remove_file(stack.project.path().join(".kip/state.json.backup"));
+    let run = stack.kip(&["apply", "--auto-approve"]);
+    assert_eq!(run.code, 1, "{}", run.snapshot());
+    assert!(
+        run.stderr.contains("password in kip's state does not work"),
+        "{}",
+        run.stderr
+    );
+    let socket_path = url
+        .strip_prefix("unix://")
+        .and_then(|rest| rest.split('?').next())
+        .unwrap()
+        .to_owned();
+    if std::path::Path::new(&socket_path).exists() {
+        let denied = redis::cmd("PING")
+            .query::<String>(&mut connect(&format!("unix://{socket_path}")))
+            .unwrap_err();
+        assert_eq!(denied.code(), Some("NOAUTH"), "{denied}");
+    }
+    // The old URL (the password kip had) still works: nothing was reset.
+    let pong: String = redis::cmd("PING").query(&mut connect(&url)).unwrap();
+    assert_eq!(pong, "PONG");
+}
