@@ -30,6 +30,32 @@ pub struct ArgumentSchema {
     /// Described, but kip cannot honour it yet: lint refuses it with this reason, so it is never silently
     /// ignored.
     pub not_yet: Option<&'static str>,
+    /// Values of the right type the engine would still reject (a Valkey setting kip writes itself, a `save` rule
+    /// that is not two numbers): answers why, for a lint error with the value's span. Unknown values (known only
+    /// at apply) are not checked.
+    pub value_check: Option<ValueCheck>,
+}
+
+/// A check of an argument's value beyond its type: `Some(why)` when the engine would reject it.
+#[derive(Clone, Copy)]
+pub struct ValueCheck(pub fn(&crate::validate::Shape) -> Option<String>);
+
+impl ValueCheck {
+    pub fn check(&self, value: &crate::validate::Shape) -> Option<String> {
+        (self.0)(value)
+    }
+}
+
+impl PartialEq for ValueCheck {
+    fn eq(&self, other: &ValueCheck) -> bool {
+        std::ptr::fn_addr_eq(self.0, other.0)
+    }
+}
+
+impl std::fmt::Debug for ValueCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ValueCheck")
+    }
 }
 
 impl ArgumentSchema {
@@ -46,7 +72,17 @@ impl ArgumentSchema {
             forces_replacement: false,
             refers_to: None,
             not_yet: None,
+            value_check: None,
         }
+    }
+
+    /// Refuses values the engine would reject; see [`ArgumentSchema::value_check`].
+    pub fn value_check(
+        mut self,
+        check: fn(&crate::validate::Shape) -> Option<String>,
+    ) -> ArgumentSchema {
+        self.value_check = Some(ValueCheck(check));
+        self
     }
 
     pub fn required(mut self) -> ArgumentSchema {

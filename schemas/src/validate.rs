@@ -331,6 +331,15 @@ fn check_attribute(
             summary,
             detail,
         });
+    } else if let Some(reason) = argument
+        .value_check
+        .and_then(|check| check.check(&attribute.shape))
+    {
+        problems.push(Problem {
+            span: attribute.value_span,
+            summary: summary::INVALID_VALUE,
+            detail: format!("\"{}\": {reason}", argument.name),
+        });
     }
 }
 

@@ -278,20 +278,39 @@ fn valkey_9_end_to_end() {
 }
 
 #[test]
-fn a_user_name_valkey_would_refuse_is_a_lint_error_with_its_span() {
-    let stack = Stack::new(
-        "valkey \"cache\" {\n  version = \"9\"\n  user \"has space\" {}\n  user \"default\" {}\n}\n",
-    );
+fn names_and_values_valkey_would_refuse_are_lint_errors_with_their_spans() {
+    let stack = Stack::new(concat!(
+        "valkey \"cache\" {\n",
+        "  version  = \"9\"\n",
+        "  save     = [\"soon\"]\n",
+        "  settings = { \"hz\\nport\" = 1 }\n",
+        "  user \"has space\" {}\n",
+        "  user \"default\" {}\n",
+        "  user \"app\" {\n",
+        "    keys = [\"a b\"]\n",
+        "  }\n",
+        "}\n",
+    ));
     let run = stack.kip(&["lint"]);
     assert_eq!(run.code, 1, "{}", run.snapshot());
-    assert!(
-        run.stderr.contains("kip.hcl:3:8")
-            && run.stderr.contains("cannot contain spaces")
-            && run.stderr.contains("kip.hcl:4:8")
-            && run.stderr.contains("`default` is the user kip manages"),
-        "{}",
-        run.stderr
-    );
+    for expected in [
+        "kip.hcl:3:14",
+        "\"soon\" is not a rule of the form",
+        "kip.hcl:4:14",
+        "is not a Valkey directive name",
+        "kip.hcl:5:8",
+        "cannot contain spaces",
+        "kip.hcl:6:8",
+        "`default` is the user kip manages",
+        "kip.hcl:8:12",
+        "\"a b\" is empty or holds a space",
+    ] {
+        assert!(run.stderr.contains(expected), "{expected}\n{}", run.stderr);
+    }
+    // Nothing ran.
+    let plan = stack.kip(&["apply", "--auto-approve"]);
+    assert_eq!(plan.code, 1, "{}", plan.snapshot());
+    assert!(!stack.project.path().join(".kip/state.json").exists());
 }
 
 #[test]
@@ -562,8 +581,7 @@ fn settings_valkey_or_kip_refuse_are_errors_that_say_why() {
     let run = stack.kip(&["apply", "--auto-approve"]);
     assert_eq!(run.code, 1, "{}", run.snapshot());
     assert!(
-        run.stderr
-            .contains("setting `unixsocket`: kip sets it itself"),
+        run.stderr.contains("kip.hcl:3:14") && run.stderr.contains("kip sets `unixsocket` itself"),
         "{}",
         run.stderr
     );

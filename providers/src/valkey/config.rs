@@ -70,49 +70,9 @@ const IMMUTABLE: &[&str] = &[
     "unixsocketperm",
 ];
 
-/// Directives kip writes itself, or that have an argument of their own: refused in `settings`.
-const RESERVED: &[(&str, &str)] = &[
-    ("port", "use the `port` argument"),
-    ("bind", "kip binds 127.0.0.1 only"),
-    (
-        "unixsocket",
-        "kip puts the socket in the instance's private run directory",
-    ),
-    ("unixsocketperm", "kip keeps the socket private"),
-    ("dir", "kip owns the data directory"),
-    ("aclfile", "kip keeps the users in the instance's ACL file"),
-    ("requirepass", "use the `password` argument"),
-    ("masterauth", "kip runs no replicas"),
-    ("user", "declare a `user` block"),
-    ("daemonize", "the supervisor runs Valkey in the foreground"),
-    ("supervised", "the supervisor runs Valkey"),
-    ("logfile", "the supervisor keeps Valkey's log"),
-    ("pidfile", "the supervisor tracks the process"),
-    ("include", "kip writes the whole configuration"),
-    ("protected-mode", "kip keeps protected mode on"),
-    (
-        "enable-protected-configs",
-        "kip keeps protected configs off",
-    ),
-    ("enable-debug-command", "kip keeps the DEBUG command off"),
-    ("enable-module-command", "kip keeps the MODULE command off"),
-    ("loadmodule", "modules are not supported"),
-    ("maxmemory", "use the `maxmemory` argument"),
-    ("maxmemory-policy", "use the `maxmemory_policy` argument"),
-    ("appendonly", "use the `appendonly` argument"),
-    ("appendfsync", "use the `appendfsync` argument"),
-    ("save", "use the `save` argument"),
-    ("databases", "use the `databases` argument"),
-    ("io-threads", "use the `io_threads` argument"),
-];
-
-/// Why kip refuses `name` in `settings`, if it does.
+/// Why kip refuses `name` in `settings`, if it does (the schema's list, which lint checks first).
 pub fn reserved(name: &str) -> Option<&'static str> {
-    let name = name.to_ascii_lowercase();
-    RESERVED
-        .iter()
-        .find(|(reserved, _)| *reserved == name)
-        .map(|(_, why)| *why)
+    kip_schemas::valkey_reserved_setting(name)
 }
 
 /// Whether Valkey can change `name` at runtime (`CONFIG SET`).

@@ -8,6 +8,7 @@ use crate::schema::{
     ArgumentSchema as Arg, BlockSchema as Block, EngineSchema, ExportSchema as Export,
 };
 use crate::types::ValueType as T;
+use crate::validate::Shape;
 
 pub(super) fn schema() -> EngineSchema {
     EngineSchema {
@@ -92,7 +93,8 @@ valkey "cache" {
                 "RDB snapshot rules, each `\"<seconds> <changes>\"`: `[\"3600 1\", \"300 100\"]` snapshots after \
                  an hour if one key changed, or after five minutes if a hundred did. `[]` disables snapshots. \
                  Valkey's own rules apply when unset.",
-            ),
+            )
+            .value_check(save_problem),
             Arg::new(
                 "databases",
                 T::Number,
@@ -121,7 +123,8 @@ valkey "cache" {
                  `tcp-backlog`, …), or one removed from the map, restarts the server. Directives kip sets itself \
                  (`port`, `bind`, `unixsocket`, `dir`, `aclfile`, …) and those with an argument of their own are \
                  refused.",
-            ),
+            )
+            .value_check(settings_problem),
         ])
         .blocks(vec![user()])
         .exports(vec![
@@ -162,19 +165,22 @@ fn user() -> Block {
             T::list(T::String),
             "Command rules in ACL syntax, applied in order: `[\"+@all\", \"-flushall\"]`, \
              `[\"+@read\", \"+ping\"]`. A user without rules can run no command.",
-        ),
+        )
+        .value_check(acl_words_problem),
         Arg::new(
             "keys",
             T::list(T::String),
             "Key patterns the user may access, without the ACL `~` prefix: `[\"app:*\"]`; `[\"*\"]` for all \
              keys. No keys when unset.",
-        ),
+        )
+        .value_check(acl_words_problem),
         Arg::new(
             "channels",
             T::list(T::String),
             "Pub/Sub channel patterns the user may use, without the ACL `&` prefix: `[\"events.*\"]`. \
              No channels when unset.",
-        ),
+        )
+        .value_check(acl_words_problem),
     ])
     .exports(vec![
         Export::new("name", "The user name."),
@@ -195,4 +201,107 @@ fn user_name_problem(name: &str) -> Option<String> {
         return Some("Valkey user names cannot contain spaces or control characters".to_owned());
     }
     None
+}
+
+/// Directives kip writes itself, or that have an argument of their own: refused in `settings`.
+const RESERVED: &[(&str, &str)] = &[
+    ("port", "use the `port` argument"),
+    ("bind", "kip binds 127.0.0.1 only"),
+    (
+        "unixsocket",
+        "kip puts the socket in the instance's private run directory",
+    ),
+    ("unixsocketperm", "kip keeps the socket private"),
+    ("dir", "kip owns the data directory"),
+    ("aclfile", "kip keeps the users in the instance's ACL file"),
+    ("requirepass", "use the `password` argument"),
+    ("masterauth", "kip runs no replicas"),
+    ("user", "declare a `user` block"),
+    ("daemonize", "the supervisor runs Valkey in the foreground"),
+    ("supervised", "the supervisor runs Valkey"),
+    ("logfile", "the supervisor keeps Valkey's log"),
+    ("pidfile", "the supervisor tracks the process"),
+    ("include", "kip writes the whole configuration"),
+    ("protected-mode", "kip keeps protected mode on"),
+    (
+        "enable-protected-configs",
+        "kip keeps protected configs off",
+    ),
+    ("enable-debug-command", "kip keeps the DEBUG command off"),
+    ("enable-module-command", "kip keeps the MODULE command off"),
+    ("loadmodule", "modules are not supported"),
+    ("maxmemory", "use the `maxmemory` argument"),
+    ("maxmemory-policy", "use the `maxmemory_policy` argument"),
+    ("appendonly", "use the `appendonly` argument"),
+    ("appendfsync", "use the `appendfsync` argument"),
+    ("save", "use the `save` argument"),
+    ("databases", "use the `databases` argument"),
+    ("io-threads", "use the `io_threads` argument"),
+];
+
+/// Why kip refuses `name` in `settings`, if it does: a directive kip writes itself, or one with an argument of
+/// its own.
+pub fn reserved_setting(name: &str) -> Option<&'static str> {
+    let name = name.to_ascii_lowercase();
+    RESERVED
+        .iter()
+        .find(|(reserved, _)| *reserved == name)
+        .map(|(_, why)| *why)
+}
+
+/// `settings`: no directive kip writes itself, names Valkey could read (no line breaks into the config file).
+fn settings_problem(value: &Shape) -> Option<String> {
+    let Shape::Object(entries) = value else {
+        return None;
+    };
+    entries.iter().find_map(|(name, _)| {
+        if let Some(why) = reserved_setting(name) {
+            Some(format!("kip sets `{name}` itself: {why}"))
+        } else if name.is_empty()
+            || !name
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
+        {
+            Some(format!(
+                "{name:?} is not a Valkey directive name (letters, digits, `-`, `_`)"
+            ))
+        } else {
+            None
+        }
+    })
+}
+
+/// `save`: each rule is `"<seconds> <changes>"`.
+fn save_problem(value: &Shape) -> Option<String> {
+    let Shape::List(rules) = value else {
+        return None;
+    };
+    rules.iter().find_map(|rule| match rule {
+        Shape::String(text) => {
+            let numbers: Vec<&str> = text.split_whitespace().collect();
+            let valid = numbers.len() == 2
+                && numbers
+                    .iter()
+                    .all(|number| number.bytes().all(|byte| byte.is_ascii_digit()));
+            (!valid).then(|| format!("{text:?} is not a rule of the form \"<seconds> <changes>\""))
+        }
+        _ => None,
+    })
+}
+
+/// ACL patterns and rules are single words: Valkey's ACL file is split on spaces.
+fn acl_words_problem(value: &Shape) -> Option<String> {
+    let Shape::List(items) = value else {
+        return None;
+    };
+    items.iter().find_map(|item| match item {
+        Shape::String(text)
+            if text.is_empty() || text.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+        {
+            Some(format!(
+                "{text:?} is empty or holds a space or a control character, which Valkey's ACL syntax cannot express"
+            ))
+        }
+        _ => None,
+    })
 }
