@@ -626,3 +626,35 @@ fn a_lost_state_never_opens_access_and_says_how_to_recover() {
     let pong: String = redis::cmd("PING").query(&mut connect(&url)).unwrap();
     assert_eq!(pong, "PONG");
 }
+
+/// `kip connect` runs valkey-cli (or redis-cli) on the instance's socket, as `default` or as a user, with the
+/// password in its environment.
+#[test]
+fn connect_runs_the_valkey_repl_as_the_address_says() {
+    let stack = Stack::new(
+        "valkey \"cache\" {\n  version = \"8\"\n  user \"reader\" {\n    commands = [\"+acl|whoami\", \"+get\"]\n    keys     = [\"*\"]\n  }\n}\n",
+    );
+    stack.ok(&["apply", "--auto-approve"]);
+    let run = stack.kip_with_input(
+        &["connect", "valkey.cache"],
+        "SET greeting hello\nACL WHOAMI\n",
+    );
+    assert_eq!(run.code, 0, "{}", run.snapshot());
+    assert!(
+        run.stdout.contains("OK") && run.stdout.contains("default"),
+        "{}",
+        run.snapshot()
+    );
+    let run = stack.kip_with_input(
+        &["connect", "valkey.cache.user.reader", "--", "--no-raw"],
+        "ACL WHOAMI\nGET greeting\nSET x y\n",
+    );
+    assert_eq!(run.code, 0, "{}", run.snapshot());
+    assert!(
+        run.stdout.contains("reader")
+            && run.stdout.contains("hello")
+            && run.stdout.contains("NOPERM"),
+        "{}",
+        run.snapshot()
+    );
+}
