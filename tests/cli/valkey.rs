@@ -214,6 +214,26 @@ fn end_to_end(version: &str) {
     assert_eq!(config_get(&url, "hz"), "20");
     assert_eq!(pid_of(&stack, "valkey.cache"), restarted);
 
+    // A setting changed behind kip's back is drift, set back live.
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("volatile-ttl")
+        .query::<()>(&mut connect(&url))
+        .unwrap();
+    let plan = stack.kip(&["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 2, "{}", plan.snapshot());
+    assert!(
+        plan.stdout
+            .contains("maxmemory_policy = \"volatile-ttl\" -> \"noeviction\"")
+            && plan.stdout.contains("# applied live, without a restart"),
+        "{}",
+        plan.stdout
+    );
+    stack.ok(&["apply", "--auto-approve"]);
+    assert_eq!(config_get(&url, "maxmemory-policy"), "noeviction");
+    assert_eq!(pid_of(&stack, "valkey.cache"), restarted);
+
     // Drift made with Valkey's own client: a user deleted, another one changed; planned, then repaired.
     let mut admin = connect(&url);
     redis::cmd("ACL")

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use kip_core::engine::RunAs;
-use serde_json::Value as Json;
+use serde_json::{Value as Json, json};
 
 use super::args::{InstanceArgs, SettingValue};
 use super::{VkError, io_error};
@@ -288,6 +288,137 @@ pub fn changed_live_settings(
         .collect()
 }
 
+/// The parameters refresh reads back (`CONFIG GET`), to tell a setting changed behind kip's back (drift).
+pub const OBSERVED: &[&str] = &[
+    "maxmemory",
+    "maxmemory-policy",
+    "appendonly",
+    "appendfsync",
+    "save",
+    "io-threads",
+];
+
+/// A `CONFIG GET` answer as name → value.
+pub fn parse_config_get(answer: &redis::Value) -> BTreeMap<String, String> {
+    let text = |value: &redis::Value| match value {
+        redis::Value::BulkString(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+        redis::Value::SimpleString(text) => Some(text.clone()),
+        _ => None,
+    };
+    match answer {
+        redis::Value::Array(items) => items
+            .chunks(2)
+            .filter_map(|pair| match pair {
+                [name, value] => Some((text(name)?, text(value)?)),
+                _ => None,
+            })
+            .collect(),
+        redis::Value::Map(pairs) => pairs
+            .iter()
+            .filter_map(|(name, value)| Some((text(name)?, text(value)?)))
+            .collect(),
+        _ => BTreeMap::new(),
+    }
+}
+
+/// The instance attributes whose live value differs from what kip applied, with the live value in the
+/// attribute's own terms (what the plan shows as `before`). An attribute kip left to Valkey (`save` unset) is
+/// never drift.
+pub fn settings_drift(
+    applied: &BTreeMap<String, Json>,
+    live: &BTreeMap<String, String>,
+) -> BTreeMap<String, Json> {
+    let mut drift = BTreeMap::new();
+    let mut compare = |attribute: &str,
+                       parameter: &str,
+                       expected: Option<String>,
+                       shown: &dyn Fn(&str) -> Json| {
+        if let (Some(expected), Some(value)) = (expected, live.get(parameter))
+            && &expected != value
+        {
+            drift.insert(attribute.to_owned(), shown(value));
+        }
+    };
+    let size = |value: Option<&Json>| match value {
+        None | Some(Json::Null) => Some(0),
+        Some(Json::Number(bytes)) => bytes.as_u64(),
+        Some(Json::String(text)) => kip_schemas::parse_size(text),
+        _ => None,
+    };
+    compare(
+        "maxmemory",
+        "maxmemory",
+        size(applied.get("maxmemory")).map(|bytes| bytes.to_string()),
+        &|value| {
+            value
+                .parse::<u64>()
+                .map_or_else(|_| json!(value), |bytes| json!(bytes))
+        },
+    );
+    compare(
+        "maxmemory_policy",
+        "maxmemory-policy",
+        applied
+            .get("maxmemory_policy")
+            .and_then(Json::as_str)
+            .map(str::to_owned),
+        &|value| json!(value),
+    );
+    compare(
+        "appendonly",
+        "appendonly",
+        applied
+            .get("appendonly")
+            .and_then(Json::as_bool)
+            .map(yes_no),
+        &|value| json!(value == "yes"),
+    );
+    compare(
+        "appendfsync",
+        "appendfsync",
+        applied
+            .get("appendfsync")
+            .and_then(Json::as_str)
+            .map(str::to_owned),
+        &|value| json!(value),
+    );
+    compare(
+        "io_threads",
+        "io-threads",
+        applied
+            .get("io_threads")
+            .and_then(Json::as_u64)
+            .map(|n| n.to_string()),
+        &|value| {
+            value
+                .parse::<u64>()
+                .map_or_else(|_| json!(value), |n| json!(n))
+        },
+    );
+    let save: Option<Vec<String>> = applied.get("save").and_then(Json::as_array).map(|rules| {
+        rules
+            .iter()
+            .filter_map(Json::as_str)
+            .map(str::to_owned)
+            .collect()
+    });
+    compare(
+        "save",
+        "save",
+        save.and_then(|rules| save_rules(&rules).ok()),
+        &|value| {
+            let numbers: Vec<&str> = value.split_whitespace().collect();
+            json!(
+                numbers
+                    .chunks(2)
+                    .map(|pair| pair.join(" "))
+                    .collect::<Vec<_>>()
+            )
+        },
+    );
+    drift
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -346,6 +477,40 @@ mod tests {
         assert_eq!(
             restart_because(&["settings".into()], &before, &removed),
             ["settings"]
+        );
+    }
+
+    #[test]
+    fn live_settings_changed_behind_kips_back_are_drift() {
+        let applied = attrs(
+            json!({"maxmemory": "64mb", "maxmemory_policy": "allkeys-lru", "appendonly": true,
+            "appendfsync": "everysec", "io_threads": 1, "save": null}),
+        );
+        let mut live: BTreeMap<String, String> = [
+            ("maxmemory", "67108864"),
+            ("maxmemory-policy", "allkeys-lru"),
+            ("appendonly", "yes"),
+            ("appendfsync", "everysec"),
+            ("io-threads", "1"),
+            ("save", "3600 1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        assert!(settings_drift(&applied, &live).is_empty());
+        live.insert("maxmemory-policy".into(), "volatile-ttl".into());
+        live.insert("maxmemory".into(), "1024".into());
+        live.insert("appendonly".into(), "no".into());
+        assert_eq!(
+            settings_drift(&applied, &live),
+            attrs(
+                json!({"maxmemory": 1024, "maxmemory_policy": "volatile-ttl", "appendonly": false})
+            )
+        );
+        let with_save = attrs(json!({"maxmemory": "1kb", "save": ["60 10", "300 1"]}));
+        assert_eq!(
+            settings_drift(&with_save, &live),
+            attrs(json!({"save": ["3600 1"]}))
         );
     }
 

@@ -461,7 +461,8 @@ impl Engine for Valkey {
     ) -> BoxFuture<'a, Result<Vec<Observed>, EngineError>> {
         Box::pin(async move {
             let users: Vec<&Managed> = managed.iter().filter(|node| node.kind == USER).collect();
-            if users.is_empty() {
+            let instance = managed.iter().find(|node| node.address.is_instance());
+            if users.is_empty() && instance.is_none() {
                 return Ok(Vec::new());
             }
             let args: InstanceArgs = ctx.args()?;
@@ -469,8 +470,9 @@ impl Engine for Valkey {
                 .connect()
                 .await
                 .map_err(|error| vk_error("cannot connect to Valkey", error))?;
-            // One round trip for every user.
+            // One round trip for the live settings and every user.
             let mut pipe = redis::pipe();
+            pipe.cmd("CONFIG").arg("GET").arg(config::OBSERVED);
             for user in &users {
                 pipe.cmd("ACL")
                     .arg("GETUSER")
@@ -484,7 +486,27 @@ impl Engine for Valkey {
                     )
                 })?;
             let mut observed = Vec::new();
-            for (user, answer) in users.iter().zip(&answers) {
+            let (settings, answers) = answers.split_first().ok_or_else(|| {
+                vk_error(
+                    "cannot read the live settings",
+                    VkError::Unexpected {
+                        command: "CONFIG GET".into(),
+                        answer: "nothing".into(),
+                    },
+                )
+            })?;
+            if let Some(instance) = instance {
+                let live = config::parse_config_get(settings);
+                let applied = instance.applied.as_ref().unwrap_or(&instance.attributes);
+                let drift = config::settings_drift(applied, &live);
+                if !drift.is_empty() {
+                    observed.push(Observed {
+                        address: instance.address.clone(),
+                        attributes: drift,
+                    });
+                }
+            }
+            for (user, answer) in users.iter().zip(answers) {
                 let name = user_name(&user.address)?;
                 let Some(live) = acl::parse_getuser(answer)
                     .map_err(|error| vk_error("cannot read the ACL users", error))?
