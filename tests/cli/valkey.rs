@@ -138,8 +138,26 @@ fn end_to_end(version: &str) {
 
     assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
     let pid = pid_of(&stack, "valkey.cache");
-    // As kip's unprivileged account, never as root.
+    // As kip's unprivileged account, never as root; its data and configuration are that account's alone.
     assert_ne!(owner_of(pid), "root");
+    let instance_dir = stack.project.path().join(".kip/run/valkey.cache");
+    for (path, mode) in [
+        ("data", 0o700),
+        ("run", 0o700),
+        ("data/valkey.conf", 0o600),
+        ("data/users.acl", 0o600),
+    ] {
+        let metadata = std::fs::metadata(instance_dir.join(path)).unwrap();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&metadata.permissions()) & 0o777,
+            mode,
+            "{path}"
+        );
+    }
+    // No password in plaintext on disk outside the state: the ACL file holds hashes.
+    let acl = std::fs::read_to_string(instance_dir.join("data/users.acl")).unwrap();
+    let password = url.rsplit("pass=").next().unwrap();
+    assert!(!acl.contains(password), "{acl}");
 
     // maxmemory: in place, live, the same process.
     stack
@@ -543,6 +561,8 @@ fn a_new_password_is_applied_live_and_survives_a_restart() {
     stack.ok(&["apply", "--auto-approve"]);
     let old_url = stack.url("valkey.cache");
     assert!(old_url.ends_with("pass=first%20pass%2Fword"), "{old_url}");
+    let pong: String = redis::cmd("PING").query(&mut connect(&old_url)).unwrap();
+    assert_eq!(pong, "PONG");
     let pid = pid_of(&stack, "valkey.cache");
 
     stack.project.write("kip.hcl", config("second", 16));

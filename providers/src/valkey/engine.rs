@@ -191,11 +191,7 @@ impl Valkey {
                 }
             }
         }
-        let mut save = redis::cmd("ACL");
-        save.arg("SAVE");
-        run::<()>(&mut connection, &save, "ACL SAVE")
-            .await
-            .map_err(|error| vk_error("cannot save the ACL users", error))?;
+        save_users(ctx, &mut connection).await?;
         if !set.is_empty() {
             let mut pipe = redis::pipe();
             for name in &set {
@@ -220,6 +216,23 @@ impl Valkey {
         }
         Ok(())
     }
+}
+
+/// `ACL SAVE`, so a restart (kip's or the supervisor's after a crash) keeps the users; Valkey writes the file with
+/// its umask's mode, and kip makes it private again (the data directory, 0700, already keeps others out).
+async fn save_users(
+    ctx: &InstanceCtx,
+    connection: &mut redis::aio::MultiplexedConnection,
+) -> Result<(), EngineError> {
+    let mut save = redis::cmd("ACL");
+    save.arg("SAVE");
+    run::<()>(connection, &save, "ACL SAVE")
+        .await
+        .map_err(|error| vk_error("cannot save the ACL users", error))?;
+    let path = ctx.data_dir.join(ACL_FILE);
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(io_error("set the mode of", &path))
+        .map_err(|error| vk_error("cannot save the ACL users", error))
 }
 
 fn as_list(value: Option<&Json>) -> Json {
@@ -394,11 +407,7 @@ impl Engine for Valkey {
                 )
                 .await
                 .map_err(|error| vk_error("cannot change the default user's password", error))?;
-                let mut save = redis::cmd("ACL");
-                save.arg("SAVE");
-                run::<()>(&mut connection, &save, "ACL SAVE")
-                    .await
-                    .map_err(|error| vk_error("cannot save the ACL users", error))?;
+                save_users(ctx, &mut connection).await?;
                 ctx.secrets.0.insert(DEFAULT_PASSWORD.into(), password);
             }
             // What Valkey takes live, in one atomic `CONFIG SET`.
