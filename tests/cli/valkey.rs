@@ -698,3 +698,52 @@ fn connect_runs_the_valkey_repl_as_the_address_says() {
         run.snapshot()
     );
 }
+
+/// Valkey 8 to 9 in place: the plan says it restarts (`restart_because` in JSON), the data and the users come
+/// through, and the server is the new release.
+#[test]
+fn a_new_major_restarts_in_place_and_keeps_the_data_and_the_users() {
+    let config = |version: &str| {
+        format!(
+            "valkey \"cache\" {{\n  version    = \"{version}\"\n  appendonly = true\n  user \"app\" {{\n    commands = [\"+@all\"]\n    keys     = [\"*\"]\n  }}\n}}\n"
+        )
+    };
+    let stack = Stack::new(&config("8"));
+    stack.ok(&["apply", "--auto-approve"]);
+    let url = stack.url("valkey.cache");
+    redis::cmd("SET")
+        .arg("kept")
+        .arg("yes")
+        .query::<()>(&mut connect(&url))
+        .unwrap();
+    let pid = pid_of(&stack, "valkey.cache");
+
+    stack.project.write("kip.hcl", config("9"));
+    let plan = stack.kip(&["plan", "--json"]);
+    let plan: serde_json::Value = serde_json::from_str(&plan.stdout).unwrap();
+    let change = plan["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|change| change["address"] == "valkey.cache")
+        .unwrap();
+    assert_eq!(change["action"], "update", "{change}");
+    assert_eq!(
+        change["restart_because"],
+        serde_json::json!(["major", "version"]),
+        "{change}"
+    );
+    stack.ok(&["apply", "--auto-approve"]);
+    assert_ne!(pid_of(&stack, "valkey.cache"), pid);
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query(&mut connect(&url))
+        .unwrap();
+    assert!(info.contains("valkey_version:9."), "{info}");
+    let kept: String = redis::cmd("GET")
+        .arg("kept")
+        .query(&mut connect(&stack.url("valkey.cache.user.app")))
+        .unwrap();
+    assert_eq!(kept, "yes");
+    assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
+}
