@@ -1,8 +1,8 @@
 //! kip's benchmarks. Each one prints the median (and min / max) of repeated runs for a target an issue names;
 //! BENCHMARKS.md records the numbers and what bounds them.
 //!
-//! Run: `cargo run --release -p kip-bench -- [front-half] [resolve] [apply] [--runs N]`. `resolve` and `apply` need
-//! the test mirror (`scripts/test-mirror.sh`; `KIP_TEST_MIRROR` or `~/.cache/kip/test-mirror`); `apply` drives the
+//! Run: `cargo run --release -p kip-bench -- [front-half] [resolve] [apply] [valkey] [--runs N]`. `resolve`, `apply` and `valkey` need
+//! the test mirror (`scripts/test-mirror.sh`; `KIP_TEST_MIRROR` or `~/.cache/kip/test-mirror`); `apply` and `valkey` drive the
 //! release `kip` binary (`KIP_BIN`, default `$CARGO_TARGET_DIR/release/kip`: build it with
 //! `cargo build --release -p kip-cli`). Without `--runs`, each benchmark uses its own default run counts.
 
@@ -10,6 +10,7 @@ mod apply;
 #[path = "../../core/tests/support/http.rs"]
 mod http;
 mod kip;
+mod valkey;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -40,6 +41,9 @@ fn main() {
     }
     if wants("apply") {
         apply::run(runs);
+    }
+    if wants("valkey") {
+        valkey::run(runs);
     }
 }
 

@@ -156,6 +156,12 @@ impl Planner<'_> {
                     change.replace_because.clear();
                 }
             }
+            for change in instance_changes
+                .iter_mut()
+                .filter(|c| c.is_instance() && c.action == Action::Update)
+            {
+                change.restart_because = engine.restart_because(change);
+            }
             let unchanged = instance_changes.iter().all(|c| c.action == Action::Noop);
             if unchanged
                 && read_by_others.contains(address)

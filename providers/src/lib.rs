@@ -4,6 +4,7 @@
 
 pub mod postgres;
 pub mod process;
+pub mod valkey;
 
 use kip_core::engine::Engines;
 
@@ -12,5 +13,6 @@ pub fn engines() -> Engines {
     let mut engines = Engines::new();
     engines.register(postgres::Postgres);
     engines.register(process::Process);
+    engines.register(valkey::Valkey);
     engines
 }

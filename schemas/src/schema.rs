@@ -30,6 +30,32 @@ pub struct ArgumentSchema {
     /// Described, but kip cannot honour it yet: lint refuses it with this reason, so it is never silently
     /// ignored.
     pub not_yet: Option<&'static str>,
+    /// Values of the right type the engine would still reject (a Valkey setting kip writes itself, a `save` rule
+    /// that is not two numbers): answers why, for a lint error with the value's span. Unknown values (known only
+    /// at apply) are not checked.
+    pub value_check: Option<ValueCheck>,
+}
+
+/// A check of an argument's value beyond its type: `Some(why)` when the engine would reject it.
+#[derive(Clone, Copy)]
+pub struct ValueCheck(pub fn(&crate::validate::Shape) -> Option<String>);
+
+impl ValueCheck {
+    pub fn check(&self, value: &crate::validate::Shape) -> Option<String> {
+        (self.0)(value)
+    }
+}
+
+impl PartialEq for ValueCheck {
+    fn eq(&self, other: &ValueCheck) -> bool {
+        std::ptr::fn_addr_eq(self.0, other.0)
+    }
+}
+
+impl std::fmt::Debug for ValueCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ValueCheck")
+    }
 }
 
 impl ArgumentSchema {
@@ -46,7 +72,17 @@ impl ArgumentSchema {
             forces_replacement: false,
             refers_to: None,
             not_yet: None,
+            value_check: None,
         }
+    }
+
+    /// Refuses values the engine would reject; see [`ArgumentSchema::value_check`].
+    pub fn value_check(
+        mut self,
+        check: fn(&crate::validate::Shape) -> Option<String>,
+    ) -> ArgumentSchema {
+        self.value_check = Some(ValueCheck(check));
+        self
     }
 
     pub fn required(mut self) -> ArgumentSchema {
@@ -136,6 +172,31 @@ pub struct BlockSchema {
     pub label_is_reference: bool,
     /// The longest label the engine accepts, in bytes (PostgreSQL's names: 63).
     pub max_label_bytes: Option<usize>,
+    /// Names the engine would reject (Valkey's user names cannot hold spaces): answers why, for a lint error with
+    /// the label's span.
+    pub label_check: Option<LabelCheck>,
+}
+
+/// A check of a block's label: `Some(why)` when the engine would reject it.
+#[derive(Clone, Copy)]
+pub struct LabelCheck(pub fn(&str) -> Option<String>);
+
+impl LabelCheck {
+    pub fn check(&self, label: &str) -> Option<String> {
+        (self.0)(label)
+    }
+}
+
+impl PartialEq for LabelCheck {
+    fn eq(&self, other: &LabelCheck) -> bool {
+        std::ptr::fn_addr_eq(self.0, other.0)
+    }
+}
+
+impl std::fmt::Debug for LabelCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LabelCheck")
+    }
 }
 
 impl BlockSchema {
@@ -154,7 +215,14 @@ impl BlockSchema {
             exactly_one_of: Vec::new(),
             label_is_reference: false,
             max_label_bytes: None,
+            label_check: None,
         }
+    }
+
+    /// Refuses labels the engine would reject; see [`BlockSchema::label_check`].
+    pub fn label_check(mut self, check: fn(&str) -> Option<String>) -> BlockSchema {
+        self.label_check = Some(LabelCheck(check));
+        self
     }
 
     /// Caps the label's length in bytes, as the engine does for its names.

@@ -331,6 +331,15 @@ fn check_attribute(
             summary,
             detail,
         });
+    } else if let Some(reason) = argument
+        .value_check
+        .and_then(|check| check.check(&attribute.shape))
+    {
+        problems.push(Problem {
+            span: attribute.value_span,
+            summary: summary::INVALID_VALUE,
+            detail: format!("\"{}\": {reason}", argument.name),
+        });
     }
 }
 
@@ -403,6 +412,16 @@ fn check_block_header(
                 summary: summary::INVALID_VALUE,
                 detail: format!(
                     "The {label_name} label of {} block contains a NUL character, which no engine accepts in a name.",
+                    a_block(schema.name, false)
+                ),
+            });
+        }
+        if let Some(reason) = schema.label_check.and_then(|check| check.check(label)) {
+            problems.push(Problem {
+                span: *span,
+                summary: summary::INVALID_VALUE,
+                detail: format!(
+                    "The {label_name} label of {} block is not a name the engine accepts: {reason}",
                     a_block(schema.name, false)
                 ),
             });

@@ -18,3 +18,4 @@ mod resolve;
 mod schema;
 mod security;
 mod usage;
+mod valkey;

@@ -231,9 +231,22 @@ pub fn render_plan(plan: &Plan, style: Style) -> String {
             _ => change.changed_attributes(),
         };
         let width = names.iter().map(String::len).max().unwrap_or(0);
+        match &change.restart_because {
+            Some(because) if because.is_empty() => {
+                out.push_str("      # applied live, without a restart\n");
+            }
+            Some(_) => out.push_str("      # restarts the instance\n"),
+            None => {}
+        }
         for name in names {
             let forces = if change.replace_because.contains(&name) {
                 "  # forces replacement"
+            } else if change
+                .restart_because
+                .as_ref()
+                .is_some_and(|because| because.contains(&name))
+            {
+                "  # forces a restart"
             } else {
                 ""
             };
@@ -309,6 +322,7 @@ mod tests {
             after: map(after),
             after_unknown: BTreeSet::new(),
             replace_because: Vec::new(),
+            restart_because: None,
             sensitive: sensitive.iter().map(|s| (*s).to_owned()).collect(),
             prevent_destroy: false,
             depends_on: Vec::new(),

@@ -317,7 +317,7 @@ fn passthrough(code: i32) -> ExitStatus {
 
 #[derive(Debug, clap::Args)]
 pub struct ConnectArgs {
-    /// An instance or database address: postgres.main, postgres.main.database.shop.
+    /// An instance or object address: postgres.main, postgres.main.database.shop, valkey.cache.user.app.
     pub address: String,
     /// More arguments for the REPL, after `--`: kip connect postgres.main -- -c 'select 1'.
     #[arg(last = true, value_parser = clap::value_parser!(OsString))]
@@ -326,9 +326,11 @@ pub struct ConnectArgs {
     pub vars: VarArgs,
 }
 
-/// An engine's own REPL: the program, and the package that provides it on Debian and Ubuntu.
+/// An engine's own REPL: the program, another that speaks the same protocol, and the package that provides one
+/// on Debian and Ubuntu.
 struct Repl {
     program: &'static str,
+    alternative: Option<&'static str>,
     package: &'static str,
 }
 
@@ -336,7 +338,14 @@ fn repl(engine: &str) -> Option<Repl> {
     match engine {
         "postgres" => Some(Repl {
             program: "psql",
+            alternative: None,
             package: "postgresql-client",
+        }),
+        // valkey-cli ships with some Valkey builds; redis-cli speaks the same protocol.
+        "valkey" => Some(Repl {
+            program: "valkey-cli",
+            alternative: Some("redis-cli"),
+            package: "redis-tools",
         }),
         _ => None,
     }
@@ -389,10 +398,14 @@ pub fn connect(context: &Context, args: ConnectArgs) -> anyhow::Result<ExitStatu
         .as_ref()
         .map(|root| root.join("bin"))
         .unwrap_or_default();
-    let Some(program) = find_program(
-        repl.program,
-        std::iter::once(toolchain_bin.clone()).chain(path_dirs),
-    ) else {
+    let dirs: Vec<PathBuf> = std::iter::once(toolchain_bin.clone())
+        .chain(path_dirs)
+        .collect();
+    let found = find_program(repl.program, dirs.iter().cloned()).or_else(|| {
+        repl.alternative
+            .and_then(|alternative| find_program(alternative, dirs.iter().cloned()))
+    });
+    let Some(program) = found else {
         return Err(with_hint(
             anyhow::anyhow!(
                 "{} is not in the toolchain of {instance} ({}) nor on PATH",
@@ -408,6 +421,26 @@ pub fn connect(context: &Context, args: ConnectArgs) -> anyhow::Result<ExitStatu
     };
     // The password travels in the client's environment, never on its command line (where `ps` shows it).
     let mut command = std::process::Command::new(&program);
+    if engine_name == "valkey" {
+        // The socket or port are the instance's; the user (and password) the address's.
+        let server = exports_of(&project, &engines(), &state, &instance)?;
+        match server.get("port").and_then(serde_json::Value::as_u64) {
+            Some(port) => command.args(["-h", "127.0.0.1", "-p", &port.to_string()]),
+            None => command.arg("-s").arg(
+                server
+                    .get("socket")
+                    .and_then(|s| s.as_str())
+                    .unwrap_or_default(),
+            ),
+        };
+        let user = text("name");
+        command
+            .arg("--user")
+            .arg(if user.is_empty() { "default" } else { &user })
+            .args(&args.extra)
+            .env("REDISCLI_AUTH", text("password"));
+        return run_child(command, &|error| spawn_error(program.as_os_str(), error));
+    }
     let url = text("url");
     let (without_password, password) = split_password(&url);
     command

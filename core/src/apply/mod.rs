@@ -525,7 +525,11 @@ impl Applier<'_> {
             }
             let change = instance_change.as_ref().expect("an update has a change");
             let mut needed = engine.reconfigure(&mut ctx, change).await?;
-            if new_release {
+            let planned_restart = change
+                .restart_because
+                .as_ref()
+                .is_some_and(|because| !because.is_empty());
+            if new_release || planned_restart {
                 needed = Reconfigure::Restart;
             }
             match needed {

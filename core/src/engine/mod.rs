@@ -306,6 +306,14 @@ pub trait Engine: Send + Sync {
         Box::pin(async { Ok(Reconfigure::Restart) })
     }
 
+    /// For a planned update of a running instance's own attributes: which of the changed attributes
+    /// ([`Change::changed_attributes`]) make apply restart the engine, as the plan shows it; an empty list says
+    /// the engine takes the whole change live. `None` (the default) when the engine cannot tell before apply
+    /// (PostgreSQL asks the server). Apply restarts when the list is not empty, whatever `reconfigure` says.
+    fn restart_because(&self, _change: &Change) -> Option<Vec<String>> {
+        None
+    }
+
     /// Reads what exists of the managed objects, in a constant number of round trips. Objects that do not
     /// exist are left out.
     fn refresh<'a>(

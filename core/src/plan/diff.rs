@@ -87,6 +87,7 @@ pub fn diff(
                 after: Some(after),
                 after_unknown: want.unknown.clone(),
                 replace_because: Vec::new(),
+                restart_because: None,
                 sensitive: want.sensitive.clone(),
                 prevent_destroy: want.prevent_destroy,
                 depends_on: want.depends_on.clone(),
@@ -141,6 +142,7 @@ pub fn diff(
             after: Some(after),
             after_unknown: want.unknown.clone(),
             replace_because,
+            restart_because: None,
             sensitive,
             // While the block exists, the configuration says whether it is protected (it can be unprotected).
             prevent_destroy: want.prevent_destroy,
@@ -160,6 +162,7 @@ pub fn diff(
             after: None,
             after_unknown: BTreeSet::new(),
             replace_because: Vec::new(),
+            restart_because: None,
             sensitive: have.sensitive.clone(),
             prevent_destroy: have.prevent_destroy,
             depends_on: have.depends_on.clone(),

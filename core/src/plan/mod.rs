@@ -74,6 +74,11 @@ pub struct Change {
     /// The attributes whose change forces the replacement (for `-/+`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replace_because: Vec<String>,
+    /// For an update of an instance: the attributes whose change makes apply restart the engine's processes, when
+    /// the engine can tell before apply ([`crate::engine::Engine::restart_because`]); empty means it takes the
+    /// whole change live (`CONFIG SET`, a reload). `None` when the engine cannot tell, or for other changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_because: Option<Vec<String>>,
     /// Attributes whose values are never shown (redacted to a fingerprint here).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub sensitive: BTreeSet<String>,

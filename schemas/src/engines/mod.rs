@@ -16,6 +16,8 @@ mod process;
 mod s3;
 mod valkey;
 
+pub use valkey::reserved_setting as valkey_reserved_setting;
+
 /// Every engine, in a stable order: postgres, valkey, mariadb, nats, s3, process.
 pub fn engines() -> &'static [EngineSchema] {
     static ENGINES: OnceLock<Vec<EngineSchema>> = OnceLock::new();

@@ -1,0 +1,144 @@
+//! Valkey (issue 10): `kip apply` of a fresh Valkey instance to ready, against the bare `valkey-server` started by
+//! the benchmark on a unix socket in a temp dir until `PING` answers. The target is 1.2× of the bare start.
+//!
+//! Both sides run the same build (the toolchain kip unpacked into the shared cache) with the same kind of
+//! configuration (unix socket only, no snapshots). kip's side is the real release binary in a new project per run,
+//! from spawn to exit: config check, plan, supervisor, provisioning, the server's start, the authenticated `PING`
+//! of the ready step, the state write. The bare side is spawn to the first `PONG` over the socket, polled every
+//! 0.5 ms with the `redis` crate; the server is stopped after each run.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::apply::{header, ms, row, test_mirror};
+use crate::kip::{Harness, Project, open_dir};
+
+const CONFIG: &str = r#"valkey "cache" {
+  version = "9"
+}
+"#;
+
+/// Runs the case; `runs` overrides the default of 21.
+pub fn run(runs: Option<usize>) {
+    let runs = runs.unwrap_or(21);
+    let harness = Harness::new(&test_mirror());
+    println!(
+        "\nvalkey: the real kip ({}) in temp projects under {}",
+        harness.kip.display(),
+        harness.root.display()
+    );
+    // The first apply downloads and unpacks the toolchain into the shared cache.
+    let warm = harness.project(CONFIG);
+    let first = warm.expect(0, &["apply", "--auto-approve"]);
+    println!(
+        "  (first apply, downloading and unpacking the toolchain: {})",
+        ms(first.elapsed)
+    );
+    let server = valkey_server(&harness.cache.join("store"));
+    drop(warm);
+
+    let mut kip = Vec::new();
+    let mut before_start = Vec::new();
+    let mut start_to_ready = Vec::new();
+    let mut after_ready = Vec::new();
+    let mut projects: Vec<Project<'_>> = Vec::new();
+    for _ in 0..runs {
+        let project = harness.project(CONFIG);
+        let run = project.expect(0, &["apply", "--auto-approve"]);
+        kip.push(run.elapsed);
+        before_start.push(run.between(None, Some("valkey.cache: starting")));
+        start_to_ready
+            .push(run.between(Some("valkey.cache: starting"), Some("valkey.cache: ready")));
+        after_ready.push(run.between(Some("valkey.cache: ready"), None));
+        projects.push(project);
+    }
+    drop(projects);
+
+    let scratch = harness.root.join("bare");
+    let mut bare = Vec::new();
+    for index in 0..runs {
+        let dir = scratch.join(index.to_string());
+        open_dir(&dir);
+        bare.push(bare_start(&server, &dir));
+    }
+
+    header(&format!(
+        "a fresh Valkey 9 to ready: kip apply vs the bare valkey-server ({runs} runs each)"
+    ));
+    row("kip apply --auto-approve, spawn to exit (ready)", &kip);
+    row(
+        "  process start, config check, plan, supervisor, resolve, provision",
+        &before_start,
+    );
+    row(
+        "  valkey-server start, socket probe, authenticated PING",
+        &start_to_ready,
+    );
+    row("  state write, exit", &after_ready);
+    row("bare valkey-server on a unix socket, spawn to PONG", &bare);
+    let median = |times: &[Duration]| {
+        let mut sorted = times.to_vec();
+        sorted.sort();
+        sorted[sorted.len() / 2]
+    };
+    println!(
+        "  ratio of the medians: {:.2}× (target: 1.2×)",
+        median(&kip).as_secs_f64() / median(&bare).as_secs_f64()
+    );
+}
+
+/// The `valkey-server` kip unpacked into the store.
+fn valkey_server(store: &Path) -> PathBuf {
+    std::fs::read_dir(store)
+        .expect("the toolchain store")
+        .flatten()
+        .map(|entry| entry.path().join("bin/valkey-server"))
+        .find(|path| path.is_file())
+        .expect("a valkey-server in the store")
+}
+
+/// Starts `server` on a unix socket in `dir` and times it to the first `PONG`; stops it.
+fn bare_start(server: &Path, dir: &Path) -> Duration {
+    let socket = dir.join("valkey.sock");
+    let started = Instant::now();
+    let mut child = Command::new(server)
+        .args([
+            "--port",
+            "0",
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--logfile",
+            "",
+        ])
+        .arg("--unixsocket")
+        .arg(&socket)
+        .arg("--dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("valkey-server starts");
+    let client = redis::Client::open(redis::ConnectionAddr::Unix(socket.clone()))
+        .expect("a client for the socket");
+    let elapsed = loop {
+        if let Ok(mut connection) = client.get_connection() {
+            let pong: Result<String, _> = redis::cmd("PING").query(&mut connection);
+            if pong.is_ok() {
+                break started.elapsed();
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "valkey-server did not answer on {}",
+            socket.display()
+        );
+        std::thread::sleep(Duration::from_micros(500));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    elapsed
+}
