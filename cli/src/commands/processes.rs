@@ -1,10 +1,12 @@
 //! The commands about running processes: `kip up` (start what is applied, as applied), `kip down` (stop
 //! everything, keeping data), `kip ps` (what runs, instance by instance), and the hidden `kip supervisor` daemon.
 
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use kip_core::address::Address;
 use kip_core::apply::lifecycle::{self, Up};
 use kip_core::state::{State, StateLock};
 use kip_core::supervise::Supervisors as _;
@@ -158,7 +160,8 @@ fn describe(state: &ProcessState) -> String {
     }
 }
 
-/// What runs, in dependency order of the instances, each instance's processes under it.
+/// What runs, as a tree of the applied instances in dependency order: each instance under the one it waited for
+/// last (the others it waits for are named after its address), its processes under it when it has several.
 pub fn ps(context: &Context, args: PsArgs) -> anyhow::Result<ExitStatus> {
     let project = project(context)?;
     let processes = runtime()?
@@ -177,24 +180,169 @@ pub fn ps(context: &Context, args: PsArgs) -> anyhow::Result<ExitStatus> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    writeln!(
-        stdout,
-        "{:<36} {:<11} {:>8} {:>9} {:>8}  ADDRESS",
-        "NAME", "STATE", "PID", "UPTIME", "RESTARTS"
-    )?;
-    let mut shown: Vec<&ProcessStatus> = Vec::new();
-    for address in lifecycle::dependency_order(&state) {
-        shown.extend(lifecycle::processes_of(&processes, &address));
+    for line in ps_lines(&state, &processes, now) {
+        writeln!(stdout, "{line}")?;
     }
-    for process in &processes {
-        if !shown.iter().any(|p| p.name == process.name) {
-            shown.push(process);
+    Ok(ExitStatus::Success)
+}
+
+/// One row of `kip ps`: a tree prefix and a name, then the process's columns (none for an instance whose
+/// processes are listed under it, or that runs nothing).
+struct Row<'s> {
+    prefix: String,
+    name: String,
+    process: Option<&'s ProcessStatus>,
+    note: String,
+}
+
+/// The applied instances as a tree: each under the dependency that comes last in the dependency order (the one it
+/// waited for last); the others it depends on are named in a note.
+struct Tree<'s> {
+    order: Vec<Address>,
+    children: BTreeMap<Option<usize>, Vec<usize>>,
+    others: Vec<Vec<String>>,
+    succeeded: Vec<bool>,
+    processes: &'s [ProcessStatus],
+}
+
+impl<'s> Tree<'s> {
+    fn new(state: &State, processes: &'s [ProcessStatus]) -> Tree<'s> {
+        let order = lifecycle::dependency_order(state);
+        let mut children: BTreeMap<Option<usize>, Vec<usize>> = BTreeMap::new();
+        let mut others = Vec::new();
+        let mut succeeded = Vec::new();
+        for (index, address) in order.iter().enumerate() {
+            let saved = &state.instances[address];
+            let mut dependencies: Vec<usize> = saved
+                .depends_on
+                .iter()
+                .filter_map(|dependency| order.iter().position(|a| a == dependency))
+                .collect();
+            dependencies.sort_unstable();
+            dependencies.dedup();
+            let parent = dependencies.pop();
+            others.push(dependencies.iter().map(|d| order[*d].to_string()).collect());
+            succeeded.push(saved.lifecycle.succeeded);
+            children.entry(parent).or_default().push(index);
+        }
+        Tree {
+            order,
+            children,
+            others,
+            succeeded,
+            processes,
         }
     }
-    for process in shown {
+
+    fn rows(&self) -> Vec<Row<'s>> {
+        let mut rows = Vec::new();
+        self.walk(None, "", &mut rows);
+        // Processes of no applied instance (a state lost or edited) still show, at the end.
+        for process in self.processes {
+            if !self
+                .order
+                .iter()
+                .any(|address| lifecycle::belongs_to(&process.name, address))
+            {
+                rows.push(Row {
+                    prefix: String::new(),
+                    name: process.name.clone(),
+                    process: Some(process),
+                    note: "(not in the state)".to_owned(),
+                });
+            }
+        }
+        rows
+    }
+
+    fn walk(&self, parent: Option<usize>, indent: &str, rows: &mut Vec<Row<'s>>) {
+        let Some(list) = self.children.get(&parent) else {
+            return;
+        };
+        for (at, &index) in list.iter().enumerate() {
+            let (branch, below) = match parent {
+                None => ("", String::new()),
+                Some(_) if at + 1 == list.len() => ("└─ ", format!("{indent}   ")),
+                Some(_) => ("├─ ", format!("{indent}│  ")),
+            };
+            let address = &self.order[index];
+            let after = if self.others[index].is_empty() {
+                String::new()
+            } else {
+                format!("(also after {})", self.others[index].join(", "))
+            };
+            let prefix = format!("{indent}{branch}");
+            match lifecycle::processes_of(self.processes, address).as_slice() {
+                [only] if only.name == address.to_string() => rows.push(Row {
+                    prefix,
+                    name: address.to_string(),
+                    process: Some(only),
+                    note: after,
+                }),
+                several => {
+                    let note = match (several.is_empty(), self.succeeded[index]) {
+                        (true, true) => format!("succeeded {after}"),
+                        (true, false) => format!("not running {after}"),
+                        (false, _) => after,
+                    };
+                    rows.push(Row {
+                        prefix,
+                        name: address.to_string(),
+                        process: None,
+                        note,
+                    });
+                    let inner = if self.children.contains_key(&Some(index)) {
+                        format!("{below}│ ")
+                    } else {
+                        format!("{below}  ")
+                    };
+                    let own = format!("{address}/");
+                    for process in several {
+                        rows.push(Row {
+                            prefix: format!("{inner}· "),
+                            name: process
+                                .name
+                                .strip_prefix(&own)
+                                .unwrap_or(&process.name)
+                                .to_owned(),
+                            process: Some(process),
+                            note: String::new(),
+                        });
+                    }
+                }
+            }
+            self.walk(Some(index), &below, rows);
+        }
+    }
+}
+
+/// The lines `kip ps` prints (header first), for the state's instances and the supervisor's processes.
+fn ps_lines(state: &State, processes: &[ProcessStatus], now_ms: u64) -> Vec<String> {
+    let rows = Tree::new(state, processes).rows();
+    let width = rows
+        .iter()
+        .map(|row| row.prefix.chars().count() + row.name.chars().count())
+        .chain(std::iter::once(4))
+        .max()
+        .unwrap_or(4);
+    let mut lines = vec![format!(
+        "{:<width$}  {:<11} {:>8} {:>8} {:>8}  ADDRESS",
+        "NAME", "STATE", "PID", "UPTIME", "RESTARTS"
+    )];
+    for row in rows {
+        let label = format!("{}{}", row.prefix, row.name);
+        let pad = width - label.chars().count();
+        let Some(process) = row.process else {
+            lines.push(
+                format!("{label}{:pad$}  {}", "", row.note)
+                    .trim_end()
+                    .to_owned(),
+            );
+            continue;
+        };
         let uptime = match (&process.state, process.started_at) {
             (ProcessState::Ready | ProcessState::Starting, Some(start)) => {
-                format!("{}s", now.saturating_sub(start) / 1000)
+                uptime(now_ms.saturating_sub(start))
             }
             _ => String::new(),
         };
@@ -205,20 +353,33 @@ pub fn ps(context: &Context, args: PsArgs) -> anyhow::Result<ExitStatus> {
             _ => String::new(),
         };
         let pid = process.pid.map(|pid| pid.to_string()).unwrap_or_default();
-        writeln!(
-            stdout,
-            "{:<36} {:<11} {:>8} {:>9} {:>8}  {target}",
-            process.name,
-            describe(&process.state),
-            pid,
-            uptime,
-            process.restarts
-        )?;
+        lines.push(
+            format!(
+                "{label}{:pad$}  {:<11} {pid:>8} {uptime:>8} {:>8}  {target} {}",
+                "",
+                describe(&process.state),
+                process.restarts,
+                row.note
+            )
+            .trim_end()
+            .to_owned(),
+        );
         if let ProcessState::Failed { reason } = &process.state {
-            writeln!(stdout, "  └ {reason}")?;
+            lines.push(format!("{:width$}  └ {reason}", ""));
         }
     }
-    Ok(ExitStatus::Success)
+    lines
+}
+
+/// An uptime as people read it: `42s`, `5m12s`, `3h04m`, `2d03h`.
+fn uptime(ms: u64) -> String {
+    let seconds = ms / 1000;
+    match seconds {
+        0..60 => format!("{seconds}s"),
+        60..3600 => format!("{}m{:02}s", seconds / 60, seconds % 60),
+        3600..86400 => format!("{}h{:02}m", seconds / 3600, seconds % 3600 / 60),
+        _ => format!("{}d{:02}h", seconds / 86400, seconds % 86400 / 3600),
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -235,4 +396,124 @@ pub fn supervisor(args: SupervisorArgs) -> anyhow::Result<ExitStatus> {
         .block_on(kip_core::supervisor::run_daemon(&args.dir))
         .map_err(supervisor_error)?;
     Ok(ExitStatus::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(instances: &[(&str, &[&str], bool)]) -> State {
+        let instances: serde_json::Map<String, serde_json::Value> = instances
+            .iter()
+            .map(|(address, depends_on, succeeded)| {
+                let engine = address.split('.').next().unwrap();
+                (
+                    (*address).to_owned(),
+                    serde_json::json!({
+                        "engine": engine, "dir": "/d", "data_dir": "/d/data", "run_dir": "/d/run",
+                        "log_dir": "/d/log", "depends_on": depends_on,
+                        "lifecycle": { "initialized": true, "succeeded": succeeded },
+                    }),
+                )
+            })
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "format_version": kip_core::state::STATE_FORMAT, "serial": 1, "lineage": "l",
+            "instances": instances,
+        }))
+        .unwrap()
+    }
+
+    fn process(name: &str, pid: u32, probe: kip_core::engine::ProbeKind) -> ProcessStatus {
+        ProcessStatus {
+            name: name.to_owned(),
+            pid: Some(pid),
+            state: ProcessState::Ready,
+            started_at: Some(1_000),
+            restarts: 0,
+            log: PathBuf::from("/d/log"),
+            probe,
+            instance: name.split('/').next().unwrap().to_owned(),
+            start_time: None,
+            adopted: false,
+        }
+    }
+
+    #[test]
+    fn ps_is_a_tree_in_dependency_order() {
+        use kip_core::engine::ProbeKind;
+        let state = state(&[
+            ("postgres.main", &[], false),
+            ("valkey.cache", &[], false),
+            ("s3.store", &[], false),
+            ("process.migrate", &["postgres.main"], true),
+            (
+                "process.web",
+                &["postgres.main", "process.migrate", "valkey.cache"],
+                false,
+            ),
+            ("process.worker", &["postgres.main"], false),
+        ]);
+        let mut failed = process("process.worker", 9, ProbeKind::None);
+        failed.pid = None;
+        failed.restarts = 3;
+        failed.state = ProcessState::Failed {
+            reason: "exited(1) 3 times".into(),
+        };
+        let processes = vec![
+            process(
+                "postgres.main",
+                10,
+                ProbeKind::Socket {
+                    path: "/d/run/.s.PGSQL.5432".into(),
+                },
+            ),
+            process(
+                "valkey.cache",
+                11,
+                ProbeKind::Socket {
+                    path: "/d/run/valkey.sock".into(),
+                },
+            ),
+            process(
+                "s3.store/master",
+                12,
+                ProbeKind::Tcp {
+                    host: "127.0.0.1".into(),
+                    port: 9333,
+                },
+            ),
+            process("s3.store/volume", 13, ProbeKind::None),
+            process(
+                "process.web",
+                14,
+                ProbeKind::Http {
+                    url: "http://127.0.0.1:8080/healthz".into(),
+                },
+            ),
+            failed,
+        ];
+        let lines = ps_lines(&state, &processes, 3_726_000);
+        let expected = [
+            "NAME                STATE            PID   UPTIME RESTARTS  ADDRESS",
+            "postgres.main       ready             10    1h02m        0  /d/run/.s.PGSQL.5432",
+            "├─ process.migrate  succeeded",
+            "└─ process.worker   failed                               3",
+            "                    └ exited(1) 3 times",
+            "valkey.cache        ready             11    1h02m        0  /d/run/valkey.sock",
+            "└─ process.web      ready             14    1h02m        0  http://127.0.0.1:8080/healthz (also after postgres.main, process.migrate)",
+            "s3.store",
+            "  · master          ready             12    1h02m        0  127.0.0.1:9333",
+            "  · volume          ready             13    1h02m        0",
+        ];
+        assert_eq!(lines, expected, "\n{}", lines.join("\n"));
+    }
+
+    #[test]
+    fn uptimes_read_as_people_say_them() {
+        assert_eq!(uptime(42_000), "42s");
+        assert_eq!(uptime(312_000), "5m12s");
+        assert_eq!(uptime(3 * 3_600_000 + 240_000), "3h04m");
+        assert_eq!(uptime(2 * 86_400_000 + 3 * 3_600_000), "2d03h");
+    }
 }
