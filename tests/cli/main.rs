@@ -17,5 +17,6 @@ mod registry;
 mod resolve;
 mod schema;
 mod security;
+mod stack;
 mod usage;
 mod valkey;

@@ -1,0 +1,110 @@
+//! The quickstart stack (examples/quickstart) in one `kip apply`, through the real binary: PostgreSQL and Valkey
+//! start in parallel, the migration job runs once the database is ready and not again, the web server starts
+//! once the migration succeeded and answers with what the migration wrote, `kip ps` shows the tree in dependency
+//! order, the next plan is empty, and destroy (the guard) takes everything down.
+
+use std::io::{Read as _, Write as _};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::apply::Stack;
+
+fn example(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/quickstart")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+/// Where `needle` first appears in `text`, for ordering the step lines.
+fn at(text: &str, needle: &str) -> usize {
+    text.find(needle)
+        .unwrap_or_else(|| panic!("`{needle}` is not in:\n{text}"))
+}
+
+#[test]
+fn the_quickstart_stack_comes_up_in_one_apply() {
+    if std::process::Command::new("psql")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        panic!("the quickstart's migration needs psql (apt-get install postgresql-client; scripts/test.sh does)");
+    }
+    let stack = Stack::new(&example("kip.hcl"));
+    stack.project.write("web.py", example("web.py"));
+    let migrate = stack.project.write("migrate.sh", example("migrate.sh"));
+    std::fs::set_permissions(&migrate, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let port = free_port();
+    let var = format!("web_port={port}");
+
+    let run = stack.ok(&["apply", "--auto-approve", "--var", &var]);
+    let steps = &run.stderr;
+    // The database and the cache come up side by side; the job after the database, the web server last.
+    assert!(
+        at(steps, "valkey.cache: provisioning") < at(steps, "postgres.main: ready")
+            && at(steps, "postgres.main: provisioning") < at(steps, "valkey.cache: ready"),
+        "postgres.main and valkey.cache start in parallel:\n{steps}"
+    );
+    assert!(at(steps, "postgres.main: ready") < at(steps, "process.migrate: ready"));
+    assert!(at(steps, "process.migrate: ready") < at(steps, "process.web: provisioning"));
+    assert!(at(steps, "valkey.cache: ready") < at(steps, "process.web: provisioning"));
+
+    // The migration wrote its table; the web server reads it through the URL kip gave it.
+    let rows = stack.sql(
+        "postgres.main.database.shop",
+        "SELECT count(*) FROM products",
+    );
+    assert_eq!(rows, vec![vec!["2".to_owned()]]);
+    let answer = http_get(port, "/");
+    assert!(
+        answer.starts_with("HTTP/1.0 200") && answer.contains("kip mug") && answer.contains("\"cache\": true"),
+        "{answer}"
+    );
+    assert!(http_get(port, "/healthz").ends_with("ok\n"));
+
+    // kip ps: a tree in dependency order.
+    let ps = stack.ok(&["ps"]).stdout;
+    let line = |name: &str| {
+        ps.lines()
+            .position(|line| line.contains(name))
+            .unwrap_or_else(|| panic!("`kip ps` lists {name}:\n{ps}"))
+    };
+    assert!(line("postgres.main") < line("process.migrate"), "{ps}");
+    assert!(line("process.migrate") < line("process.web"), "{ps}");
+    assert!(line("valkey.cache") < line("process.web"), "{ps}");
+    let web = &ps.lines().nth(line("process.web")).unwrap();
+    assert!(
+        web.contains("─ process.web") && web.contains("ready") && web.contains(&format!(":{port}/healthz")),
+        "process.web hangs under what it waited for, ready, with its address:\n{ps}"
+    );
+    assert!(ps.lines().nth(line("process.migrate")).unwrap().contains("succeeded"), "{ps}");
+
+    // Nothing to do next time, and the job does not run again.
+    let plan = stack.kip(&["plan", "--detailed-exitcode", "--var", &var]);
+    assert_eq!(plan.code, 0, "{}", plan.snapshot());
+    let again = stack.ok(&["apply", "--auto-approve", "--var", &var]);
+    assert!(again.stdout.contains("No changes."), "{}", again.snapshot());
+    let log = stack.ok(&["logs", "process.migrate"]).stdout;
+    assert_eq!(log.matches("migrated: products is ready").count(), 1, "{log}");
+}
