@@ -148,10 +148,13 @@ fn script_spec(dir: &Path, name: &str, script: &str, probe: ProbeKind) -> SpawnS
             initial_delay: Duration::ZERO,
             interval: Duration::from_millis(20),
             timeout: Duration::from_secs(5),
+            retries: None,
         },
         restart: RestartPolicy::No,
         max_restarts: None,
+        restart_delay_ms: None,
         stop: StopSpec {
+            command: None,
             signals: vec![("SIGTERM".to_owned(), 2_000)],
         },
         log: dir.join(".kip/logs").join(format!("{name}.log")),
@@ -782,6 +785,7 @@ async fn stop_escalates_to_sigkill_after_each_signal_times_out() {
         },
     );
     stubborn.stop = StopSpec {
+        command: None,
         signals: vec![("SIGTERM".to_owned(), 500)],
     };
     let pid = client.start(stubborn).await.unwrap().pid.unwrap();
@@ -809,6 +813,7 @@ async fn stop_escalates_to_sigkill_after_each_signal_times_out() {
         },
     );
     ignores_int.stop = StopSpec {
+        command: None,
         signals: vec![("SIGINT".to_owned(), 300), ("SIGTERM".to_owned(), 5_000)],
     };
     let pid = client.start(ignores_int).await.unwrap().pid.unwrap();
@@ -1132,9 +1137,11 @@ async fn start_daemon_runs_a_detached_supervisor() {
             initial_delay: Duration::ZERO,
             interval: Duration::from_millis(10),
             timeout: Duration::from_secs(5),
+            retries: None,
         },
         restart: RestartPolicy::OnFailure,
         max_restarts: None,
+        restart_delay_ms: None,
         stop: StopSpec::default(),
         log: kip_dir.join("logs/sleeper.log"),
         after: Vec::new(),

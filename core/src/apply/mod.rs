@@ -431,6 +431,18 @@ impl Applier<'_> {
             )?),
             None => None,
         };
+        // An update planned only because a value read from another instance was unknown at plan time, and that
+        // turned out the same, changes nothing: the instance is not restarted (and a job not run again).
+        let action = match &instance_change {
+            Some(resolved)
+                if action == Action::Update
+                    && saved.is_some()
+                    && resolved.changed_attributes().is_empty() =>
+            {
+                Action::Noop
+            }
+            _ => action,
+        };
         let attributes = instance_change
             .as_ref()
             .and_then(|c| c.after.clone())

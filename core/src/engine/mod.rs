@@ -27,7 +27,7 @@ use std::sync::Arc;
 use kip_schemas::EngineSchema;
 use serde::de::DeserializeOwned;
 
-pub use spec::{Probe, ProbeKind, RestartPolicy, RunAs, SpawnSpec, StopSpec};
+pub use spec::{Probe, ProbeKind, RestartPolicy, RunAs, SpawnSpec, StopCommand, StopSpec};
 
 use crate::address::Address;
 use crate::plan::{Attributes, Change, Desired};
