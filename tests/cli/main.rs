@@ -12,6 +12,7 @@ mod faults;
 mod fmt;
 mod graph;
 mod init;
+mod process;
 mod registry;
 mod resolve;
 mod schema;
