@@ -46,7 +46,7 @@ fn ms(duration: Duration) -> String {
     }
 }
 
-fn row(label: &str, times: &[Duration]) {
+pub(crate) fn row(label: &str, times: &[Duration]) {
     let stats = Stats::of(times);
     println!(
         "  {label:<66} {:>9} {:>9} {:>9} {:>5}",
@@ -57,7 +57,7 @@ fn row(label: &str, times: &[Duration]) {
     );
 }
 
-fn header(title: &str) {
+pub(crate) fn header(title: &str) {
     println!("\n{title}");
     println!(
         "  {:<66} {:>9} {:>9} {:>9} {:>5}",
@@ -66,7 +66,7 @@ fn header(title: &str) {
 }
 
 /// The test mirror (`scripts/test-mirror.sh`): `KIP_TEST_MIRROR` or `~/.cache/kip/test-mirror`.
-fn test_mirror() -> PathBuf {
+pub(crate) fn test_mirror() -> PathBuf {
     let mirror = std::env::var_os("KIP_TEST_MIRROR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {

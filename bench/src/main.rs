@@ -1,15 +1,16 @@
 //! kip's benchmarks. Each one prints the median (and min / max) of repeated runs for a target an issue names;
 //! BENCHMARKS.md records the numbers and what bounds them.
 //!
-//! Run: `cargo run --release -p kip-bench -- [front-half] [resolve] [apply] [--runs N]`. `resolve` and `apply` need
-//! the test mirror (`scripts/test-mirror.sh`; `KIP_TEST_MIRROR` or `~/.cache/kip/test-mirror`); `apply` drives the
-//! release `kip` binary (`KIP_BIN`, default `$CARGO_TARGET_DIR/release/kip`: build it with
+//! Run: `cargo run --release -p kip-bench -- [front-half] [resolve] [apply] [process] [--runs N]`. `resolve`,
+//! `apply` and `process` need the test mirror (`scripts/test-mirror.sh`; `KIP_TEST_MIRROR` or
+//! `~/.cache/kip/test-mirror`); `apply` and `process` drive the release `kip` binary (`KIP_BIN`, default `$CARGO_TARGET_DIR/release/kip`: build it with
 //! `cargo build --release -p kip-cli`). Without `--runs`, each benchmark uses its own default run counts.
 
 mod apply;
 #[path = "../../core/tests/support/http.rs"]
 mod http;
 mod kip;
+mod process;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -40,6 +41,10 @@ fn main() {
     }
     if wants("apply") {
         apply::run(runs);
+    }
+    if wants("process") {
+        let harness = kip::Harness::new(&apply::test_mirror());
+        process::run(&harness, runs.unwrap_or(21));
     }
 }
 

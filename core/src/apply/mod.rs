@@ -371,8 +371,13 @@ impl Applier<'_> {
                 .or_else(|| previous.as_ref().map(|p| p.prevent_destroy))
                 .unwrap_or_default(),
         };
+        // Nothing new to record (a step that changed no flag, secret or attribute): the state on disk says it
+        // already, and each write costs an fsync on the way to ready.
+        let unchanged = previous.as_ref() == Some(&entry);
         guard.instances.insert(ctx.address.clone(), entry);
-        guard.write(&self.project.kip_dir)?;
+        if !unchanged {
+            guard.write(&self.project.kip_dir)?;
+        }
         Ok(())
     }
 
@@ -598,6 +603,7 @@ impl Applier<'_> {
             .instances
             .get_mut(address)
             .expect("saved above, and only this worker touches this instance");
+        let before = saved.clone();
         saved.secrets = ctx.secrets.0.clone();
         saved.ports = ctx.ports.clone();
         for change in &deletions {
@@ -616,7 +622,9 @@ impl Applier<'_> {
                 );
             }
         }
-        guard.write(&self.project.kip_dir)?;
+        if guard.instances.get(address) != Some(&before) {
+            guard.write(&self.project.kip_dir)?;
+        }
         drop(guard);
         self.report.step(address, "ready");
         Ok(())

@@ -27,8 +27,10 @@
 //! become ready counts as a crash.
 //!
 //! Persistence: every change of a process's status is written to the daemon's table (see [`super::table`]) before
-//! anything else happens, the pid and start time of a new run right after the spawn, before the probe; the record
-//! is removed once the process is gone after a stop, just before the stop is answered.
+//! anything else happens, the run id of a new run right before its spawn and its pid and start time right after,
+//! before the probe; the one exception is a run becoming ready, recorded right after the start is answered (a daemon
+//! killed in between leaves it `starting`, and the next one probes it again). The record is removed once the process
+//! is gone after a stop, just before the stop is answered.
 
 use std::fs::OpenOptions;
 use std::io::Write as _;
@@ -498,7 +500,10 @@ impl Leader {
 
 impl Runner {
     async fn run(mut self, ready: oneshot::Sender<Result<ProcessStatus, RequestError>>) {
-        self.save();
+        // An adopted process is recorded at once; a new one is recorded (with its run id) right before its spawn.
+        if self.adoption.is_some() {
+            self.save();
+        }
         let stop = self.supervise(ready).await;
         // The process is gone: forget it before the stop is answered, so that whoever got the answer finds a
         // table without it.
@@ -749,10 +754,14 @@ impl Runner {
             }
             tracing::info!(name = %spec.name, pid, "ready after {} ms", started.elapsed().as_millis());
         }
-        self.update(|status| status.state = ProcessState::Ready);
+        // The caller hears first and the record follows: it is off the path to ready, and a daemon killed in
+        // between leaves the record `starting` with its pid, which the next daemon adopts and probes again.
+        self.status
+            .send_modify(|status| status.state = ProcessState::Ready);
         if let Some(first) = first.take() {
             let _ = first.send(Ok(self.status.borrow().clone()));
         }
+        self.save();
         let ready_at = Instant::now();
         tokio::select! {
             exit = leader.wait() => {
