@@ -206,6 +206,25 @@ impl Engine for Process {
         true
     }
 
+    /// The instances every `wait_for` of which says `condition = "started"`.
+    fn needs_only_started(&self, attributes: &kip_core::plan::Attributes) -> Vec<Address> {
+        let Some(Json::Object(wait_for)) = attributes.get("wait_for") else {
+            return Vec::new();
+        };
+        let mut conditions: BTreeMap<Address, bool> = BTreeMap::new();
+        for (label, block) in wait_for {
+            let Ok(address) = Address::parse(label) else {
+                continue;
+            };
+            let started = block.get("condition").and_then(Json::as_str) == Some("started");
+            *conditions.entry(address.instance_address()).or_insert(true) &= started;
+        }
+        conditions
+            .into_iter()
+            .filter_map(|(address, only_started)| only_started.then_some(address))
+            .collect()
+    }
+
     fn check_view(&self, node: &kip_core::plan::Desired) -> Result<(), EngineError> {
         kip_core::engine::typed::<ProcessArgs>(&node.address, &node.attributes).map(drop)
     }

@@ -986,3 +986,105 @@ fn a_bad_env_file_is_an_apply_error_naming_the_file_and_line() {
     stack.ok(&["apply", "--auto-approve"]);
     stack.pid("process.web");
 }
+
+#[test]
+fn wait_for_started_releases_a_process_once_its_dependency_spawned_and_ready_once_it_is_ready() {
+    let stack = Processes::new(
+        r#"process "slow" {
+  command = ["./slow.sh"]
+  ready {
+    log_line = "^ready$"
+    interval = "20ms"
+  }
+}
+
+process "early" {
+  command = ["./mark.sh", "early"]
+  wait_for "process.slow" {
+    condition = "started"
+  }
+}
+
+process "late" {
+  command = ["./mark.sh", "late"]
+  wait_for "process.slow" {
+    condition = "ready"
+  }
+}
+"#,
+    );
+    // Ready 1.5 s after it starts; records when.
+    stack.script(
+        "slow.sh",
+        &format!(
+            "date +%s%N > slow.started\nsleep 1.5\ndate +%s%N > slow.ready\necho ready\n{IDLE}"
+        ),
+    );
+    stack.script("mark.sh", &format!("date +%s%N > \"$1.started\"\n{IDLE}"));
+    stack.ok(&["apply", "--auto-approve"]);
+    let at = |file: &str| timestamps(&stack.read(file))[0];
+    assert!(at("slow.started") <= at("early.started"));
+    assert!(
+        at("early.started") < at("slow.ready"),
+        "`started` did not wait for readiness"
+    );
+    assert!(
+        at("slow.ready") <= at("late.started"),
+        "`ready` waited for it"
+    );
+    for name in ["process.slow", "process.early", "process.late"] {
+        stack.pid(name);
+    }
+}
+
+#[test]
+fn wait_for_started_on_a_process_that_fails_later_keeps_what_already_started() {
+    let stack = Processes::new(
+        r#"process "flaky" {
+  command = ["./flaky.sh"]
+  ready {
+    log_line = "never printed"
+    timeout  = "1s"
+  }
+}
+
+process "early" {
+  command = ["sleep", "60"]
+  wait_for "process.flaky" {
+    condition = "started"
+  }
+}
+
+process "late" {
+  command = ["sleep", "60"]
+  wait_for "process.flaky" {}
+}
+"#,
+    );
+    stack.script("flaky.sh", &format!("echo 'warming up'\n{IDLE}"));
+    let run = stack.kip(&["apply", "--auto-approve"]);
+    assert_eq!(run.code, 1, "{}", run.snapshot());
+    assert!(
+        run.stderr.contains("error: process.flaky failed"),
+        "{}",
+        run.snapshot()
+    );
+    assert!(
+        run.stderr
+            .contains("skipped what depends on it: process.late"),
+        "{}",
+        run.snapshot()
+    );
+    let skipped = run
+        .stderr
+        .lines()
+        .find(|line| line.contains("skipped"))
+        .unwrap();
+    assert!(!skipped.contains("process.early"), "{}", run.snapshot());
+    assert!(
+        !run.stderr.contains("error: process.early"),
+        "{}",
+        run.snapshot()
+    );
+    stack.pid("process.early");
+}

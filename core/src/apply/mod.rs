@@ -23,7 +23,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 pub use error::{ApplyError, InstanceError, InstanceFailure};
-pub use walk::{Failure, Outcome, walk};
+pub use walk::{Failure, Outcome, Started, walk, walk_gated};
 
 use crate::address::Address;
 use crate::config::{Config, Instance};
@@ -149,13 +149,33 @@ impl Applier<'_> {
                     .collect()
             })
             .collect();
-        let outcome = walk(&waits, self.parallelism, |index| {
+        // The dependencies an instance needs only started (its engine says which: a process's `wait_for` with
+        // `condition = "started"`).
+        let early: Vec<Vec<usize>> = instances
+            .iter()
+            .map(|instance| {
+                let engine = self.engines.get(instance.engine.name);
+                let attributes = plan
+                    .change(&instance.address)
+                    .and_then(|change| change.after.as_ref());
+                match (engine, attributes) {
+                    (Some(engine), Some(attributes)) => engine
+                        .needs_only_started(attributes)
+                        .iter()
+                        .filter_map(|dependency| position.get(dependency).copied())
+                        .collect(),
+                    _ => Vec::new(),
+                }
+            })
+            .collect();
+        let outcome = walk_gated(&waits, &early, self.parallelism, |index, started| {
             let runtime = runtime()?;
             runtime.block_on(self.apply_instance(
                 instances[index],
                 plan,
                 &shared_state,
                 &shared_lock,
+                started,
             ))
         });
         collect(
@@ -324,6 +344,31 @@ impl Applier<'_> {
     }
 
     /// Writes the instance's entry (keeping its objects) and the state file.
+    /// Returns once a process of the instance `address` was spawned (it has a pid), as a second connection to the
+    /// supervisor sees it; never, when the supervisor cannot be asked.
+    async fn spawned(&self, address: &Address) {
+        let mut supervisor = self.supervisors.connect();
+        loop {
+            match supervisor.status().await {
+                Ok(statuses) => {
+                    // A pid is this start's: a process that ran before and stopped has none (a job that exits
+                    // before it is seen is released by its finish instead).
+                    let spawned = lifecycle::processes_of(&statuses, address)
+                        .iter()
+                        .any(|status| status.pid.is_some());
+                    if spawned {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!("watching {address} start: {error}");
+                    return std::future::pending().await;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
     fn save(
         &self,
         state: &Mutex<State>,
@@ -387,6 +432,7 @@ impl Applier<'_> {
         plan: &Plan,
         state: &Mutex<State>,
         shared_lock: &Mutex<LockFile>,
+        started_signal: &Started<'_>,
     ) -> Result<(), InstanceError> {
         let address = &instance.address;
         let engine = self
@@ -509,7 +555,9 @@ impl Applier<'_> {
             lifecycle.succeeded = false;
         }
         let mut started = false;
-        if !(running || jobs && lifecycle.succeeded) {
+        if running || jobs && lifecycle.succeeded {
+            started_signal.signal();
+        } else {
             if self.sync_only {
                 return Err(InstanceError::NotRunning);
             }
@@ -519,7 +567,19 @@ impl Applier<'_> {
             lifecycle::check_ports(engine, &ctx)?;
             self.report
                 .step(address, if jobs { "running" } else { "starting" });
-            lifecycle::start(supervisor, &specs).await?;
+            if started_signal.wanted() {
+                // Released as soon as a process of the instance was spawned, while the start goes on.
+                let mut start = std::pin::pin!(lifecycle::start(supervisor, &specs));
+                tokio::select! {
+                    result = &mut start => result?,
+                    () = self.spawned(address) => {
+                        started_signal.signal();
+                        start.await?;
+                    }
+                }
+            } else {
+                lifecycle::start(supervisor, &specs).await?;
+            }
             if jobs {
                 lifecycle.succeeded = true;
             } else {

@@ -260,6 +260,14 @@ pub trait Engine: Send + Sync {
         false
     }
 
+    /// The nodes (addresses as the configuration names them: `process.migrate`, `postgres.main`) that an instance
+    /// with these attributes needs only *started* — its processes spawned, not yet ready or converged — before it
+    /// may start itself (a process's `wait_for "x" { condition = "started" }`). Everything else it depends on
+    /// finishes its lifecycle first.
+    fn needs_only_started(&self, _attributes: &Attributes) -> Vec<Address> {
+        Vec::new()
+    }
+
     /// Adds attributes derived from the declared ones to a desired node (a role that logs in has a password),
     /// so that the plan compares what the engine can report.
     fn derive(&self, _node: &mut Desired) {}

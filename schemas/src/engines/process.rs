@@ -184,9 +184,13 @@ fn wait_for() -> Block {
         Arg::new(
             "condition",
             T::Enum(vec!["started", "ready", "succeeded"]),
-            "`\"started\"`: the node's process was spawned. `\"ready\"`: its readiness probe passed (for an \
+            "`\"started\"`: the node's process was spawned (this one starts while the other still starts up; \
+             if it then fails, this one keeps running). `\"ready\"`: its readiness probe passed (for an \
              engine: it accepts connections and its objects are converged). `\"succeeded\"`: it exited with \
-             status 0 (for a process with `restart = \"no\"`).",
+             status 0 (for a process with `restart = \"no\"`). When several `wait_for` name the same \
+             instance, the strongest condition counts. `\"started\"` decides even when this process also \
+             references the node or lists it in `depends_on` (its exports are known once it was spawned): \
+             use `\"ready\"` when the process needs the node to answer.",
         )
         .with_default("ready"),
     ])
