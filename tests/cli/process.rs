@@ -1088,3 +1088,69 @@ process "late" {
     );
     stack.pid("process.early");
 }
+
+#[test]
+fn processes_with_awkward_for_each_keys_run_log_wait_and_stop_by_their_address() {
+    let keys = [
+        "a b",
+        "it's \\\"q\\\"",
+        "ü.🚀",
+        "$(touch pwned);|&",
+        "../up",
+    ];
+    let stack = Processes::new(&format!(
+        r#"process "web" {{
+  for_each = [{}]
+  command  = ["./web.sh"]
+  env      = {{ KEY = each.key }}
+}}
+
+process "after" {{
+  command = ["./after.sh"]
+  wait_for "process.web[\"a b\"]" {{}}
+}}
+"#,
+        keys.iter()
+            .map(|key| format!("\"{key}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    // Appends its key to keys.txt; on SIGTERM records the stop order.
+    stack.script(
+        "web.sh",
+        &format!(
+            "printf '%s\\n' \"$KEY\" >> keys.txt\ntrap 'printf \"web %s\\n\" \"$KEY\" >> stops.txt; exit 0' TERM\n{IDLE}"
+        ),
+    );
+    stack.script(
+        "after.sh",
+        &format!("trap 'sleep 0.2; echo after >> stops.txt; exit 0' TERM\n{IDLE}"),
+    );
+    stack.ok(&["apply", "--auto-approve"]);
+    let mut seen: Vec<String> = stack.read("keys.txt").lines().map(str::to_owned).collect();
+    seen.sort();
+    let mut expected =
+        ["a b", "it's \"q\"", "ü.🚀", "$(touch pwned);|&", "../up"].map(str::to_owned);
+    expected.sort();
+    assert_eq!(seen, expected);
+    assert!(!stack.path().join("pwned").exists());
+    for key in &expected {
+        let address = format!(
+            "process.web[\"{}\"]",
+            key.replace('\\', "\\\\").replace('"', "\\\"")
+        );
+        stack.pid(&address);
+        let logs = stack.ok(&["logs", &address]);
+        assert!(
+            logs.stdout.contains("starting"),
+            "{address}\n{}",
+            logs.snapshot()
+        );
+    }
+    stack.pid("process.after");
+    stack.ok(&["down"]);
+    let stops = stack.read("stops.txt");
+    let position = |line: &str| stops.lines().position(|l| l == line).unwrap();
+    assert!(position("after") < position("web a b"), "{stops}");
+    assert_eq!(stops.lines().count(), 6, "{stops}");
+}
