@@ -1154,3 +1154,34 @@ process "after" {{
     assert!(position("after") < position("web a b"), "{stops}");
     assert_eq!(stops.lines().count(), 6, "{stops}");
 }
+
+#[test]
+fn restart_always_restarts_a_clean_exit_and_on_failure_does_not() {
+    let stack = Processes::new(
+        r#"process "always" {
+  command       = ["./run.sh", "always"]
+  restart       = "always"
+  max_restarts  = 0
+  restart_delay = "100ms"
+}
+
+process "on_failure" {
+  command = ["./run.sh", "on_failure"]
+}
+"#,
+    );
+    // Up for 0.3 s (past the settle time of a process without a probe), then a clean exit.
+    stack.script("run.sh", "echo run >> \"runs-$1.txt\"\nsleep 0.3\nexit 0\n");
+    stack.ok(&["apply", "--auto-approve"]);
+    stack.wait_until("three runs of `always`", Duration::from_secs(20), || {
+        std::fs::read_to_string(stack.path().join("runs-always.txt"))
+            .is_ok_and(|runs| runs.lines().count() >= 3)
+    });
+    stack.wait_until("on_failure to exit", Duration::from_secs(10), || {
+        stack.status("process.on_failure")["state"]["kind"] == "exited"
+    });
+    let status = stack.status("process.on_failure");
+    assert_eq!(status["state"]["code"], 0, "{status:#}");
+    assert_eq!(status["restarts"], 0, "{status:#}");
+    assert_eq!(stack.read("runs-on_failure.txt"), "run\n");
+}
