@@ -1185,3 +1185,39 @@ process "on_failure" {
     assert_eq!(status["restarts"], 0, "{status:#}");
     assert_eq!(stack.read("runs-on_failure.txt"), "run\n");
 }
+
+#[test]
+fn env_reads_a_postgres_database_url_known_after_apply() {
+    let stack = crate::apply::Stack::new(
+        r#"postgres "main" {
+  version = "16"
+  role "app" { login = true }
+  database "shop" { owner = "app" }
+}
+
+process "web" {
+  command = ["./web.sh"]
+  env     = { DATABASE_URL = postgres.main.database.shop.url }
+}
+"#,
+    );
+    let script = stack.project.write(
+        "web.sh",
+        format!("#!/bin/sh\nprintf '%s' \"$DATABASE_URL\" > url.txt\n{IDLE}"),
+    );
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let plan = stack.ok(&["plan"]);
+    assert!(
+        plan.stdout.contains("env           = (known after apply)"),
+        "{}",
+        plan.snapshot()
+    );
+    stack.ok(&["apply", "--auto-approve"]);
+    let url = stack.project.read("url.txt");
+    assert_eq!(url, stack.url("postgres.main.database.shop"));
+    // The URL the process got works: a real client connects with it and reads the database's name.
+    let rows = stack.sql("postgres.main.database.shop", "SELECT current_database()");
+    assert_eq!(rows, [["shop"]]);
+    let plan = stack.ok(&["plan", "--detailed-exitcode"]);
+    assert!(plan.stdout.contains("No changes"), "{}", plan.snapshot());
+}

@@ -925,7 +925,10 @@ async fn stop_group(
     let Some(group) = Pid::from_raw(pid as i32) else {
         return Ok(());
     };
+    // The stop command asks the leader to stop: when the leader is gone already (what is left of its group is being
+    // cleaned up), there is nobody to ask, and the signals follow at once.
     if let Some(step) = &checked.stop_command
+        && !leader.has_exited()
         && !wait_group_gone(leader, group, Duration::ZERO).await
     {
         if run_stop_command(spec, step, leader, group, pid).await {
