@@ -2,8 +2,9 @@
 //!
 //! Instances the plan deletes go first, in reverse dependency order (a web server before the database it uses).
 //! Then every instance the plan touches runs its [`lifecycle`] on its own thread, up to `parallelism` at once,
-//! each released as soon as the instances it depends on are done ([`walk`]); a failure (or a provider panic)
-//! skips what depends on it, reported once. The state is saved after every step, so a kip killed at any moment
+//! each released as soon as the instances it depends on are done ([`walk`]), or merely started where its engine says
+//! that is enough ([`Engine::needs_only_started`], a process's `wait_for` with `condition = "started"`); a failure
+//! (or a provider panic) skips what depends on it, reported once. The state is saved after every step, so a kip killed at any moment
 //! leaves a state the next apply repairs.
 //!
 //! Values come from the plan. Two kinds are taken where they live instead: secrets (the plan holds only
