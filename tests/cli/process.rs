@@ -882,6 +882,11 @@ process "migrate_job" {
   command = ["./migrate"]
   restart = "sometimes"
   stop_timeout = "soon"
+  max_restarts = -1
+  ready {
+    exec    = ["./check"]
+    retries = 2.5
+  }
 }
 "#,
     );

@@ -55,6 +55,8 @@ use crate::engine::{ProbeKind, RestartPolicy, SpawnSpec};
 
 /// The first restart waits this long; each further one twice as long as the one before.
 pub(super) const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
+/// The shortest wait before a restart, whatever the spec's restart delay.
+pub(super) const MIN_BACKOFF: Duration = Duration::from_millis(10);
 /// The longest wait before a restart.
 pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How many restarts in a row a process gets when its spec sets no `max_restarts`: with the backoff, a process
@@ -520,10 +522,13 @@ impl Runner {
     ) -> StopOutcome {
         let mut first = Some(ready);
         let mut in_a_row = 0u32;
+        // A restart delay of zero still waits a little, and doubles from there: a process that crashes at once
+        // with no restart limit must not spin.
         let initial_backoff = self
             .spec
             .restart_delay_ms
-            .map_or(INITIAL_BACKOFF, Duration::from_millis);
+            .map_or(INITIAL_BACKOFF, Duration::from_millis)
+            .max(MIN_BACKOFF);
         let max_backoff = MAX_BACKOFF.max(initial_backoff);
         let mut backoff = initial_backoff;
         loop {

@@ -92,7 +92,7 @@ process "web" {
             .with_default("on_failure"),
             Arg::new(
                 "max_restarts",
-                T::Number,
+                T::Count,
                 "Restarts in a row before kip gives up and reports the process as failed (`kip ps` shows \
                  `failed` with how its last run ended); `0` means no limit. The count resets once the process \
                  has stayed up for 30 s.",
@@ -102,7 +102,8 @@ process "web" {
                 "restart_delay",
                 T::Duration,
                 "Pause before the first restart in a row; each further one waits twice as long as the one \
-                 before, up to 10 s (or `restart_delay` when it is longer).",
+                 before, up to 10 s (or `restart_delay` when it is longer). `\"0s\"` waits 10 ms, so that a \
+                 process that crashes at once never spins.",
             )
             .with_default("1s"),
             Arg::new(
@@ -160,7 +161,7 @@ fn ready() -> Block {
         Arg::new("timeout", T::Duration, "Total time the process gets to become ready.").with_default("60s"),
         Arg::new(
             "retries",
-            T::Number,
+            T::Count,
             "Failed attempts allowed before giving up, on top of `timeout`: with `retries = 2` the probe \
              fails at the third failed attempt (or at `timeout`, whichever comes first). Only `timeout` \
              limits attempts when unset.",
