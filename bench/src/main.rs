@@ -1,15 +1,17 @@
 //! kip's benchmarks. Each one prints the median (and min / max) of repeated runs for a target an issue names;
 //! BENCHMARKS.md records the numbers and what bounds them.
 //!
-//! Run: `cargo run --release -p kip-bench -- [front-half] [resolve] [apply] [valkey] [--runs N]`. `resolve`, `apply` and `valkey` need
-//! the test mirror (`scripts/test-mirror.sh`; `KIP_TEST_MIRROR` or `~/.cache/kip/test-mirror`); `apply` and `valkey` drive the
-//! release `kip` binary (`KIP_BIN`, default `$CARGO_TARGET_DIR/release/kip`: build it with
+//! Run: `cargo run --release -p kip-bench -- [front-half] [resolve] [apply] [valkey] [process] [--runs N]`.
+//! `resolve`, `apply`, `valkey` and `process` need the test mirror (`scripts/test-mirror.sh`; `KIP_TEST_MIRROR` or
+//! `~/.cache/kip/test-mirror`); `apply`, `valkey` and `process` drive the release `kip` binary (`KIP_BIN`, default
+//! `$CARGO_TARGET_DIR/release/kip`: build it with
 //! `cargo build --release -p kip-cli`). Without `--runs`, each benchmark uses its own default run counts.
 
 mod apply;
 #[path = "../../core/tests/support/http.rs"]
 mod http;
 mod kip;
+mod process;
 mod valkey;
 
 use std::path::Path;
@@ -44,6 +46,10 @@ fn main() {
     }
     if wants("valkey") {
         valkey::run(runs);
+    }
+    if wants("process") {
+        let harness = kip::Harness::new(&apply::test_mirror());
+        process::run(&harness, runs.unwrap_or(21));
     }
 }
 

@@ -148,10 +148,13 @@ fn script_spec(dir: &Path, name: &str, script: &str, probe: ProbeKind) -> SpawnS
             initial_delay: Duration::ZERO,
             interval: Duration::from_millis(20),
             timeout: Duration::from_secs(5),
+            retries: None,
         },
         restart: RestartPolicy::No,
         max_restarts: None,
+        restart_delay_ms: None,
         stop: StopSpec {
+            command: None,
             signals: vec![("SIGTERM".to_owned(), 2_000)],
         },
         log: dir.join(".kip/logs").join(format!("{name}.log")),
@@ -782,6 +785,7 @@ async fn stop_escalates_to_sigkill_after_each_signal_times_out() {
         },
     );
     stubborn.stop = StopSpec {
+        command: None,
         signals: vec![("SIGTERM".to_owned(), 500)],
     };
     let pid = client.start(stubborn).await.unwrap().pid.unwrap();
@@ -809,6 +813,7 @@ async fn stop_escalates_to_sigkill_after_each_signal_times_out() {
         },
     );
     ignores_int.stop = StopSpec {
+        command: None,
         signals: vec![("SIGINT".to_owned(), 300), ("SIGTERM".to_owned(), 5_000)],
     };
     let pid = client.start(ignores_int).await.unwrap().pid.unwrap();
@@ -1132,9 +1137,11 @@ async fn start_daemon_runs_a_detached_supervisor() {
             initial_delay: Duration::ZERO,
             interval: Duration::from_millis(10),
             timeout: Duration::from_secs(5),
+            retries: None,
         },
         restart: RestartPolicy::OnFailure,
         max_restarts: None,
+        restart_delay_ms: None,
         stop: StopSpec::default(),
         log: kip_dir.join("logs/sleeper.log"),
         after: Vec::new(),
@@ -2300,4 +2307,236 @@ async fn an_adopted_valkey_keeps_its_socket_and_is_replaced_on_the_same_socket()
     assert_eq!(valkey_ping(&socket), "+PONG\r\n");
     client.stop("valkey.cache").await.unwrap();
     assert_stopped(new_pid);
+}
+
+#[tokio::test]
+async fn a_stop_command_stops_the_process_and_sigkill_follows_when_it_does_not() {
+    use kip_core::engine::StopCommand;
+    let daemon = TestDaemon::start();
+    let mut client = daemon.client().await;
+
+    // The stop command asks the process (by KIP_STOP_PID) to stop; the process says how it was asked.
+    let mut polite = daemon.script(
+        "polite",
+        "trap 'echo asked-by-usr1 > polite.txt; exit 0' USR1; trap 'echo got-term > polite.txt; exit 0' TERM; \
+         echo ready; while :; do sleep 0.05; done",
+        log_line("^ready$"),
+    );
+    polite.stop = StopSpec {
+        command: Some(StopCommand {
+            command: vec![
+                "/bin/sh".to_owned(),
+                "-c".to_owned(),
+                "echo \"stop command for $KIP_STOP_PID\"; kill -USR1 \"$KIP_STOP_PID\"".to_owned(),
+            ],
+            wait_ms: 5_000,
+        }),
+        signals: vec![("SIGTERM".to_owned(), 2_000)],
+    };
+    let pid = client.start(polite.clone()).await.unwrap().pid.unwrap();
+    let clock = Instant::now();
+    client.stop("polite").await.unwrap();
+    assert!(
+        clock.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        clock.elapsed()
+    );
+    assert_gone(pid);
+    assert_eq!(
+        std::fs::read_to_string(daemon.path("polite.txt")).unwrap(),
+        "asked-by-usr1\n"
+    );
+    let log = std::fs::read_to_string(&polite.log).unwrap();
+    assert!(log.contains(&format!("stop command for {pid}")), "{log}");
+
+    // A stop command that does not stop it (and hangs): killed after its wait, then the signals, then SIGKILL.
+    let mut deaf = daemon.script(
+        "deaf",
+        "trap '' TERM; echo ready; while :; do sleep 0.05; done",
+        log_line("^ready$"),
+    );
+    deaf.stop = StopSpec {
+        command: Some(StopCommand {
+            command: vec![
+                "/bin/sh".to_owned(),
+                "-c".to_owned(),
+                "echo $$ > stop-command.pid; exec sleep 30".to_owned(),
+            ],
+            wait_ms: 300,
+        }),
+        signals: vec![("SIGTERM".to_owned(), 300)],
+    };
+    let pid = client.start(deaf.clone()).await.unwrap().pid.unwrap();
+    let clock = Instant::now();
+    client.stop("deaf").await.unwrap();
+    let took = clock.elapsed();
+    assert!(
+        took >= Duration::from_millis(600) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert_gone(pid);
+    assert!(!group_exists(pid));
+    let log = std::fs::read_to_string(&deaf.log).unwrap();
+    assert!(log.contains("still ran after 300 ms: killed"), "{log}");
+    let stop_command: u32 = std::fs::read_to_string(daemon.path("stop-command.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_gone(stop_command);
+
+    // A stop command that cannot run: the signals stop the process.
+    let mut missing = daemon.script(
+        "missing",
+        "echo ready; while :; do sleep 0.05; done",
+        log_line("^ready$"),
+    );
+    missing.stop = StopSpec {
+        command: Some(StopCommand {
+            command: vec!["/nonexistent/stop".to_owned()],
+            wait_ms: 5_000,
+        }),
+        signals: vec![("SIGTERM".to_owned(), 2_000)],
+    };
+    let pid = client.start(missing.clone()).await.unwrap().pid.unwrap();
+    client.stop("missing").await.unwrap();
+    assert_gone(pid);
+    let log = std::fs::read_to_string(&missing.log).unwrap();
+    assert!(
+        log.contains("cannot run the stop command `/nonexistent/stop`"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
+async fn an_adopted_process_is_stopped_with_its_stop_command() {
+    use kip_core::engine::StopCommand;
+    let mut groups = Groups::default();
+    let dir = tempfile::tempdir().unwrap();
+    let kip_dir = dir.path().join(".kip");
+    let (mut first, mut first_guard) = start_detached(&kip_dir).await;
+    let mut service = script_spec(
+        dir.path(),
+        "service",
+        "trap 'echo asked > asked.txt; exit 0' USR2; echo ready; while :; do sleep 0.05; done",
+        log_line("^ready$"),
+    );
+    service.stop = StopSpec {
+        command: Some(StopCommand {
+            command: vec![
+                "/bin/sh".to_owned(),
+                "-c".to_owned(),
+                "kill -USR2 \"$KIP_STOP_PID\"".to_owned(),
+            ],
+            wait_ms: 5_000,
+        }),
+        signals: Vec::new(),
+    };
+    let pid = groups.add(first.start(service).await.unwrap().pid.unwrap());
+    drop(first);
+    kill_supervisor(&mut first_guard);
+
+    let daemon = TestDaemon::start_in(dir);
+    let mut client = daemon.client().await;
+    let status = client.status().await.unwrap();
+    assert!(
+        status[0].adopted && status[0].pid == Some(pid),
+        "{status:?}"
+    );
+    client.stop("service").await.unwrap();
+    assert_stopped(pid);
+    assert_eq!(
+        std::fs::read_to_string(daemon.path("asked.txt")).unwrap(),
+        "asked\n"
+    );
+}
+
+#[tokio::test]
+async fn without_a_probe_a_settle_time_fails_a_process_that_exits_at_once_and_retries_bound_a_probe()
+ {
+    let daemon = TestDaemon::start();
+    let mut client = daemon.client().await;
+
+    let mut early = daemon.script(
+        "early",
+        "echo 'missing config' >&2; exit 4",
+        ProbeKind::None,
+    );
+    early.probe.initial_delay = Duration::from_millis(300);
+    early.restart = RestartPolicy::OnFailure;
+    let error = probe_error(client.start(early).await.unwrap_err());
+    match error {
+        RequestError::ExitedBeforeReady { exit, tail, .. } => {
+            assert_eq!(exit, "exited with code 4");
+            assert!(tail.iter().any(|line| line == "missing config"), "{tail:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Alive through its settle time: ready, after it.
+    let mut steady = daemon.script("steady", "exec sleep 30", ProbeKind::None);
+    steady.probe.initial_delay = Duration::from_millis(200);
+    let clock = Instant::now();
+    let status = client.start(steady).await.unwrap();
+    assert!(clock.elapsed() >= Duration::from_millis(200));
+    assert_eq!(status.state, ProcessState::Ready);
+
+    // Two failed checks allowed: the third fails the start, long before the timeout.
+    let mut retried = daemon.script(
+        "retried",
+        "exec sleep 30",
+        ProbeKind::Exec {
+            command: vec!["false".to_owned()],
+        },
+    );
+    retried.probe.retries = Some(2);
+    retried.probe.timeout = Duration::from_secs(30);
+    let clock = Instant::now();
+    let error = probe_error(client.start(retried).await.unwrap_err());
+    assert!(
+        clock.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        clock.elapsed()
+    );
+    match error {
+        RequestError::NotReady { reason, .. } => {
+            assert!(
+                reason.starts_with("3 checks failed (retries = 2); last check:"),
+                "{reason}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn restart_delay_is_the_first_backoff_and_doubles() {
+    let daemon = TestDaemon::start();
+    let mut client = daemon.client().await;
+    let mut crashing = daemon.script(
+        "crashing",
+        "date +%s%N >> starts.txt; echo ready; sleep 0.1; exit 1",
+        log_line("^ready$"),
+    );
+    crashing.restart = RestartPolicy::OnFailure;
+    crashing.max_restarts = Some(2);
+    crashing.restart_delay_ms = Some(500);
+    client.start(crashing).await.unwrap();
+    wait_for(&mut client, "crashing", Duration::from_secs(10), |status| {
+        matches!(status.state, ProcessState::Failed { .. })
+    })
+    .await;
+    let starts: Vec<u128> = std::fs::read_to_string(daemon.path("starts.txt"))
+        .unwrap()
+        .lines()
+        .map(|line| line.parse().unwrap())
+        .collect();
+    assert_eq!(starts.len(), 3, "{starts:?}");
+    // Each run lasts ~0.1 s, then waits 0.5 s, then 1 s.
+    let gaps: Vec<u128> = starts
+        .windows(2)
+        .map(|pair| (pair[1] - pair[0]) / 1_000_000)
+        .collect();
+    assert!((600..2_000).contains(&gaps[0]), "{gaps:?}");
+    assert!((1_100..3_000).contains(&gaps[1]), "{gaps:?}");
 }

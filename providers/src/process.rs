@@ -1,11 +1,13 @@
 //! The `process` engine: the user's own program (a web server, a worker, a migration) under the supervisor.
 //!
 //! It has no version, no data and no objects: it is a spawn spec built from the block. It runs as the user who ran
-//! kip (it is their program) unless `run_as` says otherwise, in kip's environment plus `env` (whose values may
-//! read other instances: `postgres.main.database.shop.url`, resolved when the process starts). A relative program
-//! is found against `working_dir`, a bare name on `PATH`. `restart = "no"` makes it a job: apply waits for it to
-//! exit 0, and a job that succeeded does not run again until its configuration changes. A `ready` block is its
-//! readiness probe; without one it is ready once started.
+//! kip (it is their program) unless `run_as` says otherwise, in kip's environment, then the variables of
+//! `env_file`, then `env` (whose values may read other instances: `postgres.main.database.shop.url`, resolved when
+//! the process starts). A relative program is found against `working_dir`, a bare name on `PATH`. `restart = "no"`
+//! makes it a job: apply waits for it to exit 0, and a job that succeeded does not run again until its
+//! configuration changes. A `ready` block is its readiness probe; without one a server is ready once it has run
+//! for [`NO_PROBE_SETTLE`] without exiting (a job: once started, apply then waits for its exit). It stops with
+//! `stop_command` when it has one, else `stop_signal`, and gets `stop_timeout` before SIGKILL.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,11 +16,16 @@ use std::time::Duration;
 use kip_core::address::Address;
 use kip_core::engine::{
     BoxFuture, Engine, EngineError, Exports, InstanceCtx, Probe, ProbeKind, RestartPolicy,
-    SpawnSpec, StopSpec,
+    SpawnSpec, StopCommand, StopSpec,
 };
 use kip_schemas::EngineSchema;
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
+
+/// How long a server without a `ready` block must run without exiting to count as ready: a program that exits at
+/// once (a typo in an argument, a missing file) then fails the apply with its output, instead of passing as started
+/// and crash-looping behind it.
+pub const NO_PROBE_SETTLE: Duration = Duration::from_millis(100);
 
 /// The `process` engine.
 #[derive(Debug, Default)]
@@ -33,6 +40,7 @@ pub struct ProcessArgs {
     pub command: Vec<String>,
     pub working_dir: Option<String>,
     pub env: Option<BTreeMap<String, Json>>,
+    pub env_file: Option<String>,
     pub port: Option<u16>,
     pub restart: String,
     pub max_restarts: u32,
@@ -89,22 +97,34 @@ impl ProcessArgs {
         }
     }
 
-    /// kip's environment, then `env`.
-    fn environment(&self) -> BTreeMap<String, String> {
+    /// The path of `env_file`, relative to the project directory.
+    fn env_file(&self, ctx: &InstanceCtx) -> Option<PathBuf> {
+        self.env_file
+            .as_ref()
+            .map(|file| ctx.project_dir.join(file))
+    }
+
+    /// kip's environment, then the variables of `env_file`, then `env`.
+    fn environment(&self, ctx: &InstanceCtx) -> Result<BTreeMap<String, String>, EngineError> {
         let mut environment: BTreeMap<String, String> = std::env::vars().collect();
+        if let Some(path) = self.env_file(ctx) {
+            environment.extend(read_env_file(&path)?);
+        }
         for (name, value) in self.env.iter().flatten() {
             environment.insert(name.clone(), env_text(value));
         }
-        environment
+        Ok(environment)
     }
 
     fn probe(&self, working_dir: &Path) -> Result<Probe, EngineError> {
         let Some(ready) = &self.ready else {
+            let job = self.restart == "no";
             return Ok(Probe {
                 kind: ProbeKind::None,
-                initial_delay: Duration::ZERO,
+                initial_delay: if job { Duration::ZERO } else { NO_PROBE_SETTLE },
                 interval: Duration::from_millis(250),
                 timeout: Duration::from_secs(60),
+                retries: None,
             });
         };
         let kind = if let Some(url) = &ready.http {
@@ -143,6 +163,7 @@ impl ProcessArgs {
             initial_delay: duration("ready.initial_delay", &ready.initial_delay)?,
             interval: duration("ready.interval", &ready.interval)?,
             timeout: duration("ready.timeout", &ready.timeout)?,
+            retries: ready.retries,
         })
     }
 
@@ -185,6 +206,25 @@ impl Engine for Process {
         true
     }
 
+    /// The instances every `wait_for` of which says `condition = "started"`.
+    fn needs_only_started(&self, attributes: &kip_core::plan::Attributes) -> Vec<Address> {
+        let Some(Json::Object(wait_for)) = attributes.get("wait_for") else {
+            return Vec::new();
+        };
+        let mut conditions: BTreeMap<Address, bool> = BTreeMap::new();
+        for (label, block) in wait_for {
+            let Ok(address) = Address::parse(label) else {
+                continue;
+            };
+            let started = block.get("condition").and_then(Json::as_str) == Some("started");
+            *conditions.entry(address.instance_address()).or_insert(true) &= started;
+        }
+        conditions
+            .into_iter()
+            .filter_map(|(address, only_started)| only_started.then_some(address))
+            .collect()
+    }
+
     fn check_view(&self, node: &kip_core::plan::Desired) -> Result<(), EngineError> {
         kip_core::engine::typed::<ProcessArgs>(&node.address, &node.attributes).map(drop)
     }
@@ -199,6 +239,9 @@ impl Engine for Process {
                     working_dir.display()
                 ))
                 .hint("`working_dir` is relative to the directory of kip.hcl"));
+            }
+            if let Some(path) = args.env_file(ctx) {
+                read_env_file(&path)?;
             }
             Ok(())
         })
@@ -215,9 +258,24 @@ impl Engine for Process {
     fn spawn_specs(&self, ctx: &InstanceCtx) -> Result<Vec<SpawnSpec>, EngineError> {
         let args: ProcessArgs = ctx.args()?;
         let working_dir = args.working_dir(ctx);
-        let environment = args.environment();
+        let environment = args.environment(ctx)?;
         let program = args.program(&working_dir, &environment)?;
         let job = args.restart == "no";
+        let stop_timeout = duration("stop_timeout", &args.stop_timeout)?.as_millis() as u64;
+        let stop = match &args.stop_command {
+            // The stop command replaces the signal; SIGKILL follows once stop_timeout ran out.
+            Some(command) => StopSpec {
+                command: Some(StopCommand {
+                    command: command.clone(),
+                    wait_ms: stop_timeout,
+                }),
+                signals: Vec::new(),
+            },
+            None => StopSpec {
+                command: None,
+                signals: vec![(args.stop_signal.clone(), stop_timeout)],
+            },
+        };
         Ok(vec![SpawnSpec {
             name: SpawnSpec::name_for(&ctx.address, None),
             instance: ctx.address.to_string(),
@@ -232,13 +290,16 @@ impl Engine for Process {
                 "no" => RestartPolicy::No,
                 _ => RestartPolicy::OnFailure,
             },
-            max_restarts: (args.max_restarts > 0).then_some(args.max_restarts),
-            stop: StopSpec {
-                signals: vec![(
-                    args.stop_signal.clone(),
-                    duration("stop_timeout", &args.stop_timeout)?.as_millis() as u64,
-                )],
-            },
+            // `0` is no limit: a budget no process spends.
+            max_restarts: Some(if args.max_restarts == 0 {
+                u32::MAX
+            } else {
+                args.max_restarts
+            }),
+            restart_delay_ms: Some(
+                duration("restart_delay", &args.restart_delay)?.as_millis() as u64
+            ),
+            stop,
             log: ctx.log("process"),
             after: Vec::new(),
             reload: None,
@@ -262,5 +323,130 @@ impl Engine for Process {
             exports.insert("port".into(), Json::Null);
         }
         Ok(exports)
+    }
+}
+
+/// The variables of an env file: `NAME=value` lines, with `#` comments, blank lines, an optional `export ` in
+/// front, and values optionally in single quotes (taken as written) or double quotes (with `\n`, `\t`, `\"` and
+/// `\\` escapes). A line that is none of these is an error naming the file and the line.
+pub fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>, EngineError> {
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        EngineError::with_source(
+            format!("cannot read the env_file {}", path.display()),
+            error,
+        )
+        .hint("`env_file` is relative to the directory of kip.hcl")
+    })?;
+    parse_env_file(&text).map_err(|(line, reason)| {
+        EngineError::new(format!("{}:{line}: {reason}", path.display()))
+            .hint("each line of an env_file is NAME=value, a # comment, or blank")
+    })
+}
+
+/// [`read_env_file`] on a file's text; an error is the line number and what is wrong with it.
+fn parse_env_file(text: &str) -> Result<BTreeMap<String, String>, (usize, String)> {
+    let mut variables = BTreeMap::new();
+    for (index, line) in text.lines().enumerate() {
+        let number = index + 1;
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").map_or(line, str::trim_start);
+        let Some((name, value)) = line.split_once('=') else {
+            return Err((number, format!("expected NAME=value, found {line:?}")));
+        };
+        let name = name.trim();
+        let valid_name = name
+            .chars()
+            .next()
+            .is_some_and(|first| first.is_ascii_alphabetic() || first == '_')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+        if !valid_name {
+            return Err((number, format!("{name:?} is not a variable name")));
+        }
+        let value = value.trim();
+        let value = if let Some(rest) = value.strip_prefix('\'') {
+            let Some((quoted, after)) = rest.split_once('\'') else {
+                return Err((number, "the single quote is not closed".to_owned()));
+            };
+            check_after_quote(after).map_err(|reason| (number, reason))?;
+            quoted.to_owned()
+        } else if let Some(rest) = value.strip_prefix('"') {
+            let mut unquoted = String::new();
+            let mut chars = rest.chars();
+            let mut closed = None;
+            while let Some(c) = chars.next() {
+                match c {
+                    '"' => {
+                        closed = Some(chars.as_str());
+                        break;
+                    }
+                    '\\' => match chars.next() {
+                        Some('n') => unquoted.push('\n'),
+                        Some('t') => unquoted.push('\t'),
+                        Some(other) => unquoted.push(other),
+                        None => break,
+                    },
+                    other => unquoted.push(other),
+                }
+            }
+            let Some(after) = closed else {
+                return Err((number, "the double quote is not closed".to_owned()));
+            };
+            check_after_quote(after).map_err(|reason| (number, reason))?;
+            unquoted
+        } else {
+            // An unquoted value ends at a comment that follows a space.
+            match value.find(" #") {
+                Some(comment) => value[..comment].trim_end().to_owned(),
+                None => value.to_owned(),
+            }
+        };
+        variables.insert(name.to_owned(), value);
+    }
+    Ok(variables)
+}
+
+/// After a quoted value only a comment may follow.
+fn check_after_quote(after: &str) -> Result<(), String> {
+    let after = after.trim();
+    if after.is_empty() || after.starts_with('#') {
+        Ok(())
+    } else {
+        Err(format!("unexpected {after:?} after the quoted value"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_env_file;
+
+    #[test]
+    fn env_files_read_names_values_quotes_and_comments() {
+        let text = "# a comment\n\nPLAIN=value\nexport EXPORTED = spaced  \nSINGLE='a \\n b # not a comment'\n\
+                    DOUBLE=\"line\\nnext \\\"q\\\"\" # comment\nEMPTY=\nTRAILING=x # comment\nURL=postgres://u:p@h/db?x=1\n";
+        let variables = parse_env_file(text).unwrap();
+        let get = |name: &str| variables.get(name).map(String::as_str);
+        assert_eq!(get("PLAIN"), Some("value"));
+        assert_eq!(get("EXPORTED"), Some("spaced"));
+        assert_eq!(get("SINGLE"), Some("a \\n b # not a comment"));
+        assert_eq!(get("DOUBLE"), Some("line\nnext \"q\""));
+        assert_eq!(get("EMPTY"), Some(""));
+        assert_eq!(get("TRAILING"), Some("x"));
+        assert_eq!(get("URL"), Some("postgres://u:p@h/db?x=1"));
+        assert_eq!(variables.len(), 7);
+    }
+
+    #[test]
+    fn env_file_mistakes_name_their_line() {
+        assert_eq!(parse_env_file("A=1\nno equals sign\n").unwrap_err().0, 2);
+        assert_eq!(parse_env_file("1A=1\n").unwrap_err().0, 1);
+        assert_eq!(parse_env_file("A='open\n").unwrap_err().0, 1);
+        assert_eq!(parse_env_file("A=\"open\n").unwrap_err().0, 1);
+        assert_eq!(parse_env_file("A='x' y\n").unwrap_err().0, 1);
+        assert_eq!(parse_env_file("=x\n").unwrap_err().0, 1);
     }
 }

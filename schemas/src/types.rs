@@ -28,6 +28,8 @@ pub enum ValueType {
     Size,
     /// A TCP port: a whole number from 1 to 65535.
     Port,
+    /// A count: a whole number from 0 to 4294967295 (restarts, retries).
+    Count,
     Any,
 }
 
@@ -65,6 +67,7 @@ impl fmt::Display for ValueType {
             ValueType::Duration => f.write_str("duration"),
             ValueType::Size => f.write_str("size"),
             ValueType::Port => f.write_str("port"),
+            ValueType::Count => f.write_str("count"),
             ValueType::Any => f.write_str("any"),
         }
     }
@@ -151,6 +154,13 @@ fn check_at(ty: &ValueType, shape: &Shape, path: &mut Vec<PathStep>) -> Result<(
         },
         (ValueType::Port, Shape::Number(number)) => {
             if number.fract() == 0.0 && (1.0..=65535.0).contains(number) {
+                Ok(())
+            } else {
+                Err(invalid(path, format_number(*number)))
+            }
+        }
+        (ValueType::Count, Shape::Number(number)) => {
+            if number.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(number) {
                 Ok(())
             } else {
                 Err(invalid(path, format_number(*number)))

@@ -275,6 +275,7 @@ fn check_attribute(
             MismatchKind::Type { expected, found } => {
                 let wanted = match &argument.ty {
                     ValueType::Port => "a TCP port (a whole number from 1 to 65535)".to_owned(),
+                    ValueType::Count => "a whole number from 0 to 4294967295".to_owned(),
                     other => other.to_string(),
                 };
                 let mut detail = format!(
@@ -316,6 +317,10 @@ fn check_attribute(
                     ),
                     ValueType::Port => format!(
                         "\"{}\" must be a TCP port, a whole number from 1 to 65535, got {found}{location}.",
+                        argument.name
+                    ),
+                    ValueType::Count => format!(
+                        "\"{}\" must be a whole number from 0 to 4294967295, got {found}{location}.",
                         argument.name
                     ),
                     other => format!(

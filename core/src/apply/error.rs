@@ -34,11 +34,13 @@ pub enum InstanceError {
     },
     #[error("it does not run, and kip sync never starts, creates or replaces an instance")]
     NotRunning,
-    #[error("the job `{name}` {exit}")]
+    #[error("the job `{name}` {exit}{}", crate::supervisor::quote_tail(log, tail))]
     JobFailed {
         name: String,
         exit: String,
         log: PathBuf,
+        /// The last lines the job wrote in this run.
+        tail: Vec<String>,
     },
     #[error("kip.lock lacks a pin for {0} and --locked forbids adding one")]
     Locked(String),

@@ -169,9 +169,12 @@ pub async fn start(
     specs: &[SpawnSpec],
 ) -> Result<(), InstanceError> {
     for spec in specs {
+        // Where this run's output starts in the log, for the lines a failure quotes.
+        let offset = std::fs::metadata(&spec.log).map_or(0, |metadata| metadata.len());
         supervisor.start(spec.clone()).await?;
         if spec.job {
             let status = supervisor.wait_exit(&spec.name, JOB_TIMEOUT).await?;
+            let tail = || crate::supervisor::log_tail(&spec.log, offset);
             match status.state {
                 ProcessState::Exited { code: Some(0), .. } => {}
                 ProcessState::Exited { code, signal } => {
@@ -183,6 +186,7 @@ pub async fn start(
                             _ => "exited".to_owned(),
                         },
                         log: spec.log.clone(),
+                        tail: tail(),
                     });
                 }
                 ProcessState::Failed { reason } => {
@@ -190,6 +194,7 @@ pub async fn start(
                         name: spec.name.clone(),
                         exit: format!("failed: {reason}"),
                         log: spec.log.clone(),
+                        tail: tail(),
                     });
                 }
                 _ => {}

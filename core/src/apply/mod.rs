@@ -2,8 +2,9 @@
 //!
 //! Instances the plan deletes go first, in reverse dependency order (a web server before the database it uses).
 //! Then every instance the plan touches runs its [`lifecycle`] on its own thread, up to `parallelism` at once,
-//! each released as soon as the instances it depends on are done ([`walk`]); a failure (or a provider panic)
-//! skips what depends on it, reported once. The state is saved after every step, so a kip killed at any moment
+//! each released as soon as the instances it depends on are done ([`walk`]), or merely started where its engine says
+//! that is enough ([`Engine::needs_only_started`], a process's `wait_for` with `condition = "started"`); a failure
+//! (or a provider panic) skips what depends on it, reported once. The state is saved after every step, so a kip killed at any moment
 //! leaves a state the next apply repairs.
 //!
 //! Values come from the plan. Two kinds are taken where they live instead: secrets (the plan holds only
@@ -23,7 +24,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 pub use error::{ApplyError, InstanceError, InstanceFailure};
-pub use walk::{Failure, Outcome, walk};
+pub use walk::{Failure, Outcome, Started, walk, walk_gated};
 
 use crate::address::Address;
 use crate::config::{Config, Instance};
@@ -149,13 +150,33 @@ impl Applier<'_> {
                     .collect()
             })
             .collect();
-        let outcome = walk(&waits, self.parallelism, |index| {
+        // The dependencies an instance needs only started (its engine says which: a process's `wait_for` with
+        // `condition = "started"`).
+        let early: Vec<Vec<usize>> = instances
+            .iter()
+            .map(|instance| {
+                let engine = self.engines.get(instance.engine.name);
+                let attributes = plan
+                    .change(&instance.address)
+                    .and_then(|change| change.after.as_ref());
+                match (engine, attributes) {
+                    (Some(engine), Some(attributes)) => engine
+                        .needs_only_started(attributes)
+                        .iter()
+                        .filter_map(|dependency| position.get(dependency).copied())
+                        .collect(),
+                    _ => Vec::new(),
+                }
+            })
+            .collect();
+        let outcome = walk_gated(&waits, &early, self.parallelism, |index, started| {
             let runtime = runtime()?;
             runtime.block_on(self.apply_instance(
                 instances[index],
                 plan,
                 &shared_state,
                 &shared_lock,
+                started,
             ))
         });
         collect(
@@ -324,6 +345,31 @@ impl Applier<'_> {
     }
 
     /// Writes the instance's entry (keeping its objects) and the state file.
+    /// Returns once a process of the instance `address` was spawned (it has a pid), as a second connection to the
+    /// supervisor sees it; never, when the supervisor cannot be asked.
+    async fn spawned(&self, address: &Address) {
+        let mut supervisor = self.supervisors.connect();
+        loop {
+            match supervisor.status().await {
+                Ok(statuses) => {
+                    // A pid is this start's: a process that ran before and stopped has none (a job that exits
+                    // before it is seen is released by its finish instead).
+                    let spawned = lifecycle::processes_of(&statuses, address)
+                        .iter()
+                        .any(|status| status.pid.is_some());
+                    if spawned {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!("watching {address} start: {error}");
+                    return std::future::pending().await;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
     fn save(
         &self,
         state: &Mutex<State>,
@@ -371,8 +417,13 @@ impl Applier<'_> {
                 .or_else(|| previous.as_ref().map(|p| p.prevent_destroy))
                 .unwrap_or_default(),
         };
+        // Nothing new to record (a step that changed no flag, secret or attribute): the state on disk says it
+        // already, and each write costs an fsync on the way to ready.
+        let unchanged = previous.as_ref() == Some(&entry);
         guard.instances.insert(ctx.address.clone(), entry);
-        guard.write(&self.project.kip_dir)?;
+        if !unchanged {
+            guard.write(&self.project.kip_dir)?;
+        }
         Ok(())
     }
 
@@ -382,6 +433,7 @@ impl Applier<'_> {
         plan: &Plan,
         state: &Mutex<State>,
         shared_lock: &Mutex<LockFile>,
+        started_signal: &Started<'_>,
     ) -> Result<(), InstanceError> {
         let address = &instance.address;
         let engine = self
@@ -430,6 +482,18 @@ impl Applier<'_> {
                 saved.as_ref().map(|s| &s.attributes),
             )?),
             None => None,
+        };
+        // An update planned only because a value read from another instance was unknown at plan time, and that
+        // turned out the same, changes nothing: the instance is not restarted (and a job not run again).
+        let action = match &instance_change {
+            Some(resolved)
+                if action == Action::Update
+                    && saved.is_some()
+                    && resolved.changed_attributes().is_empty() =>
+            {
+                Action::Noop
+            }
+            _ => action,
         };
         let attributes = instance_change
             .as_ref()
@@ -492,7 +556,9 @@ impl Applier<'_> {
             lifecycle.succeeded = false;
         }
         let mut started = false;
-        if !(running || jobs && lifecycle.succeeded) {
+        if running || jobs && lifecycle.succeeded {
+            started_signal.signal();
+        } else {
             if self.sync_only {
                 return Err(InstanceError::NotRunning);
             }
@@ -502,7 +568,19 @@ impl Applier<'_> {
             lifecycle::check_ports(engine, &ctx)?;
             self.report
                 .step(address, if jobs { "running" } else { "starting" });
-            lifecycle::start(supervisor, &specs).await?;
+            if started_signal.wanted() {
+                // Released as soon as a process of the instance was spawned, while the start goes on.
+                let mut start = std::pin::pin!(lifecycle::start(supervisor, &specs));
+                tokio::select! {
+                    result = &mut start => result?,
+                    () = self.spawned(address) => {
+                        started_signal.signal();
+                        start.await?;
+                    }
+                }
+            } else {
+                lifecycle::start(supervisor, &specs).await?;
+            }
             if jobs {
                 lifecycle.succeeded = true;
             } else {
@@ -590,6 +668,7 @@ impl Applier<'_> {
             .instances
             .get_mut(address)
             .expect("saved above, and only this worker touches this instance");
+        let before = saved.clone();
         saved.secrets = ctx.secrets.0.clone();
         saved.ports = ctx.ports.clone();
         for change in &deletions {
@@ -608,7 +687,9 @@ impl Applier<'_> {
                 );
             }
         }
-        guard.write(&self.project.kip_dir)?;
+        if guard.instances.get(address) != Some(&before) {
+            guard.write(&self.project.kip_dir)?;
+        }
         drop(guard);
         self.report.step(address, "ready");
         Ok(())

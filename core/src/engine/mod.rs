@@ -27,7 +27,7 @@ use std::sync::Arc;
 use kip_schemas::EngineSchema;
 use serde::de::DeserializeOwned;
 
-pub use spec::{Probe, ProbeKind, RestartPolicy, RunAs, SpawnSpec, StopSpec};
+pub use spec::{Probe, ProbeKind, RestartPolicy, RunAs, SpawnSpec, StopCommand, StopSpec};
 
 use crate::address::Address;
 use crate::plan::{Attributes, Change, Desired};
@@ -258,6 +258,14 @@ pub trait Engine: Send + Sync {
     /// unprivileged account when kip runs as root (database servers). `run_as` overrides either.
     fn runs_as_caller(&self) -> bool {
         false
+    }
+
+    /// The nodes (addresses as the configuration names them: `process.migrate`, `postgres.main`) that an instance
+    /// with these attributes needs only *started* — its processes spawned, not yet ready or converged — before it
+    /// may start itself (a process's `wait_for "x" { condition = "started" }`). Everything else it depends on
+    /// finishes its lifecycle first.
+    fn needs_only_started(&self, _attributes: &Attributes) -> Vec<Address> {
+        Vec::new()
     }
 
     /// Adds attributes derived from the declared ones to a desired node (a role that logs in has a password),

@@ -22,7 +22,8 @@ pub enum ProbeKind {
     Exec { command: Vec<String> },
     /// The process's log has a line containing this text.
     LogLine { pattern: String },
-    /// No probe: ready as soon as it started.
+    /// No probe: ready as soon as it started, or, when the probe has an `initial_delay`, once it has run that
+    /// long without exiting (so that a program that exits at once fails its start instead of passing it).
     None,
 }
 
@@ -38,6 +39,9 @@ pub struct Probe {
     /// The whole budget: not ready by then is a failure whose error quotes the log's last lines.
     #[serde(with = "millis")]
     pub timeout: Duration,
+    /// Failed checks allowed before the probe gives up, within `timeout`; `None`: only `timeout` limits it.
+    #[serde(default)]
+    pub retries: Option<u32>,
 }
 
 /// When the supervisor restarts a process that exited.
@@ -49,16 +53,29 @@ pub enum RestartPolicy {
     Always,
 }
 
-/// How to stop a process: each signal in turn, waiting up to its timeout, then SIGKILL.
+/// How to stop a process: its stop command when it has one, then each signal in turn, waiting up to its timeout
+/// for the whole process group to be gone, then SIGKILL.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StopSpec {
+    /// A command that asks the process to stop (`["./bin/web", "shutdown"]`), run first, with the process's
+    /// environment, directory and account, plus `KIP_STOP_PID` (the process's pid).
+    #[serde(default)]
+    pub command: Option<StopCommand>,
     /// Signal names ("SIGINT", "SIGTERM", "SIGQUIT") with how long to wait after each.
     pub signals: Vec<(String, u64)>,
+}
+
+/// A stop command and how long the process gets to be gone after it is started (the command itself included).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopCommand {
+    pub command: Vec<String>,
+    pub wait_ms: u64,
 }
 
 impl Default for StopSpec {
     fn default() -> Self {
         StopSpec {
+            command: None,
             signals: vec![("SIGTERM".into(), 10_000), ("SIGQUIT".into(), 5_000)],
         }
     }
@@ -92,6 +109,10 @@ pub struct SpawnSpec {
     pub restart: RestartPolicy,
     #[serde(default)]
     pub max_restarts: Option<u32>,
+    /// The pause before the first restart in a row, in milliseconds; each further one is twice as long, up to
+    /// 10 s (or this, when it is longer). `None`: the supervisor's own (200 ms).
+    #[serde(default)]
+    pub restart_delay_ms: Option<u64>,
     pub stop: StopSpec,
     /// Where stdout and stderr go.
     pub log: PathBuf,

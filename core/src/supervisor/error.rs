@@ -33,7 +33,7 @@ pub enum RequestError {
         reason: String,
     },
     #[error(
-        "`{name}` did not become ready: its {probe} probe did not pass within {}; last check: {reason}{}",
+        "`{name}` did not become ready: its {probe} probe did not pass within {}; {reason}{}",
         seconds(*waited_ms),
         quote_tail(log, tail)
     )]
@@ -289,7 +289,8 @@ fn seconds(millis: u64) -> String {
 }
 
 /// The log lines an error quotes, indented under a line that names the log.
-fn quote_tail(log: &Path, tail: &[String]) -> String {
+/// The last lines of a log as an error quotes them, on lines of their own after the message.
+pub fn quote_tail(log: &Path, tail: &[String]) -> String {
     if tail.is_empty() {
         return format!("\n  (nothing in {} from this run)", log.display());
     }

@@ -22,7 +22,7 @@ const SCAN_CHUNK: u64 = 1024 * 1024;
 
 /// The last [`TAIL_LINES`] lines of `path` written at or after `offset` (fewer if the run wrote fewer; none if the
 /// file cannot be read).
-pub(super) fn tail(path: &Path, offset: u64) -> Vec<String> {
+pub fn tail(path: &Path, offset: u64) -> Vec<String> {
     let Ok(mut file) = File::open(path) else {
         return Vec::new();
     };

@@ -98,7 +98,8 @@ use serde::{Deserialize, Serialize};
 
 pub use client::{Client, DAEMON_START_TIMEOUT};
 pub use daemon::{DaemonOptions, run_daemon, run_daemon_with};
-pub use error::{RequestError, SupervisorError};
+pub use error::{RequestError, SupervisorError, quote_tail};
+pub use logfile::tail as log_tail;
 pub use process::DEFAULT_MAX_RESTARTS;
 pub use protocol::PROTOCOL_VERSION;
 

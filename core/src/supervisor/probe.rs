@@ -183,6 +183,8 @@ pub(super) struct Prober {
     interval: Duration,
     deadline: Instant,
     started: Instant,
+    /// Failed checks allowed before giving up (within the deadline).
+    retries: Option<u32>,
     /// The spawned process group, which must own the listening socket a check connects to.
     group: u32,
     /// The socket or port the check connects to, if it connects to one.
@@ -239,17 +241,22 @@ impl Prober {
             interval: spec.probe.interval.max(MIN_INTERVAL),
             deadline: started + spec.probe.timeout,
             started,
+            retries: spec.probe.retries,
             group,
             target: Target::of(&spec.probe.kind),
         })
     }
 
-    /// Checks until a check passes (Ok) or the timeout runs out (the last check's reason).
+    /// Checks until a check passes (Ok), or the timeout runs out or more checks than `retries` failed (the last
+    /// check's reason). Without a check, the process is ready once it has run for the initial delay (its caller
+    /// sees an exit before then).
     pub(super) async fn wait_ready(mut self) -> Result<(), ProbeFailure> {
         if let Check::None = self.check {
+            tokio::time::sleep_until(self.started + self.initial_delay).await;
             return Ok(());
         }
         tokio::time::sleep_until((self.started + self.initial_delay).min(self.deadline)).await;
+        let mut failed = 0u32;
         loop {
             let budget = self
                 .deadline
@@ -261,9 +268,20 @@ impl Prober {
                 Err(_) => format!("the check did not finish within {} ms", budget.as_millis()),
             };
             let now = Instant::now();
+            failed = failed.saturating_add(1);
+            if let Some(retries) = self.retries
+                && failed > retries
+            {
+                return Err(ProbeFailure {
+                    reason: format!(
+                        "{failed} checks failed (retries = {retries}); last check: {reason}"
+                    ),
+                    waited: now - self.started,
+                });
+            }
             if now >= self.deadline {
                 return Err(ProbeFailure {
-                    reason,
+                    reason: format!("last check: {reason}"),
                     waited: now - self.started,
                 });
             }

@@ -27,8 +27,10 @@
 //! become ready counts as a crash.
 //!
 //! Persistence: every change of a process's status is written to the daemon's table (see [`super::table`]) before
-//! anything else happens, the pid and start time of a new run right after the spawn, before the probe; the record
-//! is removed once the process is gone after a stop, just before the stop is answered.
+//! anything else happens, the run id of a new run right before its spawn and its pid and start time right after,
+//! before the probe; the one exception is a run becoming ready, recorded right after the start is answered (a daemon
+//! killed in between leaves it `starting`, and the next one probes it again). The record is removed once the process
+//! is gone after a stop, just before the stop is answered.
 
 use std::fs::OpenOptions;
 use std::io::Write as _;
@@ -53,6 +55,8 @@ use crate::engine::{ProbeKind, RestartPolicy, SpawnSpec};
 
 /// The first restart waits this long; each further one twice as long as the one before.
 pub(super) const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
+/// The shortest wait before a restart, whatever the spec's restart delay.
+pub(super) const MIN_BACKOFF: Duration = Duration::from_millis(10);
 /// The longest wait before a restart.
 pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How many restarts in a row a process gets when its spec sets no `max_restarts`: with the backoff, a process
@@ -123,9 +127,17 @@ struct StopStep {
     wait: Duration,
 }
 
+/// A stop command and how long the group gets to be gone once it was started.
+#[derive(Clone)]
+struct StopCommandStep {
+    command: Vec<String>,
+    wait: Duration,
+}
+
 /// What checking a spec produced, for its task to use.
 pub(super) struct Checked {
     log_pattern: Option<Regex>,
+    stop_command: Option<StopCommandStep>,
     stop: Vec<StopStep>,
     reload: Option<NamedSignal>,
 }
@@ -181,8 +193,19 @@ pub(super) fn check(spec: &SpawnSpec) -> Result<Checked, RequestError> {
         })?),
         None => None,
     };
+    let stop_command = match &spec.stop.command {
+        Some(command) if command.command.is_empty() => {
+            return Err(invalid("the stop command is empty".to_owned()));
+        }
+        Some(command) => Some(StopCommandStep {
+            command: command.command.clone(),
+            wait: Duration::from_millis(command.wait_ms),
+        }),
+        None => None,
+    };
     Ok(Checked {
         log_pattern,
+        stop_command,
         stop,
         reload,
     })
@@ -210,6 +233,15 @@ pub(super) fn check_persisted(spec: &SpawnSpec) -> Checked {
                 ProbeKind::LogLine { pattern } => Regex::new(pattern).ok(),
                 _ => None,
             },
+            stop_command: spec
+                .stop
+                .command
+                .as_ref()
+                .filter(|command| !command.command.is_empty())
+                .map(|command| StopCommandStep {
+                    command: command.command.clone(),
+                    wait: Duration::from_millis(command.wait_ms),
+                }),
             stop: if stop.is_empty() {
                 vec![StopStep {
                     signal: NamedSignal {
@@ -470,7 +502,10 @@ impl Leader {
 
 impl Runner {
     async fn run(mut self, ready: oneshot::Sender<Result<ProcessStatus, RequestError>>) {
-        self.save();
+        // An adopted process is recorded at once; a new one is recorded (with its run id) right before its spawn.
+        if self.adoption.is_some() {
+            self.save();
+        }
         let stop = self.supervise(ready).await;
         // The process is gone: forget it before the stop is answered, so that whoever got the answer finds a
         // table without it.
@@ -487,7 +522,15 @@ impl Runner {
     ) -> StopOutcome {
         let mut first = Some(ready);
         let mut in_a_row = 0u32;
-        let mut backoff = INITIAL_BACKOFF;
+        // A restart delay of zero still waits a little, and doubles from there: a process that crashes at once
+        // with no restart limit must not spin.
+        let initial_backoff = self
+            .spec
+            .restart_delay_ms
+            .map_or(INITIAL_BACKOFF, Duration::from_millis)
+            .max(MIN_BACKOFF);
+        let max_backoff = MAX_BACKOFF.max(initial_backoff);
+        let mut backoff = initial_backoff;
         loop {
             // How the run ended: its exit status when it ran and its status is known, and why, in words.
             let (exit, reason) = match self.run_once(&mut first).await {
@@ -521,7 +564,7 @@ impl Runner {
                 } => {
                     if stable {
                         in_a_row = 0;
-                        backoff = INITIAL_BACKOFF;
+                        backoff = initial_backoff;
                     }
                     let reason = match status {
                         Some(status) => describe_exit(status),
@@ -573,7 +616,7 @@ impl Runner {
                 reply = self.next_stop(None) => return StopOutcome { reply, result: Ok(()) },
             }
             in_a_row += 1;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            backoff = (backoff * 2).min(max_backoff);
             self.update(|status| status.restarts += 1);
         }
         // Not running, and not to be restarted: stay in the table (for `kip ps`) until told to stop.
@@ -642,7 +685,7 @@ impl Runner {
                 (
                     Leader::Child(child),
                     pid,
-                    spec.probe.kind != ProbeKind::None,
+                    spec.probe.kind != ProbeKind::None || !spec.probe.initial_delay.is_zero(),
                 )
             }
         };
@@ -716,10 +759,14 @@ impl Runner {
             }
             tracing::info!(name = %spec.name, pid, "ready after {} ms", started.elapsed().as_millis());
         }
-        self.update(|status| status.state = ProcessState::Ready);
+        // The caller hears first and the record follows: it is off the path to ready, and a daemon killed in
+        // between leaves the record `starting` with its pid, which the next daemon adopts and probes again.
+        self.status
+            .send_modify(|status| status.state = ProcessState::Ready);
         if let Some(first) = first.take() {
             let _ = first.send(Ok(self.status.borrow().clone()));
         }
+        self.save();
         let ready_at = Instant::now();
         tokio::select! {
             exit = leader.wait() => {
@@ -810,7 +857,7 @@ impl Runner {
     }
 
     async fn stop_process(&self, leader: &mut Leader, pid: u32) -> Result<(), RequestError> {
-        stop_group(&self.spec.name, &self.checked.stop, leader, pid).await
+        stop_group(&self.spec, &self.checked, leader, pid).await
     }
 }
 
@@ -864,25 +911,37 @@ pub(super) async fn stop_leftovers(
         pid: group,
         start_time,
     };
-    if let Err(error) = stop_group(&spec.name, &checked.stop, &mut leader, group).await {
+    if let Err(error) = stop_group(spec, checked, &mut leader, group).await {
         tracing::warn!(name = %spec.name, "{error}");
     }
 }
 
-/// The stop sequence: each signal to the process group, waiting up to its time for the group to be gone, then
-/// SIGKILL. A child leader is reaped on the way. Also cleans up after a leader that exited by itself: what is left
-/// of its group gets the same sequence (an empty group returns at once, and is not signalled: once a group is
-/// empty, its number may be reused).
+/// The stop sequence: the stop command when the spec has one, waiting up to its time for the group to be gone, then
+/// each signal to the process group, waiting up to its time, then SIGKILL. A child leader is reaped on the way.
+/// Also cleans up after a leader that exited by itself: what is left of its group gets the same sequence (an empty
+/// group returns at once, and is not signalled: once a group is empty, its number may be reused).
 async fn stop_group(
-    name: &str,
-    steps: &[StopStep],
+    spec: &SpawnSpec,
+    checked: &Checked,
     leader: &mut Leader,
     pid: u32,
 ) -> Result<(), RequestError> {
+    let name = spec.name.as_str();
     let Some(group) = Pid::from_raw(pid as i32) else {
         return Ok(());
     };
-    for step in steps {
+    // The stop command asks the leader to stop: when the leader is gone already (what is left of its group is being
+    // cleaned up), there is nobody to ask, and the signals follow at once.
+    if let Some(step) = &checked.stop_command
+        && !leader.has_exited()
+        && !wait_group_gone(leader, group, Duration::ZERO).await
+    {
+        if run_stop_command(spec, step, leader, group, pid).await {
+            return Ok(());
+        }
+        tracing::info!(name = %name, pid, "still running {} ms after its stop command", step.wait.as_millis());
+    }
+    for step in &checked.stop {
         if wait_group_gone(leader, group, Duration::ZERO).await {
             return Ok(());
         }
@@ -919,6 +978,80 @@ async fn stop_group(
         tracing::warn!(name = %name, pid, "process group still present {} s after SIGKILL", KILL_WAIT.as_secs());
     }
     Ok(())
+}
+
+/// Runs the stop command of `spec` for the run `pid` and waits up to the step's time for the group to be gone
+/// (whether the command finished or not); answers whether it is. A command still running then is killed: the
+/// sequence goes on with signals. What the command printed goes to the process's log.
+async fn run_stop_command(
+    spec: &SpawnSpec,
+    step: &StopCommandStep,
+    leader: &mut Leader,
+    group: Pid,
+    pid: u32,
+) -> bool {
+    let shown = step.command.join(" ");
+    note_in_log(spec, &format!("running the stop command `{shown}`"));
+    let log = OpenOptions::new().append(true).open(&spec.log);
+    let (stdout, stderr) = match log.and_then(|log| Ok((log.try_clone()?, log))) {
+        Ok((stdout, stderr)) => (Stdio::from(stdout), Stdio::from(stderr)),
+        Err(_) => (Stdio::null(), Stdio::null()),
+    };
+    let (program, args) = step
+        .command
+        .split_first()
+        .expect("check refuses an empty stop command");
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(args)
+        .env_clear()
+        .envs(&spec.env)
+        .env("KIP_STOP_PID", pid.to_string())
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        // Its own group: the signals that may follow go to the process's group, not to the command.
+        .process_group(0)
+        .kill_on_drop(true);
+    if !spec.cwd.as_os_str().is_empty() {
+        command.current_dir(&spec.cwd);
+    }
+    if let Some(run_as) = &spec.run_as {
+        command.uid(run_as.uid).gid(run_as.gid);
+    }
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(error) => {
+            let message = format!("cannot run the stop command `{shown}`: {error}");
+            tracing::warn!(name = %spec.name, "{message}");
+            note_in_log(spec, &message);
+            return false;
+        }
+    };
+    let gone = wait_group_gone(leader, group, step.wait).await;
+    match child.try_wait() {
+        Ok(Some(status)) if !status.success() => {
+            note_in_log(
+                spec,
+                &format!("the stop command `{shown}` {}", describe_exit(status)),
+            );
+        }
+        Ok(Some(_)) => {}
+        _ => {
+            note_in_log(
+                spec,
+                &format!(
+                    "the stop command `{shown}` still ran after {} ms: killed",
+                    step.wait.as_millis()
+                ),
+            );
+            if let Some(command_group) = child.id().and_then(|id| Pid::from_raw(id as i32)) {
+                let _ = rustix::process::kill_process_group(command_group, Signal::KILL);
+            }
+            let _ = child.wait().await;
+        }
+    }
+    gone
 }
 
 /// Waits up to `budget` for the leader to exit (reaping a child) and the rest of its group to be gone.

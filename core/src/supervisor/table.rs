@@ -4,9 +4,13 @@
 //! The daemon keeps one [`Record`] per supervised process and rewrites the whole file on every change: a spawn (its
 //! pid and start time are on disk before the readiness probe runs, so a daemon killed during a start still knows
 //! them), a state change, a restart, and a stop (the record goes once the process is gone, not before, so a daemon
-//! killed during a stop leaves the process to the next one). Writes are atomic (temp file, fsync, rename, fsync of
-//! the directory) and the file is private (0600, in a 0700 directory): specs carry environment variables, which may
-//! hold secrets.
+//! killed during a stop leaves the process to the next one). Writes are atomic (temp file, rename) and the file is
+//! private (0600, in a 0700 directory): specs carry environment variables, which may hold secrets.
+//!
+//! Writes are not fsynced, on purpose: the table describes processes that run now, and it is for a daemon that was
+//! killed, whose writes the kernel keeps (a killed process loses nothing it wrote). What an fsync adds is survival
+//! of a machine crash, after which none of the processes the table lists runs any more; it would cost two disk
+//! flushes on the way to every process's start (before and after its spawn), for nothing.
 //!
 //! A record names a process by pid and start time (`/proc/PID/stat` field 22): a pid alone could have been reused
 //! by an unrelated process since, which the next daemon must neither adopt nor signal.
@@ -204,9 +208,7 @@ fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
         // A temp file left by a crash keeps its old mode through `open`: set it.
         file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         file.write_all(contents)?;
-        file.sync_all()?;
-        std::fs::rename(&temp, path)?;
-        std::fs::File::open(dir)?.sync_all()
+        std::fs::rename(&temp, path)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&temp);
@@ -238,9 +240,11 @@ mod tests {
                     initial_delay: Duration::ZERO,
                     interval: Duration::from_millis(10),
                     timeout: Duration::from_secs(1),
+                    retries: None,
                 },
                 restart: RestartPolicy::No,
                 max_restarts: None,
+                restart_delay_ms: None,
                 stop: StopSpec::default(),
                 log: "/tmp/p.log".into(),
                 after: Vec::new(),

@@ -54,10 +54,13 @@ pub fn spawn_spec(
             initial_delay: Duration::ZERO,
             interval: Duration::from_millis(10),
             timeout: Duration::from_secs(30),
+            retries: None,
         },
         restart: RestartPolicy::OnFailure,
         max_restarts: None,
+        restart_delay_ms: None,
         stop: StopSpec {
+            command: None,
             signals: vec![("SIGINT".to_owned(), 10_000), ("SIGQUIT".to_owned(), 5_000)],
         },
         log: log.to_owned(),

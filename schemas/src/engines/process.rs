@@ -68,6 +68,16 @@ process "web" {
                  (`postgres.main.url`); numbers and bools are passed as their text (`8080`, `true`).",
             ),
             Arg::new(
+                "env_file",
+                T::String,
+                "A file of `NAME=value` lines (a `.env` file), relative to the directory of `kip.hcl`, read at \
+                 each start: its variables are added to kip's environment, and `env` wins over them. `#` starts \
+                 a comment line; `export ` in front of a line, and values in single or double quotes (with \
+                 `\\n` escapes), are understood. A missing file or a line that is none of these fails the apply \
+                 with the file and line. Changing the file's contents does not restart the process; \
+                 `kip down` and `kip up` do.",
+            ),
+            Arg::new(
                 "port",
                 T::Port,
                 "The TCP port the process listens on, if any. kip does not allocate it or pass it on: it is \
@@ -82,14 +92,20 @@ process "web" {
             .with_default("on_failure"),
             Arg::new(
                 "max_restarts",
-                T::Number,
-                "Restarts in a row before kip gives up and reports the process as failed; `0` means no limit. \
-                 The count resets once the process has been ready for a minute.",
+                T::Count,
+                "Restarts in a row before kip gives up and reports the process as failed (`kip ps` shows \
+                 `failed` with how its last run ended); `0` means no limit. The count resets once the process \
+                 has stayed up for 30 s.",
             )
             .with_default(5),
-            Arg::new("restart_delay", T::Duration, "Pause before each restart.")
-                .with_default("1s")
-                .not_yet("the supervisor restarts with its own backoff, 200 ms doubling up to 10 s"),
+            Arg::new(
+                "restart_delay",
+                T::Duration,
+                "Pause before the first restart in a row; each further one waits twice as long as the one \
+                 before, up to 10 s (or `restart_delay` when it is longer). `\"0s\"` waits 10 ms, so that a \
+                 process that crashes at once never spins.",
+            )
+            .with_default("1s"),
             Arg::new(
                 "stop_signal",
                 T::Enum(vec!["SIGTERM", "SIGINT", "SIGQUIT", "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGKILL"]),
@@ -100,9 +116,9 @@ process "web" {
                 "stop_command",
                 T::list(T::String),
                 "Command run to stop the process gracefully instead of sending `stop_signal`, e.g. \
-                 `[\"./bin/web\", \"shutdown\"]`.",
-            )
-            .not_yet("the supervisor stops processes with signals only"),
+                 `[\"./bin/web\", \"shutdown\"]`: without a shell, in `working_dir`, with the process's \
+                 environment plus `KIP_STOP_PID` (the process's pid); its output goes to the process's log.",
+            ),
             Arg::new(
                 "stop_timeout",
                 T::Duration,
@@ -126,7 +142,8 @@ fn ready() -> Block {
         "How kip knows the process is ready: exactly one probe kind (`http`, `tcp`, `exec`, `log_line` or \
          `socket`), tried every `interval` until it passes or `timeout` runs out. Until it passes, nothing \
          that depends on the process starts; if it never does, the apply fails and shows the process's \
-         last log lines. Without a `ready` block the process counts as ready once started.",
+         last log lines. Without a `ready` block a process counts as ready once it has run for 100 ms \
+         without exiting (a job: once started).",
     )
     .arguments(vec![
         Arg::new("http", T::String, "URL to GET; ready on any 2xx or 3xx response: `\"http://127.0.0.1:8080/healthz\"`."),
@@ -144,11 +161,11 @@ fn ready() -> Block {
         Arg::new("timeout", T::Duration, "Total time the process gets to become ready.").with_default("60s"),
         Arg::new(
             "retries",
-            T::Number,
-            "Failed attempts allowed before giving up, on top of `timeout`. Only `timeout` limits attempts \
-             when unset.",
-        )
-        .not_yet("only `timeout` limits a probe"),
+            T::Count,
+            "Failed attempts allowed before giving up, on top of `timeout`: with `retries = 2` the probe \
+             fails at the third failed attempt (or at `timeout`, whichever comes first). Only `timeout` \
+             limits attempts when unset.",
+        ),
     ])
     .exactly_one_of(&["http", "tcp", "exec", "log_line", "socket"])
 }
@@ -168,9 +185,13 @@ fn wait_for() -> Block {
         Arg::new(
             "condition",
             T::Enum(vec!["started", "ready", "succeeded"]),
-            "`\"started\"`: the node's process was spawned. `\"ready\"`: its readiness probe passed (for an \
+            "`\"started\"`: the node's process was spawned (this one starts while the other still starts up; \
+             if it then fails, this one keeps running). `\"ready\"`: its readiness probe passed (for an \
              engine: it accepts connections and its objects are converged). `\"succeeded\"`: it exited with \
-             status 0 (for a process with `restart = \"no\"`).",
+             status 0 (for a process with `restart = \"no\"`). When several `wait_for` name the same \
+             instance, the strongest condition counts. `\"started\"` decides even when this process also \
+             references the node or lists it in `depends_on` (its exports are known once it was spawned): \
+             use `\"ready\"` when the process needs the node to answer.",
         )
         .with_default("ready"),
     ])

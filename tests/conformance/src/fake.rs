@@ -260,6 +260,7 @@ impl Engine for Fake {
                     initial_delay: Duration::ZERO,
                     interval: Duration::from_millis(10),
                     timeout: Duration::from_secs(5),
+                    retries: None,
                 },
                 restart: if args.job {
                     RestartPolicy::No
@@ -267,6 +268,7 @@ impl Engine for Fake {
                     RestartPolicy::OnFailure
                 },
                 max_restarts: Some(3),
+                restart_delay_ms: None,
                 stop: StopSpec::default(),
                 log: ctx.log(process.as_deref().unwrap_or("fake")),
                 after: specs

@@ -539,6 +539,7 @@ fn sample(ty: &ValueType) -> serde_json::Value {
         ValueType::Duration => json!("1s"),
         ValueType::Size => json!("1mb"),
         ValueType::Port => json!(5432),
+        ValueType::Count => json!(3),
         ValueType::Enum(values) => json!(values.first().copied().unwrap_or("x")),
         ValueType::List(inner) => json!([sample(inner)]),
         ValueType::Map(inner) => json!({ "k": sample(inner) }),
