@@ -49,7 +49,9 @@ fn the_quickstart_stack_comes_up_in_one_apply() {
         .output()
         .is_err()
     {
-        panic!("the quickstart's migration needs psql (apt-get install postgresql-client; scripts/test.sh does)");
+        panic!(
+            "the quickstart's migration needs psql (apt-get install postgresql-client; scripts/test.sh does)"
+        );
     }
     let stack = Stack::new(&example("kip.hcl"));
     stack.project.write("web.py", example("web.py"));
@@ -62,8 +64,8 @@ fn the_quickstart_stack_comes_up_in_one_apply() {
     let steps = &run.stderr;
     // The database and the cache come up side by side; the job after the database, the web server last.
     assert!(
-        at(steps, "valkey.cache: provisioning") < at(steps, "postgres.main: ready")
-            && at(steps, "postgres.main: provisioning") < at(steps, "valkey.cache: ready"),
+        at(steps, "valkey.cache: resolving") < at(steps, "postgres.main: ready")
+            && at(steps, "postgres.main: resolving") < at(steps, "valkey.cache: ready"),
         "postgres.main and valkey.cache start in parallel:\n{steps}"
     );
     assert!(at(steps, "postgres.main: ready") < at(steps, "process.migrate: ready"));
@@ -78,7 +80,9 @@ fn the_quickstart_stack_comes_up_in_one_apply() {
     assert_eq!(rows, vec![vec!["2".to_owned()]]);
     let answer = http_get(port, "/");
     assert!(
-        answer.starts_with("HTTP/1.0 200") && answer.contains("kip mug") && answer.contains("\"cache\": true"),
+        answer.starts_with("HTTP/1.0 200")
+            && answer.contains("kip mug")
+            && answer.contains("\"cache\": true"),
         "{answer}"
     );
     assert!(http_get(port, "/healthz").ends_with("ok\n"));
@@ -92,13 +96,21 @@ fn the_quickstart_stack_comes_up_in_one_apply() {
     };
     assert!(line("postgres.main") < line("process.migrate"), "{ps}");
     assert!(line("process.migrate") < line("process.web"), "{ps}");
-    assert!(line("valkey.cache") < line("process.web"), "{ps}");
     let web = &ps.lines().nth(line("process.web")).unwrap();
     assert!(
-        web.contains("─ process.web") && web.contains("ready") && web.contains(&format!(":{port}/healthz")),
-        "process.web hangs under what it waited for, ready, with its address:\n{ps}"
+        web.contains("└─ process.web")
+            && web.contains("ready")
+            && web.contains(&format!(":{port}/healthz"))
+            && web.contains("(also after postgres.main, valkey.cache)"),
+        "process.web hangs under the job it waited for, ready, with its address and its other dependencies:\n{ps}"
     );
-    assert!(ps.lines().nth(line("process.migrate")).unwrap().contains("succeeded"), "{ps}");
+    assert!(
+        ps.lines()
+            .nth(line("process.migrate"))
+            .unwrap()
+            .contains("succeeded"),
+        "{ps}"
+    );
 
     // Nothing to do next time, and the job does not run again.
     let plan = stack.kip(&["plan", "--detailed-exitcode", "--var", &var]);
@@ -106,5 +118,9 @@ fn the_quickstart_stack_comes_up_in_one_apply() {
     let again = stack.ok(&["apply", "--auto-approve", "--var", &var]);
     assert!(again.stdout.contains("No changes."), "{}", again.snapshot());
     let log = stack.ok(&["logs", "process.migrate"]).stdout;
-    assert_eq!(log.matches("migrated: products is ready").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("migrated: products is ready").count(),
+        1,
+        "{log}"
+    );
 }

@@ -192,6 +192,8 @@ struct Row<'s> {
     prefix: String,
     name: String,
     process: Option<&'s ProcessStatus>,
+    /// The instance is a job that succeeded with its configuration as applied.
+    succeeded: bool,
     note: String,
 }
 
@@ -211,6 +213,7 @@ impl<'s> Tree<'s> {
         let mut children: BTreeMap<Option<usize>, Vec<usize>> = BTreeMap::new();
         let mut others = Vec::new();
         let mut succeeded = Vec::new();
+        let mut depth: Vec<usize> = Vec::new();
         for (index, address) in order.iter().enumerate() {
             let saved = &state.instances[address];
             let mut dependencies: Vec<usize> = saved
@@ -220,8 +223,20 @@ impl<'s> Tree<'s> {
                 .collect();
             dependencies.sort_unstable();
             dependencies.dedup();
-            let parent = dependencies.pop();
-            others.push(dependencies.iter().map(|d| order[*d].to_string()).collect());
+            // The parent is the dependency at the end of the longest chain (what it waited for last); the order
+            // breaks ties. Dependencies come before their dependents in the order, so their depth is known.
+            let parent = dependencies
+                .iter()
+                .copied()
+                .max_by_key(|dependency| (depth[*dependency], *dependency));
+            depth.push(parent.map_or(0, |parent| depth[parent] + 1));
+            others.push(
+                dependencies
+                    .iter()
+                    .filter(|dependency| Some(**dependency) != parent)
+                    .map(|dependency| order[*dependency].to_string())
+                    .collect(),
+            );
             succeeded.push(saved.lifecycle.succeeded);
             children.entry(parent).or_default().push(index);
         }
@@ -248,6 +263,7 @@ impl<'s> Tree<'s> {
                     prefix: String::new(),
                     name: process.name.clone(),
                     process: Some(process),
+                    succeeded: false,
                     note: "(not in the state)".to_owned(),
                 });
             }
@@ -277,6 +293,7 @@ impl<'s> Tree<'s> {
                     prefix,
                     name: address.to_string(),
                     process: Some(only),
+                    succeeded: self.succeeded[index],
                     note: after,
                 }),
                 several => {
@@ -289,6 +306,7 @@ impl<'s> Tree<'s> {
                         prefix,
                         name: address.to_string(),
                         process: None,
+                        succeeded: self.succeeded[index],
                         note,
                     });
                     let inner = if self.children.contains_key(&Some(index)) {
@@ -306,6 +324,7 @@ impl<'s> Tree<'s> {
                                 .unwrap_or(&process.name)
                                 .to_owned(),
                             process: Some(process),
+                            succeeded: self.succeeded[index],
                             note: String::new(),
                         });
                     }
@@ -357,7 +376,12 @@ fn ps_lines(state: &State, processes: &[ProcessStatus], now_ms: u64) -> Vec<Stri
             format!(
                 "{label}{:pad$}  {:<11} {pid:>8} {uptime:>8} {:>8}  {target} {}",
                 "",
-                describe(&process.state),
+                match process.state {
+                    ProcessState::Exited { code: Some(0), .. } if row.succeeded => {
+                        "succeeded".to_owned()
+                    }
+                    ref state => describe(state),
+                },
                 process.restarts,
                 row.note
             )
@@ -498,10 +522,10 @@ mod tests {
             "NAME                STATE            PID   UPTIME RESTARTS  ADDRESS",
             "postgres.main       ready             10    1h02m        0  /d/run/.s.PGSQL.5432",
             "├─ process.migrate  succeeded",
+            "│  └─ process.web   ready             14    1h02m        0  http://127.0.0.1:8080/healthz (also after postgres.main, valkey.cache)",
             "└─ process.worker   failed                               3",
             "                    └ exited(1) 3 times",
             "valkey.cache        ready             11    1h02m        0  /d/run/valkey.sock",
-            "└─ process.web      ready             14    1h02m        0  http://127.0.0.1:8080/healthz (also after postgres.main, process.migrate)",
             "s3.store",
             "  · master          ready             12    1h02m        0  127.0.0.1:9333",
             "  · volume          ready             13    1h02m        0",

@@ -343,11 +343,14 @@ impl Engine for Valkey {
                 initial_delay: Duration::ZERO,
                 interval: Duration::from_millis(2),
                 timeout: Duration::from_secs(60),
+                retries: None,
             },
             restart: RestartPolicy::OnFailure,
             max_restarts: None,
+            restart_delay_ms: None,
             // SIGTERM: Valkey flushes the append-only file and writes a snapshot when `save` rules exist.
             stop: StopSpec {
+                command: None,
                 signals: vec![("SIGTERM".to_owned(), 30_000)],
             },
             log: ctx.log("valkey"),
