@@ -22,7 +22,7 @@ use crate::project::Project;
 use crate::references::Scope;
 use crate::state::{InstanceState, ObjectState, State};
 use crate::supervise::Supervisors;
-use crate::supervisor::{ProcessState, SupervisorError};
+use crate::supervisor::{ProcessState, ProcessStatus, SupervisorError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
@@ -123,10 +123,8 @@ impl Planner<'_> {
             let mut existing: BTreeMap<Address, Existing> = BTreeMap::new();
             if let Some(saved) = saved {
                 existing.insert(address.clone(), existing_instance(address, saved));
-                let running = lifecycle::processes_of(&statuses, address)
-                    .iter()
-                    .any(|status| status.state == ProcessState::Ready);
-                self.existing_objects(instance, saved, &desired, running, &mut existing)
+                let running = lifecycle::processes_of(&statuses, address);
+                self.existing_objects(instance, saved, &desired, &running, &mut existing)
                     .await?;
             }
             // An object attribute the configuration leaves unset (`null`, no default) is the engine's to choose,
@@ -218,6 +216,41 @@ impl Planner<'_> {
         ordered
     }
 
+    /// After a refresh failed: whether the instance's processes died and came back ready since `before` was
+    /// taken (waits up to 30 s for that while the supervisor restarts them). False when they still run as they
+    /// did (the failure is the engine's answer), or are stopped or failed.
+    async fn ready_again(&self, address: &Address, before: &[&ProcessStatus]) -> bool {
+        let pids: Vec<Option<u32>> = before.iter().map(|status| status.pid).collect();
+        let started = std::time::Instant::now();
+        let mut restarted = false;
+        while started.elapsed() < std::time::Duration::from_secs(30) {
+            let Ok(statuses) = self.supervisors.running().await else {
+                return false;
+            };
+            let now = lifecycle::processes_of(&statuses, address);
+            if now.is_empty()
+                || now
+                    .iter()
+                    .any(|status| matches!(status.state, ProcessState::Failed { .. }))
+            {
+                return false;
+            }
+            let same = now.iter().map(|status| status.pid).collect::<Vec<_>>() == pids;
+            let ready = now.iter().all(|status| status.state == ProcessState::Ready);
+            restarted |= !(same && ready);
+            if restarted && ready {
+                return true;
+            }
+            // The supervisor notices a death within milliseconds: still the same processes after a second means
+            // they did not die.
+            if !restarted && started.elapsed() > std::time::Duration::from_secs(1) {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        false
+    }
+
     /// The objects that exist in an applied instance: refreshed from the engine when it runs, else as the state
     /// remembers them.
     async fn existing_objects(
@@ -225,12 +258,15 @@ impl Planner<'_> {
         instance: &Instance,
         saved: &InstanceState,
         desired: &[plan::Desired],
-        running: bool,
+        running: &[&ProcessStatus],
         existing: &mut BTreeMap<Address, Existing>,
     ) -> Result<(), PlanError> {
         let address = &instance.address;
         let engine_name = instance.engine.name;
-        if !(self.refresh && running) {
+        let ready = running
+            .iter()
+            .any(|status| status.state == ProcessState::Ready);
+        if !(self.refresh && ready) {
             for (object, saved_object) in &saved.objects {
                 existing.insert(
                     object.clone(),
@@ -287,14 +323,22 @@ impl Planner<'_> {
             });
         }
         let ctx = lifecycle::ctx_from_state(self.project, address, saved);
-        let observed =
-            engine
-                .refresh(&ctx, &managed)
-                .await
+        let observed = match engine.refresh(&ctx, &managed).await {
+            Ok(observed) => observed,
+            Err(source) => {
+                // The engine may have died just now (a crash, a SIGKILL) and be restarting while the supervisor's
+                // answer still said ready: then wait for it to be ready again and ask once more.
+                if self.ready_again(address, running).await {
+                    engine.refresh(&ctx, &managed).await
+                } else {
+                    Err(source)
+                }
                 .map_err(|source| PlanError::Refresh {
                     address: address.clone(),
                     source,
-                })?;
+                })?
+            }
+        };
         let observed: BTreeMap<Address, plan::Attributes> = observed
             .into_iter()
             .map(|node| (node.address, node.attributes))
