@@ -44,7 +44,8 @@ impl PlanError {
     pub fn hint(&self) -> Option<String> {
         match self {
             PlanError::Unsupported { .. } => Some(
-                "this kip runs postgres instances and processes; the other engines come next"
+                "its provider has not landed in this kip yet (`kip lint` warns about every such block); \
+                 remove the block or use an engine kip runs"
                     .into(),
             ),
             PlanError::Refresh { source, .. } => source.hint.clone(),

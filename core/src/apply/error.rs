@@ -91,7 +91,9 @@ impl InstanceError {
                     .into(),
             ),
             InstanceError::Unsupported { .. } => Some(
-                "this kip runs postgres instances and processes; the other engines come next".into(),
+                "its provider has not landed in this kip yet (`kip lint` warns about every such block); \
+                 remove the block or use an engine kip runs"
+                    .into(),
             ),
             InstanceError::Desired(_) | InstanceError::Io { .. } => None,
         }
