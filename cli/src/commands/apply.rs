@@ -133,24 +133,22 @@ fn saved_plan(
 pub fn apply(context: &Context, args: ApplyArgs) -> anyhow::Result<ExitStatus> {
     // No project, no state lock: nothing is written where there is no kip.hcl.
     let project = project(context)?;
+    let Some(checked) = checked_config(context, &args.vars)? else {
+        return Ok(ExitStatus::Failure);
+    };
     // Engines that no mirror has stop the apply here, before the state lock creates .kip/.
-    super::lock::check_sources_for(context, &args.vars)?;
+    super::lock::check_sources_for(context, &checked)?;
     let _lock = StateLock::acquire(&project.kip_dir, args.lock_timeout).map_err(state_error)?;
     let saved = args.plan_file.is_some();
     let (checked, mut plan, mut state) = match &args.plan_file {
         // A saved plan is applied as saved: nothing is planned or refreshed again.
         Some(path) => {
-            let Some(checked) = checked_config(context, &args.vars)? else {
-                return Ok(ExitStatus::Failure);
-            };
             let mut state = State::read(&project.kip_dir).map_err(state_error)?;
             let plan = saved_plan(context, path, &checked, &mut state)?;
             (checked, plan, state)
         }
         None => {
-            let Some((checked, plan, _, state)) = make_plan(context, &args.vars, true)? else {
-                return Ok(ExitStatus::Failure);
-            };
+            let (checked, plan, _, state) = make_plan(context, checked, true)?;
             (checked, plan, state)
         }
     };

@@ -5,6 +5,7 @@
 
 use std::io::Write as _;
 
+use kip_core::config::Checked;
 use kip_core::lock::{LOCK_FILE, LockFile};
 use kip_core::resolve::{self, Policy, ResolveSettings, Resolver, ToolchainSource};
 
@@ -74,12 +75,9 @@ fn check_sources(
     resolve::check_sources(requests, lock, policy, settings).map_err(resolve_error)
 }
 
-/// [`check_sources`] for plan and apply: reads the configuration and kip.lock on its own. A configuration with
-/// errors, or no kip.lock to read, passes: the command itself reports those.
-pub(crate) fn check_sources_for(context: &Context, vars: &VarArgs) -> anyhow::Result<()> {
-    let Ok(checked) = load_and_check(context, vars) else {
-        return Ok(());
-    };
+/// [`check_sources`] for plan and apply, on the configuration they checked. A kip.lock that cannot be read
+/// passes: the command itself reports it.
+pub(crate) fn check_sources_for(context: &Context, checked: &Checked) -> anyhow::Result<()> {
     let Some(config) = checked.config.as_ref() else {
         return Ok(());
     };

@@ -82,15 +82,12 @@ pub(crate) fn apply_targets(plan: &mut Plan, targets: &[String]) -> anyhow::Resu
     Ok(())
 }
 
-/// Checks the configuration and plans it against the state; `None` when the configuration has errors (printed).
+/// Plans a checked configuration against the state.
 pub(crate) fn make_plan(
     context: &Context,
-    vars: &VarArgs,
+    checked: Checked,
     refresh: bool,
-) -> anyhow::Result<Option<(Checked, Plan, Project, State)>> {
-    let Some(checked) = checked_config(context, vars)? else {
-        return Ok(None);
-    };
+) -> anyhow::Result<(Checked, Plan, Project, State)> {
     let project = project(context)?;
     let state = State::read(&project.kip_dir).map_err(state_error)?;
     let engines = engines();
@@ -109,14 +106,15 @@ pub(crate) fn make_plan(
         let hint = error.hint();
         hinted(error, hint)
     })?;
-    Ok(Some((checked, plan, project, state)))
+    Ok((checked, plan, project, state))
 }
 
 pub fn plan(context: &Context, args: PlanArgs) -> anyhow::Result<ExitStatus> {
-    super::lock::check_sources_for(context, &args.vars)?;
-    let Some((checked, mut plan, _, _)) = make_plan(context, &args.vars, args.refresh)? else {
+    let Some(checked) = checked_config(context, &args.vars)? else {
         return Ok(ExitStatus::Failure);
     };
+    super::lock::check_sources_for(context, &checked)?;
+    let (checked, mut plan, _, _) = make_plan(context, checked, args.refresh)?;
     apply_targets(&mut plan, &args.target)?;
     if let Some(out) = &args.out {
         let file = PlanFile {
