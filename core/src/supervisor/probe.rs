@@ -258,6 +258,9 @@ impl Prober {
         tokio::time::sleep_until((self.started + self.initial_delay).min(self.deadline)).await;
         let mut failed = 0u32;
         loop {
+            // Checks start every `interval` (not `interval` after the last one ended), so a slow check does not
+            // stretch the cadence: a server that is up is seen at most one interval late.
+            let next = Instant::now() + self.interval;
             let budget = self
                 .deadline
                 .saturating_duration_since(Instant::now())
@@ -285,7 +288,7 @@ impl Prober {
                     waited: now - self.started,
                 });
             }
-            tokio::time::sleep_until((now + self.interval).min(self.deadline)).await;
+            tokio::time::sleep_until(next.min(self.deadline)).await;
         }
     }
 
