@@ -58,7 +58,8 @@ process "web" {
   }
 
   ready {
-    http = "http://127.0.0.1:${var.web_port}/healthz"
+    http     = "http://127.0.0.1:${var.web_port}/healthz"
+    interval = "50ms"
   }
 }
 
