@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::apply::Stack;
-use crate::support::Run;
+use crate::support::{Run, free_port};
 
 /// A [`Stack`] whose drop also stops what kip itself failed to stop.
 struct Contract {
@@ -1322,15 +1322,6 @@ postgres "open" {{
 }}
 "#
     )
-}
-
-fn free_port() -> u16 {
-    // The port is free when this returns; the window until postgres binds it is the same as any test's.
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

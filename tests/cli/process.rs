@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
-use crate::support::{Project, Run};
+use crate::support::{Project, Run, free_port};
 
 /// A project of processes; destroys it when dropped, and then stops anything of it that still runs.
 struct Processes {
@@ -133,14 +133,6 @@ fn stop_leftovers(root: &Path) {
                 .status();
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Whether `pid` is a live process (not a zombie).

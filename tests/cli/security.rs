@@ -1,6 +1,7 @@
 //! What another local user, or a secret in the caller's environment, can get at: tests that play the attacker.
 
 use crate::apply::Stack;
+use crate::support::{HostilePoller, free_port};
 
 /// The environment of a live process, from /proc (the tests run as root, so any process's).
 fn environment_of(pid: u32) -> Vec<String> {
@@ -70,75 +71,18 @@ process "app" {
     assert!(app.contains(&"FROM_CONFIG=yes".to_owned()), "{app:?}");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Another local account (`nobody`) trying, in a tight loop, to connect as the superuser without a password over
-/// the instance's TCP port and its unix socket; stops when `stop` appears. Its output says what it got.
-struct Poller {
-    child: std::process::Child,
-    stop: std::path::PathBuf,
-    output: std::path::PathBuf,
-}
-
-impl Poller {
-    fn start(dir: &std::path::Path, port: u16, socket_dir: &std::path::Path) -> Poller {
-        let stop = dir.join("stop");
-        let output = dir.join("poller.out");
-        let script = format!(
-            "while [ ! -e '{stop}' ]; do \
-               psql 'host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=1' -Atc 'select 1' \
-                 >/dev/null 2>>'{output}' && echo GOT-IN-OVER-TCP >>'{output}'; \
-               psql 'host={socket} port=5432 user=postgres dbname=postgres connect_timeout=1' -Atc 'select 1' \
-                 >/dev/null 2>>'{output}' && echo GOT-IN-OVER-THE-SOCKET >>'{output}'; \
-             done",
-            stop = stop.display(),
+/// `nobody` trying to connect as the superuser without a password over the instance's TCP port and its unix socket.
+fn poller(dir: &std::path::Path, port: u16, socket_dir: &std::path::Path) -> HostilePoller {
+    HostilePoller::start(dir, |output| {
+        format!(
+            "psql 'host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=1' -Atc 'select 1' \
+               >/dev/null 2>>'{output}' && echo GOT-IN-OVER-TCP >>'{output}'; \
+             psql 'host={socket} port=5432 user=postgres dbname=postgres connect_timeout=1' -Atc 'select 1' \
+               >/dev/null 2>>'{output}' && echo GOT-IN-OVER-THE-SOCKET >>'{output}';",
             output = output.display(),
             socket = socket_dir.display(),
-        );
-        std::fs::write(&output, "").unwrap();
-        std::fs::set_permissions(&output, std::os::unix::fs::PermissionsExt::from_mode(0o666))
-            .unwrap();
-        let child = std::process::Command::new("setpriv")
-            .args([
-                "--reuid=nobody",
-                "--regid=nogroup",
-                "--clear-groups",
-                "sh",
-                "-c",
-                &script,
-            ])
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .env("HOME", "/nonexistent")
-            .spawn()
-            .expect("setpriv runs the poller as nobody");
-        Poller {
-            child,
-            stop,
-            output,
-        }
-    }
-
-    /// Stops it and returns what it saw.
-    fn finish(mut self) -> String {
-        std::fs::write(&self.stop, "").unwrap();
-        let _ = self.child.wait();
-        std::fs::read_to_string(&self.output).unwrap()
-    }
-}
-
-impl Drop for Poller {
-    fn drop(&mut self) {
-        let _ = std::fs::write(&self.stop, "");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+        )
+    })
 }
 
 #[test]
@@ -154,7 +98,7 @@ fn another_local_user_polling_the_socket_and_port_never_gets_in() {
     )
     .unwrap();
     let socket_dir = stack.project.path().join(".kip/run/postgres.main/run");
-    let poller = Poller::start(watch.path(), port, &socket_dir);
+    let poller = poller(watch.path(), port, &socket_dir);
     // Let it poll before the server exists, through the first start, and after.
     std::thread::sleep(std::time::Duration::from_millis(300));
     stack.ok(&["apply", "--auto-approve"]);
@@ -188,7 +132,7 @@ fn a_kip_killed_during_the_first_start_leaves_no_open_window() {
     )
     .unwrap();
     let socket_dir = stack.project.path().join(".kip/run/postgres.main/run");
-    let poller = Poller::start(watch.path(), port, &socket_dir);
+    let poller = poller(watch.path(), port, &socket_dir);
     for moment in ["postgres.main: provisioning", "postgres.main: starting"] {
         let mut apply = stack.command(&["apply", "--auto-approve"]);
         apply

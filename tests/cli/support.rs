@@ -137,3 +137,70 @@ pub fn test_mirror() -> PathBuf {
     );
     dir
 }
+
+/// A free loopback port (bound and released: another program may take it first, so tests use it at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Another local account (`nobody`) running `attempts` (a shell snippet of connection attempts without credentials)
+/// in a tight loop until it is stopped; `attempts` is given the path of the output file, where it writes what it
+/// got (`GOT-IN-…` when a connection got in).
+pub struct HostilePoller {
+    child: std::process::Child,
+    stop: PathBuf,
+    output: PathBuf,
+}
+
+impl HostilePoller {
+    pub fn start(dir: &Path, attempts: impl FnOnce(&Path) -> String) -> HostilePoller {
+        let stop = dir.join("stop");
+        let output = dir.join("poller.out");
+        let script = format!(
+            "while [ ! -e '{stop}' ]; do {attempts} done",
+            stop = stop.display(),
+            attempts = attempts(&output),
+        );
+        std::fs::write(&output, "").unwrap();
+        std::fs::set_permissions(&output, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+            .unwrap();
+        let child = std::process::Command::new("setpriv")
+            .args([
+                "--reuid=nobody",
+                "--regid=nogroup",
+                "--clear-groups",
+                "sh",
+                "-c",
+                &script,
+            ])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", "/nonexistent")
+            .spawn()
+            .expect("setpriv runs the poller as nobody");
+        HostilePoller {
+            child,
+            stop,
+            output,
+        }
+    }
+
+    /// Stops it and returns what it saw.
+    pub fn finish(mut self) -> String {
+        std::fs::write(&self.stop, "").unwrap();
+        let _ = self.child.wait();
+        std::fs::read_to_string(&self.output).unwrap()
+    }
+}
+
+impl Drop for HostilePoller {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.stop, "");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::apply::Stack;
+use crate::support::{HostilePoller, free_port};
 
 /// A connection through a URL `kip url` printed.
 fn connect(url: &str) -> redis::Connection {
@@ -394,74 +395,18 @@ fn a_secret_in_the_callers_environment_never_reaches_valkey() {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Another local account (`nobody`) sending `PING` without credentials, in a tight loop, over the instance's TCP
-/// port and its unix socket with `redis-cli`; stops when `stop` appears. Its output says what it got.
-struct Poller {
-    child: std::process::Child,
-    stop: PathBuf,
-    output: PathBuf,
-}
-
-impl Poller {
-    fn start(dir: &std::path::Path, port: u16, socket: &std::path::Path) -> Poller {
-        let stop = dir.join("stop");
-        let output = dir.join("poller.out");
-        let script = format!(
-            "while [ ! -e '{stop}' ]; do \
-               redis-cli -h 127.0.0.1 -p {port} PING 2>&1 | grep -q PONG && echo GOT-IN-OVER-TCP >>'{output}'; \
-               redis-cli -h 127.0.0.1 -p {port} PING >>'{output}' 2>&1; \
-               redis-cli -s '{socket}' PING 2>&1 | grep -q PONG && echo GOT-IN-OVER-THE-SOCKET >>'{output}'; \
-               redis-cli -s '{socket}' PING >>'{output}' 2>&1; \
-             done",
-            stop = stop.display(),
+/// `nobody` sending `PING` without credentials over the instance's TCP port and its unix socket with `redis-cli`.
+fn poller(dir: &std::path::Path, port: u16, socket: &std::path::Path) -> HostilePoller {
+    HostilePoller::start(dir, |output| {
+        format!(
+            "redis-cli -h 127.0.0.1 -p {port} PING 2>&1 | grep -q PONG && echo GOT-IN-OVER-TCP >>'{output}'; \
+             redis-cli -h 127.0.0.1 -p {port} PING >>'{output}' 2>&1; \
+             redis-cli -s '{socket}' PING 2>&1 | grep -q PONG && echo GOT-IN-OVER-THE-SOCKET >>'{output}'; \
+             redis-cli -s '{socket}' PING >>'{output}' 2>&1;",
             output = output.display(),
             socket = socket.display(),
-        );
-        std::fs::write(&output, "").unwrap();
-        std::fs::set_permissions(&output, std::os::unix::fs::PermissionsExt::from_mode(0o666))
-            .unwrap();
-        let child = std::process::Command::new("setpriv")
-            .args([
-                "--reuid=nobody",
-                "--regid=nogroup",
-                "--clear-groups",
-                "sh",
-                "-c",
-                &script,
-            ])
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .env("HOME", "/nonexistent")
-            .spawn()
-            .expect("setpriv runs the poller as nobody");
-        Poller {
-            child,
-            stop,
-            output,
-        }
-    }
-
-    fn finish(mut self) -> String {
-        std::fs::write(&self.stop, "").unwrap();
-        let _ = self.child.wait();
-        std::fs::read_to_string(&self.output).unwrap()
-    }
-}
-
-impl Drop for Poller {
-    fn drop(&mut self) {
-        let _ = std::fs::write(&self.stop, "");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+        )
+    })
 }
 
 /// Polls through a first start, and through first starts whose kip is SIGKILLed at each moment (provisioning,
@@ -491,7 +436,7 @@ fn another_local_user_polling_the_socket_and_port_never_gets_in() {
         .project
         .path()
         .join(".kip/run/valkey.cache/run/valkey.sock");
-    let poller = Poller::start(watch.path(), port, &socket);
+    let poller = poller(watch.path(), port, &socket);
     std::thread::sleep(Duration::from_millis(300));
     for moment in ["valkey.cache: provisioning", "valkey.cache: starting"] {
         let mut apply = stack.command(&["apply", "--auto-approve"]);
