@@ -4,9 +4,26 @@ use std::io::Write as _;
 use std::path::Path;
 
 /// Writes `contents` to `path` atomically: a temp file in the same directory, fsync, rename, then fsync the
-/// directory, keeping the mode of a file it replaces. A reader sees the old file or the new one, never half of either; a crash leaves at most a stray
-/// temp file.
+/// directory, keeping the mode of a file it replaces. A reader sees the old file or the new one, never half of
+/// either; a crash leaves at most a stray temp file.
 pub fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    write(path, contents, None)
+}
+
+/// [`write_atomically`] for a file only its owner may read (a secret, a config holding a password hash): the temp
+/// file is created with mode 0600 and given to `owner` (uid, gid) before it is renamed into place, so the contents
+/// are never readable by anyone else, not even for a moment.
+pub fn write_private(
+    path: &Path,
+    contents: &[u8],
+    owner: Option<(u32, u32)>,
+) -> std::io::Result<()> {
+    write(path, contents, Some(owner))
+}
+
+/// `private`: `None` keeps the replaced file's mode; `Some(owner)` makes it 0600 and `owner`'s.
+fn write(path: &Path, contents: &[u8], private: Option<Option<(u32, u32)>>) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
     let dir = path
         .parent()
         .filter(|dir| !dir.as_os_str().is_empty())
@@ -18,13 +35,30 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
         .unwrap_or_default();
     let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let result = (|| {
-        let mut file = std::fs::File::create(&temp)?;
+        let _ = std::fs::remove_file(&temp);
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        if private.is_some() {
+            options.mode(0o600);
+        }
+        let mut file = options.open(&temp)?;
+        match private {
+            Some(owner) => {
+                if let Some((uid, gid)) = owner {
+                    std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
+                }
+            }
+            // Keep the mode of the file being replaced (a kip.hcl that is group-writable stays so).
+            None => {
+                if let Ok(metadata) = std::fs::metadata(path) {
+                    file.set_permissions(std::fs::Permissions::from_mode(
+                        metadata.permissions().mode(),
+                    ))?;
+                }
+            }
+        }
         file.write_all(contents)?;
         file.sync_all()?;
-        // Keep the mode of the file being replaced (a kip.hcl that is group-writable stays so).
-        if let Ok(metadata) = std::fs::metadata(path) {
-            std::fs::set_permissions(&temp, metadata.permissions())?;
-        }
         std::fs::rename(&temp, path)?;
         std::fs::File::open(dir)?.sync_all()
     })();
@@ -32,4 +66,39 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&temp);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+
+    use super::*;
+
+    #[test]
+    fn a_private_file_is_0600_from_the_start_and_replaces_a_wider_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret.conf");
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let uid = rustix::process::geteuid().as_raw();
+        let gid = rustix::process::getegid().as_raw();
+        write_private(&path, b"new", Some((uid, gid))).unwrap();
+        let metadata = std::fs::metadata(&path).unwrap();
+        assert_eq!(metadata.mode() & 0o777, 0o600);
+        assert_eq!((metadata.uid(), metadata.gid()), (uid, gid));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new");
+        // No temp file is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn an_ordinary_rewrite_keeps_the_mode_it_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kip.hcl");
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o664)).unwrap();
+        write_atomically(&path, b"new").unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o664);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new");
+    }
 }

@@ -228,13 +228,12 @@ pub fn write_private(path: &Path, text: &str, run_as: Option<&RunAs>) -> Result<
     if std::fs::read_to_string(path).is_ok_and(|existing| existing == text) {
         return Ok(false);
     }
-    kip_core::fsutil::write_atomically(path, text.as_bytes()).map_err(io_error("write", path))?;
-    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .map_err(io_error("set the mode of", path))?;
-    if let Some(run_as) = run_as {
-        std::os::unix::fs::lchown(path, Some(run_as.uid), Some(run_as.gid))
-            .map_err(io_error("change the owner of", path))?;
-    }
+    kip_core::fsutil::write_private(
+        path,
+        text.as_bytes(),
+        run_as.map(|run_as| (run_as.uid, run_as.gid)),
+    )
+    .map_err(io_error("write", path))?;
     Ok(true)
 }
 
