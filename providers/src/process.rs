@@ -247,14 +247,6 @@ impl Engine for Process {
         })
     }
 
-    fn ports(&self, ctx: &InstanceCtx) -> Vec<u16> {
-        ctx.args::<ProcessArgs>()
-            .ok()
-            .and_then(|args| args.port)
-            .into_iter()
-            .collect()
-    }
-
     fn spawn_specs(&self, ctx: &InstanceCtx) -> Result<Vec<SpawnSpec>, EngineError> {
         let args: ProcessArgs = ctx.args()?;
         let working_dir = args.working_dir(ctx);

@@ -283,8 +283,15 @@ pub trait Engine: Send + Sync {
     fn spawn_specs(&self, instance: &InstanceCtx) -> Result<Vec<SpawnSpec>, EngineError>;
 
     /// The loopback TCP ports the instance's configuration declares; apply refuses to start when one is taken.
-    fn ports(&self, _instance: &InstanceCtx) -> Vec<u16> {
-        Vec::new()
+    /// By default its `port` argument, which every engine's schema spells the same way.
+    fn ports(&self, instance: &InstanceCtx) -> Vec<u16> {
+        instance
+            .attributes
+            .get("port")
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|port| u16::try_from(port).ok())
+            .into_iter()
+            .collect()
     }
 
     /// Waits until the started instance serves its clients (its processes passed their probes already): the

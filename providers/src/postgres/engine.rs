@@ -271,14 +271,6 @@ impl Engine for Postgres {
         })
     }
 
-    fn ports(&self, ctx: &InstanceCtx) -> Vec<u16> {
-        ctx.args::<InstanceArgs>()
-            .ok()
-            .and_then(|args| args.port)
-            .into_iter()
-            .collect()
-    }
-
     fn spawn_specs(&self, ctx: &InstanceCtx) -> Result<Vec<SpawnSpec>, EngineError> {
         let args: InstanceArgs = ctx.args()?;
         let toolchain = ctx.toolchain()?;

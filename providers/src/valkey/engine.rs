@@ -313,14 +313,6 @@ impl Engine for Valkey {
         })
     }
 
-    fn ports(&self, ctx: &InstanceCtx) -> Vec<u16> {
-        ctx.args::<InstanceArgs>()
-            .ok()
-            .and_then(|args| args.port)
-            .into_iter()
-            .collect()
-    }
-
     fn spawn_specs(&self, ctx: &InstanceCtx) -> Result<Vec<SpawnSpec>, EngineError> {
         let toolchain = ctx.toolchain()?;
         let name = SpawnSpec::name_for(&ctx.address, None);
