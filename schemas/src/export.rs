@@ -80,7 +80,7 @@ fn argument_json(argument: &ArgumentSchema) -> Value {
 }
 
 fn export_json(export: &ExportSchema) -> Value {
-    json!({ "name": export.name, "doc": export.doc, "sensitive": export.sensitive })
+    json!({ "name": export.name, "doc": export.doc, "sensitive": export.sensitive, "env": export.env })
 }
 
 /// The reference page of one engine: its doc, supported majors, then the instance block and every nested
@@ -219,8 +219,12 @@ fn write_block(page: &mut String, block: &BlockSchema, path: &[String], address:
         page.push_str("| Attribute | Description |\n|---|---|\n");
         for export in &block.exports {
             let badge = if export.sensitive { "`sensitive` " } else { "" };
+            let env = export
+                .env
+                .map(|name| format!(" `kip env` also sets `{name}`."))
+                .unwrap_or_default();
             page.push_str(&format!(
-                "| `{}` | {badge}{} |\n",
+                "| `{}` | {badge}{}{env} |\n",
                 export.name,
                 table_cell(export.doc)
             ));

@@ -131,6 +131,10 @@ pub struct ExportSchema {
     pub doc: &'static str,
     /// Holds or embeds a secret (a password, a URL with credentials): redacted wherever kip shows values.
     pub sensitive: bool,
+    /// The conventional environment variable that `kip env` also sets from this export (`DATABASE_URL`,
+    /// `AWS_ACCESS_KEY_ID`), beside its `KIP_<ADDRESS>_URL` names. When several blocks give one, the first
+    /// instance in address order wins, and within an instance its objects before the instance itself.
+    pub env: Option<&'static str>,
 }
 
 impl ExportSchema {
@@ -139,11 +143,18 @@ impl ExportSchema {
             name,
             doc,
             sensitive: false,
+            env: None,
         }
     }
 
     pub fn sensitive(mut self) -> ExportSchema {
         self.sensitive = true;
+        self
+    }
+
+    /// Also exported by `kip env` as the conventional variable `name`.
+    pub fn env(mut self, name: &'static str) -> ExportSchema {
+        self.env = Some(name);
         self
     }
 }

@@ -105,6 +105,15 @@ fn the_quickstart_stack_comes_up_in_one_apply() {
         "{ps}"
     );
 
+    // kip env: the conventional variables the schemas name, beside the KIP_… ones.
+    let env = stack.ok(&["env", "--format", "json"]).stdout;
+    let env: serde_json::Value = serde_json::from_str(&env).unwrap();
+    assert_eq!(
+        env["DATABASE_URL"], env["KIP_POSTGRES_MAIN_DATABASE_SHOP_URL"],
+        "DATABASE_URL is the first database's url, not the instance's:\n{env:#}"
+    );
+    assert_eq!(env["REDIS_URL"], env["KIP_VALKEY_CACHE_URL"], "{env:#}");
+
     // Nothing to do next time, and the job does not run again.
     let plan = stack.kip(&["plan", "--detailed-exitcode", "--var", &var]);
     assert_eq!(plan.code, 0, "{}", plan.snapshot());

@@ -138,7 +138,8 @@ pub(crate) fn variable_name(address: &Address) -> String {
 }
 
 /// The variables `kip env` prints: `KIP_<ADDRESS>_URL` for every applied instance and object that exports a
-/// url, and `DATABASE_URL` (the first postgres database, or instance).
+/// url, and the conventional variables the engines' schemas name for their exports (`DATABASE_URL`, `REDIS_URL`,
+/// `AWS_ACCESS_KEY_ID`, …): the first instance in address order gives each, its objects before itself.
 pub(crate) fn env_variables(
     project: &Project,
     state: &State,
@@ -146,11 +147,12 @@ pub(crate) fn env_variables(
     let engines = engines();
     let mut variables: BTreeMap<String, String> = BTreeMap::new();
     let mut owners: BTreeMap<String, Address> = BTreeMap::new();
-    let mut database_url: Option<String> = None;
+    let mut conventional: BTreeMap<&'static str, String> = BTreeMap::new();
     for (instance, saved) in &state.instances {
         let Some(engine) = engines.get(&saved.engine) else {
             continue;
         };
+        let schema = engine.schema();
         let ctx = lifecycle::ctx_from_state(project, instance, saved);
         let (exports, objects) = lifecycle::instance_exports(engine.as_ref(), &ctx);
         let mut add = |address: &Address,
@@ -171,23 +173,41 @@ pub(crate) fn env_variables(
             Ok(())
         };
         add(instance, &exports)?;
+        let mut named: BTreeMap<&'static str, String> = BTreeMap::new();
         for (object, exports) in &objects {
             add(object, exports)?;
-            if saved.engine == "postgres"
-                && object.kind() == Some("database")
-                && database_url.is_none()
-            {
-                database_url = exports.get("url").map(text);
+            let block = object
+                .path
+                .iter()
+                .try_fold(&schema.instance, |block, step| block.block(&step.kind));
+            if let Some(block) = block {
+                conventional_of(block, exports, &mut named);
             }
         }
-        if saved.engine == "postgres" && database_url.is_none() {
-            database_url = exports.get("url").map(text);
+        conventional_of(&schema.instance, &exports, &mut named);
+        for (name, value) in named {
+            conventional.entry(name).or_insert(value);
         }
     }
-    if let Some(url) = database_url {
-        variables.entry("DATABASE_URL".into()).or_insert(url);
+    for (name, value) in conventional {
+        variables.entry(name.to_owned()).or_insert(value);
     }
     Ok(variables)
+}
+
+/// The conventional variables `block`'s schema names for these exports, where none is named yet.
+fn conventional_of(
+    block: &kip_schemas::BlockSchema,
+    exports: &BTreeMap<String, serde_json::Value>,
+    named: &mut BTreeMap<&'static str, String>,
+) {
+    for export in &block.exports {
+        if let (Some(name), Some(value)) = (export.env, exports.get(export.name))
+            && !value.is_null()
+        {
+            named.entry(name).or_insert_with(|| text(value));
+        }
+    }
 }
 
 /// A value in single quotes for a POSIX shell: nothing inside is interpreted; a `'` ends the quote, is escaped,

@@ -131,7 +131,8 @@ postgres "main" {
                 "Connection URL as the superuser to the `postgres` database, over the unix socket unless `port` \
                  is set. Embeds the password.",
             )
-            .sensitive(),
+            .sensitive()
+            .env("DATABASE_URL"),
             host_export(),
             Export::new("port", "The TCP port, when `port` is set."),
             Export::new("socket", "Directory holding the unix socket, as libpq's `host` parameter expects it."),
@@ -233,7 +234,8 @@ fn database() -> Block {
             "Connection URL to this database, as its owner when the owner can log in, otherwise as the \
              superuser. Embeds the password.",
         )
-        .sensitive(),
+        .sensitive()
+        .env("DATABASE_URL"),
     ])
 }
 

@@ -133,7 +133,8 @@ valkey "cache" {
                 "Connection URL as the `default` user: `unix:///…/valkey.sock?pass=…` for the socket, or \
                  `redis://default:…@127.0.0.1:PORT` when `port` is set. Embeds the password.",
             )
-            .sensitive(),
+            .sensitive()
+            .env("REDIS_URL"),
             host_export(),
             Export::new("port", "The TCP port, when `port` is set."),
             Export::new("socket", "Path of the unix socket."),
