@@ -2540,3 +2540,43 @@ async fn restart_delay_is_the_first_backoff_and_doubles() {
     assert!((600..2_000).contains(&gaps[0]), "{gaps:?}");
     assert!((1_100..3_000).contains(&gaps[1]), "{gaps:?}");
 }
+
+/// A leader killed from outside whose worker left its process group (as PostgreSQL's backends do: they call
+/// `setsid`) and still holds what a new run needs for a moment: a start of the same name right after the kill
+/// waits for that worker instead of failing (a new postmaster beside old backends refuses to start).
+#[tokio::test]
+async fn a_start_after_a_kill_waits_for_the_workers_that_left_the_group() {
+    let daemon = TestDaemon::start();
+    let mut client = daemon.client().await;
+    // The leader refuses to start while `held` exists, as a postmaster refuses a shared memory block still in use;
+    // its worker holds it for 0.8 s after the leader died. Both are /bin/sh in the same directory, as a postmaster
+    // and its backends are one program in one data directory.
+    let script = "if [ -e held ]; then echo 'held by a worker'; exit 1; fi\n\
+                  touch held\n\
+                  ( setsid /bin/sh -c 'while kill -0 $0 2>/dev/null; do sleep 0.05; done; sleep 0.8; rm -f held' $$ & )\n\
+                  echo up\n\
+                  while :; do sleep 1; done";
+    let spec = daemon.script(
+        "held",
+        script,
+        ProbeKind::LogLine {
+            pattern: "^up$".to_owned(),
+        },
+    );
+    let first = client.start(spec.clone()).await.unwrap();
+    let leader = first.pid.unwrap();
+    rustix::process::kill_process(Pid::from_raw(leader as i32).unwrap(), Signal::KILL).unwrap();
+    assert_gone(leader);
+    let started = Instant::now();
+    let again = client
+        .start(spec)
+        .await
+        .unwrap_or_else(|error| panic!("the start did not wait for the worker: {error}"));
+    assert_ne!(again.pid, Some(leader));
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "started after {:?}, while the worker still held its file",
+        started.elapsed()
+    );
+    client.stop("held").await.unwrap();
+}

@@ -6,7 +6,9 @@
 //! Process groups: every process is spawned as the leader of its own process group (`process_group(0)`), and
 //! every stop and reload signal goes to the whole group. Engines that fork workers (PostgreSQL's backends, a shell
 //! script's children) are stopped with them, a terminal's Ctrl-C that reaches the `kip` command never reaches them,
-//! and a stop is done only when the group is empty, not merely when the leader exited.
+//! and a stop is done only when the group is empty, not merely when the leader exited. Workers that leave the group
+//! (PostgreSQL's backends call `setsid`) are not signalled; a spawn waits for those a previous run left behind
+//! (same program, directory and account, orphaned) before it starts a new leader beside them.
 //!
 //! Zombies: the owning task always waits for its child (in the stop sequence, or when it exits by itself), so the
 //! leader is reaped as soon as it exits; a child that is dropped unreaped (a stop that gave up after SIGKILL)
@@ -49,7 +51,7 @@ use tokio::time::Instant;
 use super::error::RequestError;
 use super::probe::{self, Prober};
 use super::procfs::{self, Identity};
-use super::table::{RUN_ENV, Record, Store};
+use super::table::{NAME_ENV, RUN_ENV, Record, Store};
 use super::{ProcessState, ProcessStatus, logfile};
 use crate::engine::{ProbeKind, RestartPolicy, SpawnSpec};
 
@@ -650,6 +652,7 @@ impl Runner {
                         target,
                     });
                 }
+                wait_for_leftovers(&spec).await;
                 let run = format!(
                     "{}-{}-{}",
                     std::process::id(),
@@ -1090,6 +1093,38 @@ fn group_is_gone(group: Pid) -> bool {
 
 /// Spawns one run of `spec`: output appended to its log (whose length before the run is returned, for the probe
 /// and the error tail), in its own process group, as its `run_as` account, with its run id in [`RUN_ENV`].
+/// How long a spawn waits for the workers of a previous run to go (see [`procfs::leftover_workers`]).
+const LEFTOVER_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits, up to [`LEFTOVER_WAIT`], until no worker of a previous run of `spec` is left: a PostgreSQL killed from
+/// outside leaves backends that exit within moments (they notice their postmaster's death), and a new postmaster
+/// started before they did refuses to start ("pre-existing shared memory block is still in use"). They are only
+/// waited for, never signalled: a process matched by program, directory and account is very likely a leftover,
+/// but not proven to be one. After the wait the spawn goes ahead, and the engine says what still holds it.
+async fn wait_for_leftovers(spec: &SpawnSpec) {
+    let uid = spec
+        .run_as
+        .as_ref()
+        .map_or_else(|| rustix::process::geteuid().as_raw(), |run_as| run_as.uid);
+    let started = Instant::now();
+    let mut logged = false;
+    loop {
+        let left = procfs::leftover_workers(&spec.name, &spec.program, &spec.cwd, uid);
+        if left.is_empty() {
+            return;
+        }
+        if started.elapsed() >= LEFTOVER_WAIT {
+            tracing::warn!(name = %spec.name, ?left, "workers of a previous run still run; starting anyway");
+            return;
+        }
+        if !logged {
+            tracing::info!(name = %spec.name, ?left, "waiting for the workers of the previous run to exit");
+            logged = true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn spawn(spec: &SpawnSpec, run: &str) -> Result<(Child, u64), RequestError> {
     let log_error = |error: std::io::Error| RequestError::OpenLog {
         name: spec.name.clone(),
@@ -1124,6 +1159,7 @@ fn spawn(spec: &SpawnSpec, run: &str) -> Result<(Child, u64), RequestError> {
         .env_clear()
         .envs(&spec.env)
         .env(RUN_ENV, run)
+        .env(NAME_ENV, &spec.name)
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(stderr)

@@ -16,6 +16,7 @@ use std::path::Path;
 pub(super) struct Stat {
     /// `R`, `S`, `D`, `Z` (zombie), `X` (dead)…
     pub state: char,
+    pub parent: u32,
     pub process_group: u32,
     /// When the process started, in clock ticks since boot (field 22).
     pub start_time: u64,
@@ -39,9 +40,11 @@ pub(super) fn stat(pid: u32) -> Option<Stat> {
 fn parse_stat(text: &str) -> Option<Stat> {
     let after_comm = &text[text.rfind(')')? + 1..];
     let fields: Vec<&str> = after_comm.split_whitespace().collect();
-    // Field 3 (state) is fields[0]; field 5 (pgrp) is fields[2]; field 22 (starttime) is fields[19].
+    // Field 3 (state) is fields[0]; field 4 (ppid) is fields[1]; field 5 (pgrp) is fields[2]; field 22
+    // (starttime) is fields[19].
     Some(Stat {
         state: fields.first()?.chars().next()?,
+        parent: fields.get(1)?.parse().ok()?,
         process_group: fields.get(2)?.parse().ok()?,
         start_time: fields.get(19)?.parse().ok()?,
     })
@@ -125,6 +128,45 @@ pub(super) fn orphaned_leaders(
             !carries_another_run
                 && std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == program)
                 && std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|dir| dir == cwd)
+        })
+        .collect()
+}
+
+/// The workers a previous run of the process `name` (`program` in `cwd`) left behind: live processes of `uid` running
+/// `program` in `cwd` whose parent is neither this supervisor nor itself `program` (so neither a leader it runs nor a
+/// worker of a live leader), and whose environment names this process, or no process at all (PostgreSQL writes its
+/// process titles over its environment): a process of another name (a leader adopted from a supervisor that was
+/// killed) is not one. Engines whose workers leave their leader's process group (PostgreSQL's backends call `setsid`) outlive
+/// a leader killed from outside by a moment, still holding what a new run needs (shared memory, the data
+/// directory's lock); the spawn waits for them (see `wait_for_leftovers` in `process`).
+pub(super) fn leftover_workers(name: &str, program: &Path, cwd: &Path, uid: u32) -> Vec<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let program = std::fs::canonicalize(program).unwrap_or_else(|_| program.to_path_buf());
+    let cwd = std::fs::canonicalize(cwd).unwrap_or_else(|_| cwd.to_path_buf());
+    let own = std::process::id();
+    let runs_program =
+        |pid: u32| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == program);
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != own)
+        .filter(|pid| std::fs::metadata(format!("/proc/{pid}")).is_ok_and(|meta| meta.uid() == uid))
+        .filter(|pid| runs_program(*pid))
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|dir| dir == cwd))
+        .filter(|pid| {
+            stat(*pid).is_some_and(|stat| {
+                !stat.is_dead() && stat.parent != own && !runs_program(stat.parent)
+            })
+        })
+        .filter(|pid| {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let of_a_run = environ
+                .split(|byte| *byte == 0)
+                .any(|entry| entry.starts_with(format!("{}=", super::table::RUN_ENV).as_bytes()));
+            !of_a_run || environment_has(*pid, super::table::NAME_ENV, name)
         })
         .collect()
 }
@@ -231,6 +273,7 @@ mod tests {
             parse_stat(line),
             Some(Stat {
                 state: 'S',
+                parent: 1,
                 process_group: 4711,
                 start_time: 987654,
             })

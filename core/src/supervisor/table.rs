@@ -33,6 +33,9 @@ const FORMAT_VERSION: u32 = 1;
 /// the members of its process group inherit it, which tells them from the members of a later group that got the
 /// same process group id.
 pub(super) const RUN_ENV: &str = "KIP_SUPERVISOR_RUN";
+/// The environment variable every spawned process gets, set to its name: a leftover worker of one process is not
+/// taken for another's (see [`super::procfs::leftover_workers`]).
+pub(super) const NAME_ENV: &str = "KIP_SUPERVISOR_NAME";
 
 /// What the daemon persists about one supervised process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
