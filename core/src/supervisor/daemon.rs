@@ -731,6 +731,7 @@ impl Supervisor {
                 .get(&name)
                 .map(|entry| (entry.sequence, Arc::clone(&entry.handle)))
         };
+        let replaces = existing.is_some();
         if let Some((sequence, handle)) = existing {
             let mut status = handle.status.borrow().clone();
             if handle.spec == spec && status.state == ProcessState::Starting {
@@ -765,7 +766,8 @@ impl Supervisor {
                 store: Arc::clone(&self.store),
                 sequence,
             };
-            let (handle, ready) = process::launch(spec, checked, Origin::Spawn, persistence);
+            let (handle, ready) =
+                process::launch(spec, checked, Origin::Spawn { replaces }, persistence);
             let entry = Entry {
                 sequence,
                 handle: Arc::new(handle),

@@ -324,8 +324,8 @@ fn unix_millis() -> u64 {
 
 /// How a supervised process's first run begins.
 pub(super) enum Origin {
-    /// Spawn it.
-    Spawn,
+    /// Spawn it; `replaces` when it replaces an earlier run of the same name (which may have left workers behind).
+    Spawn { replaces: bool },
     /// It runs already: a supervisor that was killed started it.
     Adopt(Adoption),
 }
@@ -389,8 +389,12 @@ pub(super) fn launch(
     };
     let mut log_offset = 0;
     let mut run = None;
+    let mut had_a_run = false;
     let adoption = match origin {
-        Origin::Spawn => None,
+        Origin::Spawn { replaces } => {
+            had_a_run = replaces;
+            None
+        }
         Origin::Adopt(adoption) => {
             status.pid = Some(adoption.pid);
             status.start_time = Some(adoption.start_time);
@@ -414,6 +418,7 @@ pub(super) fn launch(
         persistence,
         log_offset,
         run,
+        had_a_run,
         adoption,
     };
     tokio::spawn(runner.run(ready_sender));
@@ -438,6 +443,9 @@ struct Runner {
     log_offset: u64,
     /// The current run's id (see [`RUN_ENV`]).
     run: Option<String>,
+    /// Whether a run of this name came before the next spawn (this task's, or the one it replaced): only then can
+    /// workers of a killed run be left, and only then is `/proc` searched for them.
+    had_a_run: bool,
     /// The process to adopt, until the first run takes it.
     adoption: Option<Adoption>,
 }
@@ -652,7 +660,10 @@ impl Runner {
                         target,
                     });
                 }
-                wait_for_leftovers(&spec).await;
+                if self.had_a_run || self.run.is_some() {
+                    wait_for_leftovers(&spec).await;
+                }
+                self.had_a_run = true;
                 let run = format!(
                     "{}-{}-{}",
                     std::process::id(),
