@@ -26,7 +26,7 @@ fn config_get(url: &str, name: &str) -> String {
 }
 
 /// The pid of a supervised process, from `kip ps --json`.
-fn pid_of(stack: &Stack, name: &str) -> u32 {
+pub(crate) fn pid_of(stack: &Stack, name: &str) -> u32 {
     let ps = stack.ok(&["ps", "--json"]);
     let processes: serde_json::Value = serde_json::from_str(&ps.stdout).unwrap();
     processes

@@ -94,7 +94,7 @@ pub fn duration_text(duration: Duration) -> String {
         ("s", 1_000 * MS),
         ("ms", MS),
     ] {
-        if nanos > 0 && nanos % size == 0 {
+        if nanos > 0 && nanos.is_multiple_of(size) {
             return format!("{}{unit}", nanos / size);
         }
     }
