@@ -66,3 +66,26 @@ impl Connector {
         }
     }
 }
+
+/// Whether JetStream answers for the client's account (`$JS.API.INFO`): it does once it recovered its streams.
+pub async fn jetstream_answers(
+    client: &Client,
+) -> Result<(), async_nats::jetstream::context::AccountError> {
+    async_nats::jetstream::new(client.clone())
+        .query_account()
+        .await
+        .map(drop)
+}
+
+/// One attempt at what kip's ready step waits for: the server at `port` takes `token`, and JetStream answers.
+/// For the benchmark's bare server, timed the same way as kip's own.
+pub async fn serves(port: u16, token: &str) -> bool {
+    let connector = Connector {
+        port,
+        tokens: vec![token.to_owned()],
+    };
+    match connector.connect_with(token).await {
+        Ok(client) => jetstream_answers(&client).await.is_ok(),
+        Err(_) => false,
+    }
+}

@@ -148,12 +148,11 @@ impl Nats {
     }
 
     /// Waits until JetStream answers for the account: it recovers its streams before it does.
-    async fn jetstream_ready(client: async_nats::Client) -> Result<(), EngineError> {
-        let js = async_nats::jetstream::new(client);
+    async fn jetstream_ready(client: &async_nats::Client) -> Result<(), EngineError> {
         let started = Instant::now();
         loop {
-            match js.query_account().await {
-                Ok(_) => return Ok(()),
+            match super::client::jetstream_answers(client).await {
+                Ok(()) => return Ok(()),
                 Err(error) if started.elapsed() > JETSTREAM_TIMEOUT => {
                     return Err(EngineError::with_source(
                         "JetStream does not answer (`$JS.API.INFO`)",
@@ -161,7 +160,7 @@ impl Nats {
                     )
                     .hint("see the instance's log with `kip logs`"));
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
             }
         }
     }
@@ -293,7 +292,7 @@ impl Engine for Nats {
             let args: InstanceArgs = ctx.args()?;
             let client = connect(ctx, &args).await?;
             if args.jetstream {
-                Self::jetstream_ready(client).await?;
+                Self::jetstream_ready(&client).await?;
             }
             Ok(())
         })
