@@ -18,8 +18,9 @@ use kip_providers::nats::args::{InstanceArgs, Size};
 use kip_providers::nats::client::serves;
 use kip_providers::nats::config::{Rendered, render};
 
-use crate::apply::{header, ms, row, test_mirror};
-use crate::kip::{Harness, Project, open_dir};
+use crate::apply::test_mirror;
+use crate::kip::{Harness, open_dir};
+use crate::valkey::KipApplies;
 
 const CONFIG: &str = r#"nats "bus" {
   version = "2"
@@ -30,37 +31,8 @@ const CONFIG: &str = r#"nats "bus" {
 pub fn run(runs: Option<usize>) {
     let runs = runs.unwrap_or(21);
     let harness = Harness::new(&test_mirror());
-    println!(
-        "\nnats: the real kip ({}) in temp projects under {}",
-        harness.kip.display(),
-        harness.root.display()
-    );
-    // The first apply downloads and unpacks the toolchain into the shared cache.
-    let warm = harness.project(CONFIG);
-    let first = warm.expect(0, &["apply", "--auto-approve"]);
-    println!(
-        "  (first apply, downloading and unpacking the toolchain: {})",
-        ms(first.elapsed)
-    );
+    let kip = KipApplies::measure(&harness, "nats", CONFIG, "nats.bus", runs);
     let server = nats_server(&harness.cache.join("store"));
-    drop(warm);
-
-    let mut kip = Vec::new();
-    let mut before_start = Vec::new();
-    let mut start_to_ready = Vec::new();
-    let mut after_ready = Vec::new();
-    let mut projects: Vec<Project<'_>> = Vec::new();
-    for _ in 0..runs {
-        let project = harness.project(CONFIG);
-        let run = project.expect(0, &["apply", "--auto-approve"]);
-        kip.push(run.elapsed);
-        before_start.push(run.between(None, Some("nats.bus: starting")));
-        start_to_ready.push(run.between(Some("nats.bus: starting"), Some("nats.bus: ready")));
-        after_ready.push(run.between(Some("nats.bus: ready"), None));
-        projects.push(project);
-    }
-    drop(projects);
-
     let scratch = harness.root.join("bare");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -72,32 +44,10 @@ pub fn run(runs: Option<usize>) {
         open_dir(&dir);
         bare.push(bare_start(&runtime, &server, &dir));
     }
-
-    header(&format!(
-        "a fresh NATS 2 with JetStream to ready: kip apply vs the bare nats-server ({runs} runs each)"
-    ));
-    row("kip apply --auto-approve, spawn to exit (ready)", &kip);
-    row(
-        "  process start, config check, plan, supervisor, resolve, provision",
-        &before_start,
-    );
-    row(
-        "  nats-server start, TCP probe, client with the token, JetStream answer",
-        &start_to_ready,
-    );
-    row("  state write, exit", &after_ready);
-    row(
-        "bare nats-server -c, spawn to a client and a JetStream answer",
-        &bare,
-    );
-    let median = |times: &[Duration]| {
-        let mut sorted = times.to_vec();
-        sorted.sort();
-        sorted[sorted.len() / 2]
-    };
-    println!(
-        "  ratio of the medians: {:.2}× (target: 1.2×)",
-        median(&kip).as_secs_f64() / median(&bare).as_secs_f64()
+    kip.report(
+        &format!("a fresh NATS 2 with JetStream to ready: kip apply vs the bare nats-server ({runs} runs each)"),
+        "nats-server start, TCP probe, client with the token, JetStream answer",
+        ("bare nats-server -c, spawn to a client and a JetStream answer", &bare),
     );
 }
 

@@ -155,15 +155,6 @@ pub fn render(rendered: &Rendered<'_>) -> Result<String, NatsError> {
     Ok(text)
 }
 
-/// Writes `text` to `path` with mode 0600, owned by the engine's account, unless it holds that already.
-pub fn write_private(path: &Path, text: &str, owner: Option<(u32, u32)>) -> Result<(), NatsError> {
-    if std::fs::read_to_string(path).is_ok_and(|existing| existing == text) {
-        return Ok(());
-    }
-    kip_core::fsutil::write_private(path, text.as_bytes(), owner)
-        .map_err(super::io_error("write", path))
-}
-
 /// The instance attributes whose change restarts NATS, of those that changed between `before` and `after`;
 /// everything else is reloaded.
 pub fn restart_because(

@@ -132,11 +132,13 @@ impl Nats {
             store_dir: &ctx.data_dir.join(STORE_DIR),
         })
         .map_err(|error| nats_error("cannot write the NATS configuration", error))?;
-        config::write_private(
-            &ctx.data_dir.join(CONFIG_FILE),
-            &text,
+        let path = ctx.data_dir.join(CONFIG_FILE);
+        kip_core::fsutil::write_private(
+            &path,
+            text.as_bytes(),
             ctx.run_as.as_ref().map(|run_as| (run_as.uid, run_as.gid)),
         )
+        .map_err(io_error("write", &path))
         .map_err(|error| nats_error("cannot write the NATS configuration", error))?;
         if let Some(previous) = ctx.secrets.get(CONFIG_TOKEN).map(str::to_owned)
             && previous != token

@@ -54,3 +54,26 @@ fn host_export() -> ExportSchema {
         "The address to connect to: always `127.0.0.1`, kip binds engines to loopback only.",
     )
 }
+
+/// The first `settings` entry kip refuses: one it sets itself (`reserved` says why), or a name that is not
+/// `name_bytes` only (`what` names what it is not: "a Valkey directive name (letters, digits, `-`, `_`)"), so no
+/// name can break out of its line in the engine's config file.
+fn settings_name_problem(
+    value: &crate::validate::Shape,
+    reserved: fn(&str) -> Option<&'static str>,
+    name_byte: fn(u8) -> bool,
+    what: &str,
+) -> Option<String> {
+    let crate::validate::Shape::Object(entries) = value else {
+        return None;
+    };
+    entries.iter().find_map(|(name, _)| {
+        if let Some(why) = reserved(name) {
+            Some(format!("kip sets `{name}` itself: {why}"))
+        } else if name.is_empty() || !name.bytes().all(name_byte) {
+            Some(format!("{name:?} is not {what}"))
+        } else {
+            None
+        }
+    })
+}

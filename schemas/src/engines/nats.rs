@@ -355,22 +355,10 @@ fn reserved_setting(name: &str) -> Option<&'static str> {
 
 /// `settings`: no option kip writes itself, names NATS could read (no way to break out of the config file).
 fn settings_problem(value: &Shape) -> Option<String> {
-    let Shape::Object(entries) = value else {
-        return None;
-    };
-    entries.iter().find_map(|(name, _)| {
-        if let Some(why) = reserved_setting(name) {
-            Some(format!("kip sets `{name}` itself: {why}"))
-        } else if name.is_empty()
-            || !name
-                .bytes()
-                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_')
-        {
-            Some(format!(
-                "{name:?} is not a NATS configuration option name (letters, digits, `_`)"
-            ))
-        } else {
-            None
-        }
-    })
+    super::settings_name_problem(
+        value,
+        reserved_setting,
+        |byte| byte.is_ascii_alphanumeric() || byte == b'_',
+        "a NATS configuration option name (letters, digits, `_`)",
+    )
 }

@@ -252,24 +252,12 @@ pub fn reserved_setting(name: &str) -> Option<&'static str> {
 
 /// `settings`: no directive kip writes itself, names Valkey could read (no line breaks into the config file).
 fn settings_problem(value: &Shape) -> Option<String> {
-    let Shape::Object(entries) = value else {
-        return None;
-    };
-    entries.iter().find_map(|(name, _)| {
-        if let Some(why) = reserved_setting(name) {
-            Some(format!("kip sets `{name}` itself: {why}"))
-        } else if name.is_empty()
-            || !name
-                .bytes()
-                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
-        {
-            Some(format!(
-                "{name:?} is not a Valkey directive name (letters, digits, `-`, `_`)"
-            ))
-        } else {
-            None
-        }
-    })
+    super::settings_name_problem(
+        value,
+        reserved_setting,
+        |byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_',
+        "a Valkey directive name (letters, digits, `-`, `_`)",
+    )
 }
 
 /// `save`: each rule is `"<seconds> <changes>"`.
