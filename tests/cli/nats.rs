@@ -171,6 +171,24 @@ fn nats_end_to_end() {
     }
     assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
 
+    // A value NATS refuses, on the running server: the apply fails with NATS's words, the server keeps running
+    // as it was, and the change is still planned.
+    stack.project.write(
+        "kip.hcl",
+        config("2mb", "  settings = { write_deadline = \"banana\" }\n"),
+    );
+    let refused = stack.kip(&["apply", "--auto-approve"]);
+    assert_eq!(refused.code, 1, "{}", refused.snapshot());
+    assert!(
+        refused.stderr.contains("error parsing write_deadline")
+            && refused.stderr.contains("banana"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(pid_of(&stack, "nats.bus"), pid);
+    assert_eq!(max_payload(&stack), 2 << 20);
+    assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 2);
+
     // A new token is reloaded too: the old one stops working, the new one works, the same process.
     stack.project.write(
         "kip.hcl",

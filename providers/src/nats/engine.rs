@@ -121,6 +121,33 @@ fn create_data_dir(ctx: &InstanceCtx) -> Result<(), NatsError> {
     Ok(())
 }
 
+/// `nats-server -t`: whether NATS reads the instance's configuration file; its own words when it does not.
+fn check_config(ctx: &InstanceCtx) -> Result<(), String> {
+    let program = ctx
+        .toolchain()
+        .map_err(|error| error.to_string())?
+        .root
+        .join("bin")
+        .join("nats-server");
+    let output = std::process::Command::new(&program)
+        .arg("-t")
+        .arg("-c")
+        .arg(ctx.data_dir.join(CONFIG_FILE))
+        .env_clear()
+        .output()
+        .map_err(|error| format!("cannot run {}: {error}", program.display()))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let said = String::from_utf8_lossy(&output.stderr);
+    let said = said.trim();
+    Err(if said.is_empty() {
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    } else {
+        said.to_owned()
+    })
+}
+
 impl Nats {
     /// Writes the config file, and records which token it holds (and which one it held before).
     fn write_config(ctx: &mut InstanceCtx, args: &InstanceArgs) -> Result<(), EngineError> {
@@ -311,11 +338,21 @@ impl Engine for Nats {
 
     fn reconfigure<'a>(
         &'a self,
-        _ctx: &'a mut InstanceCtx,
+        ctx: &'a mut InstanceCtx,
         change: &'a Change,
     ) -> BoxFuture<'a, Result<Reconfigure, EngineError>> {
         Box::pin(async move {
-            // The configuration was rewritten by provision; NATS reads it again on SIGHUP.
+            // The configuration was rewritten by provision; NATS reads it again on SIGHUP, or at the restart.
+            // Either way it must read: a reload NATS refuses is only a line in its log, and a restart into a
+            // configuration it refuses stops a server that ran. So the file is checked first, and put back as it
+            // was when NATS refuses it.
+            if let Err(refusal) = check_config(ctx) {
+                if let Ok(before) = change.before_as::<InstanceArgs>() {
+                    let _ = Self::write_config(ctx, &before);
+                }
+                return Err(EngineError::new(format!("NATS refuses the new configuration: {refusal}"))
+                    .hint("fix the value in kip.hcl; the server keeps running with its current configuration"));
+            }
             Ok(
                 match self.restart_because(change).unwrap_or_default().is_empty() {
                     true if change.changed_attributes().is_empty() => Reconfigure::Done,
