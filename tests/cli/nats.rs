@@ -432,6 +432,22 @@ fn a_setting_nats_refuses_fails_the_start_with_its_log() {
     assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
 }
 
+/// Streams need JetStream: with `jetstream = false` the apply says so instead of NATS's "no responders".
+#[test]
+fn streams_without_jetstream_are_an_error_that_says_why() {
+    let stack = Stack::new(
+        "nats \"bus\" {\n  version   = \"2\"\n  jetstream = false\n  stream \"ORDERS\" {\n    subjects = [\"orders.>\"]\n  }\n}\n",
+    );
+    let run = stack.kip(&["apply", "--auto-approve"]);
+    assert_eq!(run.code, 1, "{}", run.snapshot());
+    assert!(
+        run.stderr.contains("has `jetstream = false`")
+            && run.stderr.contains("set `jetstream = true`"),
+        "{}",
+        run.stderr
+    );
+}
+
 /// `nobody` speaking NATS over the port without a token (bash's /dev/tcp): `CONNECT` then `PING`. NATS sends its
 /// `INFO` to anyone; what matters is that the `PING` is answered with `-ERR 'Authorization Violation'`, never
 /// `PONG`.

@@ -196,6 +196,13 @@ impl Nats {
 
     async fn converge_objects(ctx: &InstanceCtx, changes: &[Change]) -> Result<(), EngineError> {
         let args: InstanceArgs = ctx.args()?;
+        if !args.jetstream {
+            return Err(EngineError::new(format!(
+                "{} has `jetstream = false`: its streams and key-value buckets cannot be made or removed",
+                ctx.address
+            ))
+            .hint("set `jetstream = true` (the default) in the nats block, or remove its stream and kv blocks"));
+        }
         let js = async_nats::jetstream::new(connect(ctx, &args).await?);
         let failed = |error| nats_error("cannot converge JetStream", error);
         for change in changes.iter().filter(|c| c.kind == STREAM || c.kind == KV) {
@@ -377,6 +384,10 @@ impl Engine for Nats {
                 return Ok(Vec::new());
             }
             let args: InstanceArgs = ctx.args()?;
+            if !args.jetstream {
+                // Without JetStream there are no streams to see; converge says what the blocks need.
+                return Ok(Vec::new());
+            }
             let js = async_nats::jetstream::new(connect(ctx, &args).await?);
             let live = jetstream::list(&js)
                 .await
