@@ -135,6 +135,18 @@ fn nats_end_to_end() {
             );
         }
     });
+    // Why `url` does not carry the token: async-nats ignores credentials in a URL (nats.go and the `nats` CLI read
+    // `nats://TOKEN@host`), so a URL with the token would work for some clients and fail for this one.
+    runtime().block_on(async {
+        let embedded = format!("nats://{token}@127.0.0.1:{port}");
+        let refused = async_nats::connect(embedded.as_str())
+            .await
+            .expect_err("async-nats read the token from the URL: `url` could carry it");
+        assert_eq!(
+            refused.kind(),
+            async_nats::ConnectErrorKind::AuthorizationViolation
+        );
+    });
     // The token lives in the config file, private to the engine's account; never on its command line.
     let pid = pid_of(&stack, "nats.bus");
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
