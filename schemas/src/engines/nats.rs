@@ -344,20 +344,11 @@ const RESERVED: &[(&str, &str)] = &[
     ("tls", "kip serves NATS on loopback without TLS"),
 ];
 
-/// Why kip refuses `name` in `settings`, if it does.
-fn reserved_setting(name: &str) -> Option<&'static str> {
-    let name = name.to_ascii_lowercase();
-    RESERVED
-        .iter()
-        .find(|(reserved, _)| *reserved == name)
-        .map(|(_, why)| *why)
-}
-
 /// `settings`: no option kip writes itself, names NATS could read (no way to break out of the config file).
 fn settings_problem(value: &Shape) -> Option<String> {
     super::settings_name_problem(
         value,
-        reserved_setting,
+        RESERVED,
         |byte| byte.is_ascii_alphanumeric() || byte == b'_',
         "a NATS configuration option name (letters, digits, `_`)",
     )

@@ -243,18 +243,14 @@ const RESERVED: &[(&str, &str)] = &[
 /// Why kip refuses `name` in `settings`, if it does: a directive kip writes itself, or one with an argument of
 /// its own.
 pub fn reserved_setting(name: &str) -> Option<&'static str> {
-    let name = name.to_ascii_lowercase();
-    RESERVED
-        .iter()
-        .find(|(reserved, _)| *reserved == name)
-        .map(|(_, why)| *why)
+    super::reserved_in(RESERVED, name)
 }
 
 /// `settings`: no directive kip writes itself, names Valkey could read (no line breaks into the config file).
 fn settings_problem(value: &Shape) -> Option<String> {
     super::settings_name_problem(
         value,
-        reserved_setting,
+        RESERVED,
         |byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_',
         "a Valkey directive name (letters, digits, `-`, `_`)",
     )
