@@ -23,38 +23,8 @@ const CONFIG: &str = r#"valkey "cache" {
 pub fn run(runs: Option<usize>) {
     let runs = runs.unwrap_or(21);
     let harness = Harness::new(&test_mirror());
-    println!(
-        "\nvalkey: the real kip ({}) in temp projects under {}",
-        harness.kip.display(),
-        harness.root.display()
-    );
-    // The first apply downloads and unpacks the toolchain into the shared cache.
-    let warm = harness.project(CONFIG);
-    let first = warm.expect(0, &["apply", "--auto-approve"]);
-    println!(
-        "  (first apply, downloading and unpacking the toolchain: {})",
-        ms(first.elapsed)
-    );
+    let kip = KipApplies::measure(&harness, "valkey", CONFIG, "valkey.cache", runs);
     let server = valkey_server(&harness.cache.join("store"));
-    drop(warm);
-
-    let mut kip = Vec::new();
-    let mut before_start = Vec::new();
-    let mut start_to_ready = Vec::new();
-    let mut after_ready = Vec::new();
-    let mut projects: Vec<Project<'_>> = Vec::new();
-    for _ in 0..runs {
-        let project = harness.project(CONFIG);
-        let run = project.expect(0, &["apply", "--auto-approve"]);
-        kip.push(run.elapsed);
-        before_start.push(run.between(None, Some("valkey.cache: starting")));
-        start_to_ready
-            .push(run.between(Some("valkey.cache: starting"), Some("valkey.cache: ready")));
-        after_ready.push(run.between(Some("valkey.cache: ready"), None));
-        projects.push(project);
-    }
-    drop(projects);
-
     let scratch = harness.root.join("bare");
     let mut bare = Vec::new();
     for index in 0..runs {
@@ -62,30 +32,96 @@ pub fn run(runs: Option<usize>) {
         open_dir(&dir);
         bare.push(bare_start(&server, &dir));
     }
+    kip.report(
+        &format!(
+            "a fresh Valkey 9 to ready: kip apply vs the bare valkey-server ({runs} runs each)"
+        ),
+        "valkey-server start, socket probe, authenticated PING",
+        ("bare valkey-server on a unix socket, spawn to PONG", &bare),
+    );
+}
 
-    header(&format!(
-        "a fresh Valkey 9 to ready: kip apply vs the bare valkey-server ({runs} runs each)"
-    ));
-    row("kip apply --auto-approve, spawn to exit (ready)", &kip);
-    row(
-        "  process start, config check, plan, supervisor, resolve, provision",
-        &before_start,
-    );
-    row(
-        "  valkey-server start, socket probe, authenticated PING",
-        &start_to_ready,
-    );
-    row("  state write, exit", &after_ready);
-    row("bare valkey-server on a unix socket, spawn to PONG", &bare);
-    let median = |times: &[Duration]| {
-        let mut sorted = times.to_vec();
-        sorted.sort();
-        sorted[sorted.len() / 2]
-    };
-    println!(
-        "  ratio of the medians: {:.2}× (target: 1.2×)",
-        median(&kip).as_secs_f64() / median(&bare).as_secs_f64()
-    );
+/// kip's side of an engine's start-to-ready case: `kip apply` of `config` in a fresh project per run, from spawn
+/// to exit, split at the instance's progress lines (`<address>: starting`, `<address>: ready`).
+pub struct KipApplies {
+    total: Vec<Duration>,
+    before_start: Vec<Duration>,
+    start_to_ready: Vec<Duration>,
+    after_ready: Vec<Duration>,
+}
+
+impl KipApplies {
+    /// Warms the toolchain cache with a first apply, then times `runs` applies.
+    pub fn measure(
+        harness: &Harness,
+        engine: &str,
+        config: &str,
+        address: &str,
+        runs: usize,
+    ) -> KipApplies {
+        println!(
+            "\n{engine}: the real kip ({}) in temp projects under {}",
+            harness.kip.display(),
+            harness.root.display()
+        );
+        // The first apply downloads and unpacks the toolchain into the shared cache.
+        let warm = harness.project(config);
+        let first = warm.expect(0, &["apply", "--auto-approve"]);
+        println!(
+            "  (first apply, downloading and unpacking the toolchain: {})",
+            ms(first.elapsed)
+        );
+        drop(warm);
+        let starting = format!("{address}: starting");
+        let ready = format!("{address}: ready");
+        let mut applies = KipApplies {
+            total: Vec::new(),
+            before_start: Vec::new(),
+            start_to_ready: Vec::new(),
+            after_ready: Vec::new(),
+        };
+        let mut projects: Vec<Project<'_>> = Vec::new();
+        for _ in 0..runs {
+            let project = harness.project(config);
+            let run = project.expect(0, &["apply", "--auto-approve"]);
+            applies.total.push(run.elapsed);
+            applies
+                .before_start
+                .push(run.between(None, Some(&starting)));
+            applies
+                .start_to_ready
+                .push(run.between(Some(&starting), Some(&ready)));
+            applies.after_ready.push(run.between(Some(&ready), None));
+            projects.push(project);
+        }
+        applies
+    }
+
+    /// Prints the table: kip's phases (`engine_phase` names the engine's start to ready), the bare start, and the
+    /// ratio of the medians against the 1.2× target.
+    pub fn report(&self, title: &str, engine_phase: &str, (bare_label, bare): (&str, &[Duration])) {
+        header(title);
+        row(
+            "kip apply --auto-approve, spawn to exit (ready)",
+            &self.total,
+        );
+        row(
+            "  process start, config check, plan, supervisor, resolve, provision",
+            &self.before_start,
+        );
+        row(&format!("  {engine_phase}"), &self.start_to_ready);
+        row("  state write, exit", &self.after_ready);
+        row(bare_label, bare);
+        let median = |times: &[Duration]| {
+            let mut sorted = times.to_vec();
+            sorted.sort();
+            sorted[sorted.len() / 2]
+        };
+        println!(
+            "  ratio of the medians: {:.2}× (target: 1.2×)",
+            median(&self.total).as_secs_f64() / median(bare).as_secs_f64()
+        );
+    }
 }
 
 /// The `valkey-server` kip unpacked into the store.

@@ -95,14 +95,15 @@ fn a_taken_port_is_refused_before_spawning() {
     assert_eq!(stack.sql("postgres.main", "SELECT 1"), [["1"]]);
 }
 
-/// The same refusal holds for every engine that takes a `port` (the contract's default reads it): Valkey and a
-/// process, with the port held by another program.
+/// The same refusal holds for every engine that takes a `port` (the contract's default reads it): Valkey, NATS
+/// and a process, with the port held by another program.
 #[test]
 fn a_taken_port_is_refused_before_spawning_for_valkey_and_processes() {
     let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = holder.local_addr().unwrap().port();
     for config in [
         format!("valkey \"cache\" {{\n  version = \"9\"\n  port    = {port}\n}}\n"),
+        format!("nats \"bus\" {{\n  version = \"2\"\n  port    = {port}\n}}\n"),
         format!("process \"web\" {{\n  command = [\"sleep\", \"60\"]\n  port    = {port}\n}}\n"),
     ] {
         let stack = Stack::new(&config);

@@ -13,6 +13,7 @@ mod fmt;
 mod graph;
 mod init;
 mod mirror_build;
+mod nats;
 mod process;
 mod registry;
 mod resolve;

@@ -26,7 +26,7 @@ fn config_get(url: &str, name: &str) -> String {
 }
 
 /// The pid of a supervised process, from `kip ps --json`.
-fn pid_of(stack: &Stack, name: &str) -> u32 {
+pub(crate) fn pid_of(stack: &Stack, name: &str) -> u32 {
     let ps = stack.ok(&["ps", "--json"]);
     let processes: serde_json::Value = serde_json::from_str(&ps.stdout).unwrap();
     processes
@@ -409,11 +409,29 @@ fn poller(dir: &std::path::Path, port: u16, socket: &std::path::Path) -> Hostile
     })
 }
 
+/// Runs `kip apply` and SIGKILLs it as soon as its progress shows `moment` ("valkey.cache: starting").
+pub(crate) fn apply_killed_at(stack: &Stack, moment: &str) {
+    use std::io::BufRead as _;
+    let mut apply = stack.command(&["apply", "--auto-approve"]);
+    apply
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null());
+    let mut child = apply.spawn().unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    for line in stderr.lines() {
+        if line.unwrap().contains(moment) {
+            child.kill().unwrap();
+            break;
+        }
+    }
+    let _ = child.wait();
+    std::thread::sleep(Duration::from_millis(200));
+}
+
 /// Polls through a first start, and through first starts whose kip is SIGKILLed at each moment (provisioning,
 /// starting, the socket appearing): never a command runs without the password.
 #[test]
 fn another_local_user_polling_the_socket_and_port_never_gets_in() {
-    use std::io::BufRead as _;
     if std::process::Command::new("redis-cli")
         .arg("--version")
         .output()
@@ -439,20 +457,7 @@ fn another_local_user_polling_the_socket_and_port_never_gets_in() {
     let poller = poller(watch.path(), port, &socket);
     std::thread::sleep(Duration::from_millis(300));
     for moment in ["valkey.cache: provisioning", "valkey.cache: starting"] {
-        let mut apply = stack.command(&["apply", "--auto-approve"]);
-        apply
-            .stderr(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null());
-        let mut child = apply.spawn().unwrap();
-        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-        for line in stderr.lines() {
-            if line.unwrap().contains(moment) {
-                child.kill().unwrap();
-                break;
-            }
-        }
-        let _ = child.wait();
-        std::thread::sleep(Duration::from_millis(200));
+        apply_killed_at(&stack, moment);
     }
     // The moment the socket appears.
     stack.ok(&["destroy", "--auto-approve"]);

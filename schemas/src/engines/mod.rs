@@ -54,3 +54,35 @@ fn host_export() -> ExportSchema {
         "The address to connect to: always `127.0.0.1`, kip binds engines to loopback only.",
     )
 }
+
+/// Why `name` is in an engine's table of `settings` kip refuses (`(name, why)`, lower case), if it is.
+fn reserved_in(table: &[(&str, &'static str)], name: &str) -> Option<&'static str> {
+    let name = name.to_ascii_lowercase();
+    table
+        .iter()
+        .find(|(reserved, _)| *reserved == name)
+        .map(|(_, why)| *why)
+}
+
+/// The first `settings` entry kip refuses: one in `reserved` (it sets it itself, or it has an argument of its
+/// own), or a name that is not `name_byte`s only (`what` names what it is not: "a Valkey directive name (letters,
+/// digits, `-`, `_`)"), so no name can break out of its line in the engine's config file.
+fn settings_name_problem(
+    value: &crate::validate::Shape,
+    reserved: &[(&str, &'static str)],
+    name_byte: fn(u8) -> bool,
+    what: &str,
+) -> Option<String> {
+    let crate::validate::Shape::Object(entries) = value else {
+        return None;
+    };
+    entries.iter().find_map(|(name, _)| {
+        if let Some(why) = reserved_in(reserved, name) {
+            Some(format!("kip sets `{name}` itself: {why}"))
+        } else if name.is_empty() || !name.bytes().all(name_byte) {
+            Some(format!("{name:?} is not {what}"))
+        } else {
+            None
+        }
+    })
+}

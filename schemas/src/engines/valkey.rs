@@ -243,33 +243,17 @@ const RESERVED: &[(&str, &str)] = &[
 /// Why kip refuses `name` in `settings`, if it does: a directive kip writes itself, or one with an argument of
 /// its own.
 pub fn reserved_setting(name: &str) -> Option<&'static str> {
-    let name = name.to_ascii_lowercase();
-    RESERVED
-        .iter()
-        .find(|(reserved, _)| *reserved == name)
-        .map(|(_, why)| *why)
+    super::reserved_in(RESERVED, name)
 }
 
 /// `settings`: no directive kip writes itself, names Valkey could read (no line breaks into the config file).
 fn settings_problem(value: &Shape) -> Option<String> {
-    let Shape::Object(entries) = value else {
-        return None;
-    };
-    entries.iter().find_map(|(name, _)| {
-        if let Some(why) = reserved_setting(name) {
-            Some(format!("kip sets `{name}` itself: {why}"))
-        } else if name.is_empty()
-            || !name
-                .bytes()
-                .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_')
-        {
-            Some(format!(
-                "{name:?} is not a Valkey directive name (letters, digits, `-`, `_`)"
-            ))
-        } else {
-            None
-        }
-    })
+    super::settings_name_problem(
+        value,
+        RESERVED,
+        |byte| byte.is_ascii_alphanumeric() || byte == b'-' || byte == b'_',
+        "a Valkey directive name (letters, digits, `-`, `_`)",
+    )
 }
 
 /// `save`: each rule is `"<seconds> <changes>"`.
