@@ -154,7 +154,20 @@ pub fn all_ready(statuses: &[ProcessStatus], specs: &[SpawnSpec]) -> bool {
 }
 
 /// Refuses to start when a declared port is taken: a tcp probe would otherwise pass against whatever holds it.
-pub fn check_ports(engine: &dyn Engine, ctx: &InstanceCtx) -> Result<(), InstanceError> {
+/// Not while a process of the instance itself is live in the supervisor (`statuses`): still starting after a kip
+/// that was killed mid-apply, or restarting after a crash, it holds its own port, and the start that follows
+/// joins (or replaces) that run instead of racing it.
+pub fn check_ports(
+    engine: &dyn Engine,
+    ctx: &InstanceCtx,
+    statuses: &[ProcessStatus],
+) -> Result<(), InstanceError> {
+    if processes_of(statuses, &ctx.address)
+        .iter()
+        .any(|status| status.state.is_live())
+    {
+        return Ok(());
+    }
     for port in engine.ports(ctx) {
         if let Err(source) = std::net::TcpListener::bind(("127.0.0.1", port)) {
             return Err(InstanceError::PortTaken { port, source });
@@ -306,7 +319,7 @@ pub async fn bring_up(
         return Ok(Up::Running);
     }
     engine.provision(ctx).await?;
-    check_ports(engine, ctx)?;
+    check_ports(engine, ctx, &statuses)?;
     start(supervisor, &specs).await?;
     if !jobs {
         engine.ready(ctx).await?;

@@ -565,7 +565,7 @@ impl Applier<'_> {
             if !fresh {
                 engine.provision(&mut ctx).await?;
             }
-            lifecycle::check_ports(engine, &ctx)?;
+            lifecycle::check_ports(engine, &ctx, &statuses)?;
             self.report
                 .step(address, if jobs { "running" } else { "starting" });
             if started_signal.wanted() {
@@ -623,7 +623,7 @@ impl Applier<'_> {
                 Reconfigure::Restart => {
                     self.report.step(address, "restarting");
                     lifecycle::stop(supervisor, address).await?;
-                    lifecycle::check_ports(engine, &ctx)?;
+                    lifecycle::check_ports(engine, &ctx, &[])?;
                     lifecycle::start(supervisor, &specs).await?;
                     engine.ready(&ctx).await?;
                 }
