@@ -4,6 +4,7 @@
 
 pub mod postgres;
 pub mod process;
+pub mod template;
 pub mod valkey;
 
 use kip_core::engine::Engines;
