@@ -55,6 +55,7 @@ fn conform(fixture: &dyn Fixture) {
     kip_conformance::run(fixture, &setup);
 }
 
+mod mariadb;
 mod postgres;
 mod valkey;
 
