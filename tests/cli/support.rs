@@ -158,6 +158,15 @@ pub struct HostilePoller {
 
 impl HostilePoller {
     pub fn start(dir: &Path, attempts: impl FnOnce(&Path) -> String) -> HostilePoller {
+        HostilePoller::start_as(("nobody", "nogroup"), dir, attempts)
+    }
+
+    /// The same, as another local account (`(user, group)`, names or numbers): the engine's own, for one.
+    pub fn start_as(
+        (user, group): (&str, &str),
+        dir: &Path,
+        attempts: impl FnOnce(&Path) -> String,
+    ) -> HostilePoller {
         let stop = dir.join("stop");
         let output = dir.join("poller.out");
         let script = format!(
@@ -170,8 +179,8 @@ impl HostilePoller {
             .unwrap();
         let child = std::process::Command::new("setpriv")
             .args([
-                "--reuid=nobody",
-                "--regid=nogroup",
+                &format!("--reuid={user}"),
+                &format!("--regid={group}"),
                 "--clear-groups",
                 "sh",
                 "-c",
@@ -181,7 +190,7 @@ impl HostilePoller {
             .env("PATH", "/usr/bin:/bin")
             .env("HOME", "/nonexistent")
             .spawn()
-            .expect("setpriv runs the poller as nobody");
+            .expect("setpriv runs the poller as another account");
         HostilePoller {
             child,
             stop,

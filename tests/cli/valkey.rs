@@ -26,7 +26,7 @@ fn config_get(url: &str, name: &str) -> String {
 }
 
 /// The pid of a supervised process, from `kip ps --json`.
-fn pid_of(stack: &Stack, name: &str) -> u32 {
+pub(crate) fn pid_of(stack: &Stack, name: &str) -> u32 {
     let ps = stack.ok(&["ps", "--json"]);
     let processes: serde_json::Value = serde_json::from_str(&ps.stdout).unwrap();
     processes
@@ -39,7 +39,7 @@ fn pid_of(stack: &Stack, name: &str) -> u32 {
 }
 
 /// The account a process runs as.
-fn owner_of(pid: u32) -> String {
+pub(crate) fn owner_of(pid: u32) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let uid = status
         .lines()
