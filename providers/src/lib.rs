@@ -5,6 +5,7 @@
 pub mod mariadb;
 pub mod postgres;
 pub mod process;
+pub mod shared;
 pub mod template;
 pub mod valkey;
 

@@ -6,15 +6,9 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-/// A `settings` value as HCL gives it.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(untagged)]
-pub enum SettingValue {
-    Bool(bool),
-    Integer(i64),
-    Float(f64),
-    String(String),
-}
+/// A `settings` value as HCL gives it (the same shapes as Valkey's; MariaDB writes them with
+/// [`super::config::value_text`]).
+pub use crate::valkey::args::SettingValue;
 
 /// `mariadb "name" { … }`.
 #[derive(Debug, Clone, Deserialize)]

@@ -157,22 +157,15 @@ pub fn restart_because(
         .iter()
         .filter(|name| match name.as_str() {
             "root_password" => false,
-            "settings" => settings_need_restart(before.get("settings"), after.get("settings")),
+            "settings" => crate::shared::settings_need_restart(
+                before.get("settings"),
+                after.get("settings"),
+                is_dynamic,
+            ),
             _ => true,
         })
         .cloned()
         .collect()
-}
-
-/// A settings change restarts when it touches a setting MariaDB cannot change live, or removes one.
-fn settings_need_restart(before: Option<&Json>, after: Option<&Json>) -> bool {
-    let empty = serde_json::Map::new();
-    let before = before.and_then(Json::as_object).unwrap_or(&empty);
-    let after = after.and_then(Json::as_object).unwrap_or(&empty);
-    before.keys().any(|name| !after.contains_key(name))
-        || after
-            .iter()
-            .any(|(name, value)| before.get(name) != Some(value) && !is_dynamic(name))
 }
 
 /// The settings to `SET GLOBAL`: new or changed ones (all dynamic when no restart is planned).

@@ -93,12 +93,7 @@ fn first_session_error(ctx: &InstanceCtx, context: &str, error: MyError) -> Engi
 /// is known again even after a crash between creating the user and saving the state.
 fn generated_user_password(ctx: &InstanceCtx, user: &str) -> String {
     let key = ctx.secrets.get(USER_KEY).unwrap_or_default();
-    let digest =
-        <sha2::Sha256 as sha2::Digest>::digest(format!("kip mariadb user password\0{key}\0{user}"));
-    digest[..16]
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    crate::shared::derived_password(key, "mariadb user password", user)
 }
 
 /// A user's password: declared, else generated.
@@ -219,17 +214,7 @@ impl Engine for MariaDb {
                 attributes.insert("undeclared_grants".into(), json!([]));
             }
             "grant" => {
-                let privileges: Vec<String> = attributes
-                    .get("privileges")
-                    .and_then(Json::as_array)
-                    .map(|items| {
-                        items
-                            .iter()
-                            .filter_map(Json::as_str)
-                            .map(str::to_owned)
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let privileges = crate::shared::strings(attributes.get("privileges"));
                 attributes.insert(
                     "privileges".into(),
                     json!(super::grants::normalize_all(&privileges)),

@@ -217,17 +217,7 @@ fn grant(live: &Live, node: &Managed, hosts: &BTreeMap<&Address, String>) -> Opt
     let on = source.get("on").and_then(Json::as_str)?;
     let target = Target::parse(on).ok()?;
     let (privileges, grantable) = live.privileges.get(&grantee(user, &host))?.get(&target)?;
-    let declared: Vec<String> = source
-        .get("privileges")
-        .and_then(Json::as_array)
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(Json::as_str)
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default();
+    let declared = crate::shared::strings(source.get("privileges"));
     // What kip applied, in kip's words, when the server has exactly that.
     let shown = if &grants::expand(&target, &declared) == privileges {
         json!(grants::normalize_all(&declared))
