@@ -433,3 +433,83 @@ fn other_local_accounts_polling_a_first_start_never_get_in() {
     );
     assert_eq!(sql(&stack.url("mariadb.main"), &["SELECT 1"]), [["1"]]);
 }
+
+/// A declared root password changes live (the same process): the old one stops working, the new one works, also
+/// after a restart.
+#[test]
+fn a_new_root_password_is_applied_live() {
+    let config = |password: &str, back_log: u32| {
+        format!(
+            "mariadb \"main\" {{\n  version       = \"10.11\"\n  root_password = \"{password}\"\n  settings      = {{ back_log = {back_log} }}\n}}\n"
+        )
+    };
+    let stack = Stack::new(&config("first pass/word", 80));
+    stack.ok(&["apply", "--auto-approve"]);
+    let old_url = stack.url("mariadb.main");
+    assert!(
+        old_url.starts_with("mysql://root:first%20pass%2Fword@"),
+        "{old_url}"
+    );
+    let pid = pid_of(&stack, "mariadb.main");
+    stack.project.write("kip.hcl", config("second", 80));
+    let plan = stack.kip(&["plan"]);
+    assert!(
+        plan.stdout.contains("# applied live, without a restart"),
+        "{}",
+        plan.stdout
+    );
+    stack.ok(&["apply", "--auto-approve"]);
+    assert_eq!(pid_of(&stack, "mariadb.main"), pid);
+    let denied = query(&old_url, &["SELECT 1"]).unwrap_err();
+    assert!(denied.contains("Access denied"), "{denied}");
+    let url = stack.url("mariadb.main");
+    assert_eq!(sql(&url, &["SELECT 1"]), [["1"]]);
+    stack.project.write("kip.hcl", config("second", 90));
+    stack.ok(&["apply", "--auto-approve"]);
+    assert_ne!(pid_of(&stack, "mariadb.main"), pid);
+    assert_eq!(sql(&url, &["SELECT @@back_log"]), [["90"]]);
+}
+
+/// A state lost while the server runs: kip has no password for it and opens nothing to get one; it says how to
+/// recover. Once the server is stopped, the next apply gives root a new password offline and keeps the data.
+#[test]
+fn a_lost_state_never_opens_access_and_says_how_to_recover() {
+    let stack =
+        Stack::new("mariadb \"main\" {\n  version = \"10.11\"\n  database \"shop\" {}\n}\n");
+    stack.ok(&["apply", "--auto-approve"]);
+    let url = stack.url("mariadb.main");
+    sql(
+        &url,
+        &[
+            "CREATE TABLE shop.kept (id INT) ENGINE = InnoDB",
+            "INSERT INTO shop.kept VALUES (7)",
+        ],
+    );
+    let state = stack.project.path().join(".kip/state.json");
+    let saved = std::fs::read(&state).unwrap();
+    std::fs::remove_file(&state).unwrap();
+    let _ = std::fs::remove_file(stack.project.path().join(".kip/state.json.backup"));
+    let run = stack.kip(&["apply", "--auto-approve"]);
+    assert_eq!(run.code, 1, "{}", run.snapshot());
+    assert!(
+        run.stderr
+            .contains("kip's state no longer knows this instance"),
+        "{}",
+        run.stderr
+    );
+    // The old password (kip's, before the state was lost) still works: nothing was reset.
+    assert_eq!(sql(&url, &["SELECT id FROM shop.kept"]), [["7"]]);
+    // Stopped (with the state put back to stop it), then lost again: root gets a new password, offline.
+    std::fs::write(&state, saved).unwrap();
+    stack.ok(&["down"]);
+    std::fs::remove_file(&state).unwrap();
+    let _ = std::fs::remove_file(stack.project.path().join(".kip/state.json.backup"));
+    stack.ok(&["apply", "--auto-approve"]);
+    let new_url = stack.url("mariadb.main");
+    assert_ne!(new_url, url);
+    assert!(
+        query(&url, &["SELECT 1"]).is_err(),
+        "the lost password still works"
+    );
+    assert_eq!(sql(&new_url, &["SELECT id FROM shop.kept"]), [["7"]]);
+}

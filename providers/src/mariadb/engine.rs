@@ -250,6 +250,15 @@ impl Engine for MariaDb {
                     // A data directory kip's state does not account for (the state was lost, or kip stopped between
                     // copying it and saving): root's password is unknown, so it gets the instance's own, offline.
                     // A server running on it makes this fail, and kip never opens access to get in.
+                    if std::os::unix::net::UnixStream::connect(socket(ctx)).is_ok() {
+                        // A server answers on the instance's socket: no need to wait for its locks to say so.
+                        return Err(my_error(
+                            "cannot secure the instance",
+                            MyError::NoCredentials {
+                                data_dir: ctx.data_dir.clone(),
+                            },
+                        ));
+                    }
                     let hash = super::sha1::native_hash(&root_password(ctx, &args));
                     template::set_root_offline(
                         &toolchain.root,
