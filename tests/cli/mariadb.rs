@@ -226,7 +226,7 @@ fn mariadb_end_to_end() {
 fn names_and_settings_mariadb_would_refuse_are_lint_errors_with_their_spans() {
     let long = "d".repeat(65);
     let stack = Stack::new(&format!(
-        "mariadb \"main\" {{\n  version  = \"10.11\"\n  settings = {{ socket = \"/tmp/x\" }}\n  database \"{long}\" {{}}\n  database \"mysql\" {{}}\n  user \"root\" {{}}\n}}\n"
+        "mariadb \"main\" {{\n  version  = \"10.11\"\n  settings = {{ socket = \"/tmp/x\" }}\n  database \"{long}\" {{}}\n  database \"mysql\" {{}}\n  user \"root\" {{}}\n  user \"app\" {{\n    grant {{\n      on         = \"shop\"\n      privileges = [\"SELECT (a)\"]\n    }}\n  }}\n}}\n"
     ));
     let run = stack.kip(&["lint"]);
     assert_eq!(run.code, 1, "{}", run.snapshot());
@@ -239,6 +239,10 @@ fn names_and_settings_mariadb_would_refuse_are_lint_errors_with_their_spans() {
         "`mysql` is MariaDB's own database",
         "kip.hcl:6:8",
         "`root` is the instance's own account",
+        "kip.hcl:9:20",
+        "\"shop\" is not a grant target",
+        "kip.hcl:10:20",
+        "\"SELECT (a)\" is not a privilege name",
     ] {
         assert!(run.stderr.contains(expected), "{expected}\n{}", run.stderr);
     }

@@ -19,28 +19,14 @@ pub struct Target {
 }
 
 impl Target {
-    /// Reads `on` (`*.*`, `shop.*`, `` `my-db`.`t` ``).
+    /// Reads `on` (`*.*`, `shop.*`, `` `my-db`.`t` ``), by the schema's grammar (which lint checks first).
     pub fn parse(on: &str) -> Result<Target, MyError> {
-        let invalid = |reason: &str| MyError::InvalidGrant {
-            on: on.to_owned(),
-            reason: reason.to_owned(),
-        };
-        let (database, rest) = part(on.trim())
-            .ok_or_else(|| invalid("expected `*.*`, `database.*` or `database.table`"))?;
-        let rest = rest
-            .strip_prefix('.')
-            .ok_or_else(|| invalid("expected `*.*`, `database.*` or `database.table`"))?;
-        let (table, end) = part(rest)
-            .ok_or_else(|| invalid("expected `*.*`, `database.*` or `database.table`"))?;
-        if !end.is_empty() {
-            return Err(invalid("unexpected text after the target"));
-        }
-        match (database, table) {
-            (None, Some(_)) => Err(invalid(
-                "a table needs its database (`*.table` is not a target)",
-            )),
-            (database, table) => Ok(Target { database, table }),
-        }
+        let (database, table) =
+            kip_schemas::mariadb_grant_target(on).map_err(|reason| MyError::InvalidGrant {
+                on: on.to_owned(),
+                reason: reason.to_owned(),
+            })?;
+        Ok(Target { database, table })
     }
 
     /// The target in SQL: `*.*`, `` `shop`.* ``, `` `shop`.`orders` ``.
@@ -85,32 +71,6 @@ impl Target {
             (Some(_), Some(_)) => TABLE_ALL,
         }
     }
-}
-
-/// One part of a target: `*` (`None`), a name, or a backticked name; and what follows it.
-fn part(text: &str) -> Option<(Option<String>, &str)> {
-    if let Some(rest) = text.strip_prefix('*') {
-        return Some((None, rest));
-    }
-    if let Some(mut rest) = text.strip_prefix('`') {
-        let mut name = String::new();
-        loop {
-            let end = rest.find('`')?;
-            name.push_str(&rest[..end]);
-            rest = &rest[end + 1..];
-            match rest.strip_prefix('`') {
-                Some(after) => {
-                    name.push('`');
-                    rest = after;
-                }
-                None => return (!name.is_empty()).then_some((Some(name), rest)),
-            }
-        }
-    }
-    let end = text.find('.').unwrap_or(text.len());
-    let name = &text[..end];
-    (!name.is_empty() && !name.contains(['`', '*', ' ']))
-        .then(|| (Some(name.to_owned()), &text[end..]))
 }
 
 /// What `ALL PRIVILEGES` stands for on `*.*`, in MariaDB 10.11.
@@ -215,22 +175,15 @@ pub fn normalize_all(privileges: &[String]) -> Vec<String> {
     set.into_iter().collect()
 }
 
-/// Refuses a privilege that is not words of letters and `_` (it goes into SQL text as it is).
+/// Refuses a privilege that is not words of letters and `_` (it goes into SQL text as it is; lint checks the same).
 pub fn check(on: &str, privilege: &str) -> Result<(), MyError> {
-    let normalized = normalize(privilege);
-    if normalized.is_empty()
-        || !normalized
-            .chars()
-            .all(|c| c.is_ascii_uppercase() || c == ' ' || c == '_')
-    {
-        return Err(MyError::InvalidGrant {
+    match kip_schemas::mariadb_grant_privilege_problem(privilege) {
+        Some(reason) => Err(MyError::InvalidGrant {
             on: on.to_owned(),
-            reason: format!(
-                "{privilege:?} is not a privilege name (column privileges are not supported)"
-            ),
-        });
+            reason,
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The privileges `privileges` stand for on `target`, as MariaDB reports them (`ALL PRIVILEGES` expanded,

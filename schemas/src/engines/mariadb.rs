@@ -171,18 +171,97 @@ fn grant() -> Block {
             "on",
             T::String,
             "What the privileges apply to, in MariaDB's notation: `\"shop.*\"` (every table of a database), \
-             `\"shop.orders\"` (one table), `\"*.*\"` (everything).",
+             `\"shop.orders\"` (one table), `\"*.*\"` (everything). A name may be in backticks \
+             (`` \"`my-db`.*\" ``).",
         )
-        .required(),
+        .required()
+        .value_check(target_problem),
         Arg::new(
             "privileges",
             T::list(T::String),
-            "Privileges as MariaDB names them: `[\"SELECT\", \"INSERT\"]`, `[\"ALL PRIVILEGES\"]`.",
+            "Privileges as MariaDB names them: `[\"SELECT\", \"INSERT\"]`, `[\"ALL PRIVILEGES\"]`. Column \
+             privileges (`SELECT (a)`) are not supported.",
         )
-        .required(),
+        .required()
+        .value_check(privileges_problem),
         Arg::new("with_grant_option", T::Bool, "Allow the user to grant these privileges to others.")
             .with_default(false),
     ])
+}
+
+/// A grant target, `*.*` (both `None`), `db.*` (table `None`) or `db.table`, read from a `grant` block's `on`;
+/// each part may be in backticks (a backtick doubled inside). Why not, when it is not one.
+pub fn parse_grant_target(on: &str) -> Result<(Option<String>, Option<String>), &'static str> {
+    const FORM: &str = "expected `*.*`, `database.*` or `database.table`";
+    let (database, rest) = target_part(on.trim()).ok_or(FORM)?;
+    let rest = rest.strip_prefix('.').ok_or(FORM)?;
+    let (table, end) = target_part(rest).ok_or(FORM)?;
+    if !end.is_empty() {
+        return Err("unexpected text after the target");
+    }
+    if database.is_none() && table.is_some() {
+        return Err("a table needs its database (`*.table` is not a target)");
+    }
+    Ok((database, table))
+}
+
+/// One part of a target: `*` (`None`), a name, or a backticked name; and what follows it.
+fn target_part(text: &str) -> Option<(Option<String>, &str)> {
+    if let Some(rest) = text.strip_prefix('*') {
+        return Some((None, rest));
+    }
+    if let Some(mut rest) = text.strip_prefix('`') {
+        let mut name = String::new();
+        loop {
+            let end = rest.find('`')?;
+            name.push_str(&rest[..end]);
+            rest = &rest[end + 1..];
+            match rest.strip_prefix('`') {
+                Some(after) => {
+                    name.push('`');
+                    rest = after;
+                }
+                None => return (!name.is_empty()).then_some((Some(name), rest)),
+            }
+        }
+    }
+    let end = text.find('.').unwrap_or(text.len());
+    let name = &text[..end];
+    (!name.is_empty() && !name.contains(['`', '*', ' ']))
+        .then(|| (Some(name.to_owned()), &text[end..]))
+}
+
+/// Why MariaDB would refuse `privilege` in a grant (it goes into SQL text as it is: words of letters and `_`).
+pub fn grant_privilege_problem(privilege: &str) -> Option<String> {
+    let words: Vec<&str> = privilege.split_whitespace().collect();
+    let valid = !words.is_empty()
+        && words
+            .iter()
+            .all(|word| word.chars().all(|c| c.is_ascii_alphabetic() || c == '_'));
+    (!valid).then(|| {
+        format!("{privilege:?} is not a privilege name (words of letters; column privileges are not supported)")
+    })
+}
+
+/// `on`: a target MariaDB reads.
+fn target_problem(value: &Shape) -> Option<String> {
+    let Shape::String(on) = value else {
+        return None;
+    };
+    parse_grant_target(on)
+        .err()
+        .map(|why| format!("{on:?} is not a grant target: {why}"))
+}
+
+/// `privileges`: names only.
+fn privileges_problem(value: &Shape) -> Option<String> {
+    let Shape::List(items) = value else {
+        return None;
+    };
+    items.iter().find_map(|item| match item {
+        Shape::String(privilege) => grant_privilege_problem(privilege),
+        _ => None,
+    })
 }
 
 /// MariaDB's own databases: kip neither creates nor drops them.
@@ -331,6 +410,26 @@ mod tests {
         assert!(user_name_problem(&"u".repeat(128)).is_none());
         assert!(user_name_problem(&"u".repeat(129)).is_some());
         assert!(user_name_problem("root").is_some());
+    }
+
+    #[test]
+    fn grant_targets_and_privileges() {
+        assert_eq!(parse_grant_target("*.*"), Ok((None, None)));
+        assert_eq!(
+            parse_grant_target("shop.*"),
+            Ok((Some("shop".into()), None))
+        );
+        assert_eq!(
+            parse_grant_target("`my.db`.`or``ders`"),
+            Ok((Some("my.db".into()), Some("or`ders".into())))
+        );
+        for bad in ["shop", "*.orders", "shop.*x", "", "`a.*", "sh op.*"] {
+            assert!(parse_grant_target(bad).is_err(), "{bad}");
+        }
+        assert!(grant_privilege_problem("READ_ONLY ADMIN").is_none());
+        assert!(grant_privilege_problem("SELECT (a)").is_some());
+        assert!(grant_privilege_problem("SELECT; DROP").is_some());
+        assert!(grant_privilege_problem(" ").is_some());
     }
 
     #[test]
