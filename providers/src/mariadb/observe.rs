@@ -147,14 +147,31 @@ fn is_set(attributes: &Attributes, name: &str) -> bool {
 fn database(live: &Live, node: &Managed) -> Option<Attributes> {
     let name = node.address.label()?;
     let (charset, collation) = live.databases.get(name)?;
+    let source = node.applied.as_ref().unwrap_or(&node.attributes);
     let mut attributes = Attributes::new();
-    if is_set(&node.attributes, "character_set") {
-        attributes.insert("character_set".into(), json!(charset));
-    }
-    if is_set(&node.attributes, "collation") {
-        attributes.insert("collation".into(), json!(collation));
+    for (attribute, live) in [("character_set", charset), ("collation", collation)] {
+        if !is_set(&node.attributes, attribute) {
+            continue;
+        }
+        // What kip applied, in kip's words, when the server has that under its own name.
+        let shown = match source.get(attribute).and_then(Json::as_str) {
+            Some(applied) if same_charset_name(applied, live) => applied.to_owned(),
+            _ => live.clone(),
+        };
+        attributes.insert(attribute.into(), json!(shown));
     }
     Some(attributes)
+}
+
+/// Whether a declared character set or collation name is the one MariaDB reports: names are case-insensitive,
+/// and 10.11 reports `utf8` (and its collations) as `utf8mb3`.
+pub fn same_charset_name(declared: &str, live: &str) -> bool {
+    let declared = declared.to_ascii_lowercase();
+    let declared = match declared.strip_prefix("utf8") {
+        Some(rest) if !rest.starts_with("mb") => format!("utf8mb3{rest}"),
+        _ => declared,
+    };
+    declared == live.to_ascii_lowercase()
 }
 
 fn user(ctx: &InstanceCtx, live: &Live, node: &Managed, managed: &[Managed]) -> Option<Attributes> {
@@ -229,4 +246,18 @@ fn grant(live: &Live, node: &Managed, hosts: &BTreeMap<&Address, String>) -> Opt
         "privileges": shown,
         "with_grant_option": grantable,
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn charset_names_as_mariadb_reports_them() {
+        assert!(same_charset_name("utf8", "utf8mb3"));
+        assert!(same_charset_name("UTF8_general_ci", "utf8mb3_general_ci"));
+        assert!(same_charset_name("utf8mb4", "utf8mb4"));
+        assert!(!same_charset_name("utf8mb4", "utf8mb3"));
+        assert!(!same_charset_name("latin1", "utf8mb4"));
+    }
 }
