@@ -159,12 +159,11 @@ fn size_in_bytes(text: &str) -> Option<u64> {
 }
 
 impl MariaDb {
-    fn write_config(ctx: &InstanceCtx, args: &InstanceArgs) -> Result<(), MyError> {
-        let toolchain_root = &ctx
-            .toolchain
-            .as_ref()
-            .map(|toolchain| toolchain.root.clone())
-            .unwrap_or_default();
+    fn write_config(
+        ctx: &InstanceCtx,
+        args: &InstanceArgs,
+        toolchain_root: &std::path::Path,
+    ) -> Result<(), MyError> {
         let text = config::render(args, toolchain_root, &ctx.data_dir, &ctx.run_dir)?;
         let path = ctx.data_dir.join(CONFIG_FILE);
         if std::fs::read_to_string(&path).is_ok_and(|existing| existing == text) {
@@ -274,7 +273,7 @@ impl Engine for MariaDb {
                 }
             }
             ctx.secrets.get_or_generate(USER_KEY)?;
-            Self::write_config(ctx, &args)
+            Self::write_config(ctx, &args, &toolchain.root)
                 .map_err(|error| my_error("cannot write the MariaDB configuration", error))
         })
     }
