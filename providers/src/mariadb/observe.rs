@@ -1,7 +1,8 @@
-//! Refresh: what exists of the managed databases, users and grants, in three queries whatever their number
-//! (`information_schema.SCHEMATA`, `mysql.global_priv`, and the three privilege views in one `UNION ALL`), as
-//! attributes under the names the plan compares. Objects that do not exist are left out; attributes left unset in
-//! the configuration (a database's collation) are not reported, so the server's choice is never drift.
+//! Refresh: what exists of the managed databases, users and grants, and the server's character set and collation,
+//! in four queries whatever their number (`information_schema.SCHEMATA`, `mysql.global_priv`, the three privilege
+//! views in one `UNION ALL`, and the two server variables), as attributes under the names the plan compares.
+//! Objects that do not exist are left out; attributes left unset in the configuration (a database's collation) are
+//! not reported, so the server's choice is never drift.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -32,6 +33,8 @@ const PRIVILEGES: &str = "SELECT GRANTEE, NULL, NULL, PRIVILEGE_TYPE, IS_GRANTAB
      UNION ALL SELECT GRANTEE, TABLE_SCHEMA, TABLE_NAME, PRIVILEGE_TYPE, IS_GRANTABLE \
      FROM information_schema.TABLE_PRIVILEGES";
 
+const SERVER: &str = "SELECT @@GLOBAL.character_set_server, @@GLOBAL.collation_server";
+
 /// What the server has, read once.
 struct Live {
     databases: LiveDatabases,
@@ -39,6 +42,8 @@ struct Live {
     users: BTreeMap<(String, String), Json>,
     /// `'user'@'host'` → its privileges.
     privileges: BTreeMap<String, LivePrivileges>,
+    /// The server's character set and collation as it runs (`SET GLOBAL` may have changed them).
+    server: (String, String),
 }
 
 async fn read(connector: &Connector) -> Result<Live, MyError> {
@@ -55,6 +60,10 @@ async fn read(connector: &Connector) -> Result<Live, MyError> {
         .query(PRIVILEGES)
         .await
         .map_err(|error| MyError::sql("SELECT … FROM information_schema.*_PRIVILEGES", error))?;
+    let server: Option<(String, String)> = conn
+        .query_first(SERVER)
+        .await
+        .map_err(|error| MyError::sql(SERVER, error))?;
     let _ = conn.disconnect().await;
     let mut privileges: BTreeMap<String, LivePrivileges> = BTreeMap::new();
     for (grantee, database, table, privilege, grantable) in rows {
@@ -82,6 +91,7 @@ async fn read(connector: &Connector) -> Result<Live, MyError> {
             })
             .collect(),
         privileges,
+        server: server.unwrap_or_default(),
     })
 }
 
@@ -96,9 +106,6 @@ pub async fn refresh(
     connector: &Connector,
     managed: &[Managed],
 ) -> Result<Vec<Observed>, EngineError> {
-    if managed.iter().all(|node| node.address.is_instance()) {
-        return Ok(Vec::new());
-    }
     let live = read(connector)
         .await
         .map_err(|error| my_error("cannot read what exists in MariaDB", error))?;
@@ -110,6 +117,7 @@ pub async fn refresh(
     let mut observed = Vec::new();
     for node in managed {
         let attributes = match node.kind.as_str() {
+            kip_core::plan::INSTANCE => server(&live, node),
             "database" => database(&live, node),
             "user" => user(ctx, &live, node, managed),
             "grant" => grant(&live, node, &hosts),
@@ -144,9 +152,28 @@ fn is_set(attributes: &Attributes, name: &str) -> bool {
     attributes.get(name).is_some_and(|value| !value.is_null())
 }
 
+/// The instance's character set and collation, reported only when they differ from what kip applied (a
+/// `SET GLOBAL` behind kip's back): drift, repaired by the restart the plan shows.
+fn server(live: &Live, node: &Managed) -> Option<Attributes> {
+    let (charset, collation) = &live.server;
+    let attributes = charset_attributes(node, charset, collation);
+    let applied = node.applied.as_ref()?;
+    let drift: Attributes = attributes
+        .into_iter()
+        .filter(|(name, value)| applied.get(name) != Some(value))
+        .collect();
+    (!drift.is_empty()).then_some(drift)
+}
+
 fn database(live: &Live, node: &Managed) -> Option<Attributes> {
     let name = node.address.label()?;
     let (charset, collation) = live.databases.get(name)?;
+    Some(charset_attributes(node, charset, collation))
+}
+
+/// `character_set` and `collation` as the server has them, for those the configuration sets, in kip's words when
+/// they name the same.
+fn charset_attributes(node: &Managed, charset: &str, collation: &str) -> Attributes {
     let source = node.applied.as_ref().unwrap_or(&node.attributes);
     let mut attributes = Attributes::new();
     for (attribute, live) in [("character_set", charset), ("collation", collation)] {
@@ -156,11 +183,11 @@ fn database(live: &Live, node: &Managed) -> Option<Attributes> {
         // What kip applied, in kip's words, when the server has that under its own name.
         let shown = match source.get(attribute).and_then(Json::as_str) {
             Some(applied) if same_charset_name(applied, live) => applied.to_owned(),
-            _ => live.clone(),
+            _ => live.to_owned(),
         };
         attributes.insert(attribute.into(), json!(shown));
     }
-    Some(attributes)
+    attributes
 }
 
 /// Whether a declared character set or collation name is the one MariaDB reports: names are case-insensitive,

@@ -255,6 +255,7 @@ impl Fixture for MariaDbFixture {
                 "REVOKE INSERT ON shop.* FROM 'app'@'localhost'",
                 "GRANT DELETE ON mysql.* TO 'app'@'localhost'",
                 "SET PASSWORD FOR 'scratch'@'localhost' = PASSWORD('guessed')",
+                "SET GLOBAL character_set_server = latin1",
             ],
         )?;
         let app_grant = user("app").child("grant", kip_core::address::PathLabel::Index(0));
@@ -267,6 +268,9 @@ impl Fixture for MariaDbFixture {
             (app_grant, "privileges".to_owned()),
             (user("app"), "undeclared_grants".to_owned()),
             (user("scratch"), "password_works".to_owned()),
+            // The server's own: its collation follows the character set.
+            (main_address(), "character_set".to_owned()),
+            (main_address(), "collation".to_owned()),
         ])
     }
 }
