@@ -1,9 +1,9 @@
 //! kip's benchmarks. Each one prints the median (and min / max) of repeated runs for a target an issue names;
 //! BENCHMARKS.md records the numbers and what bounds them.
 //!
-//! Run: `cargo run --release -p kip-bench -- [front-half] [resolve] [apply] [valkey] [nats] [process] [stack] [--runs N]`.
-//! `resolve`, `apply`, `valkey`, `nats`, `process` and `stack` need the test mirror (`scripts/test-mirror.sh`; `KIP_TEST_MIRROR` or
-//! `~/.cache/kip/test-mirror`); `apply`, `valkey`, `nats`, `process` and `stack` drive the release `kip` binary (`KIP_BIN`, default
+//! Run: `cargo run --release -p kip-bench -- [front-half] [resolve] [apply] [valkey] [mariadb] [nats] [process] [stack] [--runs N]`.
+//! `resolve`, `apply`, `valkey`, `mariadb`, `nats`, `process` and `stack` need the test mirror (`scripts/test-mirror.sh`; `KIP_TEST_MIRROR` or
+//! `~/.cache/kip/test-mirror`); `apply`, `valkey`, `mariadb`, `nats`, `process` and `stack` drive the release `kip` binary (`KIP_BIN`, default
 //! `$CARGO_TARGET_DIR/release/kip`: build it with
 //! `cargo build --release -p kip-cli`). Without `--runs`, each benchmark uses its own default run counts.
 
@@ -11,6 +11,7 @@ mod apply;
 #[path = "../../core/tests/support/http.rs"]
 mod http;
 mod kip;
+mod mariadb;
 mod nats;
 mod process;
 mod stack;
@@ -48,6 +49,9 @@ fn main() {
     }
     if wants("valkey") {
         valkey::run(runs);
+    }
+    if wants("mariadb") {
+        mariadb::run(runs);
     }
     if wants("nats") {
         nats::run(runs);

@@ -2,9 +2,12 @@
 //! `kip-core` for the schema `kip-schemas` describes. [`engines`] registers them; the CLI and tests take the
 //! registry from here, so adding an engine is a module and a line below.
 
+pub mod mariadb;
 pub mod nats;
 pub mod postgres;
 pub mod process;
+pub mod shared;
+pub mod template;
 pub mod valkey;
 
 use kip_core::engine::Engines;
@@ -12,6 +15,7 @@ use kip_core::engine::Engines;
 /// Every engine this kip can run.
 pub fn engines() -> Engines {
     let mut engines = Engines::new();
+    engines.register(mariadb::MariaDb);
     engines.register(nats::Nats);
     engines.register(postgres::Postgres);
     engines.register(process::Process);

@@ -16,7 +16,10 @@ mod types;
 mod validate;
 mod version;
 
-pub use engines::{engine, engines, valkey_reserved_setting};
+pub use engines::{
+    engine, engines, mariadb_grant_privilege_problem, mariadb_grant_target,
+    mariadb_reserved_setting, valkey_reserved_setting,
+};
 pub use export::{JSON_FORMAT, REGENERATE_DOCS, markdown_index, to_json, to_markdown};
 pub use schema::{ArgumentSchema, BlockSchema, EngineSchema, ExportSchema};
 pub use suggest::did_you_mean;

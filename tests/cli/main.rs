@@ -12,6 +12,7 @@ mod faults;
 mod fmt;
 mod graph;
 mod init;
+mod mariadb;
 mod mirror_build;
 mod nats;
 mod process;

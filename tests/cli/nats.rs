@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_nats::jetstream;
 
 use crate::apply::Stack;
-use crate::support::{HostilePoller, free_port};
-use crate::valkey::{apply_killed_at, pid_of};
+use crate::support::{HostilePoller, free_port, kill_when_logged};
+use crate::valkey::pid_of;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -493,7 +493,8 @@ fn another_local_user_polling_the_port_never_gets_in() {
     let poller = poller(watch.path(), port);
     std::thread::sleep(Duration::from_millis(300));
     for moment in ["nats.bus: provisioning", "nats.bus: starting"] {
-        apply_killed_at(&stack, moment);
+        kill_when_logged(stack.command(&["apply", "--auto-approve"]), moment);
+        std::thread::sleep(Duration::from_millis(200));
     }
     stack.ok(&["destroy", "--auto-approve"]);
     stack.ok(&["apply", "--auto-approve"]);

@@ -138,6 +138,42 @@ pub fn test_mirror() -> PathBuf {
     dir
 }
 
+/// Runs `command` (a `kip apply`) and SIGKILLs it as soon as its stderr shows `moment` (`valkey.cache: starting`),
+/// or lets it end if it never does.
+pub fn kill_when_logged(mut command: Command, moment: &str) {
+    use std::io::BufRead as _;
+    command
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null());
+    let mut child = command.spawn().unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    for line in stderr.lines() {
+        if line.unwrap().contains(moment) {
+            child.kill().unwrap();
+            break;
+        }
+    }
+    let _ = child.wait();
+}
+
+/// Runs `command` (a `kip apply`) and SIGKILLs it as soon as `path` exists (an engine's socket), or when it ended
+/// or 30 s passed.
+pub fn kill_when_exists(mut command: Command, path: &Path) {
+    command
+        .stderr(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null());
+    let mut child = command.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !path.exists() && std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// A free loopback port (bound and released: another program may take it first, so tests use it at once).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -158,6 +194,15 @@ pub struct HostilePoller {
 
 impl HostilePoller {
     pub fn start(dir: &Path, attempts: impl FnOnce(&Path) -> String) -> HostilePoller {
+        HostilePoller::start_as(("nobody", "nogroup"), dir, attempts)
+    }
+
+    /// The same, as another local account (`(user, group)`, names or numbers): the engine's own, for one.
+    pub fn start_as(
+        (user, group): (&str, &str),
+        dir: &Path,
+        attempts: impl FnOnce(&Path) -> String,
+    ) -> HostilePoller {
         let stop = dir.join("stop");
         let output = dir.join("poller.out");
         let script = format!(
@@ -170,8 +215,8 @@ impl HostilePoller {
             .unwrap();
         let child = std::process::Command::new("setpriv")
             .args([
-                "--reuid=nobody",
-                "--regid=nogroup",
+                &format!("--reuid={user}"),
+                &format!("--regid={group}"),
                 "--clear-groups",
                 "sh",
                 "-c",
@@ -181,7 +226,7 @@ impl HostilePoller {
             .env("PATH", "/usr/bin:/bin")
             .env("HOME", "/nonexistent")
             .spawn()
-            .expect("setpriv runs the poller as nobody");
+            .expect("setpriv runs the poller as another account");
         HostilePoller {
             child,
             stop,

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::apply::Stack;
-use crate::support::{HostilePoller, free_port};
+use crate::support::{HostilePoller, free_port, kill_when_exists, kill_when_logged};
 
 /// A connection through a URL `kip url` printed.
 fn connect(url: &str) -> redis::Connection {
@@ -39,7 +39,7 @@ pub(crate) fn pid_of(stack: &Stack, name: &str) -> u32 {
 }
 
 /// The account a process runs as.
-fn owner_of(pid: u32) -> String {
+pub(crate) fn owner_of(pid: u32) -> String {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let uid = status
         .lines()
@@ -409,25 +409,6 @@ fn poller(dir: &std::path::Path, port: u16, socket: &std::path::Path) -> Hostile
     })
 }
 
-/// Runs `kip apply` and SIGKILLs it as soon as its progress shows `moment` ("valkey.cache: starting").
-pub(crate) fn apply_killed_at(stack: &Stack, moment: &str) {
-    use std::io::BufRead as _;
-    let mut apply = stack.command(&["apply", "--auto-approve"]);
-    apply
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null());
-    let mut child = apply.spawn().unwrap();
-    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    for line in stderr.lines() {
-        if line.unwrap().contains(moment) {
-            child.kill().unwrap();
-            break;
-        }
-    }
-    let _ = child.wait();
-    std::thread::sleep(Duration::from_millis(200));
-}
-
 /// Polls through a first start, and through first starts whose kip is SIGKILLed at each moment (provisioning,
 /// starting, the socket appearing): never a command runs without the password.
 #[test]
@@ -457,24 +438,12 @@ fn another_local_user_polling_the_socket_and_port_never_gets_in() {
     let poller = poller(watch.path(), port, &socket);
     std::thread::sleep(Duration::from_millis(300));
     for moment in ["valkey.cache: provisioning", "valkey.cache: starting"] {
-        apply_killed_at(&stack, moment);
+        kill_when_logged(stack.command(&["apply", "--auto-approve"]), moment);
+        std::thread::sleep(Duration::from_millis(200));
     }
     // The moment the socket appears.
     stack.ok(&["destroy", "--auto-approve"]);
-    let mut apply = stack.command(&["apply", "--auto-approve"]);
-    apply
-        .stderr(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null());
-    let mut child = apply.spawn().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !socket.exists() && std::time::Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    kill_when_exists(stack.command(&["apply", "--auto-approve"]), &socket);
     stack.ok(&["apply", "--auto-approve"]);
     assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
     std::thread::sleep(Duration::from_millis(300));

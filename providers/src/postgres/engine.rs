@@ -75,12 +75,7 @@ fn first_session_error(ctx: &InstanceCtx, context: &str, error: PgError) -> Engi
 /// state, and unguessable from the configuration.
 pub(super) fn generated_role_password(ctx: &InstanceCtx, role: &str) -> String {
     let key = ctx.secrets.get(ROLE_KEY).unwrap_or_default();
-    let digest =
-        <sha2::Sha256 as sha2::Digest>::digest(format!("kip role password\0{key}\0{role}"));
-    digest[..16]
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    crate::shared::derived_password(key, "role password", role)
 }
 
 /// The password of a declared role that has one: configured, else generated.

@@ -72,6 +72,8 @@ pub enum PgError {
     },
     #[error(transparent)]
     RunAs(#[from] kip_core::runas::RunAsError),
+    #[error(transparent)]
+    Template(#[from] crate::template::TemplateError),
     #[error("cannot set the superuser's password in {} offline:\n{output}", data_dir.display())]
     Offline { data_dir: PathBuf, output: String },
     #[error("a PostgreSQL server kip has no credentials for runs on {}", data_dir.display())]
@@ -128,6 +130,7 @@ impl PgError {
                 (None, None) => None,
             },
             PgError::RunAs(error) => error.hint(),
+            PgError::Template(error) => error.hint(),
             PgError::NoCredentials { data_dir } => Some(format!(
                 "kip's state no longer knows this instance (it was lost, or restored from an older backup), and kip \
                  never opens access to recover: restore .kip/state.json from .kip/state.json.backup if that is \

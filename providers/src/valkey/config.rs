@@ -251,25 +251,17 @@ pub fn restart_because(
             "port" | "databases" | "version" | "major" | "run_as" => true,
             // Immutable in Valkey 8, live from 9 on.
             "io_threads" => major.is_none_or(|major| major < 9),
-            "settings" => settings_need_restart(before.get("settings"), after.get("settings")),
+            "settings" => crate::shared::settings_need_restart(
+                before.get("settings"),
+                after.get("settings"),
+                is_live,
+            ),
             // Valkey's own snapshot rules come back only with a restart.
             "save" => after.get("save").is_none_or(Json::is_null),
             _ => false,
         })
         .cloned()
         .collect()
-}
-
-/// A settings change restarts when it touches an immutable directive, or removes one (Valkey's default comes
-/// back only with a restart).
-fn settings_need_restart(before: Option<&Json>, after: Option<&Json>) -> bool {
-    let empty = serde_json::Map::new();
-    let before = before.and_then(Json::as_object).unwrap_or(&empty);
-    let after = after.and_then(Json::as_object).unwrap_or(&empty);
-    before.keys().any(|name| !after.contains_key(name))
-        || after
-            .iter()
-            .any(|(name, value)| before.get(name) != Some(value) && !is_live(name))
 }
 
 /// The `settings` entries to `CONFIG SET`: new or changed ones Valkey takes live.

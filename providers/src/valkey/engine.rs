@@ -74,12 +74,7 @@ fn connector(ctx: &InstanceCtx, args: &InstanceArgs) -> Connector {
 /// is known again even after a crash between setting the user and saving the state.
 fn generated_user_password(ctx: &InstanceCtx, user: &str) -> String {
     let key = ctx.secrets.get(USER_KEY).unwrap_or_default();
-    let digest =
-        <sha2::Sha256 as sha2::Digest>::digest(format!("kip valkey user password\0{key}\0{user}"));
-    digest[..16]
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    crate::shared::derived_password(key, "valkey user password", user)
 }
 
 /// A user's password: declared, else generated.
@@ -104,7 +99,7 @@ const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
-fn encode(text: &str) -> String {
+pub(crate) fn encode(text: &str) -> String {
     utf8_percent_encode(text, COMPONENT).to_string()
 }
 

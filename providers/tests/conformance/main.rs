@@ -55,6 +55,7 @@ fn conform(fixture: &dyn Fixture) {
     kip_conformance::run(fixture, &setup);
 }
 
+mod mariadb;
 mod nats;
 mod postgres;
 mod valkey;

@@ -16,6 +16,10 @@ mod process;
 mod s3;
 mod valkey;
 
+pub use mariadb::{
+    grant_privilege_problem as mariadb_grant_privilege_problem,
+    parse_grant_target as mariadb_grant_target, reserved_setting as mariadb_reserved_setting,
+};
 pub use valkey::reserved_setting as valkey_reserved_setting;
 
 /// Every engine, in a stable order: postgres, valkey, mariadb, nats, s3, process.

@@ -1,0 +1,412 @@
+//! Templates shared by the engines that initialise a data directory once per version and copy it for every
+//! instance (PostgreSQL's `initdb`, MariaDB's `mariadb-install-db`): what is generic about building, naming,
+//! keeping and copying them. The engine says how to build one and how to tell a whole one; this module does the
+//! rest.
+//!
+//! Concurrency: a template is built in a private temp dir under `.tmp/` while holding a per-template file lock, and
+//! renamed into place when complete. Two kips never build the same template twice, and no reader ever sees half of
+//! one: the final directory either does not exist or is complete. A crash leaves only a temp dir, which the next
+//! builder removes once it holds the lock.
+//!
+//! A template is closed: its administrator has a bootstrap password only kip knows, kept in a file of the template
+//! ([`BOOTSTRAP_FILE`]) that is never copied into an instance; the template is kip's own account's (mode 0700), so
+//! no engine account can read that password or change what later instances are copied from.
+
+use std::io;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+
+use kip_core::engine::RunAs;
+use kip_core::runas::{RunAsError, chown_tree, ensure_reachable};
+
+/// The file in a template holding its bootstrap password (never copied into an instance).
+pub const BOOTSTRAP_FILE: &str = "kip-bootstrap";
+
+/// What can go wrong building, reading or copying a template, each with what it was doing and on what.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error("cannot {action} {}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    RunAs(#[from] RunAsError),
+}
+
+impl TemplateError {
+    /// What to do, for the `hint:` the CLI renders.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            TemplateError::RunAs(error) => error.hint(),
+            TemplateError::Io { .. } => None,
+        }
+    }
+}
+
+pub(crate) fn io_error(
+    action: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(io::Error) -> TemplateError {
+    let path = path.into();
+    move |source| TemplateError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// FNV-1a, 64 bits: a stable hash for names (std's hashers are not stable across releases).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// A template's directory name: `<engine>-<version>`, plus a stable hash of `options` (the canonical text of what
+/// the engine fixes at initialisation) when they are not the engine's defaults (`None`). The version is made safe
+/// for a file name.
+pub fn template_name(engine: &str, version: &str, options: Option<&str>) -> String {
+    let version: String = version
+        .chars()
+        .map(|character| {
+            if character.is_ascii_alphanumeric() || character == '.' {
+                character
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    match options {
+        None => format!("{engine}-{version}"),
+        Some(canonical) => format!("{engine}-{version}-{:016x}", fnv1a(canonical.as_bytes())),
+    }
+}
+
+/// Returns the template `name` under `templates_dir`, building it with `build` (into an empty private directory)
+/// when there is none yet, or when `is_complete` says the one there is not whole (an earlier kip's).
+///
+/// `build` gets the work directory and must leave a whole template in it; this function renames it into place.
+/// The shared parts of a build are [`seal`] (the template kip's own, its bootstrap password written).
+pub fn ensure<E: From<TemplateError>>(
+    templates_dir: &Path,
+    name: &str,
+    is_complete: impl Fn(&Path) -> bool,
+    build: impl FnOnce(&Path) -> Result<(), E>,
+) -> Result<PathBuf, E> {
+    let target = templates_dir.join(name);
+    if is_complete(&target) {
+        return Ok(target);
+    }
+    let locks = templates_dir.join(".locks");
+    let temp = templates_dir.join(".tmp");
+    for directory in [&locks, &temp] {
+        std::fs::create_dir_all(directory).map_err(io_error("create", directory))?;
+    }
+    // One builder per template at a time, across processes; the others wait, then find it done.
+    let lock_path = locks.join(format!("{name}.lock"));
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_error("open", &lock_path))?;
+    lock_file.lock().map_err(io_error("lock", &lock_path))?;
+    if is_complete(&target) {
+        return Ok(target);
+    }
+    // Holding the lock, anything left under this template's name is a crashed builder's garbage.
+    remove_leftovers(&temp, name);
+    let work = temp.join(format!("{name}.{}", std::process::id()));
+    std::fs::create_dir(&work).map_err(io_error("create", &work))?;
+    let result = build(&work).and_then(|()| {
+        if target.exists() {
+            // A template of an earlier kip (not whole by today's rules): set aside, then removed.
+            let stale = temp.join(format!("{name}.{}.stale", std::process::id()));
+            std::fs::rename(&target, &stale)
+                .map_err(io_error("move the old template to", &stale))?;
+            let _ = std::fs::remove_dir_all(&stale);
+        }
+        std::fs::rename(&work, &target)
+            .map_err(io_error("move the new template to", &target))
+            .map_err(E::from)
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    result.map(|()| target)
+}
+
+fn remove_leftovers(temp: &Path, name: &str) {
+    let prefix = format!("{name}.");
+    let Ok(entries) = std::fs::read_dir(temp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Prepares `work` for an engine's initialisation tool run as `run_as`: the directory given to that account, and
+/// both the tool and the directory checked reachable by it (so that the error names the closed directory).
+pub fn open_to_engine(
+    work: &Path,
+    tool: &Path,
+    run_as: Option<&RunAs>,
+) -> Result<(), TemplateError> {
+    if let Some(run_as) = run_as {
+        ensure_reachable(tool, run_as)?;
+        chown_tree(work, run_as)?;
+        ensure_reachable(work, run_as)?;
+    }
+    Ok(())
+}
+
+/// Ends a build: the whole template given back to kip's own account when it was built as `run_as` (no engine
+/// account can then read the bootstrap password or change what later instances are copied from), mode 0700, and
+/// `password` written to its [`BOOTSTRAP_FILE`] (0600).
+pub fn seal(work: &Path, password: &str, run_as: Option<&RunAs>) -> Result<(), TemplateError> {
+    if run_as.is_some() {
+        let own = RunAs {
+            user: "kip".into(),
+            uid: rustix::process::geteuid().as_raw(),
+            gid: rustix::process::getegid().as_raw(),
+        };
+        chown_tree(work, &own)?;
+    }
+    std::fs::set_permissions(work, std::fs::Permissions::from_mode(0o700))
+        .map_err(io_error("set the mode of", work))?;
+    let path = work.join(BOOTSTRAP_FILE);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut file| {
+            use std::io::Write as _;
+            file.write_all(password.as_bytes())
+        })
+        .map_err(io_error("write", &path))
+}
+
+/// A new random bootstrap password (hex), for a template being built in `work`.
+pub fn new_password(work: &Path) -> Result<String, TemplateError> {
+    kip_core::engine::random_hex(16).map_err(|error| TemplateError::Io {
+        action: "generate a password for",
+        path: work.to_owned(),
+        source: io::Error::other(error.to_string()),
+    })
+}
+
+/// The bootstrap password of `template`: the administrator's password in every instance copied from it, until kip
+/// sets the instance's own after its first start.
+pub fn bootstrap_password(template: &Path) -> Result<String, TemplateError> {
+    let path = template.join(BOOTSTRAP_FILE);
+    let text = std::fs::read_to_string(&path).map_err(io_error("read", &path))?;
+    Ok(text.trim().to_owned())
+}
+
+/// What [`provision`] needs to know of an engine's data directories.
+#[derive(Debug, Clone, Copy)]
+pub struct DataDir<'a> {
+    /// The engine's name, for errors ("PostgreSQL").
+    pub engine: &'a str,
+    /// A file every whole data directory has (`PG_VERSION`): its presence says the directory is provisioned.
+    pub marker: &'a str,
+    /// Top-level files of the template never copied: a running server's, and [`BOOTSTRAP_FILE`] (always skipped).
+    pub not_copied: &'a [&'a str],
+}
+
+/// Creates the data dir `data_dir` as a copy of `template`, owned by `run_as` and mode 0700.
+///
+/// A data dir that already exists is left alone (this is idempotent). The copy is made next to `data_dir` and
+/// renamed into place, so a crash never leaves half a data dir that a later run would mistake for a whole one.
+/// `std::fs::copy` uses `copy_file_range`, which lets filesystems that can share extents do so.
+pub fn provision(
+    template: &Path,
+    data_dir: &Path,
+    kind: DataDir<'_>,
+    run_as: Option<&RunAs>,
+) -> Result<(), TemplateError> {
+    if data_dir.join(kind.marker).exists() {
+        return Ok(());
+    }
+    match std::fs::read_dir(data_dir) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(TemplateError::Io {
+                    action: "use as a data directory",
+                    path: data_dir.to_owned(),
+                    source: io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        format!(
+                            "it exists and is not a {} data directory (no {}); move it away",
+                            kind.engine, kind.marker
+                        ),
+                    ),
+                });
+            }
+            std::fs::remove_dir(data_dir).map_err(io_error("remove the empty", data_dir))?;
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(TemplateError::Io {
+                action: "read",
+                path: data_dir.to_owned(),
+                source,
+            });
+        }
+    }
+    let parent = data_dir
+        .parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io_error("create", parent))?;
+    if let Some(run_as) = run_as {
+        ensure_reachable(parent, run_as)?;
+    }
+    let file_name = data_dir
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let work = parent.join(format!(".{file_name}.provision-{}", std::process::id()));
+    if work.exists() {
+        std::fs::remove_dir_all(&work).map_err(io_error("remove the leftover", &work))?;
+    }
+    let owner = run_as.map(|run_as| (run_as.uid, run_as.gid));
+    let skipped = |name: &std::ffi::OsStr| {
+        name == BOOTSTRAP_FILE || kind.not_copied.iter().any(|skipped| name == *skipped)
+    };
+    let result = copy_tree(template, &work, owner, &skipped).and_then(|()| {
+        std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_error("set the mode of", &work))?;
+        std::fs::rename(&work, data_dir)
+            .map_err(io_error("move the new data directory to", data_dir))
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&work);
+        // Another kip provisioned it meanwhile (our rename found it there): theirs is as good as ours.
+        if data_dir.join(kind.marker).exists() {
+            return Ok(());
+        }
+    }
+    result
+}
+
+/// Copies a directory tree keeping modes, recreating symlinks, and giving everything to `owner` when set. Top-level
+/// entries for which `skipped` says so are left out.
+pub fn copy_tree(
+    from: &Path,
+    to: &Path,
+    owner: Option<(u32, u32)>,
+    skipped: &dyn Fn(&std::ffi::OsStr) -> bool,
+) -> Result<(), TemplateError> {
+    copy_level(from, to, owner, Some(skipped))
+}
+
+fn copy_level(
+    from: &Path,
+    to: &Path,
+    owner: Option<(u32, u32)>,
+    skipped: Option<&dyn Fn(&std::ffi::OsStr) -> bool>,
+) -> Result<(), TemplateError> {
+    let metadata = std::fs::metadata(from).map_err(io_error("read", from))?;
+    std::fs::create_dir(to).map_err(io_error("create", to))?;
+    std::fs::set_permissions(to, metadata.permissions())
+        .map_err(io_error("set the mode of", to))?;
+    chown(to, owner)?;
+    for entry in std::fs::read_dir(from).map_err(io_error("read", from))? {
+        let entry = entry.map_err(io_error("read", from))?;
+        let name = entry.file_name();
+        if skipped.is_some_and(|skipped| skipped(&name)) {
+            continue;
+        }
+        let source = entry.path();
+        let destination = to.join(&name);
+        let file_type = entry.file_type().map_err(io_error("read", &source))?;
+        if file_type.is_dir() {
+            copy_level(&source, &destination, owner, None)?;
+        } else if file_type.is_symlink() {
+            let link = std::fs::read_link(&source).map_err(io_error("read the link", &source))?;
+            std::os::unix::fs::symlink(&link, &destination)
+                .map_err(io_error("create the link", &destination))?;
+            chown(&destination, owner)?;
+        } else {
+            std::fs::copy(&source, &destination).map_err(io_error("copy", &source))?;
+            chown(&destination, owner)?;
+        }
+    }
+    Ok(())
+}
+
+/// Gives `path` (not following a symlink) to `owner`, when set.
+pub fn chown(path: &Path, owner: Option<(u32, u32)>) -> Result<(), TemplateError> {
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+            .map_err(io_error("change the owner of", path))?;
+    }
+    Ok(())
+}
+
+/// The last `lines` non-empty lines of a tool's output (stdout then stderr), for an error.
+pub fn output_tail(output: &std::process::Output, lines: usize) -> String {
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .collect();
+    kept[kept.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_stable_and_safe() {
+        assert_eq!(
+            template_name("postgres", "16.14.0", None),
+            "postgres-16.14.0"
+        );
+        assert_eq!(template_name("postgres", "../x", None), "postgres-.._x");
+        let named = template_name("mariadb", "10.11.19", Some("a=1"));
+        assert!(named.starts_with("mariadb-10.11.19-"), "{named}");
+        assert_eq!(named, template_name("mariadb", "10.11.19", Some("a=1")));
+        assert_ne!(named, template_name("mariadb", "10.11.19", Some("a=2")));
+    }
+
+    #[test]
+    fn provision_copies_all_but_the_bootstrap_and_skipped_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let template = dir.path().join("template");
+        std::fs::create_dir_all(template.join("sub")).unwrap();
+        std::fs::write(template.join("MARK"), "1").unwrap();
+        std::fs::write(template.join("sub/file"), "data").unwrap();
+        std::fs::write(template.join("server.pid"), "1").unwrap();
+        std::fs::write(template.join(BOOTSTRAP_FILE), "secret").unwrap();
+        let data = dir.path().join("instance/data");
+        let kind = DataDir {
+            engine: "Test",
+            marker: "MARK",
+            not_copied: &["server.pid"],
+        };
+        provision(&template, &data, kind, None).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(data.join("sub/file")).unwrap(),
+            "data"
+        );
+        assert!(!data.join("server.pid").exists());
+        assert!(!data.join(BOOTSTRAP_FILE).exists());
+        // Idempotent, and a foreign directory is refused.
+        provision(&template, &data, kind, None).unwrap();
+        let foreign = dir.path().join("foreign");
+        std::fs::create_dir_all(&foreign).unwrap();
+        std::fs::write(foreign.join("x"), "").unwrap();
+        assert!(provision(&template, &foreign, kind, None).is_err());
+    }
+}
