@@ -250,3 +250,41 @@ fn a_kip_killed_while_converging_never_makes_the_next_apply_fail() {
         [["d3", "r3"]]
     );
 }
+
+/// A kip killed while its engine still starts leaves that start to the supervisor; the next apply joins it, instead
+/// of finding the engine's own declared port taken (the process binds its port at once and listens only 1.5 s
+/// later, so it is still starting when the second apply looks).
+#[test]
+fn an_apply_after_a_kip_killed_mid_start_joins_that_start() {
+    let port = crate::support::free_port();
+    let stack = Stack::new(&format!(
+        r#"process "slow" {{
+  command = ["python3", "-c", "import socket, time; s = socket.socket(); s.bind(('127.0.0.1', {port})); time.sleep(1.5); s.listen(); time.sleep(1000)"]
+  port    = {port}
+
+  ready {{
+    tcp = "127.0.0.1:{port}"
+  }}
+}}
+"#
+    ));
+    // Killed once the process holds its port (it was spawned), while its probe still waits.
+    let mut first = stack.command(&["apply", "--auto-approve"]);
+    first
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut first = first.spawn().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the process never bound its port"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let run = stack.kip(&["apply", "--auto-approve"]);
+    assert_eq!(run.code, 0, "{}", run.snapshot());
+    assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
+}
