@@ -4,6 +4,7 @@
 
 pub mod postgres;
 pub mod process;
+pub mod s3;
 pub mod valkey;
 
 use kip_core::engine::Engines;
@@ -13,6 +14,7 @@ pub fn engines() -> Engines {
     let mut engines = Engines::new();
     engines.register(postgres::Postgres);
     engines.register(process::Process);
+    engines.register(s3::S3);
     engines.register(valkey::Valkey);
     engines
 }

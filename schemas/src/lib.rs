@@ -16,7 +16,7 @@ mod types;
 mod validate;
 mod version;
 
-pub use engines::{engine, engines, valkey_reserved_setting};
+pub use engines::{S3_PROBE_BUCKET_PREFIX, engine, engines, valkey_reserved_setting};
 pub use export::{JSON_FORMAT, REGENERATE_DOCS, markdown_index, to_json, to_markdown};
 pub use schema::{ArgumentSchema, BlockSchema, EngineSchema, ExportSchema};
 pub use suggest::did_you_mean;

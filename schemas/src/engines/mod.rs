@@ -16,6 +16,7 @@ mod process;
 mod s3;
 mod valkey;
 
+pub use s3::PROBE_BUCKET_PREFIX as S3_PROBE_BUCKET_PREFIX;
 pub use valkey::reserved_setting as valkey_reserved_setting;
 
 /// Every engine, in a stable order: postgres, valkey, mariadb, nats, s3, process.

@@ -1,0 +1,157 @@
+//! How kip runs SeaweedFS: `weed mini` (master, volume server, filer and S3 gateway in one process) with every
+//! listener on a loopback port kip assigned and kept in state, and the S3 identity file it reads at start.
+//!
+//! `weed mini` opens ten TCP listeners, and each one it is not told a port for defaults to a fixed one (9333,
+//! 8888, 8333, …) or to that port + 10000 for its gRPC twin: all of them are set here, all bound to 127.0.0.1
+//! (`-ip.bind`), and the components kip does not use (WebDAV, the admin UI, the Iceberg and Lance catalogs, the
+//! embedded IAM API) are off. Telemetry is off: a local store reports to nobody.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use kip_core::engine::{EngineError, InstanceCtx};
+use serde_json::json;
+
+use super::args::InstanceArgs;
+
+/// The identity file, in the data directory: 0600 and the engine account's, written before the first start.
+pub const IDENTITY_FILE: &str = "s3-identity.json";
+
+/// The ports kip assigns, by the name they are kept under in state and the `weed mini` flag that takes them.
+/// The S3 API's own port (`s3`) is the declared `port` when there is one.
+pub const PORTS: [(&str, &str); 10] = [
+    ("master", "master.port"),
+    ("master-grpc", "master.port.grpc"),
+    ("volume", "volume.port"),
+    ("volume-grpc", "volume.port.grpc"),
+    ("filer", "filer.port"),
+    ("filer-grpc", "filer.port.grpc"),
+    ("s3", "s3.port"),
+    ("s3-grpc", "s3.port.grpc"),
+    ("admin", "admin.port"),
+    ("admin-grpc", "admin.port.grpc"),
+];
+
+/// The port name of the S3 API.
+pub const S3_PORT: &str = "s3";
+
+/// The components whose gRPC servers SeaweedFS also serves on a unix socket at a path it does not let one
+/// choose: `/tmp/seaweedfs-<component>-grpc-<port>.sock`, by the name of the port that names it.
+const GRPC_SOCKETS: [(&str, &str); 5] = [
+    ("master", "master-grpc"),
+    ("volume", "volume-grpc"),
+    ("filer", "filer-grpc"),
+    ("s3", "s3-grpc"),
+    ("admin", "admin-grpc"),
+];
+
+/// The S3 API port: declared, else the one kip assigned (`None` before provision assigned it).
+pub fn s3_port(ctx: &InstanceCtx, args: &InstanceArgs) -> Option<u16> {
+    args.port.or_else(|| ctx.ports.get(S3_PORT).copied())
+}
+
+/// Gives every listener a port, once: kept in state, so the instance keeps its addresses across restarts.
+pub fn assign_ports(ctx: &mut InstanceCtx, args: &InstanceArgs) -> Result<(), EngineError> {
+    for (name, _) in PORTS {
+        if name == S3_PORT && args.port.is_some() {
+            continue;
+        }
+        ctx.port(name)?;
+    }
+    Ok(())
+}
+
+/// The port kept under `name`, or an error saying provision has not run.
+fn assigned(ports: &BTreeMap<String, u16>, name: &str) -> Result<u16, EngineError> {
+    ports.get(name).copied().ok_or_else(|| {
+        EngineError::new(format!(
+            "no port is assigned to SeaweedFS's {name} listener yet"
+        ))
+        .hint("this is a bug in kip's s3 provider: provision assigns every port before a start")
+    })
+}
+
+/// The `weed mini` arguments for the instance.
+pub fn command_line(ctx: &InstanceCtx, args: &InstanceArgs) -> Result<Vec<String>, EngineError> {
+    let path = |path: PathBuf| path.to_string_lossy().into_owned();
+    let mut line = vec![
+        "mini".to_owned(),
+        format!("-dir={}", path(ctx.data_dir.clone())),
+        "-ip=127.0.0.1".to_owned(),
+        "-ip.bind=127.0.0.1".to_owned(),
+    ];
+    for (name, flag) in PORTS {
+        let port = match (name, args.port) {
+            (S3_PORT, Some(port)) => port,
+            _ => assigned(&ctx.ports, name)?,
+        };
+        line.push(format!("-{flag}={port}"));
+    }
+    line.extend([
+        format!("-s3.config={}", path(ctx.data_dir.join(IDENTITY_FILE))),
+        // Its own unix sockets default to /tmp; the instance's private run directory instead.
+        format!(
+            "-filer.localSocket={}",
+            path(ctx.run_dir.join("filer.sock"))
+        ),
+        format!("-s3.localSocket={}", path(ctx.run_dir.join("s3.sock"))),
+        // S3's behaviour, not SeaweedFS's conveniences: a bucket is made by CreateBucket only, and a
+        // non-empty one is not dropped.
+        "-s3.autoCreateBucket=false".to_owned(),
+        "-s3.allowDeleteBucketNotEmpty=false".to_owned(),
+        "-s3.iam=false".to_owned(),
+        "-s3.port.iceberg=0".to_owned(),
+        "-s3.port.lance=0".to_owned(),
+        "-webdav=false".to_owned(),
+        "-admin.ui=false".to_owned(),
+        "-master.telemetry=false".to_owned(),
+    ]);
+    Ok(line)
+}
+
+/// The identity file: one identity with every action, the declared or generated keys.
+pub fn identity(access_key: &str, secret_key: &str) -> String {
+    let document = json!({
+        "identities": [{
+            "name": "kip",
+            "credentials": [{ "accessKey": access_key, "secretKey": secret_key }],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }],
+    });
+    format!("{document:#}\n")
+}
+
+/// The unix sockets SeaweedFS serves its gRPC servers on for these ports, in `/tmp` (it has no flag for them).
+pub fn grpc_sockets(ports: &BTreeMap<String, u16>) -> Vec<PathBuf> {
+    GRPC_SOCKETS
+        .iter()
+        .filter_map(|(component, name)| {
+            ports.get(*name).map(|port| {
+                Path::new("/tmp").join(format!("seaweedfs-{component}-grpc-{port}.sock"))
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_identity_is_valid_json_with_the_keys() {
+        let text = identity("AKID", "se\"cret");
+        let document: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let credentials = &document["identities"][0]["credentials"][0];
+        assert_eq!(credentials["accessKey"], "AKID");
+        assert_eq!(credentials["secretKey"], "se\"cret");
+    }
+
+    #[test]
+    fn grpc_sockets_follow_seaweedfs_naming() {
+        let ports = BTreeMap::from([("filer-grpc".to_owned(), 1234), ("filer".to_owned(), 99)]);
+        assert_eq!(
+            grpc_sockets(&ports),
+            [PathBuf::from("/tmp/seaweedfs-filer-grpc-1234.sock")]
+        );
+    }
+}
