@@ -56,6 +56,7 @@ fn conform(fixture: &dyn Fixture) {
 }
 
 mod postgres;
+mod s3;
 mod valkey;
 
 /// Every engine kip registers, every argument its schema documents: each reaches the provider's typed view. A
