@@ -16,6 +16,7 @@ mod mirror_build;
 mod process;
 mod registry;
 mod resolve;
+mod s3;
 mod schema;
 mod security;
 mod stack;
