@@ -1,9 +1,9 @@
 //! kip's benchmarks. Each one prints the median (and min / max) of repeated runs for a target an issue names;
 //! BENCHMARKS.md records the numbers and what bounds them.
 //!
-//! Run: `cargo run --release -p kip-bench -- [front-half] [resolve] [apply] [valkey] [process] [stack] [--runs N]`.
-//! `resolve`, `apply`, `valkey`, `process` and `stack` need the test mirror (`scripts/test-mirror.sh`; `KIP_TEST_MIRROR` or
-//! `~/.cache/kip/test-mirror`); `apply`, `valkey`, `process` and `stack` drive the release `kip` binary (`KIP_BIN`, default
+//! Run: `cargo run --release -p kip-bench -- [front-half] [resolve] [apply] [valkey] [s3] [process] [stack] [--runs N]`.
+//! `resolve`, `apply`, `valkey`, `s3`, `process` and `stack` need the test mirror (`scripts/test-mirror.sh`; `KIP_TEST_MIRROR` or
+//! `~/.cache/kip/test-mirror`); `apply`, `valkey`, `s3`, `process` and `stack` drive the release `kip` binary (`KIP_BIN`, default
 //! `$CARGO_TARGET_DIR/release/kip`: build it with
 //! `cargo build --release -p kip-cli`). Without `--runs`, each benchmark uses its own default run counts.
 
@@ -12,6 +12,7 @@ mod apply;
 mod http;
 mod kip;
 mod process;
+mod s3;
 mod stack;
 mod valkey;
 
@@ -47,6 +48,9 @@ fn main() {
     }
     if wants("valkey") {
         valkey::run(runs);
+    }
+    if wants("s3") {
+        s3::run(runs);
     }
     if wants("process") {
         let harness = kip::Harness::new(&apply::test_mirror());
