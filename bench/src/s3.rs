@@ -3,11 +3,12 @@
 //! says what bounds it.
 //!
 //! Both sides run the same build (the toolchain kip unpacked into the shared cache) with the same command line
-//! (kip's own, from `kip_providers::s3::config`: every port assigned, loopback only, the same identity file).
+//! (kip's own, from `kip_providers::s3::config`: every port assigned, loopback only, the same identity and
+//! security files).
 //! kip's side is the real release binary in a new project per run, from spawn to exit. The bare side is spawn to
-//! the same signed write kip's ready step makes (a bucket created, an object put, both deleted), polled every
-//! 5 ms; it also records when the S3 port first accepts a connection and when a bucket can first be created, and
-//! reads how long `weed mini` says each of its components took to get ready, which is where the boot goes.
+//! the same signed write kip's ready step makes (a bucket created, an object put and read back, both deleted),
+//! polled every 5 ms; it also records when the S3 port first accepts a connection and when a bucket can first be
+//! created, and reads how long `weed mini` says each of its components took to get ready: where the boot goes.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -173,11 +174,15 @@ fn bare_start(weed: &Path, dir: &Path) -> BareTimings {
     for sub in [&ctx.data_dir, &ctx.run_dir] {
         open_dir(sub);
     }
-    std::fs::write(
-        ctx.data_dir.join(config::IDENTITY_FILE),
-        config::identity("bench", "bench-secret"),
-    )
-    .expect("the identity file");
+    for (name, contents) in [
+        (
+            config::IDENTITY_FILE,
+            config::identity("bench", "bench-secret"),
+        ),
+        (config::SECURITY_FILE, config::security("bench")),
+    ] {
+        std::fs::write(ctx.data_dir.join(name), contents).expect("weed's configuration");
+    }
     let port = config::s3_port(&ctx, &args).expect("an S3 port");
     let line = config::command_line(&ctx, &args).expect("kip's command line");
     let log = dir.join("weed.log");
@@ -228,6 +233,16 @@ fn bare_start(weed: &Path, dir: &Path) -> BareTimings {
         .is_err()
     {
         assert!(started.elapsed() < deadline, "no object could be written");
+        std::thread::sleep(poll);
+    }
+    while runtime
+        .block_on(client.get_object("bench-probe", "probe"))
+        .map_or(true, |body| body != "kip")
+    {
+        assert!(
+            started.elapsed() < deadline,
+            "the object could not be read back"
+        );
         std::thread::sleep(poll);
     }
     let write = async {

@@ -261,13 +261,18 @@ fn every_listener_is_on_loopback_on_a_port_kip_assigned() {
     assert_eq!(children.trim(), "", "weed started no other process");
     // Data and metadata under the instance's data directory, the engine account's.
     let data = stack.project.path().join(".kip/run/s3.store/data");
-    for entry in ["filerldb2", "s3-identity.json"] {
+    for entry in ["filerldb2", "s3-identity.json", "security.toml"] {
         assert!(
             data.join(entry).exists(),
             "{entry} is in {}",
             data.display()
         );
     }
+    let security = std::fs::metadata(data.join("security.toml")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&security.permissions()) & 0o777,
+        0o600
+    );
     let identity = std::fs::metadata(data.join("s3-identity.json")).unwrap();
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&identity.permissions()) & 0o777,
@@ -316,7 +321,8 @@ fn poller(dir: &std::path::Path, port: u16) -> HostilePoller {
 }
 
 /// Polls through a first start, and through a first start whose kip is SIGKILLed while it starts the engine:
-/// no request without the identity ever succeeds.
+/// no request without the identity ever succeeds. Then SeaweedFS's filer and volume server refuse that account
+/// over HTTP too.
 #[test]
 fn another_local_user_polling_during_the_first_start_never_gets_in() {
     use std::io::BufRead as _;
@@ -361,10 +367,53 @@ fn another_local_user_polling_during_the_first_start_never_gets_in() {
         );
     }
     // kip's own identity works.
-    assert_eq!(
-        block_on(client(&stack).bucket_state("absent")).unwrap(),
-        None
-    );
+    let s3 = client(&stack);
+    block_on(async {
+        s3.create_bucket("private", false).await?;
+        s3.put_object("private", "secret.txt", "kip's").await
+    })
+    .unwrap();
+    // Around the S3 API, SeaweedFS's own HTTP listeners refuse the same account without the JWT only weed holds.
+    let ports = state_ports(&stack, "s3.store");
+    let (filer, volume) = (ports["filer"], ports["volume"]);
+    for (what, arguments) in [
+        (
+            "filer read",
+            format!("http://127.0.0.1:{filer}/buckets/private/secret.txt"),
+        ),
+        (
+            "filer write",
+            format!("-X PUT --data x http://127.0.0.1:{filer}/buckets/private/evil.txt"),
+        ),
+        (
+            "volume write",
+            format!("-F file=@/etc/hostname http://127.0.0.1:{volume}/1,0123456789"),
+        ),
+    ] {
+        let code = as_nobody_curl(&arguments);
+        assert_eq!(code, "401", "{what}: {arguments}");
+    }
+    assert_eq!(block_on(s3.versions("private", 10)).unwrap().len(), 1);
+}
+
+/// The HTTP status curl run as `nobody` gets.
+fn as_nobody_curl(arguments: &str) -> String {
+    let output = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "sh",
+            "-c",
+        ])
+        .arg(format!(
+            "curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 {arguments}"
+        ))
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// The venv `scripts/test.sh` installs boto3 into (the user's cache dir, kept between runs).

@@ -16,6 +16,9 @@ use super::args::InstanceArgs;
 
 /// The identity file, in the data directory: 0600 and the engine account's, written before the first start.
 pub const IDENTITY_FILE: &str = "s3-identity.json";
+/// SeaweedFS's security configuration, in the data directory (its working directory, where `weed` looks first):
+/// 0600 and the engine account's, written before the first start.
+pub const SECURITY_FILE: &str = "security.toml";
 
 /// The ports kip assigns, by the name they are kept under in state and the `weed mini` flag that takes them.
 /// The S3 API's own port (`s3`) is the declared `port` when there is one.
@@ -121,6 +124,35 @@ pub fn identity(access_key: &str, secret_key: &str) -> String {
     format!("{document:#}\n")
 }
 
+/// `security.toml`: the filer's and the volume server's HTTP listeners take reads and writes only with a JWT signed
+/// with these keys, which only the process itself holds (its S3 gateway signs what it sends them), so another
+/// local account cannot read or write objects around the S3 API's identity with plain HTTP; and their web UIs
+/// are off. Keys are derived from `key`, a secret kept in state.
+///
+/// SeaweedFS's gRPC listeners are not covered: closing them takes mutual TLS, with certificates kip does not make
+/// yet.
+pub fn security(key: &str) -> String {
+    let derive = |purpose: &str| {
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(format!("kip s3 {purpose}\0{key}"));
+        digest
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect::<String>()
+    };
+    let sections = [
+        ("jwt.signing", "volume write"),
+        ("jwt.signing.read", "volume read"),
+        ("jwt.filer_signing", "filer write"),
+        ("jwt.filer_signing.read", "filer read"),
+    ];
+    let mut text = String::from("# Written by kip before every start of this store.\n");
+    for (section, purpose) in sections {
+        text.push_str(&format!("\n[{section}]\nkey = \"{}\"\n", derive(purpose)));
+    }
+    text.push_str("\n[access]\nui = false\n");
+    text
+}
+
 /// The unix sockets SeaweedFS serves its gRPC servers on for these ports, in `/tmp` (it has no flag for them).
 pub fn grpc_sockets(ports: &BTreeMap<String, u16>) -> Vec<PathBuf> {
     GRPC_SOCKETS
@@ -144,6 +176,21 @@ mod tests {
         let credentials = &document["identities"][0]["credentials"][0];
         assert_eq!(credentials["accessKey"], "AKID");
         assert_eq!(credentials["secretKey"], "se\"cret");
+    }
+
+    #[test]
+    fn security_keys_differ_by_purpose_and_by_instance() {
+        let one = security("a");
+        let keys: Vec<&str> = one
+            .lines()
+            .filter(|line| line.starts_with("key = "))
+            .collect();
+        assert_eq!(keys.len(), 4);
+        assert!(
+            keys.iter()
+                .all(|key| keys.iter().filter(|other| *other == key).count() == 1)
+        );
+        assert_ne!(one, security("b"));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::args::{BucketArgs, InstanceArgs};
 use super::client::S3Client;
-use super::config::{self, IDENTITY_FILE};
+use super::config::{self, IDENTITY_FILE, SECURITY_FILE};
 use super::{S3Error, io_error};
 
 /// The `s3` engine.
@@ -28,6 +28,8 @@ const BUCKET: &str = "bucket";
 /// The secrets holding the generated access key and secret (used when none is declared).
 const ACCESS_KEY: &str = "access-key";
 const SECRET_KEY: &str = "secret-key";
+/// The secret the keys of SeaweedFS's internal JWTs derive from.
+const INTERNAL_KEY: &str = "internal-key";
 /// How long the ready step waits for a signed write to succeed.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// The instance's own attributes that take a restart: what `weed` reads at start.
@@ -98,12 +100,24 @@ fn ensure_data_dir(ctx: &InstanceCtx) -> Result<(), S3Error> {
     Ok(())
 }
 
-/// The probe the ready step runs: a bucket of kip's own created, an object written in it, both removed. It
-/// proves what a user's first request needs: the S3 gateway takes the identity, the filer keeps metadata and a
-/// volume server takes data.
+/// The probe the ready step runs: a bucket of kip's own created, an object written in it and read back, both
+/// removed. It proves what a user's first request needs: the S3 gateway takes the identity, the filer keeps
+/// metadata and a volume server takes data. The read matters after a restart: the gateway learns where volumes
+/// are from the master's stream of volume locations, and the probe's new volume comes in that stream after the
+/// volumes the store already had, so once the probe reads back, existing objects read too.
 async fn probe_write(client: &S3Client, bucket: &str) -> Result<(), S3Error> {
+    const BODY: &str = "kip";
     client.create_bucket(bucket, false).await?;
-    client.put_object(bucket, "probe", "kip").await?;
+    client.put_object(bucket, "probe", BODY).await?;
+    let read = client.get_object(bucket, "probe").await?;
+    if read != BODY {
+        return Err(S3Error::Refused {
+            request: format!("GetObject {bucket}/probe"),
+            status: 200,
+            code: "WrongBody".to_owned(),
+            message: format!("read {read:?} back, wrote {BODY:?}"),
+        });
+    }
     client.delete_object(bucket, "probe").await?;
     client.delete_bucket(bucket).await
 }
@@ -201,17 +215,23 @@ impl Engine for S3 {
             if args.secret_key.is_none() {
                 ctx.secrets.get_or_generate(SECRET_KEY)?;
             }
+            let internal_key = ctx.secrets.get_or_generate(INTERNAL_KEY)?;
             // Before every start, so a changed key takes effect with the restart; and before the first one, so
-            // the S3 gateway never runs without its identity.
-            let path = ctx.data_dir.join(IDENTITY_FILE);
+            // the S3 gateway never runs without its identity, nor the filer and volume server without theirs.
             let owner = ctx.run_as.as_ref().map(|run_as| (run_as.uid, run_as.gid));
-            kip_core::fsutil::write_private(
-                &path,
-                config::identity(&access_key(ctx, &args), &secret_key(ctx, &args)).as_bytes(),
-                owner,
-            )
-            .map_err(io_error("write", &path))
-            .map_err(|error| s3_error("cannot write the S3 identity", error))?;
+            let files = [
+                (
+                    IDENTITY_FILE,
+                    config::identity(&access_key(ctx, &args), &secret_key(ctx, &args)),
+                ),
+                (SECURITY_FILE, config::security(&internal_key)),
+            ];
+            for (name, contents) in files {
+                let path = ctx.data_dir.join(name);
+                kip_core::fsutil::write_private(&path, contents.as_bytes(), owner)
+                    .map_err(io_error("write", &path))
+                    .map_err(|error| s3_error("cannot write SeaweedFS's configuration", error))?;
+            }
             // SeaweedFS listens on these too, and a file left by an earlier run of the same port would stop it.
             for socket in config::grpc_sockets(&ctx.ports) {
                 let _ = std::fs::remove_file(socket);
@@ -287,7 +307,7 @@ impl Engine for S3 {
                     return Err(s3_error(
                         &format!(
                             "SeaweedFS did not take a signed write within {} s (the ready probe: create bucket \
-                             {bucket}, put an object in it, delete both, at {})",
+                             {bucket}, put an object in it and read it back, delete both, at {})",
                             READY_TIMEOUT.as_secs(),
                             endpoint(ctx, &args).unwrap_or_default()
                         ),
