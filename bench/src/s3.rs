@@ -22,7 +22,7 @@ use kip_providers::s3::client::S3Client;
 use kip_providers::s3::config;
 
 use crate::apply::{header, ms, row, test_mirror};
-use crate::kip::{Harness, Project, open_dir};
+use crate::kip::{Harness, Project, field, open_dir};
 
 const CONFIG: &str = r#"s3 "store" {
   version = "4"
@@ -51,24 +51,34 @@ pub fn run(runs: Option<usize>) {
     let mut kip = Vec::new();
     let mut before_start = Vec::new();
     let mut start_to_ready = Vec::new();
+    let mut supervisor_probe = Vec::new();
     let mut after_ready = Vec::new();
-    for _ in 0..runs {
-        // One store at a time: a store left running would share the two cores with the next one.
-        let project: Project<'_> = harness.project(CONFIG);
-        let run = project.expect(0, &["apply", "--auto-approve"]);
-        kip.push(run.elapsed);
-        before_start.push(run.between(None, Some("s3.store: starting")));
-        start_to_ready.push(run.between(Some("s3.store: starting"), Some("s3.store: ready")));
-        after_ready.push(run.between(Some("s3.store: ready"), None));
-        drop(project);
-    }
-
     let scratch = harness.root.join("bare");
     let mut bare = Vec::new();
     let mut port_open = Vec::new();
     let mut bucket_created = Vec::new();
     let mut components: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
+    // kip and bare runs alternate, so both see the machine alike; one store at a time (a store left running would
+    // share the two cores with the next one).
     for index in 0..runs {
+        let project: Project<'_> = harness.project(CONFIG).with_log("info");
+        let run = project.expect(0, &["apply", "--auto-approve"]);
+        kip.push(run.elapsed);
+        before_start.push(run.between(None, Some("s3.store: starting")));
+        start_to_ready.push(run.between(Some("s3.store: starting"), Some("s3.store: ready")));
+        after_ready.push(run.between(Some("s3.store: ready"), None));
+        // The supervisor inherits KIP_LOG and says how long weed took from spawn to its S3 port accepting.
+        if let Some(ready) = project
+            .supervisor_log()
+            .lines()
+            .rev()
+            .filter_map(|line| field(line, "ready after "))
+            .find_map(|number| number.parse::<u64>().ok())
+        {
+            supervisor_probe.push(Duration::from_millis(ready));
+        }
+        drop(project);
+
         let dir = scratch.join(index.to_string());
         open_dir(&dir);
         let timings = bare_start(&weed, &dir);
@@ -91,6 +101,10 @@ pub fn run(runs: Option<usize>) {
     row(
         "  weed mini boot, S3 port probe, signed write (ready step)",
         &start_to_ready,
+    );
+    row(
+        "    spawn to the S3 port accepting (the supervisor's count)",
+        &supervisor_probe,
     );
     row("  state write, exit", &after_ready);
     row(

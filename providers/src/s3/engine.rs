@@ -32,6 +32,8 @@ const SECRET_KEY: &str = "secret-key";
 const INTERNAL_KEY: &str = "internal-key";
 /// How long the ready step waits for a signed write to succeed.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// The pause between two tries of the ready probe: a few loopback requests, cheap enough to try often.
+const READY_POLL: Duration = Duration::from_millis(5);
 /// The instance's own attributes that take a restart: what `weed` reads at start.
 const RESTART_ATTRIBUTES: [&str; 3] = ["port", "access_key", "secret_key"];
 
@@ -318,7 +320,7 @@ impl Engine for S3 {
                         ctx.log("weed").display()
                     )));
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(READY_POLL).await;
             }
         })
     }
