@@ -20,6 +20,11 @@ the first start, so anonymous requests are refused from the first moment. kip wa
 succeeds (a bucket and an object of its own, removed at once), then converges the declared buckets.
 Objects are data: kip never deletes them, and refuses to drop a non-empty bucket unless told to.
 
+On a machine shared with other accounts, know the limit: the S3 API takes only signed requests, and the filer's
+and volume server's HTTP listeners only requests with a JWT the store alone can sign, but SeaweedFS's master HTTP
+listener and its gRPC listeners (all on 127.0.0.1) take requests from any local account, which can reach the
+store's data through them.
+
 ```hcl
 s3 "blobs" {
   version = "4"
