@@ -267,6 +267,9 @@ fn bare_start(weed: &Path, dir: &Path) -> BareTimings {
     let write = started.elapsed();
     let _ = child.kill();
     let _ = child.wait();
+    for socket in config::grpc_sockets(&ctx.ports) {
+        let _ = std::fs::remove_file(socket);
+    }
     let components = std::fs::read_to_string(&log)
         .unwrap_or_default()
         .lines()

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use kip_core::engine::{EngineError, InstanceCtx};
+use kip_core::engine::{EngineError, InstanceCtx, StopCommand};
 use serde_json::json;
 
 use super::args::InstanceArgs;
@@ -163,6 +163,27 @@ pub fn grpc_sockets(ports: &BTreeMap<String, u16>) -> Vec<PathBuf> {
             })
         })
         .collect()
+}
+
+/// How the supervisor stops `weed`: its gRPC sockets in `/tmp` removed first (it leaves most of them behind, and
+/// only the engine's account may remove them there), then SIGTERM. The listeners keep serving what is connected
+/// until `weed` exits; its components reach each other over TCP when a socket file is gone.
+pub fn stop_command(ports: &BTreeMap<String, u16>) -> StopCommand {
+    let sockets: Vec<String> = grpc_sockets(ports)
+        .iter()
+        .map(|path| format!("'{}'", path.display()))
+        .collect();
+    StopCommand {
+        command: vec![
+            "/bin/sh".to_owned(),
+            "-c".to_owned(),
+            format!(
+                "rm -f {}; exec kill -TERM \"$KIP_STOP_PID\"",
+                sockets.join(" ")
+            ),
+        ],
+        wait_ms: 15_000,
+    }
 }
 
 #[cfg(test)]

@@ -280,7 +280,7 @@ impl Engine for S3 {
             max_restarts: None,
             restart_delay_ms: None,
             stop: StopSpec {
-                command: None,
+                command: Some(config::stop_command(&ctx.ports)),
                 signals: vec![("SIGTERM".to_owned(), 15_000)],
             },
             log: ctx.log("weed"),
