@@ -295,6 +295,28 @@ impl S3Client {
         }
     }
 
+    /// Whether SeaweedFS's master at `master` (`http://127.0.0.1:PORT`) locates volume `volume`: its
+    /// `/dir/lookup` answers with at least one location.
+    pub async fn master_locates(&self, master: &str, volume: u32) -> Result<bool, S3Error> {
+        let request = format!("lookup of volume {volume} on the master");
+        let send_error = |source| S3Error::Send {
+            request: request.clone(),
+            source,
+        };
+        let answer: serde_json::Value = self
+            .http
+            .get(format!("{master}/dir/lookup?volumeId={volume}"))
+            .send()
+            .await
+            .map_err(send_error)?
+            .json()
+            .await
+            .map_err(send_error)?;
+        Ok(answer["locations"]
+            .as_array()
+            .is_some_and(|locations| !locations.is_empty()))
+    }
+
     pub async fn put_object(&self, bucket: &str, key: &str, body: &str) -> Result<(), S3Error> {
         let bucket_handle = self.bucket(bucket)?;
         let action = bucket_handle.put_object(Some(&self.credentials), key);
@@ -313,6 +335,27 @@ impl S3Client {
         let action = bucket_handle.get_object(Some(&self.credentials), key);
         self.send(action, None, &[], &format!("GetObject {bucket}/{key}"))
             .await
+    }
+
+    /// GetObject retried on the answers S3 clients retry (500, 503), for up to `budget`, as the AWS SDKs' standard
+    /// retry mode does: SeaweedFS answers 500 for an object whose volume it is still loading after a crash.
+    pub async fn get_object_retrying(
+        &self,
+        bucket: &str,
+        key: &str,
+        budget: Duration,
+    ) -> Result<String, S3Error> {
+        let started = std::time::Instant::now();
+        loop {
+            match self.get_object(bucket, key).await {
+                Err(S3Error::Refused { status, .. })
+                    if matches!(status, 500 | 503) && started.elapsed() < budget =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     pub async fn delete_object(&self, bucket: &str, key: &str) -> Result<(), S3Error> {

@@ -153,6 +153,25 @@ pub fn security(key: &str) -> String {
     text
 }
 
+/// The ids of the volumes in the data directory (`<id>.dat`, or `<collection>_<id>.dat` for a bucket's), which
+/// the volume server loads at start.
+pub fn volumes_on_disk(data_dir: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return Vec::new();
+    };
+    let mut volumes: Vec<u32> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stem = name.strip_suffix(".dat")?;
+            stem.rsplit('_').next()?.parse().ok()
+        })
+        .collect();
+    volumes.sort_unstable();
+    volumes.dedup();
+    volumes
+}
+
 /// The unix sockets SeaweedFS serves its gRPC servers on for these ports, in `/tmp` (it has no flag for them).
 pub fn grpc_sockets(ports: &BTreeMap<String, u16>) -> Vec<PathBuf> {
     GRPC_SOCKETS
@@ -165,8 +184,8 @@ pub fn grpc_sockets(ports: &BTreeMap<String, u16>) -> Vec<PathBuf> {
         .collect()
 }
 
-/// How the supervisor stops `weed`: its gRPC sockets in `/tmp` removed first (it leaves most of them behind, and
-/// only the engine's account may remove them there), then SIGTERM. The listeners keep serving what is connected
+/// How the supervisor stops `weed`: its gRPC sockets in `/tmp` removed (it leaves most of them behind, and only
+/// the engine's account may remove them there), SIGTERM, and the sockets removed again until it is gone. The listeners keep serving what is connected
 /// until `weed` exits; its components reach each other over TCP when a socket file is gone.
 pub fn stop_command(ports: &BTreeMap<String, u16>) -> StopCommand {
     let sockets: Vec<String> = grpc_sockets(ports)
@@ -177,9 +196,12 @@ pub fn stop_command(ports: &BTreeMap<String, u16>) -> StopCommand {
         command: vec![
             "/bin/sh".to_owned(),
             "-c".to_owned(),
+            // Again while it stops: a component still starting (the admin server comes last) may make its
+            // socket after the first removal.
             format!(
-                "rm -f {}; exec kill -TERM \"$KIP_STOP_PID\"",
-                sockets.join(" ")
+                "rm -f {sockets}; kill -TERM \"$KIP_STOP_PID\"; \
+                 while kill -0 \"$KIP_STOP_PID\" 2>/dev/null; do rm -f {sockets}; sleep 0.1; done",
+                sockets = sockets.join(" ")
             ),
         ],
         wait_ms: 15_000,
@@ -212,6 +234,22 @@ mod tests {
                 .all(|key| keys.iter().filter(|other| *other == key).count() == 1)
         );
         assert_ne!(one, security("b"));
+    }
+
+    #[test]
+    fn volumes_on_disk_are_read_from_the_data_files() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "keep_2.dat",
+            "keep_2.idx",
+            "7.dat",
+            "my_bucket_12.dat",
+            "notes.dat",
+            "x.vif",
+        ] {
+            std::fs::write(dir.path().join(name), "").unwrap();
+        }
+        assert_eq!(volumes_on_disk(dir.path()), [2, 7, 12]);
     }
 
     #[test]

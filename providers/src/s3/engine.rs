@@ -124,6 +124,24 @@ async fn probe_write(client: &S3Client, bucket: &str) -> Result<(), S3Error> {
     client.delete_bucket(bucket).await
 }
 
+/// One try of the ready step: the volumes the store had on disk are loaded (after a crash the volume server checks
+/// each one before it serves it, while a new volume for the probe is there at once), then the probe write.
+/// `loading` keeps the volumes not seen loaded yet.
+async fn ready_once(
+    client: &S3Client,
+    master: &str,
+    loading: &mut Vec<u32>,
+    bucket: &str,
+) -> Result<(), S3Error> {
+    while let Some(&volume) = loading.first() {
+        if !client.master_locates(master, volume).await? {
+            return Err(S3Error::NotLoaded { volume });
+        }
+        loading.remove(0);
+    }
+    probe_write(client, bucket).await
+}
+
 /// Drops a bucket: refused when it holds anything (any object version or delete marker) unless `force_destroy`,
 /// which deletes every version first.
 async fn drop_bucket(client: &S3Client, name: &str, force_destroy: bool) -> Result<(), S3Error> {
@@ -298,9 +316,14 @@ impl Engine for S3 {
                 kip_schemas::S3_PROBE_BUCKET_PREFIX,
                 kip_core::engine::random_hex(8)?
             );
+            let master = format!(
+                "http://127.0.0.1:{}",
+                ctx.ports.get("master").copied().unwrap_or_default()
+            );
+            let mut loading = config::volumes_on_disk(&ctx.data_dir);
             let started = Instant::now();
             loop {
-                let error = match probe_write(&client, &bucket).await {
+                let error = match ready_once(&client, &master, &mut loading, &bucket).await {
                     Ok(()) => return Ok(()),
                     Err(error) => error,
                 };
@@ -308,8 +331,9 @@ impl Engine for S3 {
                     let args: InstanceArgs = ctx.args()?;
                     return Err(s3_error(
                         &format!(
-                            "SeaweedFS did not take a signed write within {} s (the ready probe: create bucket \
-                             {bucket}, put an object in it and read it back, delete both, at {})",
+                            "SeaweedFS was not ready within {} s (the ready probe: every volume on disk \
+                             loaded, then create bucket {bucket}, put an object in it and read it back, delete \
+                             both, at {})",
                             READY_TIMEOUT.as_secs(),
                             endpoint(ctx, &args).unwrap_or_default()
                         ),

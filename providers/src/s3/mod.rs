@@ -51,6 +51,10 @@ pub enum S3Error {
         "bucket {bucket:?} is not empty, and kip drops a bucket with its objects only when told to"
     )]
     NotEmpty { bucket: String },
+    /// A volume file on disk that SeaweedFS's master does not locate yet: the volume server is still loading it
+    /// (after a crash it checks the volume's index first).
+    #[error("SeaweedFS has not loaded volume {volume} from disk yet")]
+    NotLoaded { volume: u32 },
 }
 
 impl S3Error {

@@ -112,7 +112,10 @@ impl Fixture for S3Fixture {
 
     fn read_data(&self, exports: &Exports) -> Result<bool, String> {
         let client = client(exports)?;
-        let body = block_on(client.get_object("docs", "conformance/kept.txt"))
+        // Retried as SDKs do: right after a SIGKILL the supervisor restarts weed, which serves once its S3 port
+        // accepts, and answers 500 for an object whose volume it is still loading.
+        let budget = std::time::Duration::from_secs(10);
+        let body = block_on(client.get_object_retrying("docs", "conformance/kept.txt", budget))
             .map_err(|error| error.to_string())?;
         Ok(body == "kept")
     }

@@ -16,8 +16,9 @@ pub(super) fn schema() -> EngineSchema {
 
 kip starts one SeaweedFS process (`weed mini`: master, volume server, filer and S3 gateway) with every
 listener on a port kip assigns, bound to 127.0.0.1, and data under `.kip/`. The identity is in place before
-the first start, so anonymous requests are refused from the first moment. kip waits until a signed write
-succeeds (a bucket and an object of its own, removed at once), then converges the declared buckets.
+the first start, so anonymous requests are refused from the first moment. kip waits until every volume already
+on disk is loaded and a signed write succeeds (a bucket and an object of its own, removed at once), then
+converges the declared buckets.
 Objects are data: kip never deletes them, and refuses to drop a non-empty bucket unless told to.
 
 On a machine shared with other accounts, know the limit: the S3 API takes only signed requests, and the filer's
