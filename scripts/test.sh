@@ -27,6 +27,15 @@ if ! command -v psql >/dev/null; then
   fi
 fi
 
+# The S3 tests check `kip env` with a real AWS SDK: boto3 in a venv in the cache dir, installed once and kept.
+if [ ! -x "$cache/venv/bin/python" ] || ! "$cache/venv/bin/python" -c 'import boto3' 2>/dev/null; then
+  if command -v python3 >/dev/null && python3 -m venv "$cache/venv" && "$cache/venv/bin/pip" install -q boto3; then
+    :
+  else
+    echo "warning: cannot make a boto3 venv in $cache/venv (python3 -m venv, pip); the boto3 test will be skipped" >&2
+  fi
+fi
+
 cargo build --workspace --all-targets --locked
 KIP="$CARGO_TARGET_DIR/debug/kip" scripts/test-mirror.sh >/dev/null
 cargo test --workspace --all-targets --locked --no-fail-fast

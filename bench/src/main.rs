@@ -1,9 +1,9 @@
 //! kip's benchmarks. Each one prints the median (and min / max) of repeated runs for a target an issue names;
 //! BENCHMARKS.md records the numbers and what bounds them.
 //!
-//! Run: `cargo run --release -p kip-bench -- [front-half] [resolve] [apply] [valkey] [mariadb] [nats] [process] [stack] [--runs N]`.
-//! `resolve`, `apply`, `valkey`, `mariadb`, `nats`, `process` and `stack` need the test mirror (`scripts/test-mirror.sh`; `KIP_TEST_MIRROR` or
-//! `~/.cache/kip/test-mirror`); `apply`, `valkey`, `mariadb`, `nats`, `process` and `stack` drive the release `kip` binary (`KIP_BIN`, default
+//! Run: `cargo run --release -p kip-bench -- [front-half] [resolve] [apply] [valkey] [mariadb] [nats] [s3] [process] [stack] [--runs N]`.
+//! `resolve`, `apply`, `valkey`, `mariadb`, `nats`, `s3`, `process` and `stack` need the test mirror (`scripts/test-mirror.sh`; `KIP_TEST_MIRROR` or
+//! `~/.cache/kip/test-mirror`); `apply`, `valkey`, `mariadb`, `nats`, `s3`, `process` and `stack` drive the release `kip` binary (`KIP_BIN`, default
 //! `$CARGO_TARGET_DIR/release/kip`: build it with
 //! `cargo build --release -p kip-cli`). Without `--runs`, each benchmark uses its own default run counts.
 
@@ -14,6 +14,7 @@ mod kip;
 mod mariadb;
 mod nats;
 mod process;
+mod s3;
 mod stack;
 mod valkey;
 
@@ -55,6 +56,9 @@ fn main() {
     }
     if wants("nats") {
         nats::run(runs);
+    }
+    if wants("s3") {
+        s3::run(runs);
     }
     if wants("process") {
         let harness = kip::Harness::new(&apply::test_mirror());

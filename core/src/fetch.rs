@@ -273,6 +273,14 @@ impl FetchError {
     }
 }
 
+/// Installs ring as the process's TLS crypto provider, which reqwest needs before it builds a client: it is built
+/// without a default one (aws-lc is a slow C build). Every part of kip that builds a reqwest client (the fetcher,
+/// HTTP probes, engines that speak HTTP) calls this first; another part of the process may have installed one
+/// already, which is fine.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Downloads with one shared HTTP client (connection pool, TLS set-up) and one retry policy.
 #[derive(Debug, Clone)]
 pub struct Fetcher {
@@ -285,9 +293,7 @@ const COPY_CHUNK: usize = 1024 * 1024;
 
 impl Fetcher {
     pub fn new(policy: RetryPolicy) -> Result<Fetcher, FetchError> {
-        // reqwest is built without a default crypto provider (aws-lc is a slow C build); ring is installed
-        // process-wide here. Another part of the process may have installed one already, which is fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_tls_provider();
         let client = reqwest::Client::builder()
             .user_agent(concat!("kip/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(policy.timeout)

@@ -6,6 +6,7 @@ pub mod mariadb;
 pub mod nats;
 pub mod postgres;
 pub mod process;
+pub mod s3;
 pub mod shared;
 pub mod template;
 pub mod valkey;
@@ -19,6 +20,7 @@ pub fn engines() -> Engines {
     engines.register(nats::Nats);
     engines.register(postgres::Postgres);
     engines.register(process::Process);
+    engines.register(s3::S3);
     engines.register(valkey::Valkey);
     engines
 }

@@ -17,7 +17,7 @@ mod validate;
 mod version;
 
 pub use engines::{
-    engine, engines, mariadb_grant_privilege_problem, mariadb_grant_target,
+    S3_PROBE_BUCKET_PREFIX, engine, engines, mariadb_grant_privilege_problem, mariadb_grant_target,
     mariadb_reserved_setting, valkey_reserved_setting,
 };
 pub use export::{JSON_FORMAT, REGENERATE_DOCS, markdown_index, to_json, to_markdown};

@@ -18,6 +18,7 @@ mod nats;
 mod process;
 mod registry;
 mod resolve;
+mod s3;
 mod schema;
 mod security;
 mod stack;

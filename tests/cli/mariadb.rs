@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use mysql_async::prelude::Queryable as _;
 
 use crate::apply::Stack;
+use crate::support::pid_of;
 use crate::support::{HostilePoller, free_port, kill_when_exists, kill_when_logged, test_mirror};
-use crate::valkey::{owner_of, pid_of};
+use crate::valkey::owner_of;
 
 /// Runs `statements` through `url` as `kip url` printed it, and returns the rows of the last one as text.
 fn query(url: &str, statements: &[&str]) -> Result<Vec<Vec<String>>, String> {

@@ -8,8 +8,8 @@ use std::time::Duration;
 use async_nats::jetstream;
 
 use crate::apply::Stack;
+use crate::support::pid_of;
 use crate::support::{HostilePoller, free_port, kill_when_logged};
-use crate::valkey::pid_of;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()

@@ -1,7 +1,7 @@
 //! What another local user, or a secret in the caller's environment, can get at: tests that play the attacker.
 
 use crate::apply::Stack;
-use crate::support::{HostilePoller, free_port};
+use crate::support::{HostilePoller, free_port, pid_of};
 
 /// The environment of a live process, from /proc (the tests run as root, so any process's).
 fn environment_of(pid: u32) -> Vec<String> {
@@ -11,18 +11,6 @@ fn environment_of(pid: u32) -> Vec<String> {
         .filter(|entry| !entry.is_empty())
         .map(|entry| String::from_utf8_lossy(entry).into_owned())
         .collect()
-}
-
-fn pid_of(stack: &Stack, name: &str) -> u32 {
-    let ps = stack.ok(&["ps", "--json"]);
-    let processes: serde_json::Value = serde_json::from_str(&ps.stdout).unwrap();
-    processes
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|process| process["name"] == name)
-        .and_then(|process| process["pid"].as_u64())
-        .unwrap_or_else(|| panic!("{name} is not running: {}", ps.stdout)) as u32
 }
 
 #[test]

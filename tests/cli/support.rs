@@ -183,6 +183,19 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The pid of a supervised process, from `kip ps --json`.
+pub fn pid_of(stack: &crate::apply::Stack, name: &str) -> u32 {
+    let ps = stack.ok(&["ps", "--json"]);
+    let processes: serde_json::Value = serde_json::from_str(&ps.stdout).unwrap();
+    processes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|process| process["name"] == name)
+        .and_then(|process| process["pid"].as_u64())
+        .unwrap_or_else(|| panic!("{name} is not running: {}", ps.stdout)) as u32
+}
+
 /// Another local account (`nobody`) running `attempts` (a shell snippet of connection attempts without credentials)
 /// in a tight loop until it is stopped; `attempts` is given the path of the output file, where it writes what it
 /// got (`GOT-IN-…` when a connection got in).

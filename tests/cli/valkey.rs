@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::apply::Stack;
-use crate::support::{HostilePoller, free_port, kill_when_exists, kill_when_logged};
+use crate::support::{HostilePoller, free_port, kill_when_exists, kill_when_logged, pid_of};
 
 /// A connection through a URL `kip url` printed.
 fn connect(url: &str) -> redis::Connection {
@@ -23,19 +23,6 @@ fn config_get(url: &str, name: &str) -> String {
         .query(&mut connect(url))
         .unwrap();
     pair.get(1).cloned().unwrap_or_default()
-}
-
-/// The pid of a supervised process, from `kip ps --json`.
-pub(crate) fn pid_of(stack: &Stack, name: &str) -> u32 {
-    let ps = stack.ok(&["ps", "--json"]);
-    let processes: serde_json::Value = serde_json::from_str(&ps.stdout).unwrap();
-    processes
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|process| process["name"] == name)
-        .and_then(|process| process["pid"].as_u64())
-        .unwrap_or_else(|| panic!("{name} is not running: {}", ps.stdout)) as u32
 }
 
 /// The account a process runs as.

@@ -206,9 +206,7 @@ impl Prober {
             ProbeKind::Socket { path } => Check::Socket(path.clone()),
             ProbeKind::Tcp { host, port } => Check::Tcp(host.clone(), *port),
             ProbeKind::Http { url } => {
-                // reqwest is built without a default TLS crypto provider; install ring as `fetch` does. Another
-                // part of the process may have installed one already, which is fine.
-                let _ = rustls::crypto::ring::default_provider().install_default();
+                crate::fetch::install_tls_provider();
                 let client = reqwest::Client::builder()
                     .user_agent(concat!("kip-supervisor/", env!("CARGO_PKG_VERSION")))
                     // A probe checks a local engine: a proxy from the environment would check something else.

@@ -58,6 +58,7 @@ fn conform(fixture: &dyn Fixture) {
 mod mariadb;
 mod nats;
 mod postgres;
+mod s3;
 mod valkey;
 
 /// Every engine kip registers, every argument its schema documents: each reaches the provider's typed view. A

@@ -20,6 +20,7 @@ pub use mariadb::{
     grant_privilege_problem as mariadb_grant_privilege_problem,
     parse_grant_target as mariadb_grant_target, reserved_setting as mariadb_reserved_setting,
 };
+pub use s3::PROBE_BUCKET_PREFIX as S3_PROBE_BUCKET_PREFIX;
 pub use valkey::reserved_setting as valkey_reserved_setting;
 
 /// Every engine, in a stable order: postgres, valkey, mariadb, nats, s3, process.

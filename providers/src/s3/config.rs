@@ -1,0 +1,263 @@
+//! How kip runs SeaweedFS: `weed mini` (master, volume server, filer and S3 gateway in one process) with every
+//! listener on a loopback port kip assigned and kept in state, and the S3 identity file it reads at start.
+//!
+//! `weed mini` opens ten TCP listeners, and each one it is not told a port for defaults to a fixed one (9333,
+//! 8888, 8333, …) or to that port + 10000 for its gRPC twin: all of them are set here, all bound to 127.0.0.1
+//! (`-ip.bind`), and the components kip does not use (WebDAV, the admin UI, the Iceberg and Lance catalogs, the
+//! embedded IAM API) are off. Telemetry is off: a local store reports to nobody.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use kip_core::engine::{EngineError, InstanceCtx, StopCommand};
+use serde_json::json;
+
+use super::args::InstanceArgs;
+
+/// The identity file, in the data directory: 0600 and the engine account's, written before the first start.
+pub const IDENTITY_FILE: &str = "s3-identity.json";
+/// SeaweedFS's security configuration, in the data directory (its working directory, where `weed` looks first):
+/// 0600 and the engine account's, written before the first start.
+pub const SECURITY_FILE: &str = "security.toml";
+
+/// The ports kip assigns, by the name they are kept under in state and the `weed mini` flag that takes them.
+/// The S3 API's own port (`s3`) is the declared `port` when there is one.
+pub const PORTS: [(&str, &str); 10] = [
+    ("master", "master.port"),
+    ("master-grpc", "master.port.grpc"),
+    ("volume", "volume.port"),
+    ("volume-grpc", "volume.port.grpc"),
+    ("filer", "filer.port"),
+    ("filer-grpc", "filer.port.grpc"),
+    ("s3", "s3.port"),
+    ("s3-grpc", "s3.port.grpc"),
+    ("admin", "admin.port"),
+    ("admin-grpc", "admin.port.grpc"),
+];
+
+/// The port name of the S3 API.
+pub const S3_PORT: &str = "s3";
+
+/// The components whose gRPC servers SeaweedFS also serves on a unix socket at a path it does not let one
+/// choose: `/tmp/seaweedfs-<component>-grpc-<port>.sock`, by the name of the port that names it.
+const GRPC_SOCKETS: [(&str, &str); 5] = [
+    ("master", "master-grpc"),
+    ("volume", "volume-grpc"),
+    ("filer", "filer-grpc"),
+    ("s3", "s3-grpc"),
+    ("admin", "admin-grpc"),
+];
+
+/// The S3 API port: declared, else the one kip assigned (`None` before provision assigned it).
+pub fn s3_port(ctx: &InstanceCtx, args: &InstanceArgs) -> Option<u16> {
+    args.port.or_else(|| ctx.ports.get(S3_PORT).copied())
+}
+
+/// Gives every listener a port, once: kept in state, so the instance keeps its addresses across restarts.
+pub fn assign_ports(ctx: &mut InstanceCtx, args: &InstanceArgs) -> Result<(), EngineError> {
+    for (name, _) in PORTS {
+        if name == S3_PORT && args.port.is_some() {
+            continue;
+        }
+        ctx.port(name)?;
+    }
+    Ok(())
+}
+
+/// The port kept under `name`, or an error saying provision has not run.
+fn assigned(ports: &BTreeMap<String, u16>, name: &str) -> Result<u16, EngineError> {
+    ports.get(name).copied().ok_or_else(|| {
+        EngineError::new(format!(
+            "no port is assigned to SeaweedFS's {name} listener yet"
+        ))
+        .hint("this is a bug in kip's s3 provider: provision assigns every port before a start")
+    })
+}
+
+/// The `weed mini` arguments for the instance.
+pub fn command_line(ctx: &InstanceCtx, args: &InstanceArgs) -> Result<Vec<String>, EngineError> {
+    let path = |path: PathBuf| path.to_string_lossy().into_owned();
+    let mut line = vec![
+        "mini".to_owned(),
+        format!("-dir={}", path(ctx.data_dir.clone())),
+        "-ip=127.0.0.1".to_owned(),
+        "-ip.bind=127.0.0.1".to_owned(),
+    ];
+    for (name, flag) in PORTS {
+        let port = match (name, args.port) {
+            (S3_PORT, Some(port)) => port,
+            _ => assigned(&ctx.ports, name)?,
+        };
+        line.push(format!("-{flag}={port}"));
+    }
+    line.extend([
+        format!("-s3.config={}", path(ctx.data_dir.join(IDENTITY_FILE))),
+        // Its own unix sockets default to /tmp; the instance's private run directory instead.
+        format!(
+            "-filer.localSocket={}",
+            path(ctx.run_dir.join("filer.sock"))
+        ),
+        format!("-s3.localSocket={}", path(ctx.run_dir.join("s3.sock"))),
+        // S3's behaviour, not SeaweedFS's conveniences: a bucket is made by CreateBucket only, and a
+        // non-empty one is not dropped.
+        "-s3.autoCreateBucket=false".to_owned(),
+        "-s3.allowDeleteBucketNotEmpty=false".to_owned(),
+        "-s3.iam=false".to_owned(),
+        "-s3.port.iceberg=0".to_owned(),
+        "-s3.port.lance=0".to_owned(),
+        "-webdav=false".to_owned(),
+        "-admin.ui=false".to_owned(),
+        "-master.telemetry=false".to_owned(),
+    ]);
+    Ok(line)
+}
+
+/// The identity file: one identity with every action, the declared or generated keys.
+pub fn identity(access_key: &str, secret_key: &str) -> String {
+    let document = json!({
+        "identities": [{
+            "name": "kip",
+            "credentials": [{ "accessKey": access_key, "secretKey": secret_key }],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }],
+    });
+    format!("{document:#}\n")
+}
+
+/// `security.toml`: the filer's and the volume server's HTTP listeners take reads and writes only with a JWT signed
+/// with these keys, which only the process itself holds (its S3 gateway signs what it sends them), so another
+/// local account cannot read or write objects around the S3 API's identity with plain HTTP; and their web UIs
+/// are off. Keys are derived from `key`, a secret kept in state.
+///
+/// SeaweedFS's gRPC listeners are not covered: closing them takes mutual TLS, with certificates kip does not make
+/// yet.
+pub fn security(key: &str) -> String {
+    let derive = |purpose: &str| {
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(format!("kip s3 {purpose}\0{key}"));
+        digest
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect::<String>()
+    };
+    let sections = [
+        ("jwt.signing", "volume write"),
+        ("jwt.signing.read", "volume read"),
+        ("jwt.filer_signing", "filer write"),
+        ("jwt.filer_signing.read", "filer read"),
+    ];
+    let mut text = String::from("# Written by kip before every start of this store.\n");
+    for (section, purpose) in sections {
+        text.push_str(&format!("\n[{section}]\nkey = \"{}\"\n", derive(purpose)));
+    }
+    text.push_str("\n[access]\nui = false\n");
+    text
+}
+
+/// The ids of the volumes in the data directory (`<id>.dat`, or `<collection>_<id>.dat` for a bucket's), which
+/// the volume server loads at start.
+pub fn volumes_on_disk(data_dir: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return Vec::new();
+    };
+    let mut volumes: Vec<u32> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stem = name.strip_suffix(".dat")?;
+            stem.rsplit('_').next()?.parse().ok()
+        })
+        .collect();
+    volumes.sort_unstable();
+    volumes.dedup();
+    volumes
+}
+
+/// The unix sockets SeaweedFS serves its gRPC servers on for these ports, in `/tmp` (it has no flag for them).
+pub fn grpc_sockets(ports: &BTreeMap<String, u16>) -> Vec<PathBuf> {
+    GRPC_SOCKETS
+        .iter()
+        .filter_map(|(component, name)| {
+            ports.get(*name).map(|port| {
+                Path::new("/tmp").join(format!("seaweedfs-{component}-grpc-{port}.sock"))
+            })
+        })
+        .collect()
+}
+
+/// How the supervisor stops `weed`: its gRPC sockets in `/tmp` removed (it leaves most of them behind, and only
+/// the engine's account may remove them there), SIGTERM, and the sockets removed again until it is gone. The listeners keep serving what is connected
+/// until `weed` exits; its components reach each other over TCP when a socket file is gone.
+pub fn stop_command(ports: &BTreeMap<String, u16>) -> StopCommand {
+    let sockets: Vec<String> = grpc_sockets(ports)
+        .iter()
+        .map(|path| format!("'{}'", path.display()))
+        .collect();
+    StopCommand {
+        command: vec![
+            "/bin/sh".to_owned(),
+            "-c".to_owned(),
+            // Again while it stops: a component still starting (the admin server comes last) may make its
+            // socket after the first removal.
+            format!(
+                "rm -f {sockets}; kill -TERM \"$KIP_STOP_PID\"; \
+                 while kill -0 \"$KIP_STOP_PID\" 2>/dev/null; do rm -f {sockets}; sleep 0.1; done",
+                sockets = sockets.join(" ")
+            ),
+        ],
+        wait_ms: 15_000,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_identity_is_valid_json_with_the_keys() {
+        let text = identity("AKID", "se\"cret");
+        let document: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let credentials = &document["identities"][0]["credentials"][0];
+        assert_eq!(credentials["accessKey"], "AKID");
+        assert_eq!(credentials["secretKey"], "se\"cret");
+    }
+
+    #[test]
+    fn security_keys_differ_by_purpose_and_by_instance() {
+        let one = security("a");
+        let keys: Vec<&str> = one
+            .lines()
+            .filter(|line| line.starts_with("key = "))
+            .collect();
+        assert_eq!(keys.len(), 4);
+        assert!(
+            keys.iter()
+                .all(|key| keys.iter().filter(|other| *other == key).count() == 1)
+        );
+        assert_ne!(one, security("b"));
+    }
+
+    #[test]
+    fn volumes_on_disk_are_read_from_the_data_files() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "keep_2.dat",
+            "keep_2.idx",
+            "7.dat",
+            "my_bucket_12.dat",
+            "notes.dat",
+            "x.vif",
+        ] {
+            std::fs::write(dir.path().join(name), "").unwrap();
+        }
+        assert_eq!(volumes_on_disk(dir.path()), [2, 7, 12]);
+    }
+
+    #[test]
+    fn grpc_sockets_follow_seaweedfs_naming() {
+        let ports = BTreeMap::from([("filer-grpc".to_owned(), 1234), ("filer".to_owned(), 99)]);
+        assert_eq!(
+            grpc_sockets(&ports),
+            [PathBuf::from("/tmp/seaweedfs-filer-grpc-1234.sock")]
+        );
+    }
+}
