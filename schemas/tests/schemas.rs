@@ -150,6 +150,11 @@ fn names_are_unique_and_snake_case() {
             let exports: Vec<&str> = block.exports.iter().map(|export| export.name).collect();
             for name in &exports {
                 assert!(is_snake_case(name), "{path:?}: export {name:?}");
+                // `mariadb.main.user.app.url` reads the `user` block; an export called `user` would hide it.
+                assert!(
+                    !block.blocks.iter().any(|child| child.name == *name),
+                    "{path:?}: export {name} has the name of a nested block, which references could not reach"
+                );
                 assert_eq!(
                     exports.iter().filter(|other| *other == name).count(),
                     1,

@@ -49,7 +49,7 @@ fn query(url: &str, statements: &[&str]) -> Result<Vec<Vec<String>>, String> {
     })
 }
 
-fn sql(url: &str, statements: &[&str]) -> Vec<Vec<String>> {
+pub(crate) fn sql(url: &str, statements: &[&str]) -> Vec<Vec<String>> {
     query(url, statements).unwrap_or_else(|error| panic!("{error}"))
 }
 

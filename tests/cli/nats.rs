@@ -11,7 +11,7 @@ use crate::apply::Stack;
 use crate::support::pid_of;
 use crate::support::{HostilePoller, free_port, kill_when_logged};
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -19,7 +19,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// `NATS_URL` and `NATS_TOKEN` as `kip env` gives them.
-fn env(stack: &Stack) -> (String, String) {
+pub(crate) fn env(stack: &Stack) -> (String, String) {
     let env = stack.ok(&["env", "--format", "json"]).stdout;
     let env: serde_json::Value = serde_json::from_str(&env).unwrap();
     let text = |name: &str| {
@@ -31,7 +31,7 @@ fn env(stack: &Stack) -> (String, String) {
     (text("NATS_URL"), text("NATS_TOKEN"))
 }
 
-async fn connect(url: &str, token: &str) -> async_nats::Client {
+pub(crate) async fn connect(url: &str, token: &str) -> async_nats::Client {
     async_nats::ConnectOptions::with_token(token.to_owned())
         .connect(url)
         .await

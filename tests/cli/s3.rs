@@ -14,7 +14,7 @@ use crate::apply::Stack;
 use crate::support::{HostilePoller, free_port, pid_of};
 
 /// Runs `future` on a runtime of its own (the tests are plain threads).
-fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
+pub(crate) fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -29,7 +29,7 @@ fn env_of(stack: &Stack) -> BTreeMap<String, String> {
 }
 
 /// A client of the store from `kip env`'s AWS variables.
-fn client(stack: &Stack) -> S3Client {
+pub(crate) fn client(stack: &Stack) -> S3Client {
     let env = env_of(stack);
     S3Client::new(
         &env["AWS_ENDPOINT_URL_S3"],

@@ -1,7 +1,12 @@
-//! The quickstart stack (examples/quickstart) in one `kip apply`, through the real binary: PostgreSQL and Valkey
-//! start in parallel, the migration job runs once the database is ready and not again, the web server starts
-//! once the migration succeeded and answers with what the migration wrote, `kip ps` shows the tree in dependency
-//! order, the next plan is empty, and destroy (the guard) takes everything down.
+//! The example stacks in one `kip apply` each, through the real binary.
+//!
+//! - The quickstart (examples/quickstart): PostgreSQL and Valkey start in parallel, the migration job runs once the
+//!   database is ready and not again, the web server starts once the migration succeeded and answers with what the
+//!   migration wrote, `kip ps` shows the tree in dependency order, the next plan is empty, and destroy (the guard)
+//!   takes everything down.
+//! - All six engines (examples/all-engines): PostgreSQL, Valkey, MariaDB, NATS and S3 start in parallel, the app
+//!   that references all five starts once they are ready and reaches each of them, each engine's own client works
+//!   with what `kip env` and `kip url` give, and the next plan is empty.
 
 use std::io::{Read as _, Write as _};
 use std::os::unix::fs::PermissionsExt as _;
@@ -11,9 +16,10 @@ use std::time::Duration;
 use crate::apply::Stack;
 use crate::support::free_port;
 
-fn example(name: &str) -> String {
+fn example(example: &str, name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/quickstart")
+        .join("../examples")
+        .join(example)
         .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
 }
@@ -46,9 +52,13 @@ fn the_quickstart_stack_comes_up_in_one_apply() {
             "the quickstart's migration needs psql (apt-get install postgresql-client; scripts/test.sh does)"
         );
     }
-    let stack = Stack::new(&example("kip.hcl"));
-    stack.project.write("web.py", example("web.py"));
-    let migrate = stack.project.write("migrate.sh", example("migrate.sh"));
+    let stack = Stack::new(&example("quickstart", "kip.hcl"));
+    stack
+        .project
+        .write("web.py", example("quickstart", "web.py"));
+    let migrate = stack
+        .project
+        .write("migrate.sh", example("quickstart", "migrate.sh"));
     std::fs::set_permissions(&migrate, std::fs::Permissions::from_mode(0o755)).unwrap();
     let port = free_port();
     let var = format!("web_port={port}");
@@ -125,4 +135,99 @@ fn the_quickstart_stack_comes_up_in_one_apply() {
         1,
         "{log}"
     );
+}
+
+#[test]
+fn all_six_engines_come_up_in_one_apply() {
+    let stack = Stack::new(&example("all-engines", "kip.hcl"));
+    stack
+        .project
+        .write("app.py", example("all-engines", "app.py"));
+    let port = free_port();
+    let var = format!("app_port={port}");
+
+    let run = stack.ok(&["apply", "--auto-approve", "--var", &var]);
+    let steps = &run.stderr;
+    let engines = [
+        "postgres.main",
+        "valkey.cache",
+        "mariadb.legacy",
+        "nats.bus",
+        "s3.blobs",
+    ];
+    // Independent engines side by side: every one begins before any is ready; the app after all of them.
+    let first_ready = engines
+        .iter()
+        .map(|engine| at(steps, &format!("{engine}: ready")))
+        .min()
+        .unwrap();
+    for engine in engines {
+        assert!(
+            at(steps, &format!("{engine}: resolving")) < first_ready,
+            "{engine} began only after another engine was ready:\n{steps}"
+        );
+        assert!(
+            at(steps, &format!("{engine}: ready")) < at(steps, "process.app: provisioning"),
+            "the app started before {engine} was ready:\n{steps}"
+        );
+    }
+
+    // The app reaches every engine with what kip put in its environment.
+    let answer = http_get(port, "/");
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let report: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|error| panic!("{error}: {answer}"));
+    for (engine, expected) in [
+        ("postgres", "PostgreSQL answered"),
+        ("valkey", "PING answered PONG"),
+        ("mariadb", "MariaDB 10.11"),
+        ("nats", "PING answered PONG"),
+        ("s3", "refused an unsigned request with 403"),
+    ] {
+        let said = report[engine].as_str().unwrap_or_default();
+        assert!(said.contains(expected), "{engine}: {said}\n{report:#}");
+    }
+
+    // Each engine's own client, with what `kip env` and `kip url` give.
+    assert_eq!(
+        stack.sql("postgres.main.database.shop", "SELECT current_user"),
+        vec![vec!["app".to_owned()]]
+    );
+    let env = stack
+        .ok(&["env", "--format", "json"])
+        .stdout
+        .replace("[PROJECT]", stack.project.path().to_str().unwrap());
+    let env: serde_json::Value = serde_json::from_str(&env).unwrap();
+    let pong: String = redis::cmd("PING")
+        .query(&mut crate::valkey::connect(
+            env["REDIS_URL"].as_str().unwrap(),
+        ))
+        .unwrap();
+    assert_eq!(pong, "PONG");
+    let billing = stack.url("mariadb.legacy.user.billing");
+    assert_eq!(
+        crate::mariadb::sql(&billing, &["SELECT DATABASE()", "SELECT CURRENT_USER()"]),
+        vec![vec!["billing@localhost".to_owned()]]
+    );
+    let (nats_url, token) = crate::nats::env(&stack);
+    let stream = crate::nats::runtime().block_on(async {
+        let js = async_nats::jetstream::new(crate::nats::connect(&nats_url, &token).await);
+        let mut stream = js.get_stream("ORDERS").await.unwrap();
+        stream.info().await.unwrap().config.subjects.clone()
+    });
+    assert_eq!(stream, vec!["orders.>".to_owned()]);
+    let s3 = crate::s3::client(&stack);
+    crate::s3::block_on(async {
+        s3.put_object("uploads", "hello.txt", "from the stack test")
+            .await
+            .unwrap();
+        assert_eq!(
+            s3.get_object("uploads", "hello.txt").await.unwrap(),
+            "from the stack test"
+        );
+    });
+
+    // Nothing to do next time.
+    let plan = stack.kip(&["plan", "--detailed-exitcode", "--var", &var]);
+    assert_eq!(plan.code, 0, "{}", plan.snapshot());
 }

@@ -10,7 +10,7 @@ use crate::apply::Stack;
 use crate::support::{HostilePoller, free_port, kill_when_exists, kill_when_logged, pid_of};
 
 /// A connection through a URL `kip url` printed.
-fn connect(url: &str) -> redis::Connection {
+pub(crate) fn connect(url: &str) -> redis::Connection {
     redis::Client::open(url)
         .and_then(|client| client.get_connection_with_timeout(Duration::from_secs(5)))
         .unwrap_or_else(|error| panic!("cannot connect to {url}: {error}"))

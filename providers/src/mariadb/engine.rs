@@ -446,7 +446,7 @@ impl Engine for MariaDb {
             exports.insert("host".into(), json!("127.0.0.1"));
             exports.insert("port".into(), json!(args.port));
             exports.insert("socket".into(), json!(socket(ctx).to_string_lossy()));
-            exports.insert("user".into(), json!("root"));
+            exports.insert("username".into(), json!("root"));
             exports.insert("password".into(), json!(root));
             return Ok(exports);
         };

@@ -94,7 +94,7 @@ mariadb "main" {
             host_export(),
             Export::new("port", "The TCP port, when `port` is set."),
             Export::new("socket", "Path of the unix socket."),
-            Export::new("user", "The administrative user, `root`."),
+            Export::new("username", "The administrative user, `root` (not `user`: `mariadb.<name>.user` names the user blocks)."),
             Export::new("password", "The `root` password, given or generated.").sensitive(),
         ]),
     }
