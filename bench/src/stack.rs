@@ -1,8 +1,11 @@
-//! The quickstart stack (examples/quickstart: PostgreSQL, Valkey, a migration job and a web server that uses both)
-//! in one `kip apply --auto-approve` (issue 10: "the four-block stack's apply time, and how much the parallel walk
-//! saves over running the same steps one after another"), with the real release `kip` in fresh projects and the
-//! shared cache warm (toolchains and the PostgreSQL template), alternating the default walk (independent instances
-//! in parallel) with `--parallelism 1` (the same steps one at a time).
+//! The example stacks in one `kip apply --auto-approve` each, with the real release `kip` in fresh projects and the
+//! shared cache warm (toolchains and templates), alternating the default walk (independent instances in parallel)
+//! with `--parallelism 1` (the same steps one at a time):
+//!
+//! - the quickstart (examples/quickstart: PostgreSQL, Valkey, a migration job and a web server that uses both;
+//!   issue 10: "the four-block stack's apply time, and how much the parallel walk saves");
+//! - all six engines (examples/all-engines: PostgreSQL, Valkey, MariaDB, NATS, S3 and an app that uses all five;
+//!   issue 11: "the six-engine stack's apply time").
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
@@ -10,9 +13,33 @@ use std::time::Duration;
 
 use crate::kip::Harness;
 
-fn example(name: &str) -> String {
+/// An example stack: its directory under examples/, its files besides kip.hcl (executable or not), and the
+/// variable that takes the port of its web process.
+struct Example {
+    dir: &'static str,
+    title: &'static str,
+    files: &'static [(&'static str, bool)],
+    port_variable: &'static str,
+}
+
+const QUICKSTART: Example = Example {
+    dir: "quickstart",
+    title: "the quickstart stack (postgres, valkey, a migration job, a web server)",
+    files: &[("web.py", false), ("migrate.sh", true)],
+    port_variable: "web_port",
+};
+
+const ALL_ENGINES: Example = Example {
+    dir: "all-engines",
+    title: "all six engines (postgres, valkey, mariadb, nats, s3, an app using all five)",
+    files: &[("app.py", false)],
+    port_variable: "app_port",
+};
+
+fn example(dir: &str, name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/quickstart")
+        .join("../examples")
+        .join(dir)
         .join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
 }
@@ -25,13 +52,16 @@ fn free_port() -> u16 {
 }
 
 /// One apply of the stack in a new project, destroyed afterwards (outside the timing).
-fn apply_once(harness: &Harness, parallelism: Option<&str>) -> Duration {
-    let project = harness.project(&example("kip.hcl"));
-    std::fs::write(project.dir.join("web.py"), example("web.py")).expect("web.py written");
-    let migrate = project.dir.join("migrate.sh");
-    std::fs::write(&migrate, example("migrate.sh")).expect("migrate.sh written");
-    std::fs::set_permissions(&migrate, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let var = format!("web_port={}", free_port());
+fn apply_once(harness: &Harness, stack: &Example, parallelism: Option<&str>) -> Duration {
+    let project = harness.project(&example(stack.dir, "kip.hcl"));
+    for (name, executable) in stack.files {
+        let path = project.dir.join(name);
+        std::fs::write(&path, example(stack.dir, name)).expect("example file written");
+        if *executable {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+    }
+    let var = format!("{}={}", stack.port_variable, free_port());
     let mut args = vec!["apply", "--auto-approve", "--var", &var];
     if let Some(parallelism) = parallelism {
         args.extend(["--parallelism", parallelism]);
@@ -40,11 +70,15 @@ fn apply_once(harness: &Harness, parallelism: Option<&str>) -> Duration {
 }
 
 pub fn run(harness: &Harness, runs: usize) {
-    crate::apply::header(&format!(
-        "the quickstart stack (postgres, valkey, a migration job, a web server) in one apply ({runs} runs each)"
-    ));
-    // The first apply fills the cache (toolchains, template); it is not counted.
-    let first = apply_once(harness, None);
+    for stack in [&QUICKSTART, &ALL_ENGINES] {
+        run_stack(harness, stack, runs);
+    }
+}
+
+fn run_stack(harness: &Harness, stack: &Example, runs: usize) {
+    crate::apply::header(&format!("{} in one apply ({runs} runs each)", stack.title));
+    // The first apply fills the cache (toolchains, templates); it is not counted.
+    let first = apply_once(harness, stack, None);
     println!(
         "  (first apply, downloading the toolchains and building the template: {} ms)",
         first.as_millis()
@@ -52,8 +86,8 @@ pub fn run(harness: &Harness, runs: usize) {
     let mut parallel = Vec::new();
     let mut serial = Vec::new();
     for _ in 0..runs {
-        parallel.push(apply_once(harness, None));
-        serial.push(apply_once(harness, Some("1")));
+        parallel.push(apply_once(harness, stack, None));
+        serial.push(apply_once(harness, stack, Some("1")));
     }
     crate::apply::row(
         "kip apply --auto-approve (independent instances in parallel)",

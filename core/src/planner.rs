@@ -267,7 +267,9 @@ impl Planner<'_> {
         let ready = running
             .iter()
             .any(|status| status.state == ProcessState::Ready);
-        if !(self.refresh && ready) {
+        // An instance whose after-start step has not run yet (a kip was killed between its start and that step)
+        // does not take its own credentials yet: what exists is what the state says, and apply finishes the step.
+        if !(self.refresh && ready && saved.lifecycle.initialized) {
             for (object, saved_object) in &saved.objects {
                 existing.insert(
                     object.clone(),

@@ -303,27 +303,6 @@ fn a_failed_start_reports_the_servers_log() {
     assert_eq!(sql(&stack.url("mariadb.main"), &["SELECT 1"]), [["1"]]);
 }
 
-/// Waits until the supervisor no longer shows `name` starting. A kip killed right after spawning leaves the
-/// process to the supervisor's probe; an apply that comes while it is still `starting` does not count it as running
-/// and finds its declared port taken by it (a race of core's apply, not of this engine: Valkey's test meets it
-/// too under load).
-fn settled(stack: &Stack, name: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let ps = stack.ok(&["ps", "--json"]);
-        let processes: serde_json::Value = serde_json::from_str(&ps.stdout).unwrap();
-        let starting = processes
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|process| process["name"] == name && process["state"]["kind"] == "starting");
-        if !starting || Instant::now() > deadline {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// The MariaDB client from the test mirror's build, unpacked where every account can run it.
 fn client() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -442,12 +421,12 @@ fn other_local_accounts_polling_a_first_start_never_get_in() {
     // server is left with the bootstrap password, and the next apply still gets in and secures it.
     for moment in ["mariadb.main: provisioning", "mariadb.main: starting"] {
         kill_when_logged(stack.command(&["apply", "--auto-approve"]), moment);
-        settled(&stack, "mariadb.main");
+        crate::support::settled(&stack, "mariadb.main");
     }
     stack.ok(&["apply", "--auto-approve"]);
     stack.ok(&["destroy", "--auto-approve"]);
     kill_when_exists(stack.command(&["apply", "--auto-approve"]), &socket);
-    settled(&stack, "mariadb.main");
+    crate::support::settled(&stack, "mariadb.main");
     stack.ok(&["apply", "--auto-approve"]);
     assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
     std::thread::sleep(Duration::from_millis(300));

@@ -154,6 +154,9 @@ fn a_kip_killed_during_the_first_start_leaves_no_open_window() {
     }
     let _ = child.kill();
     let _ = child.wait();
+    // The supervisor finishes the start kip left: the next apply meets a server that runs ready, with the bootstrap
+    // password still in place (it must not try the instance's own password on it, nor fail).
+    crate::support::settled(&stack, "postgres.main");
     stack.ok(&["apply", "--auto-approve"]);
     assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
     let seen = poller.finish();

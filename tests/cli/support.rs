@@ -262,3 +262,23 @@ impl Drop for HostilePoller {
         let _ = self.child.wait();
     }
 }
+
+/// Waits (up to 60 s) until the supervisor no longer shows `name` starting: a kip killed right after spawning leaves
+/// the start to the supervisor, and a test that wants the next apply to meet the server ready, rather than still
+/// starting (faults.rs covers that case), waits for it.
+pub fn settled(stack: &crate::apply::Stack, name: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let ps = stack.ok(&["ps", "--json"]);
+        let processes: serde_json::Value = serde_json::from_str(&ps.stdout).unwrap();
+        let starting = processes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|process| process["name"] == name && process["state"]["kind"] == "starting");
+        if !starting || std::time::Instant::now() > deadline {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -30,8 +30,9 @@ use crate::engine::SpawnSpec;
 pub const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a supervisor may take to answer a ping before it is called stuck.
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often [`Client::start_daemon`] looks for the new supervisor's socket.
-const START_POLL: Duration = Duration::from_millis(5);
+/// How often [`Client::start_daemon`] looks for the new supervisor's socket: a connect that finds no socket costs
+/// microseconds, and every millisecond here is on the path of a new project's first apply.
+const START_POLL: Duration = Duration::from_millis(1);
 
 /// A connection to a project's supervisor.
 pub struct Client {

@@ -23,8 +23,10 @@ use super::logfile::LogScanner;
 use super::procfs;
 use crate::engine::{ProbeKind, RunAs, SpawnSpec};
 
-/// The shortest interval between checks: a zero interval would spin.
-const MIN_INTERVAL: Duration = Duration::from_millis(10);
+/// The shortest interval between checks: a zero interval would spin. A socket or port check is one connect (a few
+/// microseconds), so engines probe every 2 ms and see their server up at most that late; slower probes (an exec, an
+/// HTTP request) come with longer intervals from their spec.
+const MIN_INTERVAL: Duration = Duration::from_millis(1);
 /// The least time a check gets, even when the probe's timeout is (nearly) spent: every probe checks at least once.
 const MIN_CHECK: Duration = Duration::from_millis(50);
 /// How long [`target_in_use`] tries to connect: a listener on this machine answers at once.
