@@ -1,7 +1,21 @@
-//! Small helpers more than one engine needs: how a generated password is derived, and whether a `settings`
-//! change needs a restart.
+//! Small helpers more than one engine needs: how a URL part is encoded, how a generated password is derived, and
+//! whether a `settings` change needs a restart.
 
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::Value as Json;
+
+/// Everything but RFC 3986's unreserved characters is encoded.
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// `text` as one part of a URL (user, password, path segment, query value): a label or password with `@`, `/`,
+/// `?`, spaces or unicode stays one value.
+pub fn url_encode(text: &str) -> String {
+    utf8_percent_encode(text, COMPONENT).to_string()
+}
 
 /// The password kip generates for `name`: derived from a random `key` kept in the instance's state from its first
 /// provisioning (`purpose` tells the engines and kinds apart), so it is known again even after a crash between

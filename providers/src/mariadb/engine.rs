@@ -19,7 +19,7 @@ use serde_json::{Value as Json, json};
 use super::args::{DatabaseArgs, GrantArgs, InstanceArgs, SettingValue, UserArgs};
 use super::client::{Connector, is_access_denied};
 use super::{CONFIG_FILE, MyError, SOCKET, config, io_error, template};
-use crate::valkey::engine::encode;
+use crate::shared::url_encode as encode;
 
 /// The `mariadb` engine.
 #[derive(Debug, Default)]

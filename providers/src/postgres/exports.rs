@@ -3,24 +3,13 @@
 //! `name`, `url` for a database; `name` for a schema). URLs are libpq URIs with every part percent-encoded, so a
 //! label or password with `@`, `/`, `?`, spaces or unicode stays one value.
 
+use crate::shared::url_encode as encode;
 use kip_core::address::Address;
 use kip_core::engine::{EngineError, Exports, InstanceCtx};
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::json;
 
 use super::args::{DatabaseArgs, InstanceArgs};
 use super::engine::{SUPERUSER_PASSWORD, role_password};
-
-/// Everything but RFC 3986's unreserved characters is encoded.
-const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
-fn encode(text: &str) -> String {
-    utf8_percent_encode(text, COMPONENT).to_string()
-}
 
 fn url(
     ctx: &InstanceCtx,

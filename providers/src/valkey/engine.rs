@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::shared::url_encode as encode;
 use kip_core::address::Address;
 use kip_core::engine::{
     BoxFuture, Engine, EngineError, Exports, InstanceCtx, Managed, Observed, Probe, ProbeKind,
@@ -13,7 +14,6 @@ use kip_core::engine::{
 };
 use kip_core::plan::{Action, Attributes, Change, Desired};
 use kip_schemas::EngineSchema;
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Value as Json, json};
 
 use super::acl;
@@ -90,17 +90,6 @@ fn user_name(address: &Address) -> Result<&str, EngineError> {
     address
         .label()
         .ok_or_else(|| EngineError::new(format!("{address} has no user name")))
-}
-
-/// Everything but RFC 3986's unreserved characters is encoded.
-const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
-pub(crate) fn encode(text: &str) -> String {
-    utf8_percent_encode(text, COMPONENT).to_string()
 }
 
 /// The URL of the instance for `user` (`None`: `default`), as the `redis` crate and `redis-cli -u` read it.
