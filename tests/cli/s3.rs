@@ -308,13 +308,8 @@ fn every_listener_is_on_loopback_on_a_port_kip_assigned() {
 }
 
 /// `nobody` with curl: anonymous requests (list buckets, create a bucket, put an object) and the same requests
-/// signed with a key and secret it made up, to the S3 port. Any 2xx answer is a way in. And every other port
-/// `weed` listens on, as `dir/ports` lists them at the time (see [`PortWatcher`]): the master's HTTP API
-/// (`/cluster/status`, `/dir/assign`, `/col/delete`) in plain HTTP, HTTP/2 without TLS as a gRPC client speaks it,
-/// and TLS without a client certificate. Only a TLS server's refusal of plain HTTP (400) or no answer at all
-/// (000) is not a way in.
+/// signed with a key and secret it made up, to the S3 port. Any 2xx answer is a way in.
 fn poller(dir: &std::path::Path, port: u16) -> HostilePoller {
-    let ports = dir.join("ports");
     HostilePoller::start(dir, |output| {
         let output = output.display();
         let attempt = |name: &str, arguments: &str| {
@@ -325,19 +320,6 @@ fn poller(dir: &std::path::Path, port: u16) -> HostilePoller {
         };
         let base = format!("http://127.0.0.1:{port}");
         let signed = "--aws-sigv4 aws:amz:us-east-1:s3 --user AKIAMADEUP:not-the-secret";
-        // $1: what, $2: the answers that are refusals, the rest: curl's arguments.
-        let internal = format!(
-            "internal() {{ what=$1; refused=$2; shift 2; \
-             code=$(curl -s -o /dev/null -w '%{{http_code}}' --max-time 2 \"$@\"); \
-             case \" $refused \" in *\" $code \"*) ;; *) echo GOT-IN-$what >>'{output}';; esac; \
-             echo \"$what $code\" >>'{output}'; }}; \
-             for p in $(cat '{ports}' 2>/dev/null); do \
-             for path in /cluster/status /dir/assign '/col/delete?collection=private'; do \
-             internal INTERNAL-PLAIN '000 400' \"http://127.0.0.1:$p$path\"; \
-             internal INTERNAL-TLS-NO-CERT 000 -k \"https://127.0.0.1:$p$path\"; done; \
-             internal INTERNAL-H2C 000 --http2-prior-knowledge \"http://127.0.0.1:$p/\"; done; ",
-            ports = ports.display(),
-        );
         [
             attempt("ANONYMOUS-LIST", &format!("{base}/")),
             attempt("ANONYMOUS-CREATE", &format!("-X PUT {base}/mine")),
@@ -351,9 +333,33 @@ fn poller(dir: &std::path::Path, port: u16) -> HostilePoller {
                 "SIGNED-PUT",
                 &format!("{signed} -X PUT --data x {base}/mine/object"),
             ),
-            internal,
         ]
         .concat()
+    })
+}
+
+/// `nobody` with curl at every other port `weed` listens on, as `dir/ports` lists them at the time (see
+/// [`PortWatcher`]): the master's HTTP API (`/cluster/status`, `/dir/assign`, `/col/delete`) in plain HTTP,
+/// HTTP/2 without TLS as a gRPC client speaks it, and TLS without a client certificate. Only a TLS server's
+/// refusal of plain HTTP (400) or no answer at all (000) is not a way in.
+fn internal_poller(dir: &std::path::Path) -> HostilePoller {
+    let ports = dir.join("ports");
+    HostilePoller::start(dir, |output| {
+        // $1: what, $2: the answers that are refusals, the rest: curl's arguments.
+        format!(
+            "internal() {{ what=$1; refused=$2; shift 2; \
+             code=$(curl -s -o /dev/null -w '%{{http_code}}' --max-time 2 \"$@\"); \
+             case \" $refused \" in *\" $code \"*) ;; *) echo GOT-IN-$what >>'{output}';; esac; \
+             echo \"$what $code\" >>'{output}'; }}; \
+             for p in $(cat '{ports}' 2>/dev/null); do \
+             for path in /cluster/status /dir/assign '/col/delete?collection=private'; do \
+             internal INTERNAL-PLAIN '000 400' \"http://127.0.0.1:$p$path\"; \
+             internal INTERNAL-TLS-NO-CERT 000 -k \"https://127.0.0.1:$p$path\"; done; \
+             internal INTERNAL-H2C 000 --http2-prior-knowledge \"http://127.0.0.1:$p/\"; done; \
+             sleep 0.01; ",
+            output = output.display(),
+            ports = ports.display(),
+        )
     })
 }
 
@@ -438,15 +444,18 @@ fn another_local_user_polling_during_the_first_start_never_gets_in() {
     let stack = Stack::new(&format!(
         "s3 \"store\" {{\n  version = \"4\"\n  port    = {port}\n}}\n"
     ));
-    let watch = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        watch.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .unwrap();
+    let (watch, watch_internal) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for dir in [&watch, &watch_internal] {
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .unwrap();
+    }
     let data = stack.project.path().join(".kip/run/s3.store/data");
-    let watcher = PortWatcher::start(watch.path(), data.clone(), port);
+    let watcher = PortWatcher::start(watch_internal.path(), data.clone(), port);
     let poller = poller(watch.path(), port);
+    let internal_poller = internal_poller(watch_internal.path());
     std::thread::sleep(Duration::from_millis(200));
     let mut apply = stack.command(&["apply", "--auto-approve"]);
     apply
@@ -464,7 +473,7 @@ fn another_local_user_polling_during_the_first_start_never_gets_in() {
     stack.ok(&["destroy", "--auto-approve"]);
     stack.ok(&["apply", "--auto-approve"]);
     std::thread::sleep(Duration::from_millis(300));
-    let seen = poller.finish();
+    let seen = format!("{}{}", poller.finish(), internal_poller.finish());
     let watched = watcher.finish();
     assert!(!seen.contains("GOT-IN"), "another user got in:\n{seen}");
     for refused in [

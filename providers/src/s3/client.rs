@@ -380,7 +380,7 @@ impl MasterClient {
     /// Whether the master locates volume `volume`: its `/dir/lookup` answers with at least one location.
     pub async fn locates(&self, volume: u32) -> Result<bool, S3Error> {
         let request = format!("lookup of volume {volume} on the master");
-        let send_error = |source| S3Error::Send {
+        let send_error = |source| S3Error::Master {
             request: request.clone(),
             source,
         };

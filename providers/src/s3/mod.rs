@@ -38,6 +38,12 @@ pub enum S3Error {
     Certificate(#[source] rcgen::Error),
     #[error("cannot set up the HTTPS client for SeaweedFS's master with the instance's certificate")]
     MasterClient(#[source] reqwest::Error),
+    #[error("`{request}` did not reach SeaweedFS's master over TLS with the instance's certificate")]
+    Master {
+        request: String,
+        #[source]
+        source: reqwest::Error,
+    },
     #[error("{endpoint} is not a URL rusty-s3 can sign for: {reason}")]
     Endpoint { endpoint: String, reason: String },
     #[error("`{request}` did not reach the S3 API")]
