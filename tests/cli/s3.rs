@@ -289,7 +289,12 @@ fn every_listener_is_on_loopback_on_a_port_kip_assigned() {
         0o600
     );
     let uid = uid_of(&pid.to_string());
-    for private in ["s3-identity.json", "tls-key.pem", "tls-cert.pem", "tls-ca.pem"] {
+    for private in [
+        "s3-identity.json",
+        "tls-key.pem",
+        "tls-cert.pem",
+        "tls-ca.pem",
+    ] {
         let metadata = std::fs::metadata(data.join(private)).unwrap();
         assert_eq!(
             std::os::unix::fs::PermissionsExt::mode(&metadata.permissions()) & 0o777,
@@ -552,7 +557,15 @@ fn another_local_user_polling_during_the_first_start_never_gets_in() {
         "{handshake}"
     );
     let with_certificate = std::process::Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5"])
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+        ])
         .arg("--cacert")
         .arg(data.join("tls-ca.pem"))
         .arg("--cert")

@@ -36,9 +36,13 @@ pub enum S3Error {
     Client(#[source] reqwest::Error),
     #[error("cannot make the instance's TLS certificates")]
     Certificate(#[source] rcgen::Error),
-    #[error("cannot set up the HTTPS client for SeaweedFS's master with the instance's certificate")]
+    #[error(
+        "cannot set up the HTTPS client for SeaweedFS's master with the instance's certificate"
+    )]
     MasterClient(#[source] reqwest::Error),
-    #[error("`{request}` did not reach SeaweedFS's master over TLS with the instance's certificate")]
+    #[error(
+        "`{request}` did not reach SeaweedFS's master over TLS with the instance's certificate"
+    )]
     Master {
         request: String,
         #[source]
