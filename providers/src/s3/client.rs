@@ -56,15 +56,7 @@ impl S3Client {
             endpoint: endpoint.to_owned(),
             reason: error.to_string(),
         })?;
-        // reqwest panics without a TLS provider, even for a plain-HTTP endpoint.
-        kip_core::fetch::install_tls_provider();
-        let http = reqwest::Client::builder()
-            // The instance is on loopback: a proxy from the environment would send its requests elsewhere.
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(S3Error::Client)?;
+        let http = loopback_client().build().map_err(S3Error::Client)?;
         Ok(S3Client {
             http,
             endpoint: parsed,
@@ -347,6 +339,17 @@ impl S3Client {
     }
 }
 
+/// An HTTP client for the instance's loopback listeners.
+fn loopback_client() -> reqwest::ClientBuilder {
+    // reqwest panics without a TLS provider, even for a plain-HTTP endpoint.
+    kip_core::fetch::install_tls_provider();
+    reqwest::Client::builder()
+        // The instance is on loopback: a proxy from the environment would send its requests elsewhere.
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(30))
+}
+
 /// A client of SeaweedFS's master HTTP API, which takes only TLS clients presenting the instance's certificate
 /// ([`super::tls`]).
 #[derive(Debug, Clone)]
@@ -362,13 +365,9 @@ impl MasterClient {
         let ca = reqwest::Certificate::from_pem(&tls.ca_pem()?).map_err(S3Error::MasterClient)?;
         let identity = reqwest::Identity::from_pem(&tls.client_identity_pem()?)
             .map_err(S3Error::MasterClient)?;
-        kip_core::fetch::install_tls_provider();
-        let http = reqwest::Client::builder()
-            .no_proxy()
+        let http = loopback_client()
             .tls_certs_only([ca])
             .identity(identity)
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(30))
             .build()
             .map_err(S3Error::MasterClient)?;
         Ok(MasterClient {
