@@ -549,6 +549,18 @@ fn another_local_user_polling_during_the_first_start_never_gets_in() {
             );
         }
     }
+    // SeaweedFS also serves its gRPC servers on unix sockets in /tmp: the engine account's, and not writable by
+    // others, so that account cannot connect to them either.
+    let sockets = kip_providers::s3::config::grpc_sockets(&ports);
+    let existing: Vec<&PathBuf> = sockets.iter().filter(|path| path.exists()).collect();
+    assert!(!existing.is_empty(), "weed serves gRPC on {sockets:?}");
+    for socket in existing {
+        let code = as_nobody_curl(&format!(
+            "--unix-socket '{}' --http2-prior-knowledge http://localhost/",
+            socket.display()
+        ));
+        assert_eq!(code, "000", "{}", socket.display());
+    }
     // The handshake is what fails without a certificate (curl: 35, a TLS error, or the connection closed under
     // it: 55 or 56 as TLS 1.3 reports the refusal after the client's side is done), and the master answers the
     // instance's own.
