@@ -9,6 +9,8 @@
 //! the same signed write kip's ready step makes (a bucket created, an object put and read back, both deleted),
 //! polled every 5 ms; it also records when the S3 port first accepts a connection and when a bucket can first be
 //! created, and reads how long `weed mini` says each of its components took to get ready: where the boot goes.
+//! A third side is the bare `weed mini` without mutual TLS (the same `security.toml` up to its TLS sections: JWT
+//! keys only), to show what closing the listeners other than the S3 API's costs.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,6 +22,7 @@ use kip_core::engine::{InstanceCtx, Secrets};
 use kip_providers::s3::args::InstanceArgs;
 use kip_providers::s3::client::S3Client;
 use kip_providers::s3::config;
+use kip_providers::s3::tls::TlsFiles;
 
 use crate::apply::{header, ms, row, test_mirror};
 use crate::kip::{Harness, Project, field, open_dir};
@@ -58,6 +61,8 @@ pub fn run(runs: Option<usize>) {
     let mut port_open = Vec::new();
     let mut bucket_created = Vec::new();
     let mut components: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
+    let mut plain = Vec::new();
+    let mut plain_bucket_created = Vec::new();
     // kip and bare runs alternate, so both see the machine alike; one store at a time (a store left running would
     // share the two cores with the next one).
     for index in 0..runs {
@@ -79,9 +84,15 @@ pub fn run(runs: Option<usize>) {
         }
         drop(project);
 
+        let dir = scratch.join(format!("{index}-plain"));
+        open_dir(&dir);
+        let timings = bare_start(&weed, &dir, false);
+        plain.push(timings.write);
+        plain_bucket_created.push(timings.bucket);
+
         let dir = scratch.join(index.to_string());
         open_dir(&dir);
-        let timings = bare_start(&weed, &dir);
+        let timings = bare_start(&weed, &dir, true);
         bare.push(timings.write);
         port_open.push(timings.port_open);
         bucket_created.push(timings.bucket);
@@ -122,6 +133,14 @@ pub fn run(runs: Option<usize>) {
             times,
         );
     }
+    row(
+        "bare weed mini without mutual TLS (JWT keys only), to a signed write",
+        &plain,
+    );
+    row(
+        "  spawn to the first CreateBucket that succeeds",
+        &plain_bucket_created,
+    );
     let median = |times: &[Duration]| {
         let mut sorted = times.to_vec();
         sorted.sort();
@@ -130,6 +149,10 @@ pub fn run(runs: Option<usize>) {
     println!(
         "  ratio of the medians: {:.2}× (target: as fast as its own boot allows)",
         median(&kip).as_secs_f64() / median(&bare).as_secs_f64()
+    );
+    println!(
+        "  mutual TLS on the listeners other than the S3 API's: {:+.0} ms on the bare boot's median",
+        (median(&bare).as_secs_f64() - median(&plain).as_secs_f64()) * 1000.0
     );
 }
 
@@ -182,18 +205,26 @@ fn bare_ctx(dir: &Path) -> (InstanceCtx, InstanceArgs) {
     (ctx, args)
 }
 
-/// Starts `weed mini` in `dir` with kip's command line and times it to a signed write; stops it.
-fn bare_start(weed: &Path, dir: &Path) -> BareTimings {
+/// Starts `weed mini` in `dir` with kip's command line and times it to a signed write; stops it. `tls`: kip's
+/// `security.toml` as it is (with a new CA and certificate, made before the clock starts), else only its JWT keys.
+fn bare_start(weed: &Path, dir: &Path, tls: bool) -> BareTimings {
     let (ctx, args) = bare_ctx(dir);
     for sub in [&ctx.data_dir, &ctx.run_dir] {
         open_dir(sub);
+    }
+    let files = TlsFiles::in_dir(&ctx.data_dir);
+    let mut security = config::security("bench", &files);
+    if tls {
+        files.ensure(None).expect("the instance's certificates");
+    } else if let Some(at) = security.find("\n[grpc]") {
+        security.truncate(at + 1);
     }
     for (name, contents) in [
         (
             config::IDENTITY_FILE,
             config::identity("bench", "bench-secret"),
         ),
-        (config::SECURITY_FILE, config::security("bench")),
+        (config::SECURITY_FILE, security),
     ] {
         std::fs::write(ctx.data_dir.join(name), contents).expect("weed's configuration");
     }

@@ -2,7 +2,7 @@
 //! checked with rusty-s3 (signed requests sent with reqwest) and, where the machine has it, boto3 with exactly
 //! the variables `kip env` gives: bucket names S3 rejects, a declared port in use, a failed start's log tail, a
 //! killed engine, a non-empty bucket and `force_destroy`, every listener on loopback on a port kip assigned, and
-//! another local user polling the S3 port through the first start.
+//! another local user polling the S3 port and every other listener through the first start.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -189,8 +189,13 @@ fn a_non_empty_bucket_is_dropped_only_with_force_destroy() {
 
 /// The TCP sockets `pid` listens on, as (address, port), from /proc/<pid>/net/tcp{,6} and its fds.
 fn listeners_of(pid: u32) -> Vec<(String, u16)> {
+    try_listeners_of(pid).unwrap_or_else(|| panic!("cannot read the sockets of process {pid}"))
+}
+
+/// [`listeners_of`], or `None` when the process is gone (or going) while it is read.
+fn try_listeners_of(pid: u32) -> Option<Vec<(String, u16)>> {
     let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
+        .ok()?
         .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
         .filter_map(|target| {
             let target = target.to_string_lossy().into_owned();
@@ -202,22 +207,22 @@ fn listeners_of(pid: u32) -> Vec<(String, u16)> {
         .collect();
     let mut listeners = Vec::new();
     for table in ["tcp", "tcp6"] {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap();
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).ok()?;
         for line in text.lines().skip(1) {
             let fields: Vec<&str> = line.split_whitespace().collect();
             // local_address, state (0A: LISTEN), inode.
             if fields.len() < 10 || fields[3] != "0A" || !inodes.contains(&fields[9].to_owned()) {
                 continue;
             }
-            let (address, port) = fields[1].split_once(':').unwrap();
+            let (address, port) = fields[1].split_once(':')?;
             let address = match address {
                 "0100007F" => "127.0.0.1".to_owned(),
                 other => format!("{table}:{other}"),
             };
-            listeners.push((address, u16::from_str_radix(port, 16).unwrap()));
+            listeners.push((address, u16::from_str_radix(port, 16).ok()?));
         }
     }
-    listeners
+    Some(listeners)
 }
 
 /// The real uid of a process (`self` for this one).
@@ -264,7 +269,14 @@ fn every_listener_is_on_loopback_on_a_port_kip_assigned() {
     assert_eq!(children.trim(), "", "weed started no other process");
     // Data and metadata under the instance's data directory, the engine account's.
     let data = stack.project.path().join(".kip/run/s3.store/data");
-    for entry in ["filerldb2", "s3-identity.json", "security.toml"] {
+    for entry in [
+        "filerldb2",
+        "s3-identity.json",
+        "security.toml",
+        "tls-ca.pem",
+        "tls-cert.pem",
+        "tls-key.pem",
+    ] {
         assert!(
             data.join(entry).exists(),
             "{entry} is in {}",
@@ -276,24 +288,32 @@ fn every_listener_is_on_loopback_on_a_port_kip_assigned() {
         std::os::unix::fs::PermissionsExt::mode(&security.permissions()) & 0o777,
         0o600
     );
-    let identity = std::fs::metadata(data.join("s3-identity.json")).unwrap();
-    assert_eq!(
-        std::os::unix::fs::PermissionsExt::mode(&identity.permissions()) & 0o777,
-        0o600
-    );
     let uid = uid_of(&pid.to_string());
-    assert_eq!(
-        std::os::unix::fs::MetadataExt::uid(&identity),
-        uid,
-        "the identity file is weed's account's"
-    );
+    for private in [
+        "s3-identity.json",
+        "tls-key.pem",
+        "tls-cert.pem",
+        "tls-ca.pem",
+    ] {
+        let metadata = std::fs::metadata(data.join(private)).unwrap();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&metadata.permissions()) & 0o777,
+            0o600,
+            "{private}"
+        );
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::uid(&metadata),
+            uid,
+            "{private} is weed's account's"
+        );
+    }
     if uid_of("self") == 0 {
         assert_ne!(uid, 0, "weed does not run as root");
     }
 }
 
 /// `nobody` with curl: anonymous requests (list buckets, create a bucket, put an object) and the same requests
-/// signed with a key and secret it made up. Any 2xx answer is a way in.
+/// signed with a key and secret it made up, to the S3 port. Any 2xx answer is a way in.
 fn poller(dir: &std::path::Path, port: u16) -> HostilePoller {
     HostilePoller::start(dir, |output| {
         let output = output.display();
@@ -323,9 +343,105 @@ fn poller(dir: &std::path::Path, port: u16) -> HostilePoller {
     })
 }
 
+/// `nobody` with curl at every other port `weed` listens on, as `dir/ports` lists them at the time (see
+/// [`PortWatcher`]): the master's HTTP API (`/cluster/status`, `/dir/assign`, `/col/delete`) in plain HTTP,
+/// HTTP/2 without TLS as a gRPC client speaks it, and TLS without a client certificate. Only a TLS server's
+/// refusal of plain HTTP (400) or no answer at all (000) is not a way in.
+fn internal_poller(dir: &std::path::Path) -> HostilePoller {
+    let ports = dir.join("ports");
+    HostilePoller::start(dir, |output| {
+        // $1: what, $2: the answers that are refusals, the rest: curl's arguments.
+        format!(
+            "internal() {{ what=$1; refused=$2; shift 2; \
+             code=$(curl -s -o /dev/null -w '%{{http_code}}' --max-time 2 \"$@\"); \
+             case \" $refused \" in *\" $code \"*) ;; *) echo GOT-IN-$what >>'{output}';; esac; \
+             echo \"$what $code\" >>'{output}'; }}; \
+             for p in $(cat '{ports}' 2>/dev/null); do \
+             for path in /cluster/status /dir/assign '/col/delete?collection=private'; do \
+             internal INTERNAL-PLAIN '000 400' \"http://127.0.0.1:$p$path\"; \
+             internal INTERNAL-TLS-NO-CERT 000 -k \"https://127.0.0.1:$p$path\"; done; \
+             internal INTERNAL-H2C 000 --http2-prior-knowledge \"http://127.0.0.1:$p/\"; done; \
+             sleep 0.01; ",
+            output = output.display(),
+            ports = ports.display(),
+        )
+    })
+}
+
+/// Watches, as root, for the `weed` of the data directory `data_dir` and writes the ports it listens on but
+/// `except` to `dir/ports` (world-readable) as they come up, so the poller tries each listener from its first
+/// moment, before kip's state names it.
+struct PortWatcher {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<std::collections::BTreeSet<u16>>>,
+}
+
+impl PortWatcher {
+    fn start(dir: &std::path::Path, data_dir: PathBuf, except: u16) -> PortWatcher {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let file = dir.join("ports");
+        let thread = std::thread::spawn(move || {
+            let needle = format!("-dir={}", data_dir.display());
+            let mut seen = std::collections::BTreeSet::new();
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                for pid in weed_pids(&needle) {
+                    for (_, port) in try_listeners_of(pid).unwrap_or_default() {
+                        if port != except && seen.insert(port) {
+                            let list: Vec<String> = seen.iter().map(u16::to_string).collect();
+                            let temporary = file.with_extension("new");
+                            std::fs::write(&temporary, list.join(" ")).unwrap();
+                            std::fs::set_permissions(
+                                &temporary,
+                                std::os::unix::fs::PermissionsExt::from_mode(0o644),
+                            )
+                            .unwrap();
+                            std::fs::rename(&temporary, &file).unwrap();
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            seen
+        });
+        PortWatcher {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops it and returns every port it saw.
+    fn finish(mut self) -> std::collections::BTreeSet<u16> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for PortWatcher {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The processes whose command line holds `needle`.
+fn weed_pids(needle: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|line| String::from_utf8_lossy(&line).contains(needle))
+        })
+        .collect()
+}
+
 /// Polls through a first start, and through a first start whose kip is SIGKILLed while it starts the engine:
-/// no request without the identity ever succeeds. Then SeaweedFS's filer and volume server refuse that account
-/// over HTTP too.
+/// no request without the identity ever succeeds, and no other listener of `weed` (the master's HTTP API, the
+/// gRPC servers) answers that account at all. Then each of those listeners, by name, refuses that account
+/// whatever it speaks, while it answers kip's own certificate.
 #[test]
 fn another_local_user_polling_during_the_first_start_never_gets_in() {
     use std::io::BufRead as _;
@@ -333,13 +449,18 @@ fn another_local_user_polling_during_the_first_start_never_gets_in() {
     let stack = Stack::new(&format!(
         "s3 \"store\" {{\n  version = \"4\"\n  port    = {port}\n}}\n"
     ));
-    let watch = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        watch.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .unwrap();
+    let (watch, watch_internal) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for dir in [&watch, &watch_internal] {
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .unwrap();
+    }
+    let data = stack.project.path().join(".kip/run/s3.store/data");
+    let watcher = PortWatcher::start(watch_internal.path(), data.clone(), port);
     let poller = poller(watch.path(), port);
+    let internal_poller = internal_poller(watch_internal.path());
     std::thread::sleep(Duration::from_millis(200));
     let mut apply = stack.command(&["apply", "--auto-approve"]);
     apply
@@ -357,12 +478,16 @@ fn another_local_user_polling_during_the_first_start_never_gets_in() {
     stack.ok(&["destroy", "--auto-approve"]);
     stack.ok(&["apply", "--auto-approve"]);
     std::thread::sleep(Duration::from_millis(300));
-    let seen = poller.finish();
+    let seen = format!("{}{}", poller.finish(), internal_poller.finish());
+    let watched = watcher.finish();
     assert!(!seen.contains("GOT-IN"), "another user got in:\n{seen}");
     for refused in [
         "ANONYMOUS-LIST 403",
         "ANONYMOUS-PUT 403",
         "SIGNED-CREATE 403",
+        "INTERNAL-PLAIN 400",
+        "INTERNAL-TLS-NO-CERT 000",
+        "INTERNAL-H2C 000",
     ] {
         assert!(
             seen.contains(refused),
@@ -376,32 +501,106 @@ fn another_local_user_polling_during_the_first_start_never_gets_in() {
         s3.put_object("private", "secret.txt", "kip's").await
     })
     .unwrap();
-    // Around the S3 API, SeaweedFS's own HTTP listeners refuse the same account without the JWT only weed holds.
+    // Every listener but the S3 API's, by name, as the instance now has them: plain HTTP gets a TLS server's
+    // refusal, HTTP/2 without TLS (a gRPC client's way in) and TLS without a client certificate get no answer.
     let ports = state_ports(&stack, "s3.store");
-    let (filer, volume) = (ports["filer"], ports["volume"]);
-    for (what, arguments) in [
-        (
-            "filer read",
-            format!("http://127.0.0.1:{filer}/buckets/private/secret.txt"),
-        ),
-        (
-            "filer write",
-            format!("-X PUT --data x http://127.0.0.1:{filer}/buckets/private/evil.txt"),
-        ),
-        (
-            "volume write",
-            format!("-F file=@/etc/hostname http://127.0.0.1:{volume}/1,0123456789"),
-        ),
-    ] {
-        let code = as_nobody_curl(&arguments);
-        assert_eq!(code, "401", "{what}: {arguments}");
+    let internal: Vec<(&String, u16)> = ports
+        .iter()
+        .filter(|(name, _)| name.as_str() != "s3")
+        .map(|(name, port)| (name, *port))
+        .collect();
+    assert_eq!(internal.len(), 9, "{ports:?}");
+    for (name, port) in &internal {
+        assert!(
+            watched.contains(port),
+            "the poller tried {name} ({port}) through the first start: {watched:?}"
+        );
+        for (what, arguments, refusals) in [
+            (
+                "master API in plain HTTP",
+                format!("http://127.0.0.1:{port}/cluster/status"),
+                &["400", "000"][..],
+            ),
+            (
+                "bucket drop in plain HTTP",
+                format!("'http://127.0.0.1:{port}/col/delete?collection=private'"),
+                &["400", "000"][..],
+            ),
+            (
+                "volume assignment in plain HTTP",
+                format!("http://127.0.0.1:{port}/dir/assign"),
+                &["400", "000"][..],
+            ),
+            (
+                "gRPC's HTTP/2 without TLS",
+                format!("--http2-prior-knowledge http://127.0.0.1:{port}/"),
+                &["000"][..],
+            ),
+            (
+                "TLS without a client certificate",
+                format!("-k 'https://127.0.0.1:{port}/col/delete?collection=private'"),
+                &["000"][..],
+            ),
+        ] {
+            let code = as_nobody_curl(&arguments);
+            assert!(
+                refusals.contains(&code.as_str()),
+                "{name} ({port}), {what}: {code}"
+            );
+        }
     }
+    // SeaweedFS also serves its gRPC servers on unix sockets in /tmp: the engine account's, and not writable by
+    // others, so that account cannot connect to them either.
+    let sockets = kip_providers::s3::config::grpc_sockets(&ports);
+    let existing: Vec<&PathBuf> = sockets.iter().filter(|path| path.exists()).collect();
+    assert!(!existing.is_empty(), "weed serves gRPC on {sockets:?}");
+    for socket in existing {
+        let code = as_nobody_curl(&format!(
+            "--unix-socket '{}' --http2-prior-knowledge http://localhost/",
+            socket.display()
+        ));
+        assert_eq!(code, "000", "{}", socket.display());
+    }
+    // The handshake is what fails without a certificate (curl: 35, a TLS error, or the connection closed under
+    // it: 55 or 56 as TLS 1.3 reports the refusal after the client's side is done), and the master answers the
+    // instance's own.
+    let master = ports["master"];
+    let (status, handshake) =
+        as_nobody_curl_error(&format!("-k https://127.0.0.1:{master}/cluster/status"));
+    assert!(
+        [35, 55, 56].contains(&status),
+        "curl exited {status}: {handshake}"
+    );
+    let with_certificate = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+        ])
+        .arg("--cacert")
+        .arg(data.join("tls-ca.pem"))
+        .arg("--cert")
+        .arg(data.join("tls-cert.pem"))
+        .arg("--key")
+        .arg(data.join("tls-key.pem"))
+        .arg(format!("https://127.0.0.1:{master}/cluster/status"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&with_certificate.stdout), "200");
     assert_eq!(block_on(s3.versions("private", 10)).unwrap().len(), 1);
+    assert_eq!(
+        block_on(s3.get_object("private", "secret.txt")).unwrap(),
+        "kip's"
+    );
 }
 
-/// The HTTP status curl run as `nobody` gets.
-fn as_nobody_curl(arguments: &str) -> String {
-    let output = std::process::Command::new("setpriv")
+/// `curl` run as `nobody` (its arguments as one shell line): the status, stdout and stderr.
+fn as_nobody(arguments: &str) -> std::process::Output {
+    std::process::Command::new("setpriv")
         .args([
             "--reuid=nobody",
             "--regid=nogroup",
@@ -409,14 +608,27 @@ fn as_nobody_curl(arguments: &str) -> String {
             "sh",
             "-c",
         ])
-        .arg(format!(
-            "curl -s -o /dev/null -w '%{{http_code}}' --max-time 5 {arguments}"
-        ))
+        .arg(format!("curl --max-time 5 {arguments}"))
         .env_clear()
         .env("PATH", "/usr/bin:/bin")
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// The HTTP status curl run as `nobody` gets (`000` for none).
+fn as_nobody_curl(arguments: &str) -> String {
+    let output = as_nobody(&format!("-s -o /dev/null -w '%{{http_code}}' {arguments}"));
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// How curl run as `nobody` failed: its exit status and what it said.
+fn as_nobody_curl_error(arguments: &str) -> (i32, String) {
+    let output = as_nobody(&format!("-sS -o /dev/null {arguments}"));
+    assert!(!output.status.success(), "curl {arguments} succeeded");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 /// The venv `scripts/test.sh` installs boto3 into (the user's cache dir, kept between runs).

@@ -1,7 +1,8 @@
 //! Signed S3 requests to the instance: rusty-s3 signs them (SigV4, presigned for a minute), reqwest sends them
 //! over loopback. rusty-s3 has no action for the bucket sub-resources kip needs (`?versioning`, `?object-lock`,
 //! `?versions`), so those are its plain bucket actions with the sub-resource added to the signed query, and
-//! their small XML answers are read by [`xml`].
+//! their small XML answers are read by [`xml`]. [`MasterClient`] asks SeaweedFS's master, over mutual TLS, where
+//! volumes are.
 //!
 
 use std::time::Duration;
@@ -11,6 +12,7 @@ use rusty_s3::actions::ObjectIdentifier;
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 
 use super::S3Error;
+use super::tls::TlsFiles;
 
 /// How long a signed URL is valid: the request is sent at once.
 const SIGNED_FOR: Duration = Duration::from_secs(60);
@@ -54,15 +56,7 @@ impl S3Client {
             endpoint: endpoint.to_owned(),
             reason: error.to_string(),
         })?;
-        // reqwest panics without a TLS provider, even for a plain-HTTP endpoint.
-        kip_core::fetch::install_tls_provider();
-        let http = reqwest::Client::builder()
-            // The instance is on loopback: a proxy from the environment would send its requests elsewhere.
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(S3Error::Client)?;
+        let http = loopback_client().build().map_err(S3Error::Client)?;
         Ok(S3Client {
             http,
             endpoint: parsed,
@@ -295,28 +289,6 @@ impl S3Client {
         }
     }
 
-    /// Whether SeaweedFS's master at `master` (`http://127.0.0.1:PORT`) locates volume `volume`: its
-    /// `/dir/lookup` answers with at least one location.
-    pub async fn master_locates(&self, master: &str, volume: u32) -> Result<bool, S3Error> {
-        let request = format!("lookup of volume {volume} on the master");
-        let send_error = |source| S3Error::Send {
-            request: request.clone(),
-            source,
-        };
-        let answer: serde_json::Value = self
-            .http
-            .get(format!("{master}/dir/lookup?volumeId={volume}"))
-            .send()
-            .await
-            .map_err(send_error)?
-            .json()
-            .await
-            .map_err(send_error)?;
-        Ok(answer["locations"]
-            .as_array()
-            .is_some_and(|locations| !locations.is_empty()))
-    }
-
     pub async fn put_object(&self, bucket: &str, key: &str, body: &str) -> Result<(), S3Error> {
         let bucket_handle = self.bucket(bucket)?;
         let action = bucket_handle.put_object(Some(&self.credentials), key);
@@ -364,6 +336,65 @@ impl S3Client {
         self.send(action, None, &[], &format!("DeleteObject {bucket}/{key}"))
             .await
             .map(drop)
+    }
+}
+
+/// An HTTP client for the instance's loopback listeners.
+fn loopback_client() -> reqwest::ClientBuilder {
+    // reqwest panics without a TLS provider, even for a plain-HTTP endpoint.
+    kip_core::fetch::install_tls_provider();
+    reqwest::Client::builder()
+        // The instance is on loopback: a proxy from the environment would send its requests elsewhere.
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(30))
+}
+
+/// A client of SeaweedFS's master HTTP API, which takes only TLS clients presenting the instance's certificate
+/// ([`super::tls`]).
+#[derive(Debug, Clone)]
+pub struct MasterClient {
+    http: reqwest::Client,
+    url: String,
+}
+
+impl MasterClient {
+    /// A client of the master on `port`, with the instance's TLS files: it trusts only the instance's CA and
+    /// presents the instance's certificate.
+    pub fn new(port: u16, tls: &TlsFiles) -> Result<MasterClient, S3Error> {
+        let ca = reqwest::Certificate::from_pem(&tls.ca_pem()?).map_err(S3Error::MasterClient)?;
+        let identity = reqwest::Identity::from_pem(&tls.client_identity_pem()?)
+            .map_err(S3Error::MasterClient)?;
+        let http = loopback_client()
+            .tls_certs_only([ca])
+            .identity(identity)
+            .build()
+            .map_err(S3Error::MasterClient)?;
+        Ok(MasterClient {
+            http,
+            url: format!("https://127.0.0.1:{port}"),
+        })
+    }
+
+    /// Whether the master locates volume `volume`: its `/dir/lookup` answers with at least one location.
+    pub async fn locates(&self, volume: u32) -> Result<bool, S3Error> {
+        let request = format!("lookup of volume {volume} on the master");
+        let send_error = |source| S3Error::Master {
+            request: request.clone(),
+            source,
+        };
+        let answer: serde_json::Value = self
+            .http
+            .get(format!("{}/dir/lookup?volumeId={volume}", self.url))
+            .send()
+            .await
+            .map_err(send_error)?
+            .json()
+            .await
+            .map_err(send_error)?;
+        Ok(answer["locations"]
+            .as_array()
+            .is_some_and(|locations| !locations.is_empty()))
     }
 }
 

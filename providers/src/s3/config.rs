@@ -4,7 +4,8 @@
 //! `weed mini` opens ten TCP listeners, and each one it is not told a port for defaults to a fixed one (9333,
 //! 8888, 8333, …) or to that port + 10000 for its gRPC twin: all of them are set here, all bound to 127.0.0.1
 //! (`-ip.bind`), and the components kip does not use (WebDAV, the admin UI, the Iceberg and Lance catalogs, the
-//! embedded IAM API) are off. Telemetry is off: a local store reports to nobody.
+//! embedded IAM API) are off. Telemetry is off: a local store reports to nobody. `security.toml` gives the filer
+//! and volume server JWT keys, and every listener but the S3 API mutual TLS with the instance's certificate.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use kip_core::engine::{EngineError, InstanceCtx, StopCommand};
 use serde_json::json;
 
 use super::args::InstanceArgs;
+use super::tls::TlsFiles;
 
 /// The identity file, in the data directory: 0600 and the engine account's, written before the first start.
 pub const IDENTITY_FILE: &str = "s3-identity.json";
@@ -129,9 +131,11 @@ pub fn identity(access_key: &str, secret_key: &str) -> String {
 /// local account cannot read or write objects around the S3 API's identity with plain HTTP; and their web UIs
 /// are off. Keys are derived from `key`, a secret kept in state.
 ///
-/// SeaweedFS's gRPC listeners are not covered: closing them takes mutual TLS, with certificates kip does not make
-/// yet.
-pub fn security(key: &str) -> String {
+/// Every listener but the S3 API's (the master's, volume server's, filer's and admin server's HTTP, and every
+/// gRPC server) also speaks only TLS and requires a client certificate signed by the instance's own CA
+/// ([`super::tls`]): the master's HTTP API and the gRPC servers take no JWT, so without this any local account
+/// could drop a bucket's volumes through the master. `weed`'s own clients present the same certificate.
+pub fn security(key: &str, tls: &TlsFiles) -> String {
     let derive = |purpose: &str| {
         let digest = <sha2::Sha256 as sha2::Digest>::digest(format!("kip s3 {purpose}\0{key}"));
         digest
@@ -150,7 +154,53 @@ pub fn security(key: &str) -> String {
         text.push_str(&format!("\n[{section}]\nkey = \"{}\"\n", derive(purpose)));
     }
     text.push_str("\n[access]\nui = false\n");
+    let (ca, cert, tls_key) = (
+        toml_path(&tls.ca),
+        toml_path(&tls.cert),
+        toml_path(&tls.key),
+    );
+    // gRPC: every server requires a client certificate the CA signed; the client section is what weed's
+    // components present when they dial each other.
+    text.push_str(&format!("\n[grpc]\nca = {ca}\n"));
+    for component in GRPC_TLS_SECTIONS {
+        text.push_str(&format!(
+            "\n[grpc.{component}]\ncert = {cert}\nkey = {tls_key}\n"
+        ));
+    }
+    // HTTP: a server section with a CA requires client certificates; the client section makes weed's own HTTP
+    // clients (S3 gateway to filer and volume server, filer to volume server) speak TLS with the certificate.
+    text.push_str(&format!(
+        "\n[https.client]\nenabled = true\ncert = {cert}\nkey = {tls_key}\nca = {ca}\n"
+    ));
+    for component in HTTPS_TLS_SECTIONS {
+        text.push_str(&format!(
+            "\n[https.{component}]\ncert = {cert}\nkey = {tls_key}\nca = {ca}\n"
+        ));
+    }
     text
+}
+
+/// The `[grpc.*]` sections of `security.toml` that get the certificate: every gRPC server `weed mini` runs, and
+/// its clients.
+const GRPC_TLS_SECTIONS: [&str; 6] = ["master", "volume", "filer", "s3", "admin", "client"];
+/// The `[https.*]` server sections: every HTTP listener but the S3 API's.
+const HTTPS_TLS_SECTIONS: [&str; 4] = ["master", "volume", "filer", "admin"];
+
+/// A path as a TOML basic string.
+fn toml_path(path: &Path) -> String {
+    let mut quoted = String::from("\"");
+    for character in path.to_string_lossy().chars() {
+        match character {
+            '"' => quoted.push_str("\\\""),
+            '\\' => quoted.push_str("\\\\"),
+            control if control.is_control() => {
+                quoted.push_str(&format!("\\u{:04X}", u32::from(control)));
+            }
+            other => quoted.push(other),
+        }
+    }
+    quoted.push('"');
+    quoted
 }
 
 /// The ids of the volumes in the data directory (`<id>.dat`, or `<collection>_<id>.dat` for a bucket's), which
@@ -223,17 +273,37 @@ mod tests {
 
     #[test]
     fn security_keys_differ_by_purpose_and_by_instance() {
-        let one = security("a");
+        let files = TlsFiles::in_dir(Path::new("/data"));
+        let one = security("a", &files);
         let keys: Vec<&str> = one
             .lines()
-            .filter(|line| line.starts_with("key = "))
+            .filter(|line| line.starts_with("key = ") && !line.contains("tls-key"))
             .collect();
         assert_eq!(keys.len(), 4);
         assert!(
             keys.iter()
                 .all(|key| keys.iter().filter(|other| *other == key).count() == 1)
         );
-        assert_ne!(one, security("b"));
+        assert_ne!(one, security("b", &files));
+    }
+
+    #[test]
+    fn every_listener_but_s3_requires_a_client_certificate() {
+        let text = security("a", &TlsFiles::in_dir(Path::new("/data/x\"y")));
+        for section in [
+            "[grpc]\nca = \"/data/x\\\"y/tls-ca.pem\"",
+            "[grpc.master]\ncert = \"/data/x\\\"y/tls-cert.pem\"\nkey = \"/data/x\\\"y/tls-key.pem\"",
+            "[grpc.admin]",
+            "[grpc.client]",
+            "[https.client]\nenabled = true",
+            "[https.master]\ncert = \"/data/x\\\"y/tls-cert.pem\"\nkey = \"/data/x\\\"y/tls-key.pem\"\nca = \"/data/x\\\"y/tls-ca.pem\"",
+            "[https.volume]",
+            "[https.filer]",
+            "[https.admin]",
+        ] {
+            assert!(text.contains(section), "{section}\n{text}");
+        }
+        assert!(!text.contains("[https.s3]"), "the S3 API stays plain HTTP");
     }
 
     #[test]

@@ -15,8 +15,9 @@ use kip_schemas::EngineSchema;
 use serde_json::json;
 
 use super::args::{BucketArgs, InstanceArgs};
-use super::client::S3Client;
+use super::client::{MasterClient, S3Client};
 use super::config::{self, IDENTITY_FILE, SECURITY_FILE};
+use super::tls::TlsFiles;
 use super::{S3Error, io_error};
 
 /// The `s3` engine.
@@ -129,12 +130,12 @@ async fn probe_write(client: &S3Client, bucket: &str) -> Result<(), S3Error> {
 /// `loading` keeps the volumes not seen loaded yet.
 async fn ready_once(
     client: &S3Client,
-    master: &str,
+    master: &MasterClient,
     loading: &mut Vec<u32>,
     bucket: &str,
 ) -> Result<(), S3Error> {
     while let Some(&volume) = loading.first() {
-        if !client.master_locates(master, volume).await? {
+        if !master.locates(volume).await? {
             return Err(S3Error::NotLoaded { volume });
         }
         loading.remove(0);
@@ -239,12 +240,17 @@ impl Engine for S3 {
             // Before every start, so a changed key takes effect with the restart; and before the first one, so
             // the S3 gateway never runs without its identity, nor the filer and volume server without theirs.
             let owner = ctx.run_as.as_ref().map(|run_as| (run_as.uid, run_as.gid));
+            // The CA and certificate every listener but the S3 API's requires of a client: made before the first
+            // start (no listener is ever open without them) and again whenever one is missing.
+            let tls = TlsFiles::in_dir(&ctx.data_dir);
+            tls.ensure(owner)
+                .map_err(|error| s3_error("cannot make SeaweedFS's TLS certificates", error))?;
             let files = [
                 (
                     IDENTITY_FILE,
                     config::identity(&access_key(ctx, &args), &secret_key(ctx, &args)),
                 ),
-                (SECURITY_FILE, config::security(&internal_key)),
+                (SECURITY_FILE, config::security(&internal_key, &tls)),
             ];
             for (name, contents) in files {
                 let path = ctx.data_dir.join(name);
@@ -316,10 +322,11 @@ impl Engine for S3 {
                 kip_schemas::S3_PROBE_BUCKET_PREFIX,
                 kip_core::engine::random_hex(8)?
             );
-            let master = format!(
-                "http://127.0.0.1:{}",
-                ctx.ports.get("master").copied().unwrap_or_default()
-            );
+            let master = MasterClient::new(
+                ctx.ports.get("master").copied().unwrap_or_default(),
+                &TlsFiles::in_dir(&ctx.data_dir),
+            )
+            .map_err(|error| s3_error("cannot set up the client of SeaweedFS's master", error))?;
             let mut loading = config::volumes_on_disk(&ctx.data_dir);
             let started = Instant::now();
             loop {

@@ -5,6 +5,8 @@
 //!   identity file SeaweedFS's S3 gateway reads at start, written before the first start.
 //! - [`client`]: signed S3 requests (rusty-s3 signs, reqwest sends): the readiness write, buckets, their
 //!   versioning and object-lock configuration, and the versions a bucket holds.
+//! - [`tls`]: the instance's private CA and certificate, with which every listener but the S3 API's takes only
+//!   clients that present it (mutual TLS).
 //! - [`engine`]: the [`Engine`](kip_core::engine::Engine) contract and the exports.
 //!
 //! Convergence owns structure, never data: objects are only ever deleted for a bucket declared `force_destroy`
@@ -14,6 +16,7 @@ pub mod args;
 pub mod client;
 pub mod config;
 pub mod engine;
+pub mod tls;
 
 use std::path::PathBuf;
 
@@ -31,6 +34,20 @@ pub enum S3Error {
     },
     #[error("cannot set up the HTTP client for the S3 API")]
     Client(#[source] reqwest::Error),
+    #[error("cannot make the instance's TLS certificates")]
+    Certificate(#[source] rcgen::Error),
+    #[error(
+        "cannot set up the HTTPS client for SeaweedFS's master with the instance's certificate"
+    )]
+    MasterClient(#[source] reqwest::Error),
+    #[error(
+        "`{request}` did not reach SeaweedFS's master over TLS with the instance's certificate"
+    )]
+    Master {
+        request: String,
+        #[source]
+        source: reqwest::Error,
+    },
     #[error("{endpoint} is not a URL rusty-s3 can sign for: {reason}")]
     Endpoint { endpoint: String, reason: String },
     #[error("`{request}` did not reach the S3 API")]

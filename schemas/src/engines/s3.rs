@@ -21,10 +21,12 @@ on disk is loaded and a signed write succeeds (a bucket and an object of its own
 converges the declared buckets.
 Objects are data: kip never deletes them, and refuses to drop a non-empty bucket unless told to.
 
-On a machine shared with other accounts, know the limit: the S3 API takes only signed requests, and the filer's
-and volume server's HTTP listeners only requests with a JWT the store alone can sign, but SeaweedFS's master HTTP
-listener and its gRPC listeners (all on 127.0.0.1) take requests from any local account, which can reach the
-store's data through them.
+On a machine shared with other accounts, no other account gets in, from the first start on: the S3 API takes
+only signed requests, and every other listener (the master's, volume server's, filer's and admin server's HTTP,
+every gRPC server) speaks only TLS and requires a client certificate from a CA kip makes for the instance before
+its first start, kept in its data directory (0600, the engine account's; the CA's key is never written, and all
+three files are made anew when one is missing). The filer and volume server also want a JWT only the store can
+sign. The S3 API itself stays plain HTTP on 127.0.0.1.
 
 ```hcl
 s3 "blobs" {
