@@ -39,6 +39,12 @@ pub trait Supervisors: Send + Sync {
     fn connect(&self) -> Box<dyn Supervise>;
     /// What runs now, without starting anything (empty when no supervisor runs).
     fn running(&self) -> BoxFuture<'_, Result<Vec<ProcessStatus>, SupervisorError>>;
+    /// Gets the supervisor going ahead of its first request, when an apply knows it will start something: a new
+    /// project's daemon then starts while the apply resolves and provisions, not after. Errors are left to the
+    /// first real request, which reports them.
+    fn warm_up(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// The project's supervisor daemon.
@@ -75,6 +81,18 @@ impl Supervisors for DaemonSupervisors {
             match self.adopt().await? {
                 Some(mut client) => client.status().await,
                 None => Ok(Vec::new()),
+            }
+        })
+    }
+
+    fn warm_up(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let _one_at_a_time = self.starting.lock().await;
+            let dir = self.kip_dir.display().to_string();
+            let args = ["supervisor", "--dir", dir.as_str()];
+            if let Err(error) = Client::connect_or_start(&self.kip_dir, &self.kip_exe, &args).await
+            {
+                tracing::debug!("the supervisor did not start ahead of the apply: {error}");
             }
         })
     }

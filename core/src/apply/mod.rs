@@ -169,15 +169,28 @@ impl Applier<'_> {
                 }
             })
             .collect();
-        let outcome = walk_gated(&waits, &early, self.parallelism, |index, started| {
-            let runtime = runtime()?;
-            runtime.block_on(self.apply_instance(
-                instances[index],
-                plan,
-                &shared_state,
-                &shared_lock,
-                started,
-            ))
+        // An apply that will start something gets the supervisor going at once, beside the walk's first steps.
+        let starts = plan.changes.iter().any(|change| {
+            change.is_instance() && !matches!(change.action, Action::Delete | Action::Noop)
+        });
+        let outcome = std::thread::scope(|scope| {
+            if starts {
+                scope.spawn(|| {
+                    if let Ok(runtime) = runtime() {
+                        runtime.block_on(self.supervisors.warm_up());
+                    }
+                });
+            }
+            walk_gated(&waits, &early, self.parallelism, |index, started| {
+                let runtime = runtime()?;
+                runtime.block_on(self.apply_instance(
+                    instances[index],
+                    plan,
+                    &shared_state,
+                    &shared_lock,
+                    started,
+                ))
+            })
         });
         collect(
             outcome,
