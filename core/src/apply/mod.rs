@@ -577,6 +577,9 @@ impl Applier<'_> {
             }
             if !fresh {
                 engine.provision(&mut ctx).await?;
+                // What provisioning generated (a password it set offline) is in the state before any process
+                // runs with it: a kip killed during the start leaves the next one able to get in.
+                self.save(state, &ctx, engine, instance_change.as_ref(), &lifecycle)?;
             }
             lifecycle::check_ports(engine, &ctx, &statuses)?;
             self.report
