@@ -36,60 +36,57 @@ impl Checker<'_> {
             pending.push((file, attribute, refs::collect(&attribute.value)));
         }
         let declared_names: BTreeSet<String> = seen.keys().cloned().collect();
-        // Evaluate in rounds: each round settles the locals whose local references are all settled.
-        loop {
-            let before = pending.len();
-            let mut still_pending = Vec::new();
-            for (file, attribute, references) in pending {
-                let waits = references.iter().any(|reference| {
-                    reference.root == "local"
-                        && matches!(reference.steps.first(), Some(Step::Attr(name))
-                            if declared_names.contains(name)
-                                && !self.context_values.locals.contains_key(name)
-                                && !self.context_values.deferred_locals.contains_key(name))
-                });
-                if waits {
-                    still_pending.push((file, attribute, references));
-                    continue;
-                }
-                let name = attribute.key.as_str().to_owned();
-                let mut runtime = false;
-                for reference in &references {
-                    match reference.root.as_str() {
-                        "var" => {
-                            self.check_var_reference(file, reference);
-                        }
-                        "local" => {
-                            if let Some(Step::Attr(local)) = reference.steps.first() {
-                                if self.context_values.deferred_locals.contains_key(local) {
-                                    runtime = true;
-                                } else if !declared_names.contains(local) {
-                                    self.undeclared_local(file, reference, &declared_names);
-                                }
-                            }
-                        }
-                        root if self.options.engine(root).is_some() => runtime = true,
-                        _ => {
-                            self.unknown_root(file, reference, false, false);
-                        }
-                    }
-                }
-                let expr = hcl::Expression::from(attribute.value.clone());
-                if runtime {
-                    self.context_values.deferred_locals.insert(name, expr);
-                    continue;
-                }
-                let value = self
-                    .evaluate(file, &attribute.value, &expr, None)
-                    .unwrap_or(hcl::Value::Null);
-                self.context_values.locals.insert(name, value);
-                self.base_context = None;
-            }
-            pending = still_pending;
-            if pending.is_empty() || pending.len() == before {
-                break;
+        // Dependency order (Kahn): a local is evaluated once every declared local it reads is settled, each local
+        // once, in declaration order among those that are ready. What is left at the end waits on a cycle.
+        let index: BTreeMap<&str, usize> = pending
+            .iter()
+            .enumerate()
+            .map(|(position, (_, attribute, _))| (attribute.key.as_str(), position))
+            .collect();
+        let reads: Vec<BTreeSet<usize>> = pending
+            .iter()
+            .map(|(_, _, references)| {
+                references
+                    .iter()
+                    .filter(|reference| reference.root == "local")
+                    .filter_map(|reference| match reference.steps.first() {
+                        Some(Step::Attr(name)) => index.get(name.as_str()).copied(),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut waiting: Vec<usize> = reads.iter().map(BTreeSet::len).collect();
+        let mut readers: Vec<Vec<usize>> = vec![Vec::new(); pending.len()];
+        for (reader, read) in reads.iter().enumerate() {
+            for &local in read {
+                readers[local].push(reader);
             }
         }
+        let mut ready: std::collections::BTreeSet<usize> = waiting
+            .iter()
+            .enumerate()
+            .filter(|(_, count)| **count == 0)
+            .map(|(position, _)| position)
+            .collect();
+        let mut settled = vec![false; pending.len()];
+        while let Some(position) = ready.pop_first() {
+            settled[position] = true;
+            let (file, attribute, references) = &pending[position];
+            self.settle_local(*file, attribute, references, &declared_names);
+            for &reader in &readers[position] {
+                waiting[reader] -= 1;
+                if waiting[reader] == 0 {
+                    ready.insert(reader);
+                }
+            }
+        }
+        let pending: Vec<_> = pending
+            .into_iter()
+            .zip(settled)
+            .filter(|(_, settled)| !settled)
+            .map(|(local, _)| local)
+            .collect();
         if !pending.is_empty() {
             let names: Vec<&str> = pending
                 .iter()
@@ -109,5 +106,50 @@ impl Checker<'_> {
                 );
             }
         }
+    }
+
+    /// Evaluates one local whose local references are all settled: deferred to apply when it reads an engine
+    /// (or a deferred local), else its value, evaluated with only the locals it reads.
+    fn settle_local(
+        &mut self,
+        file: FileId,
+        attribute: &EditAttribute,
+        references: &[RawReference],
+        declared_names: &BTreeSet<String>,
+    ) {
+        let name = attribute.key.as_str().to_owned();
+        let mut runtime = false;
+        let mut reads: BTreeSet<&str> = BTreeSet::new();
+        for reference in references {
+            match reference.root.as_str() {
+                "var" => {
+                    self.check_var_reference(file, reference);
+                }
+                "local" => {
+                    if let Some(Step::Attr(local)) = reference.steps.first() {
+                        if self.context_values.deferred_locals.contains_key(local) {
+                            runtime = true;
+                        } else if !declared_names.contains(local) {
+                            self.undeclared_local(file, reference, declared_names);
+                        }
+                        reads.insert(local.as_str());
+                    }
+                }
+                root if self.options.engine(root).is_some() => runtime = true,
+                _ => {
+                    self.unknown_root(file, reference, false, false);
+                }
+            }
+        }
+        let expr = hcl::Expression::from(attribute.value.clone());
+        if runtime {
+            self.context_values.deferred_locals.insert(name, expr);
+            return;
+        }
+        let value = self
+            .evaluate_local(file, &attribute.value, &expr, &reads)
+            .unwrap_or(hcl::Value::Null);
+        self.context_values.locals.insert(name, value);
+        self.base_context = None;
     }
 }

@@ -4,6 +4,8 @@
 //! when it reads an engine) in one place and evaluated against one context. A value that does not depend on the
 //! instance key is evaluated once, cached by file and span, so a failure is reported once, not once per pass.
 
+use std::collections::BTreeSet;
+
 use hcl::edit::expr::Expression;
 use hcl::eval::{Context, Evaluate};
 use kip_schemas::did_you_mean;
@@ -41,7 +43,43 @@ impl Checker<'_> {
             );
             self.base_context = Some(context);
         }
-        let base = self.base_context.as_ref().expect("just built");
+        let base = self.base_context.take().expect("just built");
+        let value = self.evaluate_iterated(file, edit, expr, iteration, &base);
+        self.base_context = Some(base);
+        value
+    }
+
+    /// The value of a local's expression, in a context that holds only the locals it reads (`reads`), settled
+    /// already: a chain of n locals costs O(n), not a context of every local so far for each one.
+    pub(super) fn evaluate_local(
+        &mut self,
+        file: FileId,
+        edit: &Expression,
+        expr: &hcl::Expression,
+        reads: &BTreeSet<&str>,
+    ) -> Option<hcl::Value> {
+        let mut context = Context::new();
+        eval::declare_functions(&mut context);
+        context.declare_var("var", hcl::Value::Object(self.context_values.vars.clone()));
+        let locals: hcl::Map<String, hcl::Value> = reads
+            .iter()
+            .filter_map(|name| {
+                let value = self.context_values.locals.get(*name)?;
+                Some(((*name).to_owned(), value.clone()))
+            })
+            .collect();
+        context.declare_var("local", hcl::Value::Object(locals));
+        self.evaluate_iterated(file, edit, expr, None, &context)
+    }
+
+    fn evaluate_iterated(
+        &mut self,
+        file: FileId,
+        edit: &Expression,
+        expr: &hcl::Expression,
+        iteration: Option<(&Option<IndexKey>, &Option<hcl::Value>)>,
+        base: &Context<'static>,
+    ) -> Option<hcl::Value> {
         let iterated;
         let context = match iteration {
             Some((Some(IndexKey::Number(index)), _)) => {
