@@ -145,7 +145,11 @@ fn check_listener(target: &Target, group: u32, peer_pid: Option<u32>) -> Result<
             procfs::unix_listening_inodes(path)
         }
         Target::Tcp { local: false, .. } => return Ok(()),
-        Target::Tcp { port, .. } => procfs::tcp_listening_inodes(*port),
+        Target::Tcp { port, .. } => match procfs::group_listens_on(group, *port) {
+            Some(true) => return Ok(()),
+            Some(false) => return Err(not_ours()),
+            None => procfs::tcp_listening_inodes(*port),
+        },
     };
     let Some(inodes) = inodes else {
         tracing::debug!(

@@ -261,6 +261,51 @@ pub(super) fn group_holds_socket(group: u32, inodes: &[u64]) -> bool {
     })
 }
 
+/// Whether a process of the group `group` holds a TCP socket listening on `port`, asked of the sockets themselves:
+/// each socket descriptor of each member is duplicated into this process (`pidfd_getfd`, allowed for the
+/// supervisor's own children and for root) and asked whether it accepts connections and on which port. A read of
+/// `/proc/net/tcp` walks the kernel's whole connection table, several milliseconds on a machine with much memory;
+/// this is a few system calls per descriptor. `None` when the kernel or the permissions do not allow it (the
+/// caller falls back to `/proc/net`).
+pub(super) fn group_listens_on(group: u32, port: u16) -> Option<bool> {
+    use rustix::process::{Pid, PidfdFlags, PidfdGetfdFlags, pidfd_getfd, pidfd_open};
+    for (pid, _) in group_members(group) {
+        let pidfd = pidfd_open(Pid::from_raw(pid as i32)?, PidfdFlags::empty()).ok()?;
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let is_socket = std::fs::read_link(fd.path())
+                .is_ok_and(|target| target.to_string_lossy().starts_with("socket:["));
+            let Some(number) = fd
+                .file_name()
+                .to_str()
+                .and_then(|name| name.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if !is_socket {
+                continue;
+            }
+            let Ok(socket) = pidfd_getfd(&pidfd, number, PidfdGetfdFlags::empty()) else {
+                // Gone meanwhile is fine; refused means this kernel or account cannot ask: say so.
+                return None;
+            };
+            let listening = rustix::net::sockopt::socket_acceptconn(&socket).unwrap_or(false);
+            let bound = rustix::net::getsockname(&socket).ok().and_then(|address| {
+                rustix::net::SocketAddrV4::try_from(address.clone())
+                    .map(|v4| v4.port())
+                    .or_else(|_| rustix::net::SocketAddrV6::try_from(address).map(|v6| v6.port()))
+                    .ok()
+            });
+            if listening && bound == Some(port) {
+                return Some(true);
+            }
+        }
+    }
+    Some(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
