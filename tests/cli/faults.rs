@@ -74,16 +74,7 @@ fn a_taken_port_is_refused_before_spawning() {
     let stack = Stack::new(&format!(
         "postgres \"main\" {{\n  version = \"16\"\n  port    = {port}\n}}\n"
     ));
-    let run = stack.kip(&["apply", "--auto-approve"]);
-    assert_eq!(run.code, 1, "{}", run.snapshot());
-    assert!(
-        run.stderr
-            .contains(&format!("declares port {port}, which is already in use")),
-        "{}",
-        run.stderr
-    );
-    let ps = stack.ok(&["ps", "--json"]);
-    assert_eq!(ps.stdout.trim(), "[]", "nothing was spawned");
+    crate::support::refuses_taken_port(&stack, port);
     // Once the port is free, the instance listens on it.
     drop(holder);
     stack.ok(&["apply", "--auto-approve"]);
@@ -106,17 +97,7 @@ fn a_taken_port_is_refused_before_spawning_for_valkey_and_processes() {
         format!("nats \"bus\" {{\n  version = \"2\"\n  port    = {port}\n}}\n"),
         format!("process \"web\" {{\n  command = [\"sleep\", \"60\"]\n  port    = {port}\n}}\n"),
     ] {
-        let stack = Stack::new(&config);
-        let run = stack.kip(&["apply", "--auto-approve"]);
-        assert_eq!(run.code, 1, "{}", run.snapshot());
-        assert!(
-            run.stderr
-                .contains(&format!("declares port {port}, which is already in use")),
-            "{}",
-            run.stderr
-        );
-        let ps = stack.ok(&["ps", "--json"]);
-        assert_eq!(ps.stdout.trim(), "[]", "nothing was spawned:\n{config}");
+        crate::support::refuses_taken_port(&Stack::new(&config), port);
     }
 }
 

@@ -229,24 +229,23 @@ fn names_and_settings_mariadb_would_refuse_are_lint_errors_with_their_spans() {
     let stack = Stack::new(&format!(
         "mariadb \"main\" {{\n  version  = \"10.11\"\n  settings = {{ socket = \"/tmp/x\" }}\n  database \"{long}\" {{}}\n  database \"mysql\" {{}}\n  user \"root\" {{}}\n  user \"app\" {{\n    grant {{\n      on         = \"shop\"\n      privileges = [\"SELECT (a)\"]\n    }}\n  }}\n}}\n"
     ));
-    let run = stack.kip(&["lint"]);
-    assert_eq!(run.code, 1, "{}", run.snapshot());
-    for expected in [
-        "kip.hcl:3:14",
-        "kip sets `socket` itself",
-        "kip.hcl:4:12",
-        "at most 64 characters; this one has 65",
-        "kip.hcl:5:12",
-        "`mysql` is MariaDB's own database",
-        "kip.hcl:6:8",
-        "`root` is the instance's own account",
-        "kip.hcl:9:20",
-        "\"shop\" is not a grant target",
-        "kip.hcl:10:20",
-        "\"SELECT (a)\" is not a privilege name",
-    ] {
-        assert!(run.stderr.contains(expected), "{expected}\n{}", run.stderr);
-    }
+    crate::support::lint_reports(
+        &stack,
+        &[
+            "kip.hcl:3:14",
+            "kip sets `socket` itself",
+            "kip.hcl:4:12",
+            "at most 64 characters; this one has 65",
+            "kip.hcl:5:12",
+            "`mysql` is MariaDB's own database",
+            "kip.hcl:6:8",
+            "`root` is the instance's own account",
+            "kip.hcl:9:20",
+            "\"shop\" is not a grant target",
+            "kip.hcl:10:20",
+            "\"SELECT (a)\" is not a privilege name",
+        ],
+    );
     let apply = stack.kip(&["apply", "--auto-approve"]);
     assert_eq!(apply.code, 1, "{}", apply.snapshot());
     assert!(!stack.project.path().join(".kip/state.json").exists());
@@ -259,19 +258,7 @@ fn a_taken_port_is_refused_before_spawning_and_a_free_one_is_served_on_loopback(
     let stack = Stack::new(&format!(
         "mariadb \"main\" {{\n  version = \"10.11\"\n  port    = {port}\n}}\n"
     ));
-    let run = stack.kip(&["apply", "--auto-approve"]);
-    assert_eq!(run.code, 1, "{}", run.snapshot());
-    assert!(
-        run.stderr
-            .contains(&format!("declares port {port}, which is already in use")),
-        "{}",
-        run.stderr
-    );
-    assert_eq!(
-        stack.ok(&["ps", "--json"]).stdout.trim(),
-        "[]",
-        "nothing was spawned"
-    );
+    crate::support::refuses_taken_port(&stack, port);
     drop(holder);
     stack.ok(&["apply", "--auto-approve"]);
     let url = stack.url("mariadb.main");

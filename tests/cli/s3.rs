@@ -59,18 +59,17 @@ fn bucket_names_s3_would_refuse_are_lint_errors_with_their_spans() {
         "  bucket \"fine-name\" {}\n",
         "}\n",
     ));
-    let run = stack.kip(&["lint"]);
-    assert_eq!(run.code, 1, "{}", run.snapshot());
-    for expected in [
-        "kip.hcl:3:10",
-        "holds only lower-case letters, digits, `-` and `.`, not 'B'",
-        "kip.hcl:4:10",
-        "cannot start with `kip-ready-`",
-        "kip.hcl:5:10",
-        "shaped like an IP address",
-    ] {
-        assert!(run.stderr.contains(expected), "{expected}\n{}", run.stderr);
-    }
+    let run = crate::support::lint_reports(
+        &stack,
+        &[
+            "kip.hcl:3:10",
+            "holds only lower-case letters, digits, `-` and `.`, not 'B'",
+            "kip.hcl:4:10",
+            "cannot start with `kip-ready-`",
+            "kip.hcl:5:10",
+            "shaped like an IP address",
+        ],
+    );
     assert!(!run.stderr.contains("kip.hcl:6:"), "{}", run.stderr);
     let apply = stack.kip(&["apply", "--auto-approve"]);
     assert_eq!(apply.code, 1, "{}", apply.snapshot());
@@ -84,16 +83,7 @@ fn a_declared_port_in_use_is_refused_before_spawning() {
     let stack = Stack::new(&format!(
         "s3 \"store\" {{\n  version = \"4\"\n  port    = {port}\n}}\n"
     ));
-    let run = stack.kip(&["apply", "--auto-approve"]);
-    assert_eq!(run.code, 1, "{}", run.snapshot());
-    assert!(
-        run.stderr
-            .contains(&format!("declares port {port}, which is already in use")),
-        "{}",
-        run.stderr
-    );
-    let ps = stack.ok(&["ps", "--json"]);
-    assert_eq!(ps.stdout.trim(), "[]", "nothing was spawned");
+    crate::support::refuses_taken_port(&stack, port);
     drop(holder);
     stack.ok(&["apply", "--auto-approve"]);
     assert_eq!(

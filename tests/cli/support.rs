@@ -282,3 +282,28 @@ pub fn settled(stack: &crate::apply::Stack, name: &str) {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// `kip lint` fails and its report holds every one of `expected` (the spans, `kip.hcl:3:14`, and the words given
+/// there); the run, for further checks.
+pub fn lint_reports(stack: &crate::apply::Stack, expected: &[&str]) -> Run {
+    let run = stack.kip(&["lint"]);
+    assert_eq!(run.code, 1, "{}", run.snapshot());
+    for expected in expected {
+        assert!(run.stderr.contains(expected), "{expected}\n{}", run.stderr);
+    }
+    run
+}
+
+/// `kip apply` refuses the instance's declared `port`, which another program holds, before spawning anything.
+pub fn refuses_taken_port(stack: &crate::apply::Stack, port: u16) {
+    let run = stack.kip(&["apply", "--auto-approve"]);
+    assert_eq!(run.code, 1, "{}", run.snapshot());
+    assert!(
+        run.stderr
+            .contains(&format!("declares port {port}, which is already in use")),
+        "{}",
+        run.stderr
+    );
+    let ps = stack.ok(&["ps", "--json"]);
+    assert_eq!(ps.stdout.trim(), "[]", "nothing was spawned");
+}
