@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use mysql_async::prelude::Queryable as _;
 
 use crate::apply::Stack;
-use crate::support::pid_of;
-use crate::support::{HostilePoller, free_port, kill_when_exists, kill_when_logged, test_mirror};
+use crate::support::{
+    HostilePoller, free_port, kill_when_exists, kill_when_logged, pid_of, test_mirror,
+};
 use crate::valkey::owner_of;
 
 /// Runs `statements` through `url` as `kip url` printed it, and returns the rows of the last one as text.
@@ -515,4 +516,64 @@ fn a_lost_state_never_opens_access_and_says_how_to_recover() {
         "the lost password still works"
     );
     assert_eq!(sql(&new_url, &["SELECT id FROM shop.kept"]), [["7"]]);
+}
+
+/// Hostile names: a database and a user whose names hold quotes, a backtick, a dot, spaces, unicode and shell
+/// metacharacters converge, log in through their exported url, plan nothing more, and are pruned.
+#[test]
+fn hostile_names_converge_log_in_and_are_pruned() {
+    let database = "it's a `db`. ü $(x)";
+    let user = "o'neil \"x\"; ü";
+    let hcl_quote = |text: &str| {
+        text.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace("${", "$${")
+    };
+    let config = |objects: bool| {
+        let objects = if objects {
+            format!(
+                "  database \"{}\" {{}}\n  user \"{}\" {{}}\n",
+                hcl_quote(database),
+                hcl_quote(user)
+            )
+        } else {
+            String::new()
+        };
+        format!("mariadb \"main\" {{\n  version = \"10.11\"\n{objects}}}\n")
+    };
+    let stack = Stack::new(&config(true));
+    stack.ok(&["apply", "--auto-approve"]);
+    assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
+    let root = stack.url("mariadb.main");
+    let escaped = |text: &str| text.replace('\'', "''");
+    assert_eq!(
+        sql(
+            &root,
+            &[&format!(
+                "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = '{}'",
+                escaped(database)
+            )]
+        ),
+        [["1".to_owned()]]
+    );
+    let address = format!("mariadb.main.user[\"{}\"]", hcl_quote(user));
+    let as_user = stack.url(&address);
+    assert_eq!(
+        sql(&as_user, &["SELECT CURRENT_USER()"]),
+        [[format!("{user}@localhost")]]
+    );
+    stack.project.write("kip.hcl", config(false));
+    stack.ok(&["apply", "--auto-approve"]);
+    assert_eq!(
+        sql(
+            &root,
+            &[&format!(
+                "SELECT (SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = '{}') + \
+                 (SELECT COUNT(*) FROM mysql.user WHERE User = '{}')",
+                escaped(database),
+                escaped(user)
+            )]
+        ),
+        [["0".to_owned()]]
+    );
 }
