@@ -166,14 +166,12 @@ impl MariaDb {
     ) -> Result<(), MyError> {
         let text = config::render(args, toolchain_root, &ctx.data_dir, &ctx.run_dir)?;
         let path = ctx.data_dir.join(CONFIG_FILE);
-        if std::fs::read_to_string(&path).is_ok_and(|existing| existing == text) {
-            return Ok(());
-        }
-        kip_core::fsutil::write_private(
+        kip_core::fsutil::write_private_if_changed(
             &path,
             text.as_bytes(),
             ctx.run_as.as_ref().map(|run_as| (run_as.uid, run_as.gid)),
         )
+        .map(drop)
         .map_err(io_error("write", &path))
     }
 

@@ -106,19 +106,12 @@ fn stream_name(kind: &str, address: &Address) -> Result<String, EngineError> {
 
 /// The instance's data directory, private to the engine's account.
 fn create_data_dir(ctx: &InstanceCtx) -> Result<(), NatsError> {
-    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
-    let dir = &ctx.data_dir;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)))
-        .map_err(io_error("create", dir))?;
-    if let Some(run_as) = &ctx.run_as {
-        std::os::unix::fs::chown(dir, Some(run_as.uid), Some(run_as.gid))
-            .map_err(io_error("change the owner of", dir))?;
-    }
-    Ok(())
+    kip_core::fsutil::private_dir(&ctx.data_dir, owner(ctx))
+        .map_err(io_error("create", &ctx.data_dir))
+}
+
+fn owner(ctx: &InstanceCtx) -> Option<(u32, u32)> {
+    ctx.run_as.as_ref().map(|run_as| (run_as.uid, run_as.gid))
 }
 
 /// `nats-server -t`: whether NATS reads the instance's configuration file; its own words when it does not.
@@ -160,13 +153,9 @@ impl Nats {
         })
         .map_err(|error| nats_error("cannot write the NATS configuration", error))?;
         let path = ctx.data_dir.join(CONFIG_FILE);
-        kip_core::fsutil::write_private(
-            &path,
-            text.as_bytes(),
-            ctx.run_as.as_ref().map(|run_as| (run_as.uid, run_as.gid)),
-        )
-        .map_err(io_error("write", &path))
-        .map_err(|error| nats_error("cannot write the NATS configuration", error))?;
+        kip_core::fsutil::write_private_if_changed(&path, text.as_bytes(), owner(ctx))
+            .map_err(io_error("write", &path))
+            .map_err(|error| nats_error("cannot write the NATS configuration", error))?;
         if let Some(previous) = ctx.secrets.get(CONFIG_TOKEN).map(str::to_owned)
             && previous != token
         {

@@ -92,15 +92,8 @@ fn bucket_name(address: &Address) -> Result<&str, EngineError> {
 
 /// The data directory: created 0700 and the engine account's.
 fn ensure_data_dir(ctx: &InstanceCtx) -> Result<(), S3Error> {
-    let dir = &ctx.data_dir;
-    std::fs::create_dir_all(dir).map_err(io_error("create", dir))?;
-    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
-        .map_err(io_error("set the mode of", dir))?;
-    if let Some(run_as) = &ctx.run_as {
-        std::os::unix::fs::chown(dir, Some(run_as.uid), Some(run_as.gid))
-            .map_err(io_error("change the owner of", dir))?;
-    }
-    Ok(())
+    let owner = ctx.run_as.as_ref().map(|run_as| (run_as.uid, run_as.gid));
+    kip_core::fsutil::private_dir(&ctx.data_dir, owner).map_err(io_error("create", &ctx.data_dir))
 }
 
 /// The probe the ready step runs: a bucket of kip's own created, an object written in it and read back, both
@@ -254,13 +247,22 @@ impl Engine for S3 {
             ];
             for (name, contents) in files {
                 let path = ctx.data_dir.join(name);
-                kip_core::fsutil::write_private(&path, contents.as_bytes(), owner)
+                kip_core::fsutil::write_private_if_changed(&path, contents.as_bytes(), owner)
                     .map_err(io_error("write", &path))
                     .map_err(|error| s3_error("cannot write SeaweedFS's configuration", error))?;
             }
             // SeaweedFS listens on these too, and a file left by an earlier run of the same port would stop it.
             for socket in config::grpc_sockets(&ctx.ports) {
-                let _ = std::fs::remove_file(socket);
+                match std::fs::remove_file(&socket) {
+                    Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(s3_error(
+                            "cannot remove a socket SeaweedFS would meet",
+                            io_error("remove", &socket)(error),
+                        )
+                        .hint("another account's file is in the way in /tmp: remove it, or move the instance's ports"));
+                    }
+                    _ => {}
+                }
             }
             Ok(())
         })
@@ -322,11 +324,13 @@ impl Engine for S3 {
                 kip_schemas::S3_PROBE_BUCKET_PREFIX,
                 kip_core::engine::random_hex(8)?
             );
-            let master = MasterClient::new(
-                ctx.ports.get("master").copied().unwrap_or_default(),
-                &TlsFiles::in_dir(&ctx.data_dir),
-            )
-            .map_err(|error| s3_error("cannot set up the client of SeaweedFS's master", error))?;
+            let master_port = ctx.ports.get("master").copied().ok_or_else(|| {
+                EngineError::new(format!("{} has no master port in its state", ctx.address))
+                    .hint("run `kip apply` again: provisioning assigns it")
+            })?;
+            let master = MasterClient::new(master_port, &TlsFiles::in_dir(&ctx.data_dir)).map_err(
+                |error| s3_error("cannot set up the client of SeaweedFS's master", error),
+            )?;
             let mut loading = config::volumes_on_disk(&ctx.data_dir);
             let started = Instant::now();
             loop {

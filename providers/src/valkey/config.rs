@@ -225,16 +225,12 @@ pub fn render(directives: &[(String, String)]) -> String {
 
 /// Writes `text` to `path` with mode 0600, owned by the engine's account. Answers whether it changed.
 pub fn write_private(path: &Path, text: &str, run_as: Option<&RunAs>) -> Result<bool, VkError> {
-    if std::fs::read_to_string(path).is_ok_and(|existing| existing == text) {
-        return Ok(false);
-    }
-    kip_core::fsutil::write_private(
+    kip_core::fsutil::write_private_if_changed(
         path,
         text.as_bytes(),
         run_as.map(|run_as| (run_as.uid, run_as.gid)),
     )
-    .map_err(io_error("write", path))?;
-    Ok(true)
+    .map_err(io_error("write", path))
 }
 
 /// The instance attributes whose change restarts Valkey, of those that changed between `before` and `after`.

@@ -258,21 +258,10 @@ impl Engine for Valkey {
     fn provision<'a>(&'a self, ctx: &'a mut InstanceCtx) -> BoxFuture<'a, Result<(), EngineError>> {
         Box::pin(async move {
             let args: InstanceArgs = ctx.args()?;
-            std::fs::create_dir_all(&ctx.data_dir)
+            let owner = ctx.run_as.as_ref().map(|run_as| (run_as.uid, run_as.gid));
+            kip_core::fsutil::private_dir(&ctx.data_dir, owner)
                 .map_err(io_error("create", &ctx.data_dir))
-                .and_then(|()| {
-                    std::fs::set_permissions(
-                        &ctx.data_dir,
-                        std::os::unix::fs::PermissionsExt::from_mode(0o700),
-                    )
-                    .map_err(io_error("set the mode of", &ctx.data_dir))
-                })
                 .map_err(|error| vk_error("cannot create the data directory", error))?;
-            if let Some(run_as) = &ctx.run_as {
-                std::os::unix::fs::chown(&ctx.data_dir, Some(run_as.uid), Some(run_as.gid))
-                    .map_err(io_error("change the owner of", &ctx.data_dir))
-                    .map_err(|error| vk_error("cannot create the data directory", error))?;
-            }
             if ctx.secrets.get(DEFAULT_PASSWORD).is_none() {
                 let password = match &args.password {
                     Some(password) => password.clone(),
