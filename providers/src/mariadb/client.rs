@@ -55,9 +55,12 @@ impl Connector {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             match self.try_passwords().await {
-                Err(MyError::Connect { source, .. })
-                    if !is_access_denied(&source) && tokio::time::Instant::now() < deadline =>
-                {
+                // Only a server not there yet (no socket, refused) is worth waiting for; a refusal of the
+                // credentials, or no password at all, will not change.
+                Err(MyError::Connect {
+                    source: mysql_async::Error::Io(_),
+                    ..
+                }) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 other => return other,

@@ -27,11 +27,14 @@ pub fn normalize(name: &str) -> String {
 
 /// Whether `SET GLOBAL` changes the setting `name` at runtime.
 pub fn is_dynamic(name: &str) -> bool {
-    let name = normalize(name);
-    DYNAMIC
-        .lines()
-        .filter(|line| !line.starts_with('#'))
-        .any(|line| line == name)
+    static NAMES: std::sync::LazyLock<std::collections::HashSet<&'static str>> =
+        std::sync::LazyLock::new(|| {
+            DYNAMIC
+                .lines()
+                .filter(|line| !line.starts_with('#'))
+                .collect()
+        });
+    NAMES.contains(normalize(name).as_str())
 }
 
 /// The option file's text.

@@ -140,9 +140,24 @@ fn set_global_value(value: &SettingValue) -> Result<String, MyError> {
         }
         SettingValue::String(text) => match size_in_bytes(text) {
             Some(bytes) => bytes.to_string(),
+            // A number written as a string (`"12"`, `"0.5"`): `SET GLOBAL max_connections = '12'` is refused.
+            None if is_plain_number(text) => text.trim().to_owned(),
             None => super::quote::literal("setting value", text)?,
         },
     })
+}
+
+/// Digits, with at most one `.` between digits.
+fn is_plain_number(text: &str) -> bool {
+    let text = text.trim();
+    let mut parts = text.splitn(2, '.');
+    let whole = parts.next().unwrap_or_default();
+    let fraction = parts.next();
+    !whole.is_empty()
+        && whole.bytes().all(|byte| byte.is_ascii_digit())
+        && fraction.is_none_or(|fraction| {
+            !fraction.is_empty() && fraction.bytes().all(|byte| byte.is_ascii_digit())
+        })
 }
 
 fn size_in_bytes(text: &str) -> Option<u64> {

@@ -112,7 +112,13 @@ pub async fn refresh(
     let hosts: BTreeMap<&Address, String> = managed
         .iter()
         .filter(|node| node.kind == "user")
-        .map(|node| (&node.address, host_of(&node.attributes)))
+        // The host kip created the account on, as `user` reads it: a changed host is a replacement, not drift.
+        .map(|node| {
+            (
+                &node.address,
+                host_of(node.applied.as_ref().unwrap_or(&node.attributes)),
+            )
+        })
         .collect();
     let mut observed = Vec::new();
     for node in managed {

@@ -154,9 +154,12 @@ pub fn set_root_offline(
     }
     bootstrap(toolchain_root, data_dir, &root_statement(root_hash), run_as).map_err(|error| {
         match error {
-            MyError::Close { output, .. } if output.contains("lock") => MyError::NoCredentials {
-                data_dir: data_dir.to_owned(),
-            },
+            // mariadbd's own words when another server holds the data directory's files.
+            MyError::Close { output, .. } if output.contains("Unable to lock") => {
+                MyError::NoCredentials {
+                    data_dir: data_dir.to_owned(),
+                }
+            }
             other => other,
         }
     })
