@@ -115,19 +115,20 @@ fn owner(ctx: &InstanceCtx) -> Option<(u32, u32)> {
 }
 
 /// `nats-server -t`: whether NATS reads the instance's configuration file; its own words when it does not.
-fn check_config(ctx: &InstanceCtx) -> Result<(), String> {
+async fn check_config(ctx: &InstanceCtx) -> Result<(), String> {
     let program = ctx
         .toolchain()
         .map_err(|error| error.to_string())?
         .root
         .join("bin")
         .join("nats-server");
-    let output = std::process::Command::new(&program)
+    let output = tokio::process::Command::new(&program)
         .arg("-t")
         .arg("-c")
         .arg(ctx.data_dir.join(CONFIG_FILE))
         .env_clear()
         .output()
+        .await
         .map_err(|error| format!("cannot run {}: {error}", program.display()))?;
     if output.status.success() {
         return Ok(());
@@ -342,16 +343,18 @@ impl Engine for Nats {
             // Either way it must read: a reload NATS refuses is only a line in its log, and a restart into a
             // configuration it refuses stops a server that ran. So the file is checked first, and put back as it
             // was when NATS refuses it.
-            if let Err(refusal) = check_config(ctx) {
-                if let Ok(before) = change.before_as::<InstanceArgs>() {
-                    let _ = Self::write_config(ctx, &before);
-                }
+            if change.changed_attributes().is_empty() {
+                return Ok(Reconfigure::Done);
+            }
+            if let Err(refusal) = check_config(ctx).await {
+                // Put the configuration the server runs with back, so that no later restart reads the refused one.
+                let before = change.before_as::<InstanceArgs>()?;
+                Self::write_config(ctx, &before)?;
                 return Err(EngineError::new(format!("NATS refuses the new configuration: {refusal}"))
                     .hint("fix the value in kip.hcl; the server keeps running with its current configuration"));
             }
             Ok(
                 match self.restart_because(change).unwrap_or_default().is_empty() {
-                    true if change.changed_attributes().is_empty() => Reconfigure::Done,
                     true => Reconfigure::Reload,
                     false => Reconfigure::Restart,
                 },
