@@ -357,7 +357,6 @@ impl Applier<'_> {
         })
     }
 
-    /// Writes the instance's entry (keeping its objects) and the state file.
     /// Returns once a process of the instance `address` was spawned (it has a pid), as a second connection to the
     /// supervisor sees it; never, when the supervisor cannot be asked.
     async fn spawned(&self, address: &Address) {
@@ -383,6 +382,7 @@ impl Applier<'_> {
         }
     }
 
+    /// Writes the instance's entry (keeping its objects) and the state file.
     fn save(
         &self,
         state: &Mutex<State>,

@@ -24,9 +24,14 @@ use super::procfs;
 use crate::engine::{ProbeKind, RunAs, SpawnSpec};
 
 /// The shortest interval between checks: a zero interval would spin. A socket or port check is one connect (a few
-/// microseconds), so engines probe every 2 ms and see their server up at most that late; slower probes (an exec, an
-/// HTTP request) come with longer intervals from their spec.
-const MIN_INTERVAL: Duration = Duration::from_millis(1);
+/// microseconds), so engines probe every 2 ms and see their server up at most that late; a check that forks a
+/// command, sends a request or reads a log is held to 10 ms whatever its spec says.
+fn min_interval(kind: &ProbeKind) -> Duration {
+    match kind {
+        ProbeKind::Socket { .. } | ProbeKind::Tcp { .. } => Duration::from_millis(1),
+        _ => Duration::from_millis(10),
+    }
+}
 /// The least time a check gets, even when the probe's timeout is (nearly) spent: every probe checks at least once.
 const MIN_CHECK: Duration = Duration::from_millis(50);
 /// How long [`target_in_use`] tries to connect: a listener on this machine answers at once.
@@ -242,7 +247,7 @@ impl Prober {
         Ok(Prober {
             check,
             initial_delay: spec.probe.initial_delay,
-            interval: spec.probe.interval.max(MIN_INTERVAL),
+            interval: spec.probe.interval.max(min_interval(&spec.probe.kind)),
             deadline: started + spec.probe.timeout,
             started,
             retries: spec.probe.retries,

@@ -1102,8 +1102,6 @@ fn group_is_gone(group: Pid) -> bool {
     }
 }
 
-/// Spawns one run of `spec`: output appended to its log (whose length before the run is returned, for the probe
-/// and the error tail), in its own process group, as its `run_as` account, with its run id in [`RUN_ENV`].
 /// How long a spawn waits for the workers of a previous run to go (see [`procfs::leftover_workers`]).
 const LEFTOVER_WAIT: Duration = Duration::from_secs(10);
 
@@ -1136,6 +1134,8 @@ async fn wait_for_leftovers(spec: &SpawnSpec) {
     }
 }
 
+/// Spawns one run of `spec`: output appended to its log (whose length before the run is returned, for the probe
+/// and the error tail), in its own process group, as its `run_as` account, with its run id in [`RUN_ENV`].
 fn spawn(spec: &SpawnSpec, run: &str) -> Result<(Child, u64), RequestError> {
     let log_error = |error: std::io::Error| RequestError::OpenLog {
         name: spec.name.clone(),

@@ -268,9 +268,20 @@ pub(super) fn group_holds_socket(group: u32, inodes: &[u64]) -> bool {
 /// this is a few system calls per descriptor. `None` when the kernel or the permissions do not allow it (the
 /// caller falls back to `/proc/net`).
 pub(super) fn group_listens_on(group: u32, port: u16) -> Option<bool> {
+    use rustix::io::Errno;
     use rustix::process::{Pid, PidfdFlags, PidfdGetfdFlags, pidfd_getfd, pidfd_open};
-    for (pid, _) in group_members(group) {
-        let pidfd = pidfd_open(Pid::from_raw(pid as i32)?, PidfdFlags::empty()).ok()?;
+    let members = group_members(group);
+    if members.is_empty() {
+        // No /proc, or the group is gone: the caller's fallback decides.
+        return None;
+    }
+    for (pid, _) in members {
+        let pidfd = match pidfd_open(Pid::from_raw(pid as i32)?, PidfdFlags::empty()) {
+            Ok(pidfd) => pidfd,
+            // Exited meanwhile: the other members may still hold the socket.
+            Err(Errno::SRCH) => continue,
+            Err(_) => return None,
+        };
         let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
             continue;
         };
@@ -287,9 +298,12 @@ pub(super) fn group_listens_on(group: u32, port: u16) -> Option<bool> {
             if !is_socket {
                 continue;
             }
-            let Ok(socket) = pidfd_getfd(&pidfd, number, PidfdGetfdFlags::empty()) else {
-                // Gone meanwhile is fine; refused means this kernel or account cannot ask: say so.
-                return None;
+            let socket = match pidfd_getfd(&pidfd, number, PidfdGetfdFlags::empty()) {
+                Ok(socket) => socket,
+                // Closed, or the process exited, meanwhile.
+                Err(Errno::BADF | Errno::SRCH) => continue,
+                // This kernel or account cannot ask: the caller falls back to /proc/net.
+                Err(_) => return None,
             };
             let listening = rustix::net::sockopt::socket_acceptconn(&socket).unwrap_or(false);
             let bound = rustix::net::getsockname(&socket).ok().and_then(|address| {

@@ -1,7 +1,8 @@
 //! The locals pass: every `locals` entry, evaluated in dependency order.
 //!
-//! Locals may read variables and each other, so they settle in rounds; when a round settles nothing, what is
-//! left waits on a cycle, and every local still waiting is reported. A local that reads an engine cannot be
+//! Locals may read variables and each other, so they settle in dependency order (Kahn's algorithm: each local once
+//! every local it reads is settled, in declaration order among those ready); what is left at the end waits on a
+//! cycle, and every local still waiting is reported. A local that reads an engine cannot be
 //! known before apply: it is kept as a deferred expression, and whatever reads it depends on those engines.
 
 use std::collections::{BTreeMap, BTreeSet};
