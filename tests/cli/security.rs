@@ -108,7 +108,6 @@ fn another_local_user_polling_the_socket_and_port_never_gets_in() {
 
 #[test]
 fn a_kip_killed_during_the_first_start_leaves_no_open_window() {
-    use std::io::BufRead as _;
     let port = free_port();
     let stack = Stack::new(&format!(
         "postgres \"main\" {{\n  version = \"16\"\n  port    = {port}\n}}\n"
@@ -122,38 +121,17 @@ fn a_kip_killed_during_the_first_start_leaves_no_open_window() {
     let socket_dir = stack.project.path().join(".kip/run/postgres.main/run");
     let poller = poller(watch.path(), port, &socket_dir);
     for moment in ["postgres.main: provisioning", "postgres.main: starting"] {
-        let mut apply = stack.command(&["apply", "--auto-approve"]);
-        apply
-            .stderr(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null());
-        let mut child = apply.spawn().unwrap();
-        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-        for line in stderr.lines() {
-            if line.unwrap().contains(moment) {
-                child.kill().unwrap();
-                break;
-            }
-        }
-        let _ = child.wait();
+        crate::support::kill_when_logged(stack.command(&["apply", "--auto-approve"]), moment);
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    // And the moment the server's socket appears: it runs with the template's bootstrap password until kip sets the
-    // instance's own, and kip dies in between.
-    let mut apply = stack.command(&["apply", "--auto-approve"]);
-    apply
-        .stderr(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null());
-    let mut child = apply.spawn().unwrap();
-    let socket = socket_dir.join(".s.PGSQL.5432");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !socket.exists() && std::time::Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
+    // And the moment the server's socket appears in a first start: it runs with the template's bootstrap password
+    // until kip sets the instance's own, and kip dies in between. (The socket is named after the declared port.)
+    stack.ok(&["apply", "--auto-approve"]);
+    stack.ok(&["destroy", "--auto-approve"]);
+    crate::support::kill_when_exists(
+        stack.command(&["apply", "--auto-approve"]),
+        &socket_dir.join(format!(".s.PGSQL.{port}")),
+    );
     // The supervisor finishes the start kip left: the next apply meets a server that runs ready, with the bootstrap
     // password still in place (it must not try the instance's own password on it, nor fail).
     crate::support::settled(&stack, "postgres.main");

@@ -138,8 +138,8 @@ pub fn test_mirror() -> PathBuf {
     dir
 }
 
-/// Runs `command` (a `kip apply`) and SIGKILLs it as soon as its stderr shows `moment` (`valkey.cache: starting`),
-/// or lets it end if it never does.
+/// Runs `command` (a `kip apply`) and SIGKILLs it as soon as its stderr shows `moment` (`valkey.cache: starting`);
+/// fails the test when the apply ends without showing it (the kill the test is about never happened).
 pub fn kill_when_logged(mut command: Command, moment: &str) {
     use std::io::BufRead as _;
     command
@@ -147,31 +147,44 @@ pub fn kill_when_logged(mut command: Command, moment: &str) {
         .stdout(std::process::Stdio::null());
     let mut child = command.spawn().unwrap();
     let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut killed = false;
     for line in stderr.lines() {
         if line.unwrap().contains(moment) {
             child.kill().unwrap();
+            killed = true;
             break;
         }
     }
     let _ = child.wait();
+    assert!(
+        killed,
+        "the apply ended without logging `{moment}`: it was never killed there"
+    );
 }
 
-/// Runs `command` (a `kip apply`) and SIGKILLs it as soon as `path` exists (an engine's socket), or when it ended
-/// or 30 s passed.
+/// Runs `command` (a `kip apply`) and SIGKILLs it as soon as `path` exists (an engine's socket); fails the test when
+/// the apply ends, or 30 s pass, before it does.
 pub fn kill_when_exists(mut command: Command, path: &Path) {
     command
         .stderr(std::process::Stdio::null())
         .stdout(std::process::Stdio::null());
     let mut child = command.spawn().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut ended = false;
     while !path.exists() && std::time::Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
+            ended = true;
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
     let _ = child.kill();
     let _ = child.wait();
+    assert!(
+        !ended && path.exists(),
+        "{} never appeared while the apply ran: it was never killed at that moment",
+        path.display()
+    );
 }
 
 /// A free loopback port (bound and released: another program may take it first, so tests use it at once).
@@ -276,9 +289,14 @@ pub fn settled(stack: &crate::apply::Stack, name: &str) {
             .unwrap()
             .iter()
             .any(|process| process["name"] == name && process["state"]["kind"] == "starting");
-        if !starting || std::time::Instant::now() > deadline {
+        if !starting {
             return;
         }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} was still starting after 60 s:\n{}",
+            ps.stdout
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
