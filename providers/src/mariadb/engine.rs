@@ -511,6 +511,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn numbers_written_as_strings_are_set_unquoted_and_text_is_quoted() {
+        let set = |text: &str| set_global_value(&SettingValue::String(text.to_owned())).unwrap();
+        assert_eq!(set("12"), "12");
+        assert_eq!(set("0.5"), "0.5");
+        assert_eq!(set("64M"), (64u64 << 20).to_string());
+        assert_eq!(set("1.2.3"), "'1.2.3'");
+        assert_eq!(set("."), "'.'");
+        assert_eq!(set("STRICT_ALL_TABLES"), "'STRICT_ALL_TABLES'");
+    }
+
+    #[test]
     fn sizes_for_set_global() {
         assert_eq!(size_in_bytes("256M"), Some(256 << 20));
         assert_eq!(size_in_bytes("1g"), Some(1 << 30));
