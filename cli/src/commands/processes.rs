@@ -214,12 +214,20 @@ impl<'s> Tree<'s> {
         let mut others = Vec::new();
         let mut succeeded = Vec::new();
         let mut depth: Vec<usize> = Vec::new();
+        let position: BTreeMap<&Address, usize> = order
+            .iter()
+            .enumerate()
+            .map(|(index, address)| (address, index))
+            .collect();
         for (index, address) in order.iter().enumerate() {
             let saved = &state.instances[address];
+            // Only dependencies placed before it: a state edited by hand (or damaged) may name the instance itself
+            // or a cycle, and `kip ps` shows what runs rather than panic on it.
             let mut dependencies: Vec<usize> = saved
                 .depends_on
                 .iter()
-                .filter_map(|dependency| order.iter().position(|a| a == dependency))
+                .filter_map(|dependency| position.get(dependency).copied())
+                .filter(|dependency| *dependency < index)
                 .collect();
             dependencies.sort_unstable();
             dependencies.dedup();
@@ -539,5 +547,24 @@ mod tests {
         assert_eq!(uptime(312_000), "5m12s");
         assert_eq!(uptime(3 * 3_600_000 + 240_000), "3h04m");
         assert_eq!(uptime(2 * 86_400_000 + 3 * 3_600_000), "2d03h");
+    }
+
+    /// A damaged state (an instance that depends on itself, two that depend on each other) lists every instance
+    /// once and does not panic.
+    #[test]
+    fn a_state_with_a_dependency_cycle_is_listed_without_a_panic() {
+        let state = state(&[
+            ("process.a", &["process.a", "process.b"], false),
+            ("process.b", &["process.a"], false),
+        ]);
+        let lines = ps_lines(&state, &[], 1_000);
+        assert_eq!(
+            lines
+                .iter()
+                .filter(|line| line.contains("process."))
+                .count(),
+            2,
+            "{lines:#?}"
+        );
     }
 }
