@@ -15,55 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::kip::{Harness, Project, Run, field, open_dir};
 
-/// Median, min and max of some durations.
-struct Stats {
-    median: Duration,
-    min: Duration,
-    max: Duration,
-    runs: usize,
-}
-
-impl Stats {
-    fn of(times: &[Duration]) -> Stats {
-        assert!(!times.is_empty(), "no runs");
-        let mut sorted = times.to_vec();
-        sorted.sort();
-        Stats {
-            median: sorted[sorted.len() / 2],
-            min: sorted[0],
-            max: sorted[sorted.len() - 1],
-            runs: sorted.len(),
-        }
-    }
-}
-
-pub(crate) fn ms(duration: Duration) -> String {
-    let millis = duration.as_secs_f64() * 1e3;
-    if millis >= 100.0 {
-        format!("{millis:.0} ms")
-    } else {
-        format!("{millis:.1} ms")
-    }
-}
-
-pub(crate) fn row(label: &str, times: &[Duration]) {
-    let stats = Stats::of(times);
-    println!(
-        "  {label:<66} {:>9} {:>9} {:>9} {:>5}",
-        ms(stats.median),
-        ms(stats.min),
-        ms(stats.max),
-        stats.runs
-    );
-}
-
-pub(crate) fn header(title: &str) {
-    println!("\n{title}");
-    println!(
-        "  {:<66} {:>9} {:>9} {:>9} {:>5}",
-        "", "median", "min", "max", "runs"
-    );
-}
+pub(crate) use crate::report::{header, ms, row};
 
 /// The test mirror (`scripts/test-mirror.sh`): `KIP_TEST_MIRROR` or `~/.cache/kip/test-mirror`.
 pub(crate) fn test_mirror() -> PathBuf {

@@ -81,6 +81,7 @@ impl Harness {
             dir,
             cache: self.cache.clone(),
             log: None,
+            rss: false,
         };
         project.write_config(config);
         project
@@ -105,9 +106,21 @@ pub struct Project<'h> {
     cache: PathBuf,
     /// KIP_LOG for every command of this project (the supervisor inherits it and logs "ready after N ms").
     log: Option<&'static str>,
+    /// Whether commands run under `/usr/bin/time`, which reports their peak RSS.
+    rss: bool,
 }
 
 impl Project<'_> {
+    /// Run every command under `/usr/bin/time`, so that each [`Run`] has its peak RSS.
+    pub fn with_rss(mut self) -> Self {
+        self.rss = true;
+        self
+    }
+
+    fn rss_file(&self) -> PathBuf {
+        self.dir.with_extension("rss")
+    }
+
     /// Use `cache` (mode 0755) instead of the shared cache.
     pub fn with_cache(mut self, cache: PathBuf) -> Self {
         self.cache = cache;
@@ -143,7 +156,11 @@ impl Project<'_> {
     /// `kip ARGS` in this project with a clean environment: the user's KIP_* and XDG_* are dropped, the cache,
     /// data dir and mirror are the harness's.
     fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(&self.harness.kip);
+        let mut command = if self.rss {
+            crate::report::with_rss(&self.harness.kip, &self.rss_file())
+        } else {
+            Command::new(&self.harness.kip)
+        };
         command.args(args).current_dir(&self.dir);
         for (key, _) in std::env::vars_os() {
             let key = key.to_string_lossy();
@@ -189,10 +206,12 @@ impl Project<'_> {
         });
         let status = child.wait().expect("kip ran");
         let elapsed = started.elapsed();
+        let peak_rss_kib = self.rss.then(|| crate::report::read_rss(&self.rss_file())).flatten();
         Run {
             args: args.join(" "),
             elapsed,
             code: status.code().unwrap_or(-1),
+            peak_rss_kib,
             stdout: out.join().expect("stdout reader"),
             lines: err.join().expect("stderr reader"),
         }
@@ -224,6 +243,8 @@ pub struct Run {
     pub args: String,
     pub elapsed: Duration,
     pub code: i32,
+    /// The process's peak RSS in KiB, from `/usr/bin/time`, for a project made [`Project::with_rss`].
+    pub peak_rss_kib: Option<u64>,
     pub stdout: String,
     /// Every stderr line with the time since spawn at which it arrived.
     pub lines: Vec<(Duration, String)>,

@@ -14,28 +14,33 @@ mod kip;
 mod mariadb;
 mod nats;
 mod process;
+mod report;
 mod s3;
 mod stack;
 mod valkey;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use kip_core::config::{CheckOptions, check_sources};
 use kip_core::source::{SourceFile, Sources};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let runs = args
-        .iter()
-        .position(|arg| arg == "--runs")
-        .and_then(|at| args.get(at + 1))
-        .and_then(|runs| runs.parse::<usize>().ok());
-    // Benchmark names: every argument but the options and the value of --runs.
+    let value_of = |option: &str| {
+        args.iter()
+            .position(|arg| arg == option)
+            .and_then(|at| args.get(at + 1))
+    };
+    let runs = value_of("--runs").and_then(|runs| runs.parse::<usize>().ok());
+    let report_path = value_of("--report").map(std::path::PathBuf::from);
+    // Benchmark names: every argument but the options and their values.
     let selected: Vec<&str> = args
         .iter()
         .enumerate()
-        .filter(|(at, arg)| !arg.starts_with("--") && (*at == 0 || args[at - 1] != "--runs"))
+        .filter(|(at, arg)| {
+            !arg.starts_with("--") && (*at == 0 || !matches!(args[at - 1].as_str(), "--runs" | "--report"))
+        })
         .map(|(_, arg)| arg.as_str())
         .collect();
     let wants = |name: &str| selected.is_empty() || selected.contains(&name);
@@ -67,6 +72,59 @@ fn main() {
     if wants("stack") {
         let harness = kip::Harness::new(&apply::test_mirror());
         stack::run(&harness, runs.unwrap_or(7));
+    }
+    if let Some(path) = report_path {
+        let command = std::iter::once("kip-bench".to_owned())
+            .chain(args.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        report::write(&path, &versions(), &command);
+    }
+}
+
+/// The versions the report names: kip's commit, the compiler, and the engines in the test mirror.
+fn versions() -> Vec<(String, String)> {
+    let output = |program: &str, args: &[&str]| {
+        std::process::Command::new(program)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|output| output.status.success())
+            .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    };
+    let mut versions = vec![
+        (
+            "kip".to_owned(),
+            output("git", &["-C", env!("CARGO_MANIFEST_DIR"), "describe", "--always", "--dirty"])
+                .map_or_else(|| env!("CARGO_PKG_VERSION").to_owned(), |commit| format!("{} ({commit})", env!("CARGO_PKG_VERSION"))),
+        ),
+        ("rustc".to_owned(), output("rustc", &["--version"]).unwrap_or_default()),
+    ];
+    let mirror = std::env::var_os("KIP_TEST_MIRROR")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| std::path::PathBuf::from(home).join(".cache/kip/test-mirror")));
+    if let Some(index) = mirror
+        .and_then(|mirror| std::fs::read_to_string(mirror.join("index.json")).ok())
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+    {
+        let mut engines: Vec<String> = Vec::new();
+        collect_versions(&index, &mut engines);
+        engines.sort();
+        engines.dedup();
+        versions.push(("engines (test mirror)".to_owned(), engines.join(", ")));
+    }
+    versions
+}
+
+/// `engine version` for each version in a mirror index (engine → full version → platform → archive).
+fn collect_versions(index: &serde_json::Value, into: &mut Vec<String>) {
+    let engines = index.get("engines").unwrap_or(index);
+    if let Some(engines) = engines.as_object() {
+        for (engine, versions) in engines {
+            if let Some(versions) = versions.as_object() {
+                into.extend(versions.keys().map(|version| format!("{engine} {version}")));
+            }
+        }
     }
 }
 
@@ -104,7 +162,6 @@ fn resolve(runs: usize) {
         ..ResolveSettings::default()
     };
 
-    println!("\nresolve: postgres \"16\" from the test mirror over loopback HTTP");
     let downloads = runs.clamp(1, 5);
     let mut first = Vec::new();
     let mut size = 0;
@@ -124,7 +181,6 @@ fn resolve(runs: usize) {
             let _ = std::fs::remove_dir_all(&store);
         }
     }
-    first.sort();
     let pinned_store = work.join(format!("store-{}", downloads - 1));
     let before = server.total_requests();
     let mut cached = Vec::new();
@@ -141,20 +197,11 @@ fn resolve(runs: usize) {
         before,
         "a pinned, cached resolution does no network I/O"
     );
-    cached.sort();
-    println!(
-        "  pinned + cached        median {:>10}  min {:>10}  max {:>10}  ({} runs, 0 requests)",
-        micros(cached[cached.len() / 2]),
-        micros(cached[0]),
-        micros(cached[cached.len() - 1]),
-        cached.len()
-    );
-    println!(
-        "  first download+verify+unpack  median {}  min {}  max {}  ({downloads} runs; {:.1} MB unpacked)",
-        millis(first[first.len() / 2]),
-        millis(first[0]),
-        millis(first[first.len() - 1]),
-        size as f64 / 1e6
+    report::header("resolve: postgres \"16\" from the test mirror over loopback HTTP");
+    report::row("pinned + cached toolchain (0 requests)", &cached);
+    report::row(
+        &format!("first download + verify + unpack ({:.1} MB unpacked)", size as f64 / 1e6),
+        &first,
     );
     let _ = std::fs::remove_dir_all(&work);
 }
@@ -173,9 +220,6 @@ fn dir_size(path: &Path) -> u64 {
         .sum()
 }
 
-fn micros(duration: Duration) -> String {
-    format!("{:.1} µs", duration.as_secs_f64() * 1e6)
-}
 
 /// A generated configuration with about `objects` graph nodes: PostgreSQL instances with roles, databases and
 /// grants, Valkey instances with ACL users, and processes that reference databases, spread over several files.
@@ -252,11 +296,7 @@ fn sources(files: &[(String, String)]) -> Sources {
 
 fn front_half(runs: usize) {
     let registry = kip_registry::embedded().expect("the embedded registry verifies");
-    println!("front half: decode + check + graph (in memory; {runs} runs each)");
-    println!(
-        "{:>8} {:>8} {:>10} {:>10} {:>10} {:>12}",
-        "objects", "nodes", "median", "min", "max", "per node"
-    );
+    report::header("front half: decode + check + graph, in memory");
     for objects in [1_000, 10_000] {
         let files = generate(objects);
         let options = CheckOptions {
@@ -280,18 +320,7 @@ fn front_half(runs: usize) {
             );
             nodes = checked.graph.as_ref().map_or(0, |graph| graph.len());
         }
-        times.sort();
-        let median = times[times.len() / 2];
-        println!(
-            "{objects:>8} {nodes:>8} {:>10} {:>10} {:>10} {:>12}",
-            millis(median),
-            millis(times[0]),
-            millis(times[times.len() - 1]),
-            format!("{:.2} µs", median.as_secs_f64() * 1e6 / nodes.max(1) as f64)
-        );
+        report::row(&format!("{objects} objects ({nodes} graph nodes)"), &times);
     }
 }
 
-fn millis(duration: Duration) -> String {
-    format!("{:.2} ms", duration.as_secs_f64() * 1e3)
-}
