@@ -206,7 +206,10 @@ impl Project<'_> {
         });
         let status = child.wait().expect("kip ran");
         let elapsed = started.elapsed();
-        let peak_rss_kib = self.rss.then(|| crate::report::read_rss(&self.rss_file())).flatten();
+        let peak_rss_kib = self
+            .rss
+            .then(|| crate::report::read_rss(&self.rss_file()))
+            .flatten();
         Run {
             args: args.join(" "),
             elapsed,

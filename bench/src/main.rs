@@ -39,7 +39,8 @@ fn main() {
         .iter()
         .enumerate()
         .filter(|(at, arg)| {
-            !arg.starts_with("--") && (*at == 0 || !matches!(args[at - 1].as_str(), "--runs" | "--report"))
+            !arg.starts_with("--")
+                && (*at == 0 || !matches!(args[at - 1].as_str(), "--runs" | "--report"))
         })
         .map(|(_, arg)| arg.as_str())
         .collect();
@@ -95,14 +96,32 @@ fn versions() -> Vec<(String, String)> {
     let mut versions = vec![
         (
             "kip".to_owned(),
-            output("git", &["-C", env!("CARGO_MANIFEST_DIR"), "describe", "--always", "--dirty"])
-                .map_or_else(|| env!("CARGO_PKG_VERSION").to_owned(), |commit| format!("{} ({commit})", env!("CARGO_PKG_VERSION"))),
+            output(
+                "git",
+                &[
+                    "-C",
+                    env!("CARGO_MANIFEST_DIR"),
+                    "describe",
+                    "--always",
+                    "--dirty",
+                ],
+            )
+            .map_or_else(
+                || env!("CARGO_PKG_VERSION").to_owned(),
+                |commit| format!("{} ({commit})", env!("CARGO_PKG_VERSION")),
+            ),
         ),
-        ("rustc".to_owned(), output("rustc", &["--version"]).unwrap_or_default()),
+        (
+            "rustc".to_owned(),
+            output("rustc", &["--version"]).unwrap_or_default(),
+        ),
     ];
     let mirror = std::env::var_os("KIP_TEST_MIRROR")
         .map(std::path::PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| std::path::PathBuf::from(home).join(".cache/kip/test-mirror")));
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|home| std::path::PathBuf::from(home).join(".cache/kip/test-mirror"))
+        });
     if let Some(index) = mirror
         .and_then(|mirror| std::fs::read_to_string(mirror.join("index.json")).ok())
         .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
@@ -200,7 +219,10 @@ fn resolve(runs: usize) {
     report::header("resolve: postgres \"16\" from the test mirror over loopback HTTP");
     report::row("pinned + cached toolchain (0 requests)", &cached);
     report::row(
-        &format!("first download + verify + unpack ({:.1} MB unpacked)", size as f64 / 1e6),
+        &format!(
+            "first download + verify + unpack ({:.1} MB unpacked)",
+            size as f64 / 1e6
+        ),
         &first,
     );
     let _ = std::fs::remove_dir_all(&work);
@@ -219,7 +241,6 @@ fn dir_size(path: &Path) -> u64 {
         })
         .sum()
 }
-
 
 /// A generated configuration with about `objects` graph nodes: PostgreSQL instances with roles, databases and
 /// grants, Valkey instances with ACL users, and processes that reference databases, spread over several files.
@@ -323,4 +344,3 @@ fn front_half(runs: usize) {
         report::row(&format!("{objects} objects ({nodes} graph nodes)"), &times);
     }
 }
-

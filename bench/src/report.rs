@@ -162,7 +162,9 @@ static REPORT: Mutex<Report> = Mutex::new(Report {
 });
 
 fn report() -> std::sync::MutexGuard<'static, Report> {
-    REPORT.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    REPORT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 pub fn ms(duration: Duration) -> String {
@@ -364,7 +366,12 @@ fn machine(scratch: &Path) -> String {
         .unwrap_or_default();
     let filesystem = mount_of(scratch);
     let load = std::fs::read_to_string("/proc/loadavg")
-        .map(|text| text.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .unwrap_or_default();
     format!(
         "{cores} cores ({cpu}), {memory} memory, scratch {} on {filesystem}, Linux {kernel}, load average at the end {load}",
@@ -423,7 +430,10 @@ pub fn write(path: &Path, versions: &[(String, String)], command: &str) {
         }
     }
     let _ = writeln!(text, "\n## Every measurement\n");
-    let _ = writeln!(text, "| benchmark | case | median | min | max | runs | peak RSS |");
+    let _ = writeln!(
+        text,
+        "| benchmark | case | median | min | max | runs | peak RSS |"
+    );
     let _ = writeln!(text, "|---|---|---:|---:|---:|---:|---:|");
     for row in &report.rows {
         let _ = writeln!(
@@ -467,12 +477,19 @@ mod tests {
 
     #[test]
     fn a_timed_process_reports_its_status_and_memory() {
-        let run = timed(Path::new("/bin/sh"), &["-c", "echo out; echo err >&2; exit 3"], |_| {});
+        let run = timed(
+            Path::new("/bin/sh"),
+            &["-c", "echo out; echo err >&2; exit 3"],
+            |_| {},
+        );
         assert_eq!(run.status.code(), Some(3));
         assert_eq!(run.stdout, "out\n");
         assert_eq!(run.stderr, "err\n");
         if Path::new(TIME).is_file() {
-            assert!(run.peak_rss_kib.is_some_and(|kib| kib > 0), "a shell has a resident set");
+            assert!(
+                run.peak_rss_kib.is_some_and(|kib| kib > 0),
+                "a shell has a resident set"
+            );
         }
     }
 

@@ -81,6 +81,9 @@ pub enum Command {
     /// The per-project supervisor (started by apply).
     #[command(hide = true)]
     Supervisor(commands::processes::SupervisorArgs),
+    /// Prepare the spare data directory of a template (started detached after a provisioning).
+    #[command(hide = true)]
+    PrepareSpare(commands::spare::Args),
     /// Resolve every declared engine and pin it in kip.lock.
     Lock(commands::lock::Args),
     /// Resolve every declared engine to a verified toolchain and print where it is.
@@ -130,7 +133,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let stderr_style = Style::for_stderr(cli.color);
     init_tracing(cli.verbose, stderr_style.color);
-    match run(cli) {
+    let result = run(cli);
+    commands::spare::launch_wanted();
+    match result {
         Ok(status) => status.into(),
         Err(error) => {
             if is_broken_pipe(&error) {
@@ -175,6 +180,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Run(args) => commands::usage::run(&context, args),
         Command::Connect(args) => commands::usage::connect(&context, args),
         Command::Supervisor(args) => commands::processes::supervisor(args),
+        Command::PrepareSpare(args) => commands::spare::run(args),
         Command::Lock(args) => commands::lock::run(&context, args),
         Command::Resolve(args) => commands::lock::run_resolve(&context, args),
         Command::Mirror(command) => commands::mirror::run(&context, command),

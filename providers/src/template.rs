@@ -8,6 +8,15 @@
 //! one: the final directory either does not exist or is complete. A crash leaves only a temp dir, which the next
 //! builder removes once it holds the lock.
 //!
+//! Spares, as pg_tmp keeps them: after an instance is provisioned, the next instance's data directory is prepared
+//! ahead of time, out of the user's way ([`take_wanted_spares`], [`prepare_spare`]: the CLI runs it in a detached,
+//! low-priority `kip prepare-spare` once its command is done), as a copy of the template under
+//! `.spares/<template name>`; the next provisioning renames it into place instead of copying (a rename and a chown
+//! walk, a few milliseconds, against tens to hundreds for the copy). One spare per template bounds the disk it
+//! takes. A spare is stamped with its template's identity (a hash of the template's bootstrap password, new at each
+//! build), so a spare of a rebuilt template is never used; one on another filesystem than the instance stays where
+//! it is and the instance is copied as before.
+//!
 //! A template is closed: its administrator has a bootstrap password only kip knows, kept in a file of the template
 //! ([`BOOTSTRAP_FILE`]) that is never copied into an instance; the template is kip's own account's (mode 0700), so
 //! no engine account can read that password or change what later instances are copied from.
@@ -15,6 +24,7 @@
 use std::io;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use kip_core::engine::RunAs;
 use kip_core::runas::{RunAsError, chown_tree, ensure_reachable};
@@ -281,7 +291,15 @@ pub fn provision(
     let skipped = |name: &std::ffi::OsStr| {
         name == BOOTSTRAP_FILE || kind.not_copied.iter().any(|skipped| name == *skipped)
     };
-    let result = copy_tree(template, &work, owner, &skipped).and_then(|()| {
+    let prepared = if claim_spare(template, &work) {
+        match run_as {
+            Some(run_as) => chown_tree(&work, run_as).map_err(TemplateError::from),
+            None => Ok(()),
+        }
+    } else {
+        copy_tree(template, &work, owner, &skipped)
+    };
+    let result = prepared.and_then(|()| {
         std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o700))
             .map_err(io_error("set the mode of", &work))?;
         std::fs::rename(&work, data_dir)
@@ -293,8 +311,166 @@ pub fn provision(
         if data_dir.join(kind.marker).exists() {
             return Ok(());
         }
+    } else {
+        want_spare(template, kind);
     }
     result
+}
+
+/// Where the spare of `template` is kept: `.spares/<template name>` beside it.
+fn spare_of(template: &Path) -> Option<PathBuf> {
+    Some(
+        template
+            .parent()?
+            .join(".spares")
+            .join(template.file_name()?),
+    )
+}
+
+/// The file in a spare holding its template's identity ([`template_stamp`]); removed when the spare is claimed.
+const SPARE_STAMP: &str = "kip-spare";
+
+/// The identity of a template's build: a hash of its bootstrap password, which each build draws anew. `None` for a
+/// template without one (not whole): it gets no spare.
+fn template_stamp(template: &Path) -> Option<String> {
+    let password = std::fs::read(template.join(BOOTSTRAP_FILE)).ok()?;
+    Some(format!("{:016x}", fnv1a(&password)))
+}
+
+/// Takes the spare of `template` as `work` (a rename): true when there was one of this very template, now in
+/// `work` without its stamp; false, with `work` absent, otherwise (no spare, another filesystem, a spare of an
+/// earlier build, which is removed).
+fn claim_spare(template: &Path, work: &Path) -> bool {
+    let (Some(spare), Some(stamp)) = (spare_of(template), template_stamp(template)) else {
+        return false;
+    };
+    // Two kips may race for it: the rename is atomic, so one gets it and the other finds nothing.
+    if std::fs::rename(&spare, work).is_err() {
+        return false;
+    }
+    let stamp_file = work.join(SPARE_STAMP);
+    let matches = std::fs::read_to_string(&stamp_file).is_ok_and(|found| found == stamp);
+    if !matches || std::fs::remove_file(&stamp_file).is_err() {
+        let _ = std::fs::remove_dir_all(work);
+        return false;
+    }
+    tracing::debug!(spare = %spare.display(), "provisioned from the template's spare");
+    true
+}
+
+/// A spare to prepare once the command is done: a copy of `template` without the top-level files in `not_copied`
+/// (and never its [`BOOTSTRAP_FILE`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpareRequest {
+    pub template: PathBuf,
+    pub not_copied: Vec<String>,
+}
+
+static WANTED_SPARES: Mutex<Vec<SpareRequest>> = Mutex::new(Vec::new());
+
+/// Records that `template` should have a spare again, after a provisioning used or skipped it.
+fn want_spare(template: &Path, kind: DataDir<'_>) {
+    let request = SpareRequest {
+        template: template.to_owned(),
+        not_copied: kind
+            .not_copied
+            .iter()
+            .map(|name| (*name).to_owned())
+            .collect(),
+    };
+    let mut wanted = WANTED_SPARES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if !wanted.contains(&request) {
+        wanted.push(request);
+    }
+}
+
+/// The spares this process's provisionings asked for, once each; the caller prepares them after its own work
+/// (the CLI: a detached `kip prepare-spare` per request, so no command waits for a copy).
+pub fn take_wanted_spares() -> Vec<SpareRequest> {
+    std::mem::take(
+        &mut *WANTED_SPARES
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()),
+    )
+}
+
+/// [`prepare_spare`] at a lower CPU priority (nice 10): what the detached `kip prepare-spare` runs, so that a spare
+/// being copied leaves the machine to whatever the user runs next.
+pub fn prepare_spare_in_background(request: &SpareRequest) -> Result<bool, TemplateError> {
+    let _ = rustix::process::setpriority_process(None, 10);
+    prepare_spare(request)
+}
+
+/// Prepares the spare of `request.template` when it has none of its current build: a copy made under `.tmp/`,
+/// stamped, then renamed into place. Returns whether it made one. One preparer per template at a time (a lock
+/// taken without waiting: another one at work is as good); leftovers of a preparer that was killed are removed.
+pub fn prepare_spare(request: &SpareRequest) -> Result<bool, TemplateError> {
+    let template = &request.template;
+    let (Some(spare), Some(stamp), Some(templates_dir), Some(name)) = (
+        spare_of(template),
+        template_stamp(template),
+        template.parent(),
+        template
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned()),
+    ) else {
+        return Ok(false);
+    };
+    let locks = templates_dir.join(".locks");
+    let temp = templates_dir.join(".tmp");
+    let spares = templates_dir.join(".spares");
+    for directory in [&locks, &temp, &spares] {
+        std::fs::create_dir_all(directory).map_err(io_error("create", directory))?;
+    }
+    std::fs::set_permissions(&spares, std::fs::Permissions::from_mode(0o700))
+        .map_err(io_error("set the mode of", &spares))?;
+    let lock_path = locks.join(format!("{name}.spare.lock"));
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_error("open", &lock_path))?;
+    if lock_file.try_lock().is_err() {
+        return Ok(false);
+    }
+    if std::fs::read_to_string(spare.join(SPARE_STAMP)).is_ok_and(|found| found == stamp) {
+        return Ok(false);
+    }
+    let prefix = format!("{name}.spare.");
+    for entry in std::fs::read_dir(&temp)
+        .map_err(io_error("read", &temp))?
+        .flatten()
+    {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    let work = temp.join(format!("{prefix}{}", std::process::id()));
+    let skipped = |file: &std::ffi::OsStr| {
+        file == BOOTSTRAP_FILE
+            || request
+                .not_copied
+                .iter()
+                .any(|skipped| file == skipped.as_str())
+    };
+    let made = copy_tree(template, &work, None, &skipped).and_then(|()| {
+        let stamp_file = work.join(SPARE_STAMP);
+        std::fs::write(&stamp_file, &stamp).map_err(io_error("write", &stamp_file))?;
+        std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o700))
+            .map_err(io_error("set the mode of", &work))?;
+        if spare.exists() {
+            // A spare of an earlier build of the template.
+            std::fs::remove_dir_all(&spare).map_err(io_error("remove the old spare", &spare))?;
+        }
+        std::fs::rename(&work, &spare).map_err(io_error("move the new spare to", &spare))
+    });
+    if made.is_err() {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+    made.map(|()| true)
 }
 
 /// Copies a directory tree keeping modes, recreating symlinks, and giving everything to `owner` when set. Top-level
@@ -408,5 +584,78 @@ mod tests {
         std::fs::create_dir_all(&foreign).unwrap();
         std::fs::write(foreign.join("x"), "").unwrap();
         assert!(provision(&template, &foreign, kind, None).is_err());
+    }
+
+    #[test]
+    fn a_spare_is_renamed_into_place_once_and_only_for_its_own_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let templates = dir.path().join("templates");
+        let template = templates.join("test-1");
+        std::fs::create_dir_all(template.join("sub")).unwrap();
+        std::fs::write(template.join("MARK"), "1").unwrap();
+        std::fs::write(template.join("sub/file"), "data").unwrap();
+        std::fs::write(template.join("server.pid"), "1").unwrap();
+        std::fs::write(template.join(BOOTSTRAP_FILE), "first build").unwrap();
+        let kind = DataDir {
+            engine: "Test",
+            marker: "MARK",
+            not_copied: &["server.pid"],
+        };
+        // Other tests provision too: only this template's requests count.
+        let wanted_here = || -> Vec<SpareRequest> {
+            take_wanted_spares()
+                .into_iter()
+                .filter(|request| request.template == template)
+                .collect()
+        };
+
+        // No spare yet: a copy, and a spare is asked for.
+        provision(&template, &dir.path().join("one"), kind, None).unwrap();
+        let wanted = wanted_here();
+        assert_eq!(
+            wanted,
+            vec![SpareRequest {
+                template: template.clone(),
+                not_copied: vec!["server.pid".into()],
+            }]
+        );
+        assert!(prepare_spare(&wanted[0]).unwrap(), "a spare is made");
+        assert!(!prepare_spare(&wanted[0]).unwrap(), "and only one");
+        let spare = templates.join(".spares/test-1");
+        assert!(!spare.join(BOOTSTRAP_FILE).exists());
+        assert!(!spare.join("server.pid").exists());
+
+        // The next instance takes it: the spare is gone, the data dir whole, without the stamp.
+        std::fs::write(spare.join("sub/file"), "from the spare").unwrap();
+        let two = dir.path().join("two");
+        provision(&template, &two, kind, None).unwrap();
+        assert!(!spare.exists());
+        assert_eq!(
+            std::fs::read_to_string(two.join("sub/file")).unwrap(),
+            "from the spare"
+        );
+        assert!(!two.join(SPARE_STAMP).exists());
+        assert_eq!(wanted_here().len(), 1, "another spare is asked for");
+
+        // A spare of an earlier build of the template is never used, and is removed.
+        assert!(prepare_spare(&wanted[0]).unwrap());
+        std::fs::write(spare.join("sub/file"), "stale").unwrap();
+        std::fs::write(template.join(BOOTSTRAP_FILE), "second build").unwrap();
+        let three = dir.path().join("three");
+        provision(&template, &three, kind, None).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(three.join("sub/file")).unwrap(),
+            "data"
+        );
+        assert!(!spare.exists());
+        // A preparer killed halfway left a temp copy: the next one removes it.
+        let leftover = templates.join(".tmp/test-1.spare.999999");
+        std::fs::create_dir_all(&leftover).unwrap();
+        assert!(prepare_spare(&wanted[0]).unwrap());
+        assert!(!leftover.exists());
+        assert_eq!(
+            std::fs::read_to_string(spare.join(SPARE_STAMP)).unwrap(),
+            template_stamp(&template).unwrap()
+        );
     }
 }

@@ -664,3 +664,96 @@ fn a_new_minor_restarts_in_place_and_a_new_major_replaces() {
     assert!(stack.sql("postgres.main", "SHOW server_version")[0][0].starts_with("14."));
     assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
 }
+
+/// The spare of a template (`templates/.spares/<name>`) that appears, whole and stamped, within 60 s.
+fn wait_for_spare(cache: &std::path::Path) -> PathBuf {
+    let spares = cache.join("templates/.spares");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let found = std::fs::read_dir(&spares)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find(|entry| {
+                entry
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("postgres-16")
+                    && entry.path().join("kip-spare").is_file()
+            });
+        if let Some(entry) = found {
+            return entry.path();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no spare appeared in {} within 60 s",
+            spares.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_next_instance_is_renamed_from_a_spare_prepared_after_the_last_one() {
+    use std::os::unix::fs::MetadataExt as _;
+    let me = std::fs::metadata("/proc/self").unwrap().uid();
+    let config = "postgres \"main\" {\n  version = \"16\"\n  role \"app\" { login = true }\n}\n";
+    let first = Stack::new(config);
+    first.ok(&["apply", "--auto-approve"]);
+    let cache = first.project.cache_dir();
+    // Prepared after the apply exited, by a detached `kip prepare-spare`: kip's own, closed to every other
+    // account (the engine accounts included), with no bootstrap password in it.
+    let spare = wait_for_spare(&cache);
+    let metadata = std::fs::metadata(&spare).unwrap();
+    assert_eq!(metadata.mode() & 0o777, 0o700);
+    assert_eq!(metadata.uid(), me);
+    assert!(!spare.join("kip-bootstrap").exists());
+    assert!(spare.join("PG_VERSION").is_file());
+    if me == 0 {
+        let peek = std::process::Command::new("runuser")
+            .args(["-u", "nobody", "--", "ls"])
+            .arg(&spare)
+            .output()
+            .unwrap();
+        assert!(!peek.status.success(), "another account lists the spare");
+    }
+
+    // Another project on the same cache takes it: a rename, not a copy, and the instance is its own.
+    let second = Stack::new(config);
+    let mut command = second.command(&["apply", "--auto-approve"]);
+    command.env("KIP_CACHE_DIR", &cache).env("KIP_LOG", "debug");
+    let run = second.project.run_with(command);
+    assert_eq!(run.code, 0, "{}", run.snapshot());
+    assert!(
+        run.stderr.contains("provisioned from the template's spare"),
+        "{}",
+        run.stderr
+    );
+    let mut url = second.command(&["url", "postgres.main"]);
+    url.env("KIP_CACHE_DIR", &cache);
+    assert_eq!(second.project.run_with(url).code, 0);
+    let data_dir = std::fs::read_dir(second.project.path().join(".kip/run"))
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.path().join("data"))
+        .find(|path| path.join("PG_VERSION").is_file())
+        .expect("the instance's data dir under .kip/run");
+    assert!(
+        !data_dir.join("kip-spare").exists(),
+        "the stamp stays behind"
+    );
+    let owner = std::fs::metadata(data_dir.join("PG_VERSION"))
+        .unwrap()
+        .uid();
+    if me == 0 {
+        assert_ne!(
+            owner, 0,
+            "the claimed data dir is given to the engine's account"
+        );
+    }
+    // And a new spare is prepared for the next one.
+    wait_for_spare(&cache);
+    let mut destroy = second.command(&["destroy", "--auto-approve"]);
+    destroy.env("KIP_CACHE_DIR", &cache);
+    assert_eq!(second.project.run_with(destroy).code, 0);
+}

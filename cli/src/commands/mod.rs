@@ -15,6 +15,7 @@ pub mod processes;
 pub mod project;
 pub mod registry;
 pub mod schema;
+pub mod spare;
 pub mod usage;
 
 use std::io::Write as _;

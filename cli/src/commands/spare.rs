@@ -1,0 +1,58 @@
+//! Spare data directories, prepared once a command is done and out of its way (see `kip_providers::template`): the
+//! hidden `kip prepare-spare`, and [`launch_wanted`], which starts it detached for each spare a command's
+//! provisionings asked for.
+
+use std::os::unix::process::CommandExt as _;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use kip_providers::template::{SpareRequest, prepare_spare_in_background, take_wanted_spares};
+
+use crate::ExitStatus;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The template whose spare to prepare.
+    pub template: PathBuf,
+    /// A top-level file of the template that is not copied (a running server's).
+    #[arg(long = "skip")]
+    pub skip: Vec<String>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitStatus> {
+    let request = SpareRequest {
+        template: args.template,
+        not_copied: args.skip,
+    };
+    prepare_spare_in_background(&request)?;
+    Ok(ExitStatus::Success)
+}
+
+/// Starts a detached, low-priority `kip prepare-spare` for every spare this command's provisionings asked for, and
+/// returns at once: the command's own exit never waits for a copy. The preparers run in their own process group
+/// (a ^C at the terminal is not theirs) with no terminal output; one killed halfway leaves a temp copy the next
+/// one removes.
+pub fn launch_wanted() {
+    let requests = take_wanted_spares();
+    if requests.is_empty() {
+        return;
+    }
+    let Ok(kip) = std::env::current_exe() else {
+        return;
+    };
+    for request in requests {
+        let mut command = Command::new(&kip);
+        command.arg("prepare-spare").arg(&request.template);
+        for skipped in &request.not_copied {
+            command.arg("--skip").arg(skipped);
+        }
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
+        if let Err(error) = command.spawn() {
+            tracing::debug!(%error, "cannot start a spare's preparation");
+        }
+    }
+}
