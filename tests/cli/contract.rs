@@ -1867,3 +1867,51 @@ fn a_data_directory_left_by_a_failed_apply_is_not_mistaken_for_the_declared_one(
         "the server has the declared encoding"
     );
 }
+
+/// The program a live supervisor runs: its `/proc/PID/exe`, from `.kip/supervisor.pid`.
+fn supervisor_program(stack: &Stack) -> PathBuf {
+    let text = std::fs::read_to_string(stack.project.path().join(".kip/supervisor.pid")).unwrap();
+    std::fs::read_link(format!("/proc/{}/exe", text.trim())).unwrap()
+}
+
+#[test]
+fn the_supervisor_is_the_small_daemon_beside_kip_or_kip_itself_without_it() {
+    let config = "process \"idle\" {\n  command = [\"sleep\", \"600\"]\n}\n";
+    // Installed as cargo builds and installs it: kip-supervisor beside kip.
+    let stack = Stack::new(config);
+    stack.ok(&["apply", "--auto-approve"]);
+    let beside = Path::new(env!("CARGO_BIN_EXE_kip")).with_file_name("kip-supervisor");
+    assert_eq!(
+        supervisor_program(&stack),
+        std::fs::canonicalize(&beside).unwrap()
+    );
+    assert!(stack.ok(&["ps"]).stdout.contains("process.idle"));
+    stack.ok(&["destroy", "--auto-approve"]);
+
+    // A kip copied alone: it runs its own `kip supervisor`.
+    let alone = tempfile::tempdir().unwrap();
+    let kip = alone.path().join("kip");
+    std::fs::copy(env!("CARGO_BIN_EXE_kip"), &kip).unwrap();
+    let run_alone = |args: &[&str]| {
+        let template = stack.command(args);
+        let mut command = Command::new(&kip);
+        command.args(args).current_dir(stack.project.path());
+        for (key, value) in template.get_envs() {
+            match value {
+                Some(value) => command.env(key, value),
+                None => command.env_remove(key),
+            };
+        }
+        let output = command.output().unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    run_alone(&["apply", "--auto-approve"]);
+    assert_eq!(supervisor_program(&stack), kip);
+    assert!(run_alone(&["ps"]).contains("process.idle"));
+    run_alone(&["destroy", "--auto-approve"]);
+}

@@ -39,8 +39,16 @@ pub(crate) fn project(context: &Context) -> anyhow::Result<Project> {
     Ok(Project::new(&dir, &cache, &exe))
 }
 
+/// The project's supervisors, started as the `kip-supervisor` installed beside kip (the daemon alone, a third of
+/// kip's resident code), or as `kip supervisor` when there is none.
 pub(crate) fn supervisors(project: &Project) -> DaemonSupervisors {
-    DaemonSupervisors::new(project.kip_dir.clone(), project.kip_exe.clone())
+    let daemon = project.kip_exe.with_file_name("kip-supervisor");
+    let exe = if daemon.is_file() {
+        daemon
+    } else {
+        project.kip_exe.clone()
+    };
+    DaemonSupervisors::new(project.kip_dir.clone(), exe)
 }
 
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
