@@ -53,6 +53,15 @@ fn free_port() -> u16 {
 
 /// One apply of the stack in a new project, destroyed afterwards (outside the timing).
 fn apply_once(harness: &Harness, stack: &Example, parallelism: Option<&str>) -> Duration {
+    applied(harness, stack, parallelism).1
+}
+
+/// The stack applied in a new project (destroyed when dropped), and how long the apply took.
+fn applied<'h>(
+    harness: &'h Harness,
+    stack: &Example,
+    parallelism: Option<&str>,
+) -> (crate::kip::Project<'h>, Duration) {
     let project = harness.project(&example(stack.dir, "kip.hcl"));
     for (name, executable) in stack.files {
         let path = project.dir.join(name);
@@ -66,13 +75,49 @@ fn apply_once(harness: &Harness, stack: &Example, parallelism: Option<&str>) -> 
     if let Some(parallelism) = parallelism {
         args.extend(["--parallelism", parallelism]);
     }
-    project.expect(0, &args).elapsed
+    let elapsed = project.expect(0, &args).elapsed;
+    (project, elapsed)
 }
 
 pub fn run(harness: &Harness, runs: usize) {
     for stack in [&QUICKSTART, &ALL_ENGINES] {
         run_stack(harness, stack, runs);
     }
+    supervisor_memory(harness);
+}
+
+/// The supervisor's resident memory once it has idled with all six engines up (issue 12: ≤ 10 MB), from
+/// `/proc/PID/status`: VmRSS, and its parts RssAnon (its own heap and stacks) and RssFile (pages of its binary
+/// and libraries, shared through the page cache).
+fn supervisor_memory(harness: &Harness) {
+    const IDLE: Duration = Duration::from_secs(10);
+    let (project, _) = applied(harness, &ALL_ENGINES, None);
+    std::thread::sleep(IDLE);
+    let pid = std::fs::read_to_string(project.dir.join(".kip/supervisor.pid"))
+        .expect("the supervisor's pid file");
+    let pid = pid.trim();
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the supervisor runs");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|line| line.starts_with(name))
+            .and_then(|line| line.split_whitespace().nth(1))
+            .and_then(|kib| kib.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let program = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|path| path.display().to_string())
+        .unwrap_or_default();
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    crate::report::note(&format!(
+        "supervisor idle RSS with six engines ({}, after {} s idle): {:.1} MiB (RssAnon {:.1} MiB, RssFile {:.1} MiB); target ≤ 10 MB",
+        program,
+        IDLE.as_secs(),
+        mib(field("VmRSS:")),
+        mib(field("RssAnon:")),
+        mib(field("RssFile:"))
+    ));
 }
 
 fn run_stack(harness: &Harness, stack: &Example, runs: usize) {
