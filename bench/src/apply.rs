@@ -4,9 +4,12 @@
 //! 1. a new PostgreSQL 16 instance (one role, one database) from `kip apply --auto-approve` start to ready and
 //!    converged, from the cached template and on the initdb path (an empty templates dir), split into its steps
 //!    by the stderr step lines, kip's debug logs and the supervisor's log; plus the data-dir copy alone, in process;
-//! 2. a no-op `kip plan` against a running instance with 100 declared objects (roles, databases, grants);
-//! 3. `kip plan` for 1,000 declared roles from empty state (no engine is contacted);
-//! 4. `kip apply` of 1,000 roles added to a running instance.
+//! 2. the same instance with nothing declared in it, against PostgreSQL's own start on a copy of the template
+//!    (the floor) and against `initdb` + start by hand (the cold path), with kip's own cold path, for the table
+//!    of kip against each engine's own start ([`crate::floor`]);
+//! 3. a no-op `kip plan` against a running instance with 100 declared objects (roles, databases, grants);
+//! 4. `kip plan` for 1,000 declared roles from empty state (no engine is contacted);
+//! 5. `kip apply` of 1,000 roles added to a running instance.
 //!
 //! Every project is destroyed when its case ends (projects run `kip destroy` when dropped).
 
@@ -40,6 +43,7 @@ pub fn run(runs: Option<usize>) {
         harness.root.display()
     );
     new_instance(&harness, runs.unwrap_or(7));
+    against_floor(&harness, runs.unwrap_or(7));
     noop_plan(&harness, runs.unwrap_or(21));
     plan_roles(&harness, runs.unwrap_or(21));
     apply_roles(&harness, runs.unwrap_or(7));
@@ -234,13 +238,159 @@ fn new_instance(harness: &Harness, runs: usize) {
     ));
 }
 
-/// The built template under `templates` (the directory holding PG_VERSION).
+const EMPTY_INSTANCE: &str = r#"postgres "main" {
+  version = "16"
+}
+"#;
+
+/// A fresh instance against PostgreSQL's own start (kip issue 12). Each run, one after the other so that a single
+/// server runs at a time and all four see the machine alike: `kip apply` of an instance with nothing declared in
+/// a new project (template cached), the same with one role and one database, the bare `postgres` on a copy of the
+/// template to `SELECT 1` (the floor), `kip apply` with an empty templates dir (kip's cold path), and `initdb`,
+/// start and `SELECT 1` by hand (the bare cold path). No KIP_LOG: logging is work the bare starts do not do. Each
+/// step starts after a `sync`, untimed, so that none pays for the writeback of the one before (a destroy deletes
+/// a data dir just before).
+fn against_floor(harness: &Harness, runs: usize) {
+    // A warm cache, and the account kip runs this project's PostgreSQL as, which the bare starts use too (postgres
+    // refuses root). kip removes a project's account with its last instance, so this project (its server idle)
+    // stays until the case ends.
+    let account_holder = harness.project(EMPTY_INSTANCE);
+    account_holder.expect(0, &["apply", "--auto-approve"]);
+    let run_as = account_holder.run_as();
+    let template = template_dir(&harness.cache.join("templates"));
+    let toolchain = crate::floor::postgres_toolchain(&harness.cache.join("store"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let scratch = harness.root.join("floor");
+    open_dir(&scratch);
+
+    let mut kip = Vec::new();
+    let mut kip_converged = Vec::new();
+    let mut kip_cold = Vec::new();
+    let mut copies = Vec::new();
+    let mut floor = Vec::new();
+    let mut cold = Vec::new();
+    for index in 0..runs {
+        crate::floor::settle();
+        let project = harness.project(EMPTY_INSTANCE);
+        kip.push(project.expect(0, &["apply", "--auto-approve"]).elapsed);
+        drop(project);
+
+        crate::floor::settle();
+        let project = harness.project(ONE_ROLE_ONE_DATABASE);
+        let run = project.expect(0, &["apply", "--auto-approve"]);
+        assert!(
+            run.stdout.contains("Resources: 3 added"),
+            "{}",
+            run.describe()
+        );
+        kip_converged.push(run.elapsed);
+        drop(project);
+
+        crate::floor::settle();
+        let bare = crate::floor::postgres_floor(
+            &runtime,
+            &toolchain,
+            &template,
+            &scratch.join(format!("floor-{index}")),
+            run_as.as_ref(),
+        );
+        copies.push(bare.copy);
+        floor.push(bare.start);
+
+        // kip's cold path: a fresh cache whose store is the shared one (the toolchain stays cached), so the
+        // templates dir is empty.
+        let cache = harness.root.join(format!("cache-cold-{index}"));
+        open_dir(&cache);
+        std::os::unix::fs::symlink(harness.cache.join("store"), cache.join("store"))
+            .expect("link the shared store");
+        crate::floor::settle();
+        let project = harness.project(EMPTY_INSTANCE).with_cache(cache.clone());
+        kip_cold.push(project.expect(0, &["apply", "--auto-approve"]).elapsed);
+        drop(project);
+        let _ = std::fs::remove_dir_all(&cache);
+
+        crate::floor::settle();
+        cold.push(crate::floor::postgres_cold_path(
+            &runtime,
+            &toolchain,
+            &scratch.join(format!("cold-{index}")),
+            run_as.as_ref(),
+        ));
+    }
+    drop(account_holder);
+    header(&format!(
+        "a fresh PostgreSQL 16 against its own start: kip apply vs the bare postgres, cached and cold ({runs} runs each)"
+    ));
+    row(
+        "kip apply --auto-approve, nothing declared, template cached",
+        &kip,
+    );
+    row(
+        "kip apply --auto-approve, 1 role + 1 database, template cached",
+        &kip_converged,
+    );
+    row(
+        "kip apply --auto-approve, nothing declared, empty templates dir (initdb)",
+        &kip_cold,
+    );
+    row(
+        "bare: copy of the template + pg_hba.conf (not in its start)",
+        &copies,
+    );
+    row(
+        &format!(
+            "bare postgres -D <copy> as {}, unix socket, spawn to SELECT 1",
+            run_as
+                .as_ref()
+                .map_or("kip's own user", |run_as| run_as.user.as_str())
+        ),
+        &floor,
+    );
+    row(
+        "bare initdb --no-sync + postgres + SELECT 1 (the cold path by hand)",
+        &cold,
+    );
+    crate::floor::against_floor(
+        "PostgreSQL",
+        &kip,
+        &floor,
+        "≤ 1.5× (bare start to a first query ~75 ms)",
+    );
+    crate::floor::against_floor_as(
+        "PostgreSQL: fresh instance with 1 role + 1 database, kip apply to ready and converged",
+        &kip_converged,
+        &floor,
+        "reported",
+    );
+    let cold_label = "bare cold path: initdb + start";
+    crate::floor::against_cold_path(
+        "PostgreSQL: fresh instance, kip apply to ready and converged",
+        &kip,
+        cold_label,
+        &cold,
+    );
+    crate::floor::against_cold_path(
+        "PostgreSQL: kip's cold path (empty templates dir: initdb), kip apply to ready",
+        &kip_cold,
+        cold_label,
+        &cold,
+    );
+}
+
+/// The built template under `templates` (the directory holding PG_VERSION and kip's bootstrap password: a data
+/// dir kip prepared from it ahead of time has no bootstrap file).
 fn template_dir(templates: &Path) -> PathBuf {
     std::fs::read_dir(templates)
         .expect("the templates dir")
         .flatten()
         .map(|entry| entry.path())
-        .find(|path| path.join("PG_VERSION").is_file())
+        .find(|path| {
+            path.join("PG_VERSION").is_file()
+                && path.join(kip_providers::template::BOOTSTRAP_FILE).is_file()
+        })
         .expect("a built template")
 }
 

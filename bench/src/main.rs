@@ -8,6 +8,7 @@
 //! `cargo build --release -p kip-cli`). Without `--runs`, each benchmark uses its own default run counts.
 
 mod apply;
+mod floor;
 #[path = "../../core/tests/support/http.rs"]
 mod http;
 mod kip;

@@ -9,12 +9,16 @@
 //! own password set, the state write. The bare side is spawn to the first successful login over the socket with
 //! `mysql_async` (kip's own connector, polled every 0.5 ms); its copy of the template is made before the clock
 //! starts and timed apart. The server is stopped after each run.
+//!
+//! For the table of kip against each engine's own start ([`crate::floor`]), the cold path too: kip's apply with an
+//! empty templates dir against `mariadb-install-db`, `mariadbd` and a login by hand.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::apply::{header, ms, row, test_mirror};
+use crate::floor;
 use crate::kip::{Harness, Project, open_dir};
 
 const CONFIG: &str = r#"mariadb "main" {
@@ -96,15 +100,106 @@ pub fn run(runs: Option<usize>) {
     row("  root's own password, state write, exit", &after_ready);
     row("bare: copy of the template (not in its start)", &copies);
     row("bare mariadbd on a unix socket, spawn to a login", &bare);
-    let median = |times: &[Duration]| {
-        let mut sorted = times.to_vec();
-        sorted.sort();
-        sorted[sorted.len() / 2]
-    };
     println!(
         "  kip's median: {} (target: 400 ms from the template); ratio to the bare start: {:.2}×",
-        ms(median(&kip)),
-        median(&kip).as_secs_f64() / median(&bare).as_secs_f64()
+        ms(floor::median(&kip)),
+        floor::median(&kip).as_secs_f64() / floor::median(&bare).as_secs_f64()
+    );
+    floor::against_floor(
+        "MariaDB",
+        &kip,
+        &bare,
+        "≤ 400 ms from its template (issue 11)",
+    );
+
+    cold_paths(&harness, &runtime, &toolchain, runs.min(5), &kip);
+}
+
+/// The cold path, `runs` times each, alternating: kip's (`kip apply` with an empty templates dir, so kip runs
+/// `mariadb-install-db` and closes the template before the copy and the start) and the bare one by hand
+/// (`mariadb-install-db` with kip's flags into a fresh data dir, then `mariadbd`, then root's login, which has no
+/// password yet), each timed whole. `kip` is kip's apply from its template, for the table.
+fn cold_paths(
+    harness: &Harness,
+    runtime: &tokio::runtime::Runtime,
+    toolchain: &Path,
+    runs: usize,
+    kip: &[Duration],
+) {
+    let scratch = harness.root.join("cold");
+    let mut kip_cold = Vec::new();
+    let mut install = Vec::new();
+    let mut bare_cold = Vec::new();
+    for index in 0..runs {
+        // A fresh cache whose store is the shared one (the toolchain stays cached): the templates dir is empty.
+        let cache = harness.root.join(format!("cache-cold-{index}"));
+        open_dir(&cache);
+        std::os::unix::fs::symlink(harness.cache.join("store"), cache.join("store"))
+            .expect("link the shared store");
+        floor::settle();
+        let project = harness.project(CONFIG).with_cache(cache.clone());
+        kip_cold.push(project.expect(0, &["apply", "--auto-approve"]).elapsed);
+        drop(project);
+        let _ = std::fs::remove_dir_all(&cache);
+
+        let dir = scratch.join(index.to_string());
+        open_dir(&dir);
+        let data = dir.join("data");
+        floor::settle();
+        let started = Instant::now();
+        let output = Command::new(toolchain.join("bin/mariadb-install-db"))
+            .arg("--no-defaults")
+            .arg(format!("--basedir={}", toolchain.display()))
+            .arg(format!("--datadir={}", data.display()))
+            .args([
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+                "--skip-name-resolve",
+                "--skip-log-bin",
+                "--innodb-log-file-size=8M",
+                "--user=root",
+            ])
+            .current_dir(toolchain)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .stdin(Stdio::null())
+            .output()
+            .expect("mariadb-install-db runs");
+        assert!(
+            output.status.success(),
+            "mariadb-install-db failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        install.push(started.elapsed());
+        bare_cold.push(bare_start_from(
+            runtime, toolchain, &data, &dir, "", started,
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    header(&format!(
+        "MariaDB 10.11's cold path: kip apply with an empty templates dir vs mariadb-install-db + mariadbd by hand ({runs} runs each)"
+    ));
+    row(
+        "kip apply --auto-approve, empty templates dir (install-db, close, copy, start)",
+        &kip_cold,
+    );
+    row(
+        "bare mariadb-install-db + mariadbd, spawn to root's login",
+        &bare_cold,
+    );
+    row("  of which mariadb-install-db", &install);
+    let cold_label = "bare cold path: mariadb-install-db + start";
+    floor::against_cold_path(
+        "MariaDB: fresh instance, kip apply to ready and converged",
+        kip,
+        cold_label,
+        &bare_cold,
+    );
+    floor::against_cold_path(
+        "MariaDB: kip's cold path (empty templates dir: mariadb-install-db), kip apply to ready",
+        &kip_cold,
+        cold_label,
+        &bare_cold,
     );
 }
 
@@ -139,9 +234,20 @@ fn bare_start(
     dir: &Path,
     password: &str,
 ) -> Duration {
+    bare_start_from(runtime, toolchain, data, dir, password, Instant::now())
+}
+
+/// [`bare_start`], timed from `started` (before an install, for the cold path) to the first login.
+fn bare_start_from(
+    runtime: &tokio::runtime::Runtime,
+    toolchain: &Path,
+    data: &Path,
+    dir: &Path,
+    password: &str,
+    started: Instant,
+) -> Duration {
     let socket = dir.join("mariadb.sock");
-    let started = Instant::now();
-    let mut child = Command::new(toolchain.join("bin/mariadbd"))
+    let child = Command::new(toolchain.join("bin/mariadbd"))
         .arg("--no-defaults")
         .arg(format!("--basedir={}", toolchain.display()))
         .arg(format!("--datadir={}", data.display()))
@@ -161,11 +267,13 @@ fn bare_start(
         .stderr(Stdio::null())
         .spawn()
         .expect("mariadbd starts");
+    // Killed as before (the copy is thrown away); the guard also stops it when an assertion fails.
+    let _server = floor::BareServer::new(child, "KILL");
     let connector =
         kip_providers::mariadb::client::Connector::new(&socket, vec![password.to_owned()]);
-    let elapsed = loop {
+    loop {
         if runtime.block_on(connector.working_password()).is_ok() {
-            break started.elapsed();
+            return started.elapsed();
         }
         assert!(
             started.elapsed() < Duration::from_secs(30),
@@ -173,8 +281,5 @@ fn bare_start(
             socket.display()
         );
         std::thread::sleep(Duration::from_micros(500));
-    };
-    let _ = child.kill();
-    let _ = child.wait();
-    elapsed
+    }
 }

@@ -8,7 +8,8 @@
 //! config check, plan, supervisor, provisioning (a port allocated, the token generated, the config written), the
 //! server's start, the TCP probe, the ready step (a client with the token, `$JS.API.INFO`), the state write. The
 //! bare side is spawn to the first successful client connection and JetStream answer, polled every 0.5 ms; the
-//! server is stopped after each run.
+//! server is stopped after each run. The ratio goes to the table of kip against each engine's own start
+//! ([`crate::floor`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -48,6 +49,11 @@ pub fn run(runs: Option<usize>) {
         &format!("a fresh NATS 2 with JetStream to ready: kip apply vs the bare nats-server ({runs} runs each)"),
         "nats-server start, TCP probe, client with the token, JetStream answer",
         ("bare nats-server -c, spawn to a client and a JetStream answer", &bare),
+    );
+    crate::floor::against_floor("NATS", kip.total(), &bare, "≤ 1.2× (issue 11)");
+    crate::floor::no_init_step(
+        "NATS",
+        "it starts from its configuration file; JetStream creates its store directory on first start",
     );
 }
 
@@ -93,7 +99,7 @@ fn bare_start(runtime: &tokio::runtime::Runtime, server: &Path, dir: &Path) -> D
     let file = dir.join("nats.conf");
     std::fs::write(&file, config).expect("the config is written");
     let started = Instant::now();
-    let mut child = Command::new(server)
+    let child = Command::new(server)
         .arg("-c")
         .arg(&file)
         .stdin(Stdio::null())
@@ -101,17 +107,16 @@ fn bare_start(runtime: &tokio::runtime::Runtime, server: &Path, dir: &Path) -> D
         .stderr(Stdio::null())
         .spawn()
         .expect("nats-server starts");
-    let elapsed = loop {
+    // Stopped when this returns, or when an assertion below fails.
+    let _server = crate::floor::BareServer::new(child, "KILL");
+    loop {
         if runtime.block_on(serves(port, token)) {
-            break started.elapsed();
+            return started.elapsed();
         }
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "nats-server did not answer on 127.0.0.1:{port}"
         );
         std::thread::sleep(Duration::from_micros(500));
-    };
-    let _ = child.kill();
-    let _ = child.wait();
-    elapsed
+    }
 }

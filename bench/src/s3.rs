@@ -10,7 +10,8 @@
 //! polled every 5 ms; it also records when the S3 port first accepts a connection and when a bucket can first be
 //! created, and reads how long `weed mini` says each of its components took to get ready: where the boot goes.
 //! A third side is the bare `weed mini` without mutual TLS (the same `security.toml` up to its TLS sections: JWT
-//! keys only), to show what closing the listeners other than the S3 API's costs.
+//! keys only), to show what closing the listeners other than the S3 API's costs. kip against the bare `weed mini`
+//! with kip's files goes to the table of kip against each engine's own start ([`crate::floor`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -149,6 +150,16 @@ pub fn run(runs: Option<usize>) {
     println!(
         "  ratio of the medians: {:.2}× (target: as fast as its own boot allows)",
         median(&kip).as_secs_f64() / median(&bare).as_secs_f64()
+    );
+    crate::floor::against_floor(
+        "SeaweedFS (S3)",
+        &kip,
+        &bare,
+        "as fast as its own boot allows",
+    );
+    crate::floor::no_init_step(
+        "SeaweedFS (weed mini)",
+        "it creates its master, volume and filer stores on first start; kip writes only its identity and security files",
     );
     println!(
         "  mutual TLS on the listeners other than the S3 API's: {:+.0} ms on the bare boot's median",

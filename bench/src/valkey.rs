@@ -5,7 +5,8 @@
 //! configuration (unix socket only, no snapshots). kip's side is the real release binary in a new project per run,
 //! from spawn to exit: config check, plan, supervisor, provisioning, the server's start, the authenticated `PING`
 //! of the ready step, the state write. The bare side is spawn to the first `PONG` over the socket, polled every
-//! 0.5 ms with the `redis` crate; the server is stopped after each run.
+//! 0.5 ms with the `redis` crate; the server is stopped after each run. The ratio goes to the table of kip against
+//! each engine's own start ([`crate::floor`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -38,6 +39,11 @@ pub fn run(runs: Option<usize>) {
         ),
         "valkey-server start, socket probe, authenticated PING",
         ("bare valkey-server on a unix socket, spawn to PONG", &bare),
+    );
+    crate::floor::against_floor("Valkey", kip.total(), &bare, "≤ 1.2× (issue 10)");
+    crate::floor::no_init_step(
+        "Valkey",
+        "it starts on an empty directory; kip writes only its configuration and ACL file",
     );
 }
 
@@ -97,6 +103,11 @@ impl KipApplies {
         applies
     }
 
+    /// Every apply's time, spawn to exit.
+    pub fn total(&self) -> &[Duration] {
+        &self.total
+    }
+
     /// Prints the table: kip's phases (`engine_phase` names the engine's start to ready), the bare start, and the
     /// ratio of the medians against the 1.2× target.
     pub fn report(&self, title: &str, engine_phase: &str, (bare_label, bare): (&str, &[Duration])) {
@@ -138,7 +149,7 @@ fn valkey_server(store: &Path) -> PathBuf {
 fn bare_start(server: &Path, dir: &Path) -> Duration {
     let socket = dir.join("valkey.sock");
     let started = Instant::now();
-    let mut child = Command::new(server)
+    let child = Command::new(server)
         .args([
             "--port",
             "0",
@@ -158,13 +169,15 @@ fn bare_start(server: &Path, dir: &Path) -> Duration {
         .stderr(Stdio::null())
         .spawn()
         .expect("valkey-server starts");
+    // Stopped when this returns, or when an assertion below fails.
+    let _server = crate::floor::BareServer::new(child, "KILL");
     let client = redis::Client::open(redis::ConnectionAddr::Unix(socket.clone()))
         .expect("a client for the socket");
-    let elapsed = loop {
+    loop {
         if let Ok(mut connection) = client.get_connection() {
             let pong: Result<String, _> = redis::cmd("PING").query(&mut connection);
             if pong.is_ok() {
-                break started.elapsed();
+                return started.elapsed();
             }
         }
         assert!(
@@ -173,8 +186,5 @@ fn bare_start(server: &Path, dir: &Path) -> Duration {
             socket.display()
         );
         std::thread::sleep(Duration::from_micros(500));
-    };
-    let _ = child.kill();
-    let _ = child.wait();
-    elapsed
+    }
 }
