@@ -274,7 +274,7 @@ fn note_timeout(step: Step, size: usize, timeout: Duration, result: &Timed) {
     let progress = progress_marker(step).map_or(String::new(), |marker| {
         let done = result.stdout.lines().filter(|line| line.contains(marker)).count();
         format!(
-            ", {} of {} resources done by then ({:.1} per second)",
+            ", with {} of {} resources done: {:.1} per second, counting the plan it makes first",
             report::thousands(done),
             report::thousands(size),
             done as f64 / result.elapsed.as_secs_f64()
