@@ -42,6 +42,16 @@ fn main() {
     };
     let runs = value_of("--runs").and_then(|runs| runs.parse::<usize>().ok());
     let report_path = value_of("--report").map(std::path::PathBuf::from);
+    // divan's output of `cargo bench -p kip-bench --bench inprocess`, saved by scripts/bench.sh.
+    if let Some(path) = value_of("--divan") {
+        let text = std::fs::read_to_string(path)
+            .unwrap_or_else(|error| panic!("cannot read the divan output {path}: {error}"));
+        let rows = report::divan_rows(
+            "in-process timings (divan: cargo bench -p kip-bench --bench inprocess)",
+            &text,
+        );
+        assert!(rows > 0, "no divan rows in {path}");
+    }
     let sizes = sizes(&args);
     // Benchmark names: every argument but the options and their values.
     let selected: Vec<&str> = args
@@ -49,7 +59,11 @@ fn main() {
         .enumerate()
         .filter(|(at, arg)| {
             !arg.starts_with("--")
-                && (*at == 0 || !matches!(args[at - 1].as_str(), "--runs" | "--report" | "--sizes"))
+                && (*at == 0
+                    || !matches!(
+                        args[at - 1].as_str(),
+                        "--runs" | "--report" | "--sizes" | "--divan"
+                    ))
         })
         .map(|(_, arg)| arg.as_str())
         .collect();

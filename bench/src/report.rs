@@ -338,6 +338,88 @@ pub fn timed(program: &Path, args: &[&str], configure: impl FnOnce(&mut Command)
     }
 }
 
+/// Reads divan's table (`cargo bench -p kip-bench --bench inprocess`, saved to a file) into rows of the report,
+/// under `title`: each leaf bench with its median, fastest as min, slowest as max, and its sample count. Returns
+/// how many rows it read.
+pub fn divan_rows(title: &str, text: &str) -> usize {
+    header(title);
+    // Names by depth: a line's depth is where its name starts.
+    let mut names: Vec<(usize, String)> = Vec::new();
+    let mut count = 0;
+    for line in text.lines() {
+        // The tree's own `│` come before the name; the columns' after it.
+        let Some(start) = line.find(|c: char| c.is_alphanumeric() || c == '_') else {
+            continue;
+        };
+        let depth = line[..start].chars().count();
+        let columns: Vec<&str> = line[start..].split('│').collect();
+        if columns.len() < 5 {
+            continue;
+        }
+        let rest = columns[0];
+        let name = rest
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        names.retain(|(at, _)| *at < depth);
+        let fastest = rest[name.len()..].trim();
+        let (Some(min), Some(max), Some(median), Some(samples)) = (
+            parse_divan_time(fastest),
+            parse_divan_time(columns[1].trim()),
+            parse_divan_time(columns[2].trim()),
+            columns[4].trim().parse::<usize>().ok(),
+        ) else {
+            names.push((depth, name));
+            continue;
+        };
+        let mut path: Vec<&str> = names
+            .iter()
+            .map(|(_, name)| name.as_str())
+            .skip(1)
+            .collect();
+        path.push(&name);
+        let stats = Stats {
+            median,
+            min,
+            max,
+            runs: samples,
+        };
+        println!(
+            "  {:<66} {:>9} {:>9} {:>9} {:>5}",
+            path.join(" / "),
+            ms(median),
+            ms(min),
+            ms(max),
+            samples
+        );
+        let mut report = report();
+        let section = report.section.clone();
+        report.rows.push(Row {
+            section,
+            label: path.join(" / "),
+            stats,
+            peak_rss_kib: None,
+        });
+        count += 1;
+    }
+    count
+}
+
+/// "4.692 ms", "805.3 µs", "1.2 s", "45 ns" as divan prints them.
+fn parse_divan_time(text: &str) -> Option<Duration> {
+    let (number, unit) = text.split_once(' ')?;
+    let value: f64 = number.parse().ok()?;
+    let seconds = match unit.trim() {
+        "s" => value,
+        "ms" => value * 1e-3,
+        "µs" | "us" => value * 1e-6,
+        "ns" => value * 1e-9,
+        _ => return None,
+    };
+    Some(Duration::from_secs_f64(seconds))
+}
+
 /// The machine, as the report's heading: cores, memory, the scratch filesystem, kernel.
 fn machine(scratch: &Path) -> String {
     let cores = std::thread::available_parallelism().map_or(0, |cores| cores.get());
@@ -491,6 +573,30 @@ mod tests {
                 "a shell has a resident set"
             );
         }
+    }
+
+    #[test]
+    fn divan_tables_become_rows() {
+        let text = "\
+inprocess        fastest       │ slowest       │ median        │ mean          │ samples │ iters
+├─ front_half                  │               │               │               │         │
+│  ├─ 1000       4.692 ms      │ 10.41 ms      │ 5.147 ms      │ 5.446 ms      │ 20      │ 20
+│  ╰─ 10000      66.74 ms      │ 1.2 s         │ 68.23 ms      │ 69.65 ms      │ 20      │ 20
+╰─ locals_chain                │               │               │               │         │
+   ╰─ 1000       805.3 µs      │ 3.161 ms      │ 2.728 ms      │ 2.764 ms      │ 10      │ 10
+";
+        assert_eq!(divan_rows("in-process (divan)", text), 3);
+        let report = report();
+        let labels: Vec<&str> = report.rows.iter().map(|row| row.label.as_str()).collect();
+        assert!(labels.contains(&"front_half / 10000"), "{labels:?}");
+        assert!(labels.contains(&"locals_chain / 1000"), "{labels:?}");
+        let row = report
+            .rows
+            .iter()
+            .find(|row| row.label == "front_half / 10000")
+            .unwrap();
+        assert_eq!(row.stats.max, Duration::from_millis(1200));
+        assert_eq!(row.stats.runs, 20);
     }
 
     #[test]
