@@ -1,9 +1,9 @@
 //! kip's benchmarks. Each one prints the median (and min / max) of repeated runs for a target an issue names;
 //! BENCHMARKS.md records the numbers and what bounds them.
 //!
-//! Run: `cargo run --release -p kip-bench -- [front-half] [resolve] [apply] [valkey] [mariadb] [nats] [s3] [process] [stack] [--runs N]`.
-//! `resolve`, `apply`, `valkey`, `mariadb`, `nats`, `s3`, `process` and `stack` need the test mirror (`scripts/test-mirror.sh`; `KIP_TEST_MIRROR` or
-//! `~/.cache/kip/test-mirror`); `apply`, `valkey`, `mariadb`, `nats`, `s3`, `process` and `stack` drive the release `kip` binary (`KIP_BIN`, default
+//! Run: `cargo run --release -p kip-bench -- [front-half] [resolve] [apply] [valkey] [mariadb] [nats] [s3] [process] [stack] [scale] [--runs N] [--sizes 100,1000,10000]`.
+//! `resolve`, `apply`, `valkey`, `mariadb`, `nats`, `s3`, `process`, `stack` and `scale` need the test mirror (`scripts/test-mirror.sh`; `KIP_TEST_MIRROR` or
+//! `~/.cache/kip/test-mirror`); `apply`, `valkey`, `mariadb`, `nats`, `s3`, `process`, `stack` and `scale` drive the release `kip` binary (`KIP_BIN`, default
 //! `$CARGO_TARGET_DIR/release/kip`: build it with
 //! `cargo build --release -p kip-cli`). Without `--runs`, each benchmark uses its own default run counts.
 
@@ -16,6 +16,7 @@ mod nats;
 mod process;
 mod report;
 mod s3;
+mod scale;
 mod stack;
 mod valkey;
 
@@ -40,7 +41,7 @@ fn main() {
         .enumerate()
         .filter(|(at, arg)| {
             !arg.starts_with("--")
-                && (*at == 0 || !matches!(args[at - 1].as_str(), "--runs" | "--report"))
+                && (*at == 0 || !matches!(args[at - 1].as_str(), "--runs" | "--report" | "--sizes"))
         })
         .map(|(_, arg)| arg.as_str())
         .collect();
@@ -74,12 +75,39 @@ fn main() {
         let harness = kip::Harness::new(&apply::test_mirror());
         stack::run(&harness, runs.unwrap_or(7));
     }
+    // kip's steps at each size, to be put beside Terraform's (report::side_by_side).
+    let (scale_roles, scale_mixed) = if wants("scale") {
+        let harness = kip::Harness::new(&apply::test_mirror());
+        scale::run(&harness, &sizes(&args), runs)
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let _ = (&scale_roles, &scale_mixed);
     if let Some(path) = report_path {
         let command = std::iter::once("kip-bench".to_owned())
             .chain(args.iter().cloned())
             .collect::<Vec<_>>()
             .join(" ");
         report::write(&path, &versions(), &command);
+    }
+}
+
+/// The sizes of `--sizes 100,1000,10000` (objects or resources), those three when it is absent.
+fn sizes(args: &[String]) -> Vec<usize> {
+    let given = args
+        .iter()
+        .position(|arg| arg == "--sizes")
+        .and_then(|at| args.get(at + 1));
+    match given {
+        Some(list) => list
+            .split(',')
+            .map(|size| {
+                size.trim().replace('_', "").parse().unwrap_or_else(|_| {
+                    panic!("--sizes takes numbers separated by commas, not {list:?}")
+                })
+            })
+            .collect(),
+        None => vec![100, 1_000, 10_000],
     }
 }
 
