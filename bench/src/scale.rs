@@ -27,7 +27,7 @@
 use std::time::Duration;
 
 use crate::kip::{Harness, Project, Run};
-use crate::report::{Measured, Ratio, Stats, Step, compare, header, row_with_rss, thousands};
+use crate::report::{Measured, Ratio, Stats, Step, compare, header, note, row_with_rss, thousands};
 
 /// The two shapes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,6 +136,13 @@ fn run_shape(
         steps
             .no_refresh
             .row("kip plan --refresh=false, after (trusts the state)");
+        if shape == Shape::Mixed {
+            note(&format!(
+                "scale, mixed at {}: {}",
+                thousands(size),
+                census(&config)
+            ));
+        }
     }
     growth(shape, &measured);
     measured
@@ -307,6 +314,30 @@ fn mixed_config(objects: usize) -> String {
     config
 }
 
+/// What a mixed config declares, counted by block kind: "12 postgres, 3750 role, …".
+fn census(config: &str) -> String {
+    let kinds = [
+        "postgres", "role", "database", "grant", "valkey", "user", "nats", "stream", "kv", "s3", "bucket",
+    ];
+    kinds
+        .iter()
+        .map(|kind| format!("{} {kind}", declared(config, kind)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// How many blocks of `kind` a generated config opens (`role "r00001" {`, `grant {`), leaving out the attributes
+/// of the same name (`role = "r00001"` inside a grant).
+fn declared(config: &str, kind: &str) -> usize {
+    config
+        .lines()
+        .filter(|line| {
+            let mut words = line.split_whitespace();
+            words.next() == Some(kind) && words.next().is_some_and(|word| word != "=")
+        })
+        .count()
+}
+
 /// One instance of `engine` holding `count` objects.
 fn instance_block(engine: Engine, instance: usize, count: usize) -> String {
     let mut text = match engine {
@@ -353,50 +384,43 @@ fn postgres_object(slot: usize) -> String {
 mod tests {
     use super::*;
 
-    fn count(config: &str, what: &str) -> usize {
-        config
-            .lines()
-            .filter(|line| line.trim_start().starts_with(what))
-            .count()
-    }
-
     #[test]
     fn the_mixed_shape_declares_exactly_the_objects_asked_for() {
         for objects in [8, 100, 1_000, 10_000] {
             let config = mixed_config(objects);
-            let declared: usize = [
-                "postgres ",
-                "valkey ",
-                "nats ",
-                "s3 ",
-                "role ",
-                "database ",
-                "grant ",
-                "user ",
-                "stream ",
-                "kv ",
-                "bucket ",
+            let total: usize = [
+                "postgres",
+                "valkey",
+                "nats",
+                "s3",
+                "role",
+                "database",
+                "grant",
+                "user",
+                "stream",
+                "kv",
+                "bucket",
             ]
             .iter()
-            .map(|what| count(&config, what))
+            .map(|what| declared(&config, what))
             .sum();
-            assert_eq!(declared, objects, "{objects}");
+            assert_eq!(total, objects, "{objects}");
         }
         let config = mixed_config(10_000);
-        assert_eq!(count(&config, "postgres "), 12);
-        assert_eq!(count(&config, "valkey "), 8);
-        assert_eq!(count(&config, "nats "), 2);
-        assert_eq!(count(&config, "s3 "), 2);
+        assert_eq!(declared(&config, "postgres"), 12);
+        assert_eq!(declared(&config, "valkey"), 8);
+        assert_eq!(declared(&config, "nats"), 2);
+        assert_eq!(declared(&config, "s3"), 2);
         let config = mixed_config(1_000);
-        assert_eq!(count(&config, "postgres "), 2);
-        assert_eq!(count(&config, "database "), 16);
+        assert_eq!(declared(&config, "postgres"), 2);
+        assert_eq!(declared(&config, "database"), 14);
     }
 
     #[test]
     fn postgres_objects_name_only_what_came_before() {
         let config: String = (0..80).map(postgres_object).collect();
-        assert_eq!(count(&config, "role "), 50);
-        assert_eq!(count(&config, "database "), 2);
+        assert_eq!(declared(&config, "role"), 50);
+        assert_eq!(declared(&config, "database"), 2);
         assert!(config.contains("owner = \"r00040\""));
         assert!(config.contains("role       = \"r00053\"\n    database   = \"d0001\""));
     }
@@ -404,7 +428,7 @@ mod tests {
     #[test]
     fn the_roles_shape_has_one_instance() {
         let config = roles_config(3);
-        assert_eq!(count(&config, "role "), 3);
+        assert_eq!(declared(&config, "role"), 3);
         assert_eq!(Shape::PostgresRoles.objects(3), 4);
     }
 }
