@@ -255,7 +255,16 @@ pub fn note(text: &str) {
 fn ratio_text(comparison: &Comparison) -> String {
     let (kip, other) = (comparison.kip.as_secs_f64(), comparison.other.as_secs_f64());
     match comparison.ratio {
-        Ratio::Faster => format!("{:.0}× faster", other / kip.max(1e-9)),
+        Ratio::Faster => {
+            let ratio = other / kip.max(1e-9);
+            if ratio >= 10.0 {
+                format!("{ratio:.0}× faster")
+            } else if ratio >= 1.0 {
+                format!("{ratio:.1}× faster")
+            } else {
+                format!("{:.1}× slower", 1.0 / ratio.max(1e-9))
+            }
+        }
         Ratio::OfFloor => format!("{:.2}× the floor", kip / other.max(1e-9)),
         Ratio::Times => format!("{:.2}×", kip / other.max(1e-9)),
     }

@@ -91,6 +91,9 @@ pub enum Command {
     /// Build a binary mirror: add engine archives and index them.
     #[command(subcommand)]
     Mirror(commands::mirror::Command),
+    /// Manage kip's cache: `kip cache prune` removes the spare data directories prepared ahead of time.
+    #[command(subcommand)]
+    Cache(commands::cache::Command),
     /// Print a shell completion script.
     Completions(commands::completions::Args),
 }
@@ -184,6 +187,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Lock(args) => commands::lock::run(&context, args),
         Command::Resolve(args) => commands::lock::run_resolve(&context, args),
         Command::Mirror(command) => commands::mirror::run(&context, command),
+        Command::Cache(command) => commands::cache::run(&context, command),
         Command::Completions(args) => commands::completions::run(args),
     }
 }

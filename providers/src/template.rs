@@ -15,7 +15,8 @@
 //! walk, a few milliseconds, against tens to hundreds for the copy). One spare per template bounds the disk it
 //! takes. A spare is stamped with its template's identity (a hash of the template's bootstrap password, new at each
 //! build), so a spare of a rebuilt template is never used; one on another filesystem than the instance stays where
-//! it is and the instance is copied as before.
+//! it is and the instance is copied as before. A spare is written back to disk (`syncfs`) before it is put in
+//! place, so the instance that claims it never waits for its writeback at its own first fsync.
 //!
 //! A template is closed: its administrator has a bootstrap password only kip knows, kept in a file of the template
 //! ([`BOOTSTRAP_FILE`]) that is never copied into an instance; the template is kip's own account's (mode 0700), so
@@ -344,8 +345,12 @@ fn claim_spare(template: &Path, work: &Path) -> bool {
     let (Some(spare), Some(stamp)) = (spare_of(template), template_stamp(template)) else {
         return false;
     };
-    // Two kips may race for it: the rename is atomic, so one gets it and the other finds nothing.
-    if std::fs::rename(&spare, work).is_err() {
+    // Two kips may race for it: the rename is atomic, so one gets it and the other finds nothing. While a
+    // preparer is at work (the previous command's), its copy is nearer done than a new one would be, and two copies
+    // at once only slow each other down: it is waited for, a bounded time.
+    if std::fs::rename(&spare, work).is_err()
+        && !(wait_for_preparer(template) && std::fs::rename(&spare, work).is_ok())
+    {
         return false;
     }
     let stamp_file = work.join(SPARE_STAMP);
@@ -356,6 +361,34 @@ fn claim_spare(template: &Path, work: &Path) -> bool {
     }
     tracing::debug!(spare = %spare.display(), "provisioned from the template's spare");
     true
+}
+
+/// How long a provisioning waits for a spare being prepared before it copies the template itself.
+const SPARE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Waits until no preparer of `template`'s spare holds its lock (at most [`SPARE_WAIT`]): true when none does (it
+/// finished, or none ever ran), false when one still works or the lock cannot be read.
+fn wait_for_preparer(template: &Path) -> bool {
+    let (Some(templates_dir), Some(name)) = (template.parent(), template.file_name()) else {
+        return false;
+    };
+    let lock_path = templates_dir
+        .join(".locks")
+        .join(format!("{}.spare.lock", name.to_string_lossy()));
+    // Not created here: without the file, no preparer ever ran.
+    let Ok(lock_file) = std::fs::OpenOptions::new().write(true).open(&lock_path) else {
+        return false;
+    };
+    let deadline = std::time::Instant::now() + SPARE_WAIT;
+    loop {
+        match lock_file.try_lock() {
+            Ok(()) => return true,
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Err(_) => return false,
+        }
+    }
 }
 
 /// A spare to prepare once the command is done: a copy of `template` without the top-level files in `not_copied`
@@ -394,6 +427,79 @@ pub fn take_wanted_spares() -> Vec<SpareRequest> {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()),
     )
+}
+
+/// Removes every spare under `templates_dir`, and the partial copies of preparers that were killed, skipping a
+/// template whose preparer is at work (it holds the spare lock). Templates stay. Returns how many spares were
+/// removed and the bytes freed. `kip cache prune` runs it.
+pub fn prune_spares(templates_dir: &Path) -> Result<(usize, u64), TemplateError> {
+    let spares = templates_dir.join(".spares");
+    let temp = templates_dir.join(".tmp");
+    let locks = templates_dir.join(".locks");
+    let mut names: Vec<String> = Vec::new();
+    for directory in [&spares, &temp] {
+        match std::fs::read_dir(directory) {
+            Ok(entries) => names.extend(entries.flatten().filter_map(|entry| {
+                let file = entry.file_name().to_string_lossy().into_owned();
+                if *directory == spares {
+                    Some(file)
+                } else {
+                    file.split_once(".spare.").map(|(name, _)| name.to_owned())
+                }
+            })),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(TemplateError::Io {
+                    action: "read",
+                    path: directory.clone(),
+                    source,
+                });
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    let (mut removed, mut freed) = (0, 0);
+    for name in names {
+        let lock_path = locks.join(format!("{name}.spare.lock"));
+        let lock_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_error("open", &lock_path))?;
+        if lock_file.try_lock().is_err() {
+            continue;
+        }
+        let spare = spares.join(&name);
+        if spare.exists() {
+            freed += tree_bytes(&spare);
+            std::fs::remove_dir_all(&spare).map_err(io_error("remove the spare", &spare))?;
+            removed += 1;
+        }
+        let prefix = format!("{name}.spare.");
+        for entry in std::fs::read_dir(&temp).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                freed += tree_bytes(&entry.path());
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    Ok((removed, freed))
+}
+
+/// The bytes of the regular files under `path`.
+fn tree_bytes(path: &Path) -> u64 {
+    std::fs::read_dir(path)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => tree_bytes(&entry.path()),
+            Ok(kind) if kind.is_file() => entry.metadata().map_or(0, |metadata| metadata.len()),
+            _ => 0,
+        })
+        .sum()
 }
 
 /// [`prepare_spare`] at a lower CPU priority (nice 10): what the detached `kip prepare-spare` runs, so that a spare
@@ -461,6 +567,14 @@ pub fn prepare_spare(request: &SpareRequest) -> Result<bool, TemplateError> {
         std::fs::write(&stamp_file, &stamp).map_err(io_error("write", &stamp_file))?;
         std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o700))
             .map_err(io_error("set the mode of", &work))?;
+        // Written back before it can be claimed: otherwise the next instance's first fsync (PostgreSQL's
+        // CREATE DATABASE, a journal commit on ext4) would wait for this copy's 40 MB as well.
+        let directory = std::fs::File::open(&work).map_err(io_error("open", &work))?;
+        rustix::fs::syncfs(&directory).map_err(|error| TemplateError::Io {
+            action: "write back",
+            path: work.clone(),
+            source: error.into(),
+        })?;
         if spare.exists() {
             // A spare of an earlier build of the template.
             std::fs::remove_dir_all(&spare).map_err(io_error("remove the old spare", &spare))?;
@@ -657,5 +771,15 @@ mod tests {
             std::fs::read_to_string(spare.join(SPARE_STAMP)).unwrap(),
             template_stamp(&template).unwrap()
         );
+
+        // A prune removes the spare and a killed preparer's copy, and leaves the template.
+        std::fs::create_dir_all(&leftover).unwrap();
+        std::fs::write(leftover.join("half"), "12345").unwrap();
+        let (removed, freed) = prune_spares(&templates).unwrap();
+        assert_eq!(removed, 1);
+        assert!(freed >= 5, "{freed}");
+        assert!(!spare.exists() && !leftover.exists());
+        assert!(template.join("MARK").is_file());
+        assert_eq!(prune_spares(&templates).unwrap(), (0, 0));
     }
 }

@@ -751,8 +751,24 @@ fn the_next_instance_is_renamed_from_a_spare_prepared_after_the_last_one() {
             "the claimed data dir is given to the engine's account"
         );
     }
-    // And a new spare is prepared for the next one.
-    wait_for_spare(&cache);
+    // And a new spare is prepared for the next one, which `kip cache prune` removes.
+    let spare = wait_for_spare(&cache);
+    let mut prune = second.command(&["cache", "prune"]);
+    prune.env("KIP_CACHE_DIR", &cache);
+    let pruned = second.project.run_with(prune);
+    assert_eq!(pruned.code, 0, "{}", pruned.snapshot());
+    assert!(
+        pruned
+            .stdout
+            .starts_with("Removed 1 spare data directory ("),
+        "{}",
+        pruned.stdout
+    );
+    assert!(!spare.exists());
+    assert!(
+        cache.join("templates").read_dir().unwrap().count() > 0,
+        "templates stay"
+    );
     let mut destroy = second.command(&["destroy", "--auto-approve"]);
     destroy.env("KIP_CACHE_DIR", &cache);
     assert_eq!(second.project.run_with(destroy).code, 0);

@@ -2,6 +2,7 @@
 //! library crates, prints its result, and returns the exit status.
 
 pub mod apply;
+pub mod cache;
 pub mod completions;
 pub mod exports;
 pub mod fmt;

@@ -94,19 +94,6 @@ pub fn diff(
             });
             continue;
         };
-        let sensitive: BTreeSet<String> = want.sensitive.union(&have.sensitive).cloned().collect();
-        let before_real: Attributes = want
-            .attributes
-            .keys()
-            .map(|key| {
-                let value = have
-                    .attributes
-                    .get(key)
-                    .cloned()
-                    .unwrap_or(serde_json::Value::Null);
-                (key.clone(), value)
-            })
-            .collect();
         // An attribute the existing side lacks is `null` there.
         let differing: Vec<String> = want
             .attributes
@@ -121,6 +108,29 @@ pub fn diff(
             })
             .map(|(key, _)| key.clone())
             .collect();
+        let (sensitive, before) =
+            if differing.is_empty() && have.sensitive.is_subset(&want.sensitive) {
+                // Nothing differs (the common case of a no-op plan): the existing values are the desired ones, and
+                // they are redacted alike.
+                (want.sensitive.clone(), after.clone())
+            } else {
+                let sensitive: BTreeSet<String> =
+                    want.sensitive.union(&have.sensitive).cloned().collect();
+                let before_real: Attributes = want
+                    .attributes
+                    .keys()
+                    .map(|key| {
+                        let value = have
+                            .attributes
+                            .get(key)
+                            .cloned()
+                            .unwrap_or(serde_json::Value::Null);
+                        (key.clone(), value)
+                    })
+                    .collect();
+                let before = fingerprints.redact_all(&before_real, &sensitive);
+                (sensitive, before)
+            };
         let replace_because: Vec<String> = differing
             .iter()
             .filter(|key| want.replace_on.contains(*key))
@@ -138,7 +148,7 @@ pub fn diff(
             engine: want.engine.clone(),
             kind: want.kind.clone(),
             action,
-            before: Some(fingerprints.redact_all(&before_real, &sensitive)),
+            before: Some(before),
             after: Some(after),
             after_unknown: want.unknown.clone(),
             replace_because,
