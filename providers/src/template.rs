@@ -11,9 +11,9 @@
 //! Spares, as pg_tmp keeps them: after an instance is provisioned, the next instance's data directory is prepared
 //! ahead of time, out of the user's way ([`take_wanted_spares`], [`prepare_spare`]: the CLI runs it in a detached,
 //! low-priority `kip prepare-spare` once its command is done), as a copy of the template under
-//! `.spares/<template name>`; the next provisioning renames it into place instead of copying (a rename and a chown
-//! walk, a few milliseconds, against tens to hundreds for the copy). One spare per template bounds the disk it
-//! takes. A spare is stamped with its template's identity (a hash of the template's bootstrap password, new at each
+//! `.spares/<template name>.<slot>`; the next provisioning renames it into place instead of copying (a rename and a
+//! chown walk, a few milliseconds, against tens to hundreds for the copy). Two spares per template bound the disk
+//! they take, and let instances made one right after the other find one ready while the other is prepared. A spare is stamped with its template's identity (a hash of the template's bootstrap password, new at each
 //! build), so a spare of a rebuilt template is never used; one on another filesystem than the instance stays where
 //! it is and the instance is copied as before. A spare is written back to disk (`syncfs`) before it is put in
 //! place, so the instance that claims it never waits for its writeback at its own first fsync.
@@ -318,14 +318,19 @@ pub fn provision(
     result
 }
 
-/// Where the spare of `template` is kept: `.spares/<template name>` beside it.
-fn spare_of(template: &Path) -> Option<PathBuf> {
-    Some(
-        template
-            .parent()?
-            .join(".spares")
-            .join(template.file_name()?),
-    )
+/// How many spares a template keeps: two, so that instances made one after the other (a CI job, a benchmark) find
+/// one ready while the other is being prepared. Each is a copy of the template (~40 MB for PostgreSQL).
+const SPARES: usize = 2;
+
+/// Where the spares of `template` are kept: `.spares/<template name>.<slot>` beside it.
+fn spare_slots(template: &Path) -> Vec<PathBuf> {
+    let (Some(templates_dir), Some(name)) = (template.parent(), template.file_name()) else {
+        return Vec::new();
+    };
+    let name = name.to_string_lossy();
+    (0..SPARES)
+        .map(|slot| templates_dir.join(".spares").join(format!("{name}.{slot}")))
+        .collect()
 }
 
 /// The file in a spare holding its template's identity ([`template_stamp`]); removed when the spare is claimed.
@@ -342,25 +347,29 @@ fn template_stamp(template: &Path) -> Option<String> {
 /// `work` without its stamp; false, with `work` absent, otherwise (no spare, another filesystem, a spare of an
 /// earlier build, which is removed).
 fn claim_spare(template: &Path, work: &Path) -> bool {
-    let (Some(spare), Some(stamp)) = (spare_of(template), template_stamp(template)) else {
+    let Some(stamp) = template_stamp(template) else {
         return false;
     };
-    // Two kips may race for it: the rename is atomic, so one gets it and the other finds nothing. While a
-    // preparer is at work (the previous command's), its copy is nearer done than a new one would be, and two copies
-    // at once only slow each other down: it is waited for, a bounded time.
-    if std::fs::rename(&spare, work).is_err()
-        && !(wait_for_preparer(template) && std::fs::rename(&spare, work).is_ok())
-    {
-        return false;
-    }
-    let stamp_file = work.join(SPARE_STAMP);
-    let matches = std::fs::read_to_string(&stamp_file).is_ok_and(|found| found == stamp);
-    if !matches || std::fs::remove_file(&stamp_file).is_err() {
-        let _ = std::fs::remove_dir_all(work);
-        return false;
-    }
-    tracing::debug!(spare = %spare.display(), "provisioned from the template's spare");
-    true
+    let slots = spare_slots(template);
+    let take = || {
+        slots.iter().any(|spare| {
+            // Two kips may race for a spare: the rename is atomic, so one gets it and the other finds nothing.
+            if std::fs::rename(spare, work).is_err() {
+                return false;
+            }
+            let stamp_file = work.join(SPARE_STAMP);
+            let matches = std::fs::read_to_string(&stamp_file).is_ok_and(|found| found == stamp);
+            if !matches || std::fs::remove_file(&stamp_file).is_err() {
+                let _ = std::fs::remove_dir_all(work);
+                return false;
+            }
+            tracing::debug!(spare = %spare.display(), "provisioned from the template's spare");
+            true
+        })
+    };
+    // While a preparer is at work (the previous command's), its copy is nearer done than a new one would be, and
+    // two copies at once only slow each other down: it is waited for, a bounded time.
+    take() || (wait_for_preparer(template) && take())
 }
 
 /// How long a provisioning waits for a spare being prepared before it copies the template itself.
@@ -442,7 +451,13 @@ pub fn prune_spares(templates_dir: &Path) -> Result<(usize, u64), TemplateError>
             Ok(entries) => names.extend(entries.flatten().filter_map(|entry| {
                 let file = entry.file_name().to_string_lossy().into_owned();
                 if *directory == spares {
-                    Some(file)
+                    // `<template>.<slot>`; an entry without a slot is an earlier kip's spare of that template.
+                    Some(match file.rsplit_once('.') {
+                        Some((name, slot)) if slot.bytes().all(|b| b.is_ascii_digit()) => {
+                            name.to_owned()
+                        }
+                        _ => file,
+                    })
                 } else {
                     file.split_once(".spare.").map(|(name, _)| name.to_owned())
                 }
@@ -471,11 +486,16 @@ pub fn prune_spares(templates_dir: &Path) -> Result<(usize, u64), TemplateError>
         if lock_file.try_lock().is_err() {
             continue;
         }
-        let spare = spares.join(&name);
-        if spare.exists() {
-            freed += tree_bytes(&spare);
-            std::fs::remove_dir_all(&spare).map_err(io_error("remove the spare", &spare))?;
-            removed += 1;
+        let slot_prefix = format!("{name}.");
+        for entry in std::fs::read_dir(&spares).into_iter().flatten().flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let slot = file.strip_prefix(&slot_prefix);
+            if file == name || slot.is_some_and(|slot| slot.bytes().all(|b| b.is_ascii_digit())) {
+                let spare = entry.path();
+                freed += tree_bytes(&spare);
+                std::fs::remove_dir_all(&spare).map_err(io_error("remove the spare", &spare))?;
+                removed += 1;
+            }
         }
         let prefix = format!("{name}.spare.");
         for entry in std::fs::read_dir(&temp).into_iter().flatten().flatten() {
@@ -514,8 +534,8 @@ pub fn prepare_spare_in_background(request: &SpareRequest) -> Result<bool, Templ
 /// taken without waiting: another one at work is as good); leftovers of a preparer that was killed are removed.
 pub fn prepare_spare(request: &SpareRequest) -> Result<bool, TemplateError> {
     let template = &request.template;
-    let (Some(spare), Some(stamp), Some(templates_dir), Some(name)) = (
-        spare_of(template),
+    let slots = spare_slots(template);
+    let (Some(stamp), Some(templates_dir), Some(name)) = (
         template_stamp(template),
         template.parent(),
         template
@@ -542,9 +562,6 @@ pub fn prepare_spare(request: &SpareRequest) -> Result<bool, TemplateError> {
     if lock_file.try_lock().is_err() {
         return Ok(false);
     }
-    if std::fs::read_to_string(spare.join(SPARE_STAMP)).is_ok_and(|found| found == stamp) {
-        return Ok(false);
-    }
     let prefix = format!("{name}.spare.");
     for entry in std::fs::read_dir(&temp)
         .map_err(io_error("read", &temp))?
@@ -554,7 +571,6 @@ pub fn prepare_spare(request: &SpareRequest) -> Result<bool, TemplateError> {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
-    let work = temp.join(format!("{prefix}{}", std::process::id()));
     let skipped = |file: &std::ffi::OsStr| {
         file == BOOTSTRAP_FILE
             || request
@@ -562,29 +578,43 @@ pub fn prepare_spare(request: &SpareRequest) -> Result<bool, TemplateError> {
                 .iter()
                 .any(|skipped| file == skipped.as_str())
     };
-    let made = copy_tree(template, &work, None, &skipped).and_then(|()| {
-        let stamp_file = work.join(SPARE_STAMP);
-        std::fs::write(&stamp_file, &stamp).map_err(io_error("write", &stamp_file))?;
-        std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o700))
-            .map_err(io_error("set the mode of", &work))?;
-        // Written back before it can be claimed: otherwise the next instance's first fsync (PostgreSQL's
-        // CREATE DATABASE, a journal commit on ext4) would wait for this copy's 40 MB as well.
-        let directory = std::fs::File::open(&work).map_err(io_error("open", &work))?;
-        rustix::fs::syncfs(&directory).map_err(|error| TemplateError::Io {
-            action: "write back",
-            path: work.clone(),
-            source: error.into(),
-        })?;
-        if spare.exists() {
-            // A spare of an earlier build of the template.
-            std::fs::remove_dir_all(&spare).map_err(io_error("remove the old spare", &spare))?;
+    let current = |spare: &Path| {
+        std::fs::read_to_string(spare.join(SPARE_STAMP)).is_ok_and(|found| found == stamp)
+    };
+    // Fill every empty slot, looking again after each copy: one may have been claimed meanwhile. Bounded, should
+    // instances be claimed as fast as they are made.
+    let mut made = false;
+    for _ in 0..SPARES * 2 {
+        let Some(spare) = slots.iter().find(|spare| !current(spare)) else {
+            break;
+        };
+        let work = temp.join(format!("{prefix}{}", std::process::id()));
+        let copied = copy_tree(template, &work, None, &skipped).and_then(|()| {
+            let stamp_file = work.join(SPARE_STAMP);
+            std::fs::write(&stamp_file, &stamp).map_err(io_error("write", &stamp_file))?;
+            std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o700))
+                .map_err(io_error("set the mode of", &work))?;
+            // Written back before it can be claimed: otherwise the next instance's first fsync (PostgreSQL's
+            // CREATE DATABASE, a journal commit on ext4) would wait for this copy's 40 MB as well.
+            let directory = std::fs::File::open(&work).map_err(io_error("open", &work))?;
+            rustix::fs::syncfs(&directory).map_err(|error| TemplateError::Io {
+                action: "write back",
+                path: work.clone(),
+                source: error.into(),
+            })?;
+            if spare.exists() {
+                // A spare of an earlier build of the template.
+                std::fs::remove_dir_all(spare).map_err(io_error("remove the old spare", spare))?;
+            }
+            std::fs::rename(&work, spare).map_err(io_error("move the new spare to", spare))
+        });
+        if let Err(error) = copied {
+            let _ = std::fs::remove_dir_all(&work);
+            return Err(error);
         }
-        std::fs::rename(&work, &spare).map_err(io_error("move the new spare to", &spare))
-    });
-    if made.is_err() {
-        let _ = std::fs::remove_dir_all(&work);
+        made = true;
     }
-    made.map(|()| true)
+    Ok(made)
 }
 
 /// Copies a directory tree keeping modes, recreating symlinks, and giving everything to `owner` when set. Top-level
@@ -733,27 +763,36 @@ mod tests {
                 not_copied: vec!["server.pid".into()],
             }]
         );
-        assert!(prepare_spare(&wanted[0]).unwrap(), "a spare is made");
-        assert!(!prepare_spare(&wanted[0]).unwrap(), "and only one");
-        let spare = templates.join(".spares/test-1");
-        assert!(!spare.join(BOOTSTRAP_FILE).exists());
-        assert!(!spare.join("server.pid").exists());
+        assert!(prepare_spare(&wanted[0]).unwrap(), "the spares are made");
+        assert!(!prepare_spare(&wanted[0]).unwrap(), "and only once");
+        let spares = [
+            templates.join(".spares/test-1.0"),
+            templates.join(".spares/test-1.1"),
+        ];
+        for spare in &spares {
+            assert!(spare.join(SPARE_STAMP).is_file());
+            assert!(!spare.join(BOOTSTRAP_FILE).exists());
+            assert!(!spare.join("server.pid").exists());
+        }
 
-        // The next instance takes it: the spare is gone, the data dir whole, without the stamp.
-        std::fs::write(spare.join("sub/file"), "from the spare").unwrap();
+        // The next instances take them: each spare once, the data dir whole, without the stamp.
+        std::fs::write(spares[0].join("sub/file"), "from the spare").unwrap();
         let two = dir.path().join("two");
         provision(&template, &two, kind, None).unwrap();
-        assert!(!spare.exists());
+        assert!(!spares[0].exists() && spares[1].exists());
         assert_eq!(
             std::fs::read_to_string(two.join("sub/file")).unwrap(),
             "from the spare"
         );
         assert!(!two.join(SPARE_STAMP).exists());
         assert_eq!(wanted_here().len(), 1, "another spare is asked for");
+        provision(&template, &dir.path().join("two-b"), kind, None).unwrap();
+        assert!(!spares[1].exists());
 
-        // A spare of an earlier build of the template is never used, and is removed.
+        // Spares of an earlier build of the template are never used, and are removed.
         assert!(prepare_spare(&wanted[0]).unwrap());
-        std::fs::write(spare.join("sub/file"), "stale").unwrap();
+        std::fs::write(spares[0].join("sub/file"), "stale").unwrap();
+        std::fs::write(spares[1].join("sub/file"), "stale").unwrap();
         std::fs::write(template.join(BOOTSTRAP_FILE), "second build").unwrap();
         let three = dir.path().join("three");
         provision(&template, &three, kind, None).unwrap();
@@ -761,14 +800,14 @@ mod tests {
             std::fs::read_to_string(three.join("sub/file")).unwrap(),
             "data"
         );
-        assert!(!spare.exists());
+        assert!(!spares[0].exists() && !spares[1].exists());
         // A preparer killed halfway left a temp copy: the next one removes it.
         let leftover = templates.join(".tmp/test-1.spare.999999");
         std::fs::create_dir_all(&leftover).unwrap();
         assert!(prepare_spare(&wanted[0]).unwrap());
         assert!(!leftover.exists());
         assert_eq!(
-            std::fs::read_to_string(spare.join(SPARE_STAMP)).unwrap(),
+            std::fs::read_to_string(spares[1].join(SPARE_STAMP)).unwrap(),
             template_stamp(&template).unwrap()
         );
 
@@ -776,9 +815,9 @@ mod tests {
         std::fs::create_dir_all(&leftover).unwrap();
         std::fs::write(leftover.join("half"), "12345").unwrap();
         let (removed, freed) = prune_spares(&templates).unwrap();
-        assert_eq!(removed, 1);
+        assert_eq!(removed, 2);
         assert!(freed >= 5, "{freed}");
-        assert!(!spare.exists() && !leftover.exists());
+        assert!(!spares[0].exists() && !spares[1].exists() && !leftover.exists());
         assert!(template.join("MARK").is_file());
         assert_eq!(prune_spares(&templates).unwrap(), (0, 0));
     }

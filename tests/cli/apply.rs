@@ -751,8 +751,21 @@ fn the_next_instance_is_renamed_from_a_spare_prepared_after_the_last_one() {
             "the claimed data dir is given to the engine's account"
         );
     }
-    // And a new spare is prepared for the next one, which `kip cache prune` removes.
-    let spare = wait_for_spare(&cache);
+    // And the spare is prepared again for the next one; `kip cache prune` removes both.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::fs::read_dir(cache.join("templates/.spares"))
+        .unwrap()
+        .flatten()
+        .filter(|entry| entry.path().join("kip-spare").is_file())
+        .count()
+        < 2
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the two spares were not prepared again"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let mut prune = second.command(&["cache", "prune"]);
     prune.env("KIP_CACHE_DIR", &cache);
     let pruned = second.project.run_with(prune);
@@ -760,7 +773,7 @@ fn the_next_instance_is_renamed_from_a_spare_prepared_after_the_last_one() {
     assert!(
         pruned
             .stdout
-            .starts_with("Removed 1 spare data directory ("),
+            .starts_with("Removed 2 spare data directories ("),
         "{}",
         pruned.stdout
     );
