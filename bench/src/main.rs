@@ -314,56 +314,40 @@ fn dir_size(path: &Path) -> u64 {
 }
 
 fn front_half(runs: usize) {
-    let registry = kip_registry::embedded().expect("the embedded registry verifies");
-    report::header("front half: decode + check + graph, in memory");
-    for objects in [1_000, 10_000] {
-        let files = generate(objects);
-        let options = CheckOptions {
-            registry,
-            vars: Vec::new(),
-            env_vars: Vec::new(),
-            extra_engines: Vec::new(),
-            runnable: None,
-        };
-        let mut times = Vec::with_capacity(runs);
-        let mut nodes = 0;
-        for _ in 0..runs {
-            let sources = sources(&files);
-            let started = Instant::now();
-            let checked = check_sources(Path::new("."), sources, &options);
-            times.push(started.elapsed());
-            assert!(
-                !checked.diagnostics.has_errors(),
-                "the generated config is valid: {:?}",
-                checked.diagnostics
-            );
-            nodes = checked.graph.as_ref().map_or(0, |graph| graph.len());
-        }
-        report::row(&format!("{objects} objects ({nodes} graph nodes)"), &times);
-    }
     let options = CheckOptions {
-        registry,
+        registry: kip_registry::embedded().expect("the embedded registry verifies"),
         vars: Vec::new(),
         env_vars: Vec::new(),
         extra_engines: Vec::new(),
         runnable: None,
     };
-    for length in [1_000, 10_000] {
-        let files = generate::locals_chain(length);
-        let times: Vec<_> = (0..runs.min(5))
+    // Times `check_sources` of `files` `runs` times; the graph's size of the last run.
+    let check = |files: &[(String, String)], runs: usize| {
+        let mut nodes = 0;
+        let times: Vec<_> = (0..runs)
             .map(|_| {
-                let sources = sources(&files);
+                let sources = sources(files);
                 let started = Instant::now();
                 let checked = check_sources(Path::new("."), sources, &options);
                 let elapsed = started.elapsed();
                 assert!(
                     !checked.diagnostics.has_errors(),
-                    "{:?}",
+                    "the generated config is valid: {:?}",
                     checked.diagnostics
                 );
+                nodes = checked.graph.as_ref().map_or(0, |graph| graph.len());
                 elapsed
             })
             .collect();
+        (times, nodes)
+    };
+    report::header("front half: decode + check + graph, in memory");
+    for objects in [1_000, 10_000] {
+        let (times, nodes) = check(&generate(objects), runs);
+        report::row(&format!("{objects} objects ({nodes} graph nodes)"), &times);
+    }
+    for length in [1_000, 10_000] {
+        let (times, _) = check(&generate::locals_chain(length), runs.min(5));
         report::row(
             &format!("a chain of {length} locals, declared backwards"),
             &times,

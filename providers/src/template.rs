@@ -118,12 +118,7 @@ pub fn ensure<E: From<TemplateError>>(
     }
     // One builder per template at a time, across processes; the others wait, then find it done.
     let lock_path = locks.join(format!("{name}.lock"));
-    let lock_file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(io_error("open", &lock_path))?;
+    let lock_file = open_lock(&lock_path)?;
     lock_file.lock().map_err(io_error("lock", &lock_path))?;
     if is_complete(&target) {
         return Ok(target);
@@ -148,6 +143,16 @@ pub fn ensure<E: From<TemplateError>>(
         let _ = std::fs::remove_dir_all(&work);
     }
     result.map(|()| target)
+}
+
+/// Opens (creating it) the lock file at `path`, for `File::lock` / `try_lock`.
+fn open_lock(path: &Path) -> Result<std::fs::File, TemplateError> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(io_error("open", path))
 }
 
 fn remove_leftovers(temp: &Path, name: &str) {
@@ -476,13 +481,7 @@ pub fn prune_spares(templates_dir: &Path) -> Result<(usize, u64), TemplateError>
     names.dedup();
     let (mut removed, mut freed) = (0, 0);
     for name in names {
-        let lock_path = locks.join(format!("{name}.spare.lock"));
-        let lock_file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_error("open", &lock_path))?;
+        let lock_file = open_lock(&locks.join(format!("{name}.spare.lock")))?;
         if lock_file.try_lock().is_err() {
             continue;
         }
@@ -552,13 +551,7 @@ pub fn prepare_spare(request: &SpareRequest) -> Result<bool, TemplateError> {
     }
     std::fs::set_permissions(&spares, std::fs::Permissions::from_mode(0o700))
         .map_err(io_error("set the mode of", &spares))?;
-    let lock_path = locks.join(format!("{name}.spare.lock"));
-    let lock_file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(io_error("open", &lock_path))?;
+    let lock_file = open_lock(&locks.join(format!("{name}.spare.lock")))?;
     if lock_file.try_lock().is_err() {
         return Ok(false);
     }
