@@ -4,6 +4,7 @@
 //! `error:`, `caused by:` and `hint:` lines.
 
 mod commands;
+mod logging;
 mod progress;
 mod render;
 
@@ -135,7 +136,7 @@ impl std::fmt::Display for HintMarker {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let stderr_style = Style::for_stderr(cli.color);
-    init_tracing(cli.verbose, stderr_style.color);
+    logging::init(cli.verbose, stderr_style.color);
     let result = run(cli);
     commands::spare::launch_wanted();
     match result {
@@ -189,25 +190,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Mirror(command) => commands::mirror::run(&context, command),
         Command::Cache(command) => commands::cache::run(&context, command),
         Command::Completions(args) => commands::completions::run(args),
-    }
-}
-
-fn init_tracing(verbose: u8, color: bool) {
-    let from_env = std::env::var("KIP_LOG")
-        .ok()
-        .and_then(|level| level.parse::<tracing::Level>().ok());
-    let level = match verbose {
-        0 => from_env,
-        1 => Some(tracing::Level::INFO),
-        2 => Some(tracing::Level::DEBUG),
-        _ => Some(tracing::Level::TRACE),
-    };
-    if let Some(level) = level {
-        let _ = tracing_subscriber::fmt()
-            .with_max_level(level)
-            .with_ansi(color)
-            .with_writer(std::io::stderr)
-            .try_init();
     }
 }
 

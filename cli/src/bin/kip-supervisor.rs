@@ -4,6 +4,9 @@
 //! the pages of every command it will never run. It takes kip's own spelling of the command line
 //! (`supervisor --dir DIR`), which is also how kip's tests and `kip ps` recognise a supervisor.
 
+#[path = "../logging.rs"]
+mod logging;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -22,17 +25,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // As kip: KIP_LOG picks the level; the daemon's stderr is its log file, so no colour.
-    if let Some(level) = std::env::var("KIP_LOG")
-        .ok()
-        .and_then(|level| level.parse::<tracing::Level>().ok())
-    {
-        let _ = tracing_subscriber::fmt()
-            .with_max_level(level)
-            .with_ansi(false)
-            .with_writer(std::io::stderr)
-            .try_init();
-    }
+    // As kip's; the daemon's stderr is its log file, so no colour.
+    logging::init(0, false);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -70,6 +70,23 @@ impl EngineError {
         self.hint = Some(hint.into());
         self
     }
+
+    /// `message`, caused by a provider's own error, which also says what to do ([`Hinted`]).
+    pub fn hinted(
+        message: impl Into<String>,
+        source: impl Hinted + std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        let hint = source.hint();
+        EngineError {
+            hint,
+            ..EngineError::with_source(message, source)
+        }
+    }
+}
+
+/// A provider's error that may say what to do about it (the CLI renders it as `hint:`).
+pub trait Hinted {
+    fn hint(&self) -> Option<String>;
 }
 
 /// What it takes to apply a running instance's changed attributes.

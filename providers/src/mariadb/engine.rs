@@ -34,10 +34,7 @@ const USER_KEY: &str = "user-key";
 
 /// Turns a provider error into the contract's, keeping it as the cause and what to do as the hint.
 pub(super) fn my_error(context: &str, error: MyError) -> EngineError {
-    let hint = error.hint();
-    let mut engine_error = EngineError::with_source(context.to_owned(), error);
-    engine_error.hint = hint;
-    engine_error
+    EngineError::hinted(context, error)
 }
 
 /// The socket of an instance.

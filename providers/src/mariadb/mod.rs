@@ -146,3 +146,9 @@ pub(crate) fn io_error(
         source,
     }
 }
+
+impl kip_core::engine::Hinted for MyError {
+    fn hint(&self) -> Option<String> {
+        MyError::hint(self)
+    }
+}

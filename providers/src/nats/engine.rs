@@ -39,10 +39,7 @@ const JETSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Turns a provider error into the contract's, keeping it as the cause.
 fn nats_error(context: &str, error: NatsError) -> EngineError {
-    let hint = error.hint();
-    let mut engine_error = EngineError::with_source(context.to_owned(), error);
-    engine_error.hint = hint;
-    engine_error
+    EngineError::hinted(context, error)
 }
 
 /// The token clients need: the declared one, else the one kip generated.

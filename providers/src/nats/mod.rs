@@ -94,3 +94,9 @@ pub(crate) fn io_error(
         source,
     }
 }
+
+impl kip_core::engine::Hinted for NatsError {
+    fn hint(&self) -> Option<String> {
+        NatsError::hint(self)
+    }
+}

@@ -21,10 +21,7 @@ pub struct Postgres;
 
 /// Turns a provider error into the contract's, keeping it as the cause and PostgreSQL's detail as the hint.
 pub(super) fn pg_error(context: &str, error: PgError) -> EngineError {
-    let hint = error.hint();
-    let mut engine_error = EngineError::with_source(context.to_owned(), error);
-    engine_error.hint = hint;
-    engine_error
+    EngineError::hinted(context, error)
 }
 
 /// The secret holding the superuser's current password (configured or generated).

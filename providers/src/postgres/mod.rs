@@ -199,3 +199,9 @@ pub(crate) fn io_error(
         source,
     }
 }
+
+impl kip_core::engine::Hinted for PgError {
+    fn hint(&self) -> Option<String> {
+        PgError::hint(self)
+    }
+}

@@ -40,10 +40,7 @@ const RESTART_ATTRIBUTES: [&str; 3] = ["port", "access_key", "secret_key"];
 
 /// Turns a provider error into the contract's, keeping it as the cause.
 fn s3_error(context: &str, error: S3Error) -> EngineError {
-    let hint = error.hint();
-    let mut engine_error = EngineError::with_source(context.to_owned(), error);
-    engine_error.hint = hint;
-    engine_error
+    EngineError::hinted(context, error)
 }
 
 /// The access key id: declared, else the one kip generated.

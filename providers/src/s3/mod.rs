@@ -120,3 +120,9 @@ pub(crate) fn io_error(
         source,
     }
 }
+
+impl kip_core::engine::Hinted for S3Error {
+    fn hint(&self) -> Option<String> {
+        S3Error::hint(self)
+    }
+}

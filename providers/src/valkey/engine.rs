@@ -35,10 +35,7 @@ const USER: &str = "user";
 
 /// Turns a provider error into the contract's, keeping it as the cause.
 fn vk_error(context: &str, error: VkError) -> EngineError {
-    let hint = error.hint();
-    let mut engine_error = EngineError::with_source(context.to_owned(), error);
-    engine_error.hint = hint;
-    engine_error
+    EngineError::hinted(context, error)
 }
 
 /// The socket of an instance.

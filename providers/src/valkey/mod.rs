@@ -115,3 +115,9 @@ pub fn password_hash(password: &str) -> String {
     let digest = <sha2::Sha256 as sha2::Digest>::digest(password.as_bytes());
     digest.iter().map(|byte| format!("{byte:02x}")).collect()
 }
+
+impl kip_core::engine::Hinted for VkError {
+    fn hint(&self) -> Option<String> {
+        VkError::hint(self)
+    }
+}
