@@ -59,6 +59,15 @@ pub fn strings(value: Option<&Json>) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The whole environment an engine's programs get: a plain PATH, and nothing else of the caller's (a cloud key or
+/// token in kip's environment must never reach a server). Each engine adds only what it needs on top.
+pub fn engine_environment() -> std::collections::BTreeMap<String, String> {
+    std::collections::BTreeMap::from([(
+        "PATH".to_owned(),
+        "/usr/local/bin:/usr/bin:/bin".to_owned(),
+    )])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

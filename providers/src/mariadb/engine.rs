@@ -304,7 +304,7 @@ impl Engine for MariaDb {
             program: toolchain.root.join("bin").join("mariadbd"),
             args,
             // Nothing of the caller's environment (its LD_LIBRARY_PATH, its MYSQL_* variables).
-            env: crate::postgres::spawn::engine_environment(),
+            env: crate::shared::engine_environment(),
             cwd: ctx.data_dir.clone(),
             run_as: ctx.run_as.clone(),
             probe: Probe {

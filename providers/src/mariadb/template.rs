@@ -213,7 +213,7 @@ fn run_tool(
     command
         .current_dir(toolchain_root)
         .env_clear()
-        .envs(crate::postgres::spawn::engine_environment())
+        .envs(crate::shared::engine_environment())
         .stdin(if input.is_some() {
             Stdio::piped()
         } else {

@@ -4,7 +4,6 @@
 //! allows (and as the plan says), and streams and key-value buckets refreshed in one request and converged from
 //! the plan.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use kip_core::address::Address;
@@ -269,7 +268,7 @@ impl Engine for Nats {
                     .into_owned(),
             ],
             // Nothing of the caller's environment: NATS needs none of it.
-            env: BTreeMap::from([("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned())]),
+            env: crate::shared::engine_environment(),
             cwd: ctx.data_dir.clone(),
             run_as: ctx.run_as.clone(),
             probe: Probe {

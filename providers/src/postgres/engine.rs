@@ -88,15 +88,7 @@ pub(super) fn role_password(ctx: &InstanceCtx, address: &Address) -> Option<Stri
 }
 
 fn sorted_strings(value: Option<&Json>) -> Vec<String> {
-    let mut list: Vec<String> = value
-        .and_then(Json::as_array)
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(|item| item.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut list = crate::shared::strings(value);
     list.sort();
     list.dedup();
     list

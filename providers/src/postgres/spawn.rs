@@ -6,7 +6,6 @@
 //! Stopping is SIGINT (PostgreSQL's fast shutdown: sessions are ended, a checkpoint is written), then SIGQUIT
 //! (immediate shutdown, crash recovery at the next start) and finally SIGKILL from the supervisor.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -14,12 +13,9 @@ use kip_core::engine::{Probe, ProbeKind, RestartPolicy, RunAs, SpawnSpec, StopSp
 
 use super::DEFAULT_PORT;
 
-/// The whole environment PostgreSQL's programs get: a plain PATH, and nothing else of the caller's (a cloud key
-/// or token in kip's environment must never reach a server). The locale, time zone and messages come from the
-/// data directory's configuration, which initdb wrote.
-pub fn engine_environment() -> BTreeMap<String, String> {
-    BTreeMap::from([("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned())])
-}
+/// The whole environment PostgreSQL's programs get ([`crate::shared::engine_environment`]): the locale, time zone
+/// and messages come from the data directory's configuration, which initdb wrote.
+pub use crate::shared::engine_environment;
 
 /// The socket file of a server listening in `socket_dir` on `port`.
 pub fn socket_path(socket_dir: &Path, port: Option<u16>) -> std::path::PathBuf {

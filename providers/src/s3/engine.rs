@@ -2,7 +2,6 @@
 //! the first start (anonymous requests are refused from the first moment), ready once a signed write succeeds,
 //! and buckets refreshed and converged with signed S3 requests.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use kip_core::address::Address;
@@ -281,10 +280,11 @@ impl Engine for S3 {
             args: config::command_line(ctx, &args)?,
             // Nothing of the caller's environment; HOME is the data directory, so SeaweedFS reads no
             // `~/.seaweedfs/*.toml` of the account that runs it.
-            env: BTreeMap::from([
-                ("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned()),
-                ("HOME".to_owned(), data_dir),
-            ]),
+            env: {
+                let mut env = crate::shared::engine_environment();
+                env.insert("HOME".to_owned(), data_dir);
+                env
+            },
             cwd: ctx.data_dir.clone(),
             run_as: ctx.run_as.clone(),
             // The S3 port accepting connections says the process got that far; the ready step then waits for a

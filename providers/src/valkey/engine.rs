@@ -3,7 +3,6 @@
 //! access), changes applied with `CONFIG SET` or a restart as Valkey allows (and as the plan says), and ACL users
 //! refreshed in one round trip and converged from the plan.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::shared::url_encode as encode;
@@ -297,7 +296,7 @@ impl Engine for Valkey {
                     .into_owned(),
             ],
             // Nothing of the caller's environment: Valkey needs none of it.
-            env: BTreeMap::from([("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned())]),
+            env: crate::shared::engine_environment(),
             cwd: ctx.data_dir.clone(),
             run_as: ctx.run_as.clone(),
             probe: Probe {
