@@ -434,7 +434,6 @@ fn weed_pids(needle: &str) -> Vec<u32> {
 /// whatever it speaks, while it answers kip's own certificate.
 #[test]
 fn another_local_user_polling_during_the_first_start_never_gets_in() {
-    use std::io::BufRead as _;
     let port = free_port();
     let stack = Stack::new(&format!(
         "s3 \"store\" {{\n  version = \"4\"\n  port    = {port}\n}}\n"
@@ -452,19 +451,10 @@ fn another_local_user_polling_during_the_first_start_never_gets_in() {
     let poller = poller(watch.path(), port);
     let internal_poller = internal_poller(watch_internal.path());
     std::thread::sleep(Duration::from_millis(200));
-    let mut apply = stack.command(&["apply", "--auto-approve"]);
-    apply
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null());
-    let mut child = apply.spawn().unwrap();
-    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    for line in stderr.lines() {
-        if line.unwrap().contains("s3.store: starting") {
-            child.kill().unwrap();
-            break;
-        }
-    }
-    let _ = child.wait();
+    crate::support::kill_when_logged(
+        stack.command(&["apply", "--auto-approve"]),
+        "s3.store: starting",
+    );
     stack.ok(&["destroy", "--auto-approve"]);
     stack.ok(&["apply", "--auto-approve"]);
     std::thread::sleep(Duration::from_millis(300));

@@ -206,7 +206,7 @@ fn all_six_engines_come_up_in_one_apply() {
     assert_eq!(pong, "PONG");
     let billing = stack.url("mariadb.legacy.user.billing");
     assert_eq!(
-        crate::mariadb::sql(&billing, &["SELECT DATABASE()", "SELECT CURRENT_USER()"]),
+        crate::mariadb::sql(&billing, &["SELECT CURRENT_USER()"]),
         vec![vec!["billing@localhost".to_owned()]]
     );
     let (nats_url, token) = crate::nats::env(&stack);
