@@ -14,8 +14,8 @@
 //! `.spares/<template name>.<slot>`; the next provisioning renames it into place instead of copying (a rename and a
 //! chown walk, a few milliseconds, against tens to hundreds for the copy). Two spares per template bound the disk
 //! they take, and let instances made one right after the other find one ready while the other is prepared. A spare is stamped with its template's identity (a hash of the template's bootstrap password, new at each
-//! build), so a spare of a rebuilt template is never used; one on another filesystem than the instance stays where
-//! it is and the instance is copied as before. A spare is written back to disk (`syncfs`) before it is put in
+//! build), so a spare of a rebuilt template is never used. When the instance is on another filesystem than the
+//! templates, no spare is claimed, waited for or prepared: the instance is copied as before. A spare is written back to disk (`syncfs`) before it is put in
 //! place, so the instance that claims it never waits for its writeback at its own first fsync.
 //!
 //! A template is closed: its administrator has a bootstrap password only kip knows, kept in a file of the template
@@ -297,7 +297,10 @@ pub fn provision(
     let skipped = |name: &std::ffi::OsStr| {
         name == BOOTSTRAP_FILE || kind.not_copied.iter().any(|skipped| name == *skipped)
     };
-    let prepared = if claim_spare(template, &work) {
+    // A spare is renamed into place: one on another filesystem than the instance can never be, so it is neither
+    // waited for nor prepared.
+    let spares_usable = same_filesystem(template, parent);
+    let prepared = if spares_usable && claim_spare(template, &work) {
         match run_as {
             Some(run_as) => chown_tree(&work, run_as).map_err(TemplateError::from),
             None => Ok(()),
@@ -317,10 +320,19 @@ pub fn provision(
         if data_dir.join(kind.marker).exists() {
             return Ok(());
         }
-    } else {
+    } else if spares_usable {
         want_spare(template, kind);
     }
     result
+}
+
+/// Whether `a` and `b` are on one filesystem (the same device), so that a rename between them works.
+fn same_filesystem(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev(),
+        _ => false,
+    }
 }
 
 /// How many spares a template keeps: two, so that instances made one after the other (a CI job, a benchmark) find
@@ -373,16 +385,17 @@ fn claim_spare(template: &Path, work: &Path) -> bool {
         })
     };
     // While a preparer is at work (the previous command's), its copy is nearer done than a new one would be, and
-    // two copies at once only slow each other down: it is waited for, a bounded time.
-    take() || (wait_for_preparer(template) && take())
+    // two copies at once only slow each other down: its first spare is waited for, a bounded time.
+    take() || wait_for_preparer(template, take)
 }
 
 /// How long a provisioning waits for a spare being prepared before it copies the template itself.
 const SPARE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Waits until no preparer of `template`'s spare holds its lock (at most [`SPARE_WAIT`]): true when none does (it
-/// finished, or none ever ran), false when one still works or the lock cannot be read.
-fn wait_for_preparer(template: &Path) -> bool {
+/// While a preparer of `template`'s spares holds its lock (at most [`SPARE_WAIT`]), tries `take` every 2 ms: true
+/// as soon as it takes a spare (the preparer put the first one in place and goes on with the next), or when the
+/// preparer is done and `take` then succeeds; false otherwise (no preparer ever ran, or it took too long).
+fn wait_for_preparer(template: &Path, take: impl Fn() -> bool) -> bool {
     let (Some(templates_dir), Some(name)) = (template.parent(), template.file_name()) else {
         return false;
     };
@@ -396,8 +409,11 @@ fn wait_for_preparer(template: &Path) -> bool {
     let deadline = std::time::Instant::now() + SPARE_WAIT;
     loop {
         match lock_file.try_lock() {
-            Ok(()) => return true,
+            Ok(()) => return take(),
             Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                if take() {
+                    return true;
+                }
                 std::thread::sleep(std::time::Duration::from_millis(2));
             }
             Err(_) => return false,
@@ -723,8 +739,14 @@ mod tests {
         assert!(provision(&template, &foreign, kind, None).is_err());
     }
 
+    /// The tests that take the process's spare requests, one at a time (each takes all of them).
+    static SPARE_REQUESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn a_spare_is_renamed_into_place_once_and_only_for_its_own_build() {
+        let _one_at_a_time = SPARE_REQUESTS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let templates = dir.path().join("templates");
         let template = templates.join("test-1");
@@ -813,5 +835,36 @@ mod tests {
         assert!(!spares[0].exists() && !spares[1].exists() && !leftover.exists());
         assert!(template.join("MARK").is_file());
         assert_eq!(prune_spares(&templates).unwrap(), (0, 0));
+    }
+
+    #[test]
+    fn an_instance_on_another_filesystem_is_copied_and_asks_for_no_spare() {
+        let _one_at_a_time = SPARE_REQUESTS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let Ok(elsewhere) = tempfile::tempdir_in("/dev/shm") else {
+            return;
+        };
+        if same_filesystem(dir.path(), elsewhere.path()) {
+            return;
+        }
+        let template = dir.path().join("templates/test-2");
+        std::fs::create_dir_all(&template).unwrap();
+        std::fs::write(template.join("MARK"), "1").unwrap();
+        std::fs::write(template.join(BOOTSTRAP_FILE), "build").unwrap();
+        let kind = DataDir {
+            engine: "Test",
+            marker: "MARK",
+            not_copied: &[],
+        };
+        provision(&template, &elsewhere.path().join("data"), kind, None).unwrap();
+        assert!(elsewhere.path().join("data/MARK").is_file());
+        assert!(
+            !take_wanted_spares()
+                .iter()
+                .any(|request| request.template == template),
+            "a spare that could never be renamed into place is not asked for"
+        );
     }
 }

@@ -392,7 +392,11 @@ fn names_and_values_nats_would_refuse_are_lint_errors_with_their_spans() {
     let apply = stack.kip(&["apply", "--auto-approve"]);
     assert_eq!(apply.code, 1, "{}", apply.snapshot());
     assert!(!stack.project.path().join(".kip/state.json").exists());
-    assert!(!apply.stderr.contains("nats.bus: starting"), "{}", apply.stderr);
+    assert!(
+        !apply.stderr.contains("nats.bus: starting"),
+        "{}",
+        apply.stderr
+    );
 }
 
 /// The port kip allocated and kept in state, taken by another program while the instance was down: refused
