@@ -12,10 +12,11 @@
 # memory, filesystem, kernel), the versions, the comparison tables with their ratios, and every measurement with
 # its median, min, max, runs and peak RSS.
 #
-# A full run takes about an hour on 2 cores, most of it Terraform: its apply and destroy of 1,000 resources take
-# minutes each, and at 10,000 resources its apply is stopped at KIP_BENCH_TERRAFORM_TIMEOUT (default here 600 s)
-# and reported as a lower bound. --quick runs every benchmark with 3 runs and sizes 100 and 1,000 (~25 min).
-# Other arguments go to kip-bench (e.g. `scripts/bench.sh apply valkey --runs 5` for just those).
+# A full run took 27 minutes on a quiet 2-core machine, most of it Terraform: its apply and destroy of 1,000
+# resources take a minute or two each, and at 10,000 resources its apply is stopped at KIP_BENCH_TERRAFORM_TIMEOUT
+# (default here 600 s) and reported as a lower bound. --quick runs every benchmark with 3 runs and sizes 100 and
+# 1,000. Other arguments go to kip-bench (`scripts/bench.sh apply valkey --runs 5` runs just those: Terraform is
+# installed only when `terraform` is named or nothing is, and divan runs only when nothing is named).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,15 +45,30 @@ mkdir -p "$(dirname "$out")"
 
 cargo build --release --locked -p kip-cli -p kip-bench
 if [ ! -f "$KIP_TEST_MIRROR/index.json" ]; then
-  scripts/test-mirror.sh >/dev/null
+  KIP="$CARGO_TARGET_DIR/release/kip" scripts/test-mirror.sh >/dev/null
 fi
-terraform_env="$(scripts/terraform.sh)"
-KIP_BENCH_TERRAFORM="$(sed -n 's/^terraform=//p' <<<"$terraform_env")"
-KIP_BENCH_TF_CLI_CONFIG="$(sed -n 's/^cli_config=//p' <<<"$terraform_env")"
-export KIP_BENCH_TERRAFORM KIP_BENCH_TF_CLI_CONFIG
+# Benchmark names among the arguments (not options, nor their values).
+named=()
+previous=""
+for arg in "${args[@]}"; do
+  case "$previous" in --runs | --sizes) previous="$arg"; continue ;; esac
+  case "$arg" in --*) ;; *) named+=("$arg") ;; esac
+  previous="$arg"
+done
+wants() { [ "${#named[@]}" -eq 0 ] || [[ " ${named[*]} " == *" $1 "* ]]; }
 
-divan="$(mktemp)"
-trap 'rm -f "$divan"' EXIT
-cargo bench --locked -p kip-bench --bench inprocess | tee "$divan"
-"$CARGO_TARGET_DIR/release/kip-bench" --divan "$divan" --report "$out" "${args[@]}"
+if wants terraform; then
+  terraform_env="$(scripts/terraform.sh)"
+  KIP_BENCH_TERRAFORM="$(sed -n 's/^terraform=//p' <<<"$terraform_env")"
+  KIP_BENCH_TF_CLI_CONFIG="$(sed -n 's/^cli_config=//p' <<<"$terraform_env")"
+  export KIP_BENCH_TERRAFORM KIP_BENCH_TF_CLI_CONFIG
+fi
+divan_args=()
+if [ "${#named[@]}" -eq 0 ]; then
+  divan="$(mktemp)"
+  trap 'rm -f "$divan"' EXIT
+  cargo bench --locked -p kip-bench --bench inprocess | tee "$divan"
+  divan_args=(--divan "$divan")
+fi
+"$CARGO_TARGET_DIR/release/kip-bench" "${divan_args[@]}" --report "$out" "${args[@]}"
 echo "bench: the report is $out"

@@ -84,7 +84,10 @@ impl Project {
         command
             .env("KIP_HOME", self.home.path())
             .env("KIP_CACHE_DIR", self.cache_dir())
-            .env("NO_COLOR", "1");
+            .env("NO_COLOR", "1")
+            // Each test has its own cache, where a spare data directory would only be written, never used; the
+            // spares' own test turns them on again.
+            .env("KIP_SPARES", "0");
         command
     }
 

@@ -5,7 +5,7 @@ use crate::{ExitStatus, with_hint};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Remove the spare data directories kip prepares ahead of the next instance (one per template, beside it),
+    /// Remove the spare data directories kip prepares ahead of the next instance (two per template, beside it),
     /// and what interrupted preparations left. Templates and engine builds stay; the next new instance is copied
     /// from its template, and a spare is prepared again after it.
     Prune,

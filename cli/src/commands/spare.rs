@@ -32,9 +32,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitStatus> {
 /// returns at once: the command's own exit never waits for a copy. The preparers run in their own process group
 /// (a ^C at the terminal is not theirs) with no terminal output; one killed halfway leaves a temp copy the next
 /// one removes.
+/// `KIP_SPARES=0` turns spares off (the test suite does, for all but the spares' own test: each test has its own
+/// cache, where a spare would only be written, never used).
 pub fn launch_wanted() {
     let requests = take_wanted_spares();
-    if requests.is_empty() {
+    if requests.is_empty() || std::env::var_os("KIP_SPARES").is_some_and(|value| value == "0") {
         return;
     }
     let Ok(kip) = std::env::current_exe() else {
