@@ -200,6 +200,13 @@ fn nats_end_to_end() {
     assert_eq!(pid_of(&stack, "nats.bus"), pid);
     assert_eq!(max_payload(&stack), 2 << 20);
     assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 2);
+    // The refused configuration was put back: NATS killed now is restarted by the supervisor from the one it ran.
+    std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    let pid = restarted(&stack, "nats.bus", pid);
+    assert_eq!(max_payload(&stack), 2 << 20);
 
     // A new token is reloaded too: the old one stops working, the new one works, the same process.
     stack.project.write(
