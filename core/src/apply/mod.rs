@@ -619,11 +619,7 @@ impl Applier<'_> {
             }
             let change = instance_change.as_ref().expect("an update has a change");
             let mut needed = engine.reconfigure(&mut ctx, change).await?;
-            let planned_restart = change
-                .restart_because
-                .as_ref()
-                .is_some_and(|because| !because.is_empty());
-            if new_release || planned_restart {
+            if new_release || change.restarts() {
                 needed = Reconfigure::Restart;
             }
             match needed {

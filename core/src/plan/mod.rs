@@ -91,6 +91,14 @@ pub struct Change {
 }
 
 impl Change {
+    /// Whether the plan restarts the instance for this change (its [`Change::restart_because`] names attributes):
+    /// apply then restarts it whatever the engine's `reconfigure` answers.
+    pub fn restarts(&self) -> bool {
+        self.restart_because
+            .as_ref()
+            .is_some_and(|because| !because.is_empty())
+    }
+
     /// The attributes that differ between before and after, in order; unknown ones count as differing.
     pub fn changed_attributes(&self) -> Vec<String> {
         let empty = Attributes::new();

@@ -383,7 +383,6 @@ impl Engine for MariaDb {
         Box::pin(async move {
             let args: InstanceArgs = ctx.args()?;
             let before: Option<InstanceArgs> = change.before_as().ok();
-            let restart = self.restart_because(change).unwrap_or_default();
             let mut conn = Self::session(ctx, "cannot connect to MariaDB").await?;
             let password = root_password(ctx, &args);
             if ctx.secrets.get(ROOT_PASSWORD) != Some(password.as_str()) {
@@ -392,7 +391,8 @@ impl Engine for MariaDb {
                     .map_err(|error| my_error("cannot change root's password", error))?;
                 ctx.secrets.0.insert(ROOT_PASSWORD.into(), password);
             }
-            if restart.is_empty() {
+            // Settings are set live unless the plan restarts MariaDB for them (apply does, then).
+            if !change.restarts() {
                 let changed = config::changed_settings(
                     before.as_ref().and_then(|before| before.settings.as_ref()),
                     args.settings.as_ref(),
@@ -412,11 +412,7 @@ impl Engine for MariaDb {
                 }
             }
             let _ = conn.disconnect().await;
-            Ok(if restart.is_empty() {
-                Reconfigure::Done
-            } else {
-                Reconfigure::Restart
-            })
+            Ok(Reconfigure::Done)
         })
     }
 

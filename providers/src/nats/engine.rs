@@ -349,12 +349,8 @@ impl Engine for Nats {
                 return Err(EngineError::new(format!("NATS refuses the new configuration: {refusal}"))
                     .hint("fix the value in kip.hcl; the server keeps running with its current configuration"));
             }
-            Ok(
-                match self.restart_because(change).unwrap_or_default().is_empty() {
-                    true => Reconfigure::Reload,
-                    false => Reconfigure::Restart,
-                },
-            )
+            // A reload; apply restarts instead when the plan says so ([`Change::restarts`]).
+            Ok(Reconfigure::Reload)
         })
     }
 

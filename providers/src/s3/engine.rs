@@ -370,17 +370,12 @@ impl Engine for S3 {
     fn reconfigure<'a>(
         &'a self,
         _ctx: &'a mut InstanceCtx,
-        change: &'a Change,
+        _change: &'a Change,
     ) -> BoxFuture<'a, Result<Reconfigure, EngineError>> {
         Box::pin(async move {
-            // The region only signs requests and is exported: SeaweedFS takes any.
-            Ok(
-                if self.restart_because(change).unwrap_or_default().is_empty() {
-                    Reconfigure::Done
-                } else {
-                    Reconfigure::Restart
-                },
-            )
+            // The region only signs requests and is exported: SeaweedFS takes any. What the plan restarts for,
+            // apply restarts ([`Change::restarts`]).
+            Ok(Reconfigure::Done)
         })
     }
 

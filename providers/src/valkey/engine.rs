@@ -350,7 +350,8 @@ impl Engine for Valkey {
             let args: InstanceArgs = ctx.args()?;
             let before: Option<InstanceArgs> = change.before_as().ok();
             let changed = change.changed_attributes();
-            let restart = self.restart_because(change).unwrap_or_default();
+            // The attributes the plan restarts Valkey for (apply does, then); the others are set live.
+            let restart = change.restart_because.clone().unwrap_or_default();
             let mut connection = connector(ctx, &args)
                 .connect()
                 .await
