@@ -87,11 +87,7 @@ impl Supervisors for DaemonSupervisors {
 
     fn warm_up(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let _one_at_a_time = self.starting.lock().await;
-            let dir = self.kip_dir.display().to_string();
-            let args = ["supervisor", "--dir", dir.as_str()];
-            if let Err(error) = Client::connect_or_start(&self.kip_dir, &self.kip_exe, &args).await
-            {
+            if let Err(error) = self.connect_or_start().await {
                 tracing::debug!("the supervisor did not start ahead of the apply: {error}");
             }
         })
@@ -99,6 +95,14 @@ impl Supervisors for DaemonSupervisors {
 }
 
 impl DaemonSupervisors {
+    /// The running supervisor, or a new one started for the project (one starter at a time).
+    async fn connect_or_start(&self) -> Result<Client, SupervisorError> {
+        let _one_at_a_time = self.starting.lock().await;
+        let dir = self.kip_dir.display().to_string();
+        let args = ["supervisor", "--dir", dir.as_str()];
+        Client::connect_or_start(&self.kip_dir, &self.kip_exe, &args).await
+    }
+
     /// The running supervisor; or, when none answers but processes it ran outlived it (it was killed), a new
     /// one that adopts them; or none.
     pub async fn adopt(&self) -> Result<Option<Client>, SupervisorError> {
@@ -117,16 +121,7 @@ struct DaemonConnection {
 impl DaemonConnection {
     async fn client(&mut self) -> Result<&mut Client, SupervisorError> {
         if self.client.is_none() {
-            let _one_at_a_time = self.supervisors.starting.lock().await;
-            let dir = self.supervisors.kip_dir.display().to_string();
-            let args = ["supervisor", "--dir", dir.as_str()];
-            let client = Client::connect_or_start(
-                &self.supervisors.kip_dir,
-                &self.supervisors.kip_exe,
-                &args,
-            )
-            .await?;
-            self.client = Some(client);
+            self.client = Some(self.supervisors.connect_or_start().await?);
         }
         Ok(self.client.as_mut().expect("just connected"))
     }

@@ -1,7 +1,7 @@
 //! `kip cache prune`: what kip keeps in its cache only to be fast, removed.
 
 use super::Context;
-use crate::{ExitStatus, with_hint};
+use crate::ExitStatus;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
@@ -14,13 +14,7 @@ pub enum Command {
 pub fn run(_context: &Context, command: Command) -> anyhow::Result<ExitStatus> {
     match command {
         Command::Prune => {
-            let Some(cache) = kip_core::resolve::default_cache_dir() else {
-                return Err(with_hint(
-                    anyhow::anyhow!("cannot find a cache directory"),
-                    "set KIP_CACHE_DIR",
-                ));
-            };
-            let templates = cache.join("templates");
+            let templates = super::project::cache_dir()?.join("templates");
             let (removed, freed) = kip_providers::template::prune_spares(&templates)?;
             println!(
                 "Removed {removed} spare data director{} ({:.1} MB) from {}.",

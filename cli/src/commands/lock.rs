@@ -38,12 +38,7 @@ pub struct ResolveArgs {
 }
 
 fn settings() -> anyhow::Result<ResolveSettings> {
-    let Some(cache) = resolve::default_cache_dir() else {
-        return Err(with_hint(
-            anyhow::anyhow!("cannot find a cache directory: HOME is not set"),
-            "set KIP_CACHE_DIR to a directory kip may write to",
-        ));
-    };
+    let cache = super::project::cache_dir()?;
     let engines = kip_schemas::engines().iter().map(|engine| engine.name);
     Ok(ResolveSettings::from_env(engines, &cache))
 }

@@ -27,12 +27,7 @@ pub(crate) fn project(context: &Context) -> anyhow::Result<Project> {
         let hint = error.hint().map(str::to_owned);
         hinted(error, hint)
     })?;
-    let Some(cache) = kip_core::resolve::default_cache_dir() else {
-        return Err(with_hint(
-            anyhow::anyhow!("cannot find a cache directory"),
-            "set KIP_CACHE_DIR",
-        ));
-    };
+    let cache = cache_dir()?;
     let exe = std::env::current_exe()
         .map_err(|error| anyhow::anyhow!("cannot find the kip binary: {error}"))?;
     let dir = std::fs::canonicalize(&context.dir).unwrap_or_else(|_| context.dir.clone());
@@ -41,6 +36,16 @@ pub(crate) fn project(context: &Context) -> anyhow::Result<Project> {
 
 /// The project's supervisors, started as the `kip-supervisor` installed beside kip (the daemon alone, a third of
 /// kip's resident code), or as `kip supervisor` when there is none.
+/// kip's cache directory (`KIP_CACHE_DIR`, else the user's cache dir), or what to do when there is none.
+pub(crate) fn cache_dir() -> anyhow::Result<std::path::PathBuf> {
+    kip_core::resolve::default_cache_dir().ok_or_else(|| {
+        with_hint(
+            anyhow::anyhow!("cannot find a cache directory: HOME is not set"),
+            "set KIP_CACHE_DIR to a directory kip may write to",
+        )
+    })
+}
+
 pub(crate) fn supervisors(project: &Project) -> DaemonSupervisors {
     let daemon = project.kip_exe.with_file_name("kip-supervisor");
     let exe = if daemon.is_file() {
