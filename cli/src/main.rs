@@ -14,6 +14,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use crate::render::{ColorChoice, Style};
 
 /// kip declares real engines (PostgreSQL, Valkey, MariaDB, NATS, S3, processes) in kip.hcl and makes them exist.

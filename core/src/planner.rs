@@ -135,8 +135,13 @@ impl Planner<'_> {
                 if let Some(have) = existing.get_mut(&node.address) {
                     for (name, value) in &node.attributes {
                         if value.is_null() && !node.unknown.contains(name) {
-                            have.attributes
-                                .insert(name.clone(), serde_json::Value::Null);
+                            match have.attributes.get_mut(name) {
+                                Some(have) => *have = serde_json::Value::Null,
+                                None => {
+                                    have.attributes
+                                        .insert(name.clone(), serde_json::Value::Null);
+                                }
+                            }
                         }
                     }
                 }
@@ -293,23 +298,20 @@ impl Planner<'_> {
         let mut managed: Vec<Managed> = declared
             .values()
             .map(|node| Managed {
-                address: node.address.clone(),
-                kind: node.kind.clone(),
-                attributes: node.attributes.clone(),
-                applied: saved
-                    .objects
-                    .get(&node.address)
-                    .map(|o| o.attributes.clone()),
+                address: &node.address,
+                kind: &node.kind,
+                attributes: &node.attributes,
+                applied: saved.objects.get(&node.address).map(|o| &o.attributes),
                 declared: true,
             })
             .collect();
         for (object, saved_object) in &saved.objects {
             if !declared.contains_key(object) {
                 managed.push(Managed {
-                    address: object.clone(),
-                    kind: saved_object.kind.clone(),
-                    attributes: saved_object.attributes.clone(),
-                    applied: Some(saved_object.attributes.clone()),
+                    address: object,
+                    kind: &saved_object.kind,
+                    attributes: &saved_object.attributes,
+                    applied: Some(&saved_object.attributes),
                     declared: false,
                 });
             }
@@ -318,10 +320,10 @@ impl Planner<'_> {
         // kip's back); it is merged into the instance's attributes, never deleted or created from here.
         if let Some(instance_node) = desired.iter().find(|node| node.address.is_instance()) {
             managed.push(Managed {
-                address: address.clone(),
-                kind: plan::INSTANCE.to_owned(),
-                attributes: instance_node.attributes.clone(),
-                applied: Some(saved.attributes.clone()),
+                address,
+                kind: plan::INSTANCE,
+                attributes: &instance_node.attributes,
+                applied: Some(&saved.attributes),
                 declared: true,
             });
         }
@@ -342,28 +344,32 @@ impl Planner<'_> {
                 })?
             }
         };
-        let observed: BTreeMap<Address, plan::Attributes> = observed
+        let mut observed: BTreeMap<Address, plan::Attributes> = observed
             .into_iter()
             .map(|node| (node.address, node.attributes))
             .collect();
-        if let (Some(live), Some(instance)) = (observed.get(address), existing.get_mut(address)) {
-            instance.attributes.extend(live.clone());
+        if let (Some(live), Some(instance)) = (observed.remove(address), existing.get_mut(address))
+        {
+            instance.attributes.extend(live);
         }
         for node in managed.iter().filter(|node| !node.address.is_instance()) {
-            let saved_object = saved.objects.get(&node.address);
-            match observed.get(&node.address) {
-                Some(live) => {
+            let saved_object = saved.objects.get(node.address);
+            match observed.remove(node.address) {
+                Some(mut attributes) => {
                     // What the engine reports wins; what it cannot read (a password) is as last applied.
-                    let mut attributes = saved_object
-                        .map(|o| o.attributes.clone())
-                        .unwrap_or_default();
-                    attributes.extend(live.clone());
+                    if let Some(saved_object) = saved_object {
+                        for (name, value) in &saved_object.attributes {
+                            if !attributes.contains_key(name) {
+                                attributes.insert(name.clone(), value.clone());
+                            }
+                        }
+                    }
                     existing.insert(
                         node.address.clone(),
                         Existing {
                             address: node.address.clone(),
                             engine: engine_name.to_owned(),
-                            kind: node.kind.clone(),
+                            kind: node.kind.to_owned(),
                             attributes,
                             sensitive: saved_object
                                 .map(|o| o.sensitive.clone())
@@ -381,7 +387,7 @@ impl Planner<'_> {
                     if let Some(saved_object) = saved_object {
                         existing.insert(
                             node.address.clone(),
-                            existing_object(&node.address, engine_name, saved_object),
+                            existing_object(node.address, engine_name, saved_object),
                         );
                     }
                 }

@@ -21,11 +21,13 @@ pub fn url_encode(text: &str) -> String {
 /// provisioning (`purpose` tells the engines and kinds apart), so it is known again even after a crash between
 /// creating the account and saving the state, and unguessable from the configuration.
 pub fn derived_password(key: &str, purpose: &str, name: &str) -> String {
+    use std::fmt::Write as _;
     let digest = <sha2::Sha256 as sha2::Digest>::digest(format!("kip {purpose}\0{key}\0{name}"));
-    digest[..16]
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    let mut hex = String::with_capacity(32);
+    for byte in &digest[..16] {
+        let _ = write!(hex, "{byte:02x}");
+    }
+    hex
 }
 
 /// Whether a change of a `settings` map (`before` → `after`, as attributes) restarts the engine: it touches a

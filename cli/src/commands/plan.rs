@@ -1,6 +1,7 @@
 //! `kip plan`: what apply would change, in Terraform's layout (or as JSON), optionally saved for `kip apply FILE`;
 //! and the rendering of a plan that apply shows too.
 
+use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::PathBuf;
 
@@ -205,6 +206,7 @@ pub fn render_plan(plan: &Plan, style: Style) -> String {
         return "No changes. The engines match the configuration.\n".to_owned();
     }
     let mut out = String::from("kip will perform the following actions:\n\n");
+    let empty = kip_core::plan::Attributes::new();
     for change in changing {
         let symbol = change.action.symbol();
         let painted = match change.action {
@@ -212,23 +214,28 @@ pub fn render_plan(plan: &Plan, style: Style) -> String {
             Action::Delete => style.red(symbol),
             _ => style.yellow(symbol),
         };
-        out.push_str(&format!(
-            "  {painted} {} ({})\n",
+        let _ = writeln!(
+            out,
+            "  {painted} {} ({})",
             style.bold(&change.address.to_string()),
             change.kind
-        ));
-        let before = change.before.clone().unwrap_or_default();
-        let after = change.after.clone().unwrap_or_default();
-        let names: Vec<String> = match change.action {
+        );
+        let before = change.before.as_ref().unwrap_or(&empty);
+        let after = change.after.as_ref().unwrap_or(&empty);
+        let changed;
+        let names: Vec<&str> = match change.action {
             Action::Create => after
                 .iter()
                 .filter(|(name, value)| !value.is_null() || change.after_unknown.contains(*name))
-                .map(|(name, _)| name.clone())
+                .map(|(name, _)| name.as_str())
                 .collect(),
             Action::Delete => Vec::new(),
-            _ => change.changed_attributes(),
+            _ => {
+                changed = change.changed_attributes();
+                changed.iter().map(String::as_str).collect()
+            }
         };
-        let width = names.iter().map(String::len).max().unwrap_or(0);
+        let width = names.iter().map(|name| name.len()).max().unwrap_or(0);
         match &change.restart_because {
             Some(because) if because.is_empty() => {
                 out.push_str("      # applied live, without a restart\n");
@@ -237,35 +244,35 @@ pub fn render_plan(plan: &Plan, style: Style) -> String {
             None => {}
         }
         for name in names {
-            let forces = if change.replace_because.contains(&name) {
+            let forces = if change.replace_because.iter().any(|n| n == name) {
                 "  # forces replacement"
             } else if change
                 .restart_because
                 .as_ref()
-                .is_some_and(|because| because.contains(&name))
+                .is_some_and(|because| because.iter().any(|n| n == name))
             {
                 "  # forces a restart"
             } else {
                 ""
             };
-            let sensitive = change.sensitive.contains(&name);
+            let sensitive = change.sensitive.contains(name);
             match change.action {
-                Action::Create => out.push_str(&format!(
-                    "      {name:<width$} = {}\n",
-                    show(change, &name, after.get(&name), true)
-                )),
+                Action::Create => {
+                    let _ = writeln!(
+                        out,
+                        "      {name:<width$} = {}",
+                        show(change, name, after.get(name), true)
+                    );
+                }
                 _ if !sensitive
-                    && (is_multiline(before.get(&name)) || is_multiline(after.get(&name))) =>
+                    && (is_multiline(before.get(name)) || is_multiline(after.get(name))) =>
                 {
-                    out.push_str(&format!("      {name:<width$} = <<-{forces}\n"));
+                    let _ = writeln!(out, "      {name:<width$} = <<-{forces}");
                     let old = before
-                        .get(&name)
+                        .get(name)
                         .and_then(|v| v.as_str())
                         .unwrap_or_default();
-                    let new = after
-                        .get(&name)
-                        .and_then(|v| v.as_str())
-                        .unwrap_or_default();
+                    let new = after.get(name).and_then(|v| v.as_str()).unwrap_or_default();
                     for line in similar::TextDiff::from_lines(old, new).iter_all_changes() {
                         let text = format!("{}{}", line.tag(), line.value().trim_end_matches('\n'));
                         let text = match line.tag() {
@@ -273,14 +280,17 @@ pub fn render_plan(plan: &Plan, style: Style) -> String {
                             similar::ChangeTag::Insert => style.green(&text),
                             similar::ChangeTag::Equal => text,
                         };
-                        out.push_str(&format!("          {text}\n"));
+                        let _ = writeln!(out, "          {text}");
                     }
                 }
-                _ => out.push_str(&format!(
-                    "      {name:<width$} = {} -> {}{forces}\n",
-                    show(change, &name, before.get(&name), false),
-                    show(change, &name, after.get(&name), true)
-                )),
+                _ => {
+                    let _ = writeln!(
+                        out,
+                        "      {name:<width$} = {} -> {}{forces}",
+                        show(change, name, before.get(name), false),
+                        show(change, name, after.get(name), true)
+                    );
+                }
             }
         }
     }

@@ -100,16 +100,17 @@ pub enum Reconfigure {
     Restart,
 }
 
-/// An object kip manages in an instance, as refresh is asked about it.
-#[derive(Debug, Clone)]
-pub struct Managed {
-    pub address: Address,
-    pub kind: String,
+/// An object kip manages in an instance, as refresh is asked about it. It borrows from the plan's desired state
+/// and the saved state: a refresh is asked about every object, and there may be thousands.
+#[derive(Debug, Clone, Copy)]
+pub struct Managed<'a> {
+    pub address: &'a Address,
+    pub kind: &'a str,
     /// The desired attributes when the configuration declares it, else the ones last applied.
-    pub attributes: Attributes,
+    pub attributes: &'a Attributes,
     /// The attributes as kip last applied them, when it did (what kip itself did is what refresh compares against
     /// to tell drift from a change of the configuration).
-    pub applied: Option<Attributes>,
+    pub applied: Option<&'a Attributes>,
     pub declared: bool,
 }
 
@@ -351,7 +352,7 @@ pub trait Engine: Send + Sync {
     fn refresh<'a>(
         &'a self,
         _instance: &'a InstanceCtx,
-        _managed: &'a [Managed],
+        _managed: &'a [Managed<'a>],
     ) -> BoxFuture<'a, Result<Vec<Observed>, EngineError>> {
         Box::pin(async { Ok(Vec::new()) })
     }

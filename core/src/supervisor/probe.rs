@@ -24,7 +24,7 @@ use super::procfs;
 use crate::engine::{ProbeKind, RunAs, SpawnSpec};
 
 /// The shortest interval between checks: a zero interval would spin. A socket or port check is one connect (a few
-/// microseconds), so it may run every millisecond (Valkey and NATS ask for 2 ms, MariaDB 5 ms, PostgreSQL 10 ms);
+/// microseconds), so it may run every millisecond (PostgreSQL, Valkey and NATS ask for 2 ms, MariaDB 5 ms);
 /// a check that forks a command, sends a request or reads a log is held to 10 ms whatever its spec says.
 fn min_interval(kind: &ProbeKind) -> Duration {
     match kind {

@@ -419,7 +419,7 @@ impl Engine for MariaDb {
     fn refresh<'a>(
         &'a self,
         ctx: &'a InstanceCtx,
-        managed: &'a [Managed],
+        managed: &'a [Managed<'a>],
     ) -> BoxFuture<'a, Result<Vec<Observed>, EngineError>> {
         Box::pin(async move {
             let args: InstanceArgs = ctx.args()?;

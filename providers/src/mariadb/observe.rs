@@ -104,7 +104,7 @@ pub fn grantee(user: &str, host: &str) -> String {
 pub async fn refresh(
     ctx: &InstanceCtx,
     connector: &Connector,
-    managed: &[Managed],
+    managed: &[Managed<'_>],
 ) -> Result<Vec<Observed>, EngineError> {
     let live = read(connector)
         .await
@@ -115,14 +115,14 @@ pub async fn refresh(
         // The host kip created the account on, as `user` reads it: a changed host is a replacement, not drift.
         .map(|node| {
             (
-                &node.address,
-                host_of(node.applied.as_ref().unwrap_or(&node.attributes)),
+                node.address,
+                host_of(node.applied.unwrap_or(node.attributes)),
             )
         })
         .collect();
     let mut observed = Vec::new();
     for node in managed {
-        let attributes = match node.kind.as_str() {
+        let attributes = match node.kind {
             kip_core::plan::INSTANCE => server(&live, node),
             "database" => database(&live, node),
             "user" => user(ctx, &live, node, managed),
@@ -160,10 +160,10 @@ fn is_set(attributes: &Attributes, name: &str) -> bool {
 
 /// The instance's character set and collation, reported only when they differ from what kip applied (a
 /// `SET GLOBAL` behind kip's back): drift, repaired by the restart the plan shows.
-fn server(live: &Live, node: &Managed) -> Option<Attributes> {
+fn server(live: &Live, node: &Managed<'_>) -> Option<Attributes> {
     let (charset, collation) = &live.server;
     let attributes = charset_attributes(node, charset, collation);
-    let applied = node.applied.as_ref()?;
+    let applied = node.applied?;
     let drift: Attributes = attributes
         .into_iter()
         .filter(|(name, value)| applied.get(name) != Some(value))
@@ -171,7 +171,7 @@ fn server(live: &Live, node: &Managed) -> Option<Attributes> {
     (!drift.is_empty()).then_some(drift)
 }
 
-fn database(live: &Live, node: &Managed) -> Option<Attributes> {
+fn database(live: &Live, node: &Managed<'_>) -> Option<Attributes> {
     let name = node.address.label()?;
     let (charset, collation) = live.databases.get(name)?;
     Some(charset_attributes(node, charset, collation))
@@ -179,11 +179,11 @@ fn database(live: &Live, node: &Managed) -> Option<Attributes> {
 
 /// `character_set` and `collation` as the server has them, for those the configuration sets, in kip's words when
 /// they name the same.
-fn charset_attributes(node: &Managed, charset: &str, collation: &str) -> Attributes {
-    let source = node.applied.as_ref().unwrap_or(&node.attributes);
+fn charset_attributes(node: &Managed<'_>, charset: &str, collation: &str) -> Attributes {
+    let source = node.applied.unwrap_or(node.attributes);
     let mut attributes = Attributes::new();
     for (attribute, live) in [("character_set", charset), ("collation", collation)] {
-        if !is_set(&node.attributes, attribute) {
+        if !is_set(node.attributes, attribute) {
             continue;
         }
         // What kip applied, in kip's words, when the server has that under its own name.
@@ -207,10 +207,15 @@ pub fn same_charset_name(declared: &str, live: &str) -> bool {
     declared == live.to_ascii_lowercase()
 }
 
-fn user(ctx: &InstanceCtx, live: &Live, node: &Managed, managed: &[Managed]) -> Option<Attributes> {
+fn user(
+    ctx: &InstanceCtx,
+    live: &Live,
+    node: &Managed<'_>,
+    managed: &[Managed<'_>],
+) -> Option<Attributes> {
     let name = node.address.label()?;
     // The host kip created the account on (a changed host is a replacement the plan shows already).
-    let source = node.applied.as_ref().unwrap_or(&node.attributes);
+    let source = node.applied.unwrap_or(node.attributes);
     let host = host_of(source);
     let account = live.users.get(&(name.to_owned(), host.clone()))?;
     let max_user_connections = account
@@ -229,7 +234,7 @@ fn user(ctx: &InstanceCtx, live: &Live, node: &Managed, managed: &[Managed]) -> 
     let covered: BTreeSet<Target> = managed
         .iter()
         .filter(|other| {
-            other.kind == "grant" && other.address.parent().as_ref() == Some(&node.address)
+            other.kind == "grant" && other.address.parent().as_ref() == Some(node.address)
         })
         .flat_map(|other| {
             [Some(&other.attributes), other.applied.as_ref()]
@@ -256,14 +261,18 @@ fn user(ctx: &InstanceCtx, live: &Live, node: &Managed, managed: &[Managed]) -> 
     })))
 }
 
-fn grant(live: &Live, node: &Managed, hosts: &BTreeMap<&Address, String>) -> Option<Attributes> {
+fn grant(
+    live: &Live,
+    node: &Managed<'_>,
+    hosts: &BTreeMap<&Address, String>,
+) -> Option<Attributes> {
     let user_address = node.address.parent()?;
     let user = user_address.label()?;
     let host = hosts
         .get(&user_address)
         .cloned()
         .unwrap_or_else(|| "localhost".to_owned());
-    let source = node.applied.as_ref().unwrap_or(&node.attributes);
+    let source = node.applied.unwrap_or(node.attributes);
     let on = source.get("on").and_then(Json::as_str)?;
     let target = Target::parse(on).ok()?;
     let (privileges, grantable) = live.privileges.get(&grantee(user, &host))?.get(&target)?;

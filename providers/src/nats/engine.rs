@@ -357,10 +357,10 @@ impl Engine for Nats {
     fn refresh<'a>(
         &'a self,
         ctx: &'a InstanceCtx,
-        managed: &'a [Managed],
+        managed: &'a [Managed<'a>],
     ) -> BoxFuture<'a, Result<Vec<Observed>, EngineError>> {
         Box::pin(async move {
-            let objects: Vec<&Managed> = managed
+            let objects: Vec<&Managed<'_>> = managed
                 .iter()
                 .filter(|node| node.kind == STREAM || node.kind == KV)
                 .collect();
@@ -378,12 +378,12 @@ impl Engine for Nats {
                 .map_err(|error| nats_error("cannot read the JetStream streams", error))?;
             let mut observed = Vec::new();
             for object in objects {
-                let Some(config) = live.get(&stream_name(&object.kind, &object.address)?) else {
+                let Some(config) = live.get(&stream_name(object.kind, object.address)?) else {
                     continue;
                 };
                 let base = object.applied.as_ref().unwrap_or(&object.attributes);
                 let attributes =
-                    jetstream::observed(&object.kind, label(&object.address)?, base, config)
+                    jetstream::observed(object.kind, label(object.address)?, base, config)
                         .map_err(|error| nats_error("cannot read the JetStream streams", error))?;
                 observed.push(Observed {
                     address: object.address.clone(),

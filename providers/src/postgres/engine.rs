@@ -390,7 +390,7 @@ impl Engine for Postgres {
     fn refresh<'a>(
         &'a self,
         ctx: &'a InstanceCtx,
-        managed: &'a [Managed],
+        managed: &'a [Managed<'a>],
     ) -> BoxFuture<'a, Result<Vec<Observed>, EngineError>> {
         Box::pin(async move {
             let args: InstanceArgs = ctx.args()?;

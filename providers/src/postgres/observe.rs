@@ -17,7 +17,7 @@ use super::{Connector, GrantTarget, Live};
 pub async fn refresh(
     ctx: &InstanceCtx,
     connector: &Connector,
-    managed: &[Managed],
+    managed: &[Managed<'_>],
 ) -> Result<Vec<Observed>, EngineError> {
     let contents = databases_with_contents(managed);
     let live = super::sql::read_live_of(connector, Some(&contents))
@@ -87,18 +87,29 @@ fn object(value: Json) -> Attributes {
 }
 
 /// What the server has of one managed object, or `None` when it does not exist.
-fn observe(ctx: &InstanceCtx, live: &Live, node: &Managed) -> Option<Attributes> {
+fn observe(ctx: &InstanceCtx, live: &Live, node: &Managed<'_>) -> Option<Attributes> {
     // Grants are unlabelled; every other object has a name.
     let name = node.address.label().unwrap_or_default().to_owned();
-    match node.kind.as_str() {
+    match node.kind {
         "role" => {
             let role = live.roles.get(&name)?;
-            let mut attributes = object(json!({
-                "login": role.login, "superuser": role.superuser, "createdb": role.createdb,
-                "createrole": role.createrole, "inherit": role.inherit, "replication": role.replication,
-                "bypassrls": role.bypassrls, "connection_limit": role.connection_limit,
-                "valid_until": role.valid_until, "member_of": role.member_of, "has_password": role.has_password,
-            }));
+            // Built as a map directly: a refresh observes every role, and there may be thousands.
+            let mut attributes: Attributes = [
+                ("login", Json::Bool(role.login)),
+                ("superuser", Json::Bool(role.superuser)),
+                ("createdb", Json::Bool(role.createdb)),
+                ("createrole", Json::Bool(role.createrole)),
+                ("inherit", Json::Bool(role.inherit)),
+                ("replication", Json::Bool(role.replication)),
+                ("bypassrls", Json::Bool(role.bypassrls)),
+                ("connection_limit", json!(role.connection_limit)),
+                ("valid_until", json!(role.valid_until)),
+                ("member_of", json!(role.member_of)),
+                ("has_password", Json::Bool(role.has_password)),
+            ]
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value))
+            .collect();
             // Whether the password kip hands out (kip url, kip env) is the one the server has.
             let expects_password = node
                 .attributes
@@ -108,16 +119,20 @@ fn observe(ctx: &InstanceCtx, live: &Live, node: &Managed) -> Option<Attributes>
             if expects_password {
                 // The password kip set last (a change in the configuration is a change, not drift), else the one
                 // it is about to set.
-                let source = node.applied.as_ref().unwrap_or(&node.attributes);
+                let source = node.applied.unwrap_or(node.attributes);
+                let generated;
                 let expected = match source.get("password").and_then(Json::as_str) {
-                    Some(chosen) => chosen.to_owned(),
-                    None => generated_role_password(ctx, &name),
+                    Some(chosen) => chosen,
+                    None => {
+                        generated = generated_role_password(ctx, &name);
+                        generated.as_str()
+                    }
                 };
                 let works = role
                     .verifier
                     .0
                     .as_deref()
-                    .is_some_and(|verifier| super::scram::verifies(verifier, &expected));
+                    .is_some_and(|verifier| super::scram::verifies(verifier, expected));
                 attributes.insert("password_works".into(), json!(works));
             }
             Some(attributes)
@@ -145,8 +160,8 @@ fn observe(ctx: &InstanceCtx, live: &Live, node: &Managed) -> Option<Attributes>
                         })
                         .unwrap_or_default()
                 };
-                let mut managed = listed(Some(&node.attributes));
-                managed.extend(listed(node.applied.as_ref()));
+                let mut managed = listed(Some(node.attributes));
+                managed.extend(listed(node.applied));
                 let extensions: Vec<&String> = database
                     .extensions
                     .keys()
@@ -158,7 +173,7 @@ fn observe(ctx: &InstanceCtx, live: &Live, node: &Managed) -> Option<Attributes>
         }
         "schema" => {
             let database_name =
-                text(&node.attributes, "database").unwrap_or_else(|| "postgres".into());
+                text(node.attributes, "database").unwrap_or_else(|| "postgres".into());
             let schema = live.databases.get(&database_name)?.schemas.get(&name)?;
             Some(object(
                 json!({ "owner": schema.owner, "database": database_name }),
@@ -166,14 +181,14 @@ fn observe(ctx: &InstanceCtx, live: &Live, node: &Managed) -> Option<Attributes>
         }
         "extension" => {
             let database_name =
-                text(&node.attributes, "database").unwrap_or_else(|| "postgres".into());
+                text(node.attributes, "database").unwrap_or_else(|| "postgres".into());
             let extension = live.databases.get(&database_name)?.extensions.get(&name)?;
             Some(object(json!({
                 "schema": extension.schema, "version": extension.version, "database": database_name,
             })))
         }
         "grant" => {
-            let args: GrantArgs = kip_core::engine::typed(&node.address, &node.attributes).ok()?;
+            let args: GrantArgs = kip_core::engine::typed(node.address, node.attributes).ok()?;
             let spec = grant_spec(&args).ok()?;
             grant_held(live, &spec).then(|| node.attributes.clone())
         }
@@ -216,10 +231,10 @@ fn grant_held(live: &Live, spec: &super::GrantSpec) -> bool {
 }
 
 /// The databases whose insides kip manages: only those need a session of their own to refresh.
-fn databases_with_contents(managed: &[Managed]) -> BTreeSet<String> {
+fn databases_with_contents(managed: &[Managed<'_>]) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
     for node in managed {
-        match node.kind.as_str() {
+        match node.kind {
             "database" => {
                 // Declared extensions, or extensions kip created before (so removing the last one is seen).
                 let has = |attributes: &Attributes| {
@@ -228,21 +243,19 @@ fn databases_with_contents(managed: &[Managed]) -> BTreeSet<String> {
                         .and_then(Json::as_array)
                         .is_some_and(|list| !list.is_empty())
                 };
-                let has_extensions =
-                    has(&node.attributes) || node.applied.as_ref().is_some_and(has);
+                let has_extensions = has(node.attributes) || node.applied.is_some_and(has);
                 if has_extensions && let Some(name) = node.address.label() {
                     names.insert(name.to_owned());
                 }
             }
             "schema" | "extension" => {
-                names.insert(
-                    text(&node.attributes, "database").unwrap_or_else(|| "postgres".into()),
-                );
+                names
+                    .insert(text(node.attributes, "database").unwrap_or_else(|| "postgres".into()));
             }
             "grant" => {
-                let on = text(&node.attributes, "on");
-                let schema = text(&node.attributes, "schema");
-                let database = text(&node.attributes, "database");
+                let on = text(node.attributes, "on");
+                let schema = text(node.attributes, "schema");
+                let database = text(node.attributes, "database");
                 let database_level = match on.as_deref() {
                     Some(on) => on == "database",
                     None => !(schema.is_some() && database.is_none()),

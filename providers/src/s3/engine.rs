@@ -382,10 +382,10 @@ impl Engine for S3 {
     fn refresh<'a>(
         &'a self,
         ctx: &'a InstanceCtx,
-        managed: &'a [Managed],
+        managed: &'a [Managed<'a>],
     ) -> BoxFuture<'a, Result<Vec<Observed>, EngineError>> {
         Box::pin(async move {
-            let buckets: Vec<&Managed> =
+            let buckets: Vec<&Managed<'_>> =
                 managed.iter().filter(|node| node.kind == BUCKET).collect();
             if buckets.is_empty() {
                 return Ok(Vec::new());
@@ -394,7 +394,7 @@ impl Engine for S3 {
             // S3 has no request for many buckets' configuration: one round of requests, all at once.
             let mut requests = tokio::task::JoinSet::new();
             for (index, bucket) in buckets.iter().enumerate() {
-                let name = bucket_name(&bucket.address)?.to_owned();
+                let name = bucket_name(bucket.address)?.to_owned();
                 let client = client.clone();
                 requests.spawn(async move { (index, client.bucket_state(&name).await) });
             }

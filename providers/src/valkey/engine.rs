@@ -431,10 +431,11 @@ impl Engine for Valkey {
     fn refresh<'a>(
         &'a self,
         ctx: &'a InstanceCtx,
-        managed: &'a [Managed],
+        managed: &'a [Managed<'a>],
     ) -> BoxFuture<'a, Result<Vec<Observed>, EngineError>> {
         Box::pin(async move {
-            let users: Vec<&Managed> = managed.iter().filter(|node| node.kind == USER).collect();
+            let users: Vec<&Managed<'_>> =
+                managed.iter().filter(|node| node.kind == USER).collect();
             let instance = managed.iter().find(|node| node.address.is_instance());
             if users.is_empty() && instance.is_none() {
                 return Ok(Vec::new());
@@ -448,9 +449,7 @@ impl Engine for Valkey {
             let mut pipe = redis::pipe();
             pipe.cmd("CONFIG").arg("GET").arg(config::OBSERVED);
             for user in &users {
-                pipe.cmd("ACL")
-                    .arg("GETUSER")
-                    .arg(user_name(&user.address)?);
+                pipe.cmd("ACL").arg("GETUSER").arg(user_name(user.address)?);
             }
             let answers: Vec<redis::Value> =
                 pipe.query_async(&mut connection).await.map_err(|error| {
@@ -481,13 +480,13 @@ impl Engine for Valkey {
                 }
             }
             for (user, answer) in users.iter().zip(answers) {
-                let name = user_name(&user.address)?;
+                let name = user_name(user.address)?;
                 let Some(live) = acl::parse_getuser(answer)
                     .map_err(|error| vk_error("cannot read the ACL users", error))?
                 else {
                     continue;
                 };
-                let password = user_password(ctx, name, &user.attributes);
+                let password = user_password(ctx, name, user.attributes);
                 let works = live.passwords == [password_hash(&password)];
                 let recorded = ctx.secrets.get(&acl::rules_key(name));
                 let commands = if recorded == Some(acl::rules_fingerprint(&live.commands).as_str())

@@ -310,7 +310,7 @@ impl Engine for Fake {
     fn refresh<'a>(
         &'a self,
         ctx: &'a InstanceCtx,
-        managed: &'a [Managed],
+        managed: &'a [Managed<'a>],
     ) -> BoxFuture<'a, Result<Vec<Observed>, EngineError>> {
         Box::pin(async move {
             let store = read_store(&store_path(&ctx.data_dir)).map_err(engine_error)?;
