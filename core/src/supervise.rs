@@ -21,6 +21,11 @@ pub trait Supervise: Send {
     fn start(&mut self, spec: SpawnSpec) -> BoxFuture<'_, Result<ProcessStatus, SupervisorError>>;
     /// Stops a process; a name that is not supervised is already stopped.
     fn stop<'a>(&'a mut self, name: &'a str) -> BoxFuture<'a, Result<(), SupervisorError>>;
+    /// Stops a process whose data is deleted right after, with its spec's discard sequence when it has one (see
+    /// [`crate::engine::StopSpec::discard`]); by default as [`Supervise::stop`].
+    fn discard<'a>(&'a mut self, name: &'a str) -> BoxFuture<'a, Result<(), SupervisorError>> {
+        self.stop(name)
+    }
     /// Sends a process its reload signal.
     fn reload<'a>(&'a mut self, name: &'a str) -> BoxFuture<'a, Result<(), SupervisorError>>;
     /// Waits for a process (a job) to exit, and answers its final status.
@@ -156,6 +161,15 @@ impl Supervise for DaemonConnection {
         Box::pin(async move {
             match self.existing().await? {
                 Some(client) => unknown_is_stopped(client.stop(name).await),
+                None => Ok(()),
+            }
+        })
+    }
+
+    fn discard<'a>(&'a mut self, name: &'a str) -> BoxFuture<'a, Result<(), SupervisorError>> {
+        Box::pin(async move {
+            match self.existing().await? {
+                Some(client) => unknown_is_stopped(client.discard(name).await),
                 None => Ok(()),
             }
         })

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use kip_core::engine::{Probe, ProbeKind, RestartPolicy, RunAs, SpawnSpec, StopSpec};
+use kip_core::engine::{Probe, ProbeKind, RestartPolicy, RunAs, SpawnSpec, StopCommand, StopSpec};
 use kip_core::supervisor::{
     Client, DEFAULT_MAX_RESTARTS, DaemonOptions, ProcessState, ProcessStatus, RequestError,
     SupervisorError, WaitUntil, pid_file_path, run_daemon, run_daemon_with, socket_path,
@@ -156,6 +156,7 @@ fn script_spec(dir: &Path, name: &str, script: &str, probe: ProbeKind) -> SpawnS
         stop: StopSpec {
             command: None,
             signals: vec![("SIGTERM".to_owned(), 2_000)],
+            discard: None,
         },
         log: dir.join(".kip/logs").join(format!("{name}.log")),
         after: Vec::new(),
@@ -787,6 +788,7 @@ async fn stop_escalates_to_sigkill_after_each_signal_times_out() {
     stubborn.stop = StopSpec {
         command: None,
         signals: vec![("SIGTERM".to_owned(), 500)],
+        discard: None,
     };
     let pid = client.start(stubborn).await.unwrap().pid.unwrap();
     let clock = Instant::now();
@@ -815,6 +817,7 @@ async fn stop_escalates_to_sigkill_after_each_signal_times_out() {
     ignores_int.stop = StopSpec {
         command: None,
         signals: vec![("SIGINT".to_owned(), 300), ("SIGTERM".to_owned(), 5_000)],
+        discard: None,
     };
     let pid = client.start(ignores_int).await.unwrap().pid.unwrap();
     let clock = Instant::now();
@@ -834,6 +837,60 @@ async fn stop_escalates_to_sigkill_after_each_signal_times_out() {
             name: "ignores-int".to_owned()
         }
     );
+}
+
+/// A stop whose data goes right after (kip destroy) uses the spec's discard signal, skipping the stop command and
+/// the ordinary signals; an ordinary stop of the same spec never sends it. Each trap writes which signal came.
+#[tokio::test]
+async fn a_discard_stop_sends_the_discard_signal_and_skips_the_stop_command() {
+    let daemon = TestDaemon::start();
+    let mut client = daemon.client().await;
+    let spec = |name: &str| {
+        let said = daemon.path(&format!("{name}.said"));
+        let mut spec = daemon.script(
+            name,
+            &format!(
+                "trap 'echo term >> {said}; exit 0' TERM; trap 'echo quit >> {said}; exit 0' QUIT; \
+                 echo ready; while :; do sleep 0.05; done",
+                said = said.display()
+            ),
+            log_line("^ready$"),
+        );
+        spec.stop = StopSpec {
+            command: Some(StopCommand {
+                command: vec![
+                    "/bin/sh".to_owned(),
+                    "-c".to_owned(),
+                    format!("echo command >> {}", said.display()),
+                ],
+                wait_ms: 200,
+            }),
+            signals: vec![("SIGTERM".to_owned(), 5_000)],
+            discard: Some(("SIGQUIT".to_owned(), 5_000)),
+        };
+        (spec, said)
+    };
+
+    let (discarded, said) = spec("discarded");
+    let pid = client.start(discarded).await.unwrap().pid.unwrap();
+    client.discard("discarded").await.unwrap();
+    assert_gone(pid);
+    assert!(!group_exists(pid));
+    assert_eq!(std::fs::read_to_string(&said).unwrap(), "quit\n");
+
+    let (stopped, said) = spec("stopped");
+    let pid = client.start(stopped).await.unwrap().pid.unwrap();
+    client.stop("stopped").await.unwrap();
+    assert_gone(pid);
+    assert_eq!(std::fs::read_to_string(&said).unwrap(), "command\nterm\n");
+
+    // A spec without a discard step is stopped as usual by a discard request.
+    let (mut plain, said) = spec("plain");
+    plain.stop.discard = None;
+    let pid = client.start(plain).await.unwrap().pid.unwrap();
+    client.discard("plain").await.unwrap();
+    assert_gone(pid);
+    assert_eq!(std::fs::read_to_string(&said).unwrap(), "command\nterm\n");
 }
 
 #[tokio::test]
@@ -2311,7 +2368,6 @@ async fn an_adopted_valkey_keeps_its_socket_and_is_replaced_on_the_same_socket()
 
 #[tokio::test]
 async fn a_stop_command_stops_the_process_and_sigkill_follows_when_it_does_not() {
-    use kip_core::engine::StopCommand;
     let daemon = TestDaemon::start();
     let mut client = daemon.client().await;
 
@@ -2332,6 +2388,7 @@ async fn a_stop_command_stops_the_process_and_sigkill_follows_when_it_does_not()
             wait_ms: 5_000,
         }),
         signals: vec![("SIGTERM".to_owned(), 2_000)],
+        discard: None,
     };
     let pid = client.start(polite.clone()).await.unwrap().pid.unwrap();
     let clock = Instant::now();
@@ -2365,6 +2422,7 @@ async fn a_stop_command_stops_the_process_and_sigkill_follows_when_it_does_not()
             wait_ms: 300,
         }),
         signals: vec![("SIGTERM".to_owned(), 300)],
+        discard: None,
     };
     let pid = client.start(deaf.clone()).await.unwrap().pid.unwrap();
     let clock = Instant::now();
@@ -2397,6 +2455,7 @@ async fn a_stop_command_stops_the_process_and_sigkill_follows_when_it_does_not()
             wait_ms: 5_000,
         }),
         signals: vec![("SIGTERM".to_owned(), 2_000)],
+        discard: None,
     };
     let pid = client.start(missing.clone()).await.unwrap().pid.unwrap();
     client.stop("missing").await.unwrap();
@@ -2431,6 +2490,7 @@ async fn an_adopted_process_is_stopped_with_its_stop_command() {
             wait_ms: 5_000,
         }),
         signals: Vec::new(),
+        discard: None,
     };
     let pid = groups.add(first.start(service).await.unwrap().pid.unwrap());
     drop(first);

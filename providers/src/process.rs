@@ -262,10 +262,13 @@ impl Engine for Process {
                     wait_ms: stop_timeout,
                 }),
                 signals: Vec::new(),
+                // The user's program is stopped as it asks, also when kip deletes its instance's directories.
+                discard: None,
             },
             None => StopSpec {
                 command: None,
                 signals: vec![(args.stop_signal.clone(), stop_timeout)],
+                discard: None,
             },
         };
         Ok(vec![SpawnSpec {

@@ -426,6 +426,12 @@ fn sync_converges_only_running_engines_and_destroy_takes_one_instance() {
     let stack = Stack::new(config);
     stack.ok(&["apply", "--auto-approve"]);
     stack.ok(&["down"]);
+    // kip down stops PostgreSQL as usual: a fast shutdown, which writes its checkpoint.
+    let main_log = stack.project.read(".kip/logs/postgres.main/postgres.log");
+    assert!(
+        main_log.contains("received fast shutdown request"),
+        "{main_log}"
+    );
     stack.project.write(
         "kip.hcl",
         config.replace(
@@ -458,7 +464,31 @@ fn sync_converges_only_running_engines_and_destroy_takes_one_instance() {
         "{}",
         run.stderr
     );
+    // Destroy deletes the data right after the stop, so PostgreSQL gets an immediate shutdown: no checkpoint is
+    // written for nobody. What it logs from now on is read through a descriptor opened before the log is deleted.
+    let mut other_log = std::fs::File::open(
+        stack
+            .project
+            .path()
+            .join(".kip/logs/postgres.other/postgres.log"),
+    )
+    .unwrap();
+    std::io::Seek::seek(&mut other_log, std::io::SeekFrom::End(0)).unwrap();
     stack.ok(&["destroy", "postgres.other", "--auto-approve"]);
+    assert!(
+        !stack
+            .project
+            .path()
+            .join(".kip/logs/postgres.other")
+            .exists()
+    );
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut other_log, &mut said).unwrap();
+    assert!(
+        said.contains("received immediate shutdown request"),
+        "{said}"
+    );
+    assert!(!said.contains("received fast shutdown request"), "{said}");
     let ps = stack.ok(&["ps", "--json"]);
     let names: Vec<String> = serde_json::from_str::<serde_json::Value>(&ps.stdout)
         .unwrap()

@@ -222,25 +222,38 @@ pub async fn stop(
     supervisor: &mut dyn Supervise,
     address: &Address,
 ) -> Result<Vec<String>, InstanceError> {
+    stop_processes(supervisor, address, false).await
+}
+
+/// [`stop`], or with `discard` (its data goes right after) each process's discard sequence.
+async fn stop_processes(
+    supervisor: &mut dyn Supervise,
+    address: &Address,
+    discard: bool,
+) -> Result<Vec<String>, InstanceError> {
     let statuses = supervisor.status().await?;
     let names: Vec<String> = processes_of(&statuses, address)
         .into_iter()
         .map(|status| status.name.clone())
         .collect();
     for name in names.iter().rev() {
-        supervisor.stop(name).await?;
+        if discard {
+            supervisor.discard(name).await?;
+        } else {
+            supervisor.stop(name).await?;
+        }
     }
     Ok(names)
 }
 
-/// Stops the instance, checks nothing of it runs any more, and removes its directories. A data directory is
-/// never removed under a live process.
+/// Stops the instance (with its discard sequence: nothing it would write on the way out is kept), checks nothing
+/// of it runs any more, and removes its directories. A data directory is never removed under a live process.
 pub async fn destroy(
     supervisor: &mut dyn Supervise,
     address: &Address,
     saved: &InstanceState,
 ) -> Result<(), InstanceError> {
-    stop(supervisor, address).await?;
+    stop_processes(supervisor, address, true).await?;
     let statuses = supervisor.status().await?;
     let live: Vec<String> = processes_of(&statuses, address)
         .into_iter()

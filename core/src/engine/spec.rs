@@ -63,6 +63,11 @@ pub struct StopSpec {
     pub command: Option<StopCommand>,
     /// Signal names ("SIGINT", "SIGTERM", "SIGQUIT") with how long to wait after each.
     pub signals: Vec<(String, u64)>,
+    /// How to stop it when its data is deleted right after (`kip destroy`, a replacement): one signal that skips
+    /// the shutdown work nobody will read (PostgreSQL's immediate shutdown, SIGKILL for an engine whose data are
+    /// files only), with how long to wait, then SIGKILL. None: the ordinary sequence, whatever comes after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discard: Option<(String, u64)>,
 }
 
 /// A stop command and how long the process gets to be gone after it is started (the command itself included).
@@ -77,6 +82,7 @@ impl Default for StopSpec {
         StopSpec {
             command: None,
             signals: vec![("SIGTERM".into(), 10_000), ("SIGQUIT".into(), 5_000)],
+            discard: None,
         }
     }
 }

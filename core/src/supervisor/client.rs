@@ -255,6 +255,18 @@ impl Client {
     pub async fn stop(&mut self, name: &str) -> Result<(), SupervisorError> {
         self.request(&Request::Stop {
             name: name.to_owned(),
+            discard: false,
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Stops a process whose data is deleted right after: with its spec's discard sequence when it has one (an
+    /// immediate shutdown), else as [`Client::stop`]; returns once it is gone.
+    pub async fn discard(&mut self, name: &str) -> Result<(), SupervisorError> {
+        self.request(&Request::Stop {
+            name: name.to_owned(),
+            discard: true,
         })
         .await
         .map(drop)

@@ -379,7 +379,11 @@ impl Daemon {
             Request::Start { spec } => {
                 encode(serde_json::to_value(self.supervisor.start(*spec).await?))
             }
-            Request::Stop { name } => self.supervisor.stop(&name).await.map(|()| Value::Null),
+            Request::Stop { name, discard } => self
+                .supervisor
+                .stop(&name, discard)
+                .await
+                .map(|()| Value::Null),
             Request::Status => {
                 self.supervisor.cleaned().await;
                 encode(serde_json::to_value(self.supervisor.status()))
@@ -752,7 +756,7 @@ impl Supervisor {
             }
             tracing::info!(name = %name, "restarting: its spec changed, or it is not ready");
             self.remove_if(&name, sequence);
-            handle.stop().await?;
+            handle.stop(false).await?;
         }
         self.wait_for_dependencies(&spec).await?;
         let ready = {
@@ -775,7 +779,7 @@ impl Supervisor {
             if let Some(replaced) = table.entries.insert(name.clone(), entry) {
                 // Cannot happen while starts of a name are serialised; if it ever did, the replaced process
                 // must not run on unsupervised.
-                tokio::spawn(async move { replaced.handle.stop().await });
+                tokio::spawn(async move { replaced.handle.stop(false).await });
             }
             ready
         };
@@ -838,10 +842,10 @@ impl Supervisor {
         }
     }
 
-    async fn stop(&self, name: &str) -> Result<(), RequestError> {
+    async fn stop(&self, name: &str, discard: bool) -> Result<(), RequestError> {
         let entry = self.table().entries.remove(name);
         match entry {
-            Some(entry) => entry.handle.stop().await,
+            Some(entry) => entry.handle.stop(discard).await,
             None => Err(RequestError::UnknownProcess {
                 name: name.to_owned(),
             }),
@@ -911,7 +915,7 @@ impl Supervisor {
         };
         entries.sort_by_key(|(_, entry)| std::cmp::Reverse(entry.sequence));
         for (name, entry) in entries {
-            if let Err(error) = entry.handle.stop().await {
+            if let Err(error) = entry.handle.stop(false).await {
                 tracing::warn!(name = %name, "{error}");
             }
         }

@@ -79,8 +79,9 @@ type Reply = oneshot::Sender<Result<(), RequestError>>;
 
 /// What the daemon may tell a process's task.
 pub(super) enum Command {
-    /// Stop the process (if it runs) and end the task; the reply comes once the process is gone.
-    Stop { reply: Reply },
+    /// Stop the process (if it runs) and end the task; the reply comes once the process is gone. `discard`: its
+    /// data is deleted right after, so the spec's discard sequence is used when it has one.
+    Stop { reply: Reply, discard: bool },
     /// Send the reload signal to the process group of the running process.
     Reload { reply: Reply },
 }
@@ -94,9 +95,14 @@ pub(super) struct Handle {
 
 impl Handle {
     /// Stops the process and ends its task; returns once the process (and its group) is gone.
-    pub(super) async fn stop(&self) -> Result<(), RequestError> {
+    pub(super) async fn stop(&self, discard: bool) -> Result<(), RequestError> {
         let (reply, answer) = oneshot::channel();
-        if self.commands.send(Command::Stop { reply }).await.is_err() {
+        if self
+            .commands
+            .send(Command::Stop { reply, discard })
+            .await
+            .is_err()
+        {
             // The task has ended already, and with it the process.
             return Ok(());
         }
@@ -141,6 +147,8 @@ pub(super) struct Checked {
     log_pattern: Option<Regex>,
     stop_command: Option<StopCommandStep>,
     stop: Vec<StopStep>,
+    /// The spec's discard step, for a stop whose data goes right after.
+    discard: Option<StopStep>,
     reload: Option<NamedSignal>,
 }
 
@@ -187,6 +195,17 @@ pub(super) fn check(spec: &SpawnSpec) -> Result<Checked, RequestError> {
             ))),
         })
         .collect::<Result<_, _>>()?;
+    let discard = match &spec.stop.discard {
+        Some((name, wait)) => Some(StopStep {
+            signal: named_signal(name).ok_or_else(|| {
+                invalid(format!(
+                    "the discard signal `{name}` is not one of {SIGNAL_NAMES}"
+                ))
+            })?,
+            wait: Duration::from_millis(*wait),
+        }),
+        None => None,
+    };
     let reload = match &spec.reload {
         Some(name) => Some(named_signal(name).ok_or_else(|| {
             invalid(format!(
@@ -209,6 +228,7 @@ pub(super) fn check(spec: &SpawnSpec) -> Result<Checked, RequestError> {
         log_pattern,
         stop_command,
         stop,
+        discard,
         reload,
     })
 }
@@ -255,6 +275,12 @@ pub(super) fn check_persisted(spec: &SpawnSpec) -> Checked {
             } else {
                 stop
             },
+            discard: spec.stop.discard.as_ref().and_then(|(name, wait)| {
+                Some(StopStep {
+                    signal: named_signal(name)?,
+                    wait: Duration::from_millis(*wait),
+                })
+            }),
             reload: spec.reload.as_deref().and_then(named_signal),
         }
     })
@@ -420,6 +446,7 @@ pub(super) fn launch(
         run,
         had_a_run,
         adoption,
+        discarding: false,
     };
     tokio::spawn(runner.run(ready_sender));
     (
@@ -448,6 +475,8 @@ struct Runner {
     had_a_run: bool,
     /// The process to adopt, until the first run takes it.
     adoption: Option<Adoption>,
+    /// The stop that came asked for the discard sequence (the data goes right after).
+    discarding: bool,
 }
 
 /// A stop request that ended the task: its reply (none when the daemon went away), and what the stop came to.
@@ -801,7 +830,10 @@ impl Runner {
     async fn next_stop(&mut self, running: Option<u32>) -> Option<Reply> {
         loop {
             match self.commands.recv().await? {
-                Command::Stop { reply } => return Some(reply),
+                Command::Stop { reply, discard } => {
+                    self.discarding = discard;
+                    return Some(reply);
+                }
                 Command::Reload { reply } => {
                     let _ = reply.send(self.reload(running));
                 }
@@ -871,7 +903,7 @@ impl Runner {
     }
 
     async fn stop_process(&self, leader: &mut Leader, pid: u32) -> Result<(), RequestError> {
-        stop_group(&self.spec, &self.checked, leader, pid).await
+        stop_group(&self.spec, &self.checked, leader, pid, self.discarding).await
     }
 }
 
@@ -925,13 +957,14 @@ pub(super) async fn stop_leftovers(
         pid: group,
         start_time,
     };
-    if let Err(error) = stop_group(spec, checked, &mut leader, group).await {
+    if let Err(error) = stop_group(spec, checked, &mut leader, group, false).await {
         tracing::warn!(name = %spec.name, "{error}");
     }
 }
 
 /// The stop sequence: the stop command when the spec has one, waiting up to its time for the group to be gone, then
 /// each signal to the process group, waiting up to its time, then SIGKILL. A child leader is reaped on the way.
+/// `discard` (the data is deleted right after) with a discard step in the spec: that one signal, then SIGKILL.
 /// Also cleans up after a leader that exited by itself: what is left of its group gets the same sequence (an empty
 /// group returns at once, and is not signalled: once a group is empty, its number may be reused).
 async fn stop_group(
@@ -939,14 +972,21 @@ async fn stop_group(
     checked: &Checked,
     leader: &mut Leader,
     pid: u32,
+    discard: bool,
 ) -> Result<(), RequestError> {
     let name = spec.name.as_str();
     let Some(group) = Pid::from_raw(pid as i32) else {
         return Ok(());
     };
+    let discard = checked.discard.as_ref().filter(|_| discard);
+    let steps = match discard {
+        Some(step) => std::slice::from_ref(step),
+        None => checked.stop.as_slice(),
+    };
     // The stop command asks the leader to stop: when the leader is gone already (what is left of its group is being
     // cleaned up), there is nobody to ask, and the signals follow at once.
     if let Some(step) = &checked.stop_command
+        && discard.is_none()
         && !leader.has_exited()
         && !wait_group_gone(leader, group, Duration::ZERO).await
     {
@@ -955,7 +995,7 @@ async fn stop_group(
         }
         tracing::info!(name = %name, pid, "still running {} ms after its stop command", step.wait.as_millis());
     }
-    for step in &checked.stop {
+    for step in steps {
         if wait_group_gone(leader, group, Duration::ZERO).await {
             return Ok(());
         }

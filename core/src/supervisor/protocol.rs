@@ -25,6 +25,9 @@ pub(super) enum Request {
     },
     Stop {
         name: String,
+        /// Its data is deleted right after: the spec's `stop.discard` sequence, when it has one.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        discard: bool,
     },
     Status,
     Shutdown,
@@ -172,11 +175,12 @@ mod tests {
     #[test]
     fn requests_carry_the_version_and_the_operation() {
         let line = encode_request(&Request::Stop {
+            discard: false,
             name: "pg.main".to_owned(),
         });
         assert_eq!(line, b"{\"v\":2,\"op\":\"stop\",\"name\":\"pg.main\"}\n");
         let decoded = decode_request(line.trim_ascii()).unwrap();
-        assert!(matches!(decoded, Request::Stop { name } if name == "pg.main"));
+        assert!(matches!(decoded, Request::Stop { name, discard: false } if name == "pg.main"));
 
         let line = encode_request(&Request::Wait {
             name: "job".to_owned(),

@@ -322,6 +322,8 @@ impl Engine for MariaDb {
             stop: StopSpec {
                 command: None,
                 signals: vec![("SIGTERM".to_owned(), 60_000)],
+                // Its data goes right after: no final flush or snapshot to wait for.
+                discard: Some(("SIGKILL".to_owned(), 0)),
             },
             log: ctx.log("mariadb"),
             after: Vec::new(),

@@ -58,6 +58,8 @@ pub fn spawn_spec(
         stop: StopSpec {
             command: None,
             signals: vec![("SIGINT".to_owned(), 10_000), ("SIGQUIT".to_owned(), 5_000)],
+            // An immediate shutdown: no checkpoint written into a data directory about to be deleted.
+            discard: Some(("SIGQUIT".to_owned(), 5_000)),
         },
         log: log.to_owned(),
         after: Vec::new(),
@@ -92,6 +94,7 @@ mod tests {
             }
         );
         assert_eq!(spec.stop.signals[0], ("SIGINT".to_owned(), 10_000));
+        assert_eq!(spec.stop.discard, Some(("SIGQUIT".to_owned(), 5_000)));
         assert_eq!(
             spec.env.keys().collect::<Vec<_>>(),
             ["PATH"],

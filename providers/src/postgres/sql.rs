@@ -92,8 +92,10 @@ impl Connector {
                     });
                     return Ok(client);
                 }
+                // Every 2 ms: the socket is there a few milliseconds before the server takes sessions, and the
+                // first session of a fresh instance is on the path to ready.
                 Err(source) if Instant::now() < deadline && is_starting_up(&source) => {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
                 }
                 Err(source)
                     if fallback.is_some()

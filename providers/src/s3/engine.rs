@@ -305,6 +305,8 @@ impl Engine for S3 {
             stop: StopSpec {
                 command: Some(config::stop_command(&ctx.ports)),
                 signals: vec![("SIGTERM".to_owned(), 15_000)],
+                // Its data goes right after: no final flush or snapshot to wait for.
+                discard: Some(("SIGKILL".to_owned(), 0)),
             },
             log: ctx.log("weed"),
             after: Vec::new(),

@@ -313,6 +313,8 @@ impl Engine for Valkey {
             stop: StopSpec {
                 command: None,
                 signals: vec![("SIGTERM".to_owned(), 30_000)],
+                // Its data goes right after: no final flush or snapshot to wait for.
+                discard: Some(("SIGKILL".to_owned(), 0)),
             },
             log: ctx.log("valkey"),
             after: Vec::new(),
