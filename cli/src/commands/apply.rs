@@ -148,7 +148,8 @@ pub fn apply(context: &Context, args: ApplyArgs) -> anyhow::Result<ExitStatus> {
             (checked, plan, state)
         }
         None => {
-            let (checked, plan, _, state) = make_plan(context, checked, true)?;
+            let state = State::read(&project.kip_dir).map_err(state_error)?;
+            let (checked, plan, state) = make_plan(checked, true, (project.clone(), state))?;
             (checked, plan, state)
         }
     };

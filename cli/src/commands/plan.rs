@@ -83,14 +83,19 @@ pub(crate) fn apply_targets(plan: &mut Plan, targets: &[String]) -> anyhow::Resu
     Ok(())
 }
 
-/// Plans a checked configuration against the state.
-pub(crate) fn make_plan(
-    context: &Context,
-    checked: Checked,
-    refresh: bool,
-) -> anyhow::Result<(Checked, Plan, Project, State)> {
+/// The project and its state as saved now.
+pub(crate) fn project_state(context: &Context) -> anyhow::Result<(Project, State)> {
     let project = project(context)?;
     let state = State::read(&project.kip_dir).map_err(state_error)?;
+    Ok((project, state))
+}
+
+/// Plans a checked configuration against the state.
+pub(crate) fn make_plan(
+    checked: Checked,
+    refresh: bool,
+    (project, state): (Project, State),
+) -> anyhow::Result<(Checked, Plan, State)> {
     let engines = engines();
     let (config, graph) = config_and_graph(&checked);
     let supervisors = supervisors(&project);
@@ -107,15 +112,23 @@ pub(crate) fn make_plan(
         let hint = error.hint();
         hinted(error, hint)
     })?;
-    Ok((checked, plan, project, state))
+    Ok((checked, plan, state))
 }
 
 pub fn plan(context: &Context, args: PlanArgs) -> anyhow::Result<ExitStatus> {
-    let Some(checked) = checked_config(context, &args.vars)? else {
+    // The state is read while the configuration is checked: neither needs the other, and a state of thousands of
+    // objects takes milliseconds to parse. A plan takes no lock; the state is only ever replaced whole.
+    let (checked, saved) = std::thread::scope(|scope| {
+        let saved = scope.spawn(|| project_state(context));
+        let checked = checked_config(context, &args.vars);
+        (checked, saved.join())
+    });
+    let Some(checked) = checked? else {
         return Ok(ExitStatus::Failure);
     };
     super::lock::check_sources_for(context, &checked)?;
-    let (checked, mut plan, _, _) = make_plan(context, checked, args.refresh)?;
+    let saved = saved.unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+    let (checked, mut plan, _) = make_plan(checked, args.refresh, saved)?;
     apply_targets(&mut plan, &args.target)?;
     if let Some(out) = &args.out {
         let file = PlanFile {
