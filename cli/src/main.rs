@@ -14,10 +14,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::render::{ColorChoice, Style};
+
+/// mimalloc rather than glibc's malloc: a plan of thousands of objects builds and drops many small maps, and with
+/// glibc a third of a no-op plan of 1,000 roles went to `malloc`, `free` and page faults (64 → 37 ms).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-use crate::render::{ColorChoice, Style};
 
 /// kip declares real engines (PostgreSQL, Valkey, MariaDB, NATS, S3, processes) in kip.hcl and makes them exist.
 #[derive(Debug, Parser)]
