@@ -84,6 +84,32 @@ pub fn settle() {
         .status();
 }
 
+/// Waits (untimed, up to 30 s) until no `kip prepare-spare` runs, then [`settle`]s: the spare a provisioning asks
+/// for is copied in the background right after the apply, and a step timed during that copy measures the machine's
+/// two cores and disk shared with it, not kip. The steps of the Terraform comparison start from a quiet machine on
+/// both sides.
+pub fn quiet() {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while preparing() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    settle();
+}
+
+/// Whether a `kip prepare-spare` process runs (its command line, from /proc).
+fn preparing() -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        std::fs::read(entry.path().join("cmdline")).is_ok_and(|cmdline| {
+            cmdline
+                .split(|byte| *byte == 0)
+                .any(|arg| arg == b"prepare-spare")
+        })
+    })
+}
+
 /// A bare server the benchmark started: stopped with `signal` (then killed if it lingers) when dropped, so that
 /// a failed assertion leaves no server behind.
 pub struct BareServer {

@@ -8,6 +8,8 @@
 //! `kip apply --auto-approve` (every instance started and every object converged), `kip plan --detailed-exitcode`
 //! after it (the no-op plan: it reads every live object back from the engines and must find nothing to do),
 //! `kip plan --refresh=false` after it (trusts the state, reported beside the steps) and `kip destroy --auto-approve`.
+//! Before each step the benchmark waits, untimed, for the spare copy an apply starts in the background to finish
+//! ([`crate::floor::quiet`]): each step is timed on a quiet machine, as Terraform's are.
 //!
 //! Two shapes:
 //!
@@ -224,8 +226,10 @@ impl Steps {
     /// One run of the workflow in `project`, a new project holding the shape's config at `size`.
     fn measure(&mut self, project: &Project<'_>, shape: Shape, size: usize) {
         let objects = shape.objects(size);
+        crate::floor::quiet();
         self.lint.add(&project.expect(0, &["lint"]));
 
+        crate::floor::quiet();
         let plan = project.expect(0, &["plan"]);
         assert!(
             plan.stdout.contains(&format!(
@@ -236,6 +240,7 @@ impl Steps {
         );
         self.plan_empty.add(&plan);
 
+        crate::floor::quiet();
         let apply = project.expect(0, &["apply", "--auto-approve"]);
         assert!(
             apply.stdout.contains(&format!(
@@ -246,6 +251,7 @@ impl Steps {
         );
         self.apply.add(&apply);
 
+        crate::floor::quiet();
         let noop = project.run(&["plan", "--detailed-exitcode"]);
         assert!(
             noop.code == 0,
@@ -256,9 +262,11 @@ impl Steps {
         );
         self.noop_plan.add(&noop);
 
+        crate::floor::quiet();
         self.no_refresh
             .add(&project.expect(0, &["plan", "--refresh=false", "--detailed-exitcode"]));
 
+        crate::floor::quiet();
         self.destroy
             .add(&project.expect(0, &["destroy", "--auto-approve"]));
     }
