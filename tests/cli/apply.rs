@@ -822,3 +822,115 @@ fn the_next_instance_is_renamed_from_a_spare_prepared_after_the_last_one() {
     destroy.env("KIP_CACHE_DIR", &cache);
     assert_eq!(second.project.run_with(destroy).code, 0);
 }
+
+/// A preparer SIGKILLed halfway through its copy leaves nothing anyone takes for a spare: its half copy stays under
+/// `.tmp/`, unstamped and never renamed into place. The next apply copies the template itself (no "provisioned from
+/// the template's spare"), its instance works, and the half copy is gone once the next preparer or `kip cache
+/// prune` has run.
+#[test]
+fn a_preparer_killed_halfway_leaves_no_spare_and_its_half_copy_goes() {
+    let config = "postgres \"main\" {\n  version = \"16\"\n}\n";
+    // Spares off here (the Stack's default): the template is built, and nothing prepares a spare behind the test.
+    let first = Stack::new(config);
+    first.ok(&["apply", "--auto-approve"]);
+    let cache = first.project.cache_dir();
+    let template = std::fs::read_dir(cache.join("templates"))
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| {
+            path.is_dir()
+                && path
+                    .file_name()
+                    .is_some_and(|name| name.to_string_lossy().starts_with("postgres-16"))
+        })
+        .expect("the PostgreSQL 16 template in the cache");
+    let temp = cache.join("templates/.tmp");
+    let half_copies = || {
+        std::fs::read_dir(&temp)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|entry| entry.file_name().to_string_lossy().contains(".spare."))
+            .count()
+    };
+    let stamped_spares = || {
+        std::fs::read_dir(cache.join("templates/.spares"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|entry| entry.path().join("kip-spare").is_file())
+            .count()
+    };
+
+    let mut preparer = first.command(&["prepare-spare"]);
+    preparer
+        .arg(&template)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut preparer = preparer.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while half_copies() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the preparer never started its copy"
+        );
+        assert!(
+            preparer.try_wait().unwrap().is_none(),
+            "the preparer finished before it could be killed halfway"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    preparer.kill().unwrap();
+    preparer.wait().unwrap();
+    assert_eq!(
+        half_copies(),
+        1,
+        "the killed preparer's copy stays where it was"
+    );
+    assert_eq!(stamped_spares(), 0, "no spare was put in place");
+
+    let second = Stack::new(config);
+    let mut apply = second.command(&["apply", "--auto-approve"]);
+    apply
+        .env("KIP_CACHE_DIR", &cache)
+        .env("KIP_LOG", "debug")
+        .env_remove("KIP_SPARES");
+    let run = second.project.run_with(apply);
+    assert_eq!(run.code, 0, "{}", run.snapshot());
+    assert!(
+        !run.stderr.contains("provisioned from the template's spare"),
+        "{}",
+        run.stderr
+    );
+    let mut plan = second.command(&["plan", "--detailed-exitcode"]);
+    plan.env("KIP_CACHE_DIR", &cache);
+    let planned = second.project.run_with(plan);
+    assert_eq!(
+        planned.code,
+        0,
+        "the instance answers: {}",
+        planned.snapshot()
+    );
+
+    // The preparer that apply started clears the half copy before its own; prune takes whatever is left.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while stamped_spares() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the spares were not prepared after the apply"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let mut prune = second.command(&["cache", "prune"]);
+    prune.env("KIP_CACHE_DIR", &cache);
+    assert_eq!(second.project.run_with(prune).code, 0);
+    assert_eq!(half_copies(), 0, "a half copy outlived the prune");
+    assert_eq!(stamped_spares(), 0);
+    for stack in [&first, &second] {
+        let mut destroy = stack.command(&["destroy", "--auto-approve"]);
+        destroy.env("KIP_CACHE_DIR", &cache);
+        assert_eq!(stack.project.run_with(destroy).code, 0);
+    }
+}

@@ -253,23 +253,20 @@ impl Client {
 
     /// Stops a process with its stop sequence; returns once it is gone.
     pub async fn stop(&mut self, name: &str) -> Result<(), SupervisorError> {
-        self.request(&Request::Stop {
-            name: name.to_owned(),
-            discard: false,
-        })
-        .await
-        .map(drop)
+        self.stop_with(name, false).await
     }
 
     /// Stops a process whose data is deleted right after: with its spec's discard sequence when it has one (an
     /// immediate shutdown), else as [`Client::stop`]; returns once it is gone.
     pub async fn discard(&mut self, name: &str) -> Result<(), SupervisorError> {
-        self.request(&Request::Stop {
-            name: name.to_owned(),
-            discard: true,
-        })
-        .await
-        .map(drop)
+        self.stop_with(name, true).await
+    }
+
+    async fn stop_with(&mut self, name: &str, discard: bool) -> Result<(), SupervisorError> {
+        let name = name.to_owned();
+        self.request(&Request::Stop { name, discard })
+            .await
+            .map(drop)
     }
 
     /// Sends the process's reload signal (its spec's `reload`) to its whole process group.
