@@ -257,6 +257,17 @@ fn every_listener_is_on_loopback_on_a_port_kip_assigned() {
     let children =
         std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
     assert_eq!(children.trim(), "", "weed started no other process");
+    // weed's own logs go to the instance's log directory (its TMPDIR), not the machine's /tmp.
+    let logs: Vec<String> = std::fs::read_dir(stack.project.path().join(".kip/logs/s3.store"))
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        logs.iter()
+            .any(|name| name.starts_with("weed.") && name.contains(".log.INFO.")),
+        "{logs:?}"
+    );
     // Data and metadata under the instance's data directory, the engine account's.
     let data = stack.project.path().join(".kip/run/s3.store/data");
     for entry in [

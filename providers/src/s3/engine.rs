@@ -279,10 +279,16 @@ impl Engine for S3 {
             program: toolchain.root.join("bin").join("weed"),
             args: config::command_line(ctx, &args)?,
             // Nothing of the caller's environment; HOME is the data directory, so SeaweedFS reads no
-            // `~/.seaweedfs/*.toml` of the account that runs it.
+            // `~/.seaweedfs/*.toml` of the account that runs it. TMPDIR is the instance's log directory: weed
+            // writes its own logs (`weed.*.log.INFO`, …) to the temp dir, which would otherwise be the machine's
+            // /tmp, left behind by every instance and readable there.
             env: {
                 let mut env = crate::shared::engine_environment();
                 env.insert("HOME".to_owned(), data_dir);
+                env.insert(
+                    "TMPDIR".to_owned(),
+                    ctx.log_dir.to_string_lossy().into_owned(),
+                );
                 env
             },
             cwd: ctx.data_dir.clone(),
