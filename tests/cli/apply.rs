@@ -723,6 +723,41 @@ fn wait_for_spare(cache: &std::path::Path) -> PathBuf {
     }
 }
 
+/// How many whole, stamped spares `cache` holds.
+fn stamped_spares(cache: &std::path::Path) -> usize {
+    std::fs::read_dir(cache.join("templates/.spares"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| entry.path().join("kip-spare").is_file())
+        .count()
+}
+
+/// Waits up to 60 s for `cache` to hold `count` stamped spares (prepared in the background after an apply).
+fn wait_for_stamped_spares(cache: &std::path::Path, count: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while stamped_spares(cache) < count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{count} spares were not prepared within 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// `kip apply` of `stack` on the shared `cache`, with spares on and kip's debug log (which says where a data
+/// directory came from); it must succeed.
+fn apply_with_spares(stack: &Stack, cache: &std::path::Path) -> Run {
+    let mut apply = stack.command(&["apply", "--auto-approve"]);
+    apply
+        .env("KIP_CACHE_DIR", cache)
+        .env("KIP_LOG", "debug")
+        .env_remove("KIP_SPARES");
+    let run = stack.project.run_with(apply);
+    assert_eq!(run.code, 0, "{}", run.snapshot());
+    run
+}
+
 #[test]
 fn the_next_instance_is_renamed_from_a_spare_prepared_after_the_last_one() {
     use std::os::unix::fs::MetadataExt as _;
@@ -753,13 +788,7 @@ fn the_next_instance_is_renamed_from_a_spare_prepared_after_the_last_one() {
 
     // Another project on the same cache takes it: a rename, not a copy, and the instance is its own.
     let second = Stack::new(config);
-    let mut command = second.command(&["apply", "--auto-approve"]);
-    command
-        .env("KIP_CACHE_DIR", &cache)
-        .env("KIP_LOG", "debug")
-        .env_remove("KIP_SPARES");
-    let run = second.project.run_with(command);
-    assert_eq!(run.code, 0, "{}", run.snapshot());
+    let run = apply_with_spares(&second, &cache);
     assert!(
         run.stderr.contains("provisioned from the template's spare"),
         "{}",
@@ -788,20 +817,7 @@ fn the_next_instance_is_renamed_from_a_spare_prepared_after_the_last_one() {
         );
     }
     // And the spare is prepared again for the next one; `kip cache prune` removes both.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while std::fs::read_dir(cache.join("templates/.spares"))
-        .unwrap()
-        .flatten()
-        .filter(|entry| entry.path().join("kip-spare").is_file())
-        .count()
-        < 2
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the two spares were not prepared again"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_for_stamped_spares(&cache, 2);
     let mut prune = second.command(&["cache", "prune"]);
     prune.env("KIP_CACHE_DIR", &cache);
     let pruned = second.project.run_with(prune);
@@ -854,14 +870,6 @@ fn a_preparer_killed_halfway_leaves_no_spare_and_its_half_copy_goes() {
             .filter(|entry| entry.file_name().to_string_lossy().contains(".spare."))
             .count()
     };
-    let stamped_spares = || {
-        std::fs::read_dir(cache.join("templates/.spares"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|entry| entry.path().join("kip-spare").is_file())
-            .count()
-    };
 
     let mut preparer = first.command(&["prepare-spare"]);
     preparer
@@ -889,16 +897,10 @@ fn a_preparer_killed_halfway_leaves_no_spare_and_its_half_copy_goes() {
         1,
         "the killed preparer's copy stays where it was"
     );
-    assert_eq!(stamped_spares(), 0, "no spare was put in place");
+    assert_eq!(stamped_spares(&cache), 0, "no spare was put in place");
 
     let second = Stack::new(config);
-    let mut apply = second.command(&["apply", "--auto-approve"]);
-    apply
-        .env("KIP_CACHE_DIR", &cache)
-        .env("KIP_LOG", "debug")
-        .env_remove("KIP_SPARES");
-    let run = second.project.run_with(apply);
-    assert_eq!(run.code, 0, "{}", run.snapshot());
+    let run = apply_with_spares(&second, &cache);
     assert!(
         !run.stderr.contains("provisioned from the template's spare"),
         "{}",
@@ -915,19 +917,12 @@ fn a_preparer_killed_halfway_leaves_no_spare_and_its_half_copy_goes() {
     );
 
     // The preparer that apply started clears the half copy before its own; prune takes whatever is left.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while stamped_spares() < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the spares were not prepared after the apply"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    wait_for_stamped_spares(&cache, 2);
     let mut prune = second.command(&["cache", "prune"]);
     prune.env("KIP_CACHE_DIR", &cache);
     assert_eq!(second.project.run_with(prune).code, 0);
     assert_eq!(half_copies(), 0, "a half copy outlived the prune");
-    assert_eq!(stamped_spares(), 0);
+    assert_eq!(stamped_spares(&cache), 0);
     for stack in [&first, &second] {
         let mut destroy = stack.command(&["destroy", "--auto-approve"]);
         destroy.env("KIP_CACHE_DIR", &cache);
