@@ -303,24 +303,15 @@ impl Applier<'_> {
         shared_lock: &Mutex<LockFile>,
     ) -> Result<InstanceCtx, InstanceError> {
         let address = &instance.address;
-        // The account is looked up (in a new project: created, a `useradd` of 10-20 ms) on a blocking thread
-        // while the toolchain resolves (in a new project: a GET of the mirror's index).
-        let account = (!engine.runs_as_caller() || instance.run_as.is_some()).then(|| {
-            let (configured, env, default) = (
-                instance.run_as.clone(),
-                self.run_as_env.clone(),
-                crate::runas::project_account(&self.project.dir),
-            );
-            tokio::task::spawn_blocking(move || {
-                crate::runas::resolve_run_as(configured.as_deref(), env.as_deref(), &default)
-            })
-        });
         let toolchain = self.resolve_toolchain(instance, shared_lock).await?;
-        let run_as = match account {
-            Some(account) => account
-                .await
-                .unwrap_or_else(|error| std::panic::resume_unwind(error.into_panic()))?,
-            None => None,
+        let run_as = if engine.runs_as_caller() && instance.run_as.is_none() {
+            None
+        } else {
+            crate::runas::resolve_run_as(
+                instance.run_as.as_deref(),
+                self.run_as_env.as_deref(),
+                &crate::runas::project_account(&self.project.dir),
+            )?
         };
         let dirs = self.project.instance_dirs(address, run_as.as_ref());
         let templates = self.project.templates();
