@@ -265,7 +265,7 @@ fn resolve(runs: usize) {
             .block_on(resolver.resolve(&request, &mut fresh, &Policy::UseLock))
             .unwrap();
         first.push(started.elapsed());
-        size = dir_size(&toolchain.root);
+        size = kip_providers::template::tree_bytes(&toolchain.root);
         lock = fresh;
         if run + 1 < downloads {
             let _ = std::fs::remove_dir_all(&store);
@@ -297,20 +297,6 @@ fn resolve(runs: usize) {
         &first,
     );
     let _ = std::fs::remove_dir_all(&work);
-}
-
-fn dir_size(path: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(path) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|entry| match entry.file_type() {
-            Ok(kind) if kind.is_dir() => dir_size(&entry.path()),
-            Ok(kind) if kind.is_file() => entry.metadata().map_or(0, |m| m.len()),
-            _ => 0,
-        })
-        .sum()
 }
 
 fn front_half(runs: usize) {

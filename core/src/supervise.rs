@@ -139,6 +139,19 @@ impl DaemonConnection {
         }
         Ok(self.client.as_mut())
     }
+
+    /// Stops `name` (with its discard sequence when `discard`) if a supervisor runs; a name that is not supervised
+    /// is already stopped.
+    async fn stop_with(&mut self, name: &str, discard: bool) -> Result<(), SupervisorError> {
+        let Some(client) = self.existing().await? else {
+            return Ok(());
+        };
+        unknown_is_stopped(if discard {
+            client.discard(name).await
+        } else {
+            client.stop(name).await
+        })
+    }
 }
 
 fn unknown_is_stopped(result: Result<(), SupervisorError>) -> Result<(), SupervisorError> {
@@ -158,21 +171,11 @@ impl Supervise for DaemonConnection {
     }
 
     fn stop<'a>(&'a mut self, name: &'a str) -> BoxFuture<'a, Result<(), SupervisorError>> {
-        Box::pin(async move {
-            match self.existing().await? {
-                Some(client) => unknown_is_stopped(client.stop(name).await),
-                None => Ok(()),
-            }
-        })
+        Box::pin(self.stop_with(name, false))
     }
 
     fn discard<'a>(&'a mut self, name: &'a str) -> BoxFuture<'a, Result<(), SupervisorError>> {
-        Box::pin(async move {
-            match self.existing().await? {
-                Some(client) => unknown_is_stopped(client.discard(name).await),
-                None => Ok(()),
-            }
-        })
+        Box::pin(self.stop_with(name, true))
     }
 
     fn reload<'a>(&'a mut self, name: &'a str) -> BoxFuture<'a, Result<(), SupervisorError>> {

@@ -484,13 +484,7 @@ pub fn prune_spares(templates_dir: &Path) -> Result<(usize, u64), TemplateError>
                 }
             })),
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(TemplateError::Io {
-                    action: "read",
-                    path: directory.clone(),
-                    source,
-                });
-            }
+            Err(source) => return Err(io_error("read", directory)(source)),
         }
     }
     names.sort();
@@ -523,8 +517,8 @@ pub fn prune_spares(templates_dir: &Path) -> Result<(usize, u64), TemplateError>
     Ok((removed, freed))
 }
 
-/// The bytes of the regular files under `path`.
-fn tree_bytes(path: &Path) -> u64 {
+/// The bytes of the regular files under `path` (0 when it cannot be read).
+pub fn tree_bytes(path: &Path) -> u64 {
     std::fs::read_dir(path)
         .into_iter()
         .flatten()
