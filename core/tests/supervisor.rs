@@ -2608,25 +2608,53 @@ async fn restart_delay_is_the_first_backoff_and_doubles() {
 /// waits for that worker instead of failing (a new postmaster beside old backends refuses to start).
 #[tokio::test]
 async fn a_start_after_a_kill_waits_for_the_workers_that_left_the_group() {
+    start_after_a_kill_waits_for_the_worker(false).await;
+}
+
+/// The same, when the program was replaced on disk under the running worker (a toolchain unpacked again): the
+/// worker's executable is then "deleted", and it is still the previous run's.
+#[tokio::test]
+async fn a_start_after_a_kill_waits_for_workers_whose_program_was_replaced() {
+    start_after_a_kill_waits_for_the_worker(true).await;
+}
+
+async fn start_after_a_kill_waits_for_the_worker(replace_program: bool) {
     let daemon = TestDaemon::start();
     let mut client = daemon.client().await;
+    let shell = std::fs::canonicalize("/bin/sh").unwrap();
+    let program = if replace_program {
+        let copy = daemon.dir.path().join("sh");
+        std::fs::copy(&shell, &copy).unwrap();
+        copy
+    } else {
+        shell
+    };
     // The leader refuses to start while `held` exists, as a postmaster refuses a shared memory block still in use;
-    // its worker holds it for 0.8 s after the leader died. Both are /bin/sh in the same directory, as a postmaster
-    // and its backends are one program in one data directory.
-    let script = "if [ -e held ]; then echo 'held by a worker'; exit 1; fi\n\
-                  touch held\n\
-                  ( setsid /bin/sh -c 'while kill -0 $0 2>/dev/null; do sleep 0.05; done; sleep 0.8; rm -f held' $$ & )\n\
-                  echo up\n\
-                  while :; do sleep 1; done";
-    let spec = daemon.script(
+    // its worker holds it for 0.8 s after the leader died. Both are the same shell in the same directory, as a
+    // postmaster and its backends are one program in one data directory.
+    let script = format!(
+        "if [ -e held ]; then echo 'held by a worker'; exit 1; fi\n\
+         touch held\n\
+         ( setsid {} -c 'while kill -0 $0 2>/dev/null; do sleep 0.05; done; sleep 0.8; rm -f held' $$ & )\n\
+         echo up\n\
+         while :; do sleep 1; done",
+        program.display()
+    );
+    let mut spec = daemon.script(
         "held",
-        script,
+        &script,
         ProbeKind::LogLine {
             pattern: "^up$".to_owned(),
         },
     );
+    spec.program = program.clone();
     let first = client.start(spec.clone()).await.unwrap();
     let leader = first.pid.unwrap();
+    if replace_program {
+        // A new file at the same path: the running worker's executable is the deleted one.
+        std::fs::remove_file(&program).unwrap();
+        std::fs::copy(std::fs::canonicalize("/bin/sh").unwrap(), &program).unwrap();
+    }
     rustix::process::kill_process(Pid::from_raw(leader as i32).unwrap(), Signal::KILL).unwrap();
     assert_gone(leader);
     let started = Instant::now();

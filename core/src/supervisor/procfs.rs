@@ -9,7 +9,9 @@
 //! Every function here answers from a snapshot that may be stale a moment later; callers only draw conclusions that
 //! stay true (a process that is gone stays gone; a pid that is a live process group's id cannot be reused).
 
-use std::path::Path;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt as _;
+use std::path::{Path, PathBuf};
 
 /// The fields of `/proc/PID/stat` the supervisor uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,7 +135,7 @@ pub(super) fn orphaned_leaders(
 }
 
 /// The workers a previous run of the process `name` (`program` in `cwd`) left behind: live processes of `uid` running
-/// `program` in `cwd` whose parent is neither this supervisor nor itself `program` (so neither a leader it runs nor a
+/// `program` (or a deleted file of its path, or, exiting, none any more) in `cwd` whose parent is neither this supervisor nor itself `program` (so neither a leader it runs nor a
 /// worker of a live leader), and whose environment names this process, or no process at all (PostgreSQL writes its
 /// process titles over its environment): a process of another name (a leader adopted from a supervisor that was
 /// killed) is not one. Engines whose workers leave their leader's process group (PostgreSQL's backends call `setsid`) outlive
@@ -147,14 +149,15 @@ pub(super) fn leftover_workers(name: &str, program: &Path, cwd: &Path, uid: u32)
     let program = std::fs::canonicalize(program).unwrap_or_else(|_| program.to_path_buf());
     let cwd = std::fs::canonicalize(cwd).unwrap_or_else(|_| cwd.to_path_buf());
     let own = std::process::id();
-    let runs_program =
-        |pid: u32| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == program);
+    let runs_program = |pid: u32| executable(pid).is_some_and(|exe| exe == program);
     entries
         .flatten()
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| *pid != own)
         .filter(|pid| std::fs::metadata(format!("/proc/{pid}")).is_ok_and(|meta| meta.uid() == uid))
-        .filter(|pid| runs_program(*pid))
+        // A worker on its way out has let go of its memory, and with it of its executable's link, a moment before
+        // it let go of everything else; its directory still says whose it is.
+        .filter(|pid| runs_program(*pid) || is_exiting(*pid))
         .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|dir| dir == cwd))
         .filter(|pid| {
             stat(*pid).is_some_and(|stat| {
@@ -169,6 +172,27 @@ pub(super) fn leftover_workers(name: &str, program: &Path, cwd: &Path, uid: u32)
             !of_a_run || environment_has(*pid, super::table::NAME_ENV, name)
         })
         .collect()
+}
+
+/// The executable `pid` runs, as it was when it started: one that was deleted or replaced since (a toolchain
+/// unpacked again under a running server) still names its path, without the kernel's ` (deleted)`.
+fn executable(pid: u32) -> Option<PathBuf> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    Some(
+        match exe.as_os_str().as_bytes().strip_suffix(b" (deleted)") {
+            Some(path) => PathBuf::from(OsStr::from_bytes(path)),
+            None => exe,
+        },
+    )
+}
+
+/// Whether `pid` is past the release of its memory but not yet a zombie: its executable's link is gone
+/// (`ENOENT`), as it is in no live process of an account (kernel threads are root's).
+fn is_exiting(pid: u32) -> bool {
+    matches!(
+        std::fs::read_link(format!("/proc/{pid}/exe")),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound
+    ) && stat(pid).is_some_and(|stat| !stat.is_dead())
 }
 
 /// Whether the environment `pid` started with holds `NAME=VALUE` (`/proc/PID/environ`; false when unreadable).

@@ -295,8 +295,9 @@ impl Harness {
     pub fn apply_clean(&self, step: &str) -> Plan {
         let plan = self.apply().unwrap_or_else(|error| {
             panic!(
-                "conformance step `{step}`: apply failed: {}",
-                render(&error)
+                "conformance step `{step}`: apply failed: {}\nprocesses working in the project: {:#?}",
+                render(&error),
+                processes_in(&self.project.dir)
             )
         });
         let next = self
@@ -612,4 +613,32 @@ pub(crate) fn every_argument_reaches_the_provider(engine: &dyn Engine) -> Result
         kip_core::plan::INSTANCE,
         Address::instance(schema.name, "main", None),
     )
+}
+
+/// The processes whose working directory is in `dir` (pid, `/proc` stat line, executable): what still runs of a
+/// project when a step fails, so that a failure that depends on timing says what was there.
+fn processes_in(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .is_some_and(|name| name.parse::<u32>().is_ok())
+        })
+        .filter(|entry| {
+            std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir))
+        })
+        .map(|entry| {
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            let exe = std::fs::read_link(entry.path().join("exe")).map_or_else(
+                |error| format!("({error})"),
+                |exe| exe.display().to_string(),
+            );
+            format!("{} {exe}", stat.trim_end())
+        })
+        .collect()
 }
