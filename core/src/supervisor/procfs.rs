@@ -22,12 +22,22 @@ pub(super) struct Stat {
     pub process_group: u32,
     /// When the process started, in clock ticks since boot (field 22).
     pub start_time: u64,
+    /// The kernel's flags for the process (field 9, `PF_*`).
+    pub flags: u32,
 }
 
 impl Stat {
     /// Whether the process has exited (a zombie waits only to be reaped).
     pub fn is_dead(&self) -> bool {
         matches!(self.state, 'Z' | 'X')
+    }
+
+    /// Whether the process is on its way out (`PF_EXITING`, set as its exit begins) and not yet a zombie, and is not
+    /// a kernel thread (`PF_KTHREAD`).
+    pub fn is_exiting(&self) -> bool {
+        const PF_EXITING: u32 = 0x4;
+        const PF_KTHREAD: u32 = 0x0020_0000;
+        self.flags & PF_EXITING != 0 && self.flags & PF_KTHREAD == 0 && !self.is_dead()
     }
 }
 
@@ -42,12 +52,13 @@ pub(super) fn stat(pid: u32) -> Option<Stat> {
 fn parse_stat(text: &str) -> Option<Stat> {
     let after_comm = &text[text.rfind(')')? + 1..];
     let fields: Vec<&str> = after_comm.split_whitespace().collect();
-    // Field 3 (state) is fields[0]; field 4 (ppid) is fields[1]; field 5 (pgrp) is fields[2]; field 22
-    // (starttime) is fields[19].
+    // Field 3 (state) is fields[0]; field 4 (ppid) is fields[1]; field 5 (pgrp) is fields[2]; field 9 (flags) is
+    // fields[6]; field 22 (starttime) is fields[19].
     Some(Stat {
         state: fields.first()?.chars().next()?,
         parent: fields.get(1)?.parse().ok()?,
         process_group: fields.get(2)?.parse().ok()?,
+        flags: fields.get(6)?.parse().ok()?,
         start_time: fields.get(19)?.parse().ok()?,
     })
 }
@@ -186,13 +197,14 @@ fn executable(pid: u32) -> Option<PathBuf> {
     )
 }
 
-/// Whether `pid` is past the release of its memory but not yet a zombie: its executable's link is gone
-/// (`ENOENT`), as it is in no live process of an account (kernel threads are root's).
+/// Whether `pid` is past the release of its memory but not yet a zombie: exiting, with its executable's link gone
+/// (`ENOENT`, which it is once the process let go of its memory).
 fn is_exiting(pid: u32) -> bool {
-    matches!(
-        std::fs::read_link(format!("/proc/{pid}/exe")),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound
-    ) && stat(pid).is_some_and(|stat| !stat.is_dead())
+    stat(pid).is_some_and(|stat| stat.is_exiting())
+        && matches!(
+            std::fs::read_link(format!("/proc/{pid}/exe")),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound
+        )
 }
 
 /// Whether the environment `pid` started with holds `NAME=VALUE` (`/proc/PID/environ`; false when unreadable).
@@ -358,9 +370,15 @@ mod tests {
                 state: 'S',
                 parent: 1,
                 process_group: 4711,
+                flags: 4194560,
                 start_time: 987654,
             })
         );
+        assert!(!parse_stat(line).unwrap().is_exiting());
+        let exiting = line.replace(" 4194560 ", " 4194564 ");
+        assert!(parse_stat(&exiting).unwrap().is_exiting());
+        let kernel_thread = line.replace(" 4194560 ", " 2129988 ");
+        assert!(!parse_stat(&kernel_thread).unwrap().is_exiting());
         assert_eq!(parse_stat("4711 (truncated"), None);
         let own = stat(std::process::id()).unwrap();
         assert!(!own.is_dead());
