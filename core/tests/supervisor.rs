@@ -162,6 +162,7 @@ fn script_spec(dir: &Path, name: &str, script: &str, probe: ProbeKind) -> SpawnS
         after: Vec::new(),
         reload: None,
         job: false,
+        leaves: Vec::new(),
         instance: "test.main".to_owned(),
     }
 }
@@ -895,6 +896,65 @@ async fn a_discard_stop_sends_the_discard_signal_and_skips_the_stop_command() {
     assert_eq!(std::fs::read_to_string(&said).unwrap(), "command\nterm\n");
 }
 
+/// Files a process leaves outside its directories (`leaves`: SeaweedFS's sockets in /tmp) are removed before each
+/// spawn (a stale one would be in the way), after a stop, and after a discard, which runs no stop command; a file
+/// of another account at such a path is left alone.
+#[tokio::test]
+async fn files_a_process_leaves_are_removed_before_a_spawn_and_after_a_stop_or_a_discard() {
+    use std::os::unix::fs::MetadataExt as _;
+    let daemon = TestDaemon::start();
+    let mut client = daemon.client().await;
+    let outside = tempfile::tempdir().unwrap();
+    let left = outside.path().join("left.sock");
+    let spec = |name: &str| {
+        let mut spec = daemon.script(
+            name,
+            &format!(
+                "if [ -e '{left}' ]; then echo 'a stale file is in the way'; exit 1; fi\n\
+                 touch '{left}'; echo ready; while :; do sleep 0.05; done",
+                left = left.display()
+            ),
+            log_line("^ready$"),
+        );
+        spec.stop.discard = Some(("SIGKILL".to_owned(), 0));
+        spec.leaves = vec![left.clone()];
+        spec
+    };
+
+    // A file of an earlier run is gone before the spawn; the process's own is gone after the stop.
+    std::fs::write(&left, "stale").unwrap();
+    client.start(spec("stopped")).await.unwrap();
+    assert!(left.exists());
+    client.stop("stopped").await.unwrap();
+    assert!(!left.exists(), "left behind after a stop");
+
+    // A discard (SIGKILL: the process cleans up nothing) removes it too.
+    let pid = client.start(spec("discarded")).await.unwrap().pid.unwrap();
+    client.discard("discarded").await.unwrap();
+    assert_gone(pid);
+    assert!(!left.exists(), "left behind after a discard");
+
+    // Another account's file at that path stays (and this process then cannot start: its own rule).
+    if rustix::process::geteuid().is_root() {
+        std::fs::write(&left, "theirs").unwrap();
+        std::os::unix::fs::chown(&left, Some(65534), Some(65534)).unwrap();
+        let error = client.start(spec("blocked")).await.unwrap_err();
+        assert!(error.to_string().contains("exited"), "{error}");
+        assert_eq!(std::fs::metadata(&left).unwrap().uid(), 65534);
+        let _ = client.stop("blocked").await;
+        assert_eq!(std::fs::read_to_string(&left).unwrap(), "theirs");
+    }
+
+    // A relative path is refused before anything runs.
+    let mut relative = spec("relative");
+    relative.leaves = vec![PathBuf::from("left.sock")];
+    let error = client.start(relative).await.unwrap_err();
+    assert!(
+        error.to_string().contains("not an absolute path"),
+        "{error}"
+    );
+}
+
 #[tokio::test]
 async fn shutdown_stops_everything_newest_first_and_removes_the_socket() {
     let mut daemon = TestDaemon::start();
@@ -1206,6 +1266,7 @@ async fn start_daemon_runs_a_detached_supervisor() {
         after: Vec::new(),
         reload: None,
         job: false,
+        leaves: Vec::new(),
         instance: String::new(),
     };
     let sleeper = client.start(spec).await.unwrap().pid.unwrap();

@@ -299,6 +299,7 @@ impl Engine for Process {
             after: Vec::new(),
             reload: None,
             job,
+            leaves: Vec::new(),
         }])
     }
 

@@ -311,6 +311,17 @@ fn every_listener_is_on_loopback_on_a_port_kip_assigned() {
     if uid_of("self") == 0 {
         assert_ne!(uid, 0, "weed does not run as root");
     }
+    // weed serves its gRPC servers on sockets in /tmp too (it has no option for where): a destroy, which kills it
+    // without its stop command, leaves none of them behind.
+    let ports = state_ports(&stack, "s3.store");
+    let sockets = kip_providers::s3::config::grpc_sockets(&ports);
+    assert!(
+        sockets.iter().any(|socket| socket.exists()),
+        "weed serves gRPC on {sockets:?}"
+    );
+    stack.ok(&["destroy", "--auto-approve"]);
+    let left: Vec<&PathBuf> = sockets.iter().filter(|socket| socket.exists()).collect();
+    assert!(left.is_empty(), "left in /tmp after destroy: {left:?}");
 }
 
 /// `nobody` with curl: anonymous requests (list buckets, create a bucket, put an object) and the same requests

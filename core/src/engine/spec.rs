@@ -131,6 +131,12 @@ pub struct SpawnSpec {
     /// A job rather than a server: it is done when it exits 0 (a migration), and apply waits for that.
     #[serde(default)]
     pub job: bool,
+    /// Files the process makes outside the instance's directories, where it has no option to put them elsewhere
+    /// (SeaweedFS's gRPC sockets in `/tmp`). The supervisor removes them, when they are the process's account's,
+    /// before each spawn (a file of an earlier run may be in the way) and once the process is gone after a stop
+    /// or a discard, so that nothing of an instance outlives it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leaves: Vec<PathBuf>,
 }
 
 impl SpawnSpec {

@@ -170,6 +170,12 @@ pub(super) fn check(spec: &SpawnSpec) -> Result<Checked, RequestError> {
     if spec.log.as_os_str().is_empty() {
         return Err(invalid("the log path is empty".to_owned()));
     }
+    if let Some(path) = spec.leaves.iter().find(|path| !path.is_absolute()) {
+        return Err(invalid(format!(
+            "a file it leaves, `{}`, is not an absolute path",
+            path.display()
+        )));
+    }
     let log_pattern = match &spec.probe.kind {
         ProbeKind::LogLine { pattern } => Some(Regex::new(pattern).map_err(|error| {
             invalid(format!(
@@ -546,6 +552,9 @@ impl Runner {
             self.save();
         }
         let stop = self.supervise(ready).await;
+        if stop.result.is_ok() {
+            remove_leaves(&self.spec);
+        }
         // The process is gone: forget it before the stop is answered, so that whoever got the answer finds a
         // table without it.
         self.persistence.store.remove(self.persistence.sequence);
@@ -692,6 +701,7 @@ impl Runner {
                 if self.had_a_run || self.run.is_some() {
                     wait_for_leftovers(&spec).await;
                 }
+                remove_leaves(&spec);
                 self.had_a_run = true;
                 let run = format!(
                     "{}-{}-{}",
@@ -1151,10 +1161,7 @@ const LEFTOVER_WAIT: Duration = Duration::from_secs(10);
 /// waited for, never signalled: a process matched by program, directory and account is very likely a leftover,
 /// but not proven to be one. After the wait the spawn goes ahead, and the engine says what still holds it.
 async fn wait_for_leftovers(spec: &SpawnSpec) {
-    let uid = spec
-        .run_as
-        .as_ref()
-        .map_or_else(|| rustix::process::geteuid().as_raw(), |run_as| run_as.uid);
+    let uid = account(spec);
     let started = Instant::now();
     let mut logged = false;
     loop {
@@ -1171,6 +1178,33 @@ async fn wait_for_leftovers(spec: &SpawnSpec) {
             logged = true;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The account `spec`'s process runs as: its `run_as`, or the supervisor's own.
+fn account(spec: &SpawnSpec) -> u32 {
+    spec.run_as
+        .as_ref()
+        .map_or_else(|| rustix::process::geteuid().as_raw(), |run_as| run_as.uid)
+}
+
+/// Removes the files `spec`'s process leaves outside its directories ([`SpawnSpec::leaves`]) that are its
+/// account's; another account's file at one of those paths is not this process's to remove, and stays.
+fn remove_leaves(spec: &SpawnSpec) {
+    use std::os::unix::fs::MetadataExt as _;
+    let uid = account(spec);
+    for path in &spec.leaves {
+        match std::fs::symlink_metadata(path) {
+            Ok(metadata) if metadata.uid() == uid && !metadata.is_dir() => {
+                if let Err(error) = std::fs::remove_file(path) {
+                    tracing::warn!(name = %spec.name, path = %path.display(), "cannot remove: {error}");
+                }
+            }
+            Ok(_) => {
+                tracing::warn!(name = %spec.name, path = %path.display(), "not the process's account's: left alone");
+            }
+            Err(_) => {}
+        }
     }
 }
 

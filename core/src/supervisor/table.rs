@@ -253,6 +253,7 @@ mod tests {
                 after: Vec::new(),
                 reload: None,
                 job: false,
+                leaves: Vec::new(),
                 instance: "test.main".to_owned(),
             },
             pid,

@@ -329,6 +329,7 @@ impl Engine for MariaDb {
             after: Vec::new(),
             reload: None,
             job: false,
+            leaves: Vec::new(),
         }])
     }
 

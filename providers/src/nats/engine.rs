@@ -295,6 +295,7 @@ impl Engine for Nats {
             after: Vec::new(),
             reload: Some("SIGHUP".to_owned()),
             job: false,
+            leaves: Vec::new(),
         }])
     }
 

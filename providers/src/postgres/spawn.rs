@@ -66,6 +66,7 @@ pub fn spawn_spec(
         // PostgreSQL re-reads postgresql.conf and pg_hba.conf on SIGHUP.
         reload: Some("SIGHUP".to_owned()),
         job: false,
+        leaves: Vec::new(),
         instance: name.to_owned(),
     }
 }

@@ -318,6 +318,9 @@ impl Engine for S3 {
             after: Vec::new(),
             reload: None,
             job: false,
+            // Removed by the supervisor when weed is gone, however it went (the stop command removes them too,
+            // while it stops; a destroy's discard does not run it).
+            leaves: config::grpc_sockets(&ctx.ports),
         }])
     }
 

@@ -320,6 +320,7 @@ impl Engine for Valkey {
             after: Vec::new(),
             reload: None,
             job: false,
+            leaves: Vec::new(),
         }])
     }
 

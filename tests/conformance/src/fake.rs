@@ -277,6 +277,7 @@ impl Engine for Fake {
                     .unwrap_or_default(),
                 reload: Some("SIGHUP".into()),
                 job: args.job,
+                leaves: Vec::new(),
             });
         }
         Ok(specs)
