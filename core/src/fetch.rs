@@ -281,10 +281,12 @@ pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// Downloads with one shared HTTP client (connection pool, TLS set-up) and one retry policy.
+/// Downloads with one shared HTTP client (connection pool, TLS set-up) and one retry policy. The client is built at
+/// the first URL: a mirror that is a directory (the local mirror `kip mirror build` fills) never needs one, and
+/// building it costs ~7 ms (rustls loads the system's root certificates).
 #[derive(Debug, Clone)]
 pub struct Fetcher {
-    client: reqwest::Client,
+    client: std::sync::OnceLock<reqwest::Client>,
     policy: RetryPolicy,
 }
 
@@ -293,14 +295,25 @@ const COPY_CHUNK: usize = 1024 * 1024;
 
 impl Fetcher {
     pub fn new(policy: RetryPolicy) -> Result<Fetcher, FetchError> {
+        Ok(Fetcher {
+            client: std::sync::OnceLock::new(),
+            policy,
+        })
+    }
+
+    /// The HTTP client, built on first use.
+    fn client(&self) -> Result<&reqwest::Client, FetchError> {
+        if let Some(client) = self.client.get() {
+            return Ok(client);
+        }
         install_tls_provider();
         let client = reqwest::Client::builder()
             .user_agent(concat!("kip/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(policy.timeout)
-            .read_timeout(policy.timeout)
+            .connect_timeout(self.policy.timeout)
+            .read_timeout(self.policy.timeout)
             .build()
             .map_err(|source| FetchError::Client { source })?;
-        Ok(Fetcher { client, policy })
+        Ok(self.client.get_or_init(|| client))
     }
 
     pub fn policy(&self) -> &RetryPolicy {
@@ -400,13 +413,16 @@ impl Fetcher {
         expected_size: Option<u64>,
         progress: &dyn Progress,
     ) -> Result<(u64, String, u32), FetchError> {
+        let client = self.client()?;
         let attempts = self.policy.attempts.max(1);
         let mut attempt = 0;
         loop {
             attempt += 1;
             tracing::debug!(%url, attempt, "GET");
             progress.start(url.as_str(), expected_size);
-            let result = self.attempt(url, output, expected_size, progress).await;
+            let result = self
+                .attempt(client, url, output, expected_size, progress)
+                .await;
             progress.finish();
             let (failure, retry_after) = match result {
                 Ok((bytes, hash)) => return Ok((bytes, hash, attempt)),
@@ -438,13 +454,13 @@ impl Fetcher {
 
     async fn attempt(
         &self,
+        client: &reqwest::Client,
         url: &Url,
         output: &mut dyn Output,
         expected_size: Option<u64>,
         progress: &dyn Progress,
     ) -> Result<(u64, String), Failure> {
-        let mut response = self
-            .client
+        let mut response = client
             .get(url.clone())
             .send()
             .await
@@ -727,4 +743,20 @@ fn hex(bytes: &[u8]) -> String {
         text.push(char::from(DIGITS[usize::from(byte & 0xf)]));
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A directory mirror is read without an HTTP client: building one loads the system's root certificates.
+    #[tokio::test]
+    async fn local_files_need_no_http_client() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = dir.path().join("index.json");
+        std::fs::write(&index, b"{}").unwrap();
+        let fetcher = Fetcher::new(RetryPolicy::default()).unwrap();
+        assert_eq!(fetcher.get(&Location::Path(index)).await.unwrap(), b"{}");
+        assert!(fetcher.client.get().is_none());
+    }
 }
