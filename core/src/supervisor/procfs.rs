@@ -146,12 +146,13 @@ pub(super) fn orphaned_leaders(
 }
 
 /// The workers a previous run of the process `name` (`program` in `cwd`) left behind: live processes of `uid` running
-/// `program` (or a deleted file of its path, or, exiting, none any more) in `cwd` whose parent is neither this supervisor nor itself `program` (so neither a leader it runs nor a
-/// worker of a live leader), and whose environment names this process, or no process at all (PostgreSQL writes its
-/// process titles over its environment): a process of another name (a leader adopted from a supervisor that was
-/// killed) is not one. Engines whose workers leave their leader's process group (PostgreSQL's backends call `setsid`) outlive
-/// a leader killed from outside by a moment, still holding what a new run needs (shared memory, the data
-/// directory's lock); the spawn waits for them (see `wait_for_leftovers` in `process`).
+/// `program` (or a deleted file of its path, or, while they exit, nothing any more) in `cwd` whose parent is neither
+/// this supervisor nor itself `program` (so neither a leader it runs nor a worker of a live leader), and whose
+/// environment names this process, or no process at all (PostgreSQL writes its process titles over its
+/// environment): a process of another name (a leader adopted from a supervisor that was killed) is not one. Engines
+/// whose workers leave their leader's process group (PostgreSQL's backends call `setsid`) outlive a leader killed
+/// from outside by a moment, still holding what a new run needs (shared memory, the data directory's lock); the
+/// spawn waits for them (see `wait_for_leftovers` in `process`).
 pub(super) fn leftover_workers(name: &str, program: &Path, cwd: &Path, uid: u32) -> Vec<u32> {
     use std::os::unix::fs::MetadataExt as _;
     let Ok(entries) = std::fs::read_dir("/proc") else {
