@@ -2574,6 +2574,47 @@ async fn an_adopted_process_is_stopped_with_its_stop_command() {
     );
 }
 
+/// A supervisor killed while a process with files outside its directories runs: the next one adopts it, knows
+/// those files from the persisted spec, and removes them when the process is discarded.
+#[tokio::test]
+async fn an_adopted_process_that_is_discarded_leaves_no_file_behind() {
+    let mut groups = Groups::default();
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let left = outside.path().join("left.sock");
+    let kip_dir = dir.path().join(".kip");
+    let (mut first, mut first_guard) = start_detached(&kip_dir).await;
+    let mut service = script_spec(
+        dir.path(),
+        "service",
+        &format!(
+            "touch '{}'; echo ready; while :; do sleep 0.05; done",
+            left.display()
+        ),
+        log_line("^ready$"),
+    );
+    service.stop.discard = Some(("SIGKILL".to_owned(), 0));
+    service.leaves = vec![left.clone()];
+    let pid = groups.add(first.start(service).await.unwrap().pid.unwrap());
+    assert!(left.exists());
+    drop(first);
+    kill_supervisor(&mut first_guard);
+
+    let daemon = TestDaemon::start_in(dir);
+    let mut client = daemon.client().await;
+    let status = client.status().await.unwrap();
+    assert!(
+        status[0].adopted && status[0].pid == Some(pid),
+        "{status:?}"
+    );
+    client.discard("service").await.unwrap();
+    assert_stopped(pid);
+    assert!(
+        !left.exists(),
+        "left behind by an adopted process's discard"
+    );
+}
+
 #[tokio::test]
 async fn without_a_probe_a_settle_time_fails_a_process_that_exits_at_once_and_retries_bound_a_probe()
  {
