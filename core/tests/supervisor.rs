@@ -2530,13 +2530,34 @@ async fn a_stop_command_stops_the_process_and_sigkill_follows_when_it_does_not()
     );
 }
 
+/// Starts `service` under a supervisor of its own process, SIGKILLs that supervisor, and starts a new one in
+/// `dir`, which must have adopted the service: the killed supervisor's guard (to be dropped last), the new daemon,
+/// a client of it, and the service's pid.
+async fn adopted_after_a_kill(
+    dir: tempfile::TempDir,
+    groups: &mut Groups,
+    service: SpawnSpec,
+) -> (DetachedGuard, TestDaemon, Client, u32) {
+    let kip_dir = dir.path().join(".kip");
+    let (mut first, mut first_guard) = start_detached(&kip_dir).await;
+    let pid = groups.add(first.start(service).await.unwrap().pid.unwrap());
+    drop(first);
+    kill_supervisor(&mut first_guard);
+    let daemon = TestDaemon::start_in(dir);
+    let mut client = daemon.client().await;
+    let status = client.status().await.unwrap();
+    assert!(
+        status[0].adopted && status[0].pid == Some(pid),
+        "{status:?}"
+    );
+    (first_guard, daemon, client, pid)
+}
+
 #[tokio::test]
 async fn an_adopted_process_is_stopped_with_its_stop_command() {
     use kip_core::engine::StopCommand;
     let mut groups = Groups::default();
     let dir = tempfile::tempdir().unwrap();
-    let kip_dir = dir.path().join(".kip");
-    let (mut first, mut first_guard) = start_detached(&kip_dir).await;
     let mut service = script_spec(
         dir.path(),
         "service",
@@ -2555,17 +2576,7 @@ async fn an_adopted_process_is_stopped_with_its_stop_command() {
         signals: Vec::new(),
         discard: None,
     };
-    let pid = groups.add(first.start(service).await.unwrap().pid.unwrap());
-    drop(first);
-    kill_supervisor(&mut first_guard);
-
-    let daemon = TestDaemon::start_in(dir);
-    let mut client = daemon.client().await;
-    let status = client.status().await.unwrap();
-    assert!(
-        status[0].adopted && status[0].pid == Some(pid),
-        "{status:?}"
-    );
+    let (_first, daemon, mut client, pid) = adopted_after_a_kill(dir, &mut groups, service).await;
     client.stop("service").await.unwrap();
     assert_stopped(pid);
     assert_eq!(
@@ -2582,8 +2593,6 @@ async fn an_adopted_process_that_is_discarded_leaves_no_file_behind() {
     let dir = tempfile::tempdir().unwrap();
     let outside = tempfile::tempdir().unwrap();
     let left = outside.path().join("left.sock");
-    let kip_dir = dir.path().join(".kip");
-    let (mut first, mut first_guard) = start_detached(&kip_dir).await;
     let mut service = script_spec(
         dir.path(),
         "service",
@@ -2595,18 +2604,8 @@ async fn an_adopted_process_that_is_discarded_leaves_no_file_behind() {
     );
     service.stop.discard = Some(("SIGKILL".to_owned(), 0));
     service.leaves = vec![left.clone()];
-    let pid = groups.add(first.start(service).await.unwrap().pid.unwrap());
+    let (_first, _daemon, mut client, pid) = adopted_after_a_kill(dir, &mut groups, service).await;
     assert!(left.exists());
-    drop(first);
-    kill_supervisor(&mut first_guard);
-
-    let daemon = TestDaemon::start_in(dir);
-    let mut client = daemon.client().await;
-    let status = client.status().await.unwrap();
-    assert!(
-        status[0].adopted && status[0].pid == Some(pid),
-        "{status:?}"
-    );
     client.discard("service").await.unwrap();
     assert_stopped(pid);
     assert!(
