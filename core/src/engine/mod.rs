@@ -215,16 +215,23 @@ impl InstanceCtx {
     }
 
     /// A free loopback port for `name`, allocated once and kept in state, so the instance keeps its address
-    /// across restarts.
+    /// across restarts; never one the instance keeps under another name.
     pub fn port(&mut self, name: &str) -> Result<u16, EngineError> {
+        self.port_besides(name, &[])
+    }
+
+    /// [`InstanceCtx::port`], and none of `declared` either (ports the instance's configuration names, free until
+    /// its process binds them).
+    pub fn port_besides(&mut self, name: &str, declared: &[u16]) -> Result<u16, EngineError> {
         if let Some(port) = self.ports.get(name) {
             return Ok(*port);
         }
-        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))
-            .and_then(|listener| listener.local_addr())
-            .map_err(|error| EngineError::with_source("cannot find a free loopback port", error))?;
-        self.ports.insert(name.to_owned(), listener.port());
-        Ok(listener.port())
+        let port = free_port(|port| {
+            declared.contains(&port) || self.ports.values().any(|kept| *kept == port)
+        })
+        .map_err(|error| EngineError::with_source("cannot find a free loopback port", error))?;
+        self.ports.insert(name.to_owned(), port);
+        Ok(port)
     }
 
     /// The objects of `kind`, in address order.
@@ -235,6 +242,25 @@ impl InstanceCtx {
         self.objects
             .iter()
             .filter(move |(_, object)| object.kind == kind)
+    }
+}
+
+/// A loopback port nothing listens on and `taken` does not refuse. The kernel hands out a port again as soon as
+/// the listener that found it is closed, so a refused one stays bound while the next is looked for.
+pub fn free_port(taken: impl Fn(u16) -> bool) -> std::io::Result<u16> {
+    let mut refused = Vec::new();
+    loop {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+        let port = listener.local_addr()?.port();
+        if !taken(port) {
+            return Ok(port);
+        }
+        if refused.len() >= 64 {
+            return Err(std::io::Error::other(
+                "every port the kernel offered is one the instance has already",
+            ));
+        }
+        refused.push(listener);
     }
 }
 
@@ -410,5 +436,25 @@ impl Engines {
             .values()
             .map(|engine| engine.schema())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// Ports found one after another are all different, and a refused one is never handed out: the kernel offers
+    /// a port again once the listener that found it is closed (an S3 instance once got its declared port twice).
+    #[test]
+    fn free_ports_are_never_ones_already_taken() {
+        let mut taken = BTreeSet::new();
+        for _ in 0..300 {
+            let port = super::free_port(|port| taken.contains(&port)).unwrap();
+            assert!(taken.insert(port), "{port} was handed out twice");
+        }
+        // A port refused by the caller is skipped even when it is the one the kernel offers next.
+        let refused = super::free_port(|_| false).unwrap();
+        let next = super::free_port(|port| port == refused).unwrap();
+        assert_ne!(next, refused);
     }
 }

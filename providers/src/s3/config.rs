@@ -61,7 +61,8 @@ pub fn assign_ports(ctx: &mut InstanceCtx, args: &InstanceArgs) -> Result<(), En
         if name == S3_PORT && args.port.is_some() {
             continue;
         }
-        ctx.port(name)?;
+        // Never the declared S3 port: it is free until weed binds it, and the kernel may offer it.
+        ctx.port_besides(name, args.port.as_slice())?;
     }
     Ok(())
 }
