@@ -294,11 +294,11 @@ pub struct Fetcher {
 const COPY_CHUNK: usize = 1024 * 1024;
 
 impl Fetcher {
-    pub fn new(policy: RetryPolicy) -> Result<Fetcher, FetchError> {
-        Ok(Fetcher {
+    pub fn new(policy: RetryPolicy) -> Fetcher {
+        Fetcher {
             client: std::sync::OnceLock::new(),
             policy,
-        })
+        }
     }
 
     /// The HTTP client, built on first use.
@@ -755,7 +755,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let index = dir.path().join("index.json");
         std::fs::write(&index, b"{}").unwrap();
-        let fetcher = Fetcher::new(RetryPolicy::default()).unwrap();
+        let fetcher = Fetcher::new(RetryPolicy::default());
         assert_eq!(fetcher.get(&Location::Path(index)).await.unwrap(), b"{}");
         assert!(fetcher.client.get().is_none());
     }

@@ -346,7 +346,8 @@ impl ResolveError {
 pub struct Resolver<'p> {
     settings: ResolveSettings,
     progress: &'p dyn Progress,
-    fetcher: Option<Fetcher>,
+    /// Builds its HTTP client at the first URL only.
+    fetcher: Fetcher,
     indexes: HashMap<String, (Location, MirrorIndex)>,
 }
 
@@ -363,7 +364,7 @@ impl<'p> Resolver<'p> {
         Resolver {
             settings,
             progress,
-            fetcher: None,
+            fetcher: Fetcher::new(RetryPolicy::default()),
             indexes: HashMap::new(),
         }
     }
@@ -544,13 +545,6 @@ impl<'p> Resolver<'p> {
         }
     }
 
-    fn fetcher(&mut self) -> Result<&Fetcher, FetchError> {
-        if self.fetcher.is_none() {
-            self.fetcher = Some(Fetcher::new(RetryPolicy::default())?);
-        }
-        Ok(self.fetcher.as_ref().expect("just created"))
-    }
-
     /// The index of `engine`'s mirror, fetched once per run.
     async fn index(&mut self, engine: &str) -> Result<(Location, MirrorIndex), ResolveError> {
         let Some(mirror) = self.settings.mirror_or_local(engine)? else {
@@ -570,11 +564,7 @@ impl<'p> Resolver<'p> {
             base.child(crate::mirror::INDEX_FILE)
                 .map_err(|error| index_error(error.into()))?
         };
-        let bytes = self
-            .fetcher()
-            .map_err(|error| index_error(error.into()))?
-            .get(&location)
-            .await;
+        let bytes = self.fetcher.get(&location).await;
         let bytes = bytes.map_err(|error| index_error(error.into()))?;
         let index = MirrorIndex::parse(&bytes).map_err(|error| ResolveError::Index {
             location: location.to_string(),
@@ -640,11 +630,7 @@ impl<'p> Resolver<'p> {
         let label = format!("{engine} {version}");
         let fetched = {
             let progress = self.progress;
-            let fetcher = self.fetcher().map_err(|source| ResolveError::Fetch {
-                engine: engine.to_owned(),
-                version: version.to_owned(),
-                source,
-            })?;
+            let fetcher = &self.fetcher;
             let expected = Expected {
                 sha256: sha256.to_owned(),
                 size: Some(size),

@@ -78,7 +78,7 @@ fn fast_policy(attempts: u32) -> RetryPolicy {
 }
 
 fn fetcher(attempts: u32) -> Fetcher {
-    Fetcher::new(fast_policy(attempts)).unwrap()
+    Fetcher::new(fast_policy(attempts))
 }
 
 #[track_caller]
@@ -443,7 +443,6 @@ async fn stalled_server_times_out_and_is_retried() {
     };
     let started = std::time::Instant::now();
     let downloaded = Fetcher::new(policy)
-        .unwrap()
         .download(
             &mirror.location(),
             &mirror.dest(),
