@@ -695,64 +695,46 @@ fn a_new_minor_restarts_in_place_and_a_new_major_replaces() {
     assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
 }
 
-/// The spare of a template (`templates/.spares/<name>`) that appears, whole and stamped, within 60 s.
-fn wait_for_spare(cache: &std::path::Path) -> PathBuf {
-    let spares = cache.join("templates/.spares");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    loop {
-        let found = std::fs::read_dir(&spares)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .find(|entry| {
-                entry
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with("postgres-16")
-                    && entry.path().join("kip-spare").is_file()
-            });
-        if let Some(entry) = found {
-            return entry.path();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no spare appeared in {} within 60 s",
-            spares.display()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-}
-
-/// How many whole, stamped spares `cache` holds.
-fn stamped_spares(cache: &std::path::Path) -> usize {
+/// The whole, stamped spares `cache` holds (`templates/.spares/<name>`).
+fn stamped_spares(cache: &std::path::Path) -> Vec<PathBuf> {
     std::fs::read_dir(cache.join("templates/.spares"))
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|entry| entry.path().join("kip-spare").is_file())
-        .count()
+        .map(|entry| entry.path())
+        .filter(|path| path.join("kip-spare").is_file())
+        .collect()
 }
 
-/// Waits up to 60 s for `cache` to hold `count` stamped spares (prepared in the background after an apply).
-fn wait_for_stamped_spares(cache: &std::path::Path, count: usize) {
+/// Waits up to 60 s for `cache` to hold `count` stamped spares (prepared in the background after an apply);
+/// returns them.
+fn wait_for_stamped_spares(cache: &std::path::Path, count: usize) -> Vec<PathBuf> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while stamped_spares(cache) < count {
+    loop {
+        let spares = stamped_spares(cache);
+        if spares.len() >= count {
+            return spares;
+        }
         assert!(
             std::time::Instant::now() < deadline,
-            "{count} spares were not prepared within 60 s"
+            "{count} spares were not prepared within 60 s: {spares:?}"
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// `kip ARGS` in `stack` with `cache` as its cache directory.
+fn on_cache(stack: &Stack, cache: &std::path::Path, args: &[&str]) -> std::process::Command {
+    let mut command = stack.command(args);
+    command.env("KIP_CACHE_DIR", cache);
+    command
 }
 
 /// `kip apply` of `stack` on the shared `cache`, with spares on and kip's debug log (which says where a data
 /// directory came from); it must succeed.
 fn apply_with_spares(stack: &Stack, cache: &std::path::Path) -> Run {
-    let mut apply = stack.command(&["apply", "--auto-approve"]);
-    apply
-        .env("KIP_CACHE_DIR", cache)
-        .env("KIP_LOG", "debug")
-        .env_remove("KIP_SPARES");
+    let mut apply = on_cache(stack, cache, &["apply", "--auto-approve"]);
+    apply.env("KIP_LOG", "debug").env_remove("KIP_SPARES");
     let run = stack.project.run_with(apply);
     assert_eq!(run.code, 0, "{}", run.snapshot());
     run
@@ -771,7 +753,14 @@ fn the_next_instance_is_renamed_from_a_spare_prepared_after_the_last_one() {
     let cache = first.project.cache_dir();
     // Prepared after the apply exited, by a detached `kip prepare-spare`: kip's own, closed to every other
     // account (the engine accounts included), with no bootstrap password in it.
-    let spare = wait_for_spare(&cache);
+    let spare = wait_for_stamped_spares(&cache, 1)
+        .into_iter()
+        .find(|spare| {
+            spare
+                .file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with("postgres-16"))
+        })
+        .expect("the PostgreSQL 16 template's spare");
     let metadata = std::fs::metadata(&spare).unwrap();
     assert_eq!(metadata.mode() & 0o777, 0o700);
     assert_eq!(metadata.uid(), me);
@@ -794,8 +783,7 @@ fn the_next_instance_is_renamed_from_a_spare_prepared_after_the_last_one() {
         "{}",
         run.stderr
     );
-    let mut url = second.command(&["url", "postgres.main"]);
-    url.env("KIP_CACHE_DIR", &cache);
+    let url = on_cache(&second, &cache, &["url", "postgres.main"]);
     assert_eq!(second.project.run_with(url).code, 0);
     let data_dir = std::fs::read_dir(second.project.path().join(".kip/run"))
         .unwrap()
@@ -818,9 +806,9 @@ fn the_next_instance_is_renamed_from_a_spare_prepared_after_the_last_one() {
     }
     // And the spare is prepared again for the next one; `kip cache prune` removes both.
     wait_for_stamped_spares(&cache, 2);
-    let mut prune = second.command(&["cache", "prune"]);
-    prune.env("KIP_CACHE_DIR", &cache);
-    let pruned = second.project.run_with(prune);
+    let pruned = second
+        .project
+        .run_with(on_cache(&second, &cache, &["cache", "prune"]));
     assert_eq!(pruned.code, 0, "{}", pruned.snapshot());
     assert!(
         pruned
@@ -834,8 +822,7 @@ fn the_next_instance_is_renamed_from_a_spare_prepared_after_the_last_one() {
         cache.join("templates").read_dir().unwrap().count() > 0,
         "templates stay"
     );
-    let mut destroy = second.command(&["destroy", "--auto-approve"]);
-    destroy.env("KIP_CACHE_DIR", &cache);
+    let destroy = on_cache(&second, &cache, &["destroy", "--auto-approve"]);
     assert_eq!(second.project.run_with(destroy).code, 0);
 }
 
@@ -897,7 +884,11 @@ fn a_preparer_killed_halfway_leaves_no_spare_and_its_half_copy_goes() {
         1,
         "the killed preparer's copy stays where it was"
     );
-    assert_eq!(stamped_spares(&cache), 0, "no spare was put in place");
+    assert_eq!(
+        stamped_spares(&cache),
+        Vec::<PathBuf>::new(),
+        "no spare was put in place"
+    );
 
     let second = Stack::new(config);
     let run = apply_with_spares(&second, &cache);
@@ -906,9 +897,10 @@ fn a_preparer_killed_halfway_leaves_no_spare_and_its_half_copy_goes() {
         "{}",
         run.stderr
     );
-    let mut plan = second.command(&["plan", "--detailed-exitcode"]);
-    plan.env("KIP_CACHE_DIR", &cache);
-    let planned = second.project.run_with(plan);
+    let planned =
+        second
+            .project
+            .run_with(on_cache(&second, &cache, &["plan", "--detailed-exitcode"]));
     assert_eq!(
         planned.code,
         0,
@@ -918,14 +910,12 @@ fn a_preparer_killed_halfway_leaves_no_spare_and_its_half_copy_goes() {
 
     // The preparer that apply started clears the half copy before its own; prune takes whatever is left.
     wait_for_stamped_spares(&cache, 2);
-    let mut prune = second.command(&["cache", "prune"]);
-    prune.env("KIP_CACHE_DIR", &cache);
+    let prune = on_cache(&second, &cache, &["cache", "prune"]);
     assert_eq!(second.project.run_with(prune).code, 0);
     assert_eq!(half_copies(), 0, "a half copy outlived the prune");
-    assert_eq!(stamped_spares(&cache), 0);
+    assert_eq!(stamped_spares(&cache), Vec::<PathBuf>::new());
     for stack in [&first, &second] {
-        let mut destroy = stack.command(&["destroy", "--auto-approve"]);
-        destroy.env("KIP_CACHE_DIR", &cache);
+        let destroy = on_cache(stack, &cache, &["destroy", "--auto-approve"]);
         assert_eq!(stack.project.run_with(destroy).code, 0);
     }
 }
