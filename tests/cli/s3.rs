@@ -114,6 +114,39 @@ fn a_failed_start_reports_the_engines_log_tail() {
     assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
 }
 
+/// Another account's file at one of the instance's gRPC socket paths in /tmp (weed names them after its ports):
+/// the start is refused, naming the file, and the file stays, since kip removes only its engine account's files
+/// there; once it is gone, the instance starts. `kip down` leaves none of the instance's own sockets behind.
+#[test]
+fn another_accounts_file_at_a_socket_path_is_refused_and_left_alone() {
+    if uid_of("self") != 0 {
+        return;
+    }
+    let stack = Stack::new("s3 \"store\" {\n  version = \"4\"\n}\n");
+    stack.ok(&["apply", "--auto-approve"]);
+    stack.ok(&["down"]);
+    let sockets = kip_providers::s3::config::grpc_sockets(&state_ports(&stack, "s3.store"));
+    let left: Vec<&PathBuf> = sockets.iter().filter(|socket| socket.exists()).collect();
+    assert!(left.is_empty(), "left in /tmp after down: {left:?}");
+    let planted = &sockets[0];
+    std::fs::write(planted, "theirs").unwrap();
+    std::os::unix::fs::chown(planted, Some(65534), Some(65534)).unwrap();
+
+    let run = stack.kip(&["apply", "--auto-approve"]);
+    assert_eq!(run.code, 1, "{}", run.snapshot());
+    assert!(
+        run.stderr.contains(&planted.display().to_string())
+            && run.stderr.contains("another account's"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(std::fs::read_to_string(planted).unwrap(), "theirs");
+
+    std::fs::remove_file(planted).unwrap();
+    stack.ok(&["apply", "--auto-approve"]);
+    assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
+}
+
 #[test]
 fn a_killed_engine_is_restarted_with_its_data() {
     let stack = Stack::new(

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use kip_core::engine::{EngineError, InstanceCtx, StopCommand};
+use kip_core::engine::{EngineError, InstanceCtx};
 use serde_json::json;
 
 use super::args::InstanceArgs;
@@ -233,30 +233,6 @@ pub fn grpc_sockets(ports: &BTreeMap<String, u16>) -> Vec<PathBuf> {
             })
         })
         .collect()
-}
-
-/// How the supervisor stops `weed`: its gRPC sockets in `/tmp` removed (it leaves most of them behind, and only
-/// the engine's account may remove them there), SIGTERM, and the sockets removed again until it is gone. The listeners keep serving what is connected
-/// until `weed` exits; its components reach each other over TCP when a socket file is gone.
-pub fn stop_command(ports: &BTreeMap<String, u16>) -> StopCommand {
-    let sockets: Vec<String> = grpc_sockets(ports)
-        .iter()
-        .map(|path| format!("'{}'", path.display()))
-        .collect();
-    StopCommand {
-        command: vec![
-            "/bin/sh".to_owned(),
-            "-c".to_owned(),
-            // Again while it stops: a component still starting (the admin server comes last) may make its
-            // socket after the first removal.
-            format!(
-                "rm -f {sockets}; kill -TERM \"$KIP_STOP_PID\"; \
-                 while kill -0 \"$KIP_STOP_PID\" 2>/dev/null; do rm -f {sockets}; sleep 0.1; done",
-                sockets = sockets.join(" ")
-            ),
-        ],
-        wait_ms: 15_000,
-    }
 }
 
 #[cfg(test)]

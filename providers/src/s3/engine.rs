@@ -247,17 +247,21 @@ impl Engine for S3 {
                     .map_err(io_error("write", &path))
                     .map_err(|error| s3_error("cannot write SeaweedFS's configuration", error))?;
             }
-            // SeaweedFS listens on these too, and a file left by an earlier run of the same port would stop it.
+            // SeaweedFS listens on these too. The supervisor removes the instance's own (`leaves`) before each
+            // start; a file another account put at one of those paths would stop weed, and is not kip's to remove.
+            let account = ctx
+                .run_as
+                .as_ref()
+                .map_or_else(|| rustix::process::geteuid().as_raw(), |run_as| run_as.uid);
             for socket in config::grpc_sockets(&ctx.ports) {
-                match std::fs::remove_file(&socket) {
-                    Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
-                        return Err(s3_error(
-                            "cannot remove a socket SeaweedFS would meet",
-                            io_error("remove", &socket)(error),
-                        )
-                        .hint("another account's file is in the way in /tmp: remove it, or move the instance's ports"));
-                    }
-                    _ => {}
+                if let Ok(metadata) = std::fs::symlink_metadata(&socket)
+                    && std::os::unix::fs::MetadataExt::uid(&metadata) != account
+                {
+                    return Err(EngineError::new(format!(
+                        "{} is in the way of SeaweedFS's gRPC socket, and it is another account's",
+                        socket.display()
+                    ))
+                    .hint("ask its owner to remove it (weed names its sockets after the instance's ports), then apply again"));
                 }
             }
             Ok(())
@@ -309,7 +313,7 @@ impl Engine for S3 {
             max_restarts: None,
             restart_delay_ms: None,
             stop: StopSpec {
-                command: Some(config::stop_command(&ctx.ports)),
+                command: None,
                 signals: vec![("SIGTERM".to_owned(), 15_000)],
                 // Its data goes right after: no final flush or snapshot to wait for.
                 discard: Some(("SIGKILL".to_owned(), 0)),
@@ -318,8 +322,8 @@ impl Engine for S3 {
             after: Vec::new(),
             reload: None,
             job: false,
-            // Removed by the supervisor when weed is gone, however it went (the stop command removes them too,
-            // while it stops; a destroy's discard does not run it).
+            // weed leaves most of its gRPC sockets behind: the supervisor removes them before each start and once
+            // weed is gone, however it went.
             leaves: config::grpc_sockets(&ctx.ports),
         }])
     }
