@@ -283,7 +283,7 @@ pub fn install_tls_provider() {
 
 /// Downloads with one shared HTTP client (connection pool, TLS set-up) and one retry policy. The client is built at
 /// the first URL: a mirror that is a directory (the local mirror `kip mirror build` fills) never needs one, and
-/// building it costs ~7 ms (rustls loads the system's root certificates).
+/// building it costs milliseconds (rustls loads the system's root certificates).
 #[derive(Debug, Clone)]
 pub struct Fetcher {
     client: std::sync::OnceLock<reqwest::Client>,
