@@ -10,6 +10,10 @@
 //! bare side is spawn to the first successful client connection and JetStream answer, polled every 0.5 ms; the
 //! server is stopped after each run. The ratio goes to the table of kip against each engine's own start
 //! ([`crate::floor`]).
+//!
+//! A second case adds the instance to a project that already runs one of the same engine, as a developer does
+//! after the first apply: the project's account, kip.lock and supervisor exist, so it times what kip adds to each
+//! instance rather than what a new project costs once (on root, creating the project's account).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -24,6 +28,12 @@ use crate::kip::{Harness, open_dir};
 use crate::valkey::KipApplies;
 
 const CONFIG: &str = r#"nats "bus" {
+  version = "2"
+}
+"#;
+
+/// The instance a running project keeps while [`KipApplies::measure_added`] adds and removes another.
+const KEEP: &str = r#"nats "keep" {
   version = "2"
 }
 "#;
@@ -51,6 +61,20 @@ pub fn run(runs: Option<usize>) {
         ("bare nats-server -c, spawn to a client and a JetStream answer", &bare),
     );
     crate::floor::against_floor("NATS", kip.total(), &bare, "≤ 1.2× (issue 11)");
+    let added = KipApplies::measure_added(&harness, KEEP, CONFIG, "nats.bus", runs);
+    added.report(
+        &format!(
+            "a NATS 2 added to a project that runs one already: kip apply vs the bare nats-server ({runs} runs each)"
+        ),
+        "nats-server start, TCP probe, client with the token, JetStream answer",
+        ("bare nats-server -c, spawn to a client and a JetStream answer", &bare),
+    );
+    crate::floor::against_floor_as(
+        "NATS: an instance added to a running project, kip apply to ready",
+        added.total(),
+        &bare,
+        "≤ 1.2× (issue 11)",
+    );
     crate::floor::no_init_step(
         "NATS",
         "it starts from its configuration file; JetStream creates its store directory on first start",

@@ -7,6 +7,10 @@
 //! of the ready step, the state write. The bare side is spawn to the first `PONG` over the socket, polled every
 //! 0.5 ms with the `redis` crate; the server is stopped after each run. The ratio goes to the table of kip against
 //! each engine's own start ([`crate::floor`]).
+//!
+//! A second case adds the instance to a project that already runs one of the same engine, as a developer does
+//! after the first apply: the project's account, kip.lock and supervisor exist, so it times what kip adds to each
+//! instance rather than what a new project costs once (on root, creating the project's account).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -16,6 +20,12 @@ use crate::apply::{header, ms, row, test_mirror};
 use crate::kip::{Harness, Project, open_dir};
 
 const CONFIG: &str = r#"valkey "cache" {
+  version = "9"
+}
+"#;
+
+/// The instance a running project keeps while [`KipApplies::measure_added`] adds and removes another.
+const KEEP: &str = r#"valkey "keep" {
   version = "9"
 }
 "#;
@@ -41,6 +51,20 @@ pub fn run(runs: Option<usize>) {
         ("bare valkey-server on a unix socket, spawn to PONG", &bare),
     );
     crate::floor::against_floor("Valkey", kip.total(), &bare, "≤ 1.2× (issue 10)");
+    let added = KipApplies::measure_added(&harness, KEEP, CONFIG, "valkey.cache", runs);
+    added.report(
+        &format!(
+            "a Valkey 9 added to a project that runs one already: kip apply vs the bare valkey-server ({runs} runs each)"
+        ),
+        "valkey-server start, socket probe, authenticated PING",
+        ("bare valkey-server on a unix socket, spawn to PONG", &bare),
+    );
+    crate::floor::against_floor_as(
+        "Valkey: an instance added to a running project, kip apply to ready",
+        added.total(),
+        &bare,
+        "≤ 1.2× (issue 10)",
+    );
     crate::floor::no_init_step(
         "Valkey",
         "it starts on an empty directory; kip writes only its configuration and ACL file",
@@ -99,6 +123,46 @@ impl KipApplies {
                 .push(run.between(Some(&starting), Some(&ready)));
             applies.after_ready.push(run.between(Some(&ready), None));
             projects.push(project);
+        }
+        applies
+    }
+
+    /// The everyday case after the first apply: `config` added to a project that already runs `keep` (its account,
+    /// kip.lock and supervisor exist), timed from spawn to exit; after each run the instance is removed from the
+    /// config and applied away again (untimed), and the machine settles. The plan of each timed apply also
+    /// refreshes `keep`, as every apply of a project with a running engine does.
+    pub fn measure_added(
+        harness: &Harness,
+        keep: &str,
+        config: &str,
+        address: &str,
+        runs: usize,
+    ) -> KipApplies {
+        let project = harness.project(keep);
+        project.expect(0, &["apply", "--auto-approve"]);
+        let starting = format!("{address}: starting");
+        let ready = format!("{address}: ready");
+        let mut applies = KipApplies {
+            total: Vec::new(),
+            before_start: Vec::new(),
+            start_to_ready: Vec::new(),
+            after_ready: Vec::new(),
+        };
+        for _ in 0..runs {
+            project.write_config(&format!("{keep}\n{config}"));
+            let run = project.expect(0, &["apply", "--auto-approve"]);
+            applies.total.push(run.elapsed);
+            applies
+                .before_start
+                .push(run.between(None, Some(&starting)));
+            applies
+                .start_to_ready
+                .push(run.between(Some(&starting), Some(&ready)));
+            applies.after_ready.push(run.between(Some(&ready), None));
+            project.write_config(keep);
+            project.expect(0, &["apply", "--auto-approve"]);
+            crate::floor::settle();
+            std::thread::sleep(Duration::from_millis(200));
         }
         applies
     }

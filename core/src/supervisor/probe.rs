@@ -134,7 +134,8 @@ pub(super) async fn target_in_use(kind: &ProbeKind) -> Option<String> {
 fn check_listener(target: &Target, group: u32, peer_pid: Option<u32>) -> Result<(), String> {
     let not_ours = || {
         format!(
-            "{} accepts connections, but its listening socket belongs to no process of the started process group              {group}: something else listens there",
+            "{} accepts connections, but its listening socket belongs to no process of the started process group \
+             {group}: something else listens there",
             target.describe()
         )
     };
