@@ -74,6 +74,9 @@ pub fn run(runs: Option<usize>) {
 /// kip's side of an engine's start-to-ready case: `kip apply` of `config` in a fresh project per run, from spawn
 /// to exit, split at the instance's progress lines (`<address>: starting`, `<address>: ready`).
 pub struct KipApplies {
+    /// The instance's progress lines that split each apply.
+    starting: String,
+    ready: String,
     total: Vec<Duration>,
     before_start: Vec<Duration>,
     start_to_ready: Vec<Duration>,
@@ -102,26 +105,12 @@ impl KipApplies {
             ms(first.elapsed)
         );
         drop(warm);
-        let starting = format!("{address}: starting");
-        let ready = format!("{address}: ready");
-        let mut applies = KipApplies {
-            total: Vec::new(),
-            before_start: Vec::new(),
-            start_to_ready: Vec::new(),
-            after_ready: Vec::new(),
-        };
+        let mut applies = KipApplies::new(address);
         let mut projects: Vec<Project<'_>> = Vec::new();
         for _ in 0..runs {
             let project = harness.project(config);
             let run = project.expect(0, &["apply", "--auto-approve"]);
-            applies.total.push(run.elapsed);
-            applies
-                .before_start
-                .push(run.between(None, Some(&starting)));
-            applies
-                .start_to_ready
-                .push(run.between(Some(&starting), Some(&ready)));
-            applies.after_ready.push(run.between(Some(&ready), None));
+            applies.record(&run);
             projects.push(project);
         }
         applies
@@ -140,31 +129,38 @@ impl KipApplies {
     ) -> KipApplies {
         let project = harness.project(keep);
         project.expect(0, &["apply", "--auto-approve"]);
-        let starting = format!("{address}: starting");
-        let ready = format!("{address}: ready");
-        let mut applies = KipApplies {
-            total: Vec::new(),
-            before_start: Vec::new(),
-            start_to_ready: Vec::new(),
-            after_ready: Vec::new(),
-        };
+        let mut applies = KipApplies::new(address);
         for _ in 0..runs {
             project.write_config(&format!("{keep}\n{config}"));
             let run = project.expect(0, &["apply", "--auto-approve"]);
-            applies.total.push(run.elapsed);
-            applies
-                .before_start
-                .push(run.between(None, Some(&starting)));
-            applies
-                .start_to_ready
-                .push(run.between(Some(&starting), Some(&ready)));
-            applies.after_ready.push(run.between(Some(&ready), None));
+            applies.record(&run);
             project.write_config(keep);
             project.expect(0, &["apply", "--auto-approve"]);
             crate::floor::settle();
             std::thread::sleep(Duration::from_millis(200));
         }
         applies
+    }
+
+    fn new(address: &str) -> KipApplies {
+        KipApplies {
+            starting: format!("{address}: starting"),
+            ready: format!("{address}: ready"),
+            total: Vec::new(),
+            before_start: Vec::new(),
+            start_to_ready: Vec::new(),
+            after_ready: Vec::new(),
+        }
+    }
+
+    /// One apply's time, split at the instance's progress lines.
+    fn record(&mut self, run: &crate::kip::Run) {
+        self.total.push(run.elapsed);
+        self.before_start
+            .push(run.between(None, Some(&self.starting)));
+        self.start_to_ready
+            .push(run.between(Some(&self.starting), Some(&self.ready)));
+        self.after_ready.push(run.between(Some(&self.ready), None));
     }
 
     /// Every apply's time, spawn to exit.
