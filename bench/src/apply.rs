@@ -6,7 +6,8 @@
 //!    by the stderr step lines, kip's debug logs and the supervisor's log; plus the data-dir copy alone, in process;
 //! 2. the same instance with nothing declared in it, against PostgreSQL's own start on a copy of the template
 //!    (the floor) and against `initdb` + start by hand (the cold path), with kip's own cold path, for the table
-//!    of kip against each engine's own start ([`crate::floor`]);
+//!    of kip against each engine's own start ([`crate::floor`]), and the same instance added to a project that
+//!    already runs one;
 //! 3. a no-op `kip plan` against a running instance with 100 declared objects (roles, databases, grants);
 //! 4. `kip plan` for 1,000 declared roles from empty state (no engine is contacted);
 //! 5. `kip apply` of 1,000 roles added to a running instance.
@@ -243,6 +244,12 @@ const EMPTY_INSTANCE: &str = r#"postgres "main" {
 }
 "#;
 
+/// A second instance beside [`EMPTY_INSTANCE`], in the same project.
+const ADDED_INSTANCE: &str = r#"postgres "added" {
+  version = "16"
+}
+"#;
+
 /// A fresh instance against PostgreSQL's own start (kip issue 12). Each run, one after the other so that a single
 /// server runs at a time and all four see the machine alike: `kip apply` of an instance with nothing declared in
 /// a new project (template cached), the same with one role and one database, the bare `postgres` on a copy of the
@@ -269,6 +276,7 @@ fn against_floor(harness: &Harness, runs: usize) {
     let mut kip = Vec::new();
     let mut kip_converged = Vec::new();
     let mut kip_cold = Vec::new();
+    let mut kip_added = Vec::new();
     let mut copies = Vec::new();
     let mut floor = Vec::new();
     let mut cold = Vec::new();
@@ -289,7 +297,19 @@ fn against_floor(harness: &Harness, runs: usize) {
         kip_converged.push(run.elapsed);
         drop(project);
 
-        crate::floor::settle();
+        // The same instance added to the project that already runs one (its account, kip.lock and supervisor
+        // exist, and the spare the last apply asked for is ready), then applied away again, untimed.
+        crate::floor::quiet();
+        account_holder.write_config(&format!("{EMPTY_INSTANCE}{ADDED_INSTANCE}"));
+        kip_added.push(
+            account_holder
+                .expect(0, &["apply", "--auto-approve"])
+                .elapsed,
+        );
+        account_holder.write_config(EMPTY_INSTANCE);
+        account_holder.expect(0, &["apply", "--auto-approve"]);
+
+        crate::floor::quiet();
         let bare = crate::floor::postgres_floor(
             &runtime,
             &toolchain,
@@ -333,6 +353,10 @@ fn against_floor(harness: &Harness, runs: usize) {
         &kip_converged,
     );
     row(
+        "kip apply --auto-approve, nothing declared, added to a project that runs one",
+        &kip_added,
+    );
+    row(
         "kip apply --auto-approve, nothing declared, empty templates dir (initdb)",
         &kip_cold,
     );
@@ -356,6 +380,12 @@ fn against_floor(harness: &Harness, runs: usize) {
     crate::floor::against_floor(
         "PostgreSQL",
         &kip,
+        &floor,
+        "≤ 1.5× (bare start to a first query ~75 ms)",
+    );
+    crate::floor::against_floor_as(
+        "PostgreSQL: an instance added to a running project, kip apply to ready",
+        &kip_added,
         &floor,
         "≤ 1.5× (bare start to a first query ~75 ms)",
     );
