@@ -561,6 +561,17 @@ fn malformed_index_and_lock_name_the_position() {
     let run = project.kip(&["lock", "--check"]);
     assert_eq!(run.code, 1);
     assert!(run.stderr.contains("kip.lock:2:13"), "{}", run.stderr);
+    // Plan and apply say so before they show a plan: a drift check must not pass on a lock apply refuses.
+    for args in [
+        &["plan", "--detailed-exitcode"][..],
+        &["apply", "--auto-approve"][..],
+    ] {
+        let run = with_mirror(&project, mirror.to_str().unwrap(), args);
+        assert_eq!(run.code, 1, "kip {args:?}: {}", run.stderr);
+        assert!(run.stderr.contains("kip.lock:2:13"), "{}", run.stderr);
+        assert!(!run.stdout.contains("Plan:"), "{}", run.stdout);
+    }
+    assert!(!project.dir.path().join(".kip/state.json").exists());
 }
 
 #[test]

@@ -70,15 +70,14 @@ fn check_sources(
     resolve::check_sources(requests, lock, policy, settings).map_err(resolve_error)
 }
 
-/// [`check_sources`] for plan and apply, on the configuration they checked. A kip.lock that cannot be read
-/// passes: the command itself reports it.
+/// [`check_sources`] for plan and apply, on the configuration they checked. A kip.lock that cannot be read fails
+/// here, before a plan is shown: a drift check (`kip plan --detailed-exitcode`) must not pass on a lock that
+/// `kip apply --locked` then refuses.
 pub(crate) fn check_sources_for(context: &Context, checked: &Checked) -> anyhow::Result<()> {
     let Some(config) = checked.config.as_ref() else {
         return Ok(());
     };
-    let Ok(lock) = LockFile::read(&context.dir.join(LOCK_FILE)) else {
-        return Ok(());
-    };
+    let lock = LockFile::read(&context.dir.join(LOCK_FILE)).map_err(lock_error)?;
     check_sources(
         &resolve::requests(config),
         &lock,
