@@ -1816,6 +1816,44 @@ async fn the_leftovers_of_a_group_whose_leader_died_unsupervised_are_stopped() {
     assert!(!restarted.adopted);
 }
 
+/// A supervisor killed, and then its process killed too, while no supervisor ran: the next supervisor finds the
+/// record of a process that is gone and removes the files it left outside its directories (a destroy that follows
+/// spawns nothing that would remove them).
+#[tokio::test]
+async fn the_files_of_a_process_that_died_unsupervised_are_removed_by_the_next_supervisor() {
+    let mut groups = Groups::default();
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let left = outside.path().join("left.sock");
+    let kip_dir = dir.path().join(".kip");
+    let (mut first, mut first_guard) = start_detached(&kip_dir).await;
+    let mut service = script_spec(
+        dir.path(),
+        "service",
+        &format!(
+            "touch '{}'; echo ready; while :; do sleep 0.05; done",
+            left.display()
+        ),
+        log_line("^ready$"),
+    );
+    service.leaves = vec![left.clone()];
+    let pid = groups.add(first.start(service).await.unwrap().pid.unwrap());
+    drop(first);
+    kill_supervisor(&mut first_guard);
+    rustix::process::kill_process(Pid::from_raw(pid as i32).unwrap(), Signal::KILL).unwrap();
+    assert_stopped(pid);
+    assert!(left.exists());
+
+    let daemon = TestDaemon::start_in(dir);
+    let mut client = daemon.client().await;
+    // A status answers once the records of the killed supervisor are dealt with.
+    assert_eq!(client.status().await.unwrap(), vec![]);
+    assert!(
+        !left.exists(),
+        "left behind by a process that died while no supervisor ran"
+    );
+}
+
 #[tokio::test]
 async fn a_reused_pid_is_neither_adopted_nor_signalled() {
     let dir = tempfile::tempdir().unwrap();

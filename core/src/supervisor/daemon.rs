@@ -615,6 +615,15 @@ impl Supervisor {
             }
             verdicts.push((record, verdict));
         }
+        // A record that is not adopted ran a process that is gone (or is stopped below): the files it left outside
+        // its directories (`leaves`) go with it, unless a process of the same name is adopted and uses them.
+        let adopted: Arc<HashSet<String>> = Arc::new(
+            verdicts
+                .iter()
+                .filter(|(_, verdict)| matches!(verdict, Verdict::Adopt(_)))
+                .map(|(record, _)| record.name.clone())
+                .collect(),
+        );
         // The records to keep are written before anything else happens: a daemon killed during the adoption
         // leaves them to the next one.
         let store = Arc::new(Store::new(
@@ -658,9 +667,10 @@ impl Supervisor {
                     let guard = supervisor.start_lock(&record.name).try_lock_owned().ok();
                     let cleaning = supervisor.cleaning.clone();
                     cleaning.send_modify(|count| *count += 1);
+                    let adopted = Arc::clone(&adopted);
                     let cleanup = tokio::spawn(async move {
                         let _serialised = guard;
-                        process::stop_leftovers(
+                        let gone = process::stop_leftovers(
                             &record.spec,
                             &checked,
                             group,
@@ -668,6 +678,9 @@ impl Supervisor {
                             record.run.as_deref(),
                         )
                         .await;
+                        if gone && !adopted.contains(&record.name) {
+                            process::remove_leaves(&record.spec);
+                        }
                         persistence.store.remove(persistence.sequence);
                         cleaning.send_modify(|count| *count -= 1);
                     });
@@ -677,7 +690,11 @@ impl Supervisor {
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .push(cleanup);
                 }
-                Verdict::Drop => {}
+                Verdict::Drop => {
+                    if !adopted.contains(&record.name) {
+                        process::remove_leaves(&record.spec);
+                    }
+                }
             }
         }
         drop(table);

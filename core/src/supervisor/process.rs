@@ -928,17 +928,18 @@ fn note_in_log(spec: &SpawnSpec, message: &str) {
 /// (under a name adopted already, or in a state a new daemon cannot resume), or what is left of the group of one
 /// whose leader is gone (workers of an engine whose supervisor and leader were both killed). A group whose leader is
 /// gone may by now be another one that got the same id, after ours emptied: it is stopped only when every live
-/// member carries the run's id in its environment ([`RUN_ENV`]), inherited from the leader.
+/// member carries the run's id in its environment ([`RUN_ENV`]), inherited from the leader. Answers whether nothing
+/// of the group is left to use the run's files.
 pub(super) async fn stop_leftovers(
     spec: &SpawnSpec,
     checked: &Checked,
     group: u32,
     start_time: u64,
     run: Option<&str>,
-) {
+) -> bool {
     let members = procfs::group_members(group);
     if members.is_empty() {
-        return;
+        return true;
     }
     let leader_runs = procfs::identify(group, start_time) == Identity::Alive;
     let all_ours = run.is_some_and(|run| {
@@ -951,7 +952,7 @@ pub(super) async fn stop_leftovers(
             name = %spec.name,
             "process group {group} has live members that may not be its: left alone"
         );
-        return;
+        return false;
     }
     let message = if leader_runs {
         format!("stopping process group {group}, which this supervisor does not adopt")
@@ -970,6 +971,7 @@ pub(super) async fn stop_leftovers(
     if let Err(error) = stop_group(spec, checked, &mut leader, group, false).await {
         tracing::warn!(name = %spec.name, "{error}");
     }
+    !procfs::group_has_live_member(group)
 }
 
 /// The stop sequence: the stop command when the spec has one, waiting up to its time for the group to be gone, then
@@ -1190,7 +1192,7 @@ fn account(spec: &SpawnSpec) -> u32 {
 
 /// Removes the files `spec`'s process leaves outside its directories ([`SpawnSpec::leaves`]) that are its
 /// account's; another account's file at one of those paths is not this process's to remove, and stays.
-fn remove_leaves(spec: &SpawnSpec) {
+pub(super) fn remove_leaves(spec: &SpawnSpec) {
     use std::os::unix::fs::MetadataExt as _;
     let uid = account(spec);
     for path in &spec.leaves {
