@@ -1816,6 +1816,21 @@ async fn the_leftovers_of_a_group_whose_leader_died_unsupervised_are_stopped() {
     assert!(!restarted.adopted);
 }
 
+/// A service that makes `left` (outside its directories) before it is ready, and names it in its `leaves`.
+fn leaving_service(dir: &Path, left: &Path) -> SpawnSpec {
+    let mut service = script_spec(
+        dir,
+        "service",
+        &format!(
+            "touch '{}'; echo ready; while :; do sleep 0.05; done",
+            left.display()
+        ),
+        log_line("^ready$"),
+    );
+    service.leaves = vec![left.to_owned()];
+    service
+}
+
 /// A supervisor killed, and then its process killed too, while no supervisor ran: the next supervisor finds the
 /// record of a process that is gone and removes the files it left outside its directories (a destroy that follows
 /// spawns nothing that would remove them).
@@ -1827,16 +1842,7 @@ async fn the_files_of_a_process_that_died_unsupervised_are_removed_by_the_next_s
     let left = outside.path().join("left.sock");
     let kip_dir = dir.path().join(".kip");
     let (mut first, mut first_guard) = start_detached(&kip_dir).await;
-    let mut service = script_spec(
-        dir.path(),
-        "service",
-        &format!(
-            "touch '{}'; echo ready; while :; do sleep 0.05; done",
-            left.display()
-        ),
-        log_line("^ready$"),
-    );
-    service.leaves = vec![left.clone()];
+    let service = leaving_service(dir.path(), &left);
     let pid = groups.add(first.start(service).await.unwrap().pid.unwrap());
     drop(first);
     kill_supervisor(&mut first_guard);
@@ -2635,17 +2641,8 @@ async fn an_adopted_process_that_is_discarded_leaves_no_file_behind() {
     let dir = tempfile::tempdir().unwrap();
     let outside = tempfile::tempdir().unwrap();
     let left = outside.path().join("left.sock");
-    let mut service = script_spec(
-        dir.path(),
-        "service",
-        &format!(
-            "touch '{}'; echo ready; while :; do sleep 0.05; done",
-            left.display()
-        ),
-        log_line("^ready$"),
-    );
+    let mut service = leaving_service(dir.path(), &left);
     service.stop.discard = Some(("SIGKILL".to_owned(), 0));
-    service.leaves = vec![left.clone()];
     let (_first, _daemon, mut client, pid) = adopted_after_a_kill(dir, &mut groups, service).await;
     assert!(left.exists());
     client.discard("service").await.unwrap();
