@@ -108,8 +108,8 @@ impl DaemonSupervisors {
         Client::connect_or_start(&self.kip_dir, &self.kip_exe, &args).await
     }
 
-    /// The running supervisor; or, when none answers but processes it ran outlived it (it was killed), a new
-    /// one that adopts them; or none.
+    /// The running supervisor; or, when none answers but processes it ran outlived it (it was killed), or left
+    /// files that only a supervisor removes, a new one that adopts or cleans up after them; or none.
     pub async fn adopt(&self) -> Result<Option<Client>, SupervisorError> {
         let _one_at_a_time = self.starting.lock().await;
         let dir = self.kip_dir.display().to_string();

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::apply::Stack;
-use crate::support::{Run, free_port};
+use crate::support::{Run, alive, free_port, wait_gone};
 
 /// A [`Stack`] whose drop also stops what kip itself failed to stop.
 struct Contract {
@@ -209,28 +209,6 @@ fn cmdline(pid: u32) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-/// Whether `pid` is a running process: a zombie (exited, not yet reaped by whoever inherited it) is not.
-fn alive(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.trim_start().chars().next());
-    !matches!(state, Some('Z' | 'X') | None)
-}
-
-fn wait_gone(pid: u32, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while alive(pid) {
-        assert!(
-            Instant::now() < deadline,
-            "pid {pid} is still alive after {timeout:?}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 fn signal(pid: u32, name: &str) {

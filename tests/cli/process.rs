@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
-use crate::support::{Project, Run, free_port};
+use crate::support::{Project, Run, alive, free_port};
 
 /// A project of processes; destroys it when dropped, and then stops anything of it that still runs.
 struct Processes {
@@ -133,15 +133,6 @@ fn stop_leftovers(root: &Path) {
                 .status();
         }
     }
-}
-
-/// Whether `pid` is a live process (not a zombie).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X")
-    })
 }
 
 fn kill9(pid: u32) {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use kip_providers::s3::client::S3Client;
 
 use crate::apply::Stack;
-use crate::support::{HostilePoller, free_port, pid_of};
+use crate::support::{HostilePoller, free_port, pid_of, wait_gone};
 
 /// Runs `future` on a runtime of its own (the tests are plain threads).
 pub(crate) fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
@@ -169,6 +169,36 @@ fn a_killed_engine_is_restarted_with_its_data() {
     let read = s3.get_object_retrying("keep", "a/b.txt", Duration::from_secs(10));
     assert_eq!(block_on(read).unwrap(), "kept");
     assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
+}
+
+/// The supervisor SIGKILLed, and then weed: the next kip's supervisor finds weed gone, and the destroy that follows
+/// (which spawns nothing) leaves none of weed's sockets in /tmp.
+#[test]
+fn a_destroy_after_the_supervisor_and_weed_were_killed_leaves_no_socket() {
+    let stack = Stack::new("s3 \"store\" {\n  version = \"4\"\n}\n");
+    stack.ok(&["apply", "--auto-approve"]);
+    let sockets = kip_providers::s3::config::grpc_sockets(&state_ports(&stack, "s3.store"));
+    assert!(
+        sockets.iter().any(|socket| socket.exists()),
+        "weed serves gRPC on {sockets:?}"
+    );
+    let weed = pid_of(&stack, "s3.store");
+    let supervisor: u32 = std::fs::read_to_string(stack.project.path().join(".kip/supervisor.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    for pid in [supervisor, weed] {
+        let killed = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        wait_gone(pid, Duration::from_secs(10));
+    }
+    stack.ok(&["destroy", "--auto-approve"]);
+    let left: Vec<&PathBuf> = sockets.iter().filter(|socket| socket.exists()).collect();
+    assert!(left.is_empty(), "left in /tmp after destroy: {left:?}");
 }
 
 #[test]

@@ -328,3 +328,26 @@ pub fn refuses_taken_port(stack: &crate::apply::Stack, port: u16) {
     let ps = stack.ok(&["ps", "--json"]);
     assert_eq!(ps.stdout.trim(), "[]", "nothing was spawned");
 }
+
+/// Whether `pid` is a running process: a zombie (exited, not yet reaped by whoever inherited it) is not.
+pub fn alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, Some('Z' | 'X') | None)
+}
+
+/// Waits until `pid` is no running process ([`alive`]), failing the test after `timeout`.
+pub fn wait_gone(pid: u32, timeout: std::time::Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    while alive(pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pid {pid} is still alive after {timeout:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}

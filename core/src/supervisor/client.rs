@@ -206,8 +206,10 @@ impl Client {
     }
 
     /// [`Client::connect`]; when no supervisor answers but the persisted process table lists processes that still
-    /// run (their supervisor was killed), starts one with [`Client::start_daemon`], which adopts them, and returns
-    /// the connection to it. `None` when no supervisor runs and nothing is left to adopt: nothing is started.
+    /// run (their supervisor was killed), or gone ones whose files outside their directories are still there,
+    /// starts one with [`Client::start_daemon`], which adopts them or removes those files, and returns the
+    /// connection to it. `None` when no supervisor runs and nothing is left to adopt or clean up: nothing is
+    /// started.
     ///
     /// For commands that act on what runs (`ps`, `down`, `destroy`, `apply`) without necessarily starting anything.
     pub async fn connect_or_adopt(
@@ -218,7 +220,7 @@ impl Client {
         if let Some(client) = Client::connect(kip_dir).await? {
             return Ok(Some(client));
         }
-        if !table::lists_a_live_process(&table_path(kip_dir)) {
+        if !table::calls_for_a_supervisor(&table_path(kip_dir)) {
             return Ok(None);
         }
         Client::start_daemon(kip_dir, kip_exe, args).await.map(Some)

@@ -103,12 +103,19 @@ pub(super) fn load(path: &Path) -> Result<Vec<Record>, LoadError> {
     Ok(file.processes)
 }
 
-/// Whether the table at `path` names a process that is still alive (so that a supervisor should adopt it).
-pub(super) fn lists_a_live_process(path: &Path) -> bool {
+/// Whether the table at `path` calls for a supervisor: it names a process that is still alive (to adopt), or one
+/// that is gone and left files outside its directories (`leaves`), which only a supervisor removes (a destroy after
+/// the supervisor and its processes were killed would otherwise leave them).
+pub(super) fn calls_for_a_supervisor(path: &Path) -> bool {
     load(path).is_ok_and(|records| {
-        records
-            .iter()
-            .any(|record| record.identify() == Some(Identity::Alive))
+        records.iter().any(|record| match record.identify() {
+            Some(Identity::Alive) => true,
+            _ => record
+                .spec
+                .leaves
+                .iter()
+                .any(|leaf| leaf.symlink_metadata().is_ok()),
+        })
     })
 }
 
@@ -286,15 +293,24 @@ mod tests {
         let loaded = load(&path).unwrap();
         assert_eq!(loaded.len(), 2);
         assert_eq!(loaded[0], record(3, Some(std::process::id()), Some(own)));
-        assert!(lists_a_live_process(&path));
+        assert!(calls_for_a_supervisor(&path));
 
         store.remove(3);
         assert_eq!(load(&path).unwrap(), vec![record(7, None, None)]);
-        assert!(!lists_a_live_process(&path));
+        assert!(!calls_for_a_supervisor(&path));
 
         // A reused pid (this process, with another start time) is not alive.
         store.put(record(8, Some(std::process::id()), Some(own + 1)));
-        assert!(!lists_a_live_process(&path));
+        assert!(!calls_for_a_supervisor(&path));
+
+        // A gone process whose file outside its directories is still there: a supervisor removes it.
+        let leaf = dir.path().join("left.sock");
+        let mut gone = record(9, Some(std::process::id()), Some(own + 1));
+        gone.spec.leaves = vec![leaf.clone()];
+        store.put(gone);
+        assert!(!calls_for_a_supervisor(&path), "no file, no supervisor");
+        std::fs::write(&leaf, "").unwrap();
+        assert!(calls_for_a_supervisor(&path));
 
         std::fs::write(
             &path,
