@@ -132,6 +132,11 @@ fn logs_show_the_instance_log_and_follow_it() {
 fn run_passes_the_environment_and_the_exit_code() {
     let stack = applied();
     let url = stack.ok(&["url", "postgres.main.database.shop"]).stdout;
+    // As a kip.hcl reference writes it, too.
+    assert_eq!(
+        stack.ok(&["url", "postgres.main.database.shop.url"]).stdout,
+        url
+    );
     let run = stack.ok(&["run", "--", "sh", "-c", "echo $DATABASE_URL"]);
     assert_eq!(run.stdout, url);
     assert!(url.starts_with("postgresql://app:"), "{url}");

@@ -17,7 +17,8 @@ use crate::{ExitStatus, with_hint};
 
 #[derive(Debug, clap::Args)]
 pub struct UrlArgs {
-    /// An instance or object address: postgres.main, postgres.main.database.shop, postgres.main.role["app.user"].
+    /// An instance or object address: postgres.main, postgres.main.database.shop, postgres.main.role["app.user"]
+    /// (or the reference a kip.hcl writes for its url: postgres.main.database.shop.url).
     pub address: String,
     #[command(flatten)]
     pub vars: VarArgs,
@@ -77,7 +78,15 @@ fn text(value: &serde_json::Value) -> String {
 }
 
 pub fn url(context: &Context, args: UrlArgs) -> anyhow::Result<ExitStatus> {
-    let address = parse_address(&args.address)?;
+    // The reference a kip.hcl would write (`postgres.main.database.shop.url`) names the same url: when the text is
+    // no address as a whole, it is taken without its `.url`.
+    let address = match parse_address(&args.address) {
+        Ok(address) => address,
+        Err(error) => match args.address.strip_suffix(".url").map(parse_address) {
+            Some(Ok(address)) => address,
+            _ => return Err(error),
+        },
+    };
     let project = project(context)?;
     let state = State::read(&project.kip_dir).map_err(state_error)?;
     let exports = exports_of(&project, &engines(), &state, &address)?;
