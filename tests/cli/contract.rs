@@ -722,6 +722,47 @@ fn down_and_destroy_leave_no_supervisor_behind() {
     left_after("destroy", 5);
 }
 
+/// The supervisor and then the postmaster SIGKILLed: nothing will start on that data directory again, so no
+/// postmaster removes the SysV segment the killed one named in `postmaster.pid`. The destroy that follows removes
+/// it, and only it.
+#[test]
+fn a_destroy_after_the_supervisor_and_postmaster_were_killed_leaves_no_shared_memory() {
+    let stack = Contract::new("postgres \"main\" {\n  version = \"16\"\n}\n");
+    stack.ok(&["apply", "--auto-approve"]);
+    let data_dir = stack.data_dir("postgres.main");
+    let pid_file = std::fs::read_to_string(data_dir.join("postmaster.pid")).unwrap();
+    let segment: Vec<String> = pid_file
+        .lines()
+        .nth(6)
+        .unwrap_or_else(|| panic!("postmaster.pid names its segment:\n{pid_file}"))
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let listed = || {
+        std::fs::read_to_string("/proc/sysvipc/shm")
+            .unwrap()
+            .lines()
+            .any(|line| {
+                line.split_whitespace()
+                    .take(2)
+                    .eq(segment.iter().map(String::as_str))
+            })
+    };
+    assert!(
+        listed(),
+        "the segment {segment:?} exists while the server runs"
+    );
+
+    let postmaster = stack.ready_pid("postgres.main");
+    stack.kill_supervisor();
+    sigkill(postmaster);
+    wait_gone(postmaster, Duration::from_secs(10));
+    assert!(listed(), "a SIGKILLed postmaster leaves its segment");
+    stack.ok(&["destroy", "--auto-approve"]);
+    assert!(!listed(), "the segment {segment:?} outlived the destroy");
+    assert!(postmasters_under(stack.root()).is_empty());
+}
+
 // ===============================================================================================================
 // 3. Awkward labels.
 

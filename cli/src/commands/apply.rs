@@ -269,8 +269,10 @@ pub fn destroy(context: &Context, args: DestroyArgs) -> anyhow::Result<ExitStatu
         }
     }
     let supervisors = supervisors(&project);
+    let engines = engines();
     let destroyer = Destroyer {
         project: &project,
+        engines: &engines,
         supervisors: &supervisors,
         report: &Steps,
         parallelism: args.parallelism,

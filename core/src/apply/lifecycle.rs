@@ -247,9 +247,12 @@ async fn stop_processes(
 }
 
 /// Stops the instance (with its discard sequence: nothing it would write on the way out is kept), checks nothing
-/// of it runs any more, and removes its directories. A data directory is never removed under a live process.
+/// of it runs any more, lets the engine release what its processes left outside its directories
+/// ([`Engine::release`]), and removes its directories. A data directory is never removed under a live process.
 pub async fn destroy(
     supervisor: &mut dyn Supervise,
+    engine: Option<&dyn Engine>,
+    project: &Project,
     address: &Address,
     saved: &InstanceState,
 ) -> Result<(), InstanceError> {
@@ -264,6 +267,10 @@ pub async fn destroy(
         return Err(InstanceError::StillRunning {
             names: live.join(", "),
         });
+    }
+    // An engine this kip no longer has cannot be asked; its directories go all the same.
+    if let Some(engine) = engine {
+        engine.release(&ctx_from_state(project, address, saved));
     }
     for dir in [&saved.dir, &saved.log_dir] {
         if dir.as_os_str().is_empty() || !dir.exists() {

@@ -125,6 +125,7 @@ impl Applier<'_> {
             .collect();
         let destroyer = Destroyer {
             project: self.project,
+            engines: self.engines,
             supervisors: self.supervisors,
             report: self.report,
             parallelism: self.parallelism,
@@ -481,7 +482,7 @@ impl Applier<'_> {
             let saved = locked(state).instances.get(address).cloned();
             if let Some(saved) = saved {
                 self.report.step(address, "replacing");
-                lifecycle::destroy(supervisor, address, &saved).await?;
+                lifecycle::destroy(supervisor, Some(engine), self.project, address, &saved).await?;
                 let mut guard = locked(state);
                 guard.instances.remove(address);
                 guard.write(&self.project.kip_dir)?;
@@ -711,6 +712,8 @@ impl Applier<'_> {
 /// Destroys instances: stops them, removes their data, drops them from the state, dependents first.
 pub struct Destroyer<'a> {
     pub project: &'a Project,
+    /// Asked to release what an instance's processes left outside its directories ([`Engine::release`]).
+    pub engines: &'a Engines,
     pub supervisors: &'a dyn Supervisors,
     pub report: &'a dyn Report,
     pub parallelism: usize,
@@ -799,8 +802,12 @@ impl Destroyer<'_> {
             return Ok(());
         };
         self.report.step(address, "destroying");
+        let engine = self
+            .engines
+            .get(&address.engine)
+            .map(|engine| engine.as_ref());
         let mut supervisor = self.supervisors.connect();
-        lifecycle::destroy(supervisor.as_mut(), address, &saved).await?;
+        lifecycle::destroy(supervisor.as_mut(), engine, self.project, address, &saved).await?;
         let mut guard = locked(state);
         guard.instances.remove(address);
         guard.write(&self.project.kip_dir)?;

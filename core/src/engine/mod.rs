@@ -338,6 +338,12 @@ pub trait Engine: Send + Sync {
             .collect()
     }
 
+    /// Runs when the instance is destroyed, once none of its processes runs and before its directories are
+    /// deleted: removes what its processes left outside them that only the engine knows of (PostgreSQL's SysV
+    /// shared-memory segment, after a postmaster was SIGKILLed). Best effort, and never fatal: it logs what it
+    /// could not remove.
+    fn release(&self, _instance: &InstanceCtx) {}
+
     /// Waits until the started instance serves its clients (its processes passed their probes already): the
     /// *ready* step, through the engine's own client. PostgreSQL, for one, listens a moment before it takes
     /// sessions.

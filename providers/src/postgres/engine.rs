@@ -255,6 +255,14 @@ impl Engine for Postgres {
         })
     }
 
+    fn release(&self, ctx: &InstanceCtx) {
+        let uid = ctx
+            .run_as
+            .as_ref()
+            .map_or_else(|| rustix::process::geteuid().as_raw(), |run_as| run_as.uid);
+        super::shmem::release(&ctx.data_dir, uid);
+    }
+
     fn spawn_specs(&self, ctx: &InstanceCtx) -> Result<Vec<SpawnSpec>, EngineError> {
         let args: InstanceArgs = ctx.args()?;
         let toolchain = ctx.toolchain()?;

@@ -23,6 +23,7 @@ pub mod live;
 pub mod observe;
 pub mod quote;
 pub mod scram;
+pub mod shmem;
 pub mod spawn;
 pub mod sql;
 pub mod template;

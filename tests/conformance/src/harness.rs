@@ -464,6 +464,7 @@ impl Harness {
         self.ensure_daemon();
         let destroyer = Destroyer {
             project: &self.project,
+            engines: &self.setup.engines,
             supervisors: self.supervisors.as_ref(),
             report: &Quiet,
             parallelism: self.setup.parallelism,
