@@ -95,6 +95,14 @@ pub struct RunAs {
     pub gid: u32,
 }
 
+impl RunAs {
+    /// The uid a process runs as: `run_as`'s, or without one, this process's own (kip runs engines as itself when
+    /// it is not root).
+    pub fn uid_or_own(run_as: Option<&RunAs>) -> u32 {
+        run_as.map_or_else(|| rustix::process::geteuid().as_raw(), |run_as| run_as.uid)
+    }
+}
+
 /// One process of an instance, as the supervisor runs it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpawnSpec {

@@ -53,7 +53,7 @@ use super::probe::{self, Prober};
 use super::procfs::{self, Identity};
 use super::table::{NAME_ENV, RUN_ENV, Record, Store};
 use super::{ProcessState, ProcessStatus, logfile};
-use crate::engine::{ProbeKind, RestartPolicy, SpawnSpec};
+use crate::engine::{ProbeKind, RestartPolicy, RunAs, SpawnSpec};
 
 /// The first restart waits this long; each further one twice as long as the one before.
 pub(super) const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
@@ -1185,9 +1185,7 @@ async fn wait_for_leftovers(spec: &SpawnSpec) {
 
 /// The account `spec`'s process runs as: its `run_as`, or the supervisor's own.
 fn account(spec: &SpawnSpec) -> u32 {
-    spec.run_as
-        .as_ref()
-        .map_or_else(|| rustix::process::geteuid().as_raw(), |run_as| run_as.uid)
+    RunAs::uid_or_own(spec.run_as.as_ref())
 }
 
 /// Removes the files `spec`'s process leaves outside its directories ([`SpawnSpec::leaves`]) that are its

@@ -6,7 +6,8 @@
 
 use kip_core::address::Address;
 use kip_core::engine::{
-    BoxFuture, Engine, EngineError, Exports, InstanceCtx, Managed, Observed, Reconfigure, SpawnSpec,
+    BoxFuture, Engine, EngineError, Exports, InstanceCtx, Managed, Observed, Reconfigure, RunAs,
+    SpawnSpec,
 };
 use kip_core::plan::{Change, Desired};
 use kip_schemas::EngineSchema;
@@ -256,11 +257,7 @@ impl Engine for Postgres {
     }
 
     fn release(&self, ctx: &InstanceCtx) {
-        let uid = ctx
-            .run_as
-            .as_ref()
-            .map_or_else(|| rustix::process::geteuid().as_raw(), |run_as| run_as.uid);
-        super::shmem::release(&ctx.data_dir, uid);
+        super::shmem::release(&ctx.data_dir, RunAs::uid_or_own(ctx.run_as.as_ref()));
     }
 
     fn spawn_specs(&self, ctx: &InstanceCtx) -> Result<Vec<SpawnSpec>, EngineError> {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use kip_core::address::Address;
 use kip_core::engine::{
     BoxFuture, Engine, EngineError, Exports, InstanceCtx, Managed, Observed, Probe, ProbeKind,
-    Reconfigure, RestartPolicy, SpawnSpec, StopSpec,
+    Reconfigure, RestartPolicy, RunAs, SpawnSpec, StopSpec,
 };
 use kip_core::plan::{Action, Attributes, Change, Desired};
 use kip_schemas::EngineSchema;
@@ -249,10 +249,7 @@ impl Engine for S3 {
             }
             // SeaweedFS listens on these too. The supervisor removes the instance's own (`leaves`) before each
             // start; a file another account put at one of those paths would stop weed, and is not kip's to remove.
-            let account = ctx
-                .run_as
-                .as_ref()
-                .map_or_else(|| rustix::process::geteuid().as_raw(), |run_as| run_as.uid);
+            let account = RunAs::uid_or_own(ctx.run_as.as_ref());
             for socket in config::grpc_sockets(&ctx.ports) {
                 if let Ok(metadata) = std::fs::symlink_metadata(&socket)
                     && std::os::unix::fs::MetadataExt::uid(&metadata) != account
