@@ -439,15 +439,22 @@ impl Harness {
         Ok(processes.len())
     }
 
-    /// Destroys every instance and stops the supervisor; what is left behind (processes, directories, ports,
-    /// state entries), in words.
+    /// Destroys every instance and stops the supervisor; what is left behind (processes, directories, files its
+    /// processes leave outside them, ports, state entries), in words.
     pub fn destroy_everything(&self) -> Result<Vec<String>, String> {
         let mut state = self.state();
         let instances: Vec<Address> = state.instances.keys().cloned().collect();
         let mut dirs = Vec::new();
+        let mut files = Vec::new();
         let mut ports = Vec::new();
         for instance in &instances {
             let saved = &state.instances[instance];
+            if let Some(engine) = self.setup.engines.get(&instance.engine)
+                && let Ok(specs) =
+                    engine.spawn_specs(&lifecycle::ctx_from_state(&self.project, instance, saved))
+            {
+                files.extend(specs.into_iter().flat_map(|spec| spec.leaves));
+            }
             dirs.extend([
                 saved.dir.clone(),
                 saved.run_dir.clone(),
@@ -482,6 +489,11 @@ impl Harness {
         for dir in dirs {
             if dir.exists() {
                 leftovers.push(format!("directory {}", dir.display()));
+            }
+        }
+        for file in files {
+            if file.symlink_metadata().is_ok() {
+                leftovers.push(format!("file {}", file.display()));
             }
         }
         for port in ports {

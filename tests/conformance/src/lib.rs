@@ -16,7 +16,8 @@
 //!    else) and apply repairs it;
 //! 6. an object removed from the configuration is pruned;
 //! 7. data survives `kip down` + `kip up`, and a SIGKILL of the engine's processes;
-//! 8. destroy leaves no process, socket, port or state entry.
+//! 8. destroy leaves no process, socket, port, file its processes leave outside its directories (`leaves`) or state
+//!    entry.
 //!
 //! ```no_run
 //! # use kip_conformance::{Setup, run};
