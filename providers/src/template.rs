@@ -6,7 +6,10 @@
 //! Concurrency: a template is built in a private temp dir under `.tmp/` while holding a per-template file lock, and
 //! renamed into place when complete. Two kips never build the same template twice, and no reader ever sees half of
 //! one: the final directory either does not exist or is complete. A crash leaves only a temp dir, which the next
-//! builder removes once it holds the lock.
+//! builder removes once it holds the lock. The tools a killed kip started (initdb and the backends it runs) outlive
+//! it and go on working in that temp dir: the next builder waits for them to finish before removing it (removing it
+//! under them makes a backend abort and leave its shared memory), then lets the engine release what a killed tool
+//! left behind ([`ensure`]'s `release`).
 //!
 //! Spares, as pg_tmp keeps them: after an instance is provisioned, the next instance's data directory is prepared
 //! ahead of time, out of the user's way ([`take_wanted_spares`], [`prepare_spare`]: the CLI runs it in a detached,
@@ -43,6 +46,16 @@ pub enum TemplateError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "an earlier kip's template build still runs in {} after {waited:?} (process {})",
+        path.display(),
+        pids.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+    )]
+    Busy {
+        path: PathBuf,
+        pids: Vec<u32>,
+        waited: std::time::Duration,
+    },
     #[error(transparent)]
     RunAs(#[from] RunAsError),
 }
@@ -53,6 +66,11 @@ impl TemplateError {
         match self {
             TemplateError::RunAs(error) => error.hint(),
             TemplateError::Io { .. } => None,
+            TemplateError::Busy { .. } => Some(
+                "a kip that was killed while building this template left its tools running; wait for them to end \
+                 (or stop them) and run the command again"
+                    .into(),
+            ),
         }
     }
 }
@@ -101,10 +119,14 @@ pub fn template_name(engine: &str, version: &str, options: Option<&str>) -> Stri
 ///
 /// `build` gets the work directory and must leave a whole template in it; this function renames it into place.
 /// The shared parts of a build are [`seal`] (the template kip's own, its bootstrap password written).
+///
+/// `release` gets each leftover work directory of a killed builder once no process works in it any more, before it
+/// is removed: the engine frees there what its killed tools could not (PostgreSQL: a shared-memory segment).
 pub fn ensure<E: From<TemplateError>>(
     templates_dir: &Path,
     name: &str,
     is_complete: impl Fn(&Path) -> bool,
+    release: impl Fn(&Path),
     build: impl FnOnce(&Path) -> Result<(), E>,
 ) -> Result<PathBuf, E> {
     let target = templates_dir.join(name);
@@ -124,7 +146,7 @@ pub fn ensure<E: From<TemplateError>>(
         return Ok(target);
     }
     // Holding the lock, anything left under this template's name is a crashed builder's garbage.
-    remove_leftovers(&temp, name);
+    remove_leftovers(&temp, name, &release)?;
     let work = temp.join(format!("{name}.{}", std::process::id()));
     std::fs::create_dir(&work).map_err(io_error("create", &work))?;
     let result = build(&work).and_then(|()| {
@@ -155,16 +177,72 @@ fn open_lock(path: &Path) -> Result<std::fs::File, TemplateError> {
         .map_err(io_error("open", path))
 }
 
-fn remove_leftovers(temp: &Path, name: &str) {
+/// How long a builder waits for the tools of a killed one to finish (initdb takes well under a second here, and
+/// mariadb-install-db a few).
+const LEFTOVER_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Removes the work directories a killed builder of template `name` left in `temp`, each once no process works in
+/// it any more and `release` has seen it.
+fn remove_leftovers(temp: &Path, name: &str, release: &dyn Fn(&Path)) -> Result<(), TemplateError> {
+    remove_leftovers_within(temp, name, release, LEFTOVER_WAIT)
+}
+
+fn remove_leftovers_within(
+    temp: &Path,
+    name: &str,
+    release: &dyn Fn(&Path),
+    limit: std::time::Duration,
+) -> Result<(), TemplateError> {
     let prefix = format!("{name}.");
     let Ok(entries) = std::fs::read_dir(temp) else {
-        return;
+        return Ok(());
     };
     for entry in entries.flatten() {
         if entry.file_name().to_string_lossy().starts_with(&prefix) {
-            let _ = std::fs::remove_dir_all(entry.path());
+            let path = entry.path();
+            wait_for_no_one_in(&path, limit)?;
+            release(&path);
+            let _ = std::fs::remove_dir_all(&path);
         }
     }
+    Ok(())
+}
+
+/// Waits until no process has its working directory in `dir` (or under it), for up to `limit`.
+fn wait_for_no_one_in(dir: &Path, limit: std::time::Duration) -> Result<(), TemplateError> {
+    let started = std::time::Instant::now();
+    loop {
+        let pids = working_in(dir);
+        if pids.is_empty() {
+            return Ok(());
+        }
+        if started.elapsed() >= limit {
+            return Err(TemplateError::Busy {
+                path: dir.to_owned(),
+                pids,
+                waited: limit,
+            });
+        }
+        tracing::debug!(dir = %dir.display(), ?pids, "waiting for a killed builder's tools to finish");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The processes whose working directory is `dir` or under it, from `/proc/<pid>/cwd` (an engine's initialisation
+/// tools and its backends all work in the data directory they build). Processes whose `cwd` cannot be read (another
+/// account's, when kip is not root) are not seen; those are not kip's tools either.
+pub fn working_in(dir: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cwd = std::fs::read_link(entry.path().join("cwd")).ok()?;
+            cwd.starts_with(dir).then_some(pid)
+        })
+        .collect()
 }
 
 /// Prepares `work` for an engine's initialisation tool run as `run_as`: the directory given to that account, and
@@ -689,6 +767,55 @@ pub fn output_tail(output: &std::process::Output, lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_leftover_is_removed_only_once_the_tools_working_in_it_are_gone() {
+        let temp = tempfile::tempdir().unwrap();
+        let leftover = temp.path().join("postgres-16.4242");
+        std::fs::create_dir_all(leftover.join("base")).unwrap();
+        // A killed builder's tool, still at work in the leftover (its working directory a level down).
+        let mut tool = std::process::Command::new("sleep")
+            .arg("30")
+            .current_dir(leftover.join("base"))
+            .spawn()
+            .unwrap();
+        assert_eq!(working_in(&leftover), [tool.id()]);
+        let busy = wait_for_no_one_in(&leftover, std::time::Duration::from_millis(50)).unwrap_err();
+        assert!(
+            busy.to_string().contains(&tool.id().to_string()) && busy.hint().is_some(),
+            "{busy}"
+        );
+        let released = std::cell::Cell::new(0);
+        assert!(
+            remove_leftovers_within(
+                temp.path(),
+                "postgres-16",
+                &|_| released.set(released.get() + 1),
+                std::time::Duration::from_millis(50)
+            )
+            .is_err()
+        );
+        assert!(leftover.is_dir(), "nothing is removed under a running tool");
+        assert_eq!(released.get(), 0);
+        tool.kill().unwrap();
+        tool.wait().unwrap();
+        remove_leftovers_within(
+            temp.path(),
+            "postgres-16",
+            &|path| {
+                assert_eq!(path, leftover);
+                released.set(released.get() + 1);
+            },
+            std::time::Duration::from_millis(50),
+        )
+        .unwrap();
+        assert!(!leftover.exists());
+        assert_eq!(
+            released.get(),
+            1,
+            "the engine saw the leftover before its removal"
+        );
+    }
 
     #[test]
     fn names_are_stable_and_safe() {

@@ -177,6 +177,29 @@ fn sigkill_at_any_point_leaves_a_state_the_next_apply_repairs() {
         "one postgres, not two\n{}",
         ps.stdout
     );
+    // Kills that landed while the template was built (initdb and its standalone backends outlive the kip that
+    // started them) leave no shared memory behind: the segment of the running postmaster is the account's only
+    // one, and it is attached.
+    let state: serde_json::Value =
+        serde_json::from_str(&stack.project.read(".kip/state.json")).unwrap();
+    let data_dir = state["instances"]["postgres.main"]["data_dir"]
+        .as_str()
+        .unwrap();
+    let account = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(data_dir).unwrap());
+    let table = std::fs::read_to_string("/proc/sysvipc/shm").unwrap();
+    let left: Vec<&str> = table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(7) == Some(&account.to_string().as_str()) && fields.get(6) == Some(&"0")
+        })
+        .collect();
+    assert!(
+        left.is_empty(),
+        "segments of the project's account ({account}) that nothing is attached to:\n{}",
+        left.join("\n")
+    );
 }
 
 #[test]

@@ -53,6 +53,8 @@ pub fn ensure_template(
         templates_dir,
         &template_name(version),
         is_complete,
+        // mariadbd's bootstrap keeps nothing outside its directory.
+        |_| {},
         |work| build(toolchain_root, version, work, run_as),
     )
 }

@@ -4,7 +4,8 @@
 //! id) on line 7 of `postmaster.pid`. A postmaster that stops removes it; one that is SIGKILLed leaves it, and the
 //! next postmaster on the same data directory removes it at its start. When the instance is destroyed after such a
 //! kill, no postmaster ever starts there again, and the segment would stay until the machine reboots (the kernel
-//! allows 4,096). So a destroy removes it: only the segment `postmaster.pid` names, only when no process is attached
+//! allows 4,096). The same goes for initdb's standalone backends, killed with the kip that was building a template.
+//! So a destroy (and the next template build) removes it: only the segment `postmaster.pid` names, only when no process is attached
 //! to it, and only when it is the instance's account's.
 
 use std::path::Path;
@@ -54,6 +55,15 @@ pub fn removable(postmaster_pid: &str, table: &str, uid: u32) -> Option<Segment>
         .into_iter()
         .find(|segment| segment.id == id && segment.key == key)
         .filter(|segment| segment.attached == 0 && segment.uid == uid)
+}
+
+/// Removes the segment a killed standalone backend (initdb's) left, named by the `postmaster.pid` in `work` (a
+/// template build's leftover directory), when that file's owner owns the segment.
+pub fn release_left_in(work: &Path) {
+    use std::os::unix::fs::MetadataExt as _;
+    if let Ok(metadata) = std::fs::metadata(work.join("postmaster.pid")) {
+        release(work, metadata.uid());
+    }
 }
 
 /// Removes the segment the data directory's `postmaster.pid` names, if [`removable`] allows it (with `ipcrm`, which

@@ -115,6 +115,7 @@ pub fn ensure_template(
         templates_dir,
         &options.template_name(version),
         is_complete,
+        super::shmem::release_left_in,
         |work| build(toolchain_root, version, options, work, run_as),
     )
 }
