@@ -1,7 +1,8 @@
 //! Plan: what the configuration implies ([`crate::desired`]), against what exists (the state, refreshed from
 //! the running engines so that a change made behind kip's back shows up), diffed into a [`Plan`].
 //!
-//! Instances are planned in dependency order. Once an instance is planned, if neither it nor any of its objects
+//! Instances are planned in dependency order, in waves (the instances of a wave depend only on earlier waves, and
+//! are refreshed concurrently). Once an instance is planned, if neither it nor any of its objects
 //! changes, its exports join the [`Scope`], so a reference to it is a known value in the plan; otherwise a
 //! reference to it is `(known after apply)`.
 
@@ -15,7 +16,7 @@ use crate::address::Address;
 use crate::apply::lifecycle;
 use crate::config::{Config, Instance};
 use crate::desired::{DesiredError, desired_nodes};
-use crate::engine::{EngineError, Engines, Managed};
+use crate::engine::{EngineError, Engines, Exports, Managed};
 use crate::graph::Graph;
 use crate::plan::{self, Action, Change, Existing, Fingerprinter, INSTANCE, Plan};
 use crate::project::Project;
@@ -91,6 +92,13 @@ fn existing_object(address: &Address, engine: &str, saved: &ObjectState) -> Exis
     }
 }
 
+/// What planning one instance gives: its changes, and its exports when another instance reads them and it does not
+/// change.
+struct Planned {
+    changes: Vec<Change>,
+    exports: Option<(Exports, Vec<(Address, Exports)>)>,
+}
+
 impl Planner<'_> {
     pub async fn plan(&self) -> Result<Plan, PlanError> {
         let fingerprints = Fingerprinter::new();
@@ -101,7 +109,6 @@ impl Planner<'_> {
             Vec::new()
         };
         let mut scope = Scope::new();
-        let mut changes = Vec::new();
         let ordered = self.instances_in_order();
         // Only what another instance reads goes into the scope: exports cost (a provider may derive a password per
         // object), and most instances are read by nobody.
@@ -109,74 +116,30 @@ impl Planner<'_> {
             .iter()
             .flat_map(|instance| crate::desired::instance_dependencies(self.graph, instance))
             .collect();
-        for instance in ordered {
-            let address = &instance.address;
-            let engine = self
-                .engines
-                .get(instance.engine.name)
-                .ok_or_else(|| PlanError::Unsupported {
-                    engine: instance.engine.name.into(),
-                    address: address.clone(),
-                })?
-                .as_ref();
-            let desired = desired_nodes(self.config, self.graph, instance, engine, &scope)?;
-            let saved = self.state.instances.get(address);
-            let mut existing: BTreeMap<Address, Existing> = BTreeMap::new();
-            if let Some(saved) = saved {
-                existing.insert(address.clone(), existing_instance(address, saved));
-                let running = lifecycle::processes_of(&statuses, address);
-                self.existing_objects(instance, saved, &desired, &running, &mut existing)
-                    .await?;
-            }
-            // An object attribute the configuration leaves unset (`null`, no default) is the engine's to choose,
-            // as Terraform's optional computed attributes: whatever it is, it is not a change. (The instance's
-            // own attributes compare exactly: an unset `port` means no TCP listener.)
-            for node in desired.iter().filter(|node| !node.address.is_instance()) {
-                if let Some(have) = existing.get_mut(&node.address) {
-                    for (name, value) in &node.attributes {
-                        if value.is_null() && !node.unknown.contains(name) {
-                            match have.attributes.get_mut(name) {
-                                Some(have) => *have = serde_json::Value::Null,
-                                None => {
-                                    have.attributes
-                                        .insert(name.clone(), serde_json::Value::Null);
-                                }
-                            }
-                        }
-                    }
+        // Instances are planned in waves: each wave holds the instances whose dependencies were all planned in
+        // earlier waves, and its instances are refreshed concurrently (each engine's round trips overlap the
+        // others'); the scope grows between waves. The changes keep the dependency order either way.
+        let mut planned: Vec<Option<Vec<Change>>> = ordered.iter().map(|_| None).collect();
+        for wave in self.waves(&ordered) {
+            let results = futures_util::future::join_all(wave.iter().map(|&index| {
+                self.plan_instance(
+                    ordered[index],
+                    &statuses,
+                    &scope,
+                    &read_by_others,
+                    &fingerprints,
+                )
+            }))
+            .await;
+            for (&index, result) in wave.iter().zip(results) {
+                let Planned { changes, exports } = result?;
+                if let Some((exports, objects)) = exports {
+                    scope.add_instance(&ordered[index].address, exports, objects);
                 }
+                planned[index] = Some(changes);
             }
-            let mut instance_changes = plan::diff(&desired, &existing, &fingerprints);
-            let replaced = instance_changes
-                .iter()
-                .any(|c| c.is_instance() && c.action == Action::Replace);
-            if replaced {
-                // A replaced instance starts empty: its declared objects are created again, and what it had goes
-                // with its data.
-                instance_changes.retain(|c| c.is_instance() || c.action != Action::Delete);
-                for change in instance_changes.iter_mut().filter(|c| !c.is_instance()) {
-                    change.action = Action::Create;
-                    change.before = None;
-                    change.replace_because.clear();
-                }
-            }
-            for change in instance_changes
-                .iter_mut()
-                .filter(|c| c.is_instance() && c.action == Action::Update)
-            {
-                change.restart_because = engine.restart_because(change);
-            }
-            let unchanged = instance_changes.iter().all(|c| c.action == Action::Noop);
-            if unchanged
-                && read_by_others.contains(address)
-                && let Some(saved) = saved
-            {
-                let ctx = lifecycle::ctx_from_state(self.project, address, saved);
-                let (exports, objects) = lifecycle::instance_exports(engine, &ctx);
-                scope.add_instance(address, exports, objects);
-            }
-            changes.extend(instance_changes);
         }
+        let mut changes: Vec<Change> = planned.into_iter().flatten().flatten().collect();
         // Instances the configuration no longer declares: deleted with everything in them.
         let declared: BTreeSet<&Address> =
             self.config.instances.iter().map(|i| &i.address).collect();
@@ -194,6 +157,103 @@ impl Planner<'_> {
             serial: self.state.serial,
             changes,
         })
+    }
+
+    /// The positions in `ordered` (dependency order) grouped in waves: an instance's wave is one after the latest
+    /// wave of the instances it depends on.
+    fn waves(&self, ordered: &[&Instance]) -> Vec<Vec<usize>> {
+        let mut wave_of: BTreeMap<&Address, usize> = BTreeMap::new();
+        let mut waves: Vec<Vec<usize>> = Vec::new();
+        for (index, instance) in ordered.iter().enumerate() {
+            let wave = crate::desired::instance_dependencies(self.graph, instance)
+                .iter()
+                .filter_map(|dependency| wave_of.get(dependency))
+                .map(|wave| wave + 1)
+                .max()
+                .unwrap_or(0);
+            wave_of.insert(&instance.address, wave);
+            if waves.len() <= wave {
+                waves.resize_with(wave + 1, Vec::new);
+            }
+            waves[wave].push(index);
+        }
+        waves
+    }
+
+    /// One declared instance: its desired nodes against what exists (refreshed when it runs), diffed.
+    async fn plan_instance(
+        &self,
+        instance: &Instance,
+        statuses: &[ProcessStatus],
+        scope: &Scope,
+        read_by_others: &BTreeSet<Address>,
+        fingerprints: &Fingerprinter,
+    ) -> Result<Planned, PlanError> {
+        let address = &instance.address;
+        let engine = self
+            .engines
+            .get(instance.engine.name)
+            .ok_or_else(|| PlanError::Unsupported {
+                engine: instance.engine.name.into(),
+                address: address.clone(),
+            })?
+            .as_ref();
+        let desired = desired_nodes(self.config, self.graph, instance, engine, scope)?;
+        let saved = self.state.instances.get(address);
+        let mut existing: BTreeMap<Address, Existing> = BTreeMap::new();
+        if let Some(saved) = saved {
+            existing.insert(address.clone(), existing_instance(address, saved));
+            let running = lifecycle::processes_of(statuses, address);
+            self.existing_objects(instance, saved, &desired, &running, &mut existing)
+                .await?;
+        }
+        // An object attribute the configuration leaves unset (`null`, no default) is the engine's to choose,
+        // as Terraform's optional computed attributes: whatever it is, it is not a change. (The instance's
+        // own attributes compare exactly: an unset `port` means no TCP listener.)
+        for node in desired.iter().filter(|node| !node.address.is_instance()) {
+            if let Some(have) = existing.get_mut(&node.address) {
+                for (name, value) in &node.attributes {
+                    if value.is_null() && !node.unknown.contains(name) {
+                        match have.attributes.get_mut(name) {
+                            Some(have) => *have = serde_json::Value::Null,
+                            None => {
+                                have.attributes
+                                    .insert(name.clone(), serde_json::Value::Null);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let mut changes = plan::diff(&desired, &existing, fingerprints);
+        let replaced = changes
+            .iter()
+            .any(|c| c.is_instance() && c.action == Action::Replace);
+        if replaced {
+            // A replaced instance starts empty: its declared objects are created again, and what it had goes
+            // with its data.
+            changes.retain(|c| c.is_instance() || c.action != Action::Delete);
+            for change in changes.iter_mut().filter(|c| !c.is_instance()) {
+                change.action = Action::Create;
+                change.before = None;
+                change.replace_because.clear();
+            }
+        }
+        for change in changes
+            .iter_mut()
+            .filter(|c| c.is_instance() && c.action == Action::Update)
+        {
+            change.restart_because = engine.restart_because(change);
+        }
+        let unchanged = changes.iter().all(|c| c.action == Action::Noop);
+        let exports = match saved {
+            Some(saved) if unchanged && read_by_others.contains(address) => {
+                let ctx = lifecycle::ctx_from_state(self.project, address, saved);
+                Some(lifecycle::instance_exports(engine, &ctx))
+            }
+            _ => None,
+        };
+        Ok(Planned { changes, exports })
     }
 
     /// The declared instances, each after every instance it (or any of its objects) depends on.

@@ -74,7 +74,12 @@ pub fn schema() -> &'static EngineSchema {
                     "The instance's password; generated when unset.",
                 )
                 .sensitive(),
-                Arg::new("delay_ms", T::Number, "Provisioning takes this long.").with_default(0),
+                Arg::new(
+                    "delay_ms",
+                    T::Number,
+                    "Provisioning takes this long, and so does each refresh.",
+                )
+                .with_default(0),
             ])
             .blocks(vec![
                 Block::named_object("item", "name", "An object in the fake's store.")
@@ -314,7 +319,13 @@ impl Engine for Fake {
         managed: &'a [Managed<'a>],
     ) -> BoxFuture<'a, Result<Vec<Observed>, EngineError>> {
         Box::pin(async move {
+            self.journal.record(&ctx.address, "refresh started");
+            let args: FakeArgs = ctx.args()?;
+            if args.delay_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(args.delay_ms)).await;
+            }
             let store = read_store(&store_path(&ctx.data_dir)).map_err(engine_error)?;
+            self.journal.record(&ctx.address, "refreshed");
             Ok(managed
                 .iter()
                 .filter_map(|node| {

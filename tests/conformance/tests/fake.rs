@@ -62,6 +62,41 @@ fake "c" { depends_on = [fake.a, fake.b] }
 }
 
 #[test]
+fn independent_instances_refresh_concurrently_and_dependents_after() {
+    let (setup, fake_engine, _) = setup();
+    let harness = Harness::new(
+        &setup,
+        r#"
+fake "a" { delay_ms = 200 }
+fake "b" { delay_ms = 200 }
+fake "c" {
+  delay_ms = 200
+  item "link" { value = fake.a.url }
+}
+"#,
+    );
+    // The apply's own plan has nothing to refresh (nothing exists yet); the clean plan after it refreshes all three.
+    harness.apply_clean("apply");
+    let journal = &fake_engine.journal;
+    let at = |name: &str, what: &str| {
+        journal
+            .when(&fake(name).to_string(), what)
+            .unwrap_or_else(|| panic!("{name}: no {what}: {:#?}", journal.events()))
+    };
+    assert!(
+        at("b", "refresh started") < at("a", "refreshed")
+            && at("a", "refresh started") < at("b", "refreshed"),
+        "a and b are refreshed at the same time: {:#?}",
+        journal.events()
+    );
+    assert!(
+        at("c", "refresh started") > at("a", "refreshed"),
+        "c reads a, so it is planned once a is: {:#?}",
+        journal.events()
+    );
+}
+
+#[test]
 fn a_failure_skips_its_dependents_once_and_the_rest_comes_up() {
     let (setup, _, supervisors) = setup();
     let harness = Harness::new(
