@@ -1,7 +1,8 @@
 //! Faults during apply, with real PostgreSQL: a kip killed with SIGKILL at several points leaves a state the next
 //! apply repairs (nothing duplicated or lost); an engine that fails to start reports its log tail while an
 //! independent instance still comes up; a declared port already taken is refused before spawning; a second kip
-//! waits for the state lock and then names its holder.
+//! waits for the state lock and then names its holder; and every other engine, SIGKILLed through its first apply
+//! the same way, is repaired by the next apply and leaves no process behind after a destroy.
 
 use std::io::Write as _;
 use std::time::Duration;
@@ -291,4 +292,129 @@ fn an_apply_after_a_kip_killed_mid_start_joins_that_start() {
     let run = stack.kip(&["apply", "--auto-approve"]);
     assert_eq!(run.code, 0, "{}", run.snapshot());
     assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
+}
+
+// ===============================================================================================================
+// Every other engine, SIGKILLed the same way through its first apply.
+
+/// The live processes (zombies aside) whose command line names `root`, or whose working directory is under it.
+fn processes_under(root: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || !crate::support::alive(pid) {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline"))
+            .map(|bytes| String::from_utf8_lossy(&bytes).replace('\0', " "))
+            .unwrap_or_default();
+        let cwd = std::fs::read_link(entry.path().join("cwd")).unwrap_or_default();
+        if cmdline.contains(&*root.to_string_lossy()) || cwd.starts_with(root) {
+            found.push(format!("{pid} (cwd {}): {cmdline}", cwd.display()));
+        }
+    }
+    found
+}
+
+/// Kills kip at several points of the first apply of `config` (toolchain already resolved, so the kills land in
+/// building a template, provisioning, spawning, waiting for ready and converging), then checks that the next apply
+/// repairs everything: the plan after it is empty, `kip ps` shows `processes` processes, and a destroy leaves no
+/// process of the project or of a killed template build behind.
+fn killed_at_any_point_of_a_first_apply(config: &str, processes: usize) {
+    let stack = Stack::new(config);
+    stack.ok(&["resolve"]);
+    for delay in [15, 60, 150, 300, 600, 1000, 1600] {
+        let mut command = stack.command(&["apply", "--auto-approve"]);
+        command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let mut child = command.spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let run = stack.kip(&["apply", "--auto-approve"]);
+    assert_eq!(
+        run.code,
+        0,
+        "the apply after the kills repairs everything\n{}",
+        run.snapshot()
+    );
+    let plan = stack.kip(&["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 0, "{}", plan.snapshot());
+    let ps = stack.ok(&["ps", "--json"]);
+    let listed: serde_json::Value = serde_json::from_str(&ps.stdout).unwrap();
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        processes,
+        "one of each, not two\n{}",
+        ps.stdout
+    );
+    stack.ok(&["destroy", "--auto-approve"]);
+    let roots = [stack.project.path().to_owned(), stack.project.cache_dir()];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<String> = roots
+            .iter()
+            .flat_map(|root| processes_under(root))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "processes outlived the destroy:\n{}",
+            left.join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn mariadb_killed_at_any_point_of_a_first_apply_is_repaired_by_the_next() {
+    killed_at_any_point_of_a_first_apply(
+        "mariadb \"main\" {\n  version = \"10.11\"\n  database \"shop\" {}\n  user \"app\" {\n    grant {\n      on         = \"shop.*\"\n      privileges = [\"SELECT\"]\n    }\n  }\n}\n",
+        1,
+    );
+}
+
+#[test]
+fn valkey_killed_at_any_point_of_a_first_apply_is_repaired_by_the_next() {
+    killed_at_any_point_of_a_first_apply(
+        "valkey \"cache\" {\n  version = \"9\"\n  user \"app\" {\n    commands = [\"+@read\"]\n    keys     = [\"app:*\"]\n  }\n}\n",
+        1,
+    );
+}
+
+#[test]
+fn nats_killed_at_any_point_of_a_first_apply_is_repaired_by_the_next() {
+    killed_at_any_point_of_a_first_apply(
+        "nats \"bus\" {\n  version = \"2\"\n  stream \"ORDERS\" {\n    subjects = [\"orders.>\"]\n  }\n  kv \"sessions\" {}\n}\n",
+        1,
+    );
+}
+
+#[test]
+fn s3_killed_at_any_point_of_a_first_apply_is_repaired_by_the_next() {
+    killed_at_any_point_of_a_first_apply(
+        "s3 \"store\" {\n  version = \"4\"\n  bucket \"keep\" {}\n}\n",
+        1,
+    );
+}
+
+#[test]
+fn a_process_killed_at_any_point_of_a_first_apply_is_repaired_by_the_next() {
+    killed_at_any_point_of_a_first_apply(
+        "process \"web\" {\n  command = [\"python3\", \"-c\", \"import time; time.sleep(1000)\"]\n}\n",
+        1,
+    );
 }
