@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::apply::Stack;
-use crate::support::{Run, alive, free_port, wait_gone};
+use crate::support::{Run, alive, all_pids, cmdline, free_port, wait_gone};
 
 /// A [`Stack`] whose drop also stops what kip itself failed to stop.
 struct Contract {
@@ -198,19 +198,6 @@ fn password_of(url: &str) -> String {
 // ---------------------------------------------------------------------------------------------------------------
 // Processes, read from /proc.
 
-/// A process's argv; empty when it is gone or unreadable.
-fn cmdline(pid: u32) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|bytes| {
-            bytes
-                .split(|b| *b == 0)
-                .filter(|part| !part.is_empty())
-                .map(|part| String::from_utf8_lossy(part).into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn signal(pid: u32, name: &str) {
     let _ = Command::new("kill")
         .args([format!("-{name}"), pid.to_string()])
@@ -220,14 +207,6 @@ fn signal(pid: u32, name: &str) {
 
 fn sigkill(pid: u32) {
     signal(pid, "KILL");
-}
-
-fn all_pids() -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
-        .collect()
 }
 
 /// Every live postmaster (`…/postgres -D DIR`) whose data directory lies under `root`, with that directory.

@@ -138,15 +138,7 @@ fn sigkill_at_any_point_leaves_a_state_the_next_apply_repairs() {
     // Warm the toolchain and template so the kills land in provisioning, spawning and converging.
     stack.ok(&["resolve"]);
     for delay in [20, 80, 150, 250, 400, 700] {
-        let mut command = stack.project.command(&["apply", "--auto-approve"]);
-        command.env("KIP_MIRROR", stack.server.base_url());
-        command
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        let mut child = command.spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(delay));
-        let _ = child.kill();
-        let _ = child.wait();
+        apply_killed_after(&stack, delay);
         if delay == 250 {
             // Also a destroy killed half-way, now and then: the next apply must cope with that too.
             stack.project.write("kip.hcl", config);
@@ -299,30 +291,29 @@ fn an_apply_after_a_kip_killed_mid_start_joins_that_start() {
 
 /// The live processes (zombies aside) whose command line names `root`, or whose working directory is under it.
 fn processes_under(root: &std::path::Path) -> Vec<String> {
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|name| name.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == std::process::id() || !crate::support::alive(pid) {
-            continue;
-        }
-        let cmdline = std::fs::read(entry.path().join("cmdline"))
-            .map(|bytes| String::from_utf8_lossy(&bytes).replace('\0', " "))
-            .unwrap_or_default();
-        let cwd = std::fs::read_link(entry.path().join("cwd")).unwrap_or_default();
-        if cmdline.contains(&*root.to_string_lossy()) || cwd.starts_with(root) {
-            found.push(format!("{pid} (cwd {}): {cmdline}", cwd.display()));
-        }
-    }
-    found
+    let root_text = root.to_string_lossy();
+    crate::support::all_pids()
+        .into_iter()
+        .filter(|&pid| pid != std::process::id() && crate::support::alive(pid))
+        .filter_map(|pid| {
+            let args = crate::support::cmdline(pid).join(" ");
+            let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+            (args.contains(&*root_text) || cwd.starts_with(root))
+                .then(|| format!("{pid} (cwd {}): {args}", cwd.display()))
+        })
+        .collect()
+}
+
+/// Starts `kip apply --auto-approve` and SIGKILLs it `delay` milliseconds later.
+fn apply_killed_after(stack: &Stack, delay: u64) {
+    let mut command = stack.command(&["apply", "--auto-approve"]);
+    command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = command.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(delay));
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Kills kip at several points of the first apply of `config` (toolchain already resolved, so the kills land in
@@ -333,14 +324,7 @@ fn killed_at_any_point_of_a_first_apply(config: &str, processes: usize) {
     let stack = Stack::new(config);
     stack.ok(&["resolve"]);
     for delay in [15, 60, 150, 300, 600, 1000, 1600] {
-        let mut command = stack.command(&["apply", "--auto-approve"]);
-        command
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        let mut child = command.spawn().unwrap();
-        std::thread::sleep(Duration::from_millis(delay));
-        let _ = child.kill();
-        let _ = child.wait();
+        apply_killed_after(&stack, delay);
     }
     let run = stack.kip(&["apply", "--auto-approve"]);
     assert_eq!(

@@ -108,24 +108,15 @@ impl Processes {
 fn stop_leftovers(root: &Path) {
     let own = std::process::id();
     let kip_dir = root.join(".kip").display().to_string();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|name| name.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    for pid in crate::support::all_pids() {
         if pid == own {
             continue;
         }
         let in_project =
             std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(root));
-        let supervisor = std::fs::read(format!("/proc/{pid}/cmdline"))
-            .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(&kip_dir));
+        let supervisor = crate::support::cmdline(pid)
+            .iter()
+            .any(|arg| arg.contains(&kip_dir));
         if in_project || supervisor {
             eprintln!("process tests: stopping {pid}, left running");
             let _ = Command::new("kill")

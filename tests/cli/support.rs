@@ -351,3 +351,25 @@ pub fn wait_gone(pid: u32, timeout: std::time::Duration) {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
+
+/// Every pid in /proc now.
+pub fn all_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// The arguments of `pid` (empty when it is gone or not readable).
+pub fn cmdline(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|bytes| {
+            bytes
+                .split(|b| *b == 0)
+                .filter(|part| !part.is_empty())
+                .map(|part| String::from_utf8_lossy(part).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
