@@ -150,7 +150,7 @@ impl Planner<'_> {
             .filter(|(address, _)| !declared.contains(address))
             .map(|(address, saved)| (address.clone(), existing_instance(address, saved)))
             .collect();
-        changes.extend(plan::diff(&[], &gone, &fingerprints));
+        changes.extend(plan::diff(Vec::new(), &gone, &fingerprints));
         Ok(Plan {
             format_version: plan::PLAN_FORMAT.into(),
             lineage: self.state.lineage.clone(),
@@ -225,7 +225,7 @@ impl Planner<'_> {
                 }
             }
         }
-        let mut changes = plan::diff(&desired, &existing, fingerprints);
+        let mut changes = plan::diff(desired, &existing, fingerprints);
         let replaced = changes
             .iter()
             .any(|c| c.is_instance() && c.action == Action::Replace);

@@ -45,6 +45,16 @@ impl Fingerprinter {
         serde_json::Value::String(format!("{SENSITIVE_PREFIX}{hex}"))
     }
 
+    /// `attributes` with every sensitive value replaced by its fingerprint, the others moved as they are.
+    fn redact_owned(&self, mut attributes: Attributes, sensitive: &BTreeSet<String>) -> Attributes {
+        for name in sensitive {
+            if let Some(value) = attributes.get_mut(name) {
+                *value = self.redact(value);
+            }
+        }
+        attributes
+    }
+
     fn redact_all(&self, attributes: &Attributes, sensitive: &BTreeSet<String>) -> Attributes {
         attributes
             .iter()
@@ -66,31 +76,52 @@ impl Default for Fingerprinter {
     }
 }
 
-/// Compares desired with existing nodes; existing nodes nobody desires are deleted.
+/// Compares desired with existing nodes; existing nodes nobody desires are deleted. The desired nodes are moved
+/// into the changes (their attributes become the after-values), not copied.
 pub fn diff(
-    desired: &[Desired],
+    desired: Vec<Desired>,
     existing: &BTreeMap<Address, Existing>,
     fingerprints: &Fingerprinter,
 ) -> Vec<Change> {
-    let mut changes = Vec::new();
-    let mut seen = BTreeSet::new();
+    // Deletions first, while the desired addresses can still be borrowed; they go after the rest, as always.
+    let deletions: Vec<Change> = {
+        let seen: BTreeSet<&Address> = desired.iter().map(|want| &want.address).collect();
+        existing
+            .iter()
+            .filter(|(address, _)| !seen.contains(address))
+            .map(|(address, have)| Change {
+                address: address.clone(),
+                engine: have.engine.clone(),
+                kind: have.kind.clone(),
+                action: Action::Delete,
+                before: Some(fingerprints.redact_all(&have.attributes, &have.sensitive)),
+                after: None,
+                after_unknown: BTreeSet::new(),
+                replace_because: Vec::new(),
+                restart_because: None,
+                sensitive: have.sensitive.clone(),
+                prevent_destroy: have.prevent_destroy,
+                depends_on: have.depends_on.clone(),
+            })
+            .collect()
+    };
+    let mut changes = Vec::with_capacity(desired.len() + deletions.len());
     for want in desired {
-        seen.insert(&want.address);
-        let after = fingerprints.redact_all(&want.attributes, &want.sensitive);
         let Some(have) = existing.get(&want.address) else {
+            let after = fingerprints.redact_owned(want.attributes, &want.sensitive);
             changes.push(Change {
-                address: want.address.clone(),
-                engine: want.engine.clone(),
-                kind: want.kind.clone(),
+                address: want.address,
+                engine: want.engine,
+                kind: want.kind,
                 action: Action::Create,
                 before: None,
                 after: Some(after),
-                after_unknown: want.unknown.clone(),
+                after_unknown: want.unknown,
                 replace_because: Vec::new(),
                 restart_because: None,
-                sensitive: want.sensitive.clone(),
+                sensitive: want.sensitive,
                 prevent_destroy: want.prevent_destroy,
-                depends_on: want.depends_on.clone(),
+                depends_on: want.depends_on,
             });
             continue;
         };
@@ -108,11 +139,24 @@ pub fn diff(
             })
             .map(|(key, _)| key.clone())
             .collect();
-        let (sensitive, before) =
+        let replace_because: Vec<String> = differing
+            .iter()
+            .filter(|key| want.replace_on.contains(*key))
+            .cloned()
+            .collect();
+        let action = if differing.is_empty() {
+            Action::Noop
+        } else if replace_because.is_empty() {
+            Action::Update
+        } else {
+            Action::Replace
+        };
+        let (sensitive, before, after) =
             if differing.is_empty() && have.sensitive.is_subset(&want.sensitive) {
                 // Nothing differs (the common case of a no-op plan): the existing values are the desired ones, and
                 // they are redacted alike.
-                (want.sensitive.clone(), after.clone())
+                let after = fingerprints.redact_owned(want.attributes, &want.sensitive);
+                (want.sensitive, after.clone(), after)
             } else {
                 let sensitive: BTreeSet<String> =
                     want.sensitive.union(&have.sensitive).cloned().collect();
@@ -129,55 +173,26 @@ pub fn diff(
                     })
                     .collect();
                 let before = fingerprints.redact_all(&before_real, &sensitive);
-                (sensitive, before)
+                let after = fingerprints.redact_owned(want.attributes, &want.sensitive);
+                (sensitive, before, after)
             };
-        let replace_because: Vec<String> = differing
-            .iter()
-            .filter(|key| want.replace_on.contains(*key))
-            .cloned()
-            .collect();
-        let action = if differing.is_empty() {
-            Action::Noop
-        } else if replace_because.is_empty() {
-            Action::Update
-        } else {
-            Action::Replace
-        };
         changes.push(Change {
-            address: want.address.clone(),
-            engine: want.engine.clone(),
-            kind: want.kind.clone(),
+            address: want.address,
+            engine: want.engine,
+            kind: want.kind,
             action,
             before: Some(before),
             after: Some(after),
-            after_unknown: want.unknown.clone(),
+            after_unknown: want.unknown,
             replace_because,
             restart_because: None,
             sensitive,
             // While the block exists, the configuration says whether it is protected (it can be unprotected).
             prevent_destroy: want.prevent_destroy,
-            depends_on: want.depends_on.clone(),
+            depends_on: want.depends_on,
         });
     }
-    for (address, have) in existing {
-        if seen.contains(address) {
-            continue;
-        }
-        changes.push(Change {
-            address: address.clone(),
-            engine: have.engine.clone(),
-            kind: have.kind.clone(),
-            action: Action::Delete,
-            before: Some(fingerprints.redact_all(&have.attributes, &have.sensitive)),
-            after: None,
-            after_unknown: BTreeSet::new(),
-            replace_because: Vec::new(),
-            restart_because: None,
-            sensitive: have.sensitive.clone(),
-            prevent_destroy: have.prevent_destroy,
-            depends_on: have.depends_on.clone(),
-        });
-    }
+    changes.extend(deletions);
     changes
 }
 
@@ -250,7 +265,7 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let changes = diff(&desired, &existing, &Fingerprinter::new());
+        let changes = diff(desired.clone(), &existing, &Fingerprinter::new());
         let actions: Vec<(String, Action)> = changes
             .iter()
             .map(|c| (c.address.label().unwrap().to_owned(), c.action))
@@ -302,7 +317,7 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let changes = diff(&desired, &existing, &fingerprints);
+        let changes = diff(desired.clone(), &existing, &fingerprints);
         let text = serde_json::to_string(&changes).unwrap();
         for secret in ["hunter2", "correct horse", "battery staple"] {
             assert!(!text.contains(secret), "{text}");
@@ -334,7 +349,7 @@ mod tests {
         )]
         .into_iter()
         .collect();
-        let changes = diff(&[node], &existing, &Fingerprinter::new());
+        let changes = diff(vec![node.clone()], &existing, &Fingerprinter::new());
         assert_eq!(changes[0].action, Action::Update);
         assert_eq!(changes[0].changed_attributes(), ["url"]);
     }
