@@ -231,7 +231,7 @@ fn wait_for_no_one_in(dir: &Path, limit: std::time::Duration) -> Result<(), Temp
 /// The processes whose working directory is `dir` or under it, from `/proc/<pid>/cwd` (an engine's initialisation
 /// tools and its backends all work in the data directory they build). Processes whose `cwd` cannot be read (another
 /// account's, when kip is not root) are not seen; those are not kip's tools either.
-pub fn working_in(dir: &Path) -> Vec<u32> {
+fn working_in(dir: &Path) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
