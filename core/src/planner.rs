@@ -10,6 +10,7 @@
 // per failed instance, never in a loop, so boxing them would cost clarity for nothing.
 #![allow(clippy::result_large_err)]
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::address::Address;
@@ -68,24 +69,24 @@ pub struct Planner<'a> {
     pub refresh: bool,
 }
 
-fn existing_instance(address: &Address, saved: &InstanceState) -> Existing {
+fn existing_instance<'s>(address: &Address, saved: &'s InstanceState) -> Existing<'s> {
     Existing {
         address: address.clone(),
         engine: saved.engine.clone(),
         kind: INSTANCE.into(),
-        attributes: saved.attributes.clone(),
+        attributes: Cow::Borrowed(&saved.attributes),
         sensitive: saved.sensitive.clone(),
         prevent_destroy: saved.prevent_destroy,
         depends_on: saved.depends_on.clone(),
     }
 }
 
-fn existing_object(address: &Address, engine: &str, saved: &ObjectState) -> Existing {
+fn existing_object<'s>(address: &Address, engine: &str, saved: &'s ObjectState) -> Existing<'s> {
     Existing {
         address: address.clone(),
         engine: engine.to_owned(),
         kind: saved.kind.clone(),
-        attributes: saved.attributes.clone(),
+        attributes: Cow::Borrowed(&saved.attributes),
         sensitive: saved.sensitive.clone(),
         prevent_destroy: saved.prevent_destroy,
         depends_on: Vec::new(),
@@ -209,18 +210,21 @@ impl Planner<'_> {
         }
         // An object attribute the configuration leaves unset (`null`, no default) is the engine's to choose,
         // as Terraform's optional computed attributes: whatever it is, it is not a change. (The instance's
-        // own attributes compare exactly: an unset `port` means no TCP listener.)
+        // own attributes compare exactly: an unset `port` means no TCP listener.) An attribute the existing side
+        // lacks is `null` there already; the state's attributes are copied only when one must change.
         for node in desired.iter().filter(|node| !node.address.is_instance()) {
             if let Some(have) = existing.get_mut(&node.address) {
                 for (name, value) in &node.attributes {
-                    if value.is_null() && !node.unknown.contains(name) {
-                        match have.attributes.get_mut(name) {
-                            Some(have) => *have = serde_json::Value::Null,
-                            None => {
-                                have.attributes
-                                    .insert(name.clone(), serde_json::Value::Null);
-                            }
-                        }
+                    if value.is_null()
+                        && !node.unknown.contains(name)
+                        && have
+                            .attributes
+                            .get(name)
+                            .is_some_and(|have| !have.is_null())
+                    {
+                        have.attributes
+                            .to_mut()
+                            .insert(name.clone(), serde_json::Value::Null);
                     }
                 }
             }
@@ -319,13 +323,13 @@ impl Planner<'_> {
 
     /// The objects that exist in an applied instance: refreshed from the engine when it runs, else as the state
     /// remembers them.
-    async fn existing_objects(
+    async fn existing_objects<'s>(
         &self,
         instance: &Instance,
-        saved: &InstanceState,
+        saved: &'s InstanceState,
         desired: &[plan::Desired],
         running: &[&ProcessStatus],
-        existing: &mut BTreeMap<Address, Existing>,
+        existing: &mut BTreeMap<Address, Existing<'s>>,
     ) -> Result<(), PlanError> {
         let address = &instance.address;
         let engine_name = instance.engine.name;
@@ -410,7 +414,7 @@ impl Planner<'_> {
             .collect();
         if let (Some(live), Some(instance)) = (observed.remove(address), existing.get_mut(address))
         {
-            instance.attributes.extend(live);
+            instance.attributes.to_mut().extend(live);
         }
         for node in managed.iter().filter(|node| !node.address.is_instance()) {
             let saved_object = saved.objects.get(node.address);
@@ -430,7 +434,7 @@ impl Planner<'_> {
                             address: node.address.clone(),
                             engine: engine_name.to_owned(),
                             kind: node.kind.to_owned(),
-                            attributes,
+                            attributes: Cow::Owned(attributes),
                             sensitive: saved_object
                                 .map(|o| o.sensitive.clone())
                                 .unwrap_or_default(),

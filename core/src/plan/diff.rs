@@ -80,7 +80,7 @@ impl Default for Fingerprinter {
 /// into the changes (their attributes become the after-values), not copied.
 pub fn diff(
     desired: Vec<Desired>,
-    existing: &BTreeMap<Address, Existing>,
+    existing: &BTreeMap<Address, Existing<'_>>,
     fingerprints: &Fingerprinter,
 ) -> Vec<Change> {
     // Deletions first, while the desired addresses can still be borrowed; they go after the rest, as always.
@@ -228,12 +228,16 @@ mod tests {
         }
     }
 
-    fn have(label: &str, attributes: Attributes, prevent_destroy: bool) -> (Address, Existing) {
+    fn have(
+        label: &str,
+        attributes: Attributes,
+        prevent_destroy: bool,
+    ) -> (Address, Existing<'static>) {
         let existing = Existing {
             address: address(label),
             engine: "postgres".into(),
             kind: "database".into(),
-            attributes,
+            attributes: std::borrow::Cow::Owned(attributes),
             sensitive: BTreeSet::new(),
             prevent_destroy,
             depends_on: Vec::new(),
@@ -249,7 +253,7 @@ mod tests {
             want("c", attrs(&[("encoding", json!("UTF8"))])),
             want("d", attrs(&[("owner", json!("app"))])),
         ];
-        let existing: BTreeMap<Address, Existing> = [
+        let existing: BTreeMap<Address, Existing<'static>> = [
             have(
                 "b",
                 attrs(&[("owner", json!("other")), ("connection_limit", json!(-1))]),
@@ -307,7 +311,7 @@ mod tests {
             want("same", attrs(&[("password", json!("hunter2"))])),
             want("new", attrs(&[("password", json!("correct horse"))])),
         ];
-        let existing: BTreeMap<Address, Existing> = [
+        let existing: BTreeMap<Address, Existing<'static>> = [
             have("same", attrs(&[("password", json!("hunter2"))]), false),
             have(
                 "new",
@@ -342,7 +346,7 @@ mod tests {
     fn an_unknown_value_is_a_change_even_when_the_rest_matches() {
         let mut node = want("a", attrs(&[("owner", json!("app")), ("url", json!(null))]));
         node.unknown.insert("url".into());
-        let existing: BTreeMap<Address, Existing> = [have(
+        let existing: BTreeMap<Address, Existing<'static>> = [have(
             "a",
             attrs(&[("owner", json!("app")), ("url", json!("x"))]),
             false,

@@ -226,13 +226,14 @@ pub struct Desired {
     pub depends_on: Vec<Address>,
 }
 
-/// What exists of one node, with real values.
+/// What exists of one node, with real values: borrowed from the state when it is as last applied, owned when the
+/// engine reported it (or it was changed here).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Existing {
+pub struct Existing<'a> {
     pub address: Address,
     pub engine: String,
     pub kind: String,
-    pub attributes: Attributes,
+    pub attributes: std::borrow::Cow<'a, Attributes>,
     pub sensitive: BTreeSet<String>,
     pub prevent_destroy: bool,
     pub depends_on: Vec<Address>,
