@@ -93,6 +93,27 @@ fn existing_object<'s>(address: &Address, engine: &str, saved: &'s ObjectState) 
     }
 }
 
+/// The positions in `ordered` (dependency order) grouped in waves: an instance's wave is one after the latest wave
+/// of the instances it depends on (`dependencies`, by position).
+fn waves(ordered: &[&Instance], dependencies: &[Vec<Address>]) -> Vec<Vec<usize>> {
+    let mut wave_of: BTreeMap<&Address, usize> = BTreeMap::new();
+    let mut waves: Vec<Vec<usize>> = Vec::new();
+    for (index, (instance, depends_on)) in ordered.iter().zip(dependencies).enumerate() {
+        let wave = depends_on
+            .iter()
+            .filter_map(|dependency| wave_of.get(dependency))
+            .map(|wave| wave + 1)
+            .max()
+            .unwrap_or(0);
+        wave_of.insert(&instance.address, wave);
+        if waves.len() <= wave {
+            waves.resize_with(wave + 1, Vec::new);
+        }
+        waves[wave].push(index);
+    }
+    waves
+}
+
 /// What planning one instance gives: its changes, and its exports when another instance reads them and it does not
 /// change.
 struct Planned {
@@ -111,17 +132,18 @@ impl Planner<'_> {
         };
         let mut scope = Scope::new();
         let ordered = self.instances_in_order();
+        let dependencies: Vec<Vec<Address>> = ordered
+            .iter()
+            .map(|instance| crate::desired::instance_dependencies(self.graph, instance))
+            .collect();
         // Only what another instance reads goes into the scope: exports cost (a provider may derive a password per
         // object), and most instances are read by nobody.
-        let read_by_others: BTreeSet<Address> = ordered
-            .iter()
-            .flat_map(|instance| crate::desired::instance_dependencies(self.graph, instance))
-            .collect();
+        let read_by_others: BTreeSet<&Address> = dependencies.iter().flatten().collect();
         // Instances are planned in waves: each wave holds the instances whose dependencies were all planned in
         // earlier waves, and its instances are refreshed concurrently (each engine's round trips overlap the
         // others'); the scope grows between waves. The changes keep the dependency order either way.
         let mut planned: Vec<Option<Vec<Change>>> = ordered.iter().map(|_| None).collect();
-        for wave in self.waves(&ordered) {
+        for wave in waves(&ordered, &dependencies) {
             let results = futures_util::future::join_all(wave.iter().map(|&index| {
                 self.plan_instance(
                     ordered[index],
@@ -160,34 +182,13 @@ impl Planner<'_> {
         })
     }
 
-    /// The positions in `ordered` (dependency order) grouped in waves: an instance's wave is one after the latest
-    /// wave of the instances it depends on.
-    fn waves(&self, ordered: &[&Instance]) -> Vec<Vec<usize>> {
-        let mut wave_of: BTreeMap<&Address, usize> = BTreeMap::new();
-        let mut waves: Vec<Vec<usize>> = Vec::new();
-        for (index, instance) in ordered.iter().enumerate() {
-            let wave = crate::desired::instance_dependencies(self.graph, instance)
-                .iter()
-                .filter_map(|dependency| wave_of.get(dependency))
-                .map(|wave| wave + 1)
-                .max()
-                .unwrap_or(0);
-            wave_of.insert(&instance.address, wave);
-            if waves.len() <= wave {
-                waves.resize_with(wave + 1, Vec::new);
-            }
-            waves[wave].push(index);
-        }
-        waves
-    }
-
     /// One declared instance: its desired nodes against what exists (refreshed when it runs), diffed.
     async fn plan_instance(
         &self,
         instance: &Instance,
         statuses: &[ProcessStatus],
         scope: &Scope,
-        read_by_others: &BTreeSet<Address>,
+        read_by_others: &BTreeSet<&Address>,
         fingerprints: &Fingerprinter,
     ) -> Result<Planned, PlanError> {
         let address = &instance.address;
