@@ -212,7 +212,7 @@ fn remove_leftovers_within(
 fn wait_for_no_one_in(dir: &Path, limit: std::time::Duration) -> Result<(), TemplateError> {
     let started = std::time::Instant::now();
     loop {
-        let pids = working_in(dir);
+        let pids = kip_core::supervisor::working_in(dir);
         if pids.is_empty() {
             return Ok(());
         }
@@ -226,23 +226,6 @@ fn wait_for_no_one_in(dir: &Path, limit: std::time::Duration) -> Result<(), Temp
         tracing::debug!(dir = %dir.display(), ?pids, "waiting for a killed builder's tools to finish");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-}
-
-/// The processes whose working directory is `dir` or under it, from `/proc/<pid>/cwd` (an engine's initialisation
-/// tools and its backends all work in the data directory they build). Processes whose `cwd` cannot be read (another
-/// account's, when kip is not root) are not seen; those are not kip's tools either.
-fn working_in(dir: &Path) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let cwd = std::fs::read_link(entry.path().join("cwd")).ok()?;
-            cwd.starts_with(dir).then_some(pid)
-        })
-        .collect()
 }
 
 /// Prepares `work` for an engine's initialisation tool run as `run_as`: the directory given to that account, and
@@ -779,7 +762,7 @@ mod tests {
             .current_dir(leftover.join("base"))
             .spawn()
             .unwrap();
-        assert_eq!(working_in(&leftover), [tool.id()]);
+        assert_eq!(kip_core::supervisor::working_in(&leftover), [tool.id()]);
         let busy = wait_for_no_one_in(&leftover, std::time::Duration::from_millis(50)).unwrap_err();
         assert!(
             busy.to_string().contains(&tool.id().to_string()) && busy.hint().is_some(),

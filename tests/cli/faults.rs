@@ -381,12 +381,15 @@ fn processes_under(root: &std::path::Path) -> Vec<String> {
 /// The pids of [`processes_under`].
 fn pids_under(root: &std::path::Path) -> Vec<u32> {
     let root_text = root.to_string_lossy();
+    let working = kip_core::supervisor::working_in(root);
     crate::support::all_pids()
         .into_iter()
         .filter(|&pid| pid != std::process::id() && crate::support::alive(pid))
-        .filter(|&pid| {
-            let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
-            cwd.starts_with(root) || crate::support::cmdline(pid).join(" ").contains(&*root_text)
+        .filter(|pid| {
+            working.contains(pid)
+                || crate::support::cmdline(*pid)
+                    .join(" ")
+                    .contains(&*root_text)
         })
         .collect()
 }

@@ -13,6 +13,24 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 
+/// The processes whose working directory is `dir` or under it (from `/proc/<pid>/cwd`): what still works in a
+/// directory, such as an engine's initialisation tools and the backends they run, which all work in the data
+/// directory they build. A process whose `cwd` cannot be read (another account's, when this one is not root) is
+/// not seen.
+pub fn working_in(dir: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cwd = std::fs::read_link(entry.path().join("cwd")).ok()?;
+            cwd.starts_with(dir).then_some(pid)
+        })
+        .collect()
+}
+
 /// The fields of `/proc/PID/stat` the supervisor uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Stat {

@@ -631,23 +631,11 @@ pub(crate) fn every_argument_reaches_the_provider(engine: &dyn Engine) -> Result
 /// The processes whose working directory is in `dir` (pid, `/proc` stat line, executable): what still runs of a
 /// project when a step fails, so that a failure that depends on timing says what was there.
 fn processes_in(dir: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter(|entry| {
-            entry
-                .file_name()
-                .to_str()
-                .is_some_and(|name| name.parse::<u32>().is_ok())
-        })
-        .filter(|entry| {
-            std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir))
-        })
-        .map(|entry| {
-            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-            let exe = std::fs::read_link(entry.path().join("exe")).map_or_else(
+    kip_core::supervisor::working_in(dir)
+        .into_iter()
+        .map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map_or_else(
                 |error| format!("({error})"),
                 |exe| exe.display().to_string(),
             );
