@@ -210,11 +210,10 @@ fn a_template_build_killed_with_its_tools_leaves_no_shared_memory() {
     // Until initdb's standalone backend has named its segment in the build's postmaster.pid (line 7); then kip,
     // initdb and the backend are frozen together, and checked to be still at that point.
     let signal = |name: &str, pids: &[u32]| {
-        for pid in pids {
-            let _ = std::process::Command::new("kill")
-                .args([format!("-{name}"), pid.to_string()])
-                .status();
-        }
+        let _ = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .args(pids.iter().map(u32::to_string))
+            .status();
     };
     let named = || {
         std::fs::read_dir(&builds)
@@ -237,8 +236,19 @@ fn a_template_build_killed_with_its_tools_leaves_no_shared_memory() {
         );
         if named().is_some() {
             let mut frozen = vec![apply.id()];
-            frozen.extend(pids_under(&builds));
             signal("STOP", &frozen);
+            // initdb may start its next backend while the others are being stopped: until no new one shows up.
+            loop {
+                let new: Vec<u32> = pids_under(&builds)
+                    .into_iter()
+                    .filter(|pid| !frozen.contains(pid))
+                    .collect();
+                if new.is_empty() {
+                    break;
+                }
+                signal("STOP", &new);
+                frozen.extend(new);
+            }
             if named().is_some() {
                 break frozen;
             }
