@@ -12,12 +12,12 @@
 //! them. Such processes are orphans: PID 1 inherits them and may never reap them, so those tests count a zombie as
 //! stopped ([`assert_stopped`]), and a [`Groups`] guard SIGKILLs the groups they started when the test ends.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kip_core::engine::{Probe, ProbeKind, RestartPolicy, RunAs, SpawnSpec, StopCommand, StopSpec};
@@ -208,12 +208,11 @@ fn group_exists(group: u32) -> bool {
 }
 
 /// A loopback port nobody listens on right now.
+/// A free loopback port no other test of this binary was given. The kernel offers a released port again, and
+/// the tests here run at once: two of them handed the same port fail with "address in use".
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    kip_core::engine::free_port(|port| !GIVEN.lock().unwrap().insert(port)).unwrap()
 }
 
 /// The Python interpreter itself (not a version manager's shim script in front of it).
@@ -1961,7 +1960,7 @@ async fn a_foreign_listener_on_the_probe_target_refuses_the_start_and_is_left_al
     foreign.accept().unwrap();
 
     // A TCP port someone else listens on.
-    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp = std::net::TcpListener::bind(("127.0.0.1", free_port())).unwrap();
     let port = tcp.local_addr().unwrap().port();
     let spec = daemon.script(
         "tcp",

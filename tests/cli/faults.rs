@@ -70,7 +70,7 @@ fn a_failing_engine_reports_its_log_and_the_others_come_up() {
 
 #[test]
 fn a_taken_port_is_refused_before_spawning() {
-    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let holder = std::net::TcpListener::bind(("127.0.0.1", crate::support::free_port())).unwrap();
     let port = holder.local_addr().unwrap().port();
     let stack = Stack::new(&format!(
         "postgres \"main\" {{\n  version = \"16\"\n  port    = {port}\n}}\n"
@@ -91,7 +91,7 @@ fn a_taken_port_is_refused_before_spawning() {
 /// and a process, with the port held by another program.
 #[test]
 fn a_taken_port_is_refused_before_spawning_for_valkey_and_processes() {
-    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let holder = std::net::TcpListener::bind(("127.0.0.1", crate::support::free_port())).unwrap();
     let port = holder.local_addr().unwrap().port();
     for config in [
         format!("valkey \"cache\" {{\n  version = \"9\"\n  port    = {port}\n}}\n"),

@@ -254,7 +254,7 @@ fn names_and_settings_mariadb_would_refuse_are_lint_errors_with_their_spans() {
 
 #[test]
 fn a_taken_port_is_refused_before_spawning_and_a_free_one_is_served_on_loopback() {
-    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let holder = std::net::TcpListener::bind(("127.0.0.1", crate::support::free_port())).unwrap();
     let port = holder.local_addr().unwrap().port();
     let stack = Stack::new(&format!(
         "mariadb \"main\" {{\n  version = \"10.11\"\n  port    = {port}\n}}\n"

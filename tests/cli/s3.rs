@@ -78,7 +78,7 @@ fn bucket_names_s3_would_refuse_are_lint_errors_with_their_spans() {
 
 #[test]
 fn a_declared_port_in_use_is_refused_before_spawning() {
-    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let holder = std::net::TcpListener::bind(("127.0.0.1", crate::support::free_port())).unwrap();
     let port = holder.local_addr().unwrap().port();
     let stack = Stack::new(&format!(
         "s3 \"store\" {{\n  version = \"4\"\n  port    = {port}\n}}\n"

@@ -190,13 +190,12 @@ pub fn kill_when_exists(mut command: Command, path: &Path) {
     );
 }
 
-/// A free loopback port (bound and released: another program may take it first, so tests use it at once).
+/// A free loopback port no other test of this binary was given (it is bound and released, so another program may
+/// take it first: tests use it at once). The kernel offers a released port again, and the tests run at once.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    kip_core::engine::free_port(|port| !GIVEN.lock().unwrap().insert(port)).unwrap()
 }
 
 /// The pid of a supervised process, from `kip ps --json`.
