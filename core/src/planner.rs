@@ -392,7 +392,7 @@ impl Planner<'_> {
                 declared: true,
             });
         }
-        let ctx = lifecycle::ctx_from_state(self.project, address, saved);
+        let ctx = lifecycle::ctx_without_objects(self.project, address, saved);
         let observed = match engine.refresh(&ctx, &managed).await {
             Ok(observed) => observed,
             Err(source) => {

@@ -175,6 +175,12 @@ impl State {
             column: source.column(),
             source,
         };
+        // Read as this format first: the version is looked at alone (a second pass over the whole file) only
+        // when that fails or finds another version.
+        let parsed = match serde_json::from_slice::<State>(&bytes) {
+            Ok(state) if state.format_version == STATE_FORMAT => return Ok(state),
+            parsed => parsed,
+        };
         let probe: Probe = serde_json::from_slice(&bytes).map_err(malformed)?;
         if probe.format_version == 1 {
             let old: serde_json::Value = serde_json::from_slice(&bytes).map_err(malformed)?;
@@ -186,7 +192,7 @@ impl State {
                 found: probe.format_version,
             });
         }
-        serde_json::from_slice(&bytes).map_err(malformed)
+        parsed.map_err(malformed)
     }
 
     /// Writes the state atomically with mode 0600, bumping the serial, keeping the previous file as a backup.
@@ -471,6 +477,40 @@ mod tests {
         let error = State::read(dir.path()).unwrap_err();
         assert!(
             matches!(error, StateError::Malformed { line: 3, .. }),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn other_formats_are_migrated_or_refused_and_a_wrong_shape_is_placed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STATE_FILE);
+        std::fs::write(
+            &path,
+            r#"{"format_version": 1, "serial": 7, "lineage": "l", "instances": {}}"#,
+        )
+        .unwrap();
+        let migrated = State::read(dir.path()).unwrap();
+        assert_eq!(
+            (migrated.format_version, migrated.serial),
+            (STATE_FORMAT, 7)
+        );
+
+        std::fs::write(&path, r#"{"format_version": 3, "instances": {"a": [1]}}"#).unwrap();
+        let error = State::read(dir.path()).unwrap_err();
+        assert!(
+            matches!(error, StateError::Format { found: 3, .. }),
+            "{error}"
+        );
+
+        std::fs::write(
+            &path,
+            "{\n  \"format_version\": 2,\n  \"serial\": 1,\n  \"lineage\": \"l\",\n  \"instances\": 5\n}",
+        )
+        .unwrap();
+        let error = State::read(dir.path()).unwrap_err();
+        assert!(
+            matches!(error, StateError::Malformed { line: 5, .. }),
             "{error}"
         );
     }

@@ -25,8 +25,33 @@ use super::InstanceError;
 /// How long apply waits for a job (a migration) to finish.
 pub const JOB_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// The context of an applied instance, from its state.
+/// The context of an applied instance, from its state, with its objects as last applied.
 pub fn ctx_from_state(project: &Project, address: &Address, saved: &InstanceState) -> InstanceCtx {
+    let mut ctx = ctx_without_objects(project, address, saved);
+    ctx.objects = saved
+        .objects
+        .iter()
+        .map(|(address, object)| {
+            (
+                address.clone(),
+                ObjectView {
+                    kind: object.kind.clone(),
+                    attributes: object.attributes.clone(),
+                },
+            )
+        })
+        .collect();
+    ctx
+}
+
+/// The context of an applied instance, from its state, without its objects: for the steps that are handed the
+/// objects another way (refresh gets them as `managed`; apply puts in the desired ones). Copying every object's
+/// attributes from the state took a tenth of a no-op plan of 1,000 roles.
+pub fn ctx_without_objects(
+    project: &Project,
+    address: &Address,
+    saved: &InstanceState,
+) -> InstanceCtx {
     let toolchain = match (&saved.toolchain, &saved.spec, &saved.version) {
         (Some(root), Some(spec), Some(version)) => Some(Toolchain {
             engine: saved.engine.clone(),
@@ -52,19 +77,7 @@ pub fn ctx_from_state(project: &Project, address: &Address, saved: &InstanceStat
     InstanceCtx {
         address: address.clone(),
         attributes: saved.attributes.clone(),
-        objects: saved
-            .objects
-            .iter()
-            .map(|(address, object)| {
-                (
-                    address.clone(),
-                    ObjectView {
-                        kind: object.kind.clone(),
-                        attributes: object.attributes.clone(),
-                    },
-                )
-            })
-            .collect(),
+        objects: BTreeMap::new(),
         toolchain,
         data_dir: saved.data_dir.clone(),
         run_dir: saved.run_dir.clone(),

@@ -521,7 +521,7 @@ impl Applier<'_> {
             .unwrap_or_default();
         let mut ctx = match &saved {
             Some(saved) => {
-                let mut ctx = lifecycle::ctx_from_state(self.project, address, saved);
+                let mut ctx = lifecycle::ctx_without_objects(self.project, address, saved);
                 ctx.attributes = attributes;
                 ctx
             }

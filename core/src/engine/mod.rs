@@ -380,7 +380,8 @@ pub trait Engine: Send + Sync {
     }
 
     /// Reads what exists of the managed objects, in a constant number of round trips. Objects that do not
-    /// exist are left out.
+    /// exist are left out. The objects are `managed` (with their desired and last applied attributes), not
+    /// `instance.objects`, which is empty here.
     fn refresh<'a>(
         &'a self,
         _instance: &'a InstanceCtx,
