@@ -13,7 +13,9 @@
 //! nothing (lint, the plan from empty, the no-op plans) run [`READ_ONLY_REPEATS`] times in each run, each one a
 //! sample: kip's take milliseconds, and on a shared 2-core machine one sample per run left medians that moved by
 //! half between runs (hyperfine, on the same binary, gave 12.4 ms for a plan the single samples put at 19.5 ms).
-//! Terraform's steps take seconds, and are timed once per run.
+//! Those samples run kip alone; their peak RSS comes from one more run under `/usr/bin/time`, untimed, because
+//! the wrapper's fork and exec cost ~3 ms here. Apply and destroy run once, under it (their times include it).
+//! Terraform's steps take seconds, and are timed once per run, under it.
 //!
 //! Two shapes:
 //!
@@ -130,7 +132,7 @@ fn run_shape(
         let config = shape.config(size);
         let mut steps = Steps::default();
         for _ in 0..runs {
-            let project = harness.project(&config).with_rss();
+            let project = harness.project(&config);
             steps.measure(&project, shape, size);
         }
         header(&format!(
@@ -203,6 +205,11 @@ impl Series {
         self.peak_rss_kib = self.peak_rss_kib.max(run.peak_rss_kib);
     }
 
+    /// The peak RSS of one more run, untimed (the timed ones run without `/usr/bin/time`).
+    fn add_rss(&mut self, run: &Run) {
+        self.peak_rss_kib = self.peak_rss_kib.max(run.peak_rss_kib);
+    }
+
     fn row(&self, label: &str) -> Stats {
         row_with_rss(label, &self.times, self.peak_rss_kib)
     }
@@ -237,6 +244,7 @@ impl Steps {
         for _ in 0..READ_ONLY_REPEATS {
             self.lint.add(&project.expect(0, &["lint"]));
         }
+        self.lint.add_rss(&project.run_with_rss(&["lint"]));
 
         crate::floor::quiet();
         for _ in 0..READ_ONLY_REPEATS {
@@ -250,9 +258,11 @@ impl Steps {
             );
             self.plan_empty.add(&plan);
         }
+        self.plan_empty.add_rss(&project.run_with_rss(&["plan"]));
 
         crate::floor::quiet();
-        let apply = project.expect(0, &["apply", "--auto-approve"]);
+        let apply = project.run_with_rss(&["apply", "--auto-approve"]);
+        assert_eq!(apply.code, 0, "{}", apply.describe());
         assert!(
             apply.stdout.contains(&format!(
                 "Apply complete! Resources: {objects} added, 0 changed, 0 destroyed."
@@ -274,16 +284,24 @@ impl Steps {
             );
             self.noop_plan.add(&noop);
         }
+        self.noop_plan
+            .add_rss(&project.run_with_rss(&["plan", "--detailed-exitcode"]));
 
         crate::floor::quiet();
         for _ in 0..READ_ONLY_REPEATS {
             self.no_refresh
                 .add(&project.expect(0, &["plan", "--refresh=false", "--detailed-exitcode"]));
         }
+        self.no_refresh.add_rss(&project.run_with_rss(&[
+            "plan",
+            "--refresh=false",
+            "--detailed-exitcode",
+        ]));
 
         crate::floor::quiet();
-        self.destroy
-            .add(&project.expect(0, &["destroy", "--auto-approve"]));
+        let destroy = project.run_with_rss(&["destroy", "--auto-approve"]);
+        assert_eq!(destroy.code, 0, "{}", destroy.describe());
+        self.destroy.add(&destroy);
     }
 }
 
