@@ -354,33 +354,46 @@ impl Planner<'_> {
             .expect("checked by the caller")
             .as_ref();
         // What kip manages here: the objects the configuration declares (with their desired attributes) and the
-        // ones it created before (with their attributes as last applied).
-        let declared: BTreeMap<&Address, &plan::Desired> = desired
+        // ones it created before (with their attributes as last applied), in address order, each with what the
+        // state has of it. Both sides are sorted, so one merge pairs them: a lookup per object in the state's
+        // map compared about ten addresses, and a plan of 1,000 objects made four such passes.
+        let mut declared: Vec<&plan::Desired> = desired
             .iter()
             .filter(|node| !node.address.is_instance())
-            .map(|node| (&node.address, node))
             .collect();
-        let mut managed: Vec<Managed> = declared
-            .values()
-            .map(|node| Managed {
+        declared.sort_by(|a, b| a.address.cmp(&b.address));
+        let undeclared = |(address, object): (&'s Address, &'s ObjectState)| {
+            let managed = Managed {
+                address,
+                kind: &object.kind,
+                attributes: &object.attributes,
+                applied: Some(&object.attributes),
+                declared: false,
+            };
+            (managed, Some(object))
+        };
+        let mut pairs: Vec<(Managed, Option<&ObjectState>)> =
+            Vec::with_capacity(declared.len().max(saved.objects.len()) + 1);
+        let mut saved_objects = saved.objects.iter().peekable();
+        for node in declared {
+            while let Some(gone) = saved_objects.next_if(|(address, _)| *address < &node.address) {
+                pairs.push(undeclared(gone));
+            }
+            let saved_object = saved_objects
+                .next_if(|(address, _)| *address == &node.address)
+                .map(|(_, object)| object);
+            let managed = Managed {
                 address: &node.address,
                 kind: &node.kind,
                 attributes: &node.attributes,
-                applied: saved.objects.get(&node.address).map(|o| &o.attributes),
+                applied: saved_object.map(|object| &object.attributes),
                 declared: true,
-            })
-            .collect();
-        for (object, saved_object) in &saved.objects {
-            if !declared.contains_key(object) {
-                managed.push(Managed {
-                    address: object,
-                    kind: &saved_object.kind,
-                    attributes: &saved_object.attributes,
-                    applied: Some(&saved_object.attributes),
-                    declared: false,
-                });
-            }
+            };
+            pairs.push((managed, saved_object));
         }
+        pairs.extend(saved_objects.map(undeclared));
+        let (mut managed, saved_of): (Vec<Managed>, Vec<Option<&ObjectState>>) =
+            pairs.into_iter().unzip();
         // The instance itself too: an engine may report its own settings as the server has them (overridden behind
         // kip's back); it is merged into the instance's attributes, never deleted or created from here.
         if let Some(instance_node) = desired.iter().find(|node| node.address.is_instance()) {
@@ -417,8 +430,8 @@ impl Planner<'_> {
         {
             instance.attributes.to_mut().extend(live);
         }
-        for node in managed.iter().filter(|node| !node.address.is_instance()) {
-            let saved_object = saved.objects.get(node.address);
+        // `saved_of` has no entry for the instance, pushed last: the zip leaves it out.
+        for (node, &saved_object) in managed.iter().zip(&saved_of) {
             match observed.remove(node.address) {
                 Some(mut attributes) => {
                     // What the engine reports wins; what it cannot read (a password) is as last applied.
