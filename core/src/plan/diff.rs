@@ -83,31 +83,26 @@ pub fn diff(
     existing: &BTreeMap<Address, Existing<'_>>,
     fingerprints: &Fingerprinter,
 ) -> Vec<Change> {
-    // Deletions first, while the desired addresses can still be borrowed; they go after the rest, as always.
-    let deletions: Vec<Change> = {
-        let seen: BTreeSet<&Address> = desired.iter().map(|want| &want.address).collect();
-        existing
-            .iter()
-            .filter(|(address, _)| !seen.contains(address))
-            .map(|(address, have)| Change {
-                address: address.clone(),
-                engine: have.engine.clone(),
-                kind: have.kind.clone(),
-                action: Action::Delete,
-                before: Some(fingerprints.redact_all(&have.attributes, &have.sensitive)),
-                after: None,
-                after_unknown: BTreeSet::new(),
-                replace_because: Vec::new(),
-                restart_because: None,
-                sensitive: have.sensitive.clone(),
-                prevent_destroy: have.prevent_destroy,
-                depends_on: have.depends_on.clone(),
-            })
-            .collect()
-    };
+    // Each desired node is paired with what exists of it by one merge in address order (a lookup per node
+    // compared about ten addresses); what exists and nobody desires is deleted, after the rest, in address order.
+    let mut order: Vec<usize> = (0..desired.len()).collect();
+    order.sort_by(|&a, &b| desired[a].address.cmp(&desired[b].address));
+    let mut matched: Vec<Option<&Existing<'_>>> = vec![None; desired.len()];
+    let mut deletions = Vec::new();
+    let mut existing_nodes = existing.iter().peekable();
+    for index in order {
+        let address = &desired[index].address;
+        while let Some((gone, have)) = existing_nodes.next_if(|(have, _)| *have < address) {
+            deletions.push(deletion(gone, have, fingerprints));
+        }
+        matched[index] = existing_nodes
+            .next_if(|(have, _)| *have == address)
+            .map(|(_, have)| have);
+    }
+    deletions.extend(existing_nodes.map(|(gone, have)| deletion(gone, have, fingerprints)));
     let mut changes = Vec::with_capacity(desired.len() + deletions.len());
-    for want in desired {
-        let Some(have) = existing.get(&want.address) else {
+    for (want, have) in desired.into_iter().zip(matched) {
+        let Some(have) = have else {
             let after = fingerprints.redact_owned(want.attributes, &want.sensitive);
             changes.push(Change {
                 address: want.address,
@@ -196,6 +191,24 @@ pub fn diff(
     changes
 }
 
+/// The deletion of `have`, which nobody desires any more.
+fn deletion(address: &Address, have: &Existing<'_>, fingerprints: &Fingerprinter) -> Change {
+    Change {
+        address: address.clone(),
+        engine: have.engine.clone(),
+        kind: have.kind.clone(),
+        action: Action::Delete,
+        before: Some(fingerprints.redact_all(&have.attributes, &have.sensitive)),
+        after: None,
+        after_unknown: BTreeSet::new(),
+        replace_because: Vec::new(),
+        restart_because: None,
+        sensitive: have.sensitive.clone(),
+        prevent_destroy: have.prevent_destroy,
+        depends_on: have.depends_on.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -243,6 +256,39 @@ mod tests {
             depends_on: Vec::new(),
         };
         (address(label), existing)
+    }
+
+    #[test]
+    fn changes_keep_the_desired_order_and_deletions_follow_in_address_order() {
+        // Desired out of address order (dependency order is not address order), with what nobody desires any
+        // more before, between and after the desired addresses.
+        let owner = || attrs(&[("owner", json!("app"))]);
+        let desired = vec![want("m", owner()), want("c", owner()), want("x", owner())];
+        let existing: BTreeMap<Address, Existing<'static>> = [
+            have("a", owner(), false),
+            have("c", owner(), false),
+            have("k", owner(), false),
+            have("m", attrs(&[("owner", json!("other"))]), false),
+            have("z", owner(), false),
+        ]
+        .into_iter()
+        .collect();
+        let changes = diff(desired, &existing, &Fingerprinter::new());
+        let actions: Vec<(&str, Action)> = changes
+            .iter()
+            .map(|c| (c.address.label().unwrap(), c.action))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("m", Action::Update),
+                ("c", Action::Noop),
+                ("x", Action::Create),
+                ("a", Action::Delete),
+                ("k", Action::Delete),
+                ("z", Action::Delete),
+            ]
+        );
     }
 
     #[test]
