@@ -430,10 +430,19 @@ impl Planner<'_> {
         {
             instance.attributes.to_mut().extend(live);
         }
-        // `saved_of` has no entry for the instance, pushed last: the zip leaves it out.
+        // Both `managed` (but for the instance, pushed last: `saved_of` has no entry for it, so the zip leaves it
+        // out) and what the engine reported are in address order: one merge pairs them, and the existing objects
+        // are added to `existing` in one bulk step.
+        let mut reported = observed.into_iter().peekable();
+        let mut found: Vec<(Address, Existing<'s>)> = Vec::with_capacity(saved_of.len());
         for (node, &saved_object) in managed.iter().zip(&saved_of) {
-            match observed.remove(node.address) {
-                Some(mut attributes) => {
+            // Something reported that kip does not manage is not kip's to plan.
+            while reported
+                .next_if(|(reported, _)| reported < node.address)
+                .is_some()
+            {}
+            match reported.next_if(|(reported, _)| reported == node.address) {
+                Some((_, mut attributes)) => {
                     // What the engine reports wins; what it cannot read (a password) is as last applied.
                     if let Some(saved_object) = saved_object {
                         for (name, value) in &saved_object.attributes {
@@ -442,7 +451,7 @@ impl Planner<'_> {
                             }
                         }
                     }
-                    existing.insert(
+                    found.push((
                         node.address.clone(),
                         Existing {
                             address: node.address.clone(),
@@ -456,22 +465,23 @@ impl Planner<'_> {
                             prevent_destroy: saved_object.is_some_and(|o| o.prevent_destroy),
                             depends_on: Vec::new(),
                         },
-                    );
+                    ));
                 }
                 // Created by kip, no longer declared, and not reported (gone already, or something the engine cannot
                 // see, such as a grant): planned as a delete from the state, which the engine carries out
                 // idempotently.
                 None if !node.declared => {
                     if let Some(saved_object) = saved_object {
-                        existing.insert(
+                        found.push((
                             node.address.clone(),
                             existing_object(node.address, engine_name, saved_object),
-                        );
+                        ));
                     }
                 }
                 None => {}
             }
         }
+        existing.append(&mut found.into_iter().collect::<BTreeMap<_, _>>());
         Ok(())
     }
 }
