@@ -362,38 +362,40 @@ impl Planner<'_> {
             .filter(|node| !node.address.is_instance())
             .collect();
         declared.sort_by(|a, b| a.address.cmp(&b.address));
-        let undeclared = |(address, object): (&'s Address, &'s ObjectState)| {
-            let managed = Managed {
-                address,
-                kind: &object.kind,
-                attributes: &object.attributes,
-                applied: Some(&object.attributes),
-                declared: false,
-            };
-            (managed, Some(object))
+        let undeclared = |(address, object): (&'s Address, &'s ObjectState)| Managed {
+            address,
+            kind: &object.kind,
+            attributes: &object.attributes,
+            applied: Some(&object.attributes),
+            declared: false,
         };
-        let mut pairs: Vec<(Managed, Option<&ObjectState>)> =
-            Vec::with_capacity(declared.len().max(saved.objects.len()) + 1);
+        // Room for all of them and the instance, pushed last (growing a vector of a thousand entries by one
+        // copied it into fresh memory: 5% of a no-op plan's samples).
+        let mut managed: Vec<Managed> =
+            Vec::with_capacity(declared.len() + saved.objects.len() + 1);
+        let mut saved_of: Vec<Option<&ObjectState>> = Vec::with_capacity(managed.capacity());
         let mut saved_objects = saved.objects.iter().peekable();
         for node in declared {
             while let Some(gone) = saved_objects.next_if(|(address, _)| *address < &node.address) {
-                pairs.push(undeclared(gone));
+                managed.push(undeclared(gone));
+                saved_of.push(Some(gone.1));
             }
             let saved_object = saved_objects
                 .next_if(|(address, _)| *address == &node.address)
                 .map(|(_, object)| object);
-            let managed = Managed {
+            managed.push(Managed {
                 address: &node.address,
                 kind: &node.kind,
                 attributes: &node.attributes,
                 applied: saved_object.map(|object| &object.attributes),
                 declared: true,
-            };
-            pairs.push((managed, saved_object));
+            });
+            saved_of.push(saved_object);
         }
-        pairs.extend(saved_objects.map(undeclared));
-        let (mut managed, saved_of): (Vec<Managed>, Vec<Option<&ObjectState>>) =
-            pairs.into_iter().unzip();
+        for gone in saved_objects {
+            managed.push(undeclared(gone));
+            saved_of.push(Some(gone.1));
+        }
         // The instance itself too: an engine may report its own settings as the server has them (overridden behind
         // kip's back); it is merged into the instance's attributes, never deleted or created from here.
         if let Some(instance_node) = desired.iter().find(|node| node.address.is_instance()) {
