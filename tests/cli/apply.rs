@@ -528,6 +528,16 @@ fn prevent_destroy_restart_settings_json_plans_and_refresh_false() {
     assert_eq!(change["action"], "update");
     assert_eq!(change["before"]["settings"]["shared_buffers"], "32MB");
     assert_eq!(change["after"]["settings"]["shared_buffers"], "48MB");
+    // An unchanged object shows what exists: its before-values, which are its after-values.
+    let kept = json["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["address"] == "postgres.main.database.keep")
+        .unwrap();
+    assert_eq!(kept["action"], "noop");
+    assert!(kept["before"].is_object(), "{kept}");
+    assert_eq!(kept["before"], kept["after"]);
     let run = stack.ok(&["apply", "--auto-approve"]);
     assert!(
         run.stderr.contains("postgres.main: restarting"),

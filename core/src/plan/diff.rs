@@ -149,9 +149,12 @@ pub fn diff(
         let (sensitive, before, after) =
             if differing.is_empty() && have.sensitive.is_subset(&want.sensitive) {
                 // Nothing differs (the common case of a no-op plan): the existing values are the desired ones, and
-                // they are redacted alike.
+                // they are redacted alike. An object's are not copied into `before` (copying a thousand maps was
+                // 6% of a no-op plan): `Change::before_values` gives its after-values; an instance's are, since
+                // apply compares them.
                 let after = fingerprints.redact_owned(want.attributes, &want.sensitive);
-                (want.sensitive, after.clone(), after)
+                let before = want.address.is_instance().then(|| after.clone());
+                (want.sensitive, before, after)
             } else {
                 let sensitive: BTreeSet<String> =
                     want.sensitive.union(&have.sensitive).cloned().collect();
@@ -169,14 +172,14 @@ pub fn diff(
                     .collect();
                 let before = fingerprints.redact_all(&before_real, &sensitive);
                 let after = fingerprints.redact_owned(want.attributes, &want.sensitive);
-                (sensitive, before, after)
+                (sensitive, Some(before), after)
             };
         changes.push(Change {
             address: want.address,
             engine: want.engine,
             kind: want.kind,
             action,
-            before: Some(before),
+            before,
             after: Some(after),
             after_unknown: want.unknown,
             replace_because,

@@ -66,6 +66,8 @@ pub struct Change {
     /// [`INSTANCE`], or the object kind ("role", "database").
     pub kind: String,
     pub action: Action,
+    /// What exists now. `None` for a create, and for an object that does not change (its before-values are its
+    /// after-values: [`Change::before_values`]).
     pub before: Option<Attributes>,
     pub after: Option<Attributes>,
     /// Attributes known only during apply (they read another instance's exports); `null` in `after`.
@@ -99,10 +101,18 @@ impl Change {
             .is_some_and(|because| !because.is_empty())
     }
 
+    /// What exists now: the before-values, or for an object that does not change, its after-values.
+    pub fn before_values(&self) -> Option<&Attributes> {
+        match (&self.before, self.action) {
+            (None, Action::Noop) => self.after.as_ref(),
+            (before, _) => before.as_ref(),
+        }
+    }
+
     /// The attributes that differ between before and after, in order; unknown ones count as differing.
     pub fn changed_attributes(&self) -> Vec<String> {
         let empty = Attributes::new();
-        let before = self.before.as_ref().unwrap_or(&empty);
+        let before = self.before_values().unwrap_or(&empty);
         let after = self.after.as_ref().unwrap_or(&empty);
         let mut names: BTreeSet<&String> = before.keys().collect();
         names.extend(after.keys());
@@ -132,7 +142,7 @@ impl Change {
     pub fn before_as<T: DeserializeOwned>(&self) -> Result<T, EngineError> {
         crate::engine::typed(
             &self.address,
-            self.before.as_ref().unwrap_or(&Attributes::new()),
+            self.before_values().unwrap_or(&Attributes::new()),
         )
     }
 }
