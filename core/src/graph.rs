@@ -48,14 +48,22 @@ pub struct Node {
 #[derive(Debug, Clone)]
 pub struct Graph {
     graph: DiGraph<Node, (EdgeReason, Option<Declared>)>,
-    by_address: HashMap<Address, NodeIndex>,
+    by_address: foldhash::HashMap<Address, NodeIndex>,
 }
 
 impl Graph {
     /// Builds the graph of `config`'s instances and objects with `edges`; a cycle is an error naming its nodes.
     pub fn build(config: &Config, edges: Vec<GraphEdge>) -> Result<Graph, Vec<Diagnostic>> {
-        let mut graph = DiGraph::new();
-        let mut by_address = HashMap::new();
+        let nodes = config
+            .instances
+            .iter()
+            .map(|instance| 1 + count_objects(&instance.body))
+            .sum();
+        let mut graph = DiGraph::with_capacity(nodes, edges.len());
+        let mut by_address = foldhash::HashMap::with_capacity_and_hasher(
+            nodes,
+            foldhash::fast::RandomState::default(),
+        );
         for instance in &config.instances {
             let node = Node {
                 address: instance.address.clone(),
@@ -289,7 +297,7 @@ impl Graph {
 
 fn add_objects(
     graph: &mut DiGraph<Node, (EdgeReason, Option<Declared>)>,
-    by_address: &mut HashMap<Address, NodeIndex>,
+    by_address: &mut foldhash::HashMap<Address, NodeIndex>,
     engine: &str,
     body: &Body,
 ) {
@@ -306,6 +314,14 @@ fn add_objects(
         }
         add_objects(graph, by_address, engine, &block.body);
     }
+}
+
+/// How many objects `body` declares, nested ones included.
+fn count_objects(body: &Body) -> usize {
+    body.blocks
+        .iter()
+        .map(|block| usize::from(block.address.is_some()) + count_objects(&block.body))
+        .sum()
 }
 
 fn escape(text: &str) -> String {

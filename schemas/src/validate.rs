@@ -194,8 +194,7 @@ fn check_body(
     }
 
     // (block type, labels) of the blocks seen so far: a set, so that a body of thousands of roles stays linear.
-    let mut seen_blocks: std::collections::HashSet<(&str, Vec<&str>)> =
-        std::collections::HashSet::new();
+    let mut seen_blocks: foldhash::HashSet<(&str, Vec<&str>)> = foldhash::HashSet::default();
     for block in &body.blocks {
         let Some(child) = schema.block(&block.ident) else {
             problems.push(unsupported_block(schema, block));
@@ -463,7 +462,7 @@ fn check_duplicate_block<'a>(
     parent: &BlockSchema,
     schema: &BlockSchema,
     block: &'a BlockView,
-    seen: &mut std::collections::HashSet<(&'a str, Vec<&'a str>)>,
+    seen: &mut foldhash::HashSet<(&'a str, Vec<&'a str>)>,
     problems: &mut Vec<Problem>,
 ) {
     let header_span = block
@@ -492,10 +491,11 @@ fn check_duplicate_block<'a>(
         .iter()
         .map(|(label, _)| label.as_str())
         .collect();
-    if !seen.insert((block.ident.as_str(), mine.clone())) {
-        let written = mine
+    if !seen.insert((block.ident.as_str(), mine)) {
+        let written = block
+            .labels
             .iter()
-            .map(|label| format!("{label:?}"))
+            .map(|(label, _)| format!("{label:?}"))
             .collect::<Vec<_>>()
             .join(" ");
         problems.push(Problem {
