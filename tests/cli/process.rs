@@ -108,12 +108,12 @@ impl Processes {
 fn stop_leftovers(root: &Path) {
     let own = std::process::id();
     let kip_dir = root.join(".kip").display().to_string();
+    let working = kip_core::supervisor::working_in(root);
     for pid in crate::support::all_pids() {
         if pid == own {
             continue;
         }
-        let in_project =
-            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(root));
+        let in_project = working.contains(&pid);
         let supervisor = crate::support::cmdline(pid)
             .iter()
             .any(|arg| arg.contains(&kip_dir));

@@ -500,15 +500,12 @@ impl Drop for PortWatcher {
 
 /// The processes whose command line holds `needle`.
 fn weed_pids(needle: &str) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|line| String::from_utf8_lossy(&line).contains(needle))
+    crate::support::all_pids()
+        .into_iter()
+        .filter(|&pid| {
+            crate::support::cmdline(pid)
+                .iter()
+                .any(|arg| arg.contains(needle))
         })
         .collect()
 }

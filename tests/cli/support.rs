@@ -353,11 +353,7 @@ pub fn wait_gone(pid: u32, timeout: std::time::Duration) {
 
 /// Every pid in /proc now.
 pub fn all_pids() -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
-        .collect()
+    kip_core::supervisor::pids().collect()
 }
 
 /// The arguments of `pid` (empty when it is gone or not readable).

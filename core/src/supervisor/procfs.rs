@@ -18,17 +18,20 @@ use std::path::{Path, PathBuf};
 /// directory they build. A process whose `cwd` cannot be read (another account's, when this one is not root) is
 /// not seen.
 pub fn working_in(dir: &Path) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| {
-            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let cwd = std::fs::read_link(entry.path().join("cwd")).ok()?;
-            cwd.starts_with(dir).then_some(pid)
+    pids()
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir))
         })
         .collect()
+}
+
+/// Every process's pid, as `/proc` lists them now (none without `/proc`).
+pub fn pids() -> impl Iterator<Item = u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
 }
 
 /// The fields of `/proc/PID/stat` the supervisor uses.
@@ -104,12 +107,7 @@ pub(super) fn identify(pid: u32, start_time: u64) -> Identity {
 
 /// The live (not zombie) processes whose process group is `group`, with their stats.
 pub(super) fn group_members(group: u32) -> Vec<(u32, Stat)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+    pids()
         .filter_map(|pid| Some((pid, stat(pid)?)))
         .filter(|(_, stat)| stat.process_group == group && !stat.is_dead())
         .collect()
@@ -137,14 +135,9 @@ pub(super) fn orphaned_leaders(
     cwd: &Path,
     exclude: &[u32],
 ) -> Vec<(u32, Stat)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
     let program = std::fs::canonicalize(program).unwrap_or_else(|_| program.to_path_buf());
     let cwd = std::fs::canonicalize(cwd).unwrap_or_else(|_| cwd.to_path_buf());
-    entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+    pids()
         .filter(|pid| !exclude.contains(pid))
         .filter_map(|pid| Some((pid, stat(pid)?)))
         .filter(|(pid, stat)| stat.process_group == *pid && !stat.is_dead())
@@ -173,16 +166,11 @@ pub(super) fn orphaned_leaders(
 /// spawn waits for them (see `wait_for_leftovers` in `process`).
 pub(super) fn leftover_workers(name: &str, program: &Path, cwd: &Path, uid: u32) -> Vec<u32> {
     use std::os::unix::fs::MetadataExt as _;
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
     let program = std::fs::canonicalize(program).unwrap_or_else(|_| program.to_path_buf());
     let cwd = std::fs::canonicalize(cwd).unwrap_or_else(|_| cwd.to_path_buf());
     let own = std::process::id();
     let runs_program = |pid: u32| executable(pid).is_some_and(|exe| exe == program);
-    entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+    pids()
         .filter(|pid| *pid != own)
         .filter(|pid| std::fs::metadata(format!("/proc/{pid}")).is_ok_and(|meta| meta.uid() == uid))
         // A worker on its way out has let go of its memory, and with it of its executable's link, a moment before
