@@ -538,6 +538,17 @@ fn prevent_destroy_restart_settings_json_plans_and_refresh_false() {
     assert_eq!(kept["action"], "noop");
     assert!(kept["before"].is_object(), "{kept}");
     assert_eq!(kept["before"], kept["after"]);
+    // A saved plan is the same format.
+    stack.ok(&["plan", "--out", "saved.plan"]);
+    let saved: serde_json::Value = serde_json::from_str(&stack.project.read("saved.plan")).unwrap();
+    let kept_saved = saved["plan"]["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["address"] == "postgres.main.database.keep")
+        .unwrap();
+    assert!(kept_saved["before"].is_object(), "{kept_saved}");
+    assert_eq!(kept_saved["before"], kept_saved["after"]);
     let run = stack.ok(&["apply", "--auto-approve"]);
     assert!(
         run.stderr.contains("postgres.main: restarting"),

@@ -132,7 +132,7 @@ pub fn plan(context: &Context, args: PlanArgs) -> anyhow::Result<ExitStatus> {
         let file = PlanFile {
             format: PLAN_FILE_FORMAT,
             config_sha256: config_digest(&checked),
-            plan: plan.clone(),
+            plan: plan.documented(),
         };
         let path = context.dir.join(out);
         let mut text = serde_json::to_string_pretty(&file)?;
@@ -142,17 +142,7 @@ pub fn plan(context: &Context, args: PlanArgs) -> anyhow::Result<ExitStatus> {
     }
     let mut stdout = std::io::stdout().lock();
     if args.json {
-        let mut value = serde_json::to_value(&plan)?;
-        // The JSON shows the before-values of every node that exists, those of an unchanged object too.
-        if let Some(changes) = value.get_mut("changes").and_then(|c| c.as_array_mut()) {
-            for (change, planned) in changes.iter_mut().zip(&plan.changes) {
-                if planned.before.is_none()
-                    && let Some(before) = planned.before_values()
-                {
-                    change["before"] = serde_json::to_value(before)?;
-                }
-            }
-        }
+        let mut value = serde_json::to_value(plan.documented())?;
         redact_json(&mut value);
         writeln!(stdout, "{}", serde_json::to_string_pretty(&value)?)?;
     } else {

@@ -165,6 +165,18 @@ pub struct Summary {
 }
 
 impl Plan {
+    /// The plan as its JSON format documents it (`kip plan --json`, `kip plan --out`): every node that exists with
+    /// its before-values, those of an unchanged object too, which the plan itself does not copy.
+    pub fn documented(&self) -> Plan {
+        let mut plan = self.clone();
+        for change in &mut plan.changes {
+            if change.before.is_none() && change.action == Action::Noop {
+                change.before = change.after.clone();
+            }
+        }
+        plan
+    }
+
     pub fn summary(&self) -> Summary {
         let mut summary = Summary::default();
         for change in &self.changes {
