@@ -146,34 +146,38 @@ pub fn diff(
         } else {
             Action::Replace
         };
-        let (sensitive, before, after) =
-            if differing.is_empty() && have.sensitive.is_subset(&want.sensitive) {
-                // Nothing differs (the common case of a no-op plan): the existing values are the desired ones, and
-                // they are redacted alike. An object's are not copied into `before` (copying a thousand maps was
-                // 6% of a no-op plan): `Change::before_values` gives its after-values; an instance's are, since
-                // apply compares them.
-                let after = fingerprints.redact_owned(want.attributes, &want.sensitive);
-                let before = want.address.is_instance().then(|| after.clone());
-                (want.sensitive, before, after)
-            } else {
-                let sensitive: BTreeSet<String> =
-                    want.sensitive.union(&have.sensitive).cloned().collect();
-                let before_real: Attributes = want
-                    .attributes
-                    .keys()
-                    .map(|key| {
-                        let value = have
-                            .attributes
-                            .get(key)
-                            .cloned()
-                            .unwrap_or(serde_json::Value::Null);
-                        (key.clone(), value)
-                    })
-                    .collect();
-                let before = fingerprints.redact_all(&before_real, &sensitive);
-                let after = fingerprints.redact_owned(want.attributes, &want.sensitive);
-                (sensitive, Some(before), after)
-            };
+        let unchanged = differing.is_empty() && have.sensitive.is_subset(&want.sensitive);
+        // What exists, for a node that changes: every desired attribute as it is now, redacted with the secrets of
+        // both sides.
+        let changed = (!unchanged).then(|| {
+            let sensitive: BTreeSet<String> =
+                want.sensitive.union(&have.sensitive).cloned().collect();
+            let before_real: Attributes = want
+                .attributes
+                .keys()
+                .map(|key| {
+                    let value = have
+                        .attributes
+                        .get(key)
+                        .cloned()
+                        .unwrap_or(serde_json::Value::Null);
+                    (key.clone(), value)
+                })
+                .collect();
+            (fingerprints.redact_all(&before_real, &sensitive), sensitive)
+        });
+        let after = fingerprints.redact_owned(want.attributes, &want.sensitive);
+        let (before, sensitive) = match changed {
+            Some((before, sensitive)) => (Some(before), sensitive),
+            // Nothing differs (the common case of a no-op plan): the existing values are the desired ones, and
+            // they are redacted alike. An object's are not copied into `before` (copying a thousand maps was 6% of
+            // a no-op plan): `Change::before_values` gives its after-values; an instance's are, since apply
+            // compares them.
+            None => (
+                want.address.is_instance().then(|| after.clone()),
+                want.sensitive,
+            ),
+        };
         changes.push(Change {
             address: want.address,
             engine: want.engine,
