@@ -205,8 +205,17 @@ impl Series {
         self.peak_rss_kib = self.peak_rss_kib.max(run.peak_rss_kib);
     }
 
-    /// The peak RSS of one more run, untimed (the timed ones run without `/usr/bin/time`).
-    fn add_rss(&mut self, run: &Run) {
+    /// A step that changes nothing, on a quiet machine: [`READ_ONLY_REPEATS`] timed runs of `kip ARGS` without
+    /// `/usr/bin/time`, then one more under it, untimed, for the peak RSS. `check` judges every run.
+    fn sample(&mut self, project: &Project<'_>, args: &[&str], check: impl Fn(&Run)) {
+        crate::floor::quiet();
+        for _ in 0..READ_ONLY_REPEATS {
+            let run = project.run(args);
+            check(&run);
+            self.add(&run);
+        }
+        let run = project.run_with_rss(args);
+        check(&run);
         self.peak_rss_kib = self.peak_rss_kib.max(run.peak_rss_kib);
     }
 
@@ -240,15 +249,10 @@ impl Steps {
     /// One run of the workflow in `project`, a new project holding the shape's config at `size`.
     fn measure(&mut self, project: &Project<'_>, shape: Shape, size: usize) {
         let objects = shape.objects(size);
-        crate::floor::quiet();
-        for _ in 0..READ_ONLY_REPEATS {
-            self.lint.add(&project.expect(0, &["lint"]));
-        }
-        self.lint.add_rss(&project.run_with_rss(&["lint"]));
-
-        crate::floor::quiet();
-        for _ in 0..READ_ONLY_REPEATS {
-            let plan = project.expect(0, &["plan"]);
+        let succeeds = |run: &Run| assert_eq!(run.code, 0, "{}", run.describe());
+        self.lint.sample(project, &["lint"], succeeds);
+        self.plan_empty.sample(project, &["plan"], |plan| {
+            succeeds(plan);
             assert!(
                 plan.stdout.contains(&format!(
                     "Plan: {objects} to add, 0 to change, 0 to destroy."
@@ -256,9 +260,7 @@ impl Steps {
                 "{}",
                 plan.describe()
             );
-            self.plan_empty.add(&plan);
-        }
-        self.plan_empty.add_rss(&project.run_with_rss(&["plan"]));
+        });
 
         crate::floor::quiet();
         let apply = project.run_with_rss(&["apply", "--auto-approve"]);
@@ -272,31 +274,21 @@ impl Steps {
         );
         self.apply.add(&apply);
 
-        crate::floor::quiet();
-        for _ in 0..READ_ONLY_REPEATS {
-            let noop = project.run(&["plan", "--detailed-exitcode"]);
-            assert!(
-                noop.code == 0,
-                "kip bug: the plan right after an apply of {} ({}) is not empty\n{}",
-                shape.name(),
-                thousands(size),
-                noop.describe()
-            );
-            self.noop_plan.add(&noop);
-        }
         self.noop_plan
-            .add_rss(&project.run_with_rss(&["plan", "--detailed-exitcode"]));
-
-        crate::floor::quiet();
-        for _ in 0..READ_ONLY_REPEATS {
-            self.no_refresh
-                .add(&project.expect(0, &["plan", "--refresh=false", "--detailed-exitcode"]));
-        }
-        self.no_refresh.add_rss(&project.run_with_rss(&[
-            "plan",
-            "--refresh=false",
-            "--detailed-exitcode",
-        ]));
+            .sample(project, &["plan", "--detailed-exitcode"], |noop| {
+                assert!(
+                    noop.code == 0,
+                    "kip bug: the plan right after an apply of {} ({}) is not empty\n{}",
+                    shape.name(),
+                    thousands(size),
+                    noop.describe()
+                );
+            });
+        self.no_refresh.sample(
+            project,
+            &["plan", "--refresh=false", "--detailed-exitcode"],
+            succeeds,
+        );
 
         crate::floor::quiet();
         let destroy = project.run_with_rss(&["destroy", "--auto-approve"]);
