@@ -768,7 +768,9 @@ impl Supervisor {
                     status = settled.clone();
                 }
             }
-            if handle.spec == spec && status.state == ProcessState::Ready {
+            // A leader that exited a moment ago may be reaped before its run has told its status: a ready
+            // status whose process is gone is not ready.
+            if handle.spec == spec && status.state == ProcessState::Ready && still_runs(&status) {
                 return Ok(status);
             }
             tracing::info!(name = %name, "restarting: its spec changed, or it is not ready");
@@ -963,5 +965,14 @@ fn describe_state(state: &ProcessState) -> String {
         } => format!("killed by signal {signal}"),
         ProcessState::Exited { .. } => "exited".to_owned(),
         ProcessState::Failed { reason } => format!("failed ({reason})"),
+    }
+}
+
+/// Whether the process a status names still runs (its pid exists with the same start time and is not a zombie).
+fn still_runs(status: &ProcessStatus) -> bool {
+    match (status.pid, status.start_time) {
+        (Some(pid), Some(start_time)) => procfs::identify(pid, start_time) == Identity::Alive,
+        (Some(pid), None) => procfs::stat(pid).is_some_and(|stat| !stat.is_dead()),
+        (None, _) => false,
     }
 }
