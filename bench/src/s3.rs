@@ -211,6 +211,7 @@ fn bare_ctx(dir: &Path) -> (InstanceCtx, InstanceArgs) {
         secrets: Secrets::default(),
         ports: Default::default(),
         initialized: false,
+        provision_unfinished: false,
     };
     config::assign_ports(&mut ctx, &args).expect("free loopback ports");
     (ctx, args)

@@ -84,6 +84,11 @@ pub struct Lifecycle {
     /// A job that exited 0 with the attributes last applied: it does not run again until they change.
     #[serde(default)]
     pub succeeded: bool,
+    /// The instance's first provisioning started and did not finish (its kip was killed before the state had
+    /// what provisioning generated): what it wrote was never used by a process, and the next apply or `kip up`
+    /// provisions it again as the first time ([`crate::engine::InstanceCtx::provision_unfinished`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub provisioning: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -310,6 +315,7 @@ mod migrate {
                     lifecycle: Lifecycle {
                         initialized,
                         succeeded: false,
+                        provisioning: false,
                     },
                     depends_on: Vec::new(),
                     prevent_destroy: false,

@@ -215,6 +215,9 @@ pub mod memory_programs {
     pub const FAIL: &str = "memory:fail";
     /// A job that exits with the code in its first argument.
     pub const EXIT: &str = "memory:exit";
+    /// An argument `port=N`: the process "listens" on loopback port N (see
+    /// [`super::MemorySupervisors::take_port_at_next_start`]).
+    pub const PORT_ARG: &str = "port=";
 }
 
 /// A process table in memory, shared by every connection it hands out.
@@ -230,6 +233,10 @@ struct MemoryTable {
     /// Every start that spawned something, in order, for tests.
     spawned: Vec<String>,
     reloads: Vec<String>,
+    /// Set by [`MemorySupervisors::take_port_at_next_start`].
+    take_next_port: bool,
+    /// The ports taken that way, held until the table is dropped.
+    taken: Vec<std::net::TcpListener>,
 }
 
 impl MemorySupervisors {
@@ -262,6 +269,22 @@ impl MemorySupervisors {
                 signal: Some(9),
             };
         }
+    }
+
+    /// Makes another program take the port of the next process started with a `port=N` argument just before it
+    /// binds it, as a process starting at the same moment could: that start fails, and the port stays taken.
+    pub fn take_port_at_next_start(&self) {
+        self.lock().take_next_port = true;
+    }
+
+    /// The ports taken by [`MemorySupervisors::take_port_at_next_start`].
+    pub fn taken_ports(&self) -> Vec<u16> {
+        self.lock()
+            .taken
+            .iter()
+            .filter_map(|listener| listener.local_addr().ok())
+            .map(|address| address.port())
+            .collect()
     }
 
     /// Forgets every process, as a stopped supervisor (`kip down`) would.
@@ -300,6 +323,26 @@ impl Supervise for MemorySupervisors {
             table.next_pid += 1;
             let pid = 100_000 + table.next_pid;
             table.spawned.push(spec.name.clone());
+            let port = spec.args.iter().find_map(|arg| {
+                arg.strip_prefix(memory_programs::PORT_ARG)
+                    .and_then(|port| port.parse::<u16>().ok())
+            });
+            if let Some(port) = port
+                && table.take_next_port
+            {
+                table.take_next_port = false;
+                let taken = std::net::TcpListener::bind(("127.0.0.1", port));
+                table.taken.extend(taken.ok());
+                table.processes.remove(&spec.name);
+                return Err(SupervisorError::from(RequestError::NotReady {
+                    name: spec.name.clone(),
+                    probe: "memory".to_owned(),
+                    reason: format!("port {port} was taken just before it bound it"),
+                    waited_ms: 0,
+                    log: spec.log.clone(),
+                    tail: vec![format!("fake: cannot listen on {port}: address in use")],
+                }));
+            }
             let state = match program.as_str() {
                 memory_programs::FAIL => {
                     table.processes.remove(&spec.name);

@@ -1,7 +1,8 @@
 //! NATS end to end through the real `kip` binary and the real `nats-server` from the test mirror, checked with
-//! `async-nats`: the port allocated once and kept across down/up and re-apply, `kip env`, reloads and restarts as
-//! the plan announces them, a killed server restarted with its data, names NATS would refuse, a taken port, a
-//! setting NATS refuses at start, and another local user polling the port during the first start.
+//! `async-nats`: the port allocated once and kept across down/up and re-apply (and given up for a new one when
+//! another program took it), `kip env`, reloads and restarts as the plan announces them, a killed server restarted
+//! with its data, names NATS would refuse, a setting NATS refuses at start, and another local user polling the port
+//! during the first start.
 
 use std::time::Duration;
 
@@ -406,28 +407,64 @@ fn names_and_values_nats_would_refuse_are_lint_errors_with_their_spans() {
     );
 }
 
-/// The port kip allocated and kept in state, taken by another program while the instance was down: refused
-/// before spawning (a probe would pass against the other program), as a declared one is (tests/cli/faults.rs);
-/// once free, the instance comes back on it.
+/// The port kip allocated and kept in state, taken by another program while the instance was down (any outgoing
+/// connection may get a port of the ephemeral range): `kip up`, and `kip apply` the next time, give it up for a new
+/// free one, say so, and keep the new one in state; the other program is left alone, the data stays, and the
+/// plan after it is empty.
 #[test]
-fn a_kept_port_taken_while_down_is_refused_before_spawning() {
-    let stack = Stack::new("nats \"bus\" {\n  version = \"2\"\n}\n");
+fn a_kept_port_taken_while_down_is_given_up_for_a_new_one() {
+    let stack = Stack::new(&config("1MB", ""));
     stack.ok(&["apply", "--auto-approve"]);
-    let (url, _) = env(&stack);
-    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    let port = |stack: &Stack| -> u16 { env(stack).0.rsplit(':').next().unwrap().parse().unwrap() };
+    let first = port(&stack);
+    publish(&stack, "orders.one", "kept");
     stack.ok(&["down"]);
-    let holder = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
-    let up = stack.kip(&["up"]);
-    assert_ne!(up.code, 0, "{}", up.snapshot());
-    assert!(up.stderr.contains(&format!("port {port}")), "{}", up.stderr);
-    assert_eq!(
-        stack.ok(&["ps", "--json"]).stdout.trim(),
-        "[]",
-        "nats was spawned"
+    let holder = std::net::TcpListener::bind(("127.0.0.1", first)).unwrap();
+    let up = stack.ok(&["up"]);
+    let second = port(&stack);
+    assert_ne!(second, first);
+    assert!(
+        up.stdout.contains(&format!(
+            "port {first} (its client listener), which kip chose, is taken by another program; it listens on \
+             {second} now"
+        )),
+        "{}",
+        up.snapshot()
     );
-    drop(holder);
-    stack.ok(&["up"]);
-    assert_eq!(env(&stack).0, url);
+    assert_eq!(
+        stack.ok(&["url", "nats.bus"]).stdout.trim(),
+        format!("nats://127.0.0.1:{second}")
+    );
+    assert_eq!(
+        last_message(&stack, "ORDERS", "orders.one").as_deref(),
+        Some("kept")
+    );
+    // The other program still holds its port, untouched.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", first)).is_ok());
+    stack.ok(&["plan", "--detailed-exitcode"]);
+
+    // Taken again while down, and given up by an apply this time.
+    stack.ok(&["down"]);
+    let holder_two = std::net::TcpListener::bind(("127.0.0.1", second)).unwrap();
+    let apply = stack.ok(&["apply", "--auto-approve"]);
+    let third = port(&stack);
+    assert!(
+        third != first && third != second,
+        "{first} {second} {third}"
+    );
+    assert!(
+        apply
+            .stderr
+            .contains(&format!("port {second} (its client listener)")),
+        "{}",
+        apply.snapshot()
+    );
+    assert_eq!(
+        last_message(&stack, "ORDERS", "orders.one").as_deref(),
+        Some("kept")
+    );
+    stack.ok(&["plan", "--detailed-exitcode"]);
+    drop((holder, holder_two));
 }
 
 /// A value NATS refuses in its config file: the start fails and the error quotes NATS's own words from its log;

@@ -92,24 +92,59 @@ fn a_declared_port_in_use_is_refused_before_spawning() {
     );
 }
 
-/// One of SeaweedFS's internal ports taken by another program while the store is down: the start fails, and the
-/// error quotes `weed`'s own words from its log.
+/// One of SeaweedFS's internal ports (the master's, whose metadata directory weed names after it) taken by another
+/// program while the store is down: the next apply gives it up for a new free one, says so, and the objects stay;
+/// the other program keeps its port.
+#[test]
+fn an_internal_port_taken_while_down_is_given_up_and_the_objects_stay() {
+    let stack = Stack::new("s3 \"store\" {\n  version = \"4\"\n  bucket \"keep\" {}\n}\n");
+    stack.ok(&["apply", "--auto-approve"]);
+    block_on(client(&stack).put_object("keep", "a/b.txt", "kept")).unwrap();
+    stack.ok(&["down"]);
+    let master = state_ports(&stack, "s3.store")["master"];
+    let holder = std::net::TcpListener::bind(("127.0.0.1", master)).unwrap();
+    let run = stack.ok(&["apply", "--auto-approve"]);
+    let moved = state_ports(&stack, "s3.store")["master"];
+    assert_ne!(moved, master);
+    assert!(
+        run.stderr.contains(&format!(
+            "port {master} (its master listener), which kip chose, is taken by another program; it listens on \
+             {moved} now"
+        )),
+        "{}",
+        run.snapshot()
+    );
+    let s3 = client(&stack);
+    let read = s3.get_object_retrying("keep", "a/b.txt", Duration::from_secs(10));
+    assert_eq!(block_on(read).unwrap(), "kept");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", master)).is_ok());
+    assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
+    drop(holder);
+}
+
+/// weed refusing to start (its filer store made unusable while the store was down): the apply fails, and the
+/// error quotes weed's own log; once repaired, the next apply starts it.
 #[test]
 fn a_failed_start_reports_the_engines_log_tail() {
     let stack = Stack::new("s3 \"store\" {\n  version = \"4\"\n}\n");
     stack.ok(&["apply", "--auto-approve"]);
     stack.ok(&["down"]);
-    let master = state_ports(&stack, "s3.store")["master"];
-    let holder = std::net::TcpListener::bind(("127.0.0.1", master)).unwrap();
+    let data = stack.project.path().join(".kip/run/s3.store/data");
+    let store = data.join("filerldb2");
+    let saved = data.join("filerldb2.saved");
+    std::fs::rename(&store, &saved).unwrap();
+    std::fs::write(&store, "not a directory").unwrap();
     let run = stack.kip(&["apply", "--auto-approve"]);
     assert_eq!(run.code, 1, "{}", run.snapshot());
-    assert!(run.stderr.contains("s3.store"), "{}", run.stderr);
     assert!(
-        run.stderr.contains(&format!("port {master} for Master")),
+        run.stderr.contains("`s3.store` exited before it was ready")
+            && run.stderr.contains("weed.log:")
+            && run.stderr.contains("github.com/seaweedfs/seaweedfs"),
         "the error quotes weed's log\n{}",
         run.stderr
     );
-    drop(holder);
+    std::fs::remove_file(&store).unwrap();
+    std::fs::rename(&saved, &store).unwrap();
     stack.ok(&["apply", "--auto-approve"]);
     assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
 }

@@ -572,6 +572,42 @@ fn a_lost_state_never_opens_access_and_says_how_to_recover() {
     assert_eq!(pong, "PONG");
 }
 
+/// A kip killed after its first provisioning wrote the ACL file and before the state had the password: the state
+/// says the provisioning is unfinished and holds no password. The next `kip up` (and, the same way, `kip apply`)
+/// provisions again as the first time, the ACL file gets the password that is now saved, and the instance works.
+#[test]
+fn a_first_provisioning_killed_before_its_password_was_saved_is_done_again() {
+    let stack = Stack::new("valkey \"cache\" {\n  version = \"9\"\n}\n");
+    stack.ok(&["apply", "--auto-approve"]);
+    let old = stack.url("valkey.cache");
+    stack.ok(&["down"]);
+    let path = stack.project.path().join(".kip/state.json");
+    let interrupt = || {
+        let mut state: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let entry = &mut state["instances"]["valkey.cache"];
+        entry["secrets"] = serde_json::json!({});
+        entry["lifecycle"] = serde_json::json!({ "provisioning": true });
+        std::fs::write(&path, serde_json::to_string(&state).unwrap()).unwrap();
+    };
+    interrupt();
+    stack.ok(&["up"]);
+    let new = stack.url("valkey.cache");
+    assert_ne!(new, old, "a new password");
+    let pong: String = redis::cmd("PING").query(&mut connect(&new)).unwrap();
+    assert_eq!(pong, "PONG");
+    assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
+
+    stack.ok(&["down"]);
+    interrupt();
+    stack.ok(&["apply", "--auto-approve"]);
+    let pong: String = redis::cmd("PING")
+        .query(&mut connect(&stack.url("valkey.cache")))
+        .unwrap();
+    assert_eq!(pong, "PONG");
+    assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
+}
+
 /// `kip connect` runs valkey-cli (or redis-cli) on the instance's socket, as `default` or as a user, with the
 /// password in its environment.
 #[test]

@@ -58,21 +58,20 @@ pub fn up(context: &Context, args: UpArgs) -> anyhow::Result<ExitStatus> {
             )?;
             continue;
         }
-        let saved = state.instances[&address].clone();
-        let Some(engine) = engines.get(&saved.engine) else {
+        let engine_name = state.instances[&address].engine.clone();
+        let Some(engine) = engines.get(&engine_name) else {
             writeln!(
                 stdout,
-                "{address}: skipped, this kip cannot run {} instances",
-                saved.engine
+                "{address}: skipped, this kip cannot run {engine_name} instances"
             )?;
             continue;
         };
-        let mut ctx = lifecycle::ctx_from_state(&project, &address, &saved);
         let outcome = runtime
-            .block_on(lifecycle::bring_up(
+            .block_on(lifecycle::bring_up_in(
+                &project,
+                &mut state,
+                &address,
                 engine.as_ref(),
-                &mut ctx,
-                &saved,
                 supervisor.as_mut(),
             ))
             .map_err(|error| {
@@ -82,12 +81,12 @@ pub fn up(context: &Context, args: UpArgs) -> anyhow::Result<ExitStatus> {
         match outcome {
             Up::Running => writeln!(stdout, "{address}: already running")?,
             Up::Done => writeln!(stdout, "{address}: succeeded before; not run again")?,
-            Up::Started(pids) => {
-                if let Some(entry) = state.instances.get_mut(&address) {
-                    entry.lifecycle.initialized = ctx.initialized;
-                    lifecycle::save_ctx(entry, &ctx);
-                    entry.attributes = saved.attributes.clone();
-                    state.write(&project.kip_dir).map_err(state_error)?;
+            Up::Started(pids, moved) => {
+                for port in &moved {
+                    writeln!(
+                        stdout,
+                        "{address}: {port}; what reads its address gets the new one at the next `kip apply`"
+                    )?;
                 }
                 started += 1;
                 let pids: Vec<String> = pids.iter().map(u32::to_string).collect();

@@ -32,6 +32,11 @@ pub enum InstanceError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "port {port}, which kip chose for its {name} listener, is taken by another program, and so were the ports \
+         chosen instead"
+    )]
+    ChosenPortTaken { name: String, port: u16 },
     #[error("it does not run, and kip sync never starts, creates or replaces an instance")]
     NotRunning,
     #[error("the job `{name}` {exit}{}", crate::supervisor::quote_tail(log, tail))]
@@ -72,6 +77,9 @@ impl InstanceError {
             InstanceError::RunAs(error) => error.hint(),
             InstanceError::PortTaken { .. } => Some(
                 "choose a free port, stop what holds it, or drop `port` to use a unix socket only".into(),
+            ),
+            InstanceError::ChosenPortTaken { .. } => Some(
+                "something on this machine keeps taking loopback ports; declare a `port` for the instance".into(),
             ),
             InstanceError::NotRunning => Some("run `kip up` (or `kip apply`) first".into()),
             InstanceError::JobFailed { log, .. } => Some(format!(

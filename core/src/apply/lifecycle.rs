@@ -88,6 +88,7 @@ pub fn ctx_without_objects(
         secrets: Secrets(saved.secrets.clone()),
         ports: saved.ports.clone(),
         initialized: saved.lifecycle.initialized,
+        provision_unfinished: saved.lifecycle.provisioning,
     }
 }
 
@@ -166,27 +167,140 @@ pub fn all_ready(statuses: &[ProcessStatus], specs: &[SpawnSpec]) -> bool {
         })
 }
 
-/// Refuses to start when a declared port is taken: a tcp probe would otherwise pass against whatever holds it.
-/// Not while a process of the instance itself is live in the supervisor (`statuses`): still starting after a kip
-/// that was killed mid-apply, or restarting after a crash, it holds its own port, and the start that follows
-/// joins (or replaces) that run instead of racing it.
-pub fn check_ports(
-    engine: &dyn Engine,
-    ctx: &InstanceCtx,
-    statuses: &[ProcessStatus],
-) -> Result<(), InstanceError> {
-    if processes_of(statuses, &ctx.address)
-        .iter()
-        .any(|status| status.state.is_live())
-    {
-        return Ok(());
+/// A port kip chose for an instance (kept in state) that another program took, and the one the instance got
+/// instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MovedPort {
+    /// The name the port is kept under (the listener it is for).
+    pub name: String,
+    pub from: u16,
+    pub to: u16,
+}
+
+impl std::fmt::Display for MovedPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "port {} (its {} listener), which kip chose, is taken by another program; it listens on {} now",
+            self.from, self.name, self.to
+        )
     }
+}
+
+/// How many times a start gives up taken ports kip chose for new ones before it fails.
+const PORT_TRIES: usize = 3;
+
+/// Starts the provisioned instance's processes on ports that are free; answers the specs they run with and the
+/// ports that moved.
+///
+/// - A port its configuration declares ([`Engine::ports`]) that something else holds refuses the start: the user
+///   chose it, and only they can choose another.
+/// - A port kip chose (kept in the context's `ports`) that something else holds is given up for a new free one:
+///   one taken while the instance did not run (an outgoing connection may get any port of the ephemeral range),
+///   or between this check and the engine's bind (another kip choosing at the same moment). The instance is then
+///   provisioned again, so that its configuration names the new port, `moved` is called (to save the state before
+///   anything runs on the new port), and the start is tried again, at most [`PORT_TRIES`] times.
+///
+/// Nothing is checked while a process of the instance itself is live in the supervisor (`statuses`): still
+/// starting after a kip that was killed mid-apply, or restarting after a crash, it holds its own ports, and the
+/// start joins (or replaces) that run instead of racing it.
+pub async fn start_on_free_ports(
+    engine: &dyn Engine,
+    ctx: &mut InstanceCtx,
+    statuses: &[ProcessStatus],
+    supervisor: &mut dyn Supervise,
+    moved: &mut dyn FnMut(&InstanceCtx) -> Result<(), InstanceError>,
+) -> Result<(Vec<SpawnSpec>, Vec<MovedPort>), InstanceError> {
+    let live = processes_of(statuses, &ctx.address)
+        .iter()
+        .any(|status| status.state.is_live());
+    let mut all_moved = Vec::new();
+    let mut tries = 0;
+    loop {
+        if !live {
+            check_declared_ports(engine, ctx)?;
+            let taken = taken_chosen_ports(ctx);
+            if !taken.is_empty() {
+                tries += 1;
+                if tries > PORT_TRIES {
+                    return Err(chosen_port_taken(&taken));
+                }
+                all_moved.extend(choose_again(engine, ctx, &taken).await?);
+                moved(ctx)?;
+                continue;
+            }
+        }
+        let specs = engine.spawn_specs(ctx)?;
+        match start(supervisor, &specs).await {
+            Ok(()) => return Ok((specs, all_moved)),
+            Err(error) if live || tries >= PORT_TRIES => return Err(error),
+            Err(error) => {
+                // The engine could not bind a port that was free a moment ago: another program has it now.
+                let taken = taken_chosen_ports(ctx);
+                if taken.is_empty() {
+                    return Err(error);
+                }
+                tracing::warn!(instance = %ctx.address, "the start failed and a port kip chose is taken: {error}");
+                tries += 1;
+                all_moved.extend(choose_again(engine, ctx, &taken).await?);
+                moved(ctx)?;
+            }
+        }
+    }
+}
+
+/// Refuses a declared port something else holds (the ones kip chose are [`taken_chosen_ports`]'s).
+fn check_declared_ports(engine: &dyn Engine, ctx: &InstanceCtx) -> Result<(), InstanceError> {
     for port in engine.ports(ctx) {
+        if ctx.ports.values().any(|chosen| *chosen == port) {
+            continue;
+        }
         if let Err(source) = std::net::TcpListener::bind(("127.0.0.1", port)) {
             return Err(InstanceError::PortTaken { port, source });
         }
     }
     Ok(())
+}
+
+/// The ports kip chose for the instance that something else holds now, with their names.
+fn taken_chosen_ports(ctx: &InstanceCtx) -> Vec<(String, u16)> {
+    ctx.ports
+        .iter()
+        .filter(|(_, port)| std::net::TcpListener::bind(("127.0.0.1", **port)).is_err())
+        .map(|(name, port)| (name.clone(), *port))
+        .collect()
+}
+
+/// Forgets the `taken` ports and provisions the instance again, which chooses new ones.
+async fn choose_again(
+    engine: &dyn Engine,
+    ctx: &mut InstanceCtx,
+    taken: &[(String, u16)],
+) -> Result<Vec<MovedPort>, InstanceError> {
+    for (name, _) in taken {
+        ctx.ports.remove(name);
+    }
+    engine.provision(ctx).await?;
+    taken
+        .iter()
+        .map(|(name, from)| match ctx.ports.get(name) {
+            Some(to) => {
+                let moved = MovedPort {
+                    name: name.clone(),
+                    from: *from,
+                    to: *to,
+                };
+                tracing::warn!(instance = %ctx.address, "{moved}");
+                Ok(moved)
+            }
+            None => Err(chosen_port_taken(taken)),
+        })
+        .collect()
+}
+
+fn chosen_port_taken(taken: &[(String, u16)]) -> InstanceError {
+    let (name, port) = taken[0].clone();
+    InstanceError::ChosenPortTaken { name, port }
 }
 
 /// Starts the instance's processes in order. A job is waited for, and fails the start unless it exits 0.
@@ -329,19 +443,25 @@ pub enum Up {
     Running,
     /// A job that succeeded with its current configuration: not run again.
     Done,
-    /// Started; the pids of its processes.
-    Started(Vec<u32>),
+    /// Started; the pids of its processes, and the ports kip chose that moved because others took them.
+    Started(Vec<u32>, Vec<MovedPort>),
 }
 
 /// Starts an applied instance that does not run (after `kip down` or a crash), as it was last applied: its
-/// configuration rewritten, its declared ports checked, its processes started and ready. Nothing is planned or
-/// converged.
+/// configuration rewritten, its ports checked (see [`start_on_free_ports`]; `moved` saves the context when kip's
+/// ports moved), its processes started and ready. Nothing is planned or converged.
 pub async fn bring_up(
     engine: &dyn Engine,
     ctx: &mut InstanceCtx,
     saved: &InstanceState,
     supervisor: &mut dyn Supervise,
+    moved: &mut dyn FnMut(&InstanceCtx) -> Result<(), InstanceError>,
 ) -> Result<Up, InstanceError> {
+    if ctx.provision_unfinished {
+        // Its specs need what provisioning assigns.
+        engine.provision(ctx).await?;
+        ctx.provision_unfinished = false;
+    }
     let specs = engine.spawn_specs(ctx)?;
     let jobs = specs.iter().any(|spec| spec.job);
     if jobs && saved.lifecycle.succeeded {
@@ -352,8 +472,7 @@ pub async fn bring_up(
         return Ok(Up::Running);
     }
     engine.provision(ctx).await?;
-    check_ports(engine, ctx, &statuses)?;
-    start(supervisor, &specs).await?;
+    let (_, ports_moved) = start_on_free_ports(engine, ctx, &statuses, supervisor, moved).await?;
     if !jobs {
         engine.ready(ctx).await?;
         if !ctx.initialized {
@@ -367,7 +486,40 @@ pub async fn bring_up(
             .iter()
             .filter_map(|status| status.pid)
             .collect(),
+        ports_moved,
     ))
+}
+
+/// [`bring_up`] for the instance `address` of `state`, which is written when the instance started (its secrets,
+/// ports and flags) and as soon as ports kip chose moved, before anything runs on them.
+pub async fn bring_up_in(
+    project: &Project,
+    state: &mut State,
+    address: &Address,
+    engine: &dyn Engine,
+    supervisor: &mut dyn Supervise,
+) -> Result<Up, InstanceError> {
+    let Some(saved) = state.instances.get(address).cloned() else {
+        return Ok(Up::Running);
+    };
+    let mut ctx = ctx_from_state(project, address, &saved);
+    let mut save = |ctx: &InstanceCtx| {
+        if let Some(entry) = state.instances.get_mut(address) {
+            entry.ports = ctx.ports.clone();
+        }
+        Ok(state.write(&project.kip_dir)?)
+    };
+    let outcome = bring_up(engine, &mut ctx, &saved, supervisor, &mut save).await?;
+    if let Up::Started(..) = outcome
+        && let Some(entry) = state.instances.get_mut(address)
+    {
+        entry.lifecycle.initialized = ctx.initialized;
+        entry.lifecycle.provisioning = false;
+        save_ctx(entry, &ctx);
+        entry.attributes = saved.attributes.clone();
+        state.write(&project.kip_dir)?;
+    }
+    Ok(outcome)
 }
 
 /// The applied instances in dependency order (what an instance depends on comes first), from the state alone.

@@ -355,6 +355,7 @@ impl Applier<'_> {
             secrets: Secrets::default(),
             ports: BTreeMap::new(),
             initialized: false,
+            provision_unfinished: false,
         })
     }
 
@@ -534,13 +535,19 @@ impl Applier<'_> {
             }
         };
         ctx.objects = lifecycle::objects_view(&desired);
-        if fresh {
+        // A first provisioning, or one a killed kip left unfinished: done before anything else looks at the
+        // instance (its processes' specs need the ports it assigns).
+        let first_provision = fresh || lifecycle.provisioning;
+        if first_provision {
             // In the state before anything is made on disk: a provisioning that fails half-way leaves an instance
             // the next plan knows (and replaces, when what it was made with changed) and `kip destroy` removes,
-            // never a directory nobody knows of.
+            // never a directory nobody knows of. Marked unfinished until what it generated is saved.
+            lifecycle.provisioning = true;
             self.save(state, &ctx, engine, instance_change.as_ref(), &lifecycle)?;
             self.report.step(address, "provisioning");
             engine.provision(&mut ctx).await?;
+            lifecycle.provisioning = false;
+            ctx.provision_unfinished = false;
             self.save(state, &ctx, engine, instance_change.as_ref(), &lifecycle)?;
         }
 
@@ -561,7 +568,7 @@ impl Applier<'_> {
                 crate::runas::ensure_reachable(&toolchain.root, run_as)?;
             }
         }
-        let specs = engine.spawn_specs(&ctx)?;
+        let mut specs = engine.spawn_specs(&ctx)?;
         let statuses = supervisor.status().await?;
         let running = lifecycle::all_ready(&statuses, &specs);
         let jobs = specs.iter().any(|spec| spec.job);
@@ -576,27 +583,36 @@ impl Applier<'_> {
             if self.sync_only {
                 return Err(InstanceError::NotRunning);
             }
-            if !fresh {
+            if !first_provision {
                 engine.provision(&mut ctx).await?;
                 // What provisioning generated (a password it set offline) is in the state before any process
                 // runs with it: a kip killed during the start leaves the next one able to get in.
                 self.save(state, &ctx, engine, instance_change.as_ref(), &lifecycle)?;
             }
-            lifecycle::check_ports(engine, &ctx, &statuses)?;
             self.report
                 .step(address, if jobs { "running" } else { "starting" });
-            if started_signal.wanted() {
+            // Ports kip chose that moved are in the state before anything runs on them.
+            let mut save = |ctx: &InstanceCtx| {
+                self.save(state, ctx, engine, instance_change.as_ref(), &lifecycle)
+            };
+            let start =
+                lifecycle::start_on_free_ports(engine, &mut ctx, &statuses, supervisor, &mut save);
+            let (started_specs, moved) = if started_signal.wanted() {
                 // Released as soon as a process of the instance was spawned, while the start goes on.
-                let mut start = std::pin::pin!(lifecycle::start(supervisor, &specs));
+                let mut start = std::pin::pin!(start);
                 tokio::select! {
                     result = &mut start => result?,
                     () = self.spawned(address) => {
                         started_signal.signal();
-                        start.await?;
+                        start.await?
                     }
                 }
             } else {
-                lifecycle::start(supervisor, &specs).await?;
+                start.await?
+            };
+            specs = started_specs;
+            for port in &moved {
+                self.report.step(address, &port.to_string());
             }
             if jobs {
                 lifecycle.succeeded = true;
@@ -636,8 +652,20 @@ impl Applier<'_> {
                 Reconfigure::Restart => {
                     self.report.step(address, "restarting");
                     lifecycle::stop(supervisor, address).await?;
-                    lifecycle::check_ports(engine, &ctx, &[])?;
-                    lifecycle::start(supervisor, &specs).await?;
+                    let mut save = |ctx: &InstanceCtx| {
+                        self.save(state, ctx, engine, instance_change.as_ref(), &lifecycle)
+                    };
+                    let (_, moved) = lifecycle::start_on_free_ports(
+                        engine,
+                        &mut ctx,
+                        &[],
+                        supervisor,
+                        &mut save,
+                    )
+                    .await?;
+                    for port in &moved {
+                        self.report.step(address, &port.to_string());
+                    }
                     engine.ready(&ctx).await?;
                 }
             }

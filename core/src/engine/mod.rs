@@ -194,6 +194,12 @@ pub struct InstanceCtx {
     pub ports: BTreeMap<String, u16>,
     /// Whether the after-start step ran already (once in the life of the instance).
     pub initialized: bool,
+    /// The instance's first provisioning was interrupted: a kip was killed after it had started writing the
+    /// instance's files and before the state had the secrets and ports it generated. No process ever ran on those
+    /// files, and the secrets in them are lost, so provision writes again what it writes only once otherwise (a
+    /// file the engine owns after its first start). Never set for an instance whose state was lost: that data
+    /// directory was used, and access to it is never reset.
+    pub provision_unfinished: bool,
 }
 
 impl InstanceCtx {

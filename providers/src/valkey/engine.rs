@@ -268,9 +268,10 @@ impl Engine for Valkey {
             ctx.secrets.get_or_generate(USER_KEY)?;
             Self::write_config(ctx, &args)
                 .map_err(|error| vk_error("cannot write the Valkey configuration", error))?;
-            // The default user's password exists before the first start; from then on the file is Valkey's.
+            // The default user's password exists before the first start; from then on the file is Valkey's. One
+            // a killed kip wrote before it could save the password was never Valkey's, and is written again.
             let acl_file = ctx.data_dir.join(ACL_FILE);
-            if !acl_file.exists() {
+            if ctx.provision_unfinished || !acl_file.exists() {
                 let line = format!(
                     "user default on #{} ~* &* +@all\n",
                     password_hash(&default_password(ctx, &args))

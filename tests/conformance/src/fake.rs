@@ -80,6 +80,12 @@ pub fn schema() -> &'static EngineSchema {
                     "Provisioning takes this long, and so does each refresh.",
                 )
                 .with_default(0),
+                Arg::new(
+                    "listens",
+                    T::Bool,
+                    "It gets a loopback port kip chooses (named `listen`), passed as `port=N`.",
+                )
+                .with_default(false),
             ])
             .blocks(vec![
                 Block::named_object("item", "name", "An object in the fake's store.")
@@ -155,6 +161,7 @@ struct FakeArgs {
     exit_code: i64,
     password: Option<String>,
     delay_ms: u64,
+    listens: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,6 +170,9 @@ struct ItemArgs {
     value: String,
     secret: Option<String>,
 }
+
+/// The name of the port kip chooses for an instance that `listens`.
+pub const LISTEN_PORT: &str = "listen";
 
 /// The store file of an instance.
 pub fn store_path(data_dir: &Path) -> PathBuf {
@@ -229,6 +239,9 @@ impl Engine for Fake {
                 };
                 ctx.secrets.0.insert(PASSWORD.into(), password);
             }
+            if args.listens {
+                ctx.port(LISTEN_PORT)?;
+            }
             self.journal.record(&ctx.address, "provisioned");
             Ok(())
         })
@@ -251,12 +264,19 @@ impl Engine for Fake {
                 name: SpawnSpec::name_for(&ctx.address, process.as_deref()),
                 instance: ctx.address.to_string(),
                 program: program.into(),
-                args: vec![
+                args: [
                     args.exit_code.to_string(),
                     args.setting.clone(),
                     args.restart_setting.clone(),
                     args.flavour.clone(),
-                ],
+                ]
+                .into_iter()
+                .chain(
+                    ctx.ports
+                        .get(LISTEN_PORT)
+                        .map(|port| format!("{}{port}", memory_programs::PORT_ARG)),
+                )
+                .collect(),
                 env: BTreeMap::new(),
                 cwd: ctx.data_dir.clone(),
                 run_as: None,

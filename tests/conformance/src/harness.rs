@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use kip_core::address::Address;
-use kip_core::apply::lifecycle::{self, Up};
+use kip_core::apply::lifecycle;
 use kip_core::apply::{Applier, ApplyError, Destroyer, Report};
 use kip_core::config::{CheckOptions, Checked, check};
 use kip_core::engine::{Engine, Engines, Exports};
@@ -395,27 +395,16 @@ impl Harness {
         let runtime = Self::runtime();
         let mut supervisor = self.supervisors.connect();
         for address in lifecycle::dependency_order(&state) {
-            let saved = state.instances[&address].clone();
             let engine = self.engine_of(&state, &address)?;
-            let mut ctx = lifecycle::ctx_from_state(&self.project, &address, &saved);
-            let outcome = runtime
-                .block_on(lifecycle::bring_up(
+            runtime
+                .block_on(lifecycle::bring_up_in(
+                    &self.project,
+                    &mut state,
+                    &address,
                     engine.as_ref(),
-                    &mut ctx,
-                    &saved,
                     supervisor.as_mut(),
                 ))
                 .map_err(|error| render(&error))?;
-            if let Up::Started(_) = outcome
-                && let Some(entry) = state.instances.get_mut(&address)
-            {
-                entry.lifecycle.initialized = ctx.initialized;
-                lifecycle::save_ctx(entry, &ctx);
-                entry.attributes = saved.attributes.clone();
-                state
-                    .write(&self.project.kip_dir)
-                    .map_err(|error| render(&error))?;
-            }
         }
         Ok(())
     }

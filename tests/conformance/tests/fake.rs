@@ -1,9 +1,10 @@
 //! The fake engine through the whole suite, and through the parts of the lifecycle and the scheduler real
 //! engines rarely hit on demand: parallel starts, a failure that skips its dependents (reported once), a provider
 //! panic, several processes in order, reload and restart, a job that runs once, a forced replacement, and a
-//! reference to another instance that is known only after apply and stays redacted.
+//! reference to another instance that is known only after apply and stays redacted, and a port kip chose taken
+//! during a start.
 
-use kip_conformance::fake::{Fake, FakeFixture, schema};
+use kip_conformance::fake::{Fake, FakeFixture, LISTEN_PORT, schema};
 use kip_conformance::{Harness, Setup, run};
 use kip_core::address::Address;
 use kip_core::apply::{ApplyError, InstanceError};
@@ -281,4 +282,34 @@ fake "app" {
         .unwrap()
         .to_owned();
     assert!(!serde_json::to_string(&plan).unwrap().contains(&password));
+}
+
+/// A port kip chose, taken by another program between kip's check and the engine's bind (another kip choosing
+/// the same moment): the failed start gives it up for a new free one, saved in the state, and starts again; the
+/// other program keeps its port.
+#[test]
+fn a_chosen_port_taken_during_the_start_is_given_up_for_a_new_one() {
+    let (setup, _, supervisors) = setup();
+    let harness = Harness::new(&setup, "fake \"main\" {\n  listens = true\n}\n");
+    supervisors.take_port_at_next_start();
+    harness
+        .apply()
+        .expect("the second start, on a new port, succeeds");
+    let taken = supervisors.taken_ports();
+    assert_eq!(taken.len(), 1, "{taken:?}");
+    let kept = harness.state().instances[&fake("main")].ports[LISTEN_PORT];
+    assert_ne!(kept, taken[0]);
+    let spawned = supervisors.spawned();
+    assert_eq!(spawned, ["fake.main", "fake.main"], "{spawned:?}");
+    let running = harness.running(&fake("main"));
+    assert_eq!(running.len(), 1);
+    assert!(std::net::TcpStream::connect(("127.0.0.1", taken[0])).is_ok());
+    // Nothing to change afterwards.
+    let plan = harness.plan().unwrap();
+    assert!(
+        plan.changes
+            .iter()
+            .all(|change| change.action == Action::Noop),
+        "{plan:?}"
+    );
 }
