@@ -212,6 +212,7 @@ fn bare_ctx(dir: &Path) -> (InstanceCtx, InstanceArgs) {
         ports: Default::default(),
         initialized: false,
         provision_unfinished: false,
+        session: Default::default(),
     };
     config::assign_ports(&mut ctx, &args).expect("free loopback ports");
     (ctx, args)

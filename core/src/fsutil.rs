@@ -7,7 +7,14 @@ use std::path::Path;
 /// directory, keeping the mode of a file it replaces. A reader sees the old file or the new one, never half of
 /// either; a crash leaves at most a stray temp file.
 pub fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    write(path, contents, None)
+    write(path, contents, None, true)
+}
+
+/// [`write_atomically`] without the fsyncs, for a file kip writes again before every use (an engine's
+/// configuration, which every provisioning renders anew before a start): a reader still sees the old file or the
+/// new one, also after kip is killed; a power loss that loses it is repaired by the next start.
+pub fn write_regenerated(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    write(path, contents, None, false)
 }
 
 /// [`write_atomically`] for a file only its owner may read (a secret, a config holding a password hash): the temp
@@ -18,7 +25,7 @@ pub fn write_private(
     contents: &[u8],
     owner: Option<(u32, u32)>,
 ) -> std::io::Result<()> {
-    write(path, contents, Some(owner))
+    write(path, contents, Some(owner), true)
 }
 
 /// [`write_private`] unless `path` already holds exactly `contents`, mode 0600 and `owner`'s: a configuration
@@ -28,6 +35,25 @@ pub fn write_private_if_changed(
     contents: &[u8],
     owner: Option<(u32, u32)>,
 ) -> std::io::Result<bool> {
+    write_private_if_changed_as(path, contents, owner, true)
+}
+
+/// [`write_private_if_changed`] without the fsyncs, for a private file rendered anew before every start (see
+/// [`write_regenerated`]).
+pub fn write_private_regenerated(
+    path: &Path,
+    contents: &[u8],
+    owner: Option<(u32, u32)>,
+) -> std::io::Result<bool> {
+    write_private_if_changed_as(path, contents, owner, false)
+}
+
+fn write_private_if_changed_as(
+    path: &Path,
+    contents: &[u8],
+    owner: Option<(u32, u32)>,
+    durable: bool,
+) -> std::io::Result<bool> {
     use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
     let same = std::fs::metadata(path).is_ok_and(|metadata| {
         metadata.permissions().mode() & 0o777 == 0o600
@@ -36,7 +62,7 @@ pub fn write_private_if_changed(
     if same {
         return Ok(false);
     }
-    write_private(path, contents, owner)?;
+    write(path, contents, Some(owner), durable)?;
     Ok(true)
 }
 
@@ -56,8 +82,14 @@ pub fn private_dir(dir: &Path, owner: Option<(u32, u32)>) -> std::io::Result<()>
     Ok(())
 }
 
-/// `private`: `None` keeps the replaced file's mode; `Some(owner)` makes it 0600 and `owner`'s.
-fn write(path: &Path, contents: &[u8], private: Option<Option<(u32, u32)>>) -> std::io::Result<()> {
+/// `private`: `None` keeps the replaced file's mode; `Some(owner)` makes it 0600 and `owner`'s. `durable`: fsync the
+/// file before the rename and the directory after it.
+fn write(
+    path: &Path,
+    contents: &[u8],
+    private: Option<Option<(u32, u32)>>,
+    durable: bool,
+) -> std::io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
     let dir = path
         .parent()
@@ -93,9 +125,14 @@ fn write(path: &Path, contents: &[u8], private: Option<Option<(u32, u32)>>) -> s
             }
         }
         file.write_all(contents)?;
-        file.sync_all()?;
+        if durable {
+            file.sync_all()?;
+        }
         std::fs::rename(&temp, path)?;
-        std::fs::File::open(dir)?.sync_all()
+        if durable {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&temp);

@@ -363,6 +363,8 @@ pub fn provision(
     let spares_usable = same_filesystem(template, parent);
     let prepared = if spares_usable && claim_spare(template, &work) {
         match run_as {
+            // A spare prepared for this very account (the one whose provisioning asked for it) is its already.
+            Some(run_as) if owned_by(&work, (run_as.uid, run_as.gid)) => Ok(()),
             Some(run_as) => chown_tree(&work, run_as).map_err(TemplateError::from),
             None => Ok(()),
         }
@@ -382,9 +384,17 @@ pub fn provision(
             return Ok(());
         }
     } else if spares_usable {
-        want_spare(template, kind);
+        want_spare(template, kind, owner);
     }
     result
+}
+
+/// Whether the top of `dir` belongs to `owner` (uid, gid). A spare's tree is given to one owner as a whole when it
+/// is prepared, in a directory only kip's own account can enter, so its top tells for all of it.
+fn owned_by(dir: &Path, (uid, gid): (u32, u32)) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::symlink_metadata(dir)
+        .is_ok_and(|metadata| metadata.uid() == uid && metadata.gid() == gid)
 }
 
 /// Whether `a` and `b` are on one filesystem (the same device), so that a rename between them works.
@@ -488,12 +498,17 @@ fn wait_for_preparer(template: &Path, take: impl Fn() -> bool) -> bool {
 pub struct SpareRequest {
     pub template: PathBuf,
     pub not_copied: Vec<String>,
+    /// The account (uid, gid) the provisioning that asked ran its engine as: the spare is given to it, since the
+    /// next instance is most likely that project's again (a developer adding one, a CI job, a benchmark), which
+    /// then takes it with a rename alone. Another account's provisioning gives it to that account when it claims
+    /// it, as it gives any spare.
+    pub owner: Option<(u32, u32)>,
 }
 
 static WANTED_SPARES: Mutex<Vec<SpareRequest>> = Mutex::new(Vec::new());
 
 /// Records that `template` should have a spare again, after a provisioning used or skipped it.
-fn want_spare(template: &Path, kind: DataDir<'_>) {
+fn want_spare(template: &Path, kind: DataDir<'_>, owner: Option<(u32, u32)>) {
     let request = SpareRequest {
         template: template.to_owned(),
         not_copied: kind
@@ -501,6 +516,7 @@ fn want_spare(template: &Path, kind: DataDir<'_>) {
             .iter()
             .map(|name| (*name).to_owned())
             .collect(),
+        owner,
     };
     let mut wanted = WANTED_SPARES
         .lock()
@@ -653,7 +669,7 @@ pub fn prepare_spare(request: &SpareRequest) -> Result<bool, TemplateError> {
             break;
         };
         let work = temp.join(format!("{prefix}{}", std::process::id()));
-        let copied = copy_tree(template, &work, None, &skipped).and_then(|()| {
+        let copied = copy_tree(template, &work, request.owner, &skipped).and_then(|()| {
             let stamp_file = work.join(SPARE_STAMP);
             std::fs::write(&stamp_file, &stamp).map_err(io_error("write", &stamp_file))?;
             std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o700))
@@ -846,6 +862,68 @@ mod tests {
     /// The tests that take the process's spare requests, one at a time (each takes all of them).
     static SPARE_REQUESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+    /// As root: a spare is prepared for the account whose provisioning asked for it, which then takes it as it
+    /// is; another account's provisioning gives the whole tree to itself.
+    #[test]
+    fn a_spare_is_given_to_the_account_that_asked_and_taken_by_another_with_a_chown() {
+        use std::os::unix::fs::MetadataExt as _;
+        if !rustix::process::geteuid().is_root() {
+            return;
+        }
+        let _one_at_a_time = SPARE_REQUESTS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let templates = dir.path().join("templates");
+        let template = templates.join("owned-1");
+        std::fs::create_dir_all(template.join("sub")).unwrap();
+        std::fs::write(template.join("MARK"), "1").unwrap();
+        std::fs::write(template.join("sub/file"), "data").unwrap();
+        std::fs::write(template.join(BOOTSTRAP_FILE), "build").unwrap();
+        let kind = DataDir {
+            engine: "Test",
+            marker: "MARK",
+            not_copied: &[],
+        };
+        let account = |uid: u32| RunAs {
+            user: format!("u{uid}"),
+            uid,
+            gid: uid,
+        };
+        let owners = |dir: &Path| -> Vec<(u32, u32)> {
+            [dir.to_owned(), dir.join("sub"), dir.join("sub/file")]
+                .iter()
+                .map(|path| {
+                    let metadata = std::fs::symlink_metadata(path).unwrap();
+                    (metadata.uid(), metadata.gid())
+                })
+                .collect()
+        };
+        provision(
+            &template,
+            &dir.path().join("one"),
+            kind,
+            Some(&account(65534)),
+        )
+        .unwrap();
+        let wanted: Vec<SpareRequest> = take_wanted_spares()
+            .into_iter()
+            .filter(|request| request.template == template)
+            .collect();
+        assert_eq!(wanted.len(), 1);
+        assert_eq!(wanted[0].owner, Some((65534, 65534)));
+        assert!(prepare_spare(&wanted[0]).unwrap());
+        let spare = templates.join(".spares/owned-1.0");
+        assert_eq!(owners(&spare), [(65534, 65534); 3]);
+        let two = dir.path().join("two");
+        provision(&template, &two, kind, Some(&account(65534))).unwrap();
+        assert_eq!(owners(&two), [(65534, 65534); 3]);
+        let three = dir.path().join("three");
+        provision(&template, &three, kind, Some(&account(4242))).unwrap();
+        assert_eq!(owners(&three), [(4242, 4242); 3]);
+        let _ = take_wanted_spares();
+    }
+
     #[test]
     fn a_spare_is_renamed_into_place_once_and_only_for_its_own_build() {
         let _one_at_a_time = SPARE_REQUESTS
@@ -880,6 +958,7 @@ mod tests {
             vec![SpareRequest {
                 template: template.clone(),
                 not_copied: vec!["server.pid".into()],
+                owner: None,
             }]
         );
         assert!(prepare_spare(&wanted[0]).unwrap(), "the spares are made");

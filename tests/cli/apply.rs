@@ -772,8 +772,20 @@ fn the_next_instance_is_renamed_from_a_spare_prepared_after_the_last_one() {
     let run = first.project.run_with(apply);
     assert_eq!(run.code, 0, "{}", run.snapshot());
     let cache = first.project.cache_dir();
-    // Prepared after the apply exited, by a detached `kip prepare-spare`: kip's own, closed to every other
-    // account (the engine accounts included), with no bootstrap password in it.
+    let data_dir_of = |stack: &Stack| {
+        std::fs::read_dir(stack.project.path().join(".kip/run"))
+            .unwrap()
+            .flatten()
+            .map(|entry| entry.path().join("data"))
+            .find(|path| path.join("PG_VERSION").is_file())
+            .expect("the instance's data dir under .kip/run")
+    };
+    let first_account = std::fs::metadata(data_dir_of(&first).join("PG_VERSION"))
+        .unwrap()
+        .uid();
+    // Prepared after the apply exited, by a detached `kip prepare-spare`, for the account of the project that asked
+    // (the next instance is most likely that project's again, which then takes it with a rename alone), in kip's
+    // own directory closed to every other account (that one included), with no bootstrap password in it.
     let spare = wait_for_stamped_spares(&cache, 1)
         .into_iter()
         .find(|spare| {
@@ -784,16 +796,27 @@ fn the_next_instance_is_renamed_from_a_spare_prepared_after_the_last_one() {
         .expect("the PostgreSQL 16 template's spare");
     let metadata = std::fs::metadata(&spare).unwrap();
     assert_eq!(metadata.mode() & 0o777, 0o700);
-    assert_eq!(metadata.uid(), me);
+    assert_eq!(metadata.uid(), first_account);
+    assert_eq!(
+        std::fs::metadata(spare.join("PG_VERSION")).unwrap().uid(),
+        first_account
+    );
+    let spares_dir = spare.parent().unwrap();
+    assert_eq!(std::fs::metadata(spares_dir).unwrap().mode() & 0o777, 0o700);
+    assert_eq!(std::fs::metadata(spares_dir).unwrap().uid(), me);
     assert!(!spare.join("kip-bootstrap").exists());
     assert!(spare.join("PG_VERSION").is_file());
     if me == 0 {
-        let peek = std::process::Command::new("runuser")
-            .args(["-u", "nobody", "--", "ls"])
-            .arg(&spare)
-            .output()
-            .unwrap();
-        assert!(!peek.status.success(), "another account lists the spare");
+        // nobody, and the account the spare belongs to: neither can reach it.
+        for uid in [65534, first_account] {
+            let peek = std::process::Command::new("setpriv")
+                .arg(format!("--reuid={uid}"))
+                .args(["--regid=65534", "--clear-groups", "ls"])
+                .arg(&spare)
+                .output()
+                .unwrap();
+            assert!(!peek.status.success(), "uid {uid} lists the spare");
+        }
     }
 
     // Another project on the same cache takes it: a rename, not a copy, and the instance is its own.
@@ -806,12 +829,7 @@ fn the_next_instance_is_renamed_from_a_spare_prepared_after_the_last_one() {
     );
     let url = on_cache(&second, &cache, &["url", "postgres.main"]);
     assert_eq!(second.project.run_with(url).code, 0);
-    let data_dir = std::fs::read_dir(second.project.path().join(".kip/run"))
-        .unwrap()
-        .flatten()
-        .map(|entry| entry.path().join("data"))
-        .find(|path| path.join("PG_VERSION").is_file())
-        .expect("the instance's data dir under .kip/run");
+    let data_dir = data_dir_of(&second);
     assert!(
         !data_dir.join("kip-spare").exists(),
         "the stamp stays behind"
@@ -820,9 +838,9 @@ fn the_next_instance_is_renamed_from_a_spare_prepared_after_the_last_one() {
         .unwrap()
         .uid();
     if me == 0 {
-        assert_ne!(
-            owner, 0,
-            "the claimed data dir is given to the engine's account"
+        assert!(
+            owner != 0 && owner != first_account,
+            "the claimed data dir is given to this project's engine account"
         );
     }
     // And the spare is prepared again for the next one; `kip cache prune` removes both.

@@ -17,12 +17,23 @@ pub struct Args {
     /// A top-level file of the template that is not copied (a running server's).
     #[arg(long = "skip")]
     pub skip: Vec<String>,
+    /// The account the spare is given to, `UID:GID`.
+    #[arg(long = "owner", value_parser = parse_owner)]
+    pub owner: Option<(u32, u32)>,
+}
+
+fn parse_owner(text: &str) -> Result<(u32, u32), String> {
+    let parsed = text
+        .split_once(':')
+        .and_then(|(uid, gid)| Some((uid.parse().ok()?, gid.parse().ok()?)));
+    parsed.ok_or_else(|| format!("`{text}` is not UID:GID"))
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitStatus> {
     let request = SpareRequest {
         template: args.template,
         not_copied: args.skip,
+        owner: args.owner,
     };
     prepare_spare_in_background(&request)?;
     Ok(ExitStatus::Success)
@@ -47,6 +58,9 @@ pub fn launch_wanted() {
         command.arg("prepare-spare").arg(&request.template);
         for skipped in &request.not_copied {
             command.arg("--skip").arg(skipped);
+        }
+        if let Some((uid, gid)) = request.owner {
+            command.arg("--owner").arg(format!("{uid}:{gid}"));
         }
         command
             .stdin(Stdio::null())

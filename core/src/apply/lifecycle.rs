@@ -89,6 +89,7 @@ pub fn ctx_without_objects(
         ports: saved.ports.clone(),
         initialized: saved.lifecycle.initialized,
         provision_unfinished: saved.lifecycle.provisioning,
+        session: Default::default(),
     }
 }
 

@@ -112,6 +112,7 @@ impl Applier<'_> {
         let lock_path = self.project.dir.join(crate::lock::LOCK_FILE);
         let lock_before = LockFile::read(&lock_path)?;
         let shared_lock = Mutex::new(lock_before.clone());
+        let serial_before = state.serial;
         let shared_state = Mutex::new(std::mem::take(state));
         let mut failures = Vec::new();
         let mut skipped = Vec::new();
@@ -207,6 +208,10 @@ impl Applier<'_> {
         *state = shared_state
             .into_inner()
             .unwrap_or_else(|poison| poison.into_inner());
+        // The walk's steps wrote the state without fsyncs ([`State::checkpoint`]); durable once, now.
+        if state.serial != serial_before {
+            State::sync(&self.project.kip_dir)?;
+        }
         let lock = shared_lock
             .into_inner()
             .unwrap_or_else(|poison| poison.into_inner());
@@ -356,6 +361,7 @@ impl Applier<'_> {
             ports: BTreeMap::new(),
             initialized: false,
             provision_unfinished: false,
+            session: Default::default(),
         })
     }
 
@@ -437,7 +443,7 @@ impl Applier<'_> {
         let unchanged = previous.as_ref() == Some(&entry);
         guard.instances.insert(ctx.address.clone(), entry);
         if !unchanged {
-            guard.write(&self.project.kip_dir)?;
+            guard.checkpoint(&self.project.kip_dir)?;
         }
         Ok(())
     }
@@ -486,7 +492,7 @@ impl Applier<'_> {
                 lifecycle::destroy(supervisor, Some(engine), self.project, address, &saved).await?;
                 let mut guard = locked(state);
                 guard.instances.remove(address);
-                guard.write(&self.project.kip_dir)?;
+                guard.checkpoint(&self.project.kip_dir)?;
             }
         }
         let saved = locked(state).instances.get(address).cloned();
@@ -729,7 +735,7 @@ impl Applier<'_> {
             }
         }
         if guard.instances.get(address) != Some(&before) {
-            guard.write(&self.project.kip_dir)?;
+            guard.checkpoint(&self.project.kip_dir)?;
         }
         drop(guard);
         self.report.step(address, "ready");

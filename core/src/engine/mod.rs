@@ -200,6 +200,47 @@ pub struct InstanceCtx {
     /// file the engine owns after its first start). Never set for an instance whose state was lost: that data
     /// directory was used, and access to it is never reset.
     pub provision_unfinished: bool,
+    /// A session the engine opened in one step of this instance's apply, for the next step to take up instead of
+    /// opening its own (the ready step's, used by after-start).
+    pub session: Session,
+}
+
+/// A connection kept from one step of an instance's lifecycle to the next, within one apply (one runtime): the
+/// engine [`Session::keep`]s its client at the end of a step and [`Session::take`]s it in the next. Empty in a
+/// clone of the context, and dropped with it, so a session never outlives the apply that opened it.
+#[derive(Default)]
+pub struct Session(std::sync::Mutex<Option<Box<dyn std::any::Any + Send>>>);
+
+impl Session {
+    /// Keeps `session` for the next step (replacing one kept before).
+    pub fn keep<T: std::any::Any + Send>(&self, session: T) {
+        *self.slot() = Some(Box::new(session));
+    }
+
+    /// The session kept by an earlier step, if it is a `T`; the slot is empty afterwards.
+    pub fn take<T: std::any::Any + Send>(&self) -> Option<T> {
+        let kept = self.slot().take()?;
+        kept.downcast::<T>().ok().map(|session| *session)
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Box<dyn std::any::Any + Send>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl Clone for Session {
+    fn clone(&self) -> Session {
+        Session::default()
+    }
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kept = self.slot().is_some();
+        f.debug_struct("Session").field("kept", &kept).finish()
+    }
 }
 
 impl InstanceCtx {

@@ -342,7 +342,8 @@ impl Engine for MariaDb {
             conn.query_drop("SELECT 1").await.map_err(|error| {
                 my_error("MariaDB does not answer", MyError::sql("SELECT 1", error))
             })?;
-            let _ = conn.disconnect().await;
+            // After-start, on a first start, goes on in this session; otherwise it ends with the context.
+            ctx.session.keep(conn);
             Ok(())
         })
     }
@@ -355,9 +356,12 @@ impl Engine for MariaDb {
     ) -> BoxFuture<'a, Result<(), EngineError>> {
         Box::pin(async move {
             let args: InstanceArgs = ctx.args()?;
-            let mut conn = connector(ctx, &args).connect().await.map_err(|error| {
-                first_session_error(ctx, "cannot secure the new instance", error)
-            })?;
+            let mut conn = match ctx.session.take::<mysql_async::Conn>() {
+                Some(conn) => conn,
+                None => connector(ctx, &args).connect().await.map_err(|error| {
+                    first_session_error(ctx, "cannot secure the new instance", error)
+                })?,
+            };
             let password = root_password(ctx, &args);
             set_root_password(&mut conn, &password)
                 .await

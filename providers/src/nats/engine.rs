@@ -150,7 +150,7 @@ impl Nats {
         })
         .map_err(|error| nats_error("cannot write the NATS configuration", error))?;
         let path = ctx.data_dir.join(CONFIG_FILE);
-        kip_core::fsutil::write_private_if_changed(&path, text.as_bytes(), owner(ctx))
+        kip_core::fsutil::write_private_regenerated(&path, text.as_bytes(), owner(ctx))
             .map_err(io_error("write", &path))
             .map_err(|error| nats_error("cannot write the NATS configuration", error))?;
         if let Some(previous) = ctx.secrets.get(CONFIG_TOKEN).map(str::to_owned)

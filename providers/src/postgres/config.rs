@@ -215,7 +215,7 @@ pub fn write_config(
         }
     };
     if changed {
-        kip_core::fsutil::write_atomically(&path, text.as_bytes())
+        kip_core::fsutil::write_regenerated(&path, text.as_bytes())
             .map_err(io_error("write", &path))?;
         give(&path, run_as)?;
     }
@@ -284,7 +284,8 @@ pub fn write_hba(
     if std::fs::read_to_string(&path).is_ok_and(|existing| existing == text) {
         return Ok(false);
     }
-    kip_core::fsutil::write_atomically(&path, text.as_bytes()).map_err(io_error("write", &path))?;
+    kip_core::fsutil::write_regenerated(&path, text.as_bytes())
+        .map_err(io_error("write", &path))?;
     give(&path, run_as)?;
     Ok(true)
 }

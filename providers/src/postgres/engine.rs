@@ -290,6 +290,8 @@ impl Engine for Postgres {
                     PgError::sql("postgres", "SELECT 1", error),
                 )
             })?;
+            // After-start, on a first start, goes on in this session rather than forking another backend.
+            ctx.session.keep(client);
             Ok(())
         })
     }
@@ -302,16 +304,21 @@ impl Engine for Postgres {
     ) -> BoxFuture<'a, Result<(), EngineError>> {
         Box::pin(async move {
             let args: InstanceArgs = ctx.args()?;
-            let client = connector(ctx, &args)
-                .connect("postgres")
-                .await
-                .map_err(|error| {
-                    first_session_error(ctx, "cannot secure the new instance", error)
-                })?;
+            let client = match ctx.session.take::<tokio_postgres::Client>() {
+                Some(client) if !client.is_closed() => client,
+                _ => connector(ctx, &args)
+                    .connect("postgres")
+                    .await
+                    .map_err(|error| {
+                        first_session_error(ctx, "cannot secure the new instance", error)
+                    })?,
+            };
             let password = ctx.secrets.get(SUPERUSER_PASSWORD).unwrap_or_default();
             let verifier = super::scram::verifier(password, Self::iterations(&args))?;
+            // Not waiting for the WAL flush: should a crash lose the change, the bootstrap password is back, and
+            // kip's connector tries it after the instance's own.
             let statement = format!(
-                "ALTER ROLE {} PASSWORD {}",
+                "SET synchronous_commit = off; ALTER ROLE {} PASSWORD {}",
                 super::quote::ident("role", &args.superuser)
                     .map_err(|error| pg_error("cannot secure the new instance", error))?,
                 super::quote::literal("password verifier", &verifier)

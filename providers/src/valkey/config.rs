@@ -233,6 +233,17 @@ pub fn write_private(path: &Path, text: &str, run_as: Option<&RunAs>) -> Result<
     .map_err(io_error("write", path))
 }
 
+/// [`write_private`] for the configuration, rendered anew before every start: not fsynced
+/// ([`kip_core::fsutil::write_private_regenerated`]).
+pub fn write_config_file(path: &Path, text: &str, run_as: Option<&RunAs>) -> Result<bool, VkError> {
+    kip_core::fsutil::write_private_regenerated(
+        path,
+        text.as_bytes(),
+        run_as.map(|run_as| (run_as.uid, run_as.gid)),
+    )
+    .map_err(io_error("write", path))
+}
+
 /// The instance attributes whose change restarts Valkey, of those that changed between `before` and `after`.
 /// Everything else is applied live: the arguments with `CONFIG SET`, the password with `ACL SETUSER`.
 pub fn restart_because(

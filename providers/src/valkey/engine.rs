@@ -114,7 +114,7 @@ fn url(ctx: &InstanceCtx, args: &InstanceArgs, user: Option<&str>, password: &st
 impl Valkey {
     fn write_config(ctx: &InstanceCtx, args: &InstanceArgs) -> Result<(), VkError> {
         let directives = config::directives(args, &ctx.data_dir, &ctx.run_dir)?;
-        config::write_private(
+        config::write_config_file(
             &ctx.data_dir.join(CONFIG_FILE),
             &config::render(&directives),
             ctx.run_as.as_ref(),
