@@ -315,10 +315,8 @@ impl Engine for Postgres {
             };
             let password = ctx.secrets.get(SUPERUSER_PASSWORD).unwrap_or_default();
             let verifier = super::scram::verifier(password, Self::iterations(&args))?;
-            // Not waiting for the WAL flush: should a crash lose the change, the bootstrap password is back, and
-            // kip's connector tries it after the instance's own.
             let statement = format!(
-                "SET synchronous_commit = off; ALTER ROLE {} PASSWORD {}",
+                "ALTER ROLE {} PASSWORD {}",
                 super::quote::ident("role", &args.superuser)
                     .map_err(|error| pg_error("cannot secure the new instance", error))?,
                 super::quote::literal("password verifier", &verifier)
