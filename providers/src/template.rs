@@ -859,6 +859,23 @@ mod tests {
         assert!(provision(&template, &foreign, kind, None).is_err());
     }
 
+    /// A template `name` under `templates`: a marker, a file in a subdirectory, a server's pid file (not copied)
+    /// and its bootstrap password (its first build).
+    fn test_template(templates: &Path, name: &str) -> (PathBuf, DataDir<'static>) {
+        let template = templates.join(name);
+        std::fs::create_dir_all(template.join("sub")).unwrap();
+        std::fs::write(template.join("MARK"), "1").unwrap();
+        std::fs::write(template.join("sub/file"), "data").unwrap();
+        std::fs::write(template.join("server.pid"), "1").unwrap();
+        std::fs::write(template.join(BOOTSTRAP_FILE), "first build").unwrap();
+        let kind = DataDir {
+            engine: "Test",
+            marker: "MARK",
+            not_copied: &["server.pid"],
+        };
+        (template, kind)
+    }
+
     /// The tests that take the process's spare requests, one at a time (each takes all of them).
     static SPARE_REQUESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -875,16 +892,7 @@ mod tests {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let templates = dir.path().join("templates");
-        let template = templates.join("owned-1");
-        std::fs::create_dir_all(template.join("sub")).unwrap();
-        std::fs::write(template.join("MARK"), "1").unwrap();
-        std::fs::write(template.join("sub/file"), "data").unwrap();
-        std::fs::write(template.join(BOOTSTRAP_FILE), "build").unwrap();
-        let kind = DataDir {
-            engine: "Test",
-            marker: "MARK",
-            not_copied: &[],
-        };
+        let (template, kind) = test_template(&templates, "owned-1");
         let account = |uid: u32| RunAs {
             user: format!("u{uid}"),
             uid,
@@ -931,17 +939,7 @@ mod tests {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let templates = dir.path().join("templates");
-        let template = templates.join("test-1");
-        std::fs::create_dir_all(template.join("sub")).unwrap();
-        std::fs::write(template.join("MARK"), "1").unwrap();
-        std::fs::write(template.join("sub/file"), "data").unwrap();
-        std::fs::write(template.join("server.pid"), "1").unwrap();
-        std::fs::write(template.join(BOOTSTRAP_FILE), "first build").unwrap();
-        let kind = DataDir {
-            engine: "Test",
-            marker: "MARK",
-            not_copied: &["server.pid"],
-        };
+        let (template, kind) = test_template(&templates, "test-1");
         // Other tests provision too: only this template's requests count.
         let wanted_here = || -> Vec<SpareRequest> {
             take_wanted_spares()

@@ -225,18 +225,35 @@ pub fn render(directives: &[(String, String)]) -> String {
 
 /// Writes `text` to `path` with mode 0600, owned by the engine's account. Answers whether it changed.
 pub fn write_private(path: &Path, text: &str, run_as: Option<&RunAs>) -> Result<bool, VkError> {
-    kip_core::fsutil::write_private_if_changed(
+    write_with(
+        kip_core::fsutil::write_private_if_changed,
         path,
-        text.as_bytes(),
-        run_as.map(|run_as| (run_as.uid, run_as.gid)),
+        text,
+        run_as,
     )
-    .map_err(io_error("write", path))
 }
 
 /// [`write_private`] for the configuration, rendered anew before every start: not fsynced
 /// ([`kip_core::fsutil::write_private_regenerated`]).
 pub fn write_config_file(path: &Path, text: &str, run_as: Option<&RunAs>) -> Result<bool, VkError> {
-    kip_core::fsutil::write_private_regenerated(
+    write_with(
+        kip_core::fsutil::write_private_regenerated,
+        path,
+        text,
+        run_as,
+    )
+}
+
+/// A private write of [`kip_core::fsutil`]: path, contents, owner (uid, gid); whether it wrote.
+type PrivateWrite = fn(&Path, &[u8], Option<(u32, u32)>) -> std::io::Result<bool>;
+
+fn write_with(
+    write: PrivateWrite,
+    path: &Path,
+    text: &str,
+    run_as: Option<&RunAs>,
+) -> Result<bool, VkError> {
+    write(
         path,
         text.as_bytes(),
         run_as.map(|run_as| (run_as.uid, run_as.gid)),
