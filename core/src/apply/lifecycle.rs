@@ -458,8 +458,10 @@ pub async fn bring_up(
     supervisor: &mut dyn Supervise,
     moved: &mut dyn FnMut(&InstanceCtx) -> Result<(), InstanceError>,
 ) -> Result<Up, InstanceError> {
-    if ctx.provision_unfinished {
-        // Its specs need what provisioning assigns.
+    // An unfinished first provisioning is done first: the specs need what it assigns (and nothing of the instance
+    // ever ran).
+    let provisioned = ctx.provision_unfinished;
+    if provisioned {
         engine.provision(ctx).await?;
         ctx.provision_unfinished = false;
     }
@@ -472,7 +474,9 @@ pub async fn bring_up(
     if all_ready(&statuses, &specs) {
         return Ok(Up::Running);
     }
-    engine.provision(ctx).await?;
+    if !provisioned {
+        engine.provision(ctx).await?;
+    }
     let (_, ports_moved) = start_on_free_ports(engine, ctx, &statuses, supervisor, moved).await?;
     if !jobs {
         engine.ready(ctx).await?;
@@ -492,7 +496,8 @@ pub async fn bring_up(
 }
 
 /// [`bring_up`] for the instance `address` of `state`, which is written when the instance started (its secrets,
-/// ports and flags) and as soon as ports kip chose moved, before anything runs on them.
+/// ports and flags) and as soon as ports kip chose moved, before anything runs on them. An address the state does
+/// not hold has nothing to bring up: `Up::Running`, as for one that runs.
 pub async fn bring_up_in(
     project: &Project,
     state: &mut State,

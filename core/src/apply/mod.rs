@@ -448,6 +448,29 @@ impl Applier<'_> {
         Ok(())
     }
 
+    /// [`lifecycle::start_on_free_ports`] for apply: ports kip chose that moved are in the state before anything
+    /// runs on them, and reported. Answers the specs the processes run with.
+    #[allow(clippy::too_many_arguments)]
+    async fn start_on_free_ports(
+        &self,
+        engine: &dyn Engine,
+        ctx: &mut InstanceCtx,
+        statuses: &[crate::supervisor::ProcessStatus],
+        supervisor: &mut dyn Supervise,
+        state: &Mutex<State>,
+        instance_change: Option<&Change>,
+        lifecycle: &Lifecycle,
+    ) -> Result<Vec<crate::engine::SpawnSpec>, InstanceError> {
+        let mut save =
+            |ctx: &InstanceCtx| self.save(state, ctx, engine, instance_change, lifecycle);
+        let (specs, moved) =
+            lifecycle::start_on_free_ports(engine, ctx, statuses, supervisor, &mut save).await?;
+        for port in &moved {
+            self.report.step(&ctx.address, &port.to_string());
+        }
+        Ok(specs)
+    }
+
     async fn apply_instance(
         &self,
         instance: &Instance,
@@ -597,13 +620,16 @@ impl Applier<'_> {
             }
             self.report
                 .step(address, if jobs { "running" } else { "starting" });
-            // Ports kip chose that moved are in the state before anything runs on them.
-            let mut save = |ctx: &InstanceCtx| {
-                self.save(state, ctx, engine, instance_change.as_ref(), &lifecycle)
-            };
-            let start =
-                lifecycle::start_on_free_ports(engine, &mut ctx, &statuses, supervisor, &mut save);
-            let (started_specs, moved) = if started_signal.wanted() {
+            let start = self.start_on_free_ports(
+                engine,
+                &mut ctx,
+                &statuses,
+                supervisor,
+                state,
+                instance_change.as_ref(),
+                &lifecycle,
+            );
+            specs = if started_signal.wanted() {
                 // Released as soon as a process of the instance was spawned, while the start goes on.
                 let mut start = std::pin::pin!(start);
                 tokio::select! {
@@ -616,10 +642,6 @@ impl Applier<'_> {
             } else {
                 start.await?
             };
-            specs = started_specs;
-            for port in &moved {
-                self.report.step(address, &port.to_string());
-            }
             if jobs {
                 lifecycle.succeeded = true;
             } else {
@@ -658,20 +680,16 @@ impl Applier<'_> {
                 Reconfigure::Restart => {
                     self.report.step(address, "restarting");
                     lifecycle::stop(supervisor, address).await?;
-                    let mut save = |ctx: &InstanceCtx| {
-                        self.save(state, ctx, engine, instance_change.as_ref(), &lifecycle)
-                    };
-                    let (_, moved) = lifecycle::start_on_free_ports(
+                    self.start_on_free_ports(
                         engine,
                         &mut ctx,
                         &[],
                         supervisor,
-                        &mut save,
+                        state,
+                        instance_change.as_ref(),
+                        &lifecycle,
                     )
                     .await?;
-                    for port in &moved {
-                        self.report.step(address, &port.to_string());
-                    }
                     engine.ready(&ctx).await?;
                 }
             }

@@ -495,6 +495,20 @@ impl Engines {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_session_is_taken_once_as_its_own_type_and_never_copied() {
+        let session = super::Session::default();
+        session.keep(7_u32);
+        assert_eq!(format!("{session:?}"), "Session { kept: true }");
+        assert_eq!(session.clone().take::<u32>(), None, "a clone is empty");
+        assert_eq!(session.take::<String>(), None, "another type is not it");
+        // A take of the wrong type empties the slot: the session is dropped, never handed to the wrong step.
+        assert_eq!(session.take::<u32>(), None);
+        session.keep(8_u32);
+        assert_eq!(session.take::<u32>(), Some(8));
+        assert_eq!(session.take::<u32>(), None, "taken once");
+    }
     use std::collections::BTreeSet;
 
     /// Ports found one after another are all different, and a refused one is never handed out: the kernel offers

@@ -342,8 +342,12 @@ impl Engine for MariaDb {
             conn.query_drop("SELECT 1").await.map_err(|error| {
                 my_error("MariaDB does not answer", MyError::sql("SELECT 1", error))
             })?;
-            // After-start, on a first start, goes on in this session; otherwise it ends with the context.
-            ctx.session.keep(conn);
+            // After-start (a first start only) goes on in this session.
+            if ctx.initialized {
+                let _ = conn.disconnect().await;
+            } else {
+                ctx.session.keep(conn);
+            }
             Ok(())
         })
     }

@@ -290,8 +290,10 @@ impl Engine for Postgres {
                     PgError::sql("postgres", "SELECT 1", error),
                 )
             })?;
-            // After-start, on a first start, goes on in this session rather than forking another backend.
-            ctx.session.keep(client);
+            // After-start (a first start only) goes on in this session rather than forking another backend.
+            if !ctx.initialized {
+                ctx.session.keep(client);
+            }
             Ok(())
         })
     }
