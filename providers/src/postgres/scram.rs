@@ -14,26 +14,11 @@ fn hmac(key: &[u8], message: &[u8]) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
-/// RFC 5802's `Hi()`: PBKDF2 with HMAC-SHA-256 and one block of output. The key (the password) is absorbed once
-/// and the keyed state copied for each round.
+/// RFC 5802's `Hi()`: PBKDF2 with HMAC-SHA-256 and one block of output.
 fn salted_password(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
-    let keyed = HmacSha256::new_from_slice(password).expect("HMAC takes keys of any size");
-    let round = |message: &[u8]| -> [u8; 32] {
-        let mut mac = keyed.clone();
-        mac.update(message);
-        mac.finalize().into_bytes().into()
-    };
-    let mut block = salt.to_vec();
-    block.extend_from_slice(&1u32.to_be_bytes());
-    let mut previous = round(&block);
-    let mut result = previous;
-    for _ in 1..iterations {
-        previous = round(&previous);
-        for (byte, next) in result.iter_mut().zip(previous) {
-            *byte ^= next;
-        }
-    }
-    result
+    let mut salted = [0u8; 32];
+    pbkdf2::pbkdf2_hmac::<sha2_digest11::Sha256>(password, salt, iterations, &mut salted);
+    salted
 }
 
 /// The password as SCRAM prepares it (SASLprep when it applies, else the bytes as they are, as libpq does).
