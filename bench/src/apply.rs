@@ -398,7 +398,7 @@ fn against_floor(harness: &Harness, runs: usize) {
     );
     let cold_label = "bare cold path: initdb + start";
     crate::floor::against_cold_path(
-        "PostgreSQL: fresh instance, kip apply to ready and converged",
+        "PostgreSQL: fresh instance, nothing declared, kip apply to ready",
         &kip,
         cold_label,
         &cold,

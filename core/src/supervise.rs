@@ -233,8 +233,8 @@ struct MemoryTable {
     /// Every start that spawned something, in order, for tests.
     spawned: Vec<String>,
     reloads: Vec<String>,
-    /// Set by [`MemorySupervisors::take_port_at_next_start`].
-    take_next_port: bool,
+    /// How many of the next starts find their port taken ([`MemorySupervisors::take_port_at_next_starts`]).
+    take_ports: u32,
     /// The ports taken that way, held until the table is dropped.
     taken: Vec<std::net::TcpListener>,
 }
@@ -274,7 +274,12 @@ impl MemorySupervisors {
     /// Makes another program take the port of the next process started with a `port=N` argument just before it
     /// binds it, as a process starting at the same moment could: that start fails, and the port stays taken.
     pub fn take_port_at_next_start(&self) {
-        self.lock().take_next_port = true;
+        self.take_port_at_next_starts(1);
+    }
+
+    /// The same for each of the next `starts` starts: another program that takes every port kip picks.
+    pub fn take_port_at_next_starts(&self, starts: u32) {
+        self.lock().take_ports = starts;
     }
 
     /// The ports taken by [`MemorySupervisors::take_port_at_next_start`].
@@ -328,9 +333,9 @@ impl Supervise for MemorySupervisors {
                     .and_then(|port| port.parse::<u16>().ok())
             });
             if let Some(port) = port
-                && table.take_next_port
+                && table.take_ports > 0
             {
-                table.take_next_port = false;
+                table.take_ports -= 1;
                 let taken = std::net::TcpListener::bind(("127.0.0.1", port));
                 table.taken.extend(taken.ok());
                 table.processes.remove(&spec.name);

@@ -313,3 +313,30 @@ fn a_chosen_port_taken_during_the_start_is_given_up_for_a_new_one() {
         "{plan:?}"
     );
 }
+
+#[test]
+fn a_program_that_takes_every_port_kip_chooses_fails_the_apply_after_three_tries_and_the_next_one_starts() {
+    let (setup, _, supervisors) = setup();
+    let harness = Harness::new(&setup, "fake \"main\" {\n  listens = true\n}\n");
+    // The first start and its three retries each find their new port taken just before the bind.
+    supervisors.take_port_at_next_starts(4);
+    let Err(ApplyError::Failed { failures, .. }) = harness.apply() else {
+        panic!("kip gives up after three new ports");
+    };
+    assert_eq!(failures.len(), 1, "reported once: {failures:?}");
+    let taken = supervisors.taken_ports();
+    assert_eq!(taken.len(), 4, "one port per try: {taken:?}");
+    let unique: std::collections::BTreeSet<u16> = taken.iter().copied().collect();
+    assert_eq!(unique.len(), 4, "each try chose a new port: {taken:?}");
+    let shown = format!("{:?}", failures[0].error);
+    assert!(
+        shown.contains(&format!("port {} was taken", taken[3])),
+        "the error names the last port and why: {shown}"
+    );
+    assert!(harness.running(&fake("main")).is_empty(), "nothing runs");
+    // The other program is gone from the next start on: the next apply starts it, on a port of its own.
+    harness.apply().expect("the next apply starts the instance");
+    let kept = harness.state().instances[&fake("main")].ports[LISTEN_PORT];
+    assert!(!taken.contains(&kept), "{kept} is not one of {taken:?}");
+    assert_eq!(harness.running(&fake("main")).len(), 1);
+}
