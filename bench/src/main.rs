@@ -36,6 +36,11 @@ use generate::{generate, sources};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // The native listener the `process` benchmark starts, under kip and bare.
+    if args.first().map(String::as_str) == Some("listen") {
+        process::listen(args.get(1).map_or("", String::as_str));
+        return;
+    }
     let value_of = |option: &str| {
         args.iter()
             .position(|arg| arg == option)

@@ -1,7 +1,10 @@
 //! A `process` block from start to ready (issue 10: "a process's start to ready within 10 ms of the bare command
 //! plus its own probe"), measured with the real release `kip` binary.
 //!
-//! The program is a small Python TCP listener on a free loopback port. Two numbers per run:
+//! The program is a TCP listener on a free loopback port, in two kinds: a small Python script (a program as users
+//! write them, whose own start varies by tens of milliseconds from run to run), and this benchmark's own binary as
+//! `kip-bench listen PORT` (a native listener that is up within a millisecond or two, so that the difference below is
+//! kip's and not the interpreter's spread). Two numbers per run:
 //!
 //! - **kip**: `kip apply --auto-approve` of a project holding only that `process`, with `ready { tcp = … }` checked
 //!   every 10 ms, from the `process.svc: starting` step line to the `process.svc: ready` line on stderr: the start
@@ -46,16 +49,46 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The command of a listener on `port`.
+fn listener(kind: Listener, port: u16) -> Vec<String> {
+    match kind {
+        Listener::Python(python) => vec![
+            python.to_owned(),
+            "-c".to_owned(),
+            LISTENER.to_owned(),
+            port.to_string(),
+        ],
+        Listener::Native(bench) => vec![bench.to_owned(), "listen".to_owned(), port.to_string()],
+    }
+}
+
+/// Which listener a case runs.
+#[derive(Clone, Copy)]
+enum Listener<'a> {
+    Python(&'a str),
+    Native(&'a str),
+}
+
+/// `kip-bench listen PORT`: accepts connections on the loopback `port` until killed.
+pub fn listen(port: &str) {
+    let port: u16 = port.parse().expect("listen PORT");
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("the port is free");
+    for stream in listener.incoming() {
+        drop(stream);
+    }
+}
+
 /// Spawns the listener on `port` and connects every [`INTERVAL`] until it accepts: spawn to accepted.
-fn bare_start(python: &str, port: u16) -> Duration {
+fn bare_start(kind: Listener, port: u16) -> Duration {
+    let command = listener(kind, port);
     let started = Instant::now();
-    let mut child = Command::new(python)
-        .args(["-c", LISTENER, &port.to_string()])
+    let mut child = Command::new(&command[0])
+        .args(&command[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("python3 runs");
+        .expect("the listener starts");
     let deadline = started + Duration::from_secs(20);
     let ready = loop {
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -74,20 +107,24 @@ fn bare_start(python: &str, port: u16) -> Duration {
 
 /// The project: an `anchor` process that keeps the project's supervisor running (as on a developer's machine, where
 /// it runs from the first apply on), plus the measured `svc` listening on `port` when there is one.
-fn config(python: &str, port: Option<u16>) -> String {
+fn config(kind: Listener, port: Option<u16>) -> String {
     let mut config = "process \"anchor\" {\n  command = [\"sleep\", \"3600\"]\n}\n".to_owned();
     if let Some(port) = port {
+        let command: Vec<String> = listener(kind, port)
+            .iter()
+            .map(|arg| format!("{arg:?}"))
+            .collect();
         config.push_str(&format!(
             r#"
 process "svc" {{
-  command = [{python:?}, "-c", {listener:?}, "{port}"]
+  command = [{command}]
   ready {{
     tcp      = "127.0.0.1:{port}"
     interval = "10ms"
   }}
 }}
 "#,
-            listener = LISTENER,
+            command = command.join(", "),
         ));
     }
     config
@@ -106,29 +143,40 @@ fn supervisor_ready_after(log: &str) -> Option<Duration> {
         })
 }
 
-/// Runs the case `runs` times (default 21), alternating kip and bare runs so both see the machine alike. One project
-/// throughout: each run adds `svc` (on a new port) to it and removes it again.
+/// Runs each case `runs` times (default 21), alternating kip and bare runs so both see the machine alike. One project
+/// per case: each run adds `svc` (on a new port) to it and removes it again.
 pub fn run(harness: &Harness, runs: usize) {
-    crate::apply::header(&format!(
-        "process start to ready: a TCP listener probed every 10 ms ({runs} runs each)"
-    ));
     let python = python();
-    let project = harness.project(&config(&python, None)).with_log("info");
+    let bench = std::env::current_exe().expect("the benchmark's own path");
+    let bench = bench.to_str().expect("a UTF-8 path");
+    for (title, kind) in [
+        ("a Python TCP listener", Listener::Python(&python)),
+        ("a native TCP listener (`kip-bench listen`)", Listener::Native(bench)),
+    ] {
+        case(harness, runs, title, kind);
+    }
+}
+
+fn case(harness: &Harness, runs: usize, title: &str, kind: Listener) {
+    crate::apply::header(&format!(
+        "process start to ready: {title} probed every 10 ms ({runs} runs each)"
+    ));
+    let project = harness.project(&config(kind, None)).with_log("info");
     project.expect(0, &["apply", "--auto-approve"]);
-    // A first start warms the page cache for python3.
-    bare_start(&python, free_port());
+    // A first start warms the page cache for the program.
+    bare_start(kind, free_port());
     let mut kip_times = Vec::new();
     let mut supervisor_times = Vec::new();
     let mut bare_times = Vec::new();
     for _ in 0..runs {
-        bare_times.push(bare_start(&python, free_port()));
-        project.write_config(&config(&python, Some(free_port())));
+        bare_times.push(bare_start(kind, free_port()));
+        project.write_config(&config(kind, Some(free_port())));
         let run = project.expect(0, &["apply", "--auto-approve"]);
         kip_times.push(run.between(Some("process.svc: starting"), Some("process.svc: ready")));
         if let Some(after) = supervisor_ready_after(&project.supervisor_log()) {
             supervisor_times.push(after);
         }
-        project.write_config(&config(&python, None));
+        project.write_config(&config(kind, None));
         project.expect(0, &["apply", "--auto-approve"]);
     }
     crate::apply::row("kip apply: `process.svc: starting` to `ready`", &kip_times);
