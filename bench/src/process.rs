@@ -151,7 +151,10 @@ pub fn run(harness: &Harness, runs: usize) {
     let bench = bench.to_str().expect("a UTF-8 path");
     for (title, kind) in [
         ("a Python TCP listener", Listener::Python(&python)),
-        ("a native TCP listener (`kip-bench listen`)", Listener::Native(bench)),
+        (
+            "a native TCP listener (`kip-bench listen`)",
+            Listener::Native(bench),
+        ),
     ] {
         case(harness, runs, title, kind);
     }

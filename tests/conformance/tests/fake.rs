@@ -315,7 +315,8 @@ fn a_chosen_port_taken_during_the_start_is_given_up_for_a_new_one() {
 }
 
 #[test]
-fn a_program_that_takes_every_port_kip_chooses_fails_the_apply_after_three_tries_and_the_next_one_starts() {
+fn a_program_that_takes_every_port_kip_chooses_fails_the_apply_after_three_tries_and_the_next_one_starts()
+ {
     let (setup, _, supervisors) = setup();
     let harness = Harness::new(&setup, "fake \"main\" {\n  listens = true\n}\n");
     // The first start and its three retries each find their new port taken just before the bind.
