@@ -218,35 +218,35 @@ pub async fn start_on_free_ports(
     let mut all_moved = Vec::new();
     let mut tries = 0;
     loop {
-        if !live {
+        let mut failed = None;
+        let mut taken = if live {
+            Vec::new()
+        } else {
             check_declared_ports(engine, ctx)?;
-            let taken = taken_chosen_ports(ctx);
-            if !taken.is_empty() {
-                tries += 1;
-                if tries > PORT_TRIES {
-                    return Err(chosen_port_taken(&taken));
-                }
-                all_moved.extend(choose_again(engine, ctx, &taken).await?);
-                moved(ctx)?;
-                continue;
+            taken_chosen_ports(ctx)
+        };
+        if taken.is_empty() {
+            let specs = engine.spawn_specs(ctx)?;
+            let error = match start(supervisor, &specs).await {
+                Ok(()) => return Ok((specs, all_moved)),
+                Err(error) if live => return Err(error),
+                Err(error) => error,
+            };
+            // The engine could not bind a port that was free a moment ago if another program has it now.
+            taken = taken_chosen_ports(ctx);
+            if taken.is_empty() {
+                return Err(error);
             }
+            tracing::warn!(instance = %ctx.address, "the start failed and a port kip chose is taken: {error}");
+            failed = Some(error);
         }
-        let specs = engine.spawn_specs(ctx)?;
-        match start(supervisor, &specs).await {
-            Ok(()) => return Ok((specs, all_moved)),
-            Err(error) if live || tries >= PORT_TRIES => return Err(error),
-            Err(error) => {
-                // The engine could not bind a port that was free a moment ago: another program has it now.
-                let taken = taken_chosen_ports(ctx);
-                if taken.is_empty() {
-                    return Err(error);
-                }
-                tracing::warn!(instance = %ctx.address, "the start failed and a port kip chose is taken: {error}");
-                tries += 1;
-                all_moved.extend(choose_again(engine, ctx, &taken).await?);
-                moved(ctx)?;
-            }
+        tries += 1;
+        if tries > PORT_TRIES {
+            // The start's own error when there was one: it quotes the engine.
+            return Err(failed.unwrap_or_else(|| chosen_port_taken(&taken)));
         }
+        all_moved.extend(choose_again(engine, ctx, &taken).await?);
+        moved(ctx)?;
     }
 }
 
