@@ -28,6 +28,26 @@ pub fn write_private(
     write(path, contents, Some(owner), true)
 }
 
+/// [`write_private`] without the fsyncs (see [`write_regenerated`]): atomic, and durable once [`sync_with_dir`] has
+/// run.
+pub fn write_private_unsynced(
+    path: &Path,
+    contents: &[u8],
+    owner: Option<(u32, u32)>,
+) -> std::io::Result<()> {
+    write(path, contents, Some(owner), false)
+}
+
+/// Makes a file written without fsyncs durable: fsyncs it and the directory that holds it.
+pub fn sync_with_dir(path: &Path) -> std::io::Result<()> {
+    std::fs::File::open(path)?.sync_all()?;
+    let dir = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// [`write_private`] unless `path` already holds exactly `contents`, mode 0600 and `owner`'s: a configuration
 /// rewritten before every start then costs a read, not a write and two fsyncs. Whether it wrote.
 pub fn write_private_if_changed(

@@ -218,17 +218,11 @@ impl State {
     /// Makes what [`State::checkpoint`] wrote durable: fsyncs the state file and its directory.
     pub fn sync(kip_dir: &Path) -> Result<(), StateError> {
         let path = kip_dir.join(STATE_FILE);
-        let sync = |path: &Path| {
-            std::fs::File::open(path)
-                .and_then(|file| file.sync_all())
-                .map_err(|source| StateError::Io {
-                    action: "sync",
-                    path: path.to_path_buf(),
-                    source,
-                })
-        };
-        sync(&path)?;
-        sync(kip_dir)
+        crate::fsutil::sync_with_dir(&path).map_err(|source| StateError::Io {
+            action: "sync",
+            path,
+            source,
+        })
     }
 
     fn store(&mut self, kip_dir: &Path, durable: bool) -> Result<(), StateError> {
@@ -245,33 +239,17 @@ impl State {
         std::fs::create_dir_all(kip_dir).map_err(io("create", kip_dir))?;
         let mut text = serde_json::to_string_pretty(self).expect("state serialises");
         text.push('\n');
-        let temp = kip_dir.join(format!(".{STATE_FILE}.{}.tmp", std::process::id()));
-        {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&temp)
-                .map_err(io("write", &temp))?;
-            file.write_all(text.as_bytes())
-                .map_err(io("write", &temp))?;
-            if durable {
-                file.sync_all().map_err(io("sync", &temp))?;
-            }
-        }
         if path.exists() {
             let backup = kip_dir.join(format!("{STATE_FILE}.backup"));
             std::fs::copy(&path, &backup).map_err(io("back up", &backup))?;
         }
-        std::fs::rename(&temp, &path).map_err(io("write", &path))?;
-        if durable {
-            std::fs::File::open(kip_dir)
-                .and_then(|dir| dir.sync_all())
-                .map_err(io("sync", kip_dir))?;
-        }
-        Ok(())
+        // Mode 0600, a temp file renamed over the state; fsynced with its directory when `durable`.
+        let write = if durable {
+            crate::fsutil::write_private
+        } else {
+            crate::fsutil::write_private_unsynced
+        };
+        write(&path, text.as_bytes(), None).map_err(io("write", &path))
     }
 }
 
