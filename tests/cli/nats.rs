@@ -424,10 +424,8 @@ fn a_kept_port_taken_while_down_is_given_up_for_a_new_one() {
     let second = port(&stack);
     assert_ne!(second, first);
     assert!(
-        up.stdout.contains(&format!(
-            "port {first} (its client listener), which kip chose, is taken by another program; it listens on \
-             {second} now"
-        )),
+        up.stdout
+            .contains(&crate::support::moved_port_line(first, "client", second)),
         "{}",
         up.snapshot()
     );
@@ -455,7 +453,7 @@ fn a_kept_port_taken_while_down_is_given_up_for_a_new_one() {
     assert!(
         apply
             .stderr
-            .contains(&format!("port {second} (its client listener)")),
+            .contains(&crate::support::moved_port_line(second, "client", third)),
         "{}",
         apply.snapshot()
     );

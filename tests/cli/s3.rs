@@ -107,10 +107,8 @@ fn an_internal_port_taken_while_down_is_given_up_and_the_objects_stay() {
     let moved = state_ports(&stack, "s3.store")["master"];
     assert_ne!(moved, master);
     assert!(
-        run.stderr.contains(&format!(
-            "port {master} (its master listener), which kip chose, is taken by another program; it listens on \
-             {moved} now"
-        )),
+        run.stderr
+            .contains(&crate::support::moved_port_line(master, "master", moved)),
         "{}",
         run.snapshot()
     );

@@ -314,6 +314,14 @@ pub fn lint_reports(stack: &crate::apply::Stack, expected: &[&str]) -> Run {
     run
 }
 
+/// What kip says when a port it chose for an instance's `listener` (kept in state) was taken by another program
+/// and the instance moved from `from` to `to`.
+pub fn moved_port_line(from: u16, listener: &str, to: u16) -> String {
+    format!(
+        "port {from} (its {listener} listener), which kip chose, is taken by another program; it listens on {to} now"
+    )
+}
+
 /// `kip apply` refuses the instance's declared `port`, which another program holds, before spawning anything.
 pub fn refuses_taken_port(stack: &crate::apply::Stack, port: u16) {
     let run = stack.kip(&["apply", "--auto-approve"]);

@@ -495,6 +495,7 @@ impl Engines {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
 
     #[test]
     fn a_session_is_taken_once_as_its_own_type_and_never_copied() {
@@ -509,7 +510,6 @@ mod tests {
         assert_eq!(session.take::<u32>(), Some(8));
         assert_eq!(session.take::<u32>(), None, "taken once");
     }
-    use std::collections::BTreeSet;
 
     /// Ports found one after another are all different, and a refused one is never handed out: the kernel offers
     /// a port again once the listener that found it is closed (an S3 instance once got its declared port twice).
