@@ -281,9 +281,110 @@ pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// A builder for every HTTP client kip makes (the fetcher, HTTP probes, an engine's loopback API): the TLS provider
+/// installed, and servers verified against the platform's root certificates as reqwest does, except that the roots
+/// are loaded at the first TLS handshake instead of when the client is built. Loading them (the bundle and every
+/// file of `SSL_CERT_DIR`) took 3-5 ms of each command that built a client, and most never speak TLS: a mirror, a
+/// probe or an S3 API on loopback.
+pub fn client_builder() -> reqwest::ClientBuilder {
+    install_tls_provider();
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| std::sync::Arc::new(rustls::crypto::ring::default_provider()));
+    let builder = reqwest::Client::builder();
+    match rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+    {
+        Ok(config) => builder.tls_backend_preconfigured(
+            config
+                .dangerous()
+                .with_custom_certificate_verifier(std::sync::Arc::new(PlatformRoots::new(provider)))
+                .with_no_client_auth(),
+        ),
+        // Not with ring's provider; reqwest's own set-up would load the roots at once.
+        Err(_) => builder,
+    }
+}
+
+/// The platform's verifier (rustls-platform-verifier, what reqwest uses), built at the first certificate to
+/// verify. Signatures are checked with the provider's algorithms, which need no roots.
+#[derive(Debug)]
+struct PlatformRoots {
+    provider: std::sync::Arc<rustls::crypto::CryptoProvider>,
+    verifier: std::sync::OnceLock<Result<rustls_platform_verifier::Verifier, rustls::Error>>,
+}
+
+impl PlatformRoots {
+    fn new(provider: std::sync::Arc<rustls::crypto::CryptoProvider>) -> PlatformRoots {
+        PlatformRoots {
+            provider,
+            verifier: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn verifier(&self) -> Result<&rustls_platform_verifier::Verifier, rustls::Error> {
+        self.verifier
+            .get_or_init(|| rustls_platform_verifier::Verifier::new(self.provider.clone()))
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for PlatformRoots {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        self.verifier()?.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
 /// Downloads with one shared HTTP client (connection pool, TLS set-up) and one retry policy. The client is built at
-/// the first URL: a mirror that is a directory (the local mirror `kip mirror build` fills) never needs one, and
-/// building it costs milliseconds (rustls loads the system's root certificates).
+/// the first URL: a mirror that is a directory (the local mirror `kip mirror build` fills) never needs one.
 #[derive(Debug, Clone)]
 pub struct Fetcher {
     client: std::sync::OnceLock<reqwest::Client>,
@@ -306,8 +407,7 @@ impl Fetcher {
         if let Some(client) = self.client.get() {
             return Ok(client);
         }
-        install_tls_provider();
-        let client = reqwest::Client::builder()
+        let client = client_builder()
             .user_agent(concat!("kip/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(self.policy.timeout)
             .read_timeout(self.policy.timeout)
@@ -758,5 +858,61 @@ mod tests {
         let fetcher = Fetcher::new(RetryPolicy::default());
         assert_eq!(fetcher.get(&Location::Path(index)).await.unwrap(), b"{}");
         assert!(fetcher.client.get().is_none());
+    }
+
+    /// The roots are loaded at the first certificate to verify, not before: planning the handshake (the schemes a
+    /// client offers) needs none.
+    #[test]
+    fn the_platform_roots_wait_for_a_certificate() {
+        install_tls_provider();
+        let roots =
+            PlatformRoots::new(std::sync::Arc::new(rustls::crypto::ring::default_provider()));
+        use rustls::client::danger::ServerCertVerifier;
+        assert!(!roots.supported_verify_schemes().is_empty());
+        assert!(roots.verifier.get().is_none());
+    }
+
+    /// Loading the roots late does not mean trusting more: an https mirror whose certificate no root signs (a
+    /// self-signed one, on loopback) is refused, and the error says why.
+    #[tokio::test]
+    async fn an_https_mirror_no_root_vouches_for_is_refused() {
+        install_tls_provider();
+        let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        let key =
+            rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+        let config = std::sync::Arc::new(
+            rustls::ServerConfig::builder()
+                .with_no_client_auth()
+                .with_single_cert(vec![certified.cert.der().clone()], key)
+                .unwrap(),
+        );
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut tcp, _) = listener.accept().unwrap();
+            let mut connection = rustls::ServerConnection::new(config).unwrap();
+            // The client aborts the handshake: that failure is the point.
+            connection.complete_io(&mut tcp).is_err()
+        });
+        let fetcher = Fetcher::new(RetryPolicy {
+            attempts: 1,
+            ..RetryPolicy::default()
+        });
+        let url = format!("https://127.0.0.1:{port}/index.json");
+        let error = fetcher
+            .get(&Location::parse(&url).unwrap())
+            .await
+            .unwrap_err();
+        let mut chain = error.to_string();
+        let mut source = std::error::Error::source(&error);
+        while let Some(cause) = source {
+            chain.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        assert!(
+            chain.contains("certificate") && chain.contains("UnknownIssuer"),
+            "{chain}"
+        );
+        assert!(server.join().unwrap(), "the server saw the handshake fail");
     }
 }

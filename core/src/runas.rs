@@ -158,6 +158,16 @@ pub fn lookup_user(name: &str) -> Result<Option<PasswdEntry>, RunAsError> {
     )
 }
 
+/// Looks an account up by name in `/etc/passwd` only.
+fn lookup_local_user(name: &str) -> Result<Option<PasswdEntry>, RunAsError> {
+    lookup_user_with(
+        Path::new("/etc/passwd"),
+        name,
+        |entry| entry.name == name,
+        None,
+    )
+}
+
 /// Looks an account up by uid, the same way as [`lookup_user`].
 pub fn lookup_uid(uid: u32) -> Result<Option<PasswdEntry>, RunAsError> {
     lookup_user_with(
@@ -257,7 +267,15 @@ pub fn resolve_run_as(
     // The instances of one apply resolve at once: one of them creates the account, the others find it.
     static CREATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one_at_a_time = CREATING.lock().unwrap_or_else(|poison| poison.into_inner());
-    let entry = match lookup_user(name)? {
+    // kip's own account is looked for in /etc/passwd alone, where useradd puts it: asking getent too (a process,
+    // ~2 ms) for an account no directory service has is what a new project paid. Should one have it after all,
+    // useradd refuses the name and the lookup after that failure asks getent.
+    let found = if origin == "the default" {
+        lookup_local_user(name)?
+    } else {
+        lookup_user(name)?
+    };
+    let entry = match found {
         Some(entry) => entry,
         None if origin == "the default" => create_default_account(name)?,
         None => {

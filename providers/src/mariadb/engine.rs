@@ -311,7 +311,7 @@ impl Engine for MariaDb {
                 // MariaDB creates its socket once it takes connections; `ready` logs in for real.
                 kind: ProbeKind::Socket { path: socket(ctx) },
                 initial_delay: Duration::ZERO,
-                interval: Duration::from_millis(5),
+                interval: Duration::from_millis(1),
                 timeout: Duration::from_secs(60),
                 retries: None,
             },
@@ -360,7 +360,15 @@ impl Engine for MariaDb {
     ) -> BoxFuture<'a, Result<(), EngineError>> {
         Box::pin(async move {
             let args: InstanceArgs = ctx.args()?;
-            let mut conn = match ctx.session.take::<mysql_async::Conn>() {
+            // The ready step's session, unless the server dropped it since (killed and restarted in between).
+            let kept = match ctx.session.take::<mysql_async::Conn>() {
+                Some(mut conn) => {
+                    let alive = conn.ping().await.is_ok();
+                    alive.then_some(conn)
+                }
+                None => None,
+            };
+            let mut conn = match kept {
                 Some(conn) => conn,
                 None => connector(ctx, &args).connect().await.map_err(|error| {
                     first_session_error(ctx, "cannot secure the new instance", error)

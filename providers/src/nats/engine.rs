@@ -277,7 +277,7 @@ impl Engine for Nats {
                     port: client_port(ctx, &args)?,
                 },
                 initial_delay: Duration::ZERO,
-                interval: Duration::from_millis(2),
+                interval: Duration::from_millis(1),
                 timeout: Duration::from_secs(60),
                 retries: None,
             },

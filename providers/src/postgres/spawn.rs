@@ -48,7 +48,7 @@ pub fn spawn_spec(
                 path: socket_path(socket_dir, port),
             },
             initial_delay: Duration::ZERO,
-            interval: Duration::from_millis(2),
+            interval: Duration::from_millis(1),
             timeout: Duration::from_secs(30),
             retries: None,
         },

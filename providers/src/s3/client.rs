@@ -56,7 +56,10 @@ impl S3Client {
             endpoint: endpoint.to_owned(),
             reason: error.to_string(),
         })?;
-        let http = loopback_client().build().map_err(S3Error::Client)?;
+        // Plain HTTP on loopback: kip's builder, which loads no root certificates until a TLS handshake needs them.
+        let http = loopback(kip_core::fetch::client_builder())
+            .build()
+            .map_err(S3Error::Client)?;
         Ok(S3Client {
             http,
             endpoint: parsed,
@@ -339,11 +342,9 @@ impl S3Client {
     }
 }
 
-/// An HTTP client for the instance's loopback listeners.
-fn loopback_client() -> reqwest::ClientBuilder {
-    // reqwest panics without a TLS provider, even for a plain-HTTP endpoint.
-    kip_core::fetch::install_tls_provider();
-    reqwest::Client::builder()
+/// `builder`, for the instance's loopback listeners.
+fn loopback(builder: reqwest::ClientBuilder) -> reqwest::ClientBuilder {
+    builder
         // The instance is on loopback: a proxy from the environment would send its requests elsewhere.
         .no_proxy()
         .connect_timeout(Duration::from_secs(2))
@@ -365,7 +366,9 @@ impl MasterClient {
         let ca = reqwest::Certificate::from_pem(&tls.ca_pem()?).map_err(S3Error::MasterClient)?;
         let identity = reqwest::Identity::from_pem(&tls.client_identity_pem()?)
             .map_err(S3Error::MasterClient)?;
-        let http = loopback_client()
+        // reqwest panics without a TLS provider.
+        kip_core::fetch::install_tls_provider();
+        let http = loopback(reqwest::Client::builder())
             .tls_certs_only([ca])
             .identity(identity)
             .build()

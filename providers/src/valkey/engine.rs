@@ -303,7 +303,7 @@ impl Engine for Valkey {
             probe: Probe {
                 kind: ProbeKind::Socket { path: socket(ctx) },
                 initial_delay: Duration::ZERO,
-                interval: Duration::from_millis(2),
+                interval: Duration::from_millis(1),
                 timeout: Duration::from_secs(60),
                 retries: None,
             },

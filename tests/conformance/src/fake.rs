@@ -146,6 +146,47 @@ impl Journal {
 #[derive(Debug, Clone, Default)]
 pub struct Fake {
     pub journal: Journal,
+    squatter: Squatter,
+}
+
+/// Another program that takes the port kip chooses for an instance right after provisioning chose it, before the
+/// start: the next `provisions` times ([`Fake::take_chosen_port_after_next_provisions`]).
+#[derive(Debug, Clone, Default)]
+struct Squatter(Arc<Mutex<(u32, Vec<std::net::TcpListener>)>>);
+
+impl Fake {
+    /// Makes another program take the port chosen by each of the next `provisions` provisionings, and hold it.
+    pub fn take_chosen_port_after_next_provisions(&self, provisions: u32) {
+        self.squatter.lock().0 = provisions;
+    }
+
+    /// The ports taken that way, in order.
+    pub fn squatted_ports(&self) -> Vec<u16> {
+        self.squatter
+            .lock()
+            .1
+            .iter()
+            .filter_map(|listener| listener.local_addr().ok())
+            .map(|address| address.port())
+            .collect()
+    }
+}
+
+impl Squatter {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u32, Vec<std::net::TcpListener>)> {
+        self.0.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn take(&self, port: u16) -> Result<(), EngineError> {
+        let mut squatter = self.lock();
+        if squatter.0 > 0 {
+            squatter.0 -= 1;
+            let listener = std::net::TcpListener::bind(("127.0.0.1", port))
+                .map_err(|e| EngineError::with_source("the test's squatter cannot bind", e))?;
+            squatter.1.push(listener);
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -240,7 +281,8 @@ impl Engine for Fake {
                 ctx.secrets.0.insert(PASSWORD.into(), password);
             }
             if args.listens {
-                ctx.port(LISTEN_PORT)?;
+                let port = ctx.port(LISTEN_PORT)?;
+                self.squatter.take(port)?;
             }
             self.journal.record(&ctx.address, "provisioned");
             Ok(())

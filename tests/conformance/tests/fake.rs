@@ -314,6 +314,41 @@ fn a_chosen_port_taken_during_the_start_is_given_up_for_a_new_one() {
     );
 }
 
+/// The same, with the port taken between provisioning and the start (the check before the start finds it), not
+/// during the bind.
+#[test]
+fn a_port_taken_before_each_start_moves_three_times_then_fails_once_and_the_next_apply_starts() {
+    let (setup, engine, supervisors) = setup();
+    let harness = Harness::new(&setup, "fake \"main\" {\n  listens = true\n}\n");
+    engine.take_chosen_port_after_next_provisions(4);
+    let Err(ApplyError::Failed { failures, .. }) = harness.apply() else {
+        panic!("kip gives up after three new ports");
+    };
+    assert_eq!(failures.len(), 1, "reported once: {failures:?}");
+    let taken = engine.squatted_ports();
+    assert_eq!(
+        taken.len(),
+        4,
+        "the first port and three new ones: {taken:?}"
+    );
+    let unique: std::collections::BTreeSet<u16> = taken.iter().copied().collect();
+    assert_eq!(unique.len(), 4, "each try chose a new port: {taken:?}");
+    let shown = format!("{:?}", failures[0].error);
+    assert!(
+        shown.contains(&format!("port: {}", taken[3])),
+        "the error names the last port: {shown}"
+    );
+    assert!(
+        supervisors.spawned().is_empty(),
+        "nothing was spawned on a taken port: {:?}",
+        supervisors.spawned()
+    );
+    harness.apply().expect("the next apply starts the instance");
+    let kept = harness.state().instances[&fake("main")].ports[LISTEN_PORT];
+    assert!(!taken.contains(&kept), "{kept} is not one of {taken:?}");
+    assert_eq!(harness.running(&fake("main")).len(), 1);
+}
+
 #[test]
 fn a_program_that_takes_every_port_kip_chooses_fails_the_apply_after_three_tries_and_the_next_one_starts()
  {
