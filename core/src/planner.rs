@@ -67,6 +67,85 @@ pub struct Planner<'a> {
     pub supervisors: &'a dyn Supervisors,
     /// Ask running engines what exists (`--refresh=false` trusts the state).
     pub refresh: bool,
+    /// What engines read ahead for this plan ([`prefetch`]), if anything.
+    pub prefetched: Option<&'a Prefetched>,
+}
+
+/// What the engines read ahead for a plan, by instance ([`prefetch`]): each refresh takes its instance's part, and
+/// the first one to ask waits for the read-ahead to end.
+#[derive(Debug)]
+pub struct Prefetched(tokio::sync::Mutex<Reads>);
+
+type Ahead = BTreeMap<Address, Box<dyn std::any::Any + Send>>;
+
+#[derive(Debug)]
+enum Reads {
+    Pending(tokio::sync::oneshot::Receiver<Ahead>),
+    Done(Ahead),
+}
+
+impl Prefetched {
+    /// What was read ahead for `address`, once; `None` when nothing was (or the read-ahead failed).
+    async fn take(&self, address: &Address) -> Option<Box<dyn std::any::Any + Send>> {
+        let mut reads = self.0.lock().await;
+        if let Reads::Pending(receiver) = &mut *reads {
+            *reads = Reads::Done(receiver.await.unwrap_or_default());
+        }
+        match &mut *reads {
+            Reads::Done(ahead) => ahead.remove(address),
+            Reads::Pending(_) => None,
+        }
+    }
+}
+
+/// Starts reading ahead, on a thread of its own, what the refresh of each applied instance will read whatever the
+/// configuration says ([`crate::engine::Engine::prefetch`]), so that a plan's sessions and first reads overlap the
+/// configuration's check and the state's read on this thread. The thread reads the state's instances without their
+/// objects ([`State::instances_without_objects`]), so it reaches the engines while the whole state is still being
+/// read here. `None` when no thread starts.
+pub fn prefetch(project: &Project, engines: &Engines) -> Option<Prefetched> {
+    let (project, engines) = (project.clone(), engines.clone());
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("kip-prefetch".into())
+        .spawn(move || {
+            let Some(instances) = State::instances_without_objects(&project.kip_dir) else {
+                return;
+            };
+            let jobs: Vec<_> = instances
+                .iter()
+                .filter(|(_, saved)| saved.lifecycle.initialized)
+                .filter_map(|(address, saved)| {
+                    let engine = engines.get(&saved.engine)?;
+                    let ctx = lifecycle::ctx_without_objects(&project, address, saved);
+                    Some((address, engine, ctx))
+                })
+                .collect();
+            if jobs.is_empty() {
+                return;
+            }
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            let reads = runtime.block_on(futures_util::future::join_all(
+                jobs.iter().map(|(address, engine, ctx)| async move {
+                    ((*address).clone(), engine.prefetch(ctx).await)
+                }),
+            ));
+            let ahead: Ahead = reads
+                .into_iter()
+                .filter_map(|(address, read)| Some((address, read?)))
+                .collect();
+            // The plan may have ended without asking (a configuration error): then nobody receives this.
+            let _ = sender.send(ahead);
+        })
+        .ok()?;
+    Some(Prefetched(tokio::sync::Mutex::new(Reads::Pending(
+        receiver,
+    ))))
 }
 
 fn existing_instance<'s>(address: &Address, saved: &'s InstanceState) -> Existing<'s> {
@@ -408,6 +487,11 @@ impl Planner<'_> {
             });
         }
         let ctx = lifecycle::ctx_without_objects(self.project, address, saved);
+        if let Some(prefetched) = self.prefetched
+            && let Some(ahead) = prefetched.take(address).await
+        {
+            ctx.session.keep_boxed(ahead);
+        }
         let observed = match engine.refresh(&ctx, &managed).await {
             Ok(observed) => observed,
             Err(source) => {

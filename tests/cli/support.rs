@@ -151,17 +151,21 @@ pub fn kill_when_logged(mut command: Command, moment: &str) {
     let mut child = command.spawn().unwrap();
     let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
     let mut killed = false;
+    let mut seen = Vec::new();
     for line in stderr.lines() {
-        if line.unwrap().contains(moment) {
+        let line = line.unwrap();
+        if line.contains(moment) {
             child.kill().unwrap();
             killed = true;
             break;
         }
+        seen.push(line);
     }
     let _ = child.wait();
     assert!(
         killed,
-        "the apply ended without logging `{moment}`: it was never killed there"
+        "the apply ended without logging `{moment}`: it was never killed there. It said:\n{}",
+        seen.join("\n")
     );
 }
 
@@ -190,11 +194,31 @@ pub fn kill_when_exists(mut command: Command, path: &Path) {
     );
 }
 
-/// A free loopback port no other test of this binary was given (it is bound and released, so another program may
-/// take it first: tests use it at once). The kernel offers a released port again, and the tests run at once.
+/// A free loopback port no other test of this binary was given, for a test to declare. It is below the kernel's
+/// ephemeral range (`ip_local_port_range`), which is where every port kip chooses for an instance and every
+/// client connection's own port come from: the tests run at once, and a declared port from that range was once
+/// taken by another test's engine between this check and the apply. Bound and released here, so tests use it at
+/// once.
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
         std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000_u32, ephemeral_start.clamp(10_001, 65_536));
+    // A different walk per test process, so that two test binaries running at once rarely try the same ports.
+    let span = high - low;
+    let start = (std::process::id().wrapping_mul(7919)) % span;
+    for step in 0..span {
+        let port = u16::try_from(low + (start + step * 104_729) % span).expect("below 65536");
+        if !GIVEN.lock().unwrap().insert(port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     kip_core::engine::free_port(|port| !GIVEN.lock().unwrap().insert(port)).unwrap()
 }
 

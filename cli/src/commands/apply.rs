@@ -149,7 +149,7 @@ pub fn apply(context: &Context, args: ApplyArgs) -> anyhow::Result<ExitStatus> {
         }
         None => {
             let state = State::read(&project.kip_dir).map_err(state_error)?;
-            let (checked, plan, state) = make_plan(checked, true, (project.clone(), state))?;
+            let (checked, plan, state) = make_plan(checked, true, (project.clone(), state), None)?;
             (checked, plan, state)
         }
     };

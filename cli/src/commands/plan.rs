@@ -95,6 +95,7 @@ pub(crate) fn make_plan(
     checked: Checked,
     refresh: bool,
     (project, state): (Project, State),
+    prefetched: Option<&kip_core::planner::Prefetched>,
 ) -> anyhow::Result<(Checked, Plan, State)> {
     let engines = engines();
     let (config, graph) = config_and_graph(&checked);
@@ -107,6 +108,7 @@ pub(crate) fn make_plan(
         state: &state,
         supervisors: &supervisors,
         refresh,
+        prefetched,
     };
     let plan = runtime()?.block_on(planner.plan()).map_err(|error| {
         let hint = error.hint();
@@ -116,17 +118,23 @@ pub(crate) fn make_plan(
 }
 
 pub fn plan(context: &Context, args: PlanArgs) -> anyhow::Result<ExitStatus> {
-    // The configuration is checked and then the state read, on this thread. Reading the state on a second thread
-    // while the configuration is checked was slower, at 100 objects and at 1,000 alike (`plan --refresh=false`,
-    // 1,000 roles: 14-15 against 23-39 ms of CPU): the thread gets an allocator heap of its own, whose first pages
-    // the kernel clears, and every node of the state it parsed is then freed from the other thread. A plan takes
-    // no lock; the state is only ever replaced whole.
+    // The engines' read-ahead (their sessions and first reads) starts first, on a thread of its own, and overlaps
+    // what follows here. The configuration is checked and then the state read, on this thread. Reading the state on
+    // a second thread while the configuration is checked was slower, at 100 objects and at 1,000 alike (`plan
+    // --refresh=false`, 1,000 roles: 14-15 against 23-39 ms of CPU): the thread gets an allocator heap of its own,
+    // whose first pages the kernel clears, and every node of the state it parsed is then freed from the other
+    // thread (the read-ahead skips the objects, and builds little). A plan takes no lock; the state is only ever
+    // replaced whole.
+    let prefetched = match project(context) {
+        Ok(project) if args.refresh => kip_core::planner::prefetch(&project, &engines()),
+        _ => None,
+    };
     let Some(checked) = checked_config(context, &args.vars)? else {
         return Ok(ExitStatus::Failure);
     };
     super::lock::check_sources_for(context, &checked)?;
     let saved = project_state(context)?;
-    let (checked, mut plan, state) = make_plan(checked, args.refresh, saved)?;
+    let (checked, mut plan, state) = make_plan(checked, args.refresh, saved, prefetched.as_ref())?;
     apply_targets(&mut plan, &args.target)?;
     if let Some(out) = &args.out {
         let file = PlanFile {

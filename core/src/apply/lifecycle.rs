@@ -47,10 +47,10 @@ pub fn ctx_from_state(project: &Project, address: &Address, saved: &InstanceStat
 /// The context of an applied instance, from its state, without its objects: for the steps that are handed the
 /// objects another way (refresh gets them as `managed`; apply puts in the desired ones). Copying every object's
 /// attributes from the state took a tenth of a no-op plan of 1,000 roles.
-pub fn ctx_without_objects(
+pub fn ctx_without_objects<O>(
     project: &Project,
     address: &Address,
-    saved: &InstanceState,
+    saved: &InstanceState<O>,
 ) -> InstanceCtx {
     let toolchain = match (&saved.toolchain, &saved.spec, &saved.version) {
         (Some(root), Some(spec), Some(version)) => Some(Toolchain {

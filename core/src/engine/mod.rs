@@ -217,6 +217,11 @@ impl Session {
         *self.slot() = Some(Box::new(session));
     }
 
+    /// Keeps a session that is boxed already (what [`Engine::prefetch`] read ahead), for [`Session::take`].
+    pub fn keep_boxed(&self, session: Box<dyn std::any::Any + Send>) {
+        *self.slot() = Some(session);
+    }
+
     /// The session kept by an earlier step, if it is a `T`; the slot is empty afterwards.
     pub fn take<T: std::any::Any + Send>(&self) -> Option<T> {
         let kept = self.slot().take()?;
@@ -424,6 +429,19 @@ pub trait Engine: Send + Sync {
     /// (PostgreSQL asks the server). Apply restarts when the list is not empty, whatever `reconfigure` says.
     fn restart_because(&self, _change: &Change) -> Option<Vec<String>> {
         None
+    }
+
+    /// Reads ahead, for a plan, what [`Engine::refresh`] of this instance will read whatever the configuration
+    /// says (PostgreSQL: its roles and databases), while core is still checking the configuration: the session's
+    /// set-up and the first reads then overlap that work instead of following it. The instance is built from the
+    /// state alone, and may not run (no supervisor was asked): prefetch must fail fast, never wait for a start.
+    /// What it returns, refresh finds in `instance.session`; `None` (the default, and on any failure) reads
+    /// nothing ahead, and refresh reads, and reports errors, for itself.
+    fn prefetch<'a>(
+        &'a self,
+        _instance: &'a InstanceCtx,
+    ) -> BoxFuture<'a, Option<Box<dyn std::any::Any + Send>>> {
+        Box::pin(async { None })
     }
 
     /// Reads what exists of the managed objects, in a constant number of round trips. Objects that do not

@@ -399,6 +399,17 @@ impl Engine for Postgres {
         })
     }
 
+    fn prefetch<'a>(
+        &'a self,
+        ctx: &'a InstanceCtx,
+    ) -> BoxFuture<'a, Option<Box<dyn std::any::Any + Send>>> {
+        Box::pin(async move {
+            let args: InstanceArgs = ctx.args().ok()?;
+            let ahead = super::observe::prefetch(&connector(ctx, &args)).await?;
+            Some(Box::new(ahead) as Box<dyn std::any::Any + Send>)
+        })
+    }
+
     fn refresh<'a>(
         &'a self,
         ctx: &'a InstanceCtx,

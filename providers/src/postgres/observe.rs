@@ -14,15 +14,36 @@ use super::converge::grant_spec;
 use super::engine::{generated_role_password, pg_error};
 use super::{Connector, GrantTarget, Live};
 
+/// What [`prefetch`] read ahead for a plan: the instance's roles and databases, without any database's insides.
+pub struct ReadAhead(Live);
+
+/// Reads the roles and databases of a running instance ahead of its refresh (see `Engine::prefetch`), in one
+/// session that does not wait for a server that is not there. `None` on any failure: refresh reads again and says
+/// what failed.
+pub async fn prefetch(connector: &Connector) -> Option<ReadAhead> {
+    let mut connector = connector.clone();
+    connector.startup_timeout = std::time::Duration::ZERO;
+    let live = super::sql::read_live_of(&connector, Some(&BTreeSet::new()))
+        .await
+        .ok()?;
+    Some(ReadAhead(live))
+}
+
 pub async fn refresh(
     ctx: &InstanceCtx,
     connector: &Connector,
     managed: &[Managed<'_>],
 ) -> Result<Vec<Observed>, EngineError> {
     let contents = databases_with_contents(managed);
-    let live = super::sql::read_live_of(connector, Some(&contents))
-        .await
-        .map_err(|e| pg_error("cannot read PostgreSQL", e))?;
+    let live = match ctx.session.take::<ReadAhead>() {
+        Some(ReadAhead(mut live)) => {
+            super::sql::read_contents(connector, &mut live, Some(&contents))
+                .await
+                .map(|()| live)
+        }
+        None => super::sql::read_live_of(connector, Some(&contents)).await,
+    }
+    .map_err(|e| pg_error("cannot read PostgreSQL", e))?;
     let mut observed: Vec<Observed> = Vec::new();
     // The instance's declared settings, as the server has them: one overridden behind kip's back is drift.
     if let Some(instance) = managed.iter().find(|node| node.address.is_instance()) {

@@ -264,11 +264,21 @@ pub async fn read_live_of(
         }
     }
     drop(client);
+    read_contents(connector, &mut live, contents).await?;
+    Ok(live)
+}
 
+/// Reads the insides (schemas, extensions, their grants) of `contents`' databases, every database's when `None`,
+/// into `live` (which [`read_live_of`] read without them), one session per database, at once.
+pub async fn read_contents(
+    connector: &Connector,
+    live: &mut Live,
+    contents: Option<&std::collections::BTreeSet<String>>,
+) -> Result<(), PgError> {
     let mut reads = tokio::task::JoinSet::new();
     for (name, database) in &live.databases {
         // A connection limit of -2 marks a database left invalid by an interrupted DROP DATABASE.
-        let wanted = contents.is_none_or(|names| names.contains(name));
+        let wanted = !database.contents_read && contents.is_none_or(|names| names.contains(name));
         if wanted && database.allow_connections && database.connection_limit != -2 {
             let (connector, name) = (connector.clone(), name.clone());
             reads.spawn(async move {
@@ -286,7 +296,7 @@ pub async fn read_live_of(
             database.contents_read = true;
         }
     }
-    Ok(live)
+    Ok(())
 }
 
 fn add_privilege(

@@ -212,6 +212,9 @@ struct ItemArgs {
     secret: Option<String>,
 }
 
+/// What the fake's prefetch read: its store.
+struct ReadAhead(Json);
+
 /// The name of the port kip chooses for an instance that `listens`.
 pub const LISTEN_PORT: &str = "listen";
 
@@ -375,6 +378,18 @@ impl Engine for Fake {
         Box::pin(async move { Ok(action) })
     }
 
+    /// The store as the plan began, read ahead of the refresh.
+    fn prefetch<'a>(
+        &'a self,
+        ctx: &'a InstanceCtx,
+    ) -> BoxFuture<'a, Option<Box<dyn std::any::Any + Send>>> {
+        Box::pin(async move {
+            let store = read_store(&store_path(&ctx.data_dir)).ok()?;
+            self.journal.record(&ctx.address, "read ahead");
+            Some(Box::new(ReadAhead(store)) as Box<dyn std::any::Any + Send>)
+        })
+    }
+
     fn refresh<'a>(
         &'a self,
         ctx: &'a InstanceCtx,
@@ -386,7 +401,14 @@ impl Engine for Fake {
             if args.delay_ms > 0 {
                 tokio::time::sleep(Duration::from_millis(args.delay_ms)).await;
             }
-            let store = read_store(&store_path(&ctx.data_dir)).map_err(engine_error)?;
+            let store = match ctx.session.take::<ReadAhead>() {
+                Some(ReadAhead(store)) => {
+                    self.journal
+                        .record(&ctx.address, "refresh took the read-ahead");
+                    store
+                }
+                None => read_store(&store_path(&ctx.data_dir)).map_err(engine_error)?,
+            };
             self.journal.record(&ctx.address, "refreshed");
             Ok(managed
                 .iter()

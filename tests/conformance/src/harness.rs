@@ -245,6 +245,8 @@ impl Harness {
     pub fn plan(&self) -> Result<Plan, String> {
         let checked = self.checked();
         let state = self.state();
+        // As `kip plan` does: what engines read ahead reaches their refresh.
+        let prefetched = kip_core::planner::prefetch(&self.project, &self.setup.engines);
         let planner = Planner {
             project: &self.project,
             config: checked.config.as_ref().expect("checked"),
@@ -253,6 +255,7 @@ impl Harness {
             state: &state,
             supervisors: self.supervisors.as_ref(),
             refresh: true,
+            prefetched: prefetched.as_ref(),
         };
         Self::runtime()
             .block_on(planner.plan())

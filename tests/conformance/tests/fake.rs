@@ -62,6 +62,56 @@ fake "c" { depends_on = [fake.a, fake.b] }
     assert!(started("c") > done("a") && started("c") > done("b"));
 }
 
+/// What an engine reads ahead for a plan reaches its refresh, and is read when the plan begins: a change made
+/// behind kip's back after the apply is drift the plan shows. An instance that does not run is planned from the
+/// state, and what was read ahead for it is dropped.
+#[test]
+fn a_plan_hands_what_the_engine_read_ahead_to_its_refresh() {
+    let (setup, fake_engine, supervisors) = setup();
+    let harness = Harness::new(
+        &setup,
+        "fake \"main\" {\n  item \"a\" { value = \"1\" }\n}\n",
+    );
+    harness.apply_clean("apply");
+    let path =
+        kip_conformance::fake::store_path(&harness.state().instances[&fake("main")].data_dir);
+    let mut store = kip_conformance::fake::read_store(&path).unwrap();
+    store["items"]["a"]["value"] = serde_json::json!("changed behind kip's back");
+    kip_conformance::fake::write_store(&path, &store).unwrap();
+    let plan = harness.plan().unwrap();
+    let drift = plan.change(&fake("main").named_child("item", "a")).unwrap();
+    assert_eq!(drift.action, kip_core::plan::Action::Update, "{drift:?}");
+    let events: Vec<&str> = fake_engine
+        .journal
+        .events()
+        .into_iter()
+        .filter(|event| event.address == fake("main").to_string())
+        .map(|event| event.what)
+        .collect();
+    let at = |what: &str| events.iter().rposition(|event| *event == what);
+    let (Some(read), Some(took), Some(refreshed)) = (
+        at("read ahead"),
+        at("refresh took the read-ahead"),
+        at("refreshed"),
+    ) else {
+        panic!("read ahead, taken and refreshed: {events:?}");
+    };
+    assert!(read < took && took < refreshed, "{events:?}");
+    // Stopped: nothing is refreshed, and the plan is the state's.
+    supervisors.shutdown();
+    let before = fake_engine.journal.events().len();
+    let plan = harness.plan().unwrap();
+    assert!(
+        plan.change(&fake("main").named_child("item", "a"))
+            .is_none_or(|change| change.action == kip_core::plan::Action::Noop),
+        "{plan:?}"
+    );
+    let refreshed = fake_engine.journal.events()[before..]
+        .iter()
+        .any(|event| event.what.starts_with("refresh"));
+    assert!(!refreshed, "a stopped instance is not refreshed");
+}
+
 #[test]
 fn independent_instances_refresh_concurrently_and_dependents_after() {
     let (setup, fake_engine, _) = setup();
