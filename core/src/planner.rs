@@ -71,29 +71,31 @@ pub struct Planner<'a> {
     pub prefetched: Option<&'a Prefetched>,
 }
 
-/// What the engines read ahead for a plan, by instance ([`prefetch`]): each refresh takes its instance's part, and
-/// the first one to ask waits for the read-ahead to end.
+/// What the engines read ahead for a plan ([`prefetch`]), instance by instance as each read ends: a refresh waits
+/// for its own instance's read-ahead, never for another's (one may be slow to fail while its instance is down).
 #[derive(Debug)]
 pub struct Prefetched(tokio::sync::Mutex<Reads>);
 
-type Ahead = BTreeMap<Address, Box<dyn std::any::Any + Send>>;
+type Ahead = Option<Box<dyn std::any::Any + Send>>;
 
 #[derive(Debug)]
-enum Reads {
-    Pending(tokio::sync::oneshot::Receiver<Ahead>),
-    Done(Ahead),
+struct Reads {
+    /// Each instance's read as it ends; closed once every read has.
+    receiver: tokio::sync::mpsc::UnboundedReceiver<(Address, Ahead)>,
+    /// Reads that ended before their refresh asked.
+    arrived: BTreeMap<Address, Ahead>,
 }
 
 impl Prefetched {
-    /// What was read ahead for `address`, once; `None` when nothing was (or the read-ahead failed).
-    async fn take(&self, address: &Address) -> Option<Box<dyn std::any::Any + Send>> {
+    /// What was read ahead for `address`, once; `None` when nothing was (or the read failed).
+    async fn take(&self, address: &Address) -> Ahead {
         let mut reads = self.0.lock().await;
-        if let Reads::Pending(receiver) = &mut *reads {
-            *reads = Reads::Done(receiver.await.unwrap_or_default());
-        }
-        match &mut *reads {
-            Reads::Done(ahead) => ahead.remove(address),
-            Reads::Pending(_) => None,
+        loop {
+            if let Some(ahead) = reads.arrived.remove(address) {
+                return ahead;
+            }
+            let (read_for, ahead) = reads.receiver.recv().await?;
+            reads.arrived.insert(read_for, ahead);
         }
     }
 }
@@ -105,47 +107,38 @@ impl Prefetched {
 /// read here. `None` when no thread starts.
 pub fn prefetch(project: &Project, engines: &Engines) -> Option<Prefetched> {
     let (project, engines) = (project.clone(), engines.clone());
-    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
     std::thread::Builder::new()
         .name("kip-prefetch".into())
         .spawn(move || {
             let Some(instances) = State::instances_without_objects(&project.kip_dir) else {
                 return;
             };
-            let jobs: Vec<_> = instances
-                .iter()
-                .filter(|(_, saved)| saved.lifecycle.initialized)
-                .filter_map(|(address, saved)| {
-                    let engine = engines.get(&saved.engine)?;
-                    let ctx = lifecycle::ctx_without_objects(&project, address, saved);
-                    Some((address, engine, ctx))
-                })
-                .collect();
-            if jobs.is_empty() {
-                return;
-            }
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
             else {
                 return;
             };
-            let reads = runtime.block_on(futures_util::future::join_all(
-                jobs.iter().map(|(address, engine, ctx)| async move {
-                    ((*address).clone(), engine.prefetch(ctx).await)
-                }),
-            ));
-            let ahead: Ahead = reads
-                .into_iter()
-                .filter_map(|(address, read)| Some((address, read?)))
-                .collect();
-            // The plan may have ended without asking (a configuration error): then nobody receives this.
-            let _ = sender.send(ahead);
+            let reads = instances
+                .iter()
+                .filter(|(_, saved)| saved.lifecycle.initialized)
+                .filter_map(|(address, saved)| {
+                    let engine = engines.get(&saved.engine)?;
+                    let ctx = lifecycle::ctx_without_objects(&project, address, saved);
+                    let sender = &sender;
+                    Some(async move {
+                        // The plan may have ended without asking (a configuration error): then nobody receives it.
+                        let _ = sender.send((address.clone(), engine.prefetch(&ctx).await));
+                    })
+                });
+            runtime.block_on(futures_util::future::join_all(reads));
         })
         .ok()?;
-    Some(Prefetched(tokio::sync::Mutex::new(Reads::Pending(
+    Some(Prefetched(tokio::sync::Mutex::new(Reads {
         receiver,
-    ))))
+        arrived: BTreeMap::new(),
+    })))
 }
 
 fn existing_instance<'s>(address: &Address, saved: &'s InstanceState) -> Existing<'s> {

@@ -30,9 +30,8 @@ pub struct State {
     pub instances: BTreeMap<Address, InstanceState>,
 }
 
-/// One instance kip made exist.
-/// An instance as the state records it. `O` is how its objects are read: as they are, or skipped
-/// ([`instances_without_objects`]).
+/// One instance kip made exist. `O` is how its objects are read: as they are, or skipped
+/// ([`State::instances_without_objects`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceState<O = BTreeMap<Address, ObjectState>> {
     pub engine: String,
@@ -158,7 +157,6 @@ impl State {
         }
     }
 
-    /// Reads the state in `kip_dir`; a missing file is a new, empty state.
     /// The instances of the state in `kip_dir` without their objects, which are skipped, never built: what it
     /// takes to reach the running instances, read in a fraction of the whole state's time. `None` when the state is
     /// missing, unreadable or of another format; [`State::read`] then says why.
@@ -176,6 +174,7 @@ impl State {
         (read.format_version == STATE_FORMAT).then_some(read.instances)
     }
 
+    /// Reads the state in `kip_dir`; a missing file is a new, empty state.
     pub fn read(kip_dir: &Path) -> Result<State, StateError> {
         let path = kip_dir.join(STATE_FILE);
         let bytes = match std::fs::read(&path) {

@@ -196,9 +196,9 @@ pub fn kill_when_exists(mut command: Command, path: &Path) {
 
 /// A free loopback port no other test of this binary was given, for a test to declare. It is below the kernel's
 /// ephemeral range (`ip_local_port_range`), which is where every port kip chooses for an instance and every
-/// client connection's own port come from: the tests run at once, and a declared port from that range was once
-/// taken by another test's engine between this check and the apply. Bound and released here, so tests use it at
-/// once.
+/// client connection's own port come from: the tests run at once, and a declared port from that range can be
+/// taken by another test's engine between this check and the apply (the likely cause of a NATS test whose apply
+/// once never reached its start). Bound and released here, so tests use it at once.
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
         std::sync::Mutex::new(std::collections::BTreeSet::new());
@@ -206,10 +206,10 @@ pub fn free_port() -> u16 {
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
         .unwrap_or(32768);
-    let (low, high) = (10_000_u32, ephemeral_start.clamp(10_001, 65_536));
+    let (low, high) = (10_000_u64, u64::from(ephemeral_start).clamp(10_001, 65_536));
     // A different walk per test process, so that two test binaries running at once rarely try the same ports.
     let span = high - low;
-    let start = (std::process::id().wrapping_mul(7919)) % span;
+    let start = u64::from(std::process::id()) * 7919 % span;
     for step in 0..span {
         let port = u16::try_from(low + (start + step * 104_729) % span).expect("below 65536");
         if !GIVEN.lock().unwrap().insert(port) {

@@ -83,13 +83,6 @@ pub(crate) fn apply_targets(plan: &mut Plan, targets: &[String]) -> anyhow::Resu
     Ok(())
 }
 
-/// The project and its state as saved now.
-pub(crate) fn project_state(context: &Context) -> anyhow::Result<(Project, State)> {
-    let project = project(context)?;
-    let state = State::read(&project.kip_dir).map_err(state_error)?;
-    Ok((project, state))
-}
-
 /// Plans a checked configuration against the state.
 pub(crate) fn make_plan(
     checked: Checked,
@@ -125,15 +118,19 @@ pub fn plan(context: &Context, args: PlanArgs) -> anyhow::Result<ExitStatus> {
     // whose first pages the kernel clears, and every node of the state it parsed is then freed from the other
     // thread (the read-ahead skips the objects, and builds little). A plan takes no lock; the state is only ever
     // replaced whole.
-    let prefetched = match project(context) {
-        Ok(project) if args.refresh => kip_core::planner::prefetch(&project, &engines()),
+    // A missing project is reported after the configuration's own errors, as before.
+    let project = project(context);
+    let prefetched = match &project {
+        Ok(project) if args.refresh => kip_core::planner::prefetch(project, &engines()),
         _ => None,
     };
     let Some(checked) = checked_config(context, &args.vars)? else {
         return Ok(ExitStatus::Failure);
     };
     super::lock::check_sources_for(context, &checked)?;
-    let saved = project_state(context)?;
+    let project = project?;
+    let state = State::read(&project.kip_dir).map_err(state_error)?;
+    let saved = (project, state);
     let (checked, mut plan, state) = make_plan(checked, args.refresh, saved, prefetched.as_ref())?;
     apply_targets(&mut plan, &args.target)?;
     if let Some(out) = &args.out {

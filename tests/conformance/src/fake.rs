@@ -378,12 +378,16 @@ impl Engine for Fake {
         Box::pin(async move { Ok(action) })
     }
 
-    /// The store as the plan began, read ahead of the refresh.
+    /// The store as the plan began, read ahead of the refresh (after `delay_ms`, as refresh).
     fn prefetch<'a>(
         &'a self,
         ctx: &'a InstanceCtx,
     ) -> BoxFuture<'a, Option<Box<dyn std::any::Any + Send>>> {
         Box::pin(async move {
+            let args: FakeArgs = ctx.args().ok()?;
+            if args.delay_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(args.delay_ms)).await;
+            }
             let store = read_store(&store_path(&ctx.data_dir)).ok()?;
             self.journal.record(&ctx.address, "read ahead");
             Some(Box::new(ReadAhead(store)) as Box<dyn std::any::Any + Send>)

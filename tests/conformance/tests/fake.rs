@@ -112,6 +112,38 @@ fn a_plan_hands_what_the_engine_read_ahead_to_its_refresh() {
     assert!(!refreshed, "a stopped instance is not refreshed");
 }
 
+/// A refresh waits for its own instance's read-ahead, never for another's: here the other instance is down and
+/// its read-ahead is slow, and the plan ends before that read does.
+#[test]
+fn a_refresh_does_not_wait_for_another_instances_read_ahead() {
+    let (setup, fake_engine, supervisors) = setup();
+    let harness = Harness::new(
+        &setup,
+        "fake \"up\" {}\nfake \"down\" { delay_ms = 1500 }\n",
+    );
+    harness.apply_clean("apply");
+    for status in harness.running(&fake("down")) {
+        supervisors.kill(&status.name);
+    }
+    // The apply's own check plans too: only what this plan did counts.
+    let before = fake_engine.journal.events().len();
+    harness.plan().unwrap();
+    let events = fake_engine.journal.events().split_off(before);
+    let seen = |address: &str, what: &str| {
+        events
+            .iter()
+            .any(|event| event.address == fake(address).to_string() && event.what == what)
+    };
+    assert!(
+        seen("up", "refresh took the read-ahead"),
+        "the running instance's refresh took its read-ahead: {events:#?}"
+    );
+    assert!(
+        !seen("down", "read ahead"),
+        "the plan ended before the other instance's read-ahead did: {events:#?}"
+    );
+}
+
 #[test]
 fn independent_instances_refresh_concurrently_and_dependents_after() {
     let (setup, fake_engine, _) = setup();
