@@ -179,7 +179,7 @@ fn new_instance(harness: &Harness, runs: usize) {
         let run_as = project.run_as();
         let target = copies.join(format!("{index}")).join("data");
         let started = Instant::now();
-        kip_providers::postgres::provision(&template, &target, run_as.as_ref())
+        kip_providers::postgres::provision(&template, &target, run_as.as_ref(), None)
             .expect("copy the template");
         copy_times.push(started.elapsed());
         projects.push(project);

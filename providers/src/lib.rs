@@ -24,3 +24,12 @@ pub fn engines() -> Engines {
     engines.register(valkey::Valkey);
     engines
 }
+
+/// The step that finishes a spare of `variant` ([`template::SpareFinish`]), for `kip prepare-spare`; `None` for a
+/// variant this kip does not know (an older or newer kip's request), which is then not prepared.
+pub fn spare_finisher(variant: &str) -> Option<template::Finisher> {
+    match variant {
+        postgres::template::PREMADE_VARIANT => Some(postgres::template::premade_database),
+        _ => None,
+    }
+}

@@ -303,14 +303,19 @@ pub struct DataDir<'a> {
 /// A data dir that already exists is left alone (this is idempotent). The copy is made next to `data_dir` and
 /// renamed into place, so a crash never leaves half a data dir that a later run would mistake for a whole one.
 /// `std::fs::copy` uses `copy_file_range`, which lets filesystems that can share extents do so.
+///
+/// `finish` asks for a spare of that variant (one the engine finished ahead of time, see [`SpareFinish`]): it is
+/// taken when there is one, else a plain spare or a copy; the next spare prepared is of that variant. Returns
+/// whether the data dir is such a finished spare (false for one that existed already, a plain spare or a copy).
 pub fn provision(
     template: &Path,
     data_dir: &Path,
     kind: DataDir<'_>,
     run_as: Option<&RunAs>,
-) -> Result<(), TemplateError> {
+    finish: Option<&SpareFinish>,
+) -> Result<bool, TemplateError> {
     if data_dir.join(kind.marker).exists() {
-        return Ok(());
+        return Ok(false);
     }
     match std::fs::read_dir(data_dir) {
         Ok(mut entries) => {
@@ -361,7 +366,9 @@ pub fn provision(
     // A spare is renamed into place: one on another filesystem than the instance can never be, so it is neither
     // waited for nor prepared.
     let spares_usable = same_filesystem(template, parent);
-    let prepared = if spares_usable && claim_spare(template, &work) {
+    let variant = finish.map(|finish| finish.variant.as_str());
+    let finished = spares_usable && variant.is_some() && claim_spare(template, variant, &work);
+    let prepared = if finished || spares_usable && claim_spare(template, None, &work) {
         match run_as {
             // A spare prepared for this very account (the one whose provisioning asked for it) is its already.
             Some(run_as) if owned_by(&work, (run_as.uid, run_as.gid)) => Ok(()),
@@ -381,12 +388,12 @@ pub fn provision(
         let _ = std::fs::remove_dir_all(&work);
         // Another kip provisioned it meanwhile (our rename found it there): theirs is as good as ours.
         if data_dir.join(kind.marker).exists() {
-            return Ok(());
+            return Ok(false);
         }
     } else if spares_usable {
-        want_spare(template, kind, owner);
+        want_spare(template, kind, owner, finish);
     }
-    result
+    result.map(|()| finished)
 }
 
 /// Whether the top of `dir` belongs to `owner` (uid, gid). A spare's tree is given to one owner as a whole when it
@@ -410,14 +417,23 @@ fn same_filesystem(a: &Path, b: &Path) -> bool {
 /// one ready while the other is being prepared. Each is a copy of the template (~40 MB for PostgreSQL).
 const SPARES: usize = 2;
 
-/// Where the spares of `template` are kept: `.spares/<template name>.<slot>` beside it.
-fn spare_slots(template: &Path) -> Vec<PathBuf> {
-    let (Some(templates_dir), Some(name)) = (template.parent(), template.file_name()) else {
+/// The name the spares of `template` of `variant` go by: the template's directory name, and `+<variant>` for a
+/// finished variant. Their slots, lock and temp copies are named after it, so each variant has its own.
+fn spare_key(template: &Path, variant: Option<&str>) -> Option<String> {
+    let name = template.file_name()?.to_string_lossy();
+    Some(match variant {
+        None => name.into_owned(),
+        Some(variant) => format!("{name}+{variant}"),
+    })
+}
+
+/// Where the spares of `template` (of `variant`) are kept: `.spares/<key>.<slot>` beside it ([`spare_key`]).
+fn spare_slots(template: &Path, variant: Option<&str>) -> Vec<PathBuf> {
+    let (Some(templates_dir), Some(key)) = (template.parent(), spare_key(template, variant)) else {
         return Vec::new();
     };
-    let name = name.to_string_lossy();
     (0..SPARES)
-        .map(|slot| templates_dir.join(".spares").join(format!("{name}.{slot}")))
+        .map(|slot| templates_dir.join(".spares").join(format!("{key}.{slot}")))
         .collect()
 }
 
@@ -431,14 +447,14 @@ fn template_stamp(template: &Path) -> Option<String> {
     Some(format!("{:016x}", fnv1a(&password)))
 }
 
-/// Takes the spare of `template` as `work` (a rename): true when there was one of this very template, now in
-/// `work` without its stamp; false, with `work` absent, otherwise (no spare, another filesystem, a spare of an
-/// earlier build, which is removed).
-fn claim_spare(template: &Path, work: &Path) -> bool {
+/// Takes a spare of `template` (of `variant`) as `work` (a rename): true when there was one of this very template,
+/// now in `work` without its stamp; false, with `work` absent, otherwise (no spare, another filesystem, a spare of
+/// an earlier build, which is removed).
+fn claim_spare(template: &Path, variant: Option<&str>, work: &Path) -> bool {
     let Some(stamp) = template_stamp(template) else {
         return false;
     };
-    let slots = spare_slots(template);
+    let slots = spare_slots(template, variant);
     let take = || {
         slots.iter().any(|spare| {
             // Two kips may race for a spare: the rename is atomic, so one gets it and the other finds nothing.
@@ -457,7 +473,7 @@ fn claim_spare(template: &Path, work: &Path) -> bool {
     };
     // While a preparer is at work (the previous command's), its copy is nearer done than a new one would be, and
     // two copies at once only slow each other down: its first spare is waited for, a bounded time.
-    take() || wait_for_preparer(template, take)
+    take() || wait_for_preparer(template, variant, take)
 }
 
 /// How long a provisioning waits for a spare being prepared before it copies the template itself.
@@ -466,13 +482,13 @@ const SPARE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 /// While a preparer of `template`'s spares holds its lock (at most [`SPARE_WAIT`]), tries `take` every 2 ms: true
 /// as soon as it takes a spare (the preparer put the first one in place and goes on with the next), or when the
 /// preparer is done and `take` then succeeds; false otherwise (no preparer ever ran, or it took too long).
-fn wait_for_preparer(template: &Path, take: impl Fn() -> bool) -> bool {
-    let (Some(templates_dir), Some(name)) = (template.parent(), template.file_name()) else {
+fn wait_for_preparer(template: &Path, variant: Option<&str>, take: impl Fn() -> bool) -> bool {
+    let (Some(templates_dir), Some(key)) = (template.parent(), spare_key(template, variant)) else {
         return false;
     };
     let lock_path = templates_dir
         .join(".locks")
-        .join(format!("{}.spare.lock", name.to_string_lossy()));
+        .join(format!("{key}.spare.lock"));
     // Not created here: without the file, no preparer ever ran.
     let Ok(lock_file) = std::fs::OpenOptions::new().write(true).open(&lock_path) else {
         return false;
@@ -503,12 +519,36 @@ pub struct SpareRequest {
     /// then takes it with a rename alone. Another account's provisioning gives it to that account when it claims
     /// it, as it gives any spare.
     pub owner: Option<(u32, u32)>,
+    /// The variant to prepare, when not a plain copy.
+    pub finish: Option<SpareFinish>,
 }
+
+/// A variant of a template's spares that is more than a copy: the engine finishes each copy ahead of time with a
+/// step of its own (PostgreSQL: a database made in it, so that a new instance's first database is a rename rather
+/// than a `CREATE DATABASE` on the user's clock). Its spares are kept apart from the plain ones
+/// (`<template>+<variant>.<slot>`), two of them as well.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpareFinish {
+    /// The variant's name: ASCII letters, digits and `-` (part of file names). [`crate::spare_finisher`] knows
+    /// the step by it.
+    pub variant: String,
+    /// The engine build the step runs with.
+    pub toolchain: PathBuf,
+}
+
+/// The step that finishes a spare of a variant: gets the copy (stamped after it succeeds), the engine build, and
+/// the account the copy belongs to (the step's tools run as it).
+pub type Finisher = fn(&Path, &Path, Option<(u32, u32)>) -> Result<(), TemplateError>;
 
 static WANTED_SPARES: Mutex<Vec<SpareRequest>> = Mutex::new(Vec::new());
 
 /// Records that `template` should have a spare again, after a provisioning used or skipped it.
-fn want_spare(template: &Path, kind: DataDir<'_>, owner: Option<(u32, u32)>) {
+fn want_spare(
+    template: &Path,
+    kind: DataDir<'_>,
+    owner: Option<(u32, u32)>,
+    finish: Option<&SpareFinish>,
+) {
     let request = SpareRequest {
         template: template.to_owned(),
         not_copied: kind
@@ -517,6 +557,7 @@ fn want_spare(template: &Path, kind: DataDir<'_>, owner: Option<(u32, u32)>) {
             .map(|name| (*name).to_owned())
             .collect(),
         owner,
+        finish: finish.cloned(),
     };
     let mut wanted = WANTED_SPARES
         .lock()
@@ -619,14 +660,31 @@ pub fn prepare_spare_in_background(request: &SpareRequest) -> Result<bool, Templ
 /// stamped, then renamed into place. Returns whether it made one. One preparer per template at a time (a lock
 /// taken without waiting: another one at work is as good); leftovers of a preparer that was killed are removed.
 pub fn prepare_spare(request: &SpareRequest) -> Result<bool, TemplateError> {
+    prepare_spare_with(request, crate::spare_finisher)
+}
+
+/// [`prepare_spare`], with the finishers `finishers` knows.
+fn prepare_spare_with(
+    request: &SpareRequest,
+    finishers: fn(&str) -> Option<Finisher>,
+) -> Result<bool, TemplateError> {
     let template = &request.template;
-    let slots = spare_slots(template);
+    let variant = request
+        .finish
+        .as_ref()
+        .map(|finish| finish.variant.as_str());
+    let finisher = match variant {
+        None => None,
+        Some(variant) => match finishers(variant) {
+            Some(finisher) => Some(finisher),
+            None => return Ok(false),
+        },
+    };
+    let slots = spare_slots(template, variant);
     let (Some(stamp), Some(templates_dir), Some(name)) = (
         template_stamp(template),
         template.parent(),
-        template
-            .file_name()
-            .map(|name| name.to_string_lossy().into_owned()),
+        spare_key(template, variant),
     ) else {
         return Ok(false);
     };
@@ -670,6 +728,9 @@ pub fn prepare_spare(request: &SpareRequest) -> Result<bool, TemplateError> {
         };
         let work = temp.join(format!("{prefix}{}", std::process::id()));
         let copied = copy_tree(template, &work, request.owner, &skipped).and_then(|()| {
+            if let (Some(finish), Some(finisher)) = (&request.finish, finisher) {
+                finisher(&work, &finish.toolchain, request.owner)?;
+            }
             let stamp_file = work.join(SPARE_STAMP);
             std::fs::write(&stamp_file, &stamp).map_err(io_error("write", &stamp_file))?;
             std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o700))
@@ -844,7 +905,7 @@ mod tests {
             marker: "MARK",
             not_copied: &["server.pid"],
         };
-        provision(&template, &data, kind, None).unwrap();
+        provision(&template, &data, kind, None, None).unwrap();
         assert_eq!(
             std::fs::read_to_string(data.join("sub/file")).unwrap(),
             "data"
@@ -852,11 +913,11 @@ mod tests {
         assert!(!data.join("server.pid").exists());
         assert!(!data.join(BOOTSTRAP_FILE).exists());
         // Idempotent, and a foreign directory is refused.
-        provision(&template, &data, kind, None).unwrap();
+        provision(&template, &data, kind, None, None).unwrap();
         let foreign = dir.path().join("foreign");
         std::fs::create_dir_all(&foreign).unwrap();
         std::fs::write(foreign.join("x"), "").unwrap();
-        assert!(provision(&template, &foreign, kind, None).is_err());
+        assert!(provision(&template, &foreign, kind, None, None).is_err());
     }
 
     /// A template `name` under `templates`: a marker, a file in a subdirectory, a server's pid file (not copied)
@@ -912,6 +973,7 @@ mod tests {
             &dir.path().join("one"),
             kind,
             Some(&account(65534)),
+            None,
         )
         .unwrap();
         let wanted: Vec<SpareRequest> = take_wanted_spares()
@@ -924,10 +986,10 @@ mod tests {
         let spare = templates.join(".spares/owned-1.0");
         assert_eq!(owners(&spare), [(65534, 65534); 3]);
         let two = dir.path().join("two");
-        provision(&template, &two, kind, Some(&account(65534))).unwrap();
+        provision(&template, &two, kind, Some(&account(65534)), None).unwrap();
         assert_eq!(owners(&two), [(65534, 65534); 3]);
         let three = dir.path().join("three");
-        provision(&template, &three, kind, Some(&account(4242))).unwrap();
+        provision(&template, &three, kind, Some(&account(4242)), None).unwrap();
         assert_eq!(owners(&three), [(4242, 4242); 3]);
         let _ = take_wanted_spares();
     }
@@ -949,7 +1011,7 @@ mod tests {
         };
 
         // No spare yet: a copy, and a spare is asked for.
-        provision(&template, &dir.path().join("one"), kind, None).unwrap();
+        provision(&template, &dir.path().join("one"), kind, None, None).unwrap();
         let wanted = wanted_here();
         assert_eq!(
             wanted,
@@ -957,6 +1019,7 @@ mod tests {
                 template: template.clone(),
                 not_copied: vec!["server.pid".into()],
                 owner: None,
+                finish: None,
             }]
         );
         assert!(prepare_spare(&wanted[0]).unwrap(), "the spares are made");
@@ -974,7 +1037,7 @@ mod tests {
         // The next instances take them: each spare once, the data dir whole, without the stamp.
         std::fs::write(spares[0].join("sub/file"), "from the spare").unwrap();
         let two = dir.path().join("two");
-        provision(&template, &two, kind, None).unwrap();
+        provision(&template, &two, kind, None, None).unwrap();
         assert!(!spares[0].exists() && spares[1].exists());
         assert_eq!(
             std::fs::read_to_string(two.join("sub/file")).unwrap(),
@@ -982,7 +1045,7 @@ mod tests {
         );
         assert!(!two.join(SPARE_STAMP).exists());
         assert_eq!(wanted_here().len(), 1, "another spare is asked for");
-        provision(&template, &dir.path().join("two-b"), kind, None).unwrap();
+        provision(&template, &dir.path().join("two-b"), kind, None, None).unwrap();
         assert!(!spares[1].exists());
 
         // Spares of an earlier build of the template are never used, and are removed.
@@ -991,7 +1054,7 @@ mod tests {
         std::fs::write(spares[1].join("sub/file"), "stale").unwrap();
         std::fs::write(template.join(BOOTSTRAP_FILE), "second build").unwrap();
         let three = dir.path().join("three");
-        provision(&template, &three, kind, None).unwrap();
+        provision(&template, &three, kind, None, None).unwrap();
         assert_eq!(
             std::fs::read_to_string(three.join("sub/file")).unwrap(),
             "data"
@@ -1018,6 +1081,121 @@ mod tests {
         assert_eq!(prune_spares(&templates).unwrap(), (0, 0));
     }
 
+    /// A test variant's step: leaves a file naming the toolchain it was given; fails for a toolchain named "fail".
+    fn finish_for_test(
+        copy: &Path,
+        toolchain: &Path,
+        _owner: Option<(u32, u32)>,
+    ) -> Result<(), TemplateError> {
+        if toolchain.ends_with("fail") {
+            return Err(io_error("finish", copy)(io::Error::other(
+                "the step failed",
+            )));
+        }
+        std::fs::write(
+            copy.join("FINISHED"),
+            toolchain.to_string_lossy().as_bytes(),
+        )
+        .map_err(io_error("write", copy))
+    }
+
+    fn test_finishers(variant: &str) -> Option<Finisher> {
+        (variant == "extra").then_some(finish_for_test as Finisher)
+    }
+
+    #[test]
+    fn a_variant_s_spares_are_finished_kept_apart_and_taken_only_when_asked_for() {
+        let _one_at_a_time = SPARE_REQUESTS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let dir = tempfile::tempdir().unwrap();
+        let templates = dir.path().join("templates");
+        let (template, kind) = test_template(&templates, "test-2");
+        let finish = SpareFinish {
+            variant: "extra".into(),
+            toolchain: dir.path().join("build"),
+        };
+        let wanted_here = || -> Vec<SpareRequest> {
+            take_wanted_spares()
+                .into_iter()
+                .filter(|request| request.template == template)
+                .collect()
+        };
+
+        // No spare of the variant yet: a copy (not finished), and the variant is asked for.
+        let one = dir.path().join("one");
+        assert!(!provision(&template, &one, kind, None, Some(&finish)).unwrap());
+        assert!(one.join("MARK").is_file() && !one.join("FINISHED").exists());
+        let wanted = wanted_here();
+        assert_eq!(wanted.len(), 1);
+        assert_eq!(wanted[0].finish.as_ref(), Some(&finish));
+
+        // Prepared and finished, apart from the plain spares.
+        assert!(prepare_spare_with(&wanted[0], test_finishers).unwrap());
+        let spares = [
+            templates.join(".spares/test-2+extra.0"),
+            templates.join(".spares/test-2+extra.1"),
+        ];
+        for spare in &spares {
+            assert!(spare.join(SPARE_STAMP).is_file(), "{}", spare.display());
+            assert!(spare.join("FINISHED").is_file());
+        }
+        assert!(!templates.join(".spares/test-2.0").exists());
+
+        // A provisioning that does not ask for the variant never takes its spares; one that does, does.
+        let plain = dir.path().join("plain");
+        assert!(!provision(&template, &plain, kind, None, None).unwrap());
+        assert!(!plain.join("FINISHED").exists());
+        assert!(spares[0].exists() && spares[1].exists());
+        let two = dir.path().join("two");
+        assert!(provision(&template, &two, kind, None, Some(&finish)).unwrap());
+        assert_eq!(
+            std::fs::read_to_string(two.join("FINISHED")).unwrap(),
+            finish.toolchain.to_string_lossy()
+        );
+        assert!(!two.join(SPARE_STAMP).exists());
+        assert!(!spares[0].exists());
+        // Asked for again: the plain spare by the plain provisioning, the variant by the other.
+        let mut asked: Vec<Option<SpareFinish>> = wanted_here()
+            .into_iter()
+            .map(|request| request.finish)
+            .collect();
+        asked.sort_by_key(Option::is_some);
+        assert_eq!(asked, [None, Some(finish.clone())]);
+
+        // A step that fails leaves no spare and no temp copy, and says why.
+        let failing = SpareRequest {
+            finish: Some(SpareFinish {
+                variant: "extra".into(),
+                toolchain: dir.path().join("fail"),
+            }),
+            ..wanted[0].clone()
+        };
+        let error = prepare_spare_with(&failing, test_finishers).unwrap_err();
+        assert!(error.to_string().contains("cannot finish"), "{error}");
+        assert!(!spares[0].exists());
+        let temp_left: Vec<_> = std::fs::read_dir(templates.join(".tmp"))
+            .unwrap()
+            .flatten()
+            .filter(|entry| entry.file_name().to_string_lossy().contains(".spare."))
+            .collect();
+        assert!(temp_left.is_empty(), "{temp_left:?}");
+        // A variant this kip does not know is not prepared.
+        let unknown = SpareRequest {
+            finish: Some(SpareFinish {
+                variant: "other".into(),
+                toolchain: dir.path().join("build"),
+            }),
+            ..wanted[0].clone()
+        };
+        assert!(!prepare_spare_with(&unknown, test_finishers).unwrap());
+
+        // A prune removes the variant's spares too.
+        let (removed, _) = prune_spares(&templates).unwrap();
+        assert_eq!(removed, 1);
+        assert!(!spares[1].exists());
+    }
+
     #[test]
     fn an_instance_on_another_filesystem_is_copied_and_asks_for_no_spare() {
         let _one_at_a_time = SPARE_REQUESTS
@@ -1039,7 +1217,7 @@ mod tests {
             marker: "MARK",
             not_copied: &[],
         };
-        provision(&template, &elsewhere.path().join("data"), kind, None).unwrap();
+        provision(&template, &elsewhere.path().join("data"), kind, None, None).unwrap();
         assert!(elsewhere.path().join("data/MARK").is_file());
         assert!(
             !take_wanted_spares()

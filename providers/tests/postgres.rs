@@ -209,7 +209,7 @@ impl Instance {
             kip_core::runas::chown_tree(&socket_dir, run_as).unwrap();
         }
         let started = Instant::now();
-        provision(template, &data_dir, run_as.as_ref()).unwrap();
+        provision(template, &data_dir, run_as.as_ref(), None).unwrap();
         let elapsed = started.elapsed();
         // These tests drive the provider's library below the engine contract, as the superuser without a password:
         // the template rejects every connection until kip's engine secures an instance, so open this one to its
@@ -404,7 +404,7 @@ async fn one_template_two_independent_clusters() {
     }
     // Provisioning again leaves the data dir alone.
     std::fs::write(first.data_dir.join("marker"), "kept").unwrap();
-    provision(&template, &first.data_dir, run_as().as_ref()).unwrap();
+    provision(&template, &first.data_dir, run_as().as_ref(), None).unwrap();
     assert!(first.data_dir.join("marker").exists());
     std::fs::remove_file(first.data_dir.join("marker")).unwrap();
 

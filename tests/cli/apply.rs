@@ -865,6 +865,123 @@ fn the_next_instance_is_renamed_from_a_spare_prepared_after_the_last_one() {
     assert_eq!(second.project.run_with(destroy).code, 0);
 }
 
+/// The spares of the PostgreSQL 16 template that hold a database made ahead of time (`<template>+database.<slot>`).
+fn premade_spares(cache: &std::path::Path) -> Vec<PathBuf> {
+    stamped_spares(cache)
+        .into_iter()
+        .filter(|spare| {
+            spare.file_name().is_some_and(|name| {
+                let name = name.to_string_lossy();
+                name.starts_with("postgres-16") && name.contains("+database.")
+            })
+        })
+        .collect()
+}
+
+/// Waits up to 60 s for a spare holding a database made ahead of time.
+fn wait_for_premade_spare(cache: &std::path::Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while premade_spares(cache).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no spare with a database was prepared within 60 s: {:?}",
+            stamped_spares(cache)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The databases of `postgres.main` in `stack`: name, owner, connection limit, whether it takes connections, and
+/// encoding.
+fn databases(stack: &Stack) -> Vec<Vec<String>> {
+    stack.sql(
+        "postgres.main",
+        "SELECT datname, pg_get_userbyid(datdba), datconnlimit::text, datallowconn::text, \
+         pg_encoding_to_char(encoding) FROM pg_database WHERE datname NOT IN ('postgres', 'template0', 'template1') \
+         ORDER BY datname",
+    )
+}
+
+/// A new instance that declares a database takes a spare whose database was made ahead of time (in the background,
+/// after the previous apply), and its first database is that one renamed: the owner, connection limit and flags
+/// declared, nothing of kip's left in pg_database or in the state, and a second plan finds nothing to do. A
+/// database template1 cannot be copied into (another encoding) is still created.
+#[test]
+fn a_new_instance_s_first_database_is_the_one_its_spare_made_ahead_of_time() {
+    let config = "postgres \"main\" {\n  version = \"16\"\n  role \"app\" { login = true }\n  \
+                  database \"shop it's\" {\n    owner            = \"app\"\n    connection_limit = 7\n  }\n  \
+                  database \"legacy\" { encoding = \"SQL_ASCII\" }\n}\n";
+    let first = Stack::new(config);
+    let mut apply = first.command(&["apply", "--auto-approve"]);
+    apply.env_remove("KIP_SPARES");
+    let run = first.project.run_with(apply);
+    assert_eq!(run.code, 0, "{}", run.snapshot());
+    let cache = first.project.cache_dir();
+    wait_for_premade_spare(&cache);
+
+    let second = Stack::new(config);
+    let run = apply_with_spares(&second, &cache);
+    assert!(
+        run.stderr.contains("provisioned from the template's spare")
+            && run.stderr.contains("+database."),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        databases(&second),
+        [
+            ["legacy", "postgres", "-1", "true", "SQL_ASCII"],
+            ["shop it's", "app", "7", "true", "UTF8"],
+        ]
+    );
+    let state = std::fs::read_to_string(second.project.path().join(".kip/state.json")).unwrap();
+    assert!(!state.contains("premade-database"), "{state}");
+    let plan = second
+        .project
+        .run_with(on_cache(&second, &cache, &["plan", "--detailed-exitcode"]));
+    assert_eq!(plan.code, 0, "{}", plan.snapshot());
+
+    // A first converge that fails before the database is made (a role PostgreSQL refuses), then a configuration
+    // without the database: the database made ahead of time is dropped, not left behind.
+    wait_for_premade_spare(&cache);
+    let broken = "postgres \"main\" {\n  version = \"16\"\n  role \"app\" { valid_until = \"someday\" }\n  \
+                  database \"shop\" {}\n}\n";
+    let third = Stack::new(broken);
+    let mut apply = on_cache(&third, &cache, &["apply", "--auto-approve"]);
+    apply.env("KIP_LOG", "debug").env_remove("KIP_SPARES");
+    let run = third.project.run_with(apply);
+    assert_ne!(run.code, 0, "{}", run.snapshot());
+    assert!(run.stderr.contains("+database."), "{}", run.stderr);
+    assert!(run.stderr.contains("someday"), "{}", run.snapshot());
+    let state = std::fs::read_to_string(third.project.path().join(".kip/state.json")).unwrap();
+    assert!(state.contains("premade-database"), "{state}");
+    third.project.write(
+        "kip.hcl",
+        "postgres \"main\" {\n  version = \"16\"\n  role \"app\" {}\n}\n",
+    );
+    let run = third
+        .project
+        .run_with(on_cache(&third, &cache, &["apply", "--auto-approve"]));
+    assert_eq!(run.code, 0, "{}", run.snapshot());
+    assert_eq!(databases(&third), Vec::<Vec<String>>::new());
+    let state = std::fs::read_to_string(third.project.path().join(".kip/state.json")).unwrap();
+    assert!(!state.contains("premade-database"), "{state}");
+
+    for stack in [&second, &third] {
+        let destroy = on_cache(stack, &cache, &["destroy", "--auto-approve"]);
+        assert_eq!(stack.project.run_with(destroy).code, 0);
+    }
+    // The preparers these applies started end with both slots filled (no single-user server left running).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while premade_spares(&cache).len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let pruned = third
+        .project
+        .run_with(on_cache(&third, &cache, &["cache", "prune"]));
+    assert_eq!(pruned.code, 0, "{}", pruned.snapshot());
+}
+
 /// A preparer SIGKILLed halfway through its copy leaves nothing anyone takes for a spare: its half copy stays under
 /// `.tmp/`, unstamped and never renamed into place. The next apply copies the template itself (no "provisioned from
 /// the template's spare"), its instance works, and the half copy is gone once the next preparer or `kip cache

@@ -6,7 +6,9 @@ use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use kip_providers::template::{SpareRequest, prepare_spare_in_background, take_wanted_spares};
+use kip_providers::template::{
+    SpareFinish, SpareRequest, prepare_spare_in_background, take_wanted_spares,
+};
 
 use crate::ExitStatus;
 
@@ -20,6 +22,12 @@ pub struct Args {
     /// The account the spare is given to, `UID:GID`.
     #[arg(long = "owner", value_parser = parse_owner)]
     pub owner: Option<(u32, u32)>,
+    /// The variant of spare to prepare, finished by the engine's own step (PostgreSQL: `database`).
+    #[arg(long = "finish", requires = "toolchain")]
+    pub finish: Option<String>,
+    /// The engine build the variant's step runs with.
+    #[arg(long = "toolchain")]
+    pub toolchain: Option<PathBuf>,
 }
 
 fn parse_owner(text: &str) -> Result<(u32, u32), String> {
@@ -34,6 +42,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitStatus> {
         template: args.template,
         not_copied: args.skip,
         owner: args.owner,
+        finish: args
+            .finish
+            .zip(args.toolchain)
+            .map(|(variant, toolchain)| SpareFinish { variant, toolchain }),
     };
     prepare_spare_in_background(&request)?;
     Ok(ExitStatus::Success)
@@ -61,6 +73,13 @@ pub fn launch_wanted() {
         }
         if let Some((uid, gid)) = request.owner {
             command.arg("--owner").arg(format!("{uid}:{gid}"));
+        }
+        if let Some(finish) = &request.finish {
+            command
+                .arg("--finish")
+                .arg(&finish.variant)
+                .arg("--toolchain")
+                .arg(&finish.toolchain);
         }
         command
             .stdin(Stdio::null())

@@ -71,7 +71,8 @@ pub fn provision(template: &Path, data_dir: &Path, run_as: Option<&RunAs>) -> Re
         marker: MARKER,
         not_copied: &NOT_COPIED,
     };
-    Ok(shared::provision(template, data_dir, kind, run_as)?)
+    shared::provision(template, data_dir, kind, run_as, None)?;
+    Ok(())
 }
 
 fn build(

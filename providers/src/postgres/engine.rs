@@ -33,6 +33,32 @@ const ROLE_KEY: &str = "role-key";
 /// The secret holding the template's bootstrap password, from provisioning until the first start is through.
 const BOOTSTRAP_PASSWORD: &str = "bootstrap";
 
+/// Set (in the instance's state, beside its secrets) while its data dir holds the database made ahead of time it
+/// was provisioned with ([`super::PREMADE_DATABASE`]), until a converge used or dropped it.
+const PREMADE: &str = "premade-database";
+
+/// Whether the instance declares a database `CREATE DATABASE` would make from template1 as it is (no template,
+/// the instance's own encoding and locale): one a database made ahead of time can be.
+fn creates_plain_database(ctx: &InstanceCtx, args: &InstanceArgs) -> bool {
+    use super::args::DatabaseArgs;
+    let same = |wanted: &Option<String>, have: &str| {
+        wanted
+            .as_deref()
+            .is_none_or(|wanted| wanted.eq_ignore_ascii_case(have))
+    };
+    ctx.objects.iter().any(|(address, object)| {
+        object.kind == "database"
+            && kip_core::engine::typed::<DatabaseArgs>(address, &object.attributes).is_ok_and(
+                |database| {
+                    database.template.is_none()
+                        && same(&database.encoding, &args.encoding)
+                        && same(&database.lc_collate, &args.locale)
+                        && same(&database.lc_ctype, &args.locale)
+                },
+            )
+    })
+}
+
 /// How kip reaches the instance: its socket, as the superuser with the password it has now. Before the first
 /// start is through, that is the bootstrap password, or the instance's own if kip set it and stopped before saving.
 pub(super) fn connector(ctx: &InstanceCtx, args: &InstanceArgs) -> Connector {
@@ -216,8 +242,16 @@ impl Engine for Postgres {
             )
             .map_err(|error| pg_error("cannot prepare the PostgreSQL template", error))?;
             let existed = ctx.data_dir.join("PG_VERSION").is_file();
-            super::provision(&template, &ctx.data_dir, ctx.run_as.as_ref())
+            // A new instance that will create a database takes a spare holding one made ahead of time.
+            let premade = (!existed && creates_plain_database(ctx, &args))
+                .then_some(toolchain.root.as_path());
+            let premade = super::provision(&template, &ctx.data_dir, ctx.run_as.as_ref(), premade)
                 .map_err(|error| pg_error("cannot create the data directory", error))?;
+            // Marked also when a killed kip's provisioning made the data dir (no process ever ran on it): one made
+            // ahead of time in it is kip's as well, and the converge finds out whether there is one.
+            if premade || existed && ctx.provision_unfinished {
+                ctx.secrets.0.insert(PREMADE.into(), "1".into());
+            }
             if ctx.secrets.get(SUPERUSER_PASSWORD).is_none() {
                 let password = match &args.password {
                     Some(password) => password.clone(),
@@ -432,9 +466,13 @@ impl Engine for Postgres {
             if batch.is_empty() {
                 return Ok(());
             }
-            super::apply(&connector(ctx, &args), &batch)
+            let premade = ctx.secrets.get(PREMADE).is_some();
+            super::sql::apply_with_premade(&connector(ctx, &args), &batch, premade)
                 .await
-                .map_err(|error| pg_error("cannot converge PostgreSQL", error))
+                .map_err(|error| pg_error("cannot converge PostgreSQL", error))?;
+            // Renamed into a declared database, or dropped as of no use.
+            ctx.secrets.remove(PREMADE);
+            Ok(())
         })
     }
 

@@ -41,7 +41,8 @@ pub use quote::{quote_ident, quote_literal};
 pub use spawn::spawn_spec;
 pub use sql::{Connector, apply, read_live};
 pub use template::{
-    InitOptions, bootstrap_password, ensure_template, provision, set_password_offline,
+    InitOptions, PREMADE_DATABASE, bootstrap_password, ensure_template, provision,
+    set_password_offline,
 };
 
 /// The port PostgreSQL uses when none is declared; with a private socket directory per instance it never
@@ -75,8 +76,13 @@ pub enum PgError {
     RunAs(#[from] kip_core::runas::RunAsError),
     #[error(transparent)]
     Template(#[from] crate::template::TemplateError),
-    #[error("cannot set the superuser's password in {} offline:\n{output}", data_dir.display())]
-    Offline { data_dir: PathBuf, output: String },
+    #[error("PostgreSQL in single-user mode on {} failed ({what}):\n{output}", data_dir.display())]
+    Offline {
+        data_dir: PathBuf,
+        /// What it was to do ("set the superuser's password").
+        what: &'static str,
+        output: String,
+    },
     #[error("a PostgreSQL server kip has no credentials for runs on {}", data_dir.display())]
     NoCredentials { data_dir: PathBuf },
     #[error("cannot connect to PostgreSQL at {} (database {database:?} as {user:?})", socket_dir.display())]

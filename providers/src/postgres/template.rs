@@ -197,14 +197,67 @@ fn run_initdb(
 const NOT_COPIED: [&str; 2] = ["postmaster.pid", "postmaster.opts"];
 
 /// Creates the data dir `data_dir` as a copy of `template`, owned by `run_as` and mode 0700 as PostgreSQL requires
-/// (see [`shared::provision`]).
-pub fn provision(template: &Path, data_dir: &Path, run_as: Option<&RunAs>) -> Result<(), PgError> {
+/// (see [`shared::provision`]). With `premade`, a spare holding a database made ahead of time
+/// ([`premade_database`]) is taken when there is one, and the next spare prepared holds one: returns whether the
+/// data dir has it.
+pub fn provision(
+    template: &Path,
+    data_dir: &Path,
+    run_as: Option<&RunAs>,
+    premade: Option<&Path>,
+) -> Result<bool, PgError> {
     let kind = DataDir {
         engine: "PostgreSQL",
         marker: "PG_VERSION",
         not_copied: &NOT_COPIED,
     };
-    Ok(shared::provision(template, data_dir, kind, run_as)?)
+    let finish = premade.map(|toolchain| shared::SpareFinish {
+        variant: PREMADE_VARIANT.to_owned(),
+        toolchain: toolchain.to_owned(),
+    });
+    Ok(shared::provision(
+        template,
+        data_dir,
+        kind,
+        run_as,
+        finish.as_ref(),
+    )?)
+}
+
+/// The spare variant whose copies hold a database made ahead of time ([`premade_database`]).
+pub const PREMADE_VARIANT: &str = "database";
+
+/// The name of the database a spare of the [`PREMADE_VARIANT`] holds: the first database a new instance creates
+/// is this one renamed (see [`super::apply`]).
+pub const PREMADE_DATABASE: &str = "kip-premade";
+
+/// Finishes a spare of the [`PREMADE_VARIANT`]: a database made in the copy `data_dir` in single-user mode, the
+/// way `CREATE DATABASE` with no options makes it (from template1, owned by the superuser), but closed to
+/// connections until it is renamed into a declared one. Runs as `owner` (uid, gid), whose copy it is.
+pub fn premade_database(
+    data_dir: &Path,
+    toolchain_root: &Path,
+    owner: Option<(u32, u32)>,
+) -> Result<(), shared::TemplateError> {
+    let name =
+        super::quote::ident("database", PREMADE_DATABASE).map_err(premade_error(data_dir))?;
+    run_single_user(
+        toolchain_root,
+        data_dir,
+        &format!("CREATE DATABASE {name} ALLOW_CONNECTIONS false;"),
+        "make a database ahead of time",
+        owner,
+    )
+    .map_err(premade_error(data_dir))
+}
+
+fn premade_error(data_dir: &Path) -> impl FnOnce(PgError) -> shared::TemplateError {
+    let path = data_dir.to_owned();
+    move |error| shared::TemplateError::Io {
+        action: "make a database ahead of time in",
+        path,
+        source: std::io::Error::other(error.to_string()),
+    }
 }
 
 /// Sets the superuser's password in a data directory whose server does not run, in PostgreSQL's single-user mode
@@ -218,10 +271,30 @@ pub fn set_password_offline(
     verifier: &str,
     run_as: Option<&RunAs>,
 ) -> Result<(), PgError> {
-    use std::io::Write as _;
-    let postgres = toolchain_root.join("bin").join("postgres");
     let role = super::quote::ident("role", superuser)?;
     let verifier = super::quote::literal("password verifier", verifier)?;
+    run_single_user(
+        toolchain_root,
+        data_dir,
+        &format!("ALTER ROLE {role} PASSWORD {verifier};"),
+        "set the superuser's password",
+        run_as.map(|run_as| (run_as.uid, run_as.gid)),
+    )
+}
+
+/// Runs `statement` (one line; `what` it does, for errors) in PostgreSQL's single-user mode on `data_dir`, as
+/// `account` (uid, gid) when given:
+/// the server listens on nothing, and no access rule applies. A server running on the data directory makes this
+/// fail with [`PgError::NoCredentials`]; another failure quotes the end of PostgreSQL's output.
+fn run_single_user(
+    toolchain_root: &Path,
+    data_dir: &Path,
+    statement: &str,
+    what: &'static str,
+    account: Option<(u32, u32)>,
+) -> Result<(), PgError> {
+    use std::io::Write as _;
+    let postgres = toolchain_root.join("bin").join("postgres");
     let mut command = Command::new(&postgres);
     command
         .arg("--single")
@@ -242,8 +315,8 @@ pub fn set_password_offline(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if let Some(run_as) = run_as {
-        command.uid(run_as.uid).gid(run_as.gid);
+    if let Some((uid, gid)) = account {
+        command.uid(uid).gid(gid);
     }
     let mut child = command.spawn().map_err(|source| PgError::Run {
         program: postgres.clone(),
@@ -251,7 +324,7 @@ pub fn set_password_offline(
     })?;
     if let Some(mut stdin) = child.stdin.take() {
         // A failed write shows in the output below (the server exited first).
-        let _ = writeln!(stdin, "ALTER ROLE {role} PASSWORD {verifier};");
+        let _ = writeln!(stdin, "{statement}");
     }
     let output = child.wait_with_output().map_err(|source| PgError::Run {
         program: postgres.clone(),
@@ -274,6 +347,7 @@ pub fn set_password_offline(
         .collect();
     Err(PgError::Offline {
         data_dir: data_dir.to_owned(),
+        what,
         output: lines[lines.len().saturating_sub(10)..].join("\n"),
     })
 }
