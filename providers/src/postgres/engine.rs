@@ -365,6 +365,8 @@ impl Engine for Postgres {
                 )
             })?;
             ctx.secrets.remove(BOOTSTRAP_PASSWORD);
+            // The objects' converge, next, goes on in this session too.
+            ctx.session.keep(client);
             Ok(())
         })
     }
@@ -466,8 +468,12 @@ impl Engine for Postgres {
             if batch.is_empty() {
                 return Ok(());
             }
-            let premade = ctx.secrets.get(PREMADE).is_some();
-            super::sql::apply_with_premade(&connector(ctx, &args), &batch, premade)
+            let applying = super::sql::Applying {
+                // The first start's session, when this converge follows it.
+                session: ctx.session.take::<tokio_postgres::Client>(),
+                premade: ctx.secrets.get(PREMADE).is_some(),
+            };
+            super::sql::apply_with(&connector(ctx, &args), &batch, applying)
                 .await
                 .map_err(|error| pg_error("cannot converge PostgreSQL", error))?;
             // Renamed into a declared database, or dropped as of no use.

@@ -500,21 +500,32 @@ fn created(changes: &[PgChange]) -> BTreeSet<(u8, String, String)> {
 /// object the same changes create again (a replacement) runs first in its phase. Within a phase the given order is
 /// kept. A failure stops the apply at once, with what ran before it applied.
 pub async fn apply(connector: &Connector, changes: &[PgChange]) -> Result<(), PgError> {
-    apply_with_premade(connector, changes, false).await
+    apply_with(connector, changes, Applying::default()).await
 }
 
-/// [`apply`] on an instance whose data dir may hold a database made ahead of time
-/// ([`super::template::PREMADE_DATABASE`], when `premade`): the first database created with what it was made with
-/// (template1's encoding and locale) is that one, renamed and given its owner and flags, which takes a few
-/// milliseconds where `CREATE DATABASE` takes tens to hundreds. One nothing could use is dropped at the end.
-pub async fn apply_with_premade(
+/// What [`apply_with`] may use beyond the connector.
+#[derive(Default)]
+pub struct Applying {
+    /// A session to the `postgres` database opened with the same connector (the instance's first start's),
+    /// used instead of opening another when it is still open.
+    pub session: Option<Client>,
+    /// The data dir may hold a database made ahead of time ([`super::template::PREMADE_DATABASE`]): the first
+    /// database created with what it was made with (template1's encoding and locale) is that one, renamed and
+    /// given its owner and flags, which takes a few milliseconds where `CREATE DATABASE` takes tens to hundreds.
+    /// One nothing could use is dropped at the end.
+    pub premade: bool,
+}
+
+/// [`apply`], with what [`Applying`] gives.
+pub async fn apply_with(
     connector: &Connector,
     changes: &[PgChange],
-    premade: bool,
+    applying: Applying,
 ) -> Result<(), PgError> {
     if changes.is_empty() {
         return Ok(());
     }
+    let Applying { session, premade } = applying;
     let creates = created(changes);
     let mut ordered: Vec<(Phase, u8, usize, &PgChange)> = changes
         .iter()
@@ -526,7 +537,10 @@ pub async fn apply_with_premade(
         .collect();
     ordered.sort_by_key(|(phase, rank, index, _)| (*phase, *rank, *index));
 
-    let client = connector.connect("postgres").await?;
+    let client = match session {
+        Some(client) if !client.is_closed() => client,
+        _ => connector.connect("postgres").await?,
+    };
     // Sessions of an earlier kip that was killed mid-converge may still hold locks (or sit in template1 and make
     // CREATE DATABASE fail): end them first. Each kip names its sessions `kip/<pid>`; a session whose kip is gone
     // is a dead one's.
