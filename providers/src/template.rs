@@ -626,7 +626,11 @@ pub fn prune_spares(templates_dir: &Path) -> Result<(usize, u64), TemplateError>
         }
         let prefix = format!("{name}.spare.");
         for entry in std::fs::read_dir(&temp).into_iter().flatten().flatten() {
-            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            // A killed preparer's copy in which its engine's tool still works (a variant's step) is left to the
+            // next preparer, which waits for the tool first.
+            if entry.file_name().to_string_lossy().starts_with(&prefix)
+                && kip_core::supervisor::working_in(&entry.path()).is_empty()
+            {
                 freed += tree_bytes(&entry.path());
                 let _ = std::fs::remove_dir_all(entry.path());
             }
@@ -706,6 +710,9 @@ fn prepare_spare_with(
         .flatten()
     {
         if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            // A variant's step a killed preparer started (PostgreSQL in single-user mode) outlives it: removing the
+            // copy under it could make it abort and leave what it holds (a shared-memory segment).
+            wait_for_no_one_in(&entry.path(), LEFTOVER_WAIT)?;
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }

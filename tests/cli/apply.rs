@@ -1075,3 +1075,141 @@ fn a_preparer_killed_halfway_leaves_no_spare_and_its_half_copy_goes() {
         assert_eq!(stack.project.run_with(destroy).code, 0);
     }
 }
+
+/// The pids of PostgreSQL servers in single-user mode working under `dir` (their working directory is there).
+fn single_user_servers_in(dir: &std::path::Path) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let single = cmdline
+                .split(|byte| *byte == 0)
+                .any(|arg| arg == b"--single");
+            single
+                && std::fs::read_link(format!("/proc/{pid}/cwd"))
+                    .is_ok_and(|cwd| cwd.starts_with(dir))
+        })
+        .collect()
+}
+
+/// A preparer SIGKILLed while PostgreSQL makes the database of a spare in single-user mode: that server outlives
+/// it, and the next preparer waits for it to end before it removes the half-made copy (removing it under the
+/// server could make it abort and leave its shared memory), then makes whole spares that the next instance with
+/// a database takes. No server, copy or shared-memory segment is left behind.
+#[test]
+fn a_preparer_killed_while_making_a_spare_s_database_leaves_nothing_behind() {
+    let config = "postgres \"main\" {\n  version = \"16\"\n  database \"shop\" {}\n}\n";
+    // Spares off here: nothing prepares a spare behind the test.
+    let first = Stack::new(config);
+    first.ok(&["apply", "--auto-approve"]);
+    let cache = first.project.cache_dir();
+    let state: serde_json::Value =
+        serde_json::from_str(&first.project.read(".kip/state.json")).unwrap();
+    let instance = &state["instances"]["postgres.main"];
+    let toolchain = instance["toolchain"].as_str().unwrap().to_owned();
+    let data_dir = instance["data_dir"].as_str().unwrap().to_owned();
+    let template = std::fs::read_dir(cache.join("templates"))
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| {
+            path.is_dir()
+                && path
+                    .file_name()
+                    .is_some_and(|name| name.to_string_lossy().starts_with("postgres-16"))
+        })
+        .expect("the PostgreSQL 16 template in the cache");
+    let temp = cache.join("templates/.tmp");
+    let segments_before = std::fs::read_to_string("/proc/sysvipc/shm")
+        .unwrap()
+        .lines()
+        .count();
+    let preparer = || {
+        use std::os::unix::fs::MetadataExt as _;
+        // As the instance's account, as apply asks it to (PostgreSQL refuses to run as root).
+        let owner = std::fs::metadata(&data_dir).unwrap();
+        let mut command = first.command(&["prepare-spare"]);
+        command
+            .arg(&template)
+            .args(["--skip", "postmaster.pid", "--skip", "postmaster.opts"])
+            .arg("--owner")
+            .arg(format!("{}:{}", owner.uid(), owner.gid()))
+            .args(["--finish", "database", "--toolchain", &toolchain])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        command.spawn().unwrap()
+    };
+
+    let mut killed = preparer();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let server = loop {
+        if let Some(pid) = single_user_servers_in(&temp).first() {
+            break *pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the preparer never started PostgreSQL in single-user mode"
+        );
+        assert!(
+            killed.try_wait().unwrap().is_none(),
+            "the preparer finished before it could be killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    };
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    assert!(
+        premade_spares(&cache).is_empty(),
+        "no spare was put in place"
+    );
+
+    // The next preparer clears what the killed one left, once its server is gone, and fills both slots.
+    let next = preparer().wait_with_output().unwrap();
+    assert!(
+        next.status.success(),
+        "{}",
+        String::from_utf8_lossy(&next.stderr)
+    );
+    // Gone, or a zombie of ours (the test may be the subreaper the orphan was handed to).
+    let state = std::fs::read_to_string(format!("/proc/{server}/stat")).unwrap_or_default();
+    assert!(
+        state.is_empty()
+            || state
+                .rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('Z')),
+        "the killed preparer's server still runs: {state}"
+    );
+    assert_eq!(premade_spares(&cache).len(), 2);
+    let leftovers: Vec<_> = std::fs::read_dir(&temp)
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.file_name())
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert!(single_user_servers_in(&cache).is_empty());
+    assert_eq!(
+        std::fs::read_to_string("/proc/sysvipc/shm")
+            .unwrap()
+            .lines()
+            .count(),
+        segments_before,
+        "a shared-memory segment was left"
+    );
+
+    // And the next instance with a database takes one.
+    let second = Stack::new(config);
+    let run = apply_with_spares(&second, &cache);
+    assert!(run.stderr.contains("+database."), "{}", run.stderr);
+    assert_eq!(
+        databases(&second),
+        [["shop", "postgres", "-1", "true", "UTF8"]]
+    );
+    wait_for_premade_spare(&cache);
+    let prune = on_cache(&second, &cache, &["cache", "prune"]);
+    assert_eq!(second.project.run_with(prune).code, 0);
+    let destroy = on_cache(&second, &cache, &["destroy", "--auto-approve"]);
+    assert_eq!(second.project.run_with(destroy).code, 0);
+}
