@@ -283,9 +283,9 @@ pub fn set_password_offline(
 }
 
 /// Runs `statement` (one line; `what` it does, for errors) in PostgreSQL's single-user mode on `data_dir`, as
-/// `account` (uid, gid) when given:
-/// the server listens on nothing, and no access rule applies. A server running on the data directory makes this
-/// fail with [`PgError::NoCredentials`]; another failure quotes the end of PostgreSQL's output.
+/// `account` (uid, gid) when given: the server listens on nothing, and no access rule applies. A server running on
+/// the data directory makes this fail with [`PgError::NoCredentials`]; another failure quotes the end of
+/// PostgreSQL's output.
 fn run_single_user(
     toolchain_root: &Path,
     data_dir: &Path,
