@@ -74,7 +74,18 @@ pub struct Planner<'a> {
 /// What the engines read ahead for a plan ([`prefetch`]), instance by instance as each read ends: a refresh waits
 /// for its own instance's read-ahead, never for another's (one may be slow to fail while its instance is down).
 #[derive(Debug)]
-pub struct Prefetched(tokio::sync::Mutex<Reads>);
+pub struct Prefetched {
+    reads: tokio::sync::Mutex<Reads>,
+    /// The serial and lineage of the state the reads started from: coming from the thread, then known.
+    version: std::sync::Mutex<StartedFrom>,
+}
+
+#[derive(Debug)]
+enum StartedFrom {
+    Coming(std::sync::mpsc::Receiver<(u64, String)>),
+    /// `None`: the thread found no state.
+    Known(Option<(u64, String)>),
+}
 
 type Ahead = Option<Box<dyn std::any::Any + Send>>;
 
@@ -89,7 +100,7 @@ struct Reads {
 impl Prefetched {
     /// What was read ahead for `address`, once; `None` when nothing was (or the read failed).
     async fn take(&self, address: &Address) -> Ahead {
-        let mut reads = self.0.lock().await;
+        let mut reads = self.reads.lock().await;
         loop {
             if let Some(ahead) = reads.arrived.remove(address) {
                 return ahead;
@@ -97,6 +108,21 @@ impl Prefetched {
             let (read_for, ahead) = reads.receiver.recv().await?;
             reads.arrived.insert(read_for, ahead);
         }
+    }
+
+    /// Whether the reads started from the state `state` is (the same serial and lineage): false when another
+    /// command changed it meanwhile (an apply that held the state lock), or when the thread found no state. Waits
+    /// for the thread to have read it (the first thing it does).
+    pub fn started_from(&self, state: &State) -> bool {
+        let mut version = self
+            .version
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let StartedFrom::Coming(receiver) = &*version {
+            *version = StartedFrom::Known(receiver.recv().ok());
+        }
+        matches!(&*version, StartedFrom::Known(Some((serial, lineage)))
+            if *serial == state.serial && *lineage == state.lineage)
     }
 }
 
@@ -108,12 +134,15 @@ impl Prefetched {
 pub fn prefetch(project: &Project, engines: &Engines) -> Option<Prefetched> {
     let (project, engines) = (project.clone(), engines.clone());
     let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    let (version_sender, version) = std::sync::mpsc::sync_channel(1);
     std::thread::Builder::new()
         .name("kip-prefetch".into())
         .spawn(move || {
-            let Some(instances) = State::instances_without_objects(&project.kip_dir) else {
+            let Some(read) = State::instances_without_objects(&project.kip_dir) else {
                 return;
             };
+            let _ = version_sender.send(read.version);
+            let instances = read.instances;
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -135,10 +164,13 @@ pub fn prefetch(project: &Project, engines: &Engines) -> Option<Prefetched> {
             runtime.block_on(futures_util::future::join_all(reads));
         })
         .ok()?;
-    Some(Prefetched(tokio::sync::Mutex::new(Reads {
-        receiver,
-        arrived: BTreeMap::new(),
-    })))
+    Some(Prefetched {
+        reads: tokio::sync::Mutex::new(Reads {
+            receiver,
+            arrived: BTreeMap::new(),
+        }),
+        version: std::sync::Mutex::new(StartedFrom::Coming(version)),
+    })
 }
 
 fn existing_instance<'s>(address: &Address, saved: &'s InstanceState) -> Existing<'s> {

@@ -147,6 +147,14 @@ impl StateError {
     }
 }
 
+/// What [`State::instances_without_objects`] read.
+#[derive(Debug)]
+pub struct InstancesRead {
+    /// The state's serial and lineage: which state it was.
+    pub version: (u64, String),
+    pub instances: BTreeMap<Address, InstanceState<serde::de::IgnoredAny>>,
+}
+
 impl State {
     pub fn new() -> State {
         State {
@@ -160,18 +168,21 @@ impl State {
     /// The instances of the state in `kip_dir` without their objects, which are skipped, never built: what it
     /// takes to reach the running instances, read in a fraction of the whole state's time. `None` when the state is
     /// missing, unreadable or of another format; [`State::read`] then says why.
-    pub fn instances_without_objects(
-        kip_dir: &Path,
-    ) -> Option<BTreeMap<Address, InstanceState<serde::de::IgnoredAny>>> {
+    pub fn instances_without_objects(kip_dir: &Path) -> Option<InstancesRead> {
         #[derive(Deserialize)]
         struct Instances {
             format_version: u32,
+            serial: u64,
+            lineage: String,
             #[serde(default)]
             instances: BTreeMap<Address, InstanceState<serde::de::IgnoredAny>>,
         }
         let bytes = std::fs::read(kip_dir.join(STATE_FILE)).ok()?;
         let read: Instances = serde_json::from_slice(&bytes).ok()?;
-        (read.format_version == STATE_FORMAT).then_some(read.instances)
+        (read.format_version == STATE_FORMAT).then_some(InstancesRead {
+            version: (read.serial, read.lineage),
+            instances: read.instances,
+        })
     }
 
     /// Reads the state in `kip_dir`; a missing file is a new, empty state.

@@ -133,6 +133,13 @@ fn saved_plan(
 pub fn apply(context: &Context, args: ApplyArgs) -> anyhow::Result<ExitStatus> {
     // No project, no state lock: nothing is written where there is no kip.hcl.
     let project = project(context)?;
+    // The engines read ahead for the plan as `kip plan` has them do, from the start and before the state lock is
+    // ours; what they read is used only when the state is still the one they started from once it is (another
+    // apply may have held the lock and changed what runs). A saved plan refreshes nothing.
+    let prefetched = match &args.plan_file {
+        None => kip_core::planner::prefetch(&project, &engines()),
+        Some(_) => None,
+    };
     let Some(checked) = checked_config(context, &args.vars)? else {
         return Ok(ExitStatus::Failure);
     };
@@ -149,7 +156,9 @@ pub fn apply(context: &Context, args: ApplyArgs) -> anyhow::Result<ExitStatus> {
         }
         None => {
             let state = State::read(&project.kip_dir).map_err(state_error)?;
-            let (checked, plan, state) = make_plan(checked, true, (project.clone(), state), None)?;
+            let prefetched = prefetched.filter(|prefetched| prefetched.started_from(&state));
+            let (checked, plan, state) =
+                make_plan(checked, true, (project.clone(), state), prefetched.as_ref())?;
             (checked, plan, state)
         }
     };

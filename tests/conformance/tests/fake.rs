@@ -144,6 +144,38 @@ fn a_refresh_does_not_wait_for_another_instances_read_ahead() {
     );
 }
 
+/// `kip apply` reads ahead before the state lock is its own: what was read is used only for the state it started
+/// from. A state written since (another apply held the lock) and a project without a state both refuse it.
+#[test]
+fn a_read_ahead_serves_only_the_state_it_started_from() {
+    let (setup, _, _) = setup();
+    let harness = Harness::new(&setup, "fake \"up\" {}\n");
+    let none_yet = kip_core::planner::prefetch(harness.project(), &setup.engines)
+        .expect("the read-ahead thread starts");
+    assert!(
+        !none_yet.started_from(&harness.state()),
+        "there was no state to start from"
+    );
+    harness.apply_clean("apply");
+    let prefetched = kip_core::planner::prefetch(harness.project(), &setup.engines)
+        .expect("the read-ahead thread starts");
+    let mut state = harness.state();
+    assert!(prefetched.started_from(&state), "the same state");
+    assert!(prefetched.started_from(&state), "asked again, the same answer");
+    state.checkpoint(&harness.project().kip_dir).unwrap();
+    assert!(
+        !prefetched.started_from(&harness.state()),
+        "the state was written since"
+    );
+    let mut other = harness.state();
+    other.lineage = "another state".into();
+    other.serial -= 1;
+    assert!(
+        !prefetched.started_from(&other),
+        "the same serial of another lineage"
+    );
+}
+
 #[test]
 fn independent_instances_refresh_concurrently_and_dependents_after() {
     let (setup, fake_engine, _) = setup();
