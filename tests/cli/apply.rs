@@ -1020,21 +1020,9 @@ fn a_preparer_killed_halfway_leaves_no_spare_and_its_half_copy_goes() {
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    let mut preparer = preparer.spawn().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while half_copies() == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the preparer never started its copy"
-        );
-        assert!(
-            preparer.try_wait().unwrap().is_none(),
-            "the preparer finished before it could be killed halfway"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    preparer.kill().unwrap();
-    preparer.wait().unwrap();
+    kill_when(preparer.spawn().unwrap(), "started its copy", || {
+        (half_copies() > 0).then_some(())
+    });
     assert_eq!(
         half_copies(),
         1,
@@ -1074,6 +1062,33 @@ fn a_preparer_killed_halfway_leaves_no_spare_and_its_half_copy_goes() {
         let destroy = on_cache(stack, &cache, &["destroy", "--auto-approve"]);
         assert_eq!(stack.project.run_with(destroy).code, 0);
     }
+}
+
+/// SIGKILLs `preparer` as soon as `moment` finds what it looks for (polled every millisecond, for up to 30 s), and
+/// returns that; fails when the preparer ends first or the moment never comes (`what` names it).
+fn kill_when<T>(
+    mut preparer: std::process::Child,
+    what: &str,
+    mut moment: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let found = loop {
+        if let Some(found) = moment() {
+            break found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the preparer never {what}"
+        );
+        assert!(
+            preparer.try_wait().unwrap().is_none(),
+            "the preparer ended before it {what}, so it could not be killed then"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    };
+    preparer.kill().unwrap();
+    preparer.wait().unwrap();
+    found
 }
 
 /// The pids of PostgreSQL servers in single-user mode working under `dir` (their working directory is there).
@@ -1143,24 +1158,9 @@ fn a_preparer_killed_while_making_a_spare_s_database_leaves_nothing_behind() {
         command.spawn().unwrap()
     };
 
-    let mut killed = preparer();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let server = loop {
-        if let Some(pid) = single_user_servers_in(&temp).first() {
-            break *pid;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the preparer never started PostgreSQL in single-user mode"
-        );
-        assert!(
-            killed.try_wait().unwrap().is_none(),
-            "the preparer finished before it could be killed"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    };
-    killed.kill().unwrap();
-    killed.wait().unwrap();
+    let server = kill_when(preparer(), "started PostgreSQL in single-user mode", || {
+        single_user_servers_in(&temp).first().copied()
+    });
     assert!(
         premade_spares(&cache).is_empty(),
         "no spare was put in place"

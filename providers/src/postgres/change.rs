@@ -474,6 +474,18 @@ pub(crate) fn create_database(
     Ok(Sql::plain(text))
 }
 
+/// The `ALTER DATABASE` statements that give an existing database what `spec` sets after creation (owner,
+/// connection limit, flags).
+pub(crate) fn alter_database_to(name: &str, spec: &DatabaseSpec) -> Result<Vec<Sql>, PgError> {
+    alter_database(
+        name,
+        spec.owner.as_deref(),
+        Some(spec.connection_limit),
+        Some(spec.allow_connections),
+        Some(spec.is_template),
+    )
+}
+
 /// The `ALTER DATABASE` statements for what is set.
 pub(crate) fn alter_database(
     name: &str,

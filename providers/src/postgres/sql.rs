@@ -610,13 +610,7 @@ pub async fn apply_with(
                                         super::quote::ident("database", name)?
                                     )));
                                 }
-                                batch.extend(change::alter_database(
-                                    name,
-                                    spec.owner.as_deref(),
-                                    Some(spec.connection_limit),
-                                    Some(spec.allow_connections),
-                                    Some(spec.is_template),
-                                )?);
+                                batch.extend(change::alter_database_to(name, spec)?);
                             } else {
                                 let statement =
                                     change::create_database(name, spec, template.as_deref())?;
@@ -625,13 +619,7 @@ pub async fn apply_with(
                             existing_databases.insert(name.clone());
                         }
                         PgChange::CreateDatabase { name, spec } => {
-                            batch.extend(change::alter_database(
-                                name,
-                                spec.owner.as_deref(),
-                                Some(spec.connection_limit),
-                                Some(spec.allow_connections),
-                                Some(spec.is_template),
-                            )?)
+                            batch.extend(change::alter_database_to(name, spec)?)
                         }
                         PgChange::AlterDatabase {
                             name,

@@ -161,7 +161,10 @@ fn a_read_ahead_serves_only_the_state_it_started_from() {
         .expect("the read-ahead thread starts");
     let mut state = harness.state();
     assert!(prefetched.started_from(&state), "the same state");
-    assert!(prefetched.started_from(&state), "asked again, the same answer");
+    assert!(
+        prefetched.started_from(&state),
+        "asked again, the same answer"
+    );
     state.checkpoint(&harness.project().kip_dir).unwrap();
     assert!(
         !prefetched.started_from(&harness.state()),
