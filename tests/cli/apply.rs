@@ -982,6 +982,21 @@ fn a_new_instance_s_first_database_is_the_one_its_spare_made_ahead_of_time() {
     assert_eq!(pruned.code, 0, "{}", pruned.snapshot());
 }
 
+/// The PostgreSQL 16 template in `cache` (built by an apply).
+fn postgres_16_template(cache: &std::path::Path) -> PathBuf {
+    std::fs::read_dir(cache.join("templates"))
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| {
+            path.is_dir()
+                && path
+                    .file_name()
+                    .is_some_and(|name| name.to_string_lossy().starts_with("postgres-16"))
+        })
+        .expect("the PostgreSQL 16 template in the cache")
+}
+
 /// A preparer SIGKILLed halfway through its copy leaves nothing anyone takes for a spare: its half copy stays under
 /// `.tmp/`, unstamped and never renamed into place. The next apply copies the template itself (no "provisioned from
 /// the template's spare"), its instance works, and the half copy is gone once the next preparer or `kip cache
@@ -993,17 +1008,7 @@ fn a_preparer_killed_halfway_leaves_no_spare_and_its_half_copy_goes() {
     let first = Stack::new(config);
     first.ok(&["apply", "--auto-approve"]);
     let cache = first.project.cache_dir();
-    let template = std::fs::read_dir(cache.join("templates"))
-        .unwrap()
-        .flatten()
-        .map(|entry| entry.path())
-        .find(|path| {
-            path.is_dir()
-                && path
-                    .file_name()
-                    .is_some_and(|name| name.to_string_lossy().starts_with("postgres-16"))
-        })
-        .expect("the PostgreSQL 16 template in the cache");
+    let template = postgres_16_template(&cache);
     let temp = cache.join("templates/.tmp");
     let half_copies = || {
         std::fs::read_dir(&temp)
@@ -1125,17 +1130,7 @@ fn a_preparer_killed_while_making_a_spare_s_database_leaves_nothing_behind() {
     let instance = &state["instances"]["postgres.main"];
     let toolchain = instance["toolchain"].as_str().unwrap().to_owned();
     let data_dir = instance["data_dir"].as_str().unwrap().to_owned();
-    let template = std::fs::read_dir(cache.join("templates"))
-        .unwrap()
-        .flatten()
-        .map(|entry| entry.path())
-        .find(|path| {
-            path.is_dir()
-                && path
-                    .file_name()
-                    .is_some_and(|name| name.to_string_lossy().starts_with("postgres-16"))
-        })
-        .expect("the PostgreSQL 16 template in the cache");
+    let template = postgres_16_template(&cache);
     let temp = cache.join("templates/.tmp");
     let preparer = || {
         use std::os::unix::fs::MetadataExt as _;
@@ -1211,4 +1206,57 @@ fn a_preparer_killed_while_making_a_spare_s_database_leaves_nothing_behind() {
     assert_eq!(second.project.run_with(prune).code, 0);
     let destroy = on_cache(&second, &cache, &["destroy", "--auto-approve"]);
     assert_eq!(second.project.run_with(destroy).code, 0);
+}
+
+/// Two `kip apply`s of the same change at once: each reads ahead before the state lock is its own, and the one that
+/// waits for the lock must not plan from what it read before the other applied (the role would look missing, and
+/// be created again). Exactly one of them adds the role; the other finds nothing to do, and so does a plan after.
+#[test]
+fn an_apply_that_waited_for_the_lock_plans_from_what_the_other_applied() {
+    let config = "postgres \"main\" {\n  version = \"16\"\n  role \"a\" {}\n}\n";
+    let stack = Stack::new(config);
+    stack.ok(&["apply", "--auto-approve"]);
+    for round in 0..3 {
+        let role = format!("r{round}");
+        stack.project.write(
+            "kip.hcl",
+            config.replace(
+                "  role \"a\" {}\n",
+                &format!("  role \"a\" {{}}\n  role \"{role}\" {{}}\n"),
+            ),
+        );
+        let applies: Vec<std::process::Child> = (0..2)
+            .map(|_| {
+                let mut apply =
+                    stack.command(&["apply", "--auto-approve", "--lock-timeout", "60s"]);
+                apply
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped());
+                apply.spawn().unwrap()
+            })
+            .collect();
+        let outputs: Vec<String> = applies
+            .into_iter()
+            .map(|apply| {
+                let output = apply.wait_with_output().unwrap();
+                let text = format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                );
+                assert!(output.status.success(), "{text}");
+                text
+            })
+            .collect();
+        let added = outputs
+            .iter()
+            .filter(|text| text.contains("Resources: 1 added"))
+            .count();
+        assert_eq!(added, 1, "round {round}: {outputs:#?}");
+        assert!(
+            outputs.iter().any(|text| text.contains("No changes.")),
+            "round {round}: {outputs:#?}"
+        );
+        assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
+    }
 }
