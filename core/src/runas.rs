@@ -403,7 +403,14 @@ pub fn remove_project_account(project_dir: &Path) {
     for attempt in 0..20u64 {
         match Command::new("userdel").arg(&name).output() {
             Ok(output) if output.status.success() => return,
-            Ok(output) if String::from_utf8_lossy(&output.stderr).contains("lock") => {
+            // Another user tool holds the account files' lock, or a process still runs as the account: the
+            // background preparation of a spare for it (PostgreSQL in single-user mode, well under a second).
+            // Both end by themselves; tried again for up to ~6 s.
+            Ok(output)
+                if ["lock", "currently used by process"]
+                    .iter()
+                    .any(|busy| String::from_utf8_lossy(&output.stderr).contains(busy)) =>
+            {
                 std::thread::sleep(std::time::Duration::from_millis(50 + 25 * attempt));
             }
             Ok(output) => {

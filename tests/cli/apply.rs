@@ -1260,3 +1260,57 @@ fn an_apply_that_waited_for_the_lock_plans_from_what_the_other_applied() {
         assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
     }
 }
+
+/// `kip destroy` right after an apply, while the spare that apply asked for is being made as the project's account
+/// (PostgreSQL in single-user mode): the account still goes with the project once that server is done.
+#[test]
+fn destroy_during_a_spare_s_preparation_still_removes_the_project_s_account() {
+    if std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .ok()
+        != Some(0)
+    {
+        return;
+    }
+    let config = "postgres \"main\" {\n  version = \"16\"\n  database \"shop\" {}\n}\n";
+    let stack = Stack::new(config);
+    let cache = stack.project.cache_dir();
+    let run = apply_with_spares(&stack, &cache);
+    assert!(
+        run.stdout.contains("Resources: 2 added"),
+        "{}",
+        run.snapshot()
+    );
+    let state: serde_json::Value =
+        serde_json::from_str(&stack.project.read(".kip/state.json")).unwrap();
+    let account = state["instances"]["postgres.main"]["run_as"]["user"]
+        .as_str()
+        .expect("kip runs the engine as the project's account")
+        .to_owned();
+    let in_passwd = || {
+        std::fs::read_to_string("/etc/passwd")
+            .unwrap()
+            .lines()
+            .any(|line| line.split(':').next() == Some(account.as_str()))
+    };
+    assert!(in_passwd());
+    // Destroyed while the preparer's server runs as the account (or, on a fast disk, just after).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while single_user_servers_in(&cache).is_empty()
+        && premade_spares(&cache).is_empty()
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let destroy = on_cache(&stack, &cache, &["destroy", "--auto-approve"]);
+    let run = stack.project.run_with(destroy);
+    assert_eq!(run.code, 0, "{}", run.snapshot());
+    assert!(!in_passwd(), "the account `{account}` outlived its project");
+    // Whatever the preparer made or left, a prune clears it once it is done.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !single_user_servers_in(&cache).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let prune = on_cache(&stack, &cache, &["cache", "prune"]);
+    assert_eq!(stack.project.run_with(prune).code, 0);
+}
