@@ -401,15 +401,19 @@ pub fn remove_project_account(project_dir: &Path) {
         return;
     }
     for attempt in 0..20u64 {
-        match Command::new("userdel").arg(&name).output() {
+        // In the C locale, so that its messages are the ones looked for below.
+        match Command::new("userdel")
+            .arg(&name)
+            .env("LC_ALL", "C")
+            .output()
+        {
             Ok(output) if output.status.success() => return,
-            // Another user tool holds the account files' lock, or a process still runs as the account: the
-            // background preparation of a spare for it (PostgreSQL in single-user mode, well under a second).
-            // Both end by themselves; tried again for up to ~6 s.
+            // Another user tool holds the account files' lock, or a process still runs as the account (userdel's
+            // exit status 8): the background preparation of a spare for it (PostgreSQL in single-user mode, well
+            // under a second). Both end by themselves; tried again for up to ~6 s.
             Ok(output)
-                if ["lock", "currently used by process"]
-                    .iter()
-                    .any(|busy| String::from_utf8_lossy(&output.stderr).contains(busy)) =>
+                if output.status.code() == Some(8)
+                    || String::from_utf8_lossy(&output.stderr).contains("lock") =>
             {
                 std::thread::sleep(std::time::Duration::from_millis(50 + 25 * attempt));
             }
