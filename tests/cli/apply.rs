@@ -1150,7 +1150,28 @@ fn a_preparer_killed_while_making_a_spare_s_database_leaves_nothing_behind() {
     };
 
     let server = kill_when(preparer(), "started PostgreSQL in single-user mode", || {
-        single_user_servers_in(&temp).first().copied()
+        let server = single_user_servers_in(&temp).first().copied()?;
+        // While it runs, it listens on nothing, in a copy no other account can enter.
+        let sockets: Vec<PathBuf> = std::fs::read_dir(format!("/proc/{server}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .filter(|target| target.to_string_lossy().starts_with("socket:"))
+            .collect();
+        assert!(
+            sockets.is_empty(),
+            "the single-user server holds {sockets:?}"
+        );
+        if let Ok(copy) = std::fs::read_link(format!("/proc/{server}/cwd")) {
+            use std::os::unix::fs::MetadataExt as _;
+            let mode = std::fs::metadata(&copy).map(|m| m.mode() & 0o777);
+            assert!(
+                mode.is_err() || mode.as_ref().is_ok_and(|mode| *mode == 0o700),
+                "{mode:?}"
+            );
+        }
+        Some(server)
     });
     assert!(
         premade_spares(&cache).is_empty(),
