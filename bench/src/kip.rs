@@ -94,6 +94,12 @@ impl Harness {
 
 impl Drop for Harness {
     fn drop(&mut self) {
+        // The account kip made ahead of the next new project (as root) goes with the cache it is kept in.
+        let _ = Command::new(&self.kip)
+            .args(["cache", "prune"])
+            .env("KIP_HOME", &self.home)
+            .env("KIP_CACHE_DIR", &self.cache)
+            .output();
         let _ = std::fs::remove_dir_all(&self.root);
     }
 }
@@ -166,6 +172,11 @@ impl Project<'_> {
             .env("NO_COLOR", "1");
         if let Some(level) = self.log {
             command.env("KIP_LOG", level);
+        }
+        // A cache of its own is removed right after its project: an account made ahead of time in it would be
+        // left behind.
+        if self.cache != self.harness.cache {
+            command.env("KIP_SPARE_ACCOUNTS", "0");
         }
         command
     }

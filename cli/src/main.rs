@@ -91,6 +91,9 @@ pub enum Command {
     /// Prepare the spare data directory of a template (started detached after a provisioning).
     #[command(hide = true)]
     PrepareSpare(commands::spare::Args),
+    /// Make a spare account for the next new project (started detached after an apply took one, as root).
+    #[command(hide = true)]
+    PrepareAccount(commands::spare::AccountArgs),
     /// Resolve every declared engine and pin it in kip.lock.
     Lock(commands::lock::Args),
     /// Resolve every declared engine to a verified toolchain and print where it is.
@@ -191,6 +194,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Connect(args) => commands::usage::connect(&context, args),
         Command::Supervisor(args) => commands::processes::supervisor(args),
         Command::PrepareSpare(args) => commands::spare::run(args),
+        Command::PrepareAccount(args) => commands::spare::prepare_account(args),
         Command::Lock(args) => commands::lock::run(&context, args),
         Command::Resolve(args) => commands::lock::run_resolve(&context, args),
         Command::Mirror(command) => commands::mirror::run(&context, command),

@@ -24,15 +24,62 @@ use crate::engine::RunAs;
 /// The account the provider library's own tests run engines as (kip itself uses [`project_account`]).
 pub const DEFAULT_ACCOUNT: &str = "kip";
 
-/// The account kip creates for the engines of the project in `project_dir` when it runs as root:
-/// `kip-` and 8 hex digits of a hash of the directory (system account names stay short).
+/// The account the engines of the project in `project_dir` run as when kip runs as root: the one the project took
+/// from the spares made ahead of time ([`SpareAccounts`]), recorded in `.kip/account`; else `kip-` and 8 hex
+/// digits of a hash of the directory (system account names stay short), which kip creates on first use.
 pub fn project_account(project_dir: &Path) -> String {
+    recorded_account(&project_dir.join(".kip")).unwrap_or_else(|| derived_account(project_dir))
+}
+
+fn derived_account(project_dir: &Path) -> String {
     let digest = <sha2::Sha256 as sha2::Digest>::digest(project_dir.to_string_lossy().as_bytes());
-    let hex: String = digest[..4]
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect();
-    format!("kip-{hex}")
+    format!("kip-{}", hex(&digest[..4]))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// The file in a project's `.kip/` that names the account it took from the spares.
+const ACCOUNT_FILE: &str = "account";
+
+/// Whether `name` has the form of an account kip makes: `kip-` and 8 lowercase hex digits. Nothing else is ever
+/// taken from a file, created or removed as a project's account.
+fn is_kip_account(name: &str) -> bool {
+    name.strip_prefix("kip-").is_some_and(|digits| {
+        digits.len() == 8
+            && digits
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+/// The account recorded in `kip_dir`, believed only when kip's own user wrote it: a plain file owned by the
+/// effective uid that no one else may write, naming an account of kip's form. Anything else (a file another
+/// account planted in a project directory it could write to, a name such as `root`) is ignored, and the project
+/// gets its own account as if there were no file.
+fn recorded_account(kip_dir: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let path = kip_dir.join(ACCOUNT_FILE);
+    let metadata = std::fs::symlink_metadata(&path).ok()?;
+    let euid = rustix::process::geteuid().as_raw();
+    if !metadata.is_file() || metadata.uid() != euid || metadata.mode() & 0o022 != 0 {
+        tracing::warn!(
+            "ignoring {}: it is not a file that only kip's own user may write",
+            path.display()
+        );
+        return None;
+    }
+    let text = std::fs::read_to_string(&path).ok()?;
+    let name = text.trim();
+    if !is_kip_account(name) {
+        tracing::warn!(
+            "ignoring {}: `{name}` is not an account kip makes",
+            path.display()
+        );
+        return None;
+    }
+    Some(name.to_owned())
 }
 
 /// Why kip cannot run engines as the account it should.
@@ -71,6 +118,13 @@ pub enum RunAsError {
         owner: u32,
         group: u32,
     },
+    #[error("cannot {action} {}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot give {} to the account `{user}`", path.display())]
     Chown {
         user: String,
@@ -99,7 +153,7 @@ impl RunAsError {
                  let it through with `chmod o+x {}`; or set KIP_RUN_AS to an account that can reach it",
                 blocking.display()
             )),
-            RunAsError::Read { .. } | RunAsError::Chown { .. } => None,
+            RunAsError::Read { .. } | RunAsError::Io { .. } | RunAsError::Chown { .. } => None,
         }
     }
 }
@@ -264,9 +318,7 @@ pub fn resolve_run_as(
         (None, Some(name)) => (name, "KIP_RUN_AS"),
         (None, None) => (default_account, "the default"),
     };
-    // The instances of one apply resolve at once: one of them creates the account, the others find it.
-    static CREATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one_at_a_time = CREATING.lock().unwrap_or_else(|poison| poison.into_inner());
+    let _one_at_a_time = one_at_a_time();
     // kip's own account is looked for in /etc/passwd alone, where useradd puts it: asking getent too (a process,
     // ~2 ms) for an account no directory service has is what a new project paid. Should one have it after all,
     // useradd refuses the name and the lookup after that failure asks getent.
@@ -289,6 +341,263 @@ pub fn resolve_run_as(
         return Ok(None);
     }
     Ok(Some(entry.run_as()))
+}
+
+/// The instances of one apply resolve at once: one of them creates (or takes) the account, the others find it.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static CREATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    CREATING.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+/// Gives the project in `project_dir` its own account before its first instance resolves one, when kip runs as
+/// root and the engines run as the project's account (neither `run_as` nor `KIP_RUN_AS`): a spare one made ahead
+/// of time when `spares` holds one, recorded in `.kip/account`; else nothing here, and [`resolve_run_as`] creates
+/// the project's account. Either way the project had none, so a spare is wanted for the next new project
+/// ([`take_wanted_spare_accounts`]). The record is written without an fsync, on the way to ready; the apply makes
+/// it durable with the state ([`sync_recorded_accounts`]).
+pub fn take_project_account(project_dir: &Path, spares: &SpareAccounts) -> Result<(), RunAsError> {
+    if rustix::process::geteuid().as_raw() != 0 {
+        return Ok(());
+    }
+    let _one_at_a_time = one_at_a_time();
+    if lookup_local_user(&project_account(project_dir))?.is_some() {
+        return Ok(());
+    }
+    want_spare_account(spares);
+    let Some(entry) = spares.take() else {
+        return Ok(());
+    };
+    let kip_dir = project_dir.join(".kip");
+    let path = kip_dir.join(ACCOUNT_FILE);
+    let recorded = std::fs::create_dir_all(&kip_dir).and_then(|()| {
+        crate::fsutil::write_private_unsynced(&path, format!("{}\n", entry.name).as_bytes(), None)
+    });
+    match recorded {
+        Ok(()) => {
+            tracing::info!(
+                "the engines of this project run as `{}` (uid {}), an account made ahead of time; set KIP_RUN_AS or \
+                 run_as to use another",
+                entry.name,
+                entry.uid
+            );
+            UNSYNCED_RECORDS
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .push(path);
+            Ok(())
+        }
+        Err(source) => {
+            // Not recorded, not used: the project makes its own, and the spare goes.
+            delete_account(&entry.name);
+            Err(RunAsError::Io {
+                action: "write",
+                path,
+                source,
+            })
+        }
+    }
+}
+
+static UNSYNCED_RECORDS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Makes the `.kip/account` files [`take_project_account`] wrote durable (fsyncs them and their directory).
+pub fn sync_recorded_accounts() -> Result<(), RunAsError> {
+    let records = std::mem::take(
+        &mut *UNSYNCED_RECORDS
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()),
+    );
+    for path in records {
+        crate::fsutil::sync_with_dir(&path).map_err(|source| RunAsError::Io {
+            action: "write",
+            path,
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// System accounts made ahead of time, so that the first apply of a new project as root takes one instead of
+/// waiting for `useradd` (10–25 ms: it fsyncs the four account files a dozen times). They are kept in the cache
+/// (`accounts/spare/<name>`, an empty file per account, written once the account exists); a project takes one by
+/// removing its file, which only one taker can do, and records its name in `.kip/account`. At most one waits at a
+/// time: a detached `kip prepare-account` makes the next after a command took one. `kip cache prune` deletes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpareAccounts {
+    dir: PathBuf,
+}
+
+impl SpareAccounts {
+    /// The spare accounts kept in the cache `cache`.
+    pub fn in_cache(cache: &Path) -> SpareAccounts {
+        SpareAccounts {
+            dir: cache.join("accounts"),
+        }
+    }
+
+    /// Where they are kept (the argument of `kip prepare-account`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn at(dir: &Path) -> SpareAccounts {
+        SpareAccounts {
+            dir: dir.to_owned(),
+        }
+    }
+
+    fn names_in(&self, kind: &str) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.dir.join(kind)) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|entry| entry.file_name().into_string().ok())
+            .filter(|name| is_kip_account(name))
+            .collect()
+    }
+
+    /// Takes a spare account: its file removed (by this taker alone), and the account still there, unprivileged.
+    fn take(&self) -> Option<PasswdEntry> {
+        for name in self.names_in("spare") {
+            if std::fs::remove_file(self.dir.join("spare").join(&name)).is_err() {
+                continue;
+            }
+            match lookup_local_user(&name) {
+                Ok(Some(entry)) if entry.uid != 0 => return Some(entry),
+                _ => tracing::debug!("the spare account `{name}` is gone"),
+            }
+        }
+        None
+    }
+
+    /// The preparers' lock: held while one makes an account and while a prune deletes them.
+    fn lock(&self, wait: bool) -> io::Result<Option<std::fs::File>> {
+        use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+        for kind in ["spare", "pending"] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(self.dir.join(kind))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(self.dir.join(".lock"))?;
+        let operation = if wait {
+            rustix::fs::FlockOperation::LockExclusive
+        } else {
+            rustix::fs::FlockOperation::NonBlockingLockExclusive
+        };
+        match rustix::fs::flock(&file, operation) {
+            Ok(()) => Ok(Some(file)),
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+            Err(errno) => Err(errno.into()),
+        }
+    }
+
+    /// Makes one spare account, unless one is waiting already or another preparer is at it (as root only). An
+    /// account is named in `pending/` before `useradd` and moved to `spare/` once it exists, so that a preparer
+    /// killed halfway leaves a name the next one (or a prune) deletes, never an account no one knows of.
+    pub fn prepare(&self) -> Result<(), RunAsError> {
+        if rustix::process::geteuid().as_raw() != 0 {
+            return Ok(());
+        }
+        let io_error = |source| RunAsError::Io {
+            action: "prepare a spare account in",
+            path: self.dir.clone(),
+            source,
+        };
+        let Some(_lock) = self.lock(false).map_err(io_error)? else {
+            return Ok(());
+        };
+        self.remove_pending();
+        let mut waiting = false;
+        for name in self.names_in("spare") {
+            if lookup_local_user(&name)?.is_some() {
+                waiting = true;
+            } else {
+                let _ = std::fs::remove_file(self.dir.join("spare").join(&name));
+            }
+        }
+        if waiting {
+            return Ok(());
+        }
+        let name = loop {
+            let mut bytes = [0u8; 4];
+            getrandom::getrandom(&mut bytes)
+                .map_err(|error| io_error(io::Error::other(error.to_string())))?;
+            let name = format!("kip-{}", hex(&bytes));
+            if lookup_user(&name)?.is_none() {
+                break name;
+            }
+        };
+        let pending = self.dir.join("pending").join(&name);
+        std::fs::write(&pending, b"").map_err(io_error)?;
+        create_default_account(&name)?;
+        std::fs::rename(&pending, self.dir.join("spare").join(&name)).map_err(io_error)?;
+        tracing::debug!("made the spare account `{name}`");
+        Ok(())
+    }
+
+    /// Deletes the accounts whose preparer was killed before it was done (called with the lock held).
+    fn remove_pending(&self) {
+        for name in self.names_in("pending") {
+            delete_account(&name);
+            let _ = std::fs::remove_file(self.dir.join("pending").join(&name));
+        }
+    }
+
+    /// Deletes every spare account and what killed preparers left, once a preparer at work is done (as root
+    /// only). Returns how many accounts it deleted.
+    pub fn prune(&self) -> Result<usize, RunAsError> {
+        if rustix::process::geteuid().as_raw() != 0 || !self.dir.exists() {
+            return Ok(0);
+        }
+        let Some(_lock) = self.lock(true).map_err(|source| RunAsError::Io {
+            action: "lock",
+            path: self.dir.clone(),
+            source,
+        })?
+        else {
+            return Ok(0);
+        };
+        self.remove_pending();
+        let mut removed = 0;
+        for name in self.names_in("spare") {
+            if std::fs::remove_file(self.dir.join("spare").join(&name)).is_ok()
+                && lookup_local_user(&name)?.is_some()
+            {
+                delete_account(&name);
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+static WANTED_SPARE_ACCOUNTS: std::sync::Mutex<Vec<SpareAccounts>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn want_spare_account(spares: &SpareAccounts) {
+    let mut wanted = WANTED_SPARE_ACCOUNTS
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
+    if !wanted.contains(spares) {
+        wanted.push(spares.clone());
+    }
+}
+
+/// The spare accounts this process's applies took or would have taken, once each: the caller makes the next one
+/// after its own work (the CLI: a detached `kip prepare-account`, so no command waits for `useradd`).
+pub fn take_wanted_spare_accounts() -> Vec<SpareAccounts> {
+    std::mem::take(
+        &mut *WANTED_SPARE_ACCOUNTS
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner()),
+    )
 }
 
 /// Creates kip's own system account: no home, no login shell. Tries `useradd` (most distributions), then
@@ -397,13 +706,25 @@ pub fn remove_project_account(project_dir: &Path) {
         return;
     }
     let name = project_account(project_dir);
-    if !matches!(lookup_user(&name), Ok(Some(_))) {
+    if matches!(lookup_user(&name), Ok(Some(_))) {
+        delete_account(&name);
+    }
+    let recorded = project_dir.join(".kip").join(ACCOUNT_FILE);
+    if lookup_user(&name).is_ok_and(|entry| entry.is_none()) {
+        let _ = std::fs::remove_file(recorded);
+    }
+}
+
+/// Deletes the account `name` (only ever one of kip's form), logging a failure: an account left behind owns
+/// nothing.
+fn delete_account(name: &str) {
+    if !is_kip_account(name) {
         return;
     }
     for attempt in 0..20u64 {
         // In the C locale, so that its messages are the ones looked for below.
         match Command::new("userdel")
-            .arg(&name)
+            .arg(name)
             .env("LC_ALL", "C")
             .output()
         {
@@ -551,6 +872,44 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     use super::*;
+
+    #[test]
+    fn a_project_s_recorded_account_is_believed_only_from_kip_s_own_private_file_and_of_kip_s_form()
+    {
+        let project = tempfile::tempdir().unwrap();
+        let derived = derived_account(project.path());
+        assert!(is_kip_account(&derived), "{derived}");
+        assert_eq!(project_account(project.path()), derived, "nothing recorded");
+        let kip_dir = project.path().join(".kip");
+        std::fs::create_dir(&kip_dir).unwrap();
+        let file = kip_dir.join(ACCOUNT_FILE);
+        std::fs::write(&file, "kip-0badcafe\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(project_account(project.path()), "kip-0badcafe");
+        // Writable by others: anyone could have put any name there.
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert_eq!(project_account(project.path()), derived);
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        for name in [
+            "root",
+            "kip",
+            "kip-0BADCAFE",
+            "kip-0badcafe0",
+            "kip-0badcaf",
+            "kip-0badcafe x",
+            "kip-../etc",
+            "",
+        ] {
+            std::fs::write(&file, name).unwrap();
+            assert_eq!(project_account(project.path()), derived, "{name:?}");
+        }
+        // A symlink to a file kip would believe is not the file itself.
+        let elsewhere = project.path().join("elsewhere");
+        std::fs::write(&elsewhere, "kip-0badcafe").unwrap();
+        std::fs::remove_file(&file).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &file).unwrap();
+        assert_eq!(project_account(project.path()), derived);
+    }
 
     const PASSWD: &str = "\
 root:x:0:0:root:/root:/bin/bash

@@ -438,3 +438,133 @@ fn pid_owner(pid: u32) -> String {
         })
         .unwrap()
 }
+
+/// The spare accounts in `cache` (their names), as the registry lists them.
+fn spare_accounts(cache: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(cache.join("accounts/spare"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits (up to 60 s) for a spare account in `cache` other than `not`, made by the detached preparer.
+fn wait_for_spare_account(cache: &std::path::Path, not: &[&str]) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(name) = spare_accounts(cache)
+            .into_iter()
+            .find(|name| !not.contains(&name.as_str()))
+        {
+            return name;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no spare account was made in {} within 60 s",
+            cache.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn in_passwd(name: &str) -> bool {
+    std::fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .lines()
+        .any(|line| line.split(':').next() == Some(name))
+}
+
+/// Deletes the spare accounts of a test's cache however the test ends (`kip cache prune`).
+struct PruneOnDrop<'a>(&'a Stack, std::path::PathBuf);
+
+impl Drop for PruneOnDrop<'_> {
+    fn drop(&mut self) {
+        let mut prune = self.0.command(&["cache", "prune"]);
+        prune.env("KIP_CACHE_DIR", &self.1);
+        let _ = prune.output();
+    }
+}
+
+#[test]
+fn a_new_project_takes_an_account_made_ahead_of_time_and_never_one_a_planted_file_names() {
+    use std::os::unix::fs::MetadataExt as _;
+    if std::fs::metadata("/proc/self").map(|m| m.uid()).ok() != Some(0) {
+        return;
+    }
+    let config = "postgres \"main\" {\n  version = \"16\"\n}\n";
+    let one = Stack::new(config);
+    let two = Stack::new(config);
+    let three = Stack::new(config);
+    let cache = one.project.cache_dir();
+    let _prune = PruneOnDrop(&one, cache.clone());
+    let on_cache = |stack: &Stack, args: &[&str]| {
+        let mut command = stack.command(args);
+        command
+            .env("KIP_CACHE_DIR", &cache)
+            .env_remove("KIP_SPARE_ACCOUNTS");
+        let run = stack.project.run_with(command);
+        assert_eq!(run.code, 0, "{}", run.snapshot());
+        run
+    };
+    let apply = |stack: &Stack| on_cache(stack, &["apply", "--auto-approve"]);
+    let account_of = |stack: &Stack| {
+        let state: serde_json::Value =
+            serde_json::from_str(&stack.project.read(".kip/state.json")).unwrap();
+        state["instances"]["postgres.main"]["run_as"]["user"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+
+    // The first project makes its own account; after it, a detached preparer makes one for the next project.
+    apply(&one);
+    let first = account_of(&one);
+    let spare = wait_for_spare_account(&cache, &[]);
+    assert_ne!(spare, first);
+    assert!(in_passwd(&spare));
+
+    // Another account planted a file naming the first project's account in the next project's .kip/: ignored.
+    let planted = two.project.path().join(".kip/account");
+    std::fs::create_dir_all(planted.parent().unwrap()).unwrap();
+    std::fs::write(&planted, format!("{first}\n")).unwrap();
+    std::os::unix::fs::chown(&planted, Some(65534), Some(65534)).unwrap();
+    apply(&two);
+    let second = account_of(&two);
+    assert_eq!(second, spare, "the new project took the spare account");
+    assert_eq!(pid_owner(pid_of(&two, "postgres.main")), spare);
+    assert_eq!(two.project.read(".kip/account").trim(), spare);
+    assert!(!spare_accounts(&cache).contains(&spare), "taken once");
+
+    // kip's own file naming an account kip does not make (root): ignored too.
+    let named_root = three.project.path().join(".kip/account");
+    std::fs::create_dir_all(named_root.parent().unwrap()).unwrap();
+    std::fs::write(&named_root, "root\n").unwrap();
+    apply(&three);
+    let third = account_of(&three);
+    assert!(third.starts_with("kip-"), "{third}");
+    assert!(third != first && third != second);
+    assert_eq!(pid_owner(pid_of(&three, "postgres.main")), third);
+
+    // The account the second project took goes with it; the spare made after it goes with a prune.
+    let next = wait_for_spare_account(&cache, &[spare.as_str(), third.as_str()]);
+    on_cache(&two, &["destroy", "--auto-approve"]);
+    assert!(!in_passwd(&second), "`{second}` outlived its project");
+    assert!(!planted.exists());
+    for stack in [&one, &three] {
+        on_cache(stack, &["destroy", "--auto-approve"]);
+    }
+    assert!(!in_passwd(&first) && !in_passwd(&third));
+    let run = on_cache(&one, &["cache", "prune"]);
+    assert!(
+        run.stdout.contains("Deleted 1 spare account"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        !in_passwd(&next),
+        "the spare account `{next}` outlived the prune"
+    );
+}

@@ -87,7 +87,9 @@ impl Project {
             .env("NO_COLOR", "1")
             // Each test has its own cache, where a spare data directory would only be written, never used; the
             // spares' own test turns them on again.
-            .env("KIP_SPARES", "0");
+            .env("KIP_SPARES", "0")
+            // An account made ahead of time in a test's cache would outlive it; their own test turns them on.
+            .env("KIP_SPARE_ACCOUNTS", "0");
         command
     }
 

@@ -1,6 +1,6 @@
-//! Spare data directories, prepared once a command is done and out of its way (see `kip_providers::template`): the
-//! hidden `kip prepare-spare`, and [`launch_wanted`], which starts it detached for each spare a command's
-//! provisionings asked for.
+//! Spare data directories and spare accounts, prepared once a command is done and out of its way (see
+//! `kip_providers::template` and `kip_core::runas::SpareAccounts`): the hidden `kip prepare-spare` and
+//! `kip prepare-account`, and [`launch_wanted`], which starts them detached for each spare a command asked for.
 
 use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
@@ -37,6 +37,17 @@ fn parse_owner(text: &str) -> Result<(u32, u32), String> {
     parsed.ok_or_else(|| format!("`{text}` is not UID:GID"))
 }
 
+#[derive(Debug, clap::Args)]
+pub struct AccountArgs {
+    /// Where the spare accounts are kept (`accounts` in the cache).
+    pub dir: PathBuf,
+}
+
+pub fn prepare_account(args: AccountArgs) -> anyhow::Result<ExitStatus> {
+    kip_core::runas::SpareAccounts::at(&args.dir).prepare()?;
+    Ok(ExitStatus::Success)
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitStatus> {
     let request = SpareRequest {
         template: args.template,
@@ -57,14 +68,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitStatus> {
 /// one removes.
 /// `KIP_SPARES=0` turns spares off (the test suite does, for all but the spares' own test: each test has its own
 /// cache, where a spare would only be written, never used).
+/// `KIP_SPARE_ACCOUNTS=0` turns spare accounts off (the test suite does, for all but their own test: an account
+/// made in a test's cache would outlive it).
 pub fn launch_wanted() {
     let requests = take_wanted_spares();
-    if requests.is_empty() || std::env::var_os("KIP_SPARES").is_some_and(|value| value == "0") {
-        return;
-    }
+    let accounts = kip_core::runas::take_wanted_spare_accounts();
+    let off = |name: &str| std::env::var_os(name).is_some_and(|value| value == "0");
     let Ok(kip) = std::env::current_exe() else {
         return;
     };
+    if !off("KIP_SPARE_ACCOUNTS") {
+        for spares in accounts {
+            let mut command = Command::new(&kip);
+            command.arg("prepare-account").arg(spares.dir());
+            detached(command);
+        }
+    }
+    if off("KIP_SPARES") {
+        return;
+    }
     for request in requests {
         let mut command = Command::new(&kip);
         command.arg("prepare-spare").arg(&request.template);
@@ -81,13 +103,19 @@ pub fn launch_wanted() {
                 .arg("--toolchain")
                 .arg(&finish.toolchain);
         }
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0);
-        if let Err(error) = command.spawn() {
-            tracing::debug!(%error, "cannot start a spare's preparation");
-        }
+        detached(command);
+    }
+}
+
+/// Starts `command` with no terminal output, in its own process group (a ^C at the terminal is not its), and
+/// does not wait for it.
+fn detached(mut command: Command) {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0);
+    if let Err(error) = command.spawn() {
+        tracing::debug!(%error, "cannot start a spare's preparation");
     }
 }

@@ -127,6 +127,8 @@ pub enum ApplyError {
     Lock(#[from] LockError),
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
+    #[error(transparent)]
+    RunAs(#[from] RunAsError),
     /// Instances failed; `skipped` were not touched because they depend on a failed one.
     #[error(
         "{} failed{}",
@@ -152,6 +154,7 @@ impl ApplyError {
             ApplyError::State(error) => error.hint(),
             ApplyError::Lock(error) => error.hint().map(str::to_owned),
             ApplyError::Supervisor(error) => error.hint(),
+            ApplyError::RunAs(error) => error.hint(),
             ApplyError::Failed { failures, .. } => match failures.as_slice() {
                 [one] => one.error.hint(),
                 _ => None,

@@ -212,6 +212,8 @@ impl Applier<'_> {
         if state.serial != serial_before {
             State::sync(&self.project.kip_dir)?;
         }
+        // The account the project took from the spares, recorded without an fsync on the way to ready.
+        crate::runas::sync_recorded_accounts()?;
         let lock = shared_lock
             .into_inner()
             .unwrap_or_else(|poison| poison.into_inner());
@@ -313,6 +315,10 @@ impl Applier<'_> {
         let run_as = if engine.runs_as_caller() && instance.run_as.is_none() {
             None
         } else {
+            if instance.run_as.is_none() && self.run_as_env.is_none() {
+                let spares = crate::runas::SpareAccounts::in_cache(&self.project.cache);
+                crate::runas::take_project_account(&self.project.dir, &spares)?;
+            }
             crate::runas::resolve_run_as(
                 instance.run_as.as_deref(),
                 self.run_as_env.as_deref(),
