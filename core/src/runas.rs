@@ -543,9 +543,14 @@ impl SpareAccounts {
     }
 
     /// Deletes the accounts whose preparer was killed before it was done (called with the lock held).
+    /// The `useradd` a killed preparer started goes on without it: waited for (up to 10 s) before the account is
+    /// looked for, so that it cannot create the account after it was found missing.
     fn remove_pending(&self) {
         for name in self.names_in("pending") {
-            delete_account(&name);
+            wait_for_account_tools(&name, std::time::Duration::from_secs(10));
+            if matches!(lookup_local_user(&name), Ok(Some(_))) {
+                delete_account(&name);
+            }
             let _ = std::fs::remove_file(self.dir.join("pending").join(&name));
         }
     }
@@ -576,6 +581,33 @@ impl SpareAccounts {
         }
         Ok(removed)
     }
+}
+
+/// Waits until no process creating or deleting the account `name` runs (`useradd`, `adduser`, `userdel`, `deluser`
+/// with `name` among their arguments, from /proc), or `limit` passed.
+fn wait_for_account_tools(name: &str, limit: std::time::Duration) {
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit && account_tool_running(name) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+fn account_tool_running(name: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            return false;
+        };
+        let mut args = cmdline.split(|&byte| byte == 0);
+        let tool = args
+            .next()
+            .and_then(|program| program.rsplit(|&byte| byte == b'/').next())
+            .unwrap_or_default();
+        matches!(tool, b"useradd" | b"adduser" | b"userdel" | b"deluser")
+            && args.any(|arg| arg == name.as_bytes())
+    })
 }
 
 static WANTED_SPARE_ACCOUNTS: std::sync::Mutex<Vec<SpareAccounts>> =

@@ -568,3 +568,61 @@ fn a_new_project_takes_an_account_made_ahead_of_time_and_never_one_a_planted_fil
         "the spare account `{next}` outlived the prune"
     );
 }
+
+#[test]
+fn a_spare_account_preparer_killed_at_any_moment_leaves_no_account_behind() {
+    use std::os::unix::fs::MetadataExt as _;
+    if std::fs::metadata("/proc/self").map(|m| m.uid()).ok() != Some(0) {
+        return;
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let accounts = cache.path().join("accounts");
+    let prepare = || {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_kip"));
+        command.arg("prepare-account").arg(&accounts);
+        command
+    };
+    // Names a killed preparer left in pending/: each may or may not have become an account.
+    let mut left = std::collections::BTreeSet::new();
+    for delay_ms in [0, 1, 2, 3, 4, 6, 8, 10, 12, 16] {
+        let mut child = prepare().spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+        left.extend(
+            std::fs::read_dir(accounts.join("pending"))
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default(),
+        );
+    }
+    // The next preparer deletes what the killed ones left, and leaves exactly one spare.
+    assert!(prepare().status().unwrap().success());
+    let spares = spare_accounts(cache.path());
+    assert_eq!(spares.len(), 1, "{spares:?}");
+    assert!(in_passwd(&spares[0]));
+    for name in &left {
+        assert!(
+            !in_passwd(name),
+            "a killed preparer's `{name}` outlived the next preparer"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(accounts.join("pending")).unwrap().count(),
+        0
+    );
+    // Another preparer leaves the one spare alone.
+    assert!(prepare().status().unwrap().success());
+    assert_eq!(spare_accounts(cache.path()), spares);
+    let prune = std::process::Command::new(env!("CARGO_BIN_EXE_kip"))
+        .args(["cache", "prune"])
+        .env("KIP_CACHE_DIR", cache.path())
+        .output()
+        .unwrap();
+    assert!(prune.status.success());
+    assert!(!in_passwd(&spares[0]), "the spare outlived the prune");
+}
