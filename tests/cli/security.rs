@@ -626,3 +626,71 @@ fn a_spare_account_preparer_killed_at_any_moment_leaves_no_account_behind() {
     assert!(prune.status.success());
     assert!(!in_passwd(&spares[0]), "the spare outlived the prune");
 }
+
+#[test]
+fn a_new_project_s_first_instance_takes_a_spare_data_directory_already_its_spare_account_s() {
+    use std::os::unix::fs::MetadataExt as _;
+    if std::fs::metadata("/proc/self").map(|m| m.uid()).ok() != Some(0) {
+        return;
+    }
+    let config = "postgres \"main\" {\n  version = \"16\"\n}\n";
+    let one = Stack::new(config);
+    let two = Stack::new(config);
+    let cache = one.project.cache_dir();
+    let _prune = PruneOnDrop(&one, cache.clone());
+    let on_cache = |stack: &Stack, args: &[&str]| {
+        let mut command = stack.command(args);
+        command
+            .env("KIP_CACHE_DIR", &cache)
+            .env("KIP_LOG", "debug")
+            .env_remove("KIP_SPARES")
+            .env_remove("KIP_SPARE_ACCOUNTS");
+        let run = stack.project.run_with(command);
+        assert_eq!(run.code, 0, "{}", run.snapshot());
+        run
+    };
+    on_cache(&one, &["apply", "--auto-approve"]);
+    // After the apply, one detached preparer makes the spare account, then a spare data directory for the first
+    // project's account and one for the spare account.
+    let spare = wait_for_spare_account(&cache, &[]);
+    let uid_of = |name: &str| {
+        std::fs::read_to_string("/etc/passwd")
+            .unwrap()
+            .lines()
+            .find_map(|line| {
+                let fields: Vec<&str> = line.split(':').collect();
+                (fields[0] == name).then(|| fields[2].parse::<u32>().unwrap())
+            })
+            .unwrap()
+    };
+    let spare_uid = uid_of(&spare);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !crate::apply::stamped_spares(&cache)
+        .iter()
+        .any(|slot| slot.metadata().is_ok_and(|m| m.uid() == spare_uid))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no spare data directory was prepared for `{spare}` within 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let run = on_cache(&two, &["apply", "--auto-approve"]);
+    assert!(
+        run.stderr.contains("provisioned from the template's spare"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("giving the spare to the account"),
+        "the spare changed owner on the way to ready:\n{}",
+        run.stderr
+    );
+    assert_eq!(pid_owner(pid_of(&two, "postgres.main")), spare);
+    // Out of the way of the preparers the second apply started, then away with both projects.
+    wait_for_spare_account(&cache, &[spare.as_str()]);
+    for stack in [&two, &one] {
+        on_cache(stack, &["destroy", "--auto-approve"]);
+    }
+    assert!(!in_passwd(&spare));
+}
