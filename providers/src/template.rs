@@ -789,34 +789,6 @@ fn prepare_spare_with(
         }
         made = true;
     }
-    // Every slot full, none the next new project's (its account is newer than them): one that is not the
-    // requester's is given to it, out of its slot meanwhile so that no one claims it half given.
-    if let Some((uid, gid)) = request.next_owner
-        && !slots
-            .iter()
-            .any(|slot| current(slot) && owned_by(slot, (uid, gid)))
-        && let Some(slot) = slots
-            .iter()
-            .find(|slot| current(slot) && request.owner.is_none_or(|owner| !owned_by(slot, owner)))
-    {
-        let work = temp.join(format!("{prefix}{}", std::process::id()));
-        if std::fs::rename(slot, &work).is_ok() {
-            let next = RunAs {
-                user: format!("uid {uid}"),
-                uid,
-                gid,
-            };
-            match chown_tree(&work, &next) {
-                Ok(()) => std::fs::rename(&work, slot)
-                    .map_err(io_error("move the spare back to", slot))?,
-                Err(error) => {
-                    let _ = std::fs::remove_dir_all(&work);
-                    return Err(error.into());
-                }
-            }
-            made = true;
-        }
-    }
     Ok(made)
 }
 
