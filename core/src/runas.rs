@@ -457,17 +457,6 @@ impl SpareAccounts {
             .collect()
     }
 
-    /// The spare account waiting for the next new project, if one is (the owner a spare data directory is best
-    /// prepared for, so that the project that takes both never changes a file's owner).
-    pub fn waiting(&self) -> Option<RunAs> {
-        self.names_in("spare")
-            .iter()
-            .find_map(|name| match lookup_local_user(name) {
-                Ok(Some(entry)) if entry.uid != 0 => Some(entry.run_as()),
-                _ => None,
-            })
-    }
-
     /// Takes a spare account: its file removed (by this taker alone), and the account still there, unprivileged.
     fn take(&self) -> Option<PasswdEntry> {
         for name in self.names_in("spare") {

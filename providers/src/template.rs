@@ -367,16 +367,12 @@ pub fn provision(
     // waited for nor prepared.
     let spares_usable = same_filesystem(template, parent);
     let variant = finish.map(|finish| finish.variant.as_str());
-    let finished =
-        spares_usable && variant.is_some() && claim_spare(template, variant, &work, owner);
-    let prepared = if finished || spares_usable && claim_spare(template, None, &work, owner) {
+    let finished = spares_usable && variant.is_some() && claim_spare(template, variant, &work);
+    let prepared = if finished || spares_usable && claim_spare(template, None, &work) {
         match run_as {
             // A spare prepared for this very account (the one whose provisioning asked for it) is its already.
             Some(run_as) if owned_by(&work, (run_as.uid, run_as.gid)) => Ok(()),
-            Some(run_as) => {
-                tracing::debug!(account = %run_as.user, "giving the spare to the account");
-                chown_tree(&work, run_as).map_err(TemplateError::from)
-            }
+            Some(run_as) => chown_tree(&work, run_as).map_err(TemplateError::from),
             None => Ok(()),
         }
     } else {
@@ -454,20 +450,11 @@ fn template_stamp(template: &Path) -> Option<String> {
 /// Takes a spare of `template` (of `variant`) as `work` (a rename): true when there was one of this very template,
 /// now in `work` without its stamp; false, with `work` absent, otherwise (no spare, another filesystem, a spare of
 /// an earlier build, which is removed).
-fn claim_spare(
-    template: &Path,
-    variant: Option<&str>,
-    work: &Path,
-    owner: Option<(u32, u32)>,
-) -> bool {
+fn claim_spare(template: &Path, variant: Option<&str>, work: &Path) -> bool {
     let Some(stamp) = template_stamp(template) else {
         return false;
     };
-    // One already the claimer's first: no file changes owner.
-    let mut slots = spare_slots(template, variant);
-    if let Some(owner) = owner {
-        slots.sort_by_key(|slot| !owned_by(slot, owner));
-    }
+    let slots = spare_slots(template, variant);
     let take = || {
         slots.iter().any(|spare| {
             // Two kips may race for a spare: the rename is atomic, so one gets it and the other finds nothing.
@@ -532,9 +519,6 @@ pub struct SpareRequest {
     /// then takes it with a rename alone. Another account's provisioning gives it to that account when it claims
     /// it, as it gives any spare.
     pub owner: Option<(u32, u32)>,
-    /// The account the next new project will take (a spare account, as root): one slot is given to it, so that a
-    /// new project's first instance is a rename alone too, while the other stays `owner`'s.
-    pub next_owner: Option<(u32, u32)>,
     /// The variant to prepare, when not a plain copy.
     pub finish: Option<SpareFinish>,
 }
@@ -573,7 +557,6 @@ fn want_spare(
             .map(|name| (*name).to_owned())
             .collect(),
         owner,
-        next_owner: None,
         finish: finish.cloned(),
     };
     let mut wanted = WANTED_SPARES
@@ -750,20 +733,10 @@ fn prepare_spare_with(
         let Some(spare) = slots.iter().find(|spare| !current(spare)) else {
             break;
         };
-        // The requester's account first, then the next new project's, then the requester's again.
-        let owner = [request.owner, request.next_owner]
-            .into_iter()
-            .flatten()
-            .find(|owner| {
-                !slots
-                    .iter()
-                    .any(|slot| current(slot) && owned_by(slot, *owner))
-            })
-            .or(request.owner);
         let work = temp.join(format!("{prefix}{}", std::process::id()));
-        let copied = copy_tree(template, &work, owner, &skipped).and_then(|()| {
+        let copied = copy_tree(template, &work, request.owner, &skipped).and_then(|()| {
             if let (Some(finish), Some(finisher)) = (&request.finish, finisher) {
-                finisher(&work, &finish.toolchain, owner)?;
+                finisher(&work, &finish.toolchain, request.owner)?;
             }
             let stamp_file = work.join(SPARE_STAMP);
             std::fs::write(&stamp_file, &stamp).map_err(io_error("write", &stamp_file))?;
@@ -1053,7 +1026,6 @@ mod tests {
                 template: template.clone(),
                 not_copied: vec!["server.pid".into()],
                 owner: None,
-                next_owner: None,
                 finish: None,
             }]
         );

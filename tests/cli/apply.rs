@@ -717,7 +717,7 @@ fn a_new_minor_restarts_in_place_and_a_new_major_replaces() {
 }
 
 /// The whole, stamped spares `cache` holds (`templates/.spares/<name>`).
-pub(crate) fn stamped_spares(cache: &std::path::Path) -> Vec<PathBuf> {
+fn stamped_spares(cache: &std::path::Path) -> Vec<PathBuf> {
     std::fs::read_dir(cache.join("templates/.spares"))
         .into_iter()
         .flatten()

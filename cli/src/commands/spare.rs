@@ -28,10 +28,6 @@ pub struct Args {
     /// The engine build the variant's step runs with.
     #[arg(long = "toolchain")]
     pub toolchain: Option<PathBuf>,
-    /// Where spare accounts are kept (as root): one is made first when none waits, and a spare is prepared for it
-    /// too, for the next new project.
-    #[arg(long = "accounts")]
-    pub accounts: Option<PathBuf>,
 }
 
 fn parse_owner(text: &str) -> Result<(u32, u32), String> {
@@ -53,22 +49,10 @@ pub fn prepare_account(args: AccountArgs) -> anyhow::Result<ExitStatus> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitStatus> {
-    // The account first: it is what a new project waits for longest, and the spare is then given to it as well.
-    let next_owner = match &args.accounts {
-        Some(dir) => {
-            let accounts = kip_core::runas::SpareAccounts::at(dir);
-            if let Err(error) = accounts.prepare() {
-                tracing::debug!(%error, "cannot make a spare account");
-            }
-            accounts.waiting().map(|run_as| (run_as.uid, run_as.gid))
-        }
-        None => None,
-    };
     let request = SpareRequest {
         template: args.template,
         not_copied: args.skip,
         owner: args.owner,
-        next_owner,
         finish: args
             .finish
             .zip(args.toolchain)
@@ -93,30 +77,19 @@ pub fn launch_wanted() {
     let Ok(kip) = std::env::current_exe() else {
         return;
     };
-    let mut accounts = if off("KIP_SPARE_ACCOUNTS") {
-        Vec::new()
-    } else {
-        accounts
-    };
-    // A spare data directory's preparer makes the account first (one process, one spawn on this command's way
-    // out) and gives one slot to it; also when no account was taken, so that the slot is there (as root: for
-    // anyone else both are no-ops).
-    let accounts_dir = (!off("KIP_SPARE_ACCOUNTS"))
-        .then(|| super::project::cache_dir().ok())
-        .flatten()
-        .map(|cache| kip_core::runas::SpareAccounts::in_cache(&cache));
-    let requests = if off("KIP_SPARES") {
-        Vec::new()
-    } else {
-        requests
-    };
+    if !off("KIP_SPARE_ACCOUNTS") {
+        for spares in accounts {
+            let mut command = Command::new(&kip);
+            command.arg("prepare-account").arg(spares.dir());
+            detached(command);
+        }
+    }
+    if off("KIP_SPARES") {
+        return;
+    }
     for request in requests {
         let mut command = Command::new(&kip);
         command.arg("prepare-spare").arg(&request.template);
-        if let Some(spares) = accounts_dir.as_ref() {
-            command.arg("--accounts").arg(spares.dir());
-            accounts.retain(|wanted| wanted != spares);
-        }
         for skipped in &request.not_copied {
             command.arg("--skip").arg(skipped);
         }
@@ -130,11 +103,6 @@ pub fn launch_wanted() {
                 .arg("--toolchain")
                 .arg(&finish.toolchain);
         }
-        detached(command);
-    }
-    for spares in accounts {
-        let mut command = Command::new(&kip);
-        command.arg("prepare-account").arg(spares.dir());
         detached(command);
     }
 }
