@@ -256,9 +256,7 @@ const ADDED_INSTANCE: &str = r#"postgres "added" {
 /// template to `SELECT 1` (the floor), `kip apply` with an empty templates dir (kip's cold path), and `initdb`,
 /// start and `SELECT 1` by hand (the bare cold path). No KIP_LOG: logging is work the bare starts do not do. Each
 /// step starts after a `sync`, untimed, so that none pays for the writeback of the one before (a destroy deletes
-/// a data dir just before); kip's steps also wait (untimed) for the spares and the spare account the apply before
-/// asked for, so that none runs beside a background copy or `useradd` (a developer's next new project is seldom
-/// a tenth of a second after the last).
+/// a data dir just before).
 fn against_floor(harness: &Harness, runs: usize) {
     // A warm cache, and the account kip runs this project's PostgreSQL as, which the bare starts use too (postgres
     // refuses root). kip removes a project's account with its last instance, so this project (its server idle)
@@ -283,12 +281,12 @@ fn against_floor(harness: &Harness, runs: usize) {
     let mut floor = Vec::new();
     let mut cold = Vec::new();
     for index in 0..runs {
-        crate::floor::quiet();
+        crate::floor::settle();
         let project = harness.project(EMPTY_INSTANCE);
         kip.push(project.expect(0, &["apply", "--auto-approve"]).elapsed);
         drop(project);
 
-        crate::floor::quiet();
+        crate::floor::settle();
         let project = harness.project(ONE_ROLE_ONE_DATABASE);
         let run = project.expect(0, &["apply", "--auto-approve"]);
         assert!(

@@ -96,7 +96,7 @@ pub fn quiet() {
     settle();
 }
 
-/// Whether a `kip prepare-spare` or `kip prepare-account` process runs (its command line, from /proc).
+/// Whether a `kip prepare-spare` process runs (its command line, from /proc).
 fn preparing() -> bool {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return false;
@@ -105,7 +105,7 @@ fn preparing() -> bool {
         std::fs::read(entry.path().join("cmdline")).is_ok_and(|cmdline| {
             cmdline
                 .split(|byte| *byte == 0)
-                .any(|arg| arg == b"prepare-spare" || arg == b"prepare-account")
+                .any(|arg| arg == b"prepare-spare")
         })
     })
 }

@@ -108,8 +108,6 @@ impl KipApplies {
         let mut applies = KipApplies::new(address);
         let mut projects: Vec<Project<'_>> = Vec::new();
         for _ in 0..runs {
-            // Untimed: the spare account the apply before asked for is made in the background (as root).
-            crate::floor::quiet();
             let project = harness.project(config);
             let run = project.expect(0, &["apply", "--auto-approve"]);
             applies.record(&run);
