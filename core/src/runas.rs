@@ -55,15 +55,22 @@ fn is_kip_account(name: &str) -> bool {
 }
 
 /// The account recorded in `kip_dir`, believed only when kip's own user wrote it: a plain file owned by the
-/// effective uid that no one else may write, naming an account of kip's form. Anything else (a file another
-/// account planted in a project directory it could write to, a name such as `root`) is ignored, and the project
-/// gets its own account as if there were no file.
+/// effective uid that no one else may write, in a `.kip/` of the effective uid that other accounts may not write
+/// (else another account could have linked or moved a file of kip's there), naming an account of kip's form.
+/// Anything else (a file another account planted in a project directory it could write to, a name such as
+/// `root`) is ignored, and the project gets its own account as if there were no file.
 fn recorded_account(kip_dir: &Path) -> Option<String> {
     use std::os::unix::fs::MetadataExt as _;
     let path = kip_dir.join(ACCOUNT_FILE);
     let metadata = std::fs::symlink_metadata(&path).ok()?;
     let euid = rustix::process::geteuid().as_raw();
-    if !metadata.is_file() || metadata.uid() != euid || metadata.mode() & 0o022 != 0 {
+    // The directory may be group-writable (a umask of 002): its group is the effective user's.
+    let owned = |metadata: &std::fs::Metadata, mask: u32| {
+        metadata.uid() == euid && metadata.mode() & mask == 0
+    };
+    let dir_private =
+        std::fs::symlink_metadata(kip_dir).is_ok_and(|dir| dir.is_dir() && owned(&dir, 0o002));
+    if !metadata.is_file() || !owned(&metadata, 0o022) || !dir_private {
         tracing::warn!(
             "ignoring {}: it is not a file that only kip's own user may write",
             path.display()
@@ -738,12 +745,12 @@ pub fn remove_project_account(project_dir: &Path) {
         return;
     }
     let name = project_account(project_dir);
-    if matches!(lookup_user(&name), Ok(Some(_))) {
+    if matches!(lookup_local_user(&name), Ok(Some(_))) {
         delete_account(&name);
     }
-    let recorded = project_dir.join(".kip").join(ACCOUNT_FILE);
-    if lookup_user(&name).is_ok_and(|entry| entry.is_none()) {
-        let _ = std::fs::remove_file(recorded);
+    // The record goes with the account (kept while an account that could not be deleted still stands).
+    if matches!(lookup_local_user(&name), Ok(None)) {
+        let _ = std::fs::remove_file(project_dir.join(".kip").join(ACCOUNT_FILE));
     }
 }
 
@@ -922,6 +929,11 @@ mod tests {
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).unwrap();
         assert_eq!(project_account(project.path()), derived);
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        // kip's own file in a .kip/ others may write: it could have been linked or moved there.
+        std::fs::set_permissions(&kip_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert_eq!(project_account(project.path()), derived);
+        std::fs::set_permissions(&kip_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(project_account(project.path()), "kip-0badcafe");
         for name in [
             "root",
             "kip",
