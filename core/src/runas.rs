@@ -425,7 +425,7 @@ pub fn sync_recorded_accounts() -> Result<(), RunAsError> {
 }
 
 /// System accounts made ahead of time, so that the first apply of a new project as root takes one instead of
-/// waiting for `useradd` (10–25 ms: it fsyncs the four account files a dozen times). They are kept in the cache
+/// waiting for `useradd` (8–25 ms here: it fsyncs the four account files a dozen times). They are kept in the cache
 /// (`accounts/spare/<name>`, an empty file per account, written once the account exists); a project takes one by
 /// removing its file, which only one taker can do, and records its name in `.kip/account`. At most one waits at a
 /// time: a detached `kip prepare-account` makes the next after a command took one. `kip cache prune` deletes it.
