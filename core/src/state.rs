@@ -457,13 +457,14 @@ impl StateLock {
         }
     }
 
+    /// Names the holder for a waiting kip's message. Not synced: the flock is the lock, the kernel releases it with
+    /// its holder, and a record lost to a crash only makes that message say "an unknown time".
     fn record_holder(&mut self) {
         let since = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let _ = self.file.set_len(0);
         let _ = (&self.file).write_all(format!("{} {since}\n", std::process::id()).as_bytes());
-        let _ = self.file.sync_all();
     }
 
     pub fn path(&self) -> &Path {

@@ -1335,3 +1335,111 @@ fn destroy_during_a_spare_s_preparation_still_removes_the_project_s_account() {
     let prune = on_cache(&stack, &cache, &["cache", "prune"]);
     assert_eq!(stack.project.run_with(prune).code, 0);
 }
+
+#[test]
+fn a_new_instance_that_stands_alone_starts_beside_the_refresh_and_stays_when_the_plan_is_refused() {
+    let main = |version: &str, protected: bool| {
+        format!(
+            "postgres \"main\" {{\n  version         = \"{version}\"\n  prevent_destroy = {protected}\n  role \"app\" {{}}\n}}\n"
+        )
+    };
+    let added = "postgres \"added\" {\n  version = \"16\"\n  database \"shop\" {}\n}\n";
+    let stack = Stack::new(&main("16", false));
+    stack.ok(&["apply", "--auto-approve"]);
+
+    // Approved in advance, `added` goes ahead while `main` is refreshed; the plan then replaces `main` (a new
+    // major), which its new `prevent_destroy` refuses. The apply fails and says why, `main` is untouched, and
+    // `added`, declared and started, stays in the state and answers.
+    stack
+        .project
+        .write("kip.hcl", format!("{}{added}", main("14", true)));
+    let mut command = stack.command(&["apply", "--auto-approve"]);
+    command.env("KIP_LOG", "debug");
+    let run = stack.project.run_with(command);
+    assert_eq!(run.code, 1, "{}", run.snapshot());
+    assert!(
+        run.stderr.contains("ahead of the refresh") && run.stderr.contains("postgres.added"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("postgres.main, which set prevent_destroy = true"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stdout.contains("Apply complete"), "{}", run.stdout);
+    assert_eq!(
+        stack.sql(
+            "postgres.main",
+            "SELECT current_setting('server_version_num')::int / 10000"
+        ),
+        [["16"]]
+    );
+    assert_eq!(
+        stack.sql(
+            "postgres.added",
+            "SELECT datname FROM pg_database WHERE datname = 'shop'"
+        ),
+        [["shop"]]
+    );
+
+    // Back to what runs: nothing is left to do, `added` included; the state holds both, whole.
+    stack
+        .project
+        .write("kip.hcl", format!("{}{added}", main("16", false)));
+    let plan = stack.kip(&["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 0, "{}", plan.snapshot());
+    let ps = stack.ok(&["ps", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&ps.stdout).unwrap();
+    let mut names: Vec<String> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["postgres.added", "postgres.main"]);
+
+    // Without --auto-approve nothing starts before the plan is shown and accepted.
+    stack.project.write(
+        "kip.hcl",
+        format!(
+            "{}{added}{}",
+            main("16", false),
+            added.replace("added", "third")
+        ),
+    );
+    let run = stack.kip_with_input(&["apply"], "no\n");
+    assert_eq!(run.code, 1, "{}", run.snapshot());
+    let ps = stack.ok(&["ps", "--json"]);
+    assert!(!ps.stdout.contains("postgres.third"), "{}", ps.stdout);
+
+    // kip SIGKILLed while an instance ahead is being provisioned, or started, with the refresh going on beside it:
+    // the next apply finishes it from the state both walks shared, and then nothing is left to do.
+    let mut config = format!("{}{added}", main("16", false));
+    for (name, moment) in [("early", "provisioning"), ("late", "starting")] {
+        config.push_str(&added.replace("added", name));
+        stack.project.write("kip.hcl", &config);
+        crate::support::kill_when_logged(
+            stack.command(&["apply", "--auto-approve"]),
+            &format!("postgres.{name}: {moment}"),
+        );
+        stack.ok(&["apply", "--auto-approve"]);
+        let plan = stack.kip(&["plan", "--detailed-exitcode"]);
+        assert_eq!(
+            plan.code,
+            0,
+            "after a kill at {moment}: {}",
+            plan.snapshot()
+        );
+        let address = format!("postgres.{name}");
+        assert_eq!(
+            stack.sql(
+                &address,
+                "SELECT datname FROM pg_database WHERE datname = 'shop'"
+            ),
+            [["shop"]]
+        );
+    }
+}

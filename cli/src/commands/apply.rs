@@ -7,10 +7,13 @@ use std::time::Duration;
 
 use kip_core::address::Address;
 use kip_core::apply::{Applier, Destroyer};
+use kip_core::config::Checked;
+use kip_core::plan::Summary;
+use kip_core::project::Project;
 use kip_core::state::{State, StateLock};
 
 use super::plan::{
-    PLAN_FILE_FORMAT, PlanFile, apply_targets, config_digest, make_plan, prevented, render_plan,
+    PLAN_FILE_FORMAT, PlanFile, apply_targets, config_digest, plan_against, prevented, render_plan,
 };
 use super::project::{
     checked_config, config_and_graph, engines, parse_address, parse_duration, project,
@@ -146,36 +149,7 @@ pub fn apply(context: &Context, args: ApplyArgs) -> anyhow::Result<ExitStatus> {
     // Engines that no mirror has stop the apply here, before the state lock creates .kip/.
     super::lock::check_sources_for(context, &checked)?;
     let _lock = StateLock::acquire(&project.kip_dir, args.lock_timeout).map_err(state_error)?;
-    let saved = args.plan_file.is_some();
-    let (checked, mut plan, mut state) = match &args.plan_file {
-        // A saved plan is applied as saved: nothing is planned or refreshed again.
-        Some(path) => {
-            let mut state = State::read(&project.kip_dir).map_err(state_error)?;
-            let plan = saved_plan(context, path, &checked, &mut state)?;
-            (checked, plan, state)
-        }
-        None => {
-            let state = State::read(&project.kip_dir).map_err(state_error)?;
-            let prefetched = prefetched.filter(|prefetched| prefetched.started_from(&state));
-            let (checked, plan, state) =
-                make_plan(checked, true, (project.clone(), state), prefetched.as_ref())?;
-            (checked, plan, state)
-        }
-    };
-    apply_targets(&mut plan, &args.target)?;
-    let style = Style::for_stdout(context.color);
-    write!(std::io::stdout().lock(), "{}", render_plan(&plan, style))?;
-    if !plan.prevented().is_empty() {
-        return Err(prevented(&plan));
-    }
-    if plan.has_changes()
-        && !args.auto_approve
-        && !saved
-        && !confirm("\nDo you want to perform these actions?")?
-    {
-        writeln!(std::io::stdout().lock(), "Apply cancelled.")?;
-        return Ok(ExitStatus::Failure);
-    }
+    let mut state = State::read(&project.kip_dir).map_err(state_error)?;
     let (config, graph) = config_and_graph(&checked);
     let engines = engines();
     let supervisors = supervisors(&project);
@@ -194,10 +168,50 @@ pub fn apply(context: &Context, args: ApplyArgs) -> anyhow::Result<ExitStatus> {
         parallelism: args.parallelism,
         sync_only: args.sync_only,
     };
+    let saved = args.plan_file.is_some();
+    // Approved in advance, with nothing to choose: new instances that stand alone need no refresh to be planned,
+    // so they start now, beside the plan's refresh of the others.
+    if args.auto_approve && !saved && !args.sync_only && args.target.is_empty() {
+        let ahead = kip_core::apply::ahead_of_refresh(config, graph, &state);
+        if !ahead.is_empty() {
+            let ahead = Ahead {
+                applier: &applier,
+                checked: &checked,
+                project: &project,
+                instances: &ahead,
+            };
+            return ahead.apply(context, state, prefetched);
+        }
+    }
+    let mut plan = match &args.plan_file {
+        // A saved plan is applied as saved: nothing is planned or refreshed again.
+        Some(path) => saved_plan(context, path, &checked, &mut state)?,
+        None => {
+            let prefetched = prefetched.filter(|prefetched| prefetched.started_from(&state));
+            plan_against(&checked, true, &project, &state, prefetched.as_ref())?
+        }
+    };
+    apply_targets(&mut plan, &args.target)?;
+    let style = Style::for_stdout(context.color);
+    write!(std::io::stdout().lock(), "{}", render_plan(&plan, style))?;
+    if !plan.prevented().is_empty() {
+        return Err(prevented(&plan));
+    }
+    if plan.has_changes()
+        && !args.auto_approve
+        && !saved
+        && !confirm("\nDo you want to perform these actions?")?
+    {
+        writeln!(std::io::stdout().lock(), "Apply cancelled.")?;
+        return Ok(ExitStatus::Failure);
+    }
     if let Err(error) = applier.apply(&plan, &mut state) {
         return report_apply_error(context, error);
     }
-    let summary = plan.summary();
+    complete(plan.summary())
+}
+
+fn complete(summary: Summary) -> anyhow::Result<ExitStatus> {
     writeln!(
         std::io::stdout().lock(),
         "\nApply complete! Resources: {} added, {} changed, {} destroyed.",
@@ -206,6 +220,85 @@ pub fn apply(context: &Context, args: ApplyArgs) -> anyhow::Result<ExitStatus> {
         summary.destroy
     )?;
     Ok(ExitStatus::Success)
+}
+
+/// An approved apply whose new, standalone instances go ahead of the plan's refresh
+/// ([`kip_core::apply::ahead_of_refresh`]).
+struct Ahead<'a> {
+    applier: &'a Applier<'a>,
+    checked: &'a Checked,
+    project: &'a Project,
+    instances: &'a [Address],
+}
+
+impl Ahead<'_> {
+    /// The instances ahead are planned without refresh (nothing of theirs exists to read) and applied on a thread of
+    /// their own, while this one plans the whole configuration with refresh, shows that plan, and applies the rest of
+    /// it. Both walks share one state, saved after every step as always. Should the plan fail or be refused
+    /// (`prevent_destroy`), what went ahead stays: it is declared, started and in the state, as an instance of a
+    /// walk that stopped on another's failure would be.
+    fn apply(
+        &self,
+        context: &Context,
+        state: State,
+        prefetched: Option<kip_core::planner::Prefetched>,
+    ) -> anyhow::Result<ExitStatus> {
+        let applier = self.applier;
+        let names: Vec<String> = self.instances.iter().map(ToString::to_string).collect();
+        tracing::debug!(instances = %names.join(", "), "new instances go ahead of the refresh");
+        let planned_from = state.clone();
+        let run = match applier.begin(state) {
+            Ok(run) => run,
+            Err(error) => return report_apply_error(context, error),
+        };
+        let (ahead, rest) = std::thread::scope(|scope| {
+            let ahead = scope.spawn(|| -> anyhow::Result<()> {
+                let mut plan =
+                    plan_against(self.checked, false, self.project, &planned_from, None)?;
+                plan.retain_targets(self.instances);
+                applier.run(&plan, &run);
+                Ok(())
+            });
+            let rest = (|| -> anyhow::Result<Summary> {
+                // Asked here, not before the instances ahead go: it waits for the read-ahead's thread to have read
+                // the state.
+                let prefetched =
+                    prefetched.filter(|prefetched| prefetched.started_from(&planned_from));
+                let mut plan = plan_against(
+                    self.checked,
+                    true,
+                    self.project,
+                    &planned_from,
+                    prefetched.as_ref(),
+                )?;
+                let style = Style::for_stdout(context.color);
+                write!(std::io::stdout().lock(), "{}", render_plan(&plan, style))?;
+                if !plan.prevented().is_empty() {
+                    return Err(prevented(&plan));
+                }
+                let summary = plan.summary();
+                plan.changes
+                    .retain(|change| !self.instances.contains(&change.address.instance_address()));
+                applier.run(&plan, &run);
+                Ok(summary)
+            })();
+            let ahead = ahead.join().unwrap_or_else(|_| {
+                Err(anyhow::anyhow!(
+                    "kip's thread applying new instances panicked"
+                ))
+            });
+            (ahead, rest)
+        });
+        let mut state = State::default();
+        let finished = applier.finish(run, &mut state);
+        // The plan's own error first: the instances ahead were planned from the same configuration.
+        let summary = rest?;
+        ahead?;
+        if let Err(error) = finished {
+            return report_apply_error(context, error);
+        }
+        complete(summary)
+    }
 }
 
 #[derive(Debug, clap::Args)]

@@ -90,24 +90,35 @@ pub(crate) fn make_plan(
     (project, state): (Project, State),
     prefetched: Option<&kip_core::planner::Prefetched>,
 ) -> anyhow::Result<(Checked, Plan, State)> {
+    let plan = plan_against(&checked, refresh, &project, &state, prefetched)?;
+    Ok((checked, plan, state))
+}
+
+/// [`make_plan`], borrowing what it plans from.
+pub(crate) fn plan_against(
+    checked: &Checked,
+    refresh: bool,
+    project: &Project,
+    state: &State,
+    prefetched: Option<&kip_core::planner::Prefetched>,
+) -> anyhow::Result<Plan> {
     let engines = engines();
-    let (config, graph) = config_and_graph(&checked);
-    let supervisors = supervisors(&project);
+    let (config, graph) = config_and_graph(checked);
+    let supervisors = supervisors(project);
     let planner = Planner {
-        project: &project,
+        project,
         config,
         graph,
         engines: &engines,
-        state: &state,
+        state,
         supervisors: &supervisors,
         refresh,
         prefetched,
     };
-    let plan = runtime()?.block_on(planner.plan()).map_err(|error| {
+    runtime()?.block_on(planner.plan()).map_err(|error| {
         let hint = error.hint();
         hinted(error, hint)
-    })?;
-    Ok((checked, plan, state))
+    })
 }
 
 pub fn plan(context: &Context, args: PlanArgs) -> anyhow::Result<ExitStatus> {

@@ -106,17 +106,77 @@ fn collect<E>(
     );
 }
 
+/// The declared instances an apply may start while its plan still refreshes the others: new ones (not in
+/// `state`) that stand alone (they depend on no other instance, and none depends on them), in a project that runs
+/// instances to refresh, none of which protects itself or an object with `prevent_destroy` (so that the plan is
+/// unlikely to refuse to go on after they started). A new instance's plan needs nothing refreshed.
+pub fn ahead_of_refresh(config: &Config, graph: &Graph, state: &State) -> Vec<Address> {
+    let protected = state.instances.values().any(|saved| {
+        saved.prevent_destroy || saved.objects.values().any(|object| object.prevent_destroy)
+    });
+    if state.instances.is_empty() || protected {
+        return Vec::new();
+    }
+    let dependencies: Vec<Vec<Address>> = config
+        .instances
+        .iter()
+        .map(|instance| crate::desired::instance_dependencies(graph, instance))
+        .collect();
+    config
+        .instances
+        .iter()
+        .zip(&dependencies)
+        .filter(|(instance, depends_on)| {
+            !state.instances.contains_key(&instance.address)
+                && depends_on.is_empty()
+                && !dependencies
+                    .iter()
+                    .any(|others| others.contains(&instance.address))
+        })
+        .map(|(instance, _)| instance.address.clone())
+        .collect()
+}
+
+/// One apply in progress: the state and kip.lock its walks share, and what failed so far. [`Applier::begin`] makes
+/// it, [`Applier::run`] walks a plan in it (more than one at once, from several threads, when the plans' instances
+/// are apart), and [`Applier::finish`] makes the state durable and reports.
+pub struct ApplyRun {
+    state: Mutex<State>,
+    serial_before: u64,
+    lock: Mutex<LockFile>,
+    lock_before: LockFile,
+    failures: Mutex<Vec<InstanceFailure>>,
+    skipped: Mutex<Vec<Address>>,
+}
+
 impl Applier<'_> {
     /// Executes `plan` against `state`, saving the state after every step.
     pub fn apply(&self, plan: &Plan, state: &mut State) -> Result<(), ApplyError> {
-        let lock_path = self.project.dir.join(crate::lock::LOCK_FILE);
-        let lock_before = LockFile::read(&lock_path)?;
-        let shared_lock = Mutex::new(lock_before.clone());
-        let serial_before = state.serial;
-        let shared_state = Mutex::new(std::mem::take(state));
+        let run = self.begin(std::mem::take(state))?;
+        self.run(plan, &run);
+        self.finish(run, state)
+    }
+
+    /// Starts an apply of `state`: reads kip.lock.
+    pub fn begin(&self, state: State) -> Result<ApplyRun, ApplyError> {
+        let lock_before = LockFile::read(&self.project.dir.join(crate::lock::LOCK_FILE))?;
+        Ok(ApplyRun {
+            serial_before: state.serial,
+            state: Mutex::new(state),
+            lock: Mutex::new(lock_before.clone()),
+            lock_before,
+            failures: Mutex::new(Vec::new()),
+            skipped: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Executes `plan` in `run`: its deletions, then its instances in dependency order. Two runs of plans whose
+    /// instances neither depend on each other nor share one may go on at once.
+    pub fn run(&self, plan: &Plan, run: &ApplyRun) {
+        let shared_state = &run.state;
+        let shared_lock = &run.lock;
         let mut failures = Vec::new();
         let mut skipped = Vec::new();
-
         // Deletions of whole instances, dependents first.
         let deleted: Vec<Address> = plan
             .changes
@@ -131,7 +191,7 @@ impl Applier<'_> {
             report: self.report,
             parallelism: self.parallelism,
         };
-        destroyer.walk(&deleted, &shared_state, &mut failures, &mut skipped);
+        destroyer.walk(&deleted, shared_state, &mut failures, &mut skipped);
 
         // Every declared instance the plan has a change for (`--target` keeps only some), in dependency order.
         let instances: Vec<&Instance> = self
@@ -188,8 +248,8 @@ impl Applier<'_> {
                 runtime.block_on(self.apply_instance(
                     instances[index],
                     plan,
-                    &shared_state,
-                    &shared_lock,
+                    shared_state,
+                    shared_lock,
                     started,
                 ))
             })
@@ -205,21 +265,38 @@ impl Applier<'_> {
             },
         );
 
-        *state = shared_state
+        locked(&run.failures).extend(failures);
+        locked(&run.skipped).extend(skipped);
+    }
+
+    /// Ends `run`: the state, written by the walks without fsyncs, made durable once; kip.lock written when it
+    /// changed; the state handed back in `state`.
+    pub fn finish(&self, run: ApplyRun, state: &mut State) -> Result<(), ApplyError> {
+        *state = run
+            .state
             .into_inner()
             .unwrap_or_else(|poison| poison.into_inner());
         // The walk's steps wrote the state without fsyncs ([`State::checkpoint`]); durable once, now.
-        if state.serial != serial_before {
+        if state.serial != run.serial_before {
             State::sync(&self.project.kip_dir)?;
         }
         // The account the project took from the spares, recorded without an fsync on the way to ready.
         crate::runas::sync_recorded_accounts()?;
-        let lock = shared_lock
+        let lock = run
+            .lock
             .into_inner()
             .unwrap_or_else(|poison| poison.into_inner());
-        if lock != lock_before {
-            lock.write(&lock_path)?;
+        if lock != run.lock_before {
+            lock.write(&self.project.dir.join(crate::lock::LOCK_FILE))?;
         }
+        let failures = run
+            .failures
+            .into_inner()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let skipped = run
+            .skipped
+            .into_inner()
+            .unwrap_or_else(|poison| poison.into_inner());
         if failures.is_empty() && skipped.is_empty() {
             Ok(())
         } else {
