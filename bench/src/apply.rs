@@ -250,6 +250,14 @@ const ADDED_INSTANCE: &str = r#"postgres "added" {
 }
 "#;
 
+/// [`ADDED_INSTANCE`] with issue 12's objects: one role and one database.
+const ADDED_CONVERGED: &str = r#"postgres "added" {
+  version = "16"
+  role "app" { login = true }
+  database "shop" { owner = "app" }
+}
+"#;
+
 /// A fresh instance against PostgreSQL's own start (kip issue 12). Each run, one after the other so that a single
 /// server runs at a time and all four see the machine alike: `kip apply` of an instance with nothing declared in
 /// a new project (template cached), the same with one role and one database, the bare `postgres` on a copy of the
@@ -277,6 +285,7 @@ fn against_floor(harness: &Harness, runs: usize) {
     let mut kip_converged = Vec::new();
     let mut kip_cold = Vec::new();
     let mut kip_added = Vec::new();
+    let mut kip_added_converged = Vec::new();
     let mut copies = Vec::new();
     let mut floor = Vec::new();
     let mut cold = Vec::new();
@@ -306,6 +315,19 @@ fn against_floor(harness: &Harness, runs: usize) {
                 .expect(0, &["apply", "--auto-approve"])
                 .elapsed,
         );
+        account_holder.write_config(EMPTY_INSTANCE);
+        account_holder.expect(0, &["apply", "--auto-approve"]);
+
+        // The same with issue 12's role and database: a developer adding a database server to their project.
+        crate::floor::quiet();
+        account_holder.write_config(&format!("{EMPTY_INSTANCE}{ADDED_CONVERGED}"));
+        let run = account_holder.expect(0, &["apply", "--auto-approve"]);
+        assert!(
+            run.stdout.contains("Resources: 3 added"),
+            "{}",
+            run.describe()
+        );
+        kip_added_converged.push(run.elapsed);
         account_holder.write_config(EMPTY_INSTANCE);
         account_holder.expect(0, &["apply", "--auto-approve"]);
 
@@ -357,6 +379,10 @@ fn against_floor(harness: &Harness, runs: usize) {
         &kip_added,
     );
     row(
+        "kip apply --auto-approve, 1 role + 1 database, added to a project that runs one",
+        &kip_added_converged,
+    );
+    row(
         "kip apply --auto-approve, nothing declared, empty templates dir (initdb)",
         &kip_cold,
     );
@@ -395,6 +421,12 @@ fn against_floor(harness: &Harness, runs: usize) {
         &kip_added,
         &floor,
         "reported",
+    );
+    crate::floor::against_floor_as(
+        "PostgreSQL: an instance with 1 role + 1 database added to a running project, kip apply to ready and converged",
+        &kip_added_converged,
+        &floor,
+        "≤ 1.5× (issue 12, the instance in a project that has its account, kip.lock and supervisor)",
     );
     let cold_label = "bare cold path: initdb + start";
     crate::floor::against_cold_path(
