@@ -110,6 +110,14 @@ impl Prefetched {
         }
     }
 
+    /// Whether the read-ahead still reads (some engine's session or first reads have not ended), without waiting:
+    /// what a refresh would still wait for.
+    pub fn pending(&self) -> bool {
+        self.reads
+            .try_lock()
+            .map_or(true, |reads| !reads.receiver.is_closed())
+    }
+
     /// Whether the reads started from the state `state` is (the same serial and lineage): false when another
     /// command changed it meanwhile (an apply that held the state lock), or when the thread found no state. Waits
     /// for the thread to have read it (the first thing it does).

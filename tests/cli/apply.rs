@@ -34,9 +34,13 @@ impl Stack {
 
     /// Runs kip with `input` on its stdin.
     pub fn kip_with_input(&self, args: &[&str], input: &str) -> Run {
+        Stack::run_with_input(self.command(args), input)
+    }
+
+    /// Runs `command` with `input` on its stdin.
+    pub fn run_with_input(mut command: std::process::Command, input: &str) -> Run {
         use std::io::Write as _;
         use std::process::Stdio;
-        let mut command = self.command(args);
         command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -1353,8 +1357,12 @@ fn a_new_instance_that_stands_alone_starts_beside_the_refresh_and_stays_when_the
     stack
         .project
         .write("kip.hcl", format!("{}{added}", main("14", true)));
+    // Forced: by default an instance goes ahead only while the read-ahead of the running ones still reads, which
+    // a test cannot time.
     let mut command = stack.command(&["apply", "--auto-approve"]);
-    command.env("KIP_LOG", "debug");
+    command
+        .env("KIP_LOG", "debug")
+        .env("KIP_APPLY_AHEAD", "always");
     let run = stack.project.run_with(command);
     assert_eq!(run.code, 1, "{}", run.snapshot());
     assert!(
@@ -1401,7 +1409,7 @@ fn a_new_instance_that_stands_alone_starts_beside_the_refresh_and_stays_when_the
     names.sort();
     assert_eq!(names, ["postgres.added", "postgres.main"]);
 
-    // Without --auto-approve nothing starts before the plan is shown and accepted.
+    // Without --auto-approve nothing starts before the plan is shown and accepted (forced or not).
     stack.project.write(
         "kip.hcl",
         format!(
@@ -1410,7 +1418,9 @@ fn a_new_instance_that_stands_alone_starts_beside_the_refresh_and_stays_when_the
             added.replace("added", "third")
         ),
     );
-    let run = stack.kip_with_input(&["apply"], "no\n");
+    let mut command = stack.command(&["apply"]);
+    command.env("KIP_APPLY_AHEAD", "always");
+    let run = Stack::run_with_input(command, "no\n");
     assert_eq!(run.code, 1, "{}", run.snapshot());
     let ps = stack.ok(&["ps", "--json"]);
     assert!(!ps.stdout.contains("postgres.third"), "{}", ps.stdout);
@@ -1421,10 +1431,9 @@ fn a_new_instance_that_stands_alone_starts_beside_the_refresh_and_stays_when_the
     for (name, moment) in [("early", "provisioning"), ("late", "starting")] {
         config.push_str(&added.replace("added", name));
         stack.project.write("kip.hcl", &config);
-        crate::support::kill_when_logged(
-            stack.command(&["apply", "--auto-approve"]),
-            &format!("postgres.{name}: {moment}"),
-        );
+        let mut command = stack.command(&["apply", "--auto-approve"]);
+        command.env("KIP_APPLY_AHEAD", "always");
+        crate::support::kill_when_logged(command, &format!("postgres.{name}: {moment}"));
         stack.ok(&["apply", "--auto-approve"]);
         let plan = stack.kip(&["plan", "--detailed-exitcode"]);
         assert_eq!(
