@@ -307,29 +307,10 @@ fn against_floor(harness: &Harness, runs: usize) {
         drop(project);
 
         // The same instance added to the project that already runs one (its account, kip.lock and supervisor
-        // exist, and the spare the last apply asked for is ready), then applied away again, untimed.
-        crate::floor::quiet();
-        account_holder.write_config(&format!("{EMPTY_INSTANCE}{ADDED_INSTANCE}"));
-        kip_added.push(
-            account_holder
-                .expect(0, &["apply", "--auto-approve"])
-                .elapsed,
-        );
-        account_holder.write_config(EMPTY_INSTANCE);
-        account_holder.expect(0, &["apply", "--auto-approve"]);
-
-        // The same with issue 12's role and database: a developer adding a database server to their project.
-        crate::floor::quiet();
-        account_holder.write_config(&format!("{EMPTY_INSTANCE}{ADDED_CONVERGED}"));
-        let run = account_holder.expect(0, &["apply", "--auto-approve"]);
-        assert!(
-            run.stdout.contains("Resources: 3 added"),
-            "{}",
-            run.describe()
-        );
-        kip_added_converged.push(run.elapsed);
-        account_holder.write_config(EMPTY_INSTANCE);
-        account_holder.expect(0, &["apply", "--auto-approve"]);
+        // exist, and the spare the last apply asked for is ready), alone and with issue 12's role and database (a
+        // developer adding a database server to their project).
+        kip_added.push(time_added(&account_holder, ADDED_INSTANCE, 1));
+        kip_added_converged.push(time_added(&account_holder, ADDED_CONVERGED, 3));
 
         crate::floor::quiet();
         let bare = crate::floor::postgres_floor(
@@ -441,6 +422,23 @@ fn against_floor(harness: &Harness, runs: usize) {
         cold_label,
         &cold,
     );
+}
+
+/// The time of `kip apply` adding `added` beside [`EMPTY_INSTANCE`] in `project`, which runs it, from a quiet
+/// machine; the apply must add `resources`. The instance is then applied away again, untimed.
+fn time_added(project: &Project<'_>, added: &str, resources: usize) -> Duration {
+    crate::floor::quiet();
+    project.write_config(&format!("{EMPTY_INSTANCE}{added}"));
+    let run = project.expect(0, &["apply", "--auto-approve"]);
+    assert!(
+        run.stdout
+            .contains(&format!("Resources: {resources} added")),
+        "{}",
+        run.describe()
+    );
+    project.write_config(EMPTY_INSTANCE);
+    project.expect(0, &["apply", "--auto-approve"]);
+    run.elapsed
 }
 
 /// The built template under `templates` (the directory holding PG_VERSION and kip's bootstrap password: a data

@@ -1,30 +1,16 @@
 //! Which new instances an approved apply starts while its plan still refreshes the running ones: only those a plan
 //! needs nothing refreshed for and whose walk nothing else waits on, and none while anything applied is protected.
 
-use std::path::Path;
+#[path = "support/check.rs"]
+mod check;
 
 use kip_core::address::Address;
 use kip_core::apply::ahead_of_refresh;
-use kip_core::config::{CheckOptions, Checked, check_sources};
-use kip_core::source::{SourceFile, Sources};
+use kip_core::config::Checked;
 use kip_core::state::State;
 
 fn check(text: &str) -> Checked {
-    let registry = kip_registry::embedded().expect("the embedded registry verifies");
-    let options = CheckOptions {
-        registry,
-        vars: Vec::new(),
-        env_vars: Vec::new(),
-        extra_engines: Vec::new(),
-        runnable: None,
-    };
-    let mut sources = Sources::default();
-    sources.add(SourceFile::new(
-        "kip.hcl".into(),
-        "kip.hcl".into(),
-        text.to_owned(),
-    ));
-    let checked = check_sources(Path::new("."), sources, &options);
+    let checked = check::check(text);
     assert!(
         !checked.diagnostics.has_errors(),
         "{:?}",

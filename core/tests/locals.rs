@@ -2,28 +2,10 @@
 //! gets its values, a cycle is reported with every local that waits on it, and a local read by others keeps the
 //! value it was given (the checker evaluates each one with only the locals it reads).
 
-use std::path::Path;
+#[path = "support/check.rs"]
+mod check;
 
-use kip_core::config::{CheckOptions, Checked, check_sources};
-use kip_core::source::{SourceFile, Sources};
-
-fn check(text: &str) -> Checked {
-    let registry = kip_registry::embedded().expect("the embedded registry verifies");
-    let options = CheckOptions {
-        registry,
-        vars: Vec::new(),
-        env_vars: Vec::new(),
-        extra_engines: Vec::new(),
-        runnable: None,
-    };
-    let mut sources = Sources::default();
-    sources.add(SourceFile::new(
-        "kip.hcl".into(),
-        "kip.hcl".into(),
-        text.to_owned(),
-    ));
-    check_sources(Path::new("."), sources, &options)
-}
+use check::check;
 
 #[test]
 fn a_chain_declared_backwards_settles_with_every_value() {

@@ -7,6 +7,8 @@
 //! - All six engines (examples/all-engines): PostgreSQL, Valkey, MariaDB, NATS and S3 start in parallel, the app
 //!   that references all five starts once they are ready and reaches each of them, each engine's own client works
 //!   with what `kip env` and `kip url` give, and the next plan is empty.
+//! - Every other engine added beside a running PostgreSQL goes ahead of its refresh, through each engine's whole
+//!   lifecycle, and the next plan (which refreshes each of them) is empty.
 
 use std::io::{Read as _, Write as _};
 use std::os::unix::fs::PermissionsExt as _;
@@ -230,4 +232,75 @@ fn all_six_engines_come_up_in_one_apply() {
     // Nothing to do next time.
     let plan = stack.kip(&["plan", "--detailed-exitcode", "--var", &var]);
     assert_eq!(plan.code, 0, "{}", plan.snapshot());
+}
+
+#[test]
+fn every_engine_added_beside_a_running_one_goes_ahead_of_the_refresh() {
+    let stack = Stack::new("postgres \"main\" {\n  version = \"16\"\n}\n");
+    stack.ok(&["apply", "--auto-approve"]);
+
+    // The example's engines without its app (which references them all), and a process of its own. `main` gains
+    // a role and a database: it is planned with refresh and applied beside them.
+    let engines = example("all-engines", "kip.hcl");
+    let engines = &engines[..engines.find("process \"app\"").unwrap()];
+    stack.project.write(
+        "kip.hcl",
+        format!("{engines}process \"job\" {{\n  command = [\"sleep\", \"600\"]\n}}\n"),
+    );
+    let mut command = stack.command(&["apply", "--auto-approve"]);
+    // Forced: by default an instance goes ahead only while the read-ahead still reads, which a test cannot time.
+    command
+        .env("KIP_LOG", "debug")
+        .env("KIP_APPLY_AHEAD", "always");
+    let run = stack.project.run_with(command);
+    assert_eq!(run.code, 0, "{}", run.snapshot());
+    assert!(
+        run.stderr.contains(
+            "go ahead of the refresh instances=valkey.cache, mariadb.legacy, nats.bus, s3.blobs, process.job"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stdout.contains("Apply complete! Resources: 14 added"),
+        "{}",
+        run.stdout
+    );
+    let plan = stack.kip(&["plan", "--detailed-exitcode"]);
+    assert_eq!(plan.code, 0, "{}", plan.snapshot());
+    assert_eq!(
+        stack.sql("postgres.main.database.shop", "SELECT current_user"),
+        vec![vec!["app".to_owned()]]
+    );
+
+    // Never: the same addition waits for the whole plan.
+    stack.project.write(
+        "kip.hcl",
+        format!("{engines}valkey \"second\" {{\n  version = \"9\"\n}}\n"),
+    );
+    let mut command = stack.command(&["apply", "--auto-approve"]);
+    command
+        .env("KIP_LOG", "debug")
+        .env("KIP_APPLY_AHEAD", "never");
+    let run = stack.project.run_with(command);
+    assert_eq!(run.code, 0, "{}", run.snapshot());
+    assert!(!run.stderr.contains("go ahead"), "{}", run.stderr);
+
+    // A value kip does not know is refused before anything is planned, with the values it knows.
+    stack.project.write(
+        "kip.hcl",
+        format!("{engines}valkey \"third\" {{\n  version = \"9\"\n}}\n"),
+    );
+    let mut command = stack.command(&["apply", "--auto-approve"]);
+    command.env("KIP_APPLY_AHEAD", "sometimes");
+    let run = stack.project.run_with(command);
+    assert_eq!(run.code, 1, "{}", run.snapshot());
+    assert!(
+        run.stderr.contains("KIP_APPLY_AHEAD is \"sometimes\"")
+            && run.stderr.contains("auto (the default), always or never"),
+        "{}",
+        run.stderr
+    );
+    let ps = stack.ok(&["ps", "--json"]);
+    assert!(!ps.stdout.contains("valkey.third"), "{}", ps.stdout);
 }

@@ -173,11 +173,10 @@ pub fn apply(context: &Context, args: ApplyArgs) -> anyhow::Result<ExitStatus> {
     // Approved in advance, with nothing to choose: new instances that stand alone need no refresh to be planned,
     // so they start now, beside the plan's refresh of the others, when that refresh still has reads in flight. A
     // refresh that is quick, or already read ahead, leaves nothing to overlap: a second walk beside the plan would
-    // only share the two cores with the new engine's own start (NATS: 2-3 ms slower, measured).
-    let go_ahead = match std::env::var("KIP_APPLY_AHEAD").as_deref() {
-        Ok("never") => false,
-        Ok("always") => true,
-        _ => prefetched.as_ref().is_some_and(Prefetched::pending),
+    // only share the two cores with the new engine's own start (NATS, BENCHMARKS.md, eighth stop).
+    let go_ahead = match ahead_setting()? {
+        Some(always) => always,
+        None => prefetched.as_ref().is_some_and(Prefetched::pending),
     };
     if args.auto_approve && !saved && !args.sync_only && args.target.is_empty() && go_ahead {
         let ahead = kip_core::apply::ahead_of_refresh(config, graph, &state);
@@ -217,6 +216,26 @@ pub fn apply(context: &Context, args: ApplyArgs) -> anyhow::Result<ExitStatus> {
         return report_apply_error(context, error);
     }
     complete(plan.summary())
+}
+
+/// `KIP_APPLY_AHEAD`: `Some(true)` for `always`, `Some(false)` for `never`, `None` for `auto` (or unset).
+fn ahead_setting() -> anyhow::Result<Option<bool>> {
+    match std::env::var("KIP_APPLY_AHEAD") {
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Ok(value) => match value.as_str() {
+            "" | "auto" => Ok(None),
+            "always" => Ok(Some(true)),
+            "never" => Ok(Some(false)),
+            other => Err(with_hint(
+                anyhow::anyhow!("KIP_APPLY_AHEAD is {other:?}, which kip does not know"),
+                "set it to auto (the default), always or never",
+            )),
+        },
+        Err(std::env::VarError::NotUnicode(_)) => Err(with_hint(
+            anyhow::anyhow!("KIP_APPLY_AHEAD is not UTF-8"),
+            "set it to auto (the default), always or never",
+        )),
+    }
 }
 
 fn complete(summary: Summary) -> anyhow::Result<ExitStatus> {
@@ -298,14 +317,19 @@ impl Ahead<'_> {
             (ahead, rest)
         });
         let mut state = State::default();
-        let finished = applier.finish(run, &mut state);
-        // The plan's own error first: the instances ahead were planned from the same configuration.
+        // What failed in either walk is reported whatever else went wrong: an instance ahead may have failed while
+        // the plan did too.
+        let failed = match applier.finish(run, &mut state) {
+            Ok(()) => None,
+            Err(error) => Some(report_apply_error(context, error)?),
+        };
+        // Then the plan's own error: the instances ahead were planned from the same configuration.
         let summary = rest?;
         ahead?;
-        if let Err(error) = finished {
-            return report_apply_error(context, error);
+        match failed {
+            Some(status) => Ok(status),
+            None => complete(summary),
         }
-        complete(summary)
     }
 }
 

@@ -84,17 +84,6 @@ pub(crate) fn apply_targets(plan: &mut Plan, targets: &[String]) -> anyhow::Resu
 }
 
 /// Plans a checked configuration against the state.
-pub(crate) fn make_plan(
-    checked: Checked,
-    refresh: bool,
-    (project, state): (Project, State),
-    prefetched: Option<&kip_core::planner::Prefetched>,
-) -> anyhow::Result<(Checked, Plan, State)> {
-    let plan = plan_against(&checked, refresh, &project, &state, prefetched)?;
-    Ok((checked, plan, state))
-}
-
-/// [`make_plan`], borrowing what it plans from.
 pub(crate) fn plan_against(
     checked: &Checked,
     refresh: bool,
@@ -141,8 +130,13 @@ pub fn plan(context: &Context, args: PlanArgs) -> anyhow::Result<ExitStatus> {
     super::lock::check_sources_for(context, &checked)?;
     let project = project?;
     let state = State::read(&project.kip_dir).map_err(state_error)?;
-    let saved = (project, state);
-    let (checked, mut plan, state) = make_plan(checked, args.refresh, saved, prefetched.as_ref())?;
+    let mut plan = plan_against(
+        &checked,
+        args.refresh,
+        &project,
+        &state,
+        prefetched.as_ref(),
+    )?;
     apply_targets(&mut plan, &args.target)?;
     if let Some(out) = &args.out {
         let file = PlanFile {
