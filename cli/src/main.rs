@@ -144,6 +144,11 @@ impl std::fmt::Display for HintMarker {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Small work runs faster without transparent huge pages (see `kip_core::huge_pages`); the supervisor, which
+    // this binary also is, keeps what it was started with, which is what the engines it runs get.
+    if !matches!(cli.command, Command::Supervisor(_)) {
+        kip_core::huge_pages::hold_back();
+    }
     let stderr_style = Style::for_stderr(cli.color);
     logging::init(cli.verbose, stderr_style.color);
     let result = run(cli);

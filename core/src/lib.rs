@@ -18,6 +18,7 @@ pub mod fetch;
 pub mod fmt;
 pub mod fsutil;
 pub mod graph;
+pub mod huge_pages;
 pub mod lock;
 pub mod mirror;
 pub mod mirror_build;

@@ -1200,3 +1200,55 @@ process "web" {
     let plan = stack.ok(&["plan", "--detailed-exitcode"]);
     assert!(plan.stdout.contains("No changes"), "{}", plan.snapshot());
 }
+
+/// `THP_enabled` of a `/proc/PID/status`: whether the process may get transparent huge pages.
+fn thp_enabled(status: &str) -> bool {
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("THP_enabled:"))
+        .unwrap_or_else(|| panic!("no THP_enabled line in {status:?}"));
+    line.split_whitespace().nth(1) == Some("1")
+}
+
+/// kip holds transparent huge pages back for its own small work (`kip_core::huge_pages`), and the flag is inherited
+/// by what a process starts: the user's processes must still get the setting the user's shell had, allowed or
+/// disabled, not kip's.
+#[test]
+fn processes_get_the_huge_page_setting_kip_was_started_with_not_kips_own() {
+    const CONFIG: &str = r#"process "probe" {
+  command = ["./probe.sh"]
+  restart = "no"
+}
+"#;
+    const PROBE: &str = "grep THP_enabled /proc/self/status > thp.txt\n";
+    let own = thp_enabled(&std::fs::read_to_string("/proc/self/status").unwrap());
+    let inherited = Processes::new(CONFIG);
+    inherited.script("probe.sh", PROBE);
+    inherited.ok(&["apply", "--auto-approve"]);
+    assert_eq!(thp_enabled(&inherited.read("thp.txt")), own);
+
+    // kip started with them disabled (`prctl(PR_SET_THP_DISABLE)`, which a shell passes on to what it runs).
+    let disabled = Processes::new(CONFIG);
+    disabled.script("probe.sh", PROBE);
+    let kip = disabled.project.command(&["apply", "--auto-approve"]);
+    let mut command = Command::new("python3");
+    command
+        .args([
+            "-c",
+            "import ctypes, os, sys\n\
+             assert ctypes.CDLL(None).prctl(41, 1, 0, 0, 0) == 0\n\
+             os.execv(sys.argv[1], sys.argv[1:])",
+        ])
+        .arg(kip.get_program())
+        .args(kip.get_args())
+        .current_dir(disabled.path());
+    for (key, value) in kip.get_envs() {
+        match value {
+            Some(value) => command.env(key, value),
+            None => command.env_remove(key),
+        };
+    }
+    let run = disabled.project.run_with(command);
+    assert_eq!(run.code, 0, "{}", run.snapshot());
+    assert!(!thp_enabled(&disabled.read("thp.txt")));
+}

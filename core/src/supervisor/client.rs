@@ -136,9 +136,11 @@ impl Client {
         let stderr = log.try_clone().map_err(log_error)?;
         // The daemon keeps nothing of the caller's environment but where programs are and how to log: it holds
         // no secret a process could read from it, and every process it starts gets its spec's environment.
+        // kip holds huge pages back for itself; the supervisor takes back the setting kip was started with.
         let kept = ["PATH", "KIP_LOG", "LANG", "TZ"]
             .into_iter()
-            .filter_map(|name| std::env::var_os(name).map(|value| (name, value)));
+            .filter_map(|name| std::env::var_os(name).map(|value| (name, value)))
+            .chain(crate::huge_pages::handed_on().map(|(name, value)| (name, value.into())));
         let mut child = tokio::process::Command::new(kip_exe)
             .args(args)
             .env_clear()

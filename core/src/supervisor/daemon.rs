@@ -78,6 +78,8 @@ impl Default for DaemonOptions {
 ///
 /// Needs a tokio runtime with IO and time enabled (`enable_all`); a current-thread runtime is enough.
 pub async fn run_daemon(kip_dir: &Path) -> Result<(), SupervisorError> {
+    // What the processes it starts inherit: the machine's policy, as the kip that started it found it.
+    crate::huge_pages::restore_handed_on();
     run_daemon_with(kip_dir, DaemonOptions::default()).await
 }
 

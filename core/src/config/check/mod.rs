@@ -85,7 +85,11 @@ pub fn check(dir: &Path, options: &CheckOptions<'_>) -> Result<Checked, LoadErro
     tracing::debug!(?files, "loading configuration files");
     let mut sources = Sources::default();
     read_all(dir, &files, &mut sources)?;
-    Ok(check_sources(dir, sources, options))
+    // Large work gets transparent huge pages back before it is parsed (a no-op unless the program held them back).
+    crate::huge_pages::allow_for_source(sources.iter().map(|(_, source)| source.text.len()).sum());
+    let checked = check_sources(dir, sources, options);
+    crate::huge_pages::allow_for(checked.graph.as_ref().map_or(0, Graph::len));
+    Ok(checked)
 }
 
 /// Checks configuration files already in memory (used by `check`, tests, fuzzing and benchmarks).
