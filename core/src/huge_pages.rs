@@ -12,44 +12,34 @@
 //!
 //! The flag (`PR_SET_THP_DISABLE`) is the process's and is inherited across `fork` and `execve`: the supervisor is
 //! handed the setting kip itself was started with (`handed_on`) and takes it back first thing
-//! (`restore_handed_on`), so the engines and the user's processes it runs see the machine's own policy, not kip's
-//! choice.
+//! (`restore_handed_on`), and `kip run` / `kip connect` put it back before they start the user's program
+//! (`restore`), so the engines and the user's programs see the machine's own policy, not kip's choice.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
 
 /// From how many declared nodes (instances and objects) on the memory kip builds pays for huge pages: measured on
 /// the project's machines, plans of 100 objects took the same time either way, of 300 1.5–3 ms less with them, and
 /// of 1,000 5–7 ms less.
 pub const LARGE: usize = 200;
 
-const UNKNOWN: u8 = 0;
-const ALLOWED: u8 = 1;
-const DISABLED: u8 = 2;
-
-/// The setting the process was started with, recorded by [`hold_back`].
-static INHERITED: AtomicU8 = AtomicU8::new(UNKNOWN);
-
-/// Holds huge pages back for the rest of this process (and what it starts, unless it restores [`inherited`]).
-/// Records the setting it found first; a process started with them disabled keeps them disabled throughout.
-pub fn hold_back() {
-    let found = match rustix::thread::transparent_huge_pages_are_disabled() {
-        Ok(true) => DISABLED,
-        Ok(false) => ALLOWED,
-        // No prctl (not Linux, or a kernel without it): nothing to hold back or restore.
-        Err(_) => return,
-    };
-    if INHERITED
-        .compare_exchange(UNKNOWN, found, Ordering::Relaxed, Ordering::Relaxed)
-        .is_ok()
-        && found == ALLOWED
-    {
-        let _ = rustix::thread::disable_transparent_huge_pages(true);
-    }
-}
-
 /// The size of configuration source from which the work is taken to be large before it is parsed: about
 /// [`LARGE`] one-line objects (`role "r0001" { login = true }`).
 pub const LARGE_SOURCE: usize = 8 * 1024;
+
+/// Whether huge pages were disabled when the process started, recorded by [`hold_back`]; unset when it did not run
+/// (or the kernel has no such flag): then nothing here changes anything.
+static STARTED_DISABLED: OnceLock<bool> = OnceLock::new();
+
+/// Holds huge pages back for the rest of this process (and what it starts, until [`restore`]). Records the setting
+/// it found first; a process started with them disabled keeps them disabled throughout.
+pub fn hold_back() {
+    let Ok(disabled) = rustix::thread::transparent_huge_pages_are_disabled() else {
+        return;
+    };
+    if STARTED_DISABLED.set(disabled).is_ok() && !disabled {
+        let _ = rustix::thread::disable_transparent_huge_pages(true);
+    }
+}
 
 /// Allows huge pages again when `nodes` declared nodes make the work large ([`LARGE`]), unless the process was
 /// started with them disabled (or never held them back). Returns whether this call allowed them.
@@ -64,27 +54,28 @@ pub fn allow_for_source(bytes: usize) -> bool {
 }
 
 fn allow() -> bool {
-    INHERITED.load(Ordering::Relaxed) == ALLOWED
+    STARTED_DISABLED.get() == Some(&false)
         && rustix::thread::disable_transparent_huge_pages(false).is_ok()
 }
 
-/// Whether huge pages were disabled when this process started: `None` when [`hold_back`] did not run (nothing to
-/// restore in a child).
-pub fn inherited() -> Option<bool> {
-    match INHERITED.load(Ordering::Relaxed) {
-        ALLOWED => Some(false),
-        DISABLED => Some(true),
-        _ => None,
+/// Puts back the setting the process was started with, for a program kip runs for the user next (`kip run`,
+/// `kip connect`): it inherits the machine's policy, not kip's choice.
+pub fn restore() {
+    if let Some(&disabled) = STARTED_DISABLED.get() {
+        let _ = rustix::thread::disable_transparent_huge_pages(disabled);
     }
 }
 
 /// The environment variable that hands the setting kip was started with to the supervisor it starts
-/// ([`handed_on`], [`restore_handed_on`]).
+/// ([`handed_on`], [`restore_handed_on`]): kip keeps working after the spawn, so it cannot [`restore`] its own.
 pub const HANDED_ON: &str = "KIP_INHERITED_HUGE_PAGES";
 
-/// The variable and value that carry [`inherited`] to a child; `None` when there is nothing to restore.
+/// The variable and value that carry the setting kip was started with to a child; `None` when there is nothing
+/// to restore.
 pub fn handed_on() -> Option<(&'static str, &'static str)> {
-    inherited().map(|disabled| (HANDED_ON, if disabled { "disabled" } else { "allowed" }))
+    STARTED_DISABLED
+        .get()
+        .map(|&disabled| (HANDED_ON, if disabled { "disabled" } else { "allowed" }))
 }
 
 /// In the supervisor: takes the setting the kip that started it was started with ([`handed_on`]), so that the
@@ -107,7 +98,7 @@ mod tests {
         let started_disabled = rustix::thread::transparent_huge_pages_are_disabled().unwrap();
         hold_back();
         assert!(rustix::thread::transparent_huge_pages_are_disabled().unwrap());
-        assert_eq!(inherited(), Some(started_disabled));
+        assert_eq!(STARTED_DISABLED.get(), Some(&started_disabled));
         assert!(!allow_for(LARGE - 1));
         assert!(!allow_for_source(LARGE_SOURCE - 1));
         assert!(rustix::thread::transparent_huge_pages_are_disabled().unwrap());
@@ -122,9 +113,14 @@ mod tests {
             rustix::thread::transparent_huge_pages_are_disabled().unwrap(),
             started_disabled
         );
-        // A second hold-back keeps the first record: the setting the process started with.
+        // A second hold-back keeps the first record: the setting the process started with, which `restore` puts back.
         hold_back();
-        assert_eq!(inherited(), Some(started_disabled));
-        let _ = rustix::thread::disable_transparent_huge_pages(started_disabled);
+        assert_eq!(STARTED_DISABLED.get(), Some(&started_disabled));
+        let _ = rustix::thread::disable_transparent_huge_pages(true);
+        restore();
+        assert_eq!(
+            rustix::thread::transparent_huge_pages_are_disabled().unwrap(),
+            started_disabled
+        );
     }
 }

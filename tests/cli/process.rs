@@ -1210,27 +1210,10 @@ fn thp_enabled(status: &str) -> bool {
     line.split_whitespace().nth(1) == Some("1")
 }
 
-/// kip holds transparent huge pages back for its own small work (`kip_core::huge_pages`), and the flag is inherited
-/// by what a process starts: the user's processes must still get the setting the user's shell had, allowed or
-/// disabled, not kip's.
-#[test]
-fn processes_get_the_huge_page_setting_kip_was_started_with_not_kips_own() {
-    const CONFIG: &str = r#"process "probe" {
-  command = ["./probe.sh"]
-  restart = "no"
-}
-"#;
-    const PROBE: &str = "grep THP_enabled /proc/self/status > thp.txt\n";
-    let own = thp_enabled(&std::fs::read_to_string("/proc/self/status").unwrap());
-    let inherited = Processes::new(CONFIG);
-    inherited.script("probe.sh", PROBE);
-    inherited.ok(&["apply", "--auto-approve"]);
-    assert_eq!(thp_enabled(&inherited.read("thp.txt")), own);
-
-    // kip started with them disabled (`prctl(PR_SET_THP_DISABLE)`, which a shell passes on to what it runs).
-    let disabled = Processes::new(CONFIG);
-    disabled.script("probe.sh", PROBE);
-    let kip = disabled.project.command(&["apply", "--auto-approve"]);
+/// Runs kip as `Project::command` would, but started with transparent huge pages disabled
+/// (`prctl(PR_SET_THP_DISABLE)`, which a shell passes on to what it runs).
+fn kip_with_huge_pages_disabled(project: &crate::support::Project, args: &[&str]) -> Run {
+    let kip = project.command(args);
     let mut command = Command::new("python3");
     command
         .args([
@@ -1241,14 +1224,45 @@ fn processes_get_the_huge_page_setting_kip_was_started_with_not_kips_own() {
         ])
         .arg(kip.get_program())
         .args(kip.get_args())
-        .current_dir(disabled.path());
+        .current_dir(project.path());
     for (key, value) in kip.get_envs() {
         match value {
             Some(value) => command.env(key, value),
             None => command.env_remove(key),
         };
     }
-    let run = disabled.project.run_with(command);
+    project.run_with(command)
+}
+
+/// kip holds transparent huge pages back for its own small work (`kip_core::huge_pages`), and the flag is inherited
+/// by what a process starts: the user's processes, under the supervisor or through `kip run`, must still get the
+/// setting the user's shell had, allowed or disabled, not kip's.
+#[test]
+fn processes_get_the_huge_page_setting_kip_was_started_with_not_kips_own() {
+    const CONFIG: &str = r#"process "probe" {
+  command = ["./probe.sh"]
+  restart = "no"
+}
+"#;
+    const PROBE: &str = "grep THP_enabled /proc/self/status > thp.txt\n";
+    const RUN: [&str; 4] = ["run", "--", "grep", "THP_enabled"];
+    let own = thp_enabled(&std::fs::read_to_string("/proc/self/status").unwrap());
+    let inherited = Processes::new(CONFIG);
+    inherited.script("probe.sh", PROBE);
+    inherited.ok(&["apply", "--auto-approve"]);
+    assert_eq!(thp_enabled(&inherited.read("thp.txt")), own);
+    let run = inherited.ok(&[&RUN[..], &["/proc/self/status"]].concat());
+    assert_eq!(thp_enabled(&run.stdout), own, "{}", run.snapshot());
+
+    let disabled = Processes::new(CONFIG);
+    disabled.script("probe.sh", PROBE);
+    let run = kip_with_huge_pages_disabled(&disabled.project, &["apply", "--auto-approve"]);
     assert_eq!(run.code, 0, "{}", run.snapshot());
     assert!(!thp_enabled(&disabled.read("thp.txt")));
+    let run = kip_with_huge_pages_disabled(
+        &disabled.project,
+        &[&RUN[..], &["/proc/self/status"]].concat(),
+    );
+    assert_eq!(run.code, 0, "{}", run.snapshot());
+    assert!(!thp_enabled(&run.stdout), "{}", run.snapshot());
 }

@@ -277,6 +277,8 @@ fn run_child(
     mut command: std::process::Command,
     on_spawn_error: &dyn Fn(std::io::Error) -> anyhow::Error,
 ) -> anyhow::Result<ExitStatus> {
+    // The program is the user's: it gets the huge-page setting kip was started with (kip only waits from here).
+    kip_core::huge_pages::restore();
     let runtime = runtime()?;
     let status = runtime.block_on(async {
         // Catching them replaces their default action (ending kip) for as long as kip lives; the child gets the
