@@ -143,12 +143,11 @@ impl std::fmt::Display for HintMarker {
 }
 
 fn main() -> ExitCode {
+    // Small work runs faster without transparent huge pages (see `kip_core::huge_pages`): held back before the
+    // first allocation, which would otherwise fault in the allocator's first huge page (a fifth of `kip --version`'s
+    // CPU). The supervisor, which this binary also is, takes back what it was handed or started with.
+    kip_core::huge_pages::hold_back();
     let cli = Cli::parse();
-    // Small work runs faster without transparent huge pages (see `kip_core::huge_pages`); the supervisor, which
-    // this binary also is, keeps what it was started with, which is what the engines it runs get.
-    if !matches!(cli.command, Command::Supervisor(_)) {
-        kip_core::huge_pages::hold_back();
-    }
     let stderr_style = Style::for_stderr(cli.color);
     logging::init(cli.verbose, stderr_style.color);
     let result = run(cli);

@@ -6,9 +6,9 @@
 //! memory for). An apply runs several threads (the read-ahead, the walks, the supervisor's warm-up) beside the
 //! engine it starts, and on the project's 2-core machines those clears were a fifth of all CPU time during an
 //! instance's start (BENCHMARKS.md). A plan of a thousand objects, on the other hand, builds tens of megabytes on
-//! one thread and is faster with huge pages (fewer faults). So kip starts with them held back (`hold_back`, in
-//! `main`) and allows them again once the configuration turns out to be large (`allow_for_source`, `allow_for`:
-//! the configuration check calls them).
+//! one thread and is faster with huge pages (fewer faults). So kip starts with them held back (`hold_back`, first
+//! thing in `main`, before the allocator maps its first arena) and allows them again once the configuration turns
+//! out to be large (`allow_for_source`, `allow_for`: the configuration check calls them).
 //!
 //! The flag (`PR_SET_THP_DISABLE`) is the process's and is inherited across `fork` and `execve`: the supervisor is
 //! handed the setting kip itself was started with (`handed_on`) and takes it back first thing
@@ -79,12 +79,13 @@ pub fn handed_on() -> Option<(&'static str, &'static str)> {
 }
 
 /// In the supervisor: takes the setting the kip that started it was started with ([`handed_on`]), so that the
-/// engines and processes it starts inherit the machine's own policy. Nothing changes without the variable.
+/// engines and processes it starts inherit the machine's own policy; without the variable (a supervisor started
+/// by hand), the setting this process was started with ([`restore`]).
 pub fn restore_handed_on() {
     let disabled = match std::env::var(HANDED_ON).as_deref() {
         Ok("disabled") => true,
         Ok("allowed") => false,
-        _ => return,
+        _ => return restore(),
     };
     let _ = rustix::thread::disable_transparent_huge_pages(disabled);
 }
