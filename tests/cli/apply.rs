@@ -748,6 +748,94 @@ fn wait_for_stamped_spares(cache: &std::path::Path, count: usize) -> Vec<PathBuf
     }
 }
 
+/// Deletes the spares and spare accounts of a test's cache however the test ends (`kip cache prune`).
+struct PruneCacheOnDrop<'a>(&'a Stack, PathBuf);
+
+impl Drop for PruneCacheOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = on_cache(self.0, &self.1, &["cache", "prune"]).output();
+    }
+}
+
+/// As root, a new project takes an account made ahead of time; the spare data directories are prepared for that
+/// account too, so a new project's first instance is a rename with no walk giving every file to its account.
+#[test]
+fn a_new_project_takes_a_spare_prepared_for_the_account_it_takes() {
+    use std::os::unix::fs::MetadataExt as _;
+    if std::fs::metadata("/proc/self").unwrap().uid() != 0 {
+        return;
+    }
+    let config = "postgres \"main\" {\n  version = \"16\"\n}\n";
+    let first = Stack::new(config);
+    let second = Stack::new(config);
+    let cache = first.project.cache_dir();
+    let _prune = PruneCacheOnDrop(&first, cache.clone());
+    let apply = |stack: &Stack| {
+        let mut apply = on_cache(stack, &cache, &["apply", "--auto-approve"]);
+        apply
+            .env("KIP_LOG", "debug")
+            .env_remove("KIP_SPARES")
+            .env_remove("KIP_SPARE_ACCOUNTS");
+        let run = stack.project.run_with(apply);
+        assert_eq!(run.code, 0, "{}", run.snapshot());
+        run
+    };
+    let uid_of = |name: &str| -> u32 {
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+        let line = passwd
+            .lines()
+            .find(|line| line.split(':').next() == Some(name))
+            .unwrap_or_else(|| panic!("`{name}` is not in /etc/passwd"));
+        line.split(':').nth(2).unwrap().parse().unwrap()
+    };
+    apply(&first);
+    // After it: an account for the next new project, then the two spares, one of them that account's.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let waiting = loop {
+        let spare_accounts: Vec<String> = std::fs::read_dir(cache.join("accounts/spare"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .collect();
+        let owners: Vec<u32> = stamped_spares(&cache)
+            .iter()
+            .map(|spare| std::fs::metadata(spare).unwrap().uid())
+            .collect();
+        if let Some(name) = spare_accounts.first()
+            && owners.len() >= 2
+            && owners.contains(&uid_of(name))
+        {
+            break name.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no spare for the waiting account within 60 s: accounts {spare_accounts:?}, spares' owners {owners:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let run = apply(&second);
+    assert!(
+        run.stderr
+            .contains("the spare was prepared for this account"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("the spare is given to this account"));
+    assert_eq!(second.project.read(".kip/account").trim(), waiting);
+    let data_dir = second.project.path().join(".kip/run/postgres.main/data");
+    assert_eq!(
+        std::fs::metadata(data_dir.join("PG_VERSION"))
+            .unwrap()
+            .uid(),
+        uid_of(&waiting)
+    );
+    for stack in [&first, &second] {
+        let destroy = on_cache(stack, &cache, &["destroy", "--auto-approve"]);
+        assert_eq!(stack.project.run_with(destroy).code, 0);
+    }
+}
+
 /// `kip ARGS` in `stack` with `cache` as its cache directory.
 fn on_cache(stack: &Stack, cache: &std::path::Path, args: &[&str]) -> std::process::Command {
     let mut command = stack.command(args);
