@@ -756,47 +756,36 @@ fn prepare_spare_with(
     let current = |spare: &Path| {
         std::fs::read_to_string(spare.join(SPARE_STAMP)).is_ok_and(|found| found == stamp)
     };
-    // Whom the spares are for: the account that asked, and the account a new project would take next (looked up
-    // at each spare: its preparer may have made it meanwhile). An empty slot is filled for the first of them that
-    // has no spare; a spare of another account (a destroyed project's) is made again for one that has none.
-    let owner_of = |spare: &Path| {
-        use std::os::unix::fs::MetadataExt as _;
-        std::fs::symlink_metadata(spare)
-            .ok()
-            .map(|metadata| (metadata.uid(), metadata.gid()))
-    };
-    let next = || -> Option<(&PathBuf, Option<(u32, u32)>)> {
+    // Whom the next spare is for: the account that asked, unless a current spare is its already; then the account
+    // a new project would take next (looked up now: its preparer may have made it meanwhile), unless one is its.
+    let next_owner = || {
+        let owner = request.owner?;
+        let taken = |account: (u32, u32)| {
+            slots
+                .iter()
+                .any(|spare| current(spare) && owned_by(spare, account))
+        };
+        if !taken(owner) {
+            return Some(owner);
+        }
         let waiting = request
             .accounts
             .as_deref()
             .and_then(|dir| kip_core::runas::SpareAccounts::at(dir).waiting());
-        let wanted: Vec<(u32, u32)> = request.owner.into_iter().chain(waiting).collect();
-        let owners: Vec<Option<(u32, u32)>> = slots
-            .iter()
-            .map(|spare| owner_of(spare).filter(|_| current(spare)))
-            .collect();
-        let missing = wanted
-            .iter()
-            .copied()
-            .find(|account| !owners.contains(&Some(*account)));
-        let empty = owners.iter().position(Option::is_none);
-        let stale = owners
-            .iter()
-            .position(|owner| owner.is_some_and(|owner| !wanted.contains(&owner)));
-        match (empty, missing) {
-            (Some(slot), _) => Some((&slots[slot], missing.or(request.owner))),
-            (None, Some(account)) => stale.map(|slot| (&slots[slot], Some(account))),
-            (None, None) => None,
+        match waiting {
+            Some(account) if !taken(account) => Some(account),
+            _ => Some(owner),
         }
     };
     // Fill every empty slot, looking again after each copy: one may have been claimed meanwhile. Bounded, should
     // instances be claimed as fast as they are made.
     let mut made = false;
     for _ in 0..SPARES * 2 {
-        let Some((spare, owner)) = next() else {
+        let Some(spare) = slots.iter().find(|spare| !current(spare)) else {
             break;
         };
         let work = temp.join(format!("{prefix}{}", std::process::id()));
+        let owner = next_owner();
         let copied = copy_tree(template, &work, owner, &skipped).and_then(|()| {
             if let (Some(finish), Some(finisher)) = (&request.finish, finisher) {
                 finisher(&work, &finish.toolchain, owner)?;
@@ -813,15 +802,9 @@ fn prepare_spare_with(
                 path: work.clone(),
                 source: error.into(),
             })?;
-            // A spare of an earlier build of the template, or another account's: renamed away first (a claim may
-            // take it meanwhile, and must never find it half removed), then removed.
-            let old = temp.join(format!("{prefix}{}.old", std::process::id()));
-            match std::fs::rename(spare, &old) {
-                Ok(()) => {
-                    std::fs::remove_dir_all(&old).map_err(io_error("remove the old spare", &old))?
-                }
-                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-                Err(error) => return Err(io_error("move away the old spare", spare)(error)),
+            if spare.exists() {
+                // A spare of an earlier build of the template.
+                std::fs::remove_dir_all(spare).map_err(io_error("remove the old spare", spare))?;
             }
             std::fs::rename(&work, spare).map_err(io_error("move the new spare to", spare))
         });

@@ -768,7 +768,6 @@ fn a_new_project_takes_a_spare_prepared_for_the_account_it_takes() {
     let config = "postgres \"main\" {\n  version = \"16\"\n}\n";
     let first = Stack::new(config);
     let second = Stack::new(config);
-    let third = Stack::new(config);
     let cache = first.project.cache_dir();
     let _prune = PruneCacheOnDrop(&first, cache.clone());
     let apply = |stack: &Stack| {
@@ -789,61 +788,49 @@ fn a_new_project_takes_a_spare_prepared_for_the_account_it_takes() {
             .unwrap_or_else(|| panic!("`{name}` is not in /etc/passwd"));
         line.split(':').nth(2).unwrap().parse().unwrap()
     };
-    // After an apply: an account for the next new project, then the two spares, one of them that account's.
-    let wait_for_spare_of_waiting_account = |not: &[&str]| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            let spare_accounts: Vec<String> = std::fs::read_dir(cache.join("accounts/spare"))
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|entry| entry.file_name().to_string_lossy().into_owned())
-                .filter(|name| !not.contains(&name.as_str()))
-                .collect();
-            let owners: Vec<u32> = stamped_spares(&cache)
-                .iter()
-                .map(|spare| std::fs::metadata(spare).unwrap().uid())
-                .collect();
-            if let Some(name) = spare_accounts.first()
-                && owners.len() >= 2
-                && owners.contains(&uid_of(name))
-            {
-                return name.clone();
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no spare for the waiting account within 60 s: accounts {spare_accounts:?}, spares' owners \
-                 {owners:?}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-    };
-    let takes_its_spare = |stack: &Stack, waiting: &str| {
-        let run = apply(stack);
-        assert!(
-            run.stderr
-                .contains("the spare was prepared for this account"),
-            "{}",
-            run.stderr
-        );
-        assert!(!run.stderr.contains("the spare is given to this account"));
-        assert_eq!(stack.project.read(".kip/account").trim(), waiting);
-        let data_dir = stack.project.path().join(".kip/run/postgres.main/data");
-        assert_eq!(
-            std::fs::metadata(data_dir.join("PG_VERSION"))
-                .unwrap()
-                .uid(),
-            uid_of(waiting)
-        );
-    };
     apply(&first);
-    let waiting = wait_for_spare_of_waiting_account(&[]);
-    takes_its_spare(&second, &waiting);
-    // Project after project (a CI runner's jobs): the spare of the first project's account, which the next one
-    // will not take, is made again for the account that one will.
-    let next = wait_for_spare_of_waiting_account(&[waiting.as_str()]);
-    takes_its_spare(&third, &next);
-    for stack in [&first, &second, &third] {
+    // After it: an account for the next new project, then the two spares, one of them that account's.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let waiting = loop {
+        let spare_accounts: Vec<String> = std::fs::read_dir(cache.join("accounts/spare"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .collect();
+        let owners: Vec<u32> = stamped_spares(&cache)
+            .iter()
+            .map(|spare| std::fs::metadata(spare).unwrap().uid())
+            .collect();
+        if let Some(name) = spare_accounts.first()
+            && owners.len() >= 2
+            && owners.contains(&uid_of(name))
+        {
+            break name.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no spare for the waiting account within 60 s: accounts {spare_accounts:?}, spares' owners {owners:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let run = apply(&second);
+    assert!(
+        run.stderr
+            .contains("the spare was prepared for this account"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("the spare is given to this account"));
+    assert_eq!(second.project.read(".kip/account").trim(), waiting);
+    let data_dir = second.project.path().join(".kip/run/postgres.main/data");
+    assert_eq!(
+        std::fs::metadata(data_dir.join("PG_VERSION"))
+            .unwrap()
+            .uid(),
+        uid_of(&waiting)
+    );
+    for stack in [&first, &second] {
         let destroy = on_cache(stack, &cache, &["destroy", "--auto-approve"]);
         assert_eq!(stack.project.run_with(destroy).code, 0);
     }
