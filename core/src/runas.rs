@@ -464,18 +464,6 @@ impl SpareAccounts {
             .collect()
     }
 
-    /// The account (uid, gid) the next new project would take, without taking it: the first spare whose account
-    /// is there, unprivileged. Spare data directories are prepared for it (`kip_providers::template`), so that a
-    /// new project's first instance is a rename without a walk giving every file to its account.
-    pub fn waiting(&self) -> Option<(u32, u32)> {
-        self.names_in("spare")
-            .iter()
-            .find_map(|name| match lookup_local_user(name) {
-                Ok(Some(entry)) if entry.uid != 0 => Some((entry.uid, entry.gid)),
-                _ => None,
-            })
-    }
-
     /// Takes a spare account: its file removed (by this taker alone), and the account still there, unprivileged.
     fn take(&self) -> Option<PasswdEntry> {
         for name in self.names_in("spare") {

@@ -367,20 +367,12 @@ pub fn provision(
     // waited for nor prepared.
     let spares_usable = same_filesystem(template, parent);
     let variant = finish.map(|finish| finish.variant.as_str());
-    let finished =
-        spares_usable && variant.is_some() && claim_spare(template, variant, owner, &work);
-    let prepared = if finished || spares_usable && claim_spare(template, None, owner, &work) {
+    let finished = spares_usable && variant.is_some() && claim_spare(template, variant, &work);
+    let prepared = if finished || spares_usable && claim_spare(template, None, &work) {
         match run_as {
-            // A spare prepared for this very account (the one whose provisioning asked for it, or the one a new
-            // project takes) is its already.
-            Some(run_as) if owned_by(&work, (run_as.uid, run_as.gid)) => {
-                tracing::debug!(uid = run_as.uid, "the spare was prepared for this account");
-                Ok(())
-            }
-            Some(run_as) => {
-                tracing::debug!(uid = run_as.uid, "the spare is given to this account");
-                chown_tree(&work, run_as).map_err(TemplateError::from)
-            }
+            // A spare prepared for this very account (the one whose provisioning asked for it) is its already.
+            Some(run_as) if owned_by(&work, (run_as.uid, run_as.gid)) => Ok(()),
+            Some(run_as) => chown_tree(&work, run_as).map_err(TemplateError::from),
             None => Ok(()),
         }
     } else {
@@ -457,21 +449,12 @@ fn template_stamp(template: &Path) -> Option<String> {
 
 /// Takes a spare of `template` (of `variant`) as `work` (a rename): true when there was one of this very template,
 /// now in `work` without its stamp; false, with `work` absent, otherwise (no spare, another filesystem, a spare of
-/// an earlier build, which is removed). One that belongs to `owner` already is taken first.
-fn claim_spare(
-    template: &Path,
-    variant: Option<&str>,
-    owner: Option<(u32, u32)>,
-    work: &Path,
-) -> bool {
+/// an earlier build, which is removed).
+fn claim_spare(template: &Path, variant: Option<&str>, work: &Path) -> bool {
     let Some(stamp) = template_stamp(template) else {
         return false;
     };
-    let mut slots = spare_slots(template, variant);
-    // A spare that is the claiming account's already first: it needs no walk giving its files to it.
-    if let Some(owner) = owner {
-        slots.sort_by_key(|slot| !owned_by(slot, owner));
-    }
+    let slots = spare_slots(template, variant);
     let take = || {
         slots.iter().any(|spare| {
             // Two kips may race for a spare: the rename is atomic, so one gets it and the other finds nothing.
@@ -536,10 +519,6 @@ pub struct SpareRequest {
     /// then takes it with a rename alone. Another account's provisioning gives it to that account when it claims
     /// it, as it gives any spare.
     pub owner: Option<(u32, u32)>,
-    /// Where the spare accounts are kept (`kip_core::runas::SpareAccounts`), when kip gives projects accounts (as
-    /// root): once a spare is `owner`'s, the next is given to the account a new project would take, so that the
-    /// first instance of a new project is a rename too, without the walk giving ~1,000 files to its account.
-    pub accounts: Option<PathBuf>,
     /// The variant to prepare, when not a plain copy.
     pub finish: Option<SpareFinish>,
 }
@@ -578,15 +557,6 @@ fn want_spare(
             .map(|name| (*name).to_owned())
             .collect(),
         owner,
-        // The cache's: `<cache>/templates/<template>`.
-        accounts: owner
-            .and(template.parent())
-            .and_then(Path::parent)
-            .map(|cache| {
-                kip_core::runas::SpareAccounts::in_cache(cache)
-                    .dir()
-                    .to_owned()
-            }),
         finish: finish.cloned(),
     };
     let mut wanted = WANTED_SPARES
@@ -756,27 +726,6 @@ fn prepare_spare_with(
     let current = |spare: &Path| {
         std::fs::read_to_string(spare.join(SPARE_STAMP)).is_ok_and(|found| found == stamp)
     };
-    // Whom the next spare is for: the account that asked, unless a current spare is its already; then the account
-    // a new project would take next (looked up now: its preparer may have made it meanwhile), unless one is its.
-    let next_owner = || {
-        let owner = request.owner?;
-        let taken = |account: (u32, u32)| {
-            slots
-                .iter()
-                .any(|spare| current(spare) && owned_by(spare, account))
-        };
-        if !taken(owner) {
-            return Some(owner);
-        }
-        let waiting = request
-            .accounts
-            .as_deref()
-            .and_then(|dir| kip_core::runas::SpareAccounts::at(dir).waiting());
-        match waiting {
-            Some(account) if !taken(account) => Some(account),
-            _ => Some(owner),
-        }
-    };
     // Fill every empty slot, looking again after each copy: one may have been claimed meanwhile. Bounded, should
     // instances be claimed as fast as they are made.
     let mut made = false;
@@ -785,10 +734,9 @@ fn prepare_spare_with(
             break;
         };
         let work = temp.join(format!("{prefix}{}", std::process::id()));
-        let owner = next_owner();
-        let copied = copy_tree(template, &work, owner, &skipped).and_then(|()| {
+        let copied = copy_tree(template, &work, request.owner, &skipped).and_then(|()| {
             if let (Some(finish), Some(finisher)) = (&request.finish, finisher) {
-                finisher(&work, &finish.toolchain, owner)?;
+                finisher(&work, &finish.toolchain, request.owner)?;
             }
             let stamp_file = work.join(SPARE_STAMP);
             std::fs::write(&stamp_file, &stamp).map_err(io_error("write", &stamp_file))?;
@@ -1078,7 +1026,6 @@ mod tests {
                 template: template.clone(),
                 not_copied: vec!["server.pid".into()],
                 owner: None,
-                accounts: None,
                 finish: None,
             }]
         );

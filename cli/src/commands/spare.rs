@@ -22,9 +22,6 @@ pub struct Args {
     /// The account the spare is given to, `UID:GID`.
     #[arg(long = "owner", value_parser = parse_owner)]
     pub owner: Option<(u32, u32)>,
-    /// Where the spare accounts are kept: a spare is prepared for the one a new project would take, too.
-    #[arg(long = "accounts", requires = "owner")]
-    pub accounts: Option<PathBuf>,
     /// The variant of spare to prepare, finished by the engine's own step (PostgreSQL: `database`).
     #[arg(long = "finish", requires = "toolchain")]
     pub finish: Option<String>,
@@ -56,7 +53,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitStatus> {
         template: args.template,
         not_copied: args.skip,
         owner: args.owner,
-        accounts: args.accounts,
         finish: args
             .finish
             .zip(args.toolchain)
@@ -99,11 +95,6 @@ pub fn launch_wanted() {
         }
         if let Some((uid, gid)) = request.owner {
             command.arg("--owner").arg(format!("{uid}:{gid}"));
-        }
-        if let Some(accounts) = &request.accounts
-            && !off("KIP_SPARE_ACCOUNTS")
-        {
-            command.arg("--accounts").arg(accounts);
         }
         if let Some(finish) = &request.finish {
             command
