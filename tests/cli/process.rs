@@ -1266,3 +1266,52 @@ fn processes_get_the_huge_page_setting_kip_was_started_with_not_kips_own() {
     assert_eq!(run.code, 0, "{}", run.snapshot());
     assert!(!thp_enabled(&run.stdout), "{}", run.snapshot());
 }
+
+/// A supervisor that was not handed kip's setting (`kip supervisor` started by hand, without
+/// `KIP_INHERITED_HUGE_PAGES`) holds huge pages back like every kip command and must take back the setting it was
+/// started with, so that what it runs gets the user's, not kip's.
+#[test]
+fn a_supervisor_started_by_hand_gives_its_processes_the_huge_page_setting_it_was_started_with() {
+    /// Kills the hand-started supervisor however the test ends.
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let processes = Processes::new(
+        "process \"probe\" {\n  command = [\"./probe.sh\"]\n  restart = \"no\"\n}\n",
+    );
+    processes.script("probe.sh", "grep THP_enabled /proc/self/status > thp.txt\n");
+    let kip_dir = processes.path().join(".kip");
+    std::fs::create_dir_all(&kip_dir).unwrap();
+    let mut by_hand =
+        processes
+            .project
+            .command(&["supervisor", "--dir", kip_dir.to_str().unwrap()]);
+    by_hand
+        .env_remove(kip_core::huge_pages::HANDED_ON)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let supervisor = Stop(by_hand.spawn().unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !kip_dir.join("supervisor.sock").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the supervisor started by hand never listened"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    processes.ok(&["apply", "--auto-approve"]);
+    let own = thp_enabled(&std::fs::read_to_string("/proc/self/status").unwrap());
+    assert_eq!(thp_enabled(&processes.read("thp.txt")), own);
+    // The apply used the supervisor started by hand, not one of its own.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", supervisor.0.id())).unwrap();
+    assert!(
+        !status.contains("State:\tZ"),
+        "the supervisor started by hand exited"
+    );
+    assert_eq!(thp_enabled(&status), own);
+}
