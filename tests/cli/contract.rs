@@ -1900,7 +1900,20 @@ fn the_supervisor_is_the_small_daemon_beside_kip_or_kip_itself_without_it() {
                 None => command.env_remove(key),
             };
         }
-        let output = command.output().unwrap();
+        // Another test's thread may fork while the copy is still open for writing: its child holds that descriptor
+        // until it execs, and exec of the copy fails with ETXTBSY meanwhile (Linux); that passes within moments.
+        let mut tries = 0;
+        let output = loop {
+            match command.output() {
+                Err(error)
+                    if error.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 =>
+                {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => break other.unwrap(),
+            }
+        };
         assert!(
             output.status.success(),
             "{}",
