@@ -371,7 +371,7 @@ pub fn take_project_account(project_dir: &Path, spares: &SpareAccounts) -> Resul
         return Ok(());
     }
     want_spare_account(spares);
-    let Some(entry) = spares.take() else {
+    let Some((entry, claim)) = spares.take(project_dir) else {
         return Ok(());
     };
     let kip_dir = project_dir.join(".kip");
@@ -390,12 +390,13 @@ pub fn take_project_account(project_dir: &Path, spares: &SpareAccounts) -> Resul
             UNSYNCED_RECORDS
                 .lock()
                 .unwrap_or_else(|poison| poison.into_inner())
-                .push(path);
+                .push((path, claim));
             Ok(())
         }
         Err(source) => {
             // Not recorded, not used: the project makes its own, and the spare goes.
             delete_account(&entry.name);
+            claim.release();
             Err(RunAsError::Io {
                 action: "write",
                 path,
@@ -405,30 +406,54 @@ pub fn take_project_account(project_dir: &Path, spares: &SpareAccounts) -> Resul
     }
 }
 
-static UNSYNCED_RECORDS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+static UNSYNCED_RECORDS: std::sync::Mutex<Vec<(PathBuf, Claim)>> =
+    std::sync::Mutex::new(Vec::new());
 
-/// Makes the `.kip/account` files [`take_project_account`] wrote durable (fsyncs them and their directory).
+/// Makes the `.kip/account` files [`take_project_account`] wrote durable (fsyncs them and their directory), then
+/// lets go of the spares' claims: the record is now what keeps the account.
 pub fn sync_recorded_accounts() -> Result<(), RunAsError> {
     let records = std::mem::take(
         &mut *UNSYNCED_RECORDS
             .lock()
             .unwrap_or_else(|poison| poison.into_inner()),
     );
-    for path in records {
+    for (path, claim) in records {
         crate::fsutil::sync_with_dir(&path).map_err(|source| RunAsError::Io {
             action: "write",
             path,
             source,
         })?;
+        claim.release();
     }
     Ok(())
+}
+
+/// A spare account taken by this process and not yet durably recorded by its project: `taken/<name>` among the
+/// spares, naming the project, under an exclusive `flock` for as long as this process holds it. A taker killed
+/// before its record was durable leaves the file unlocked, and the next preparer or prune deletes the account
+/// unless the project's `.kip/account` names it ([`SpareAccounts::remove_abandoned`]): an account no record
+/// names is never left behind.
+#[derive(Debug)]
+struct Claim {
+    path: PathBuf,
+    // Holds the lock; closed (and so unlocked) only after the file is removed.
+    _file: std::fs::File,
+}
+
+impl Claim {
+    /// Lets go: the file removed while still locked, so that no one finds it unlocked and in place.
+    fn release(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// System accounts made ahead of time, so that the first apply of a new project as root takes one instead of
 /// waiting for `useradd` (8–25 ms here: it fsyncs the four account files a dozen times). They are kept in the cache
 /// (`accounts/spare/<name>`, an empty file per account, written once the account exists); a project takes one by
-/// removing its file, which only one taker can do, and records its name in `.kip/account`. At most one waits at a
-/// time: a detached `kip prepare-account` makes the next after a command took one. `kip cache prune` deletes it.
+/// moving its file to `taken/` under a lock, which only one taker can do, records its name in `.kip/account`, and
+/// removes the claim once the record is durable (a taker killed in between leaves a claim the next preparer
+/// settles: [`Claim`]). At most one waits at a time: a detached `kip prepare-account` makes the next after a command
+/// took one. `kip cache prune` deletes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpareAccounts {
     dir: PathBuf,
@@ -464,28 +489,95 @@ impl SpareAccounts {
             .collect()
     }
 
-    /// Takes a spare account: its file removed (by this taker alone), and the account still there, unprivileged.
-    fn take(&self) -> Option<PasswdEntry> {
-        for name in self.names_in("spare") {
-            if std::fs::remove_file(self.dir.join("spare").join(&name)).is_err() {
+    /// Takes a spare account for the project in `project_dir`: its file locked, made to name the project and moved
+    /// to `taken/` (by this taker alone), and the account still there, unprivileged. The claim stays locked until
+    /// the project's record of the account is durable ([`Claim`]).
+    fn take(&self, project_dir: &Path) -> Option<(PasswdEntry, Claim)> {
+        use std::io::Write as _;
+        let names = self.names_in("spare");
+        if names.is_empty() {
+            return None;
+        }
+        let taken = self.dir.join("taken");
+        if let Err(error) = make_private_dir(&taken) {
+            tracing::debug!("cannot make {}: {error}", taken.display());
+            return None;
+        }
+        for name in names {
+            let spare = self.dir.join("spare").join(&name);
+            let Ok(mut file) = std::fs::OpenOptions::new().write(true).open(&spare) else {
+                continue;
+            };
+            // Another taker has it (its rename below fails for every later one).
+            if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+                .is_err()
+            {
                 continue;
             }
+            let named = file
+                .set_len(0)
+                .and_then(|()| file.write_all(project_dir.as_os_str().as_encoded_bytes()));
+            let path = taken.join(&name);
+            if named.is_err() || std::fs::rename(&spare, &path).is_err() {
+                continue;
+            }
+            let claim = Claim { path, _file: file };
             match lookup_local_user(&name) {
-                Ok(Some(entry)) if entry.uid != 0 => return Some(entry),
-                _ => tracing::debug!("the spare account `{name}` is gone"),
+                Ok(Some(entry)) if entry.uid != 0 => return Some((entry, claim)),
+                _ => {
+                    tracing::debug!("the spare account `{name}` is gone");
+                    claim.release();
+                }
             }
         }
         None
     }
 
+    /// Deletes the accounts that takers killed before their project durably recorded them left in `taken/` (an
+    /// unlocked file whose project's `.kip/account` does not name it); a claim still locked is a taker at work.
+    fn remove_abandoned(&self) {
+        use std::os::unix::ffi::OsStringExt as _;
+        use std::os::unix::fs::MetadataExt as _;
+        for name in self.names_in("taken") {
+            let path = self.dir.join("taken").join(&name);
+            let Ok(file) = std::fs::File::open(&path) else {
+                continue;
+            };
+            if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+                .is_err()
+            {
+                continue;
+            }
+            // A taker that finished between the open and the lock removed the file: nothing left to do.
+            let same = match (file.metadata(), std::fs::metadata(&path)) {
+                (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+                _ => false,
+            };
+            if !same {
+                continue;
+            }
+            let project = std::fs::read(&path).unwrap_or_default();
+            let recorded = !project.is_empty()
+                && recorded_account(
+                    &Path::new(&std::ffi::OsString::from_vec(project)).join(".kip"),
+                )
+                .as_deref()
+                    == Some(name.as_str());
+            if !recorded && matches!(lookup_local_user(&name), Ok(Some(_))) {
+                tracing::debug!(
+                    "deleting `{name}`: taken by a kip that was killed before its project recorded it"
+                );
+                delete_account(&name);
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+
     /// The preparers' lock: held while one makes an account and while a prune deletes them.
     fn lock(&self, wait: bool) -> io::Result<Option<std::fs::File>> {
-        use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+        use std::os::unix::fs::OpenOptionsExt as _;
         for kind in ["spare", "pending"] {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(self.dir.join(kind))?;
+            make_private_dir(&self.dir.join(kind))?;
         }
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -521,6 +613,7 @@ impl SpareAccounts {
             return Ok(());
         };
         self.remove_pending();
+        self.remove_abandoned();
         let mut waiting = false;
         for name in self.names_in("spare") {
             if lookup_local_user(&name)?.is_some() {
@@ -577,6 +670,7 @@ impl SpareAccounts {
             return Ok(0);
         };
         self.remove_pending();
+        self.remove_abandoned();
         let mut removed = 0;
         for name in self.names_in("spare") {
             if std::fs::remove_file(self.dir.join("spare").join(&name)).is_ok()
@@ -587,6 +681,19 @@ impl SpareAccounts {
             }
         }
         Ok(removed)
+    }
+}
+
+/// Makes `dir` 0700, and its missing parents as any directory is made (the cache holding the accounts must stay
+/// reachable for the engines' accounts).
+fn make_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        made => made,
     }
 }
 

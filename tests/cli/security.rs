@@ -626,3 +626,114 @@ fn a_spare_account_preparer_killed_at_any_moment_leaves_no_account_behind() {
     assert!(prune.status.success());
     assert!(!in_passwd(&spares[0]), "the spare outlived the prune");
 }
+
+/// The claim a kip that took a spare account leaves in the spares' `taken/`, when it was killed before the
+/// project's record of the account was durable.
+fn claim(cache: &std::path::Path, name: &str) -> std::path::PathBuf {
+    cache.join("accounts/taken").join(name)
+}
+
+#[test]
+fn a_spare_account_taken_by_a_killed_kip_goes_unless_its_project_recorded_it() {
+    use std::os::unix::fs::MetadataExt as _;
+    if std::fs::metadata("/proc/self").map(|m| m.uid()).ok() != Some(0) {
+        return;
+    }
+    let config = "valkey \"cache\" {\n  version = \"9\"\n}\n";
+    let one = Stack::new(config);
+    let two = Stack::new(config);
+    let cache = one.project.cache_dir();
+    let _prune = PruneOnDrop(&one, cache.clone());
+    // The test makes the spares itself (KIP_SPARE_ACCOUNTS=0 keeps kip's detached preparers away).
+    let prepare = || {
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_kip"))
+            .arg("prepare-account")
+            .arg(cache.join("accounts"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    let on_cache = |stack: &Stack, args: &[&str]| {
+        let mut command = stack.command(args);
+        command.env("KIP_CACHE_DIR", &cache);
+        command
+    };
+    let ok = |stack: &Stack, args: &[&str]| {
+        let run = stack.project.run_with(on_cache(stack, args));
+        assert_eq!(run.code, 0, "{}", run.snapshot());
+    };
+    let account_of = |stack: &Stack| {
+        let state: serde_json::Value =
+            serde_json::from_str(&stack.project.read(".kip/state.json")).unwrap();
+        state["instances"]["valkey.cache"]["run_as"]["user"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+
+    // Killed right after the project recorded the account it took, before the record was made durable: the claim
+    // it leaves is settled by the next preparer, and the account stays the project's.
+    prepare();
+    let first = spare_accounts(&cache).remove(0);
+    crate::support::kill_when_logged(
+        on_cache(&one, &["apply", "--auto-approve", "-v"]),
+        "an account made ahead of time",
+    );
+    assert_eq!(one.project.read(".kip/account").trim(), first);
+    assert!(
+        claim(&cache, &first).exists(),
+        "the killed kip's claim is left"
+    );
+    prepare();
+    assert!(
+        in_passwd(&first),
+        "`{first}` was deleted under the project that records it"
+    );
+    assert!(!claim(&cache, &first).exists(), "the claim was settled");
+    ok(&one, &["apply", "--auto-approve"]);
+    assert_eq!(account_of(&one), first);
+    assert_eq!(pid_owner(pid_of(&one, "valkey.cache")), first);
+
+    // Killed after it took the spare, before its project recorded it: the claim as that kill leaves it (moved to
+    // taken/, naming the project, unlocked). While a taker holds its lock it is a taker at work, and stays.
+    let second = spare_accounts(&cache).remove(0);
+    assert_ne!(second, first);
+    std::fs::rename(
+        cache.join("accounts/spare").join(&second),
+        claim(&cache, &second),
+    )
+    .unwrap();
+    std::fs::write(
+        claim(&cache, &second),
+        two.project.path().as_os_str().as_encoded_bytes(),
+    )
+    .unwrap();
+    let held = std::fs::File::open(claim(&cache, &second)).unwrap();
+    held.lock().unwrap();
+    prepare();
+    assert!(in_passwd(&second) && claim(&cache, &second).exists());
+    drop(held);
+    prepare();
+    assert!(
+        !in_passwd(&second),
+        "`{second}`, which no project records, outlived the next preparer"
+    );
+    assert!(!claim(&cache, &second).exists());
+    // The preparer made the next spare, and the second project takes it.
+    let third = spare_accounts(&cache).remove(0);
+    ok(&two, &["apply", "--auto-approve"]);
+    assert_eq!(account_of(&two), third);
+    assert_eq!(two.project.read(".kip/account").trim(), third);
+    assert!(
+        std::fs::read_dir(cache.join("accounts/taken"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "a finished apply leaves no claim"
+    );
+
+    for stack in [&one, &two] {
+        ok(stack, &["destroy", "--auto-approve"]);
+    }
+    assert!(!in_passwd(&first) && !in_passwd(&third));
+}
