@@ -489,6 +489,18 @@ impl SpareAccounts {
             .collect()
     }
 
+    /// The account the next new project would take (the first spare whose account exists), as (uid, gid); `None`
+    /// when none waits. For a spare data directory whose own account was deleted while it was prepared.
+    pub fn waiting(&self) -> Option<(u32, u32)> {
+        self.names_in("spare").into_iter().find_map(|name| {
+            lookup_local_user(&name)
+                .ok()
+                .flatten()
+                .filter(|entry| entry.uid != 0)
+                .map(|entry| (entry.uid, entry.gid))
+        })
+    }
+
     /// Takes a spare account for the project in `project_dir`: its file locked, made to name the project and moved
     /// to `taken/` (by this taker alone), and the account still there, unprivileged. The claim stays locked until
     /// the project's record of the account is durable ([`Claim`]).

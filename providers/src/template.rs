@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use kip_core::engine::RunAs;
-use kip_core::runas::{RunAsError, chown_tree, ensure_reachable};
+use kip_core::runas::{RunAsError, SpareAccounts, chown_tree, ensure_reachable};
 
 /// The file in a template holding its bootstrap password (never copied into an instance).
 pub const BOOTSTRAP_FILE: &str = "kip-bootstrap";
@@ -517,7 +517,8 @@ pub struct SpareRequest {
     /// The account (uid, gid) the provisioning that asked ran its engine as: the spare is given to it, since the
     /// next instance is most likely that project's again (a developer adding one, a CI job, a benchmark), which
     /// then takes it with a rename alone. Another account's provisioning gives it to that account when it claims
-    /// it, as it gives any spare.
+    /// it, as it gives any spare. An owner whose account is gone by then gives way to the next new project's
+    /// ([`spare_owner`]).
     pub owner: Option<(u32, u32)>,
     /// The variant to prepare, when not a plain copy.
     pub finish: Option<SpareFinish>,
@@ -734,9 +735,38 @@ fn prepare_spare_with(
             break;
         };
         let work = temp.join(format!("{prefix}{}", std::process::id()));
-        let copied = copy_tree(template, &work, request.owner, &skipped).and_then(|()| {
+        let Some(owner) = spare_owner(request.owner, templates_dir) else {
+            tracing::debug!(
+                "no account to prepare a spare of {} for",
+                template.display()
+            );
+            return Ok(made);
+        };
+        let copied = copy_tree(template, &work, owner, &skipped).and_then(|()| {
             if let (Some(finish), Some(finisher)) = (&request.finish, finisher) {
-                finisher(&work, &finish.toolchain, request.owner)?;
+                // The step runs as the owner, whose account may have gone during the copy.
+                let owner = match spare_owner(owner, templates_dir) {
+                    Some(now) if now == owner => owner,
+                    Some(Some((uid, gid))) => {
+                        let run_as = RunAs {
+                            user: format!("uid {uid}"),
+                            uid,
+                            gid,
+                        };
+                        chown_tree(&work, &run_as)?;
+                        Some((uid, gid))
+                    }
+                    _ => {
+                        return Err(TemplateError::Io {
+                            action: "find an account to prepare a spare as, for",
+                            path: work.clone(),
+                            source: io::Error::other(
+                                "the account it was for is gone, and no spare account waits",
+                            ),
+                        });
+                    }
+                };
+                finisher(&work, &finish.toolchain, owner)?;
             }
             let stamp_file = work.join(SPARE_STAMP);
             std::fs::write(&stamp_file, &stamp).map_err(io_error("write", &stamp_file))?;
@@ -763,6 +793,29 @@ fn prepare_spare_with(
         made = true;
     }
     Ok(made)
+}
+
+/// Whom a spare of a template in `templates_dir` is prepared for: `requested` (the account whose provisioning asked)
+/// while it has an account. When that account was deleted meanwhile (its project destroyed right after the apply
+/// that asked: a CI job's last step, a benchmark's loop), PostgreSQL's step could not run as it ("could not look
+/// up effective user ID"), and its copy would belong to no one: the spare goes to the spare account the next new
+/// project takes ([`SpareAccounts::waiting`], kept in the cache that holds the templates, `<cache>/templates`).
+/// `None` when neither exists; `Some(None)` when kip gives spares to no account (not root).
+fn spare_owner(requested: Option<(u32, u32)>, templates_dir: &Path) -> Option<Option<(u32, u32)>> {
+    let Some((uid, _)) = requested else {
+        return Some(None);
+    };
+    if matches!(kip_core::runas::lookup_uid(uid), Ok(Some(_))) {
+        return Some(requested);
+    }
+    let waiting = templates_dir
+        .parent()
+        .and_then(|cache| SpareAccounts::in_cache(cache).waiting())?;
+    tracing::debug!(
+        "the account of uid {uid} is gone: the spare goes to uid {}, the next new project's",
+        waiting.0
+    );
+    Some(Some(waiting))
 }
 
 /// Copies a directory tree keeping modes, recreating symlinks, and giving everything to `owner` when set. Top-level

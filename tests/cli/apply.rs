@@ -1233,6 +1233,139 @@ fn a_preparer_killed_while_making_a_spare_s_database_leaves_nothing_behind() {
     assert_eq!(second.project.run_with(destroy).code, 0);
 }
 
+/// A spare asked for by an account that was deleted before its preparer ran PostgreSQL as it (the project destroyed
+/// right after its apply, as a CI job's last step does): PostgreSQL cannot run as a uid without an account, so the
+/// spare goes to the spare account the next new project takes, which then finds it its own. With no such account
+/// waiting, nothing is prepared for no one, and the preparer leaves nothing behind.
+#[test]
+fn a_spare_asked_for_by_an_account_deleted_meanwhile_goes_to_the_next_new_projects_account() {
+    use std::os::unix::fs::MetadataExt as _;
+    if std::fs::metadata("/proc/self").map(|m| m.uid()).ok() != Some(0) {
+        return;
+    }
+    let config = "postgres \"main\" {\n  version = \"16\"\n  database \"shop\" {}\n}\n";
+    // Spares off here: nothing prepares a spare behind the test.
+    let first = Stack::new(config);
+    first.ok(&["apply", "--auto-approve"]);
+    let cache = first.project.cache_dir();
+    let state: serde_json::Value =
+        serde_json::from_str(&first.project.read(".kip/state.json")).unwrap();
+    let toolchain = state["instances"]["postgres.main"]["toolchain"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let template = postgres_16_template(&cache);
+    // A uid no account has: the deleted account's.
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let gone = (61000..65000u32)
+        .find(|uid| {
+            !passwd
+                .lines()
+                .any(|line| line.split(':').nth(2) == Some(uid.to_string().as_str()))
+                && !std::process::Command::new("getent")
+                    .args(["passwd", &uid.to_string()])
+                    .output()
+                    .is_ok_and(|output| output.status.success())
+        })
+        .unwrap();
+    let prepare = || {
+        let mut command = first.command(&["prepare-spare"]);
+        command
+            .arg(&template)
+            .args(["--skip", "postmaster.pid", "--skip", "postmaster.opts"])
+            .arg("--owner")
+            .arg(format!("{gone}:{gone}"))
+            .args(["--finish", "database", "--toolchain", &toolchain]);
+        first.project.run_with(command)
+    };
+
+    // No spare account waits: nothing is made, and nothing is left.
+    let run = prepare();
+    assert_eq!(run.code, 0, "{}", run.snapshot());
+    assert!(premade_spares(&cache).is_empty());
+    let temp = cache.join("templates/.tmp");
+    assert_eq!(std::fs::read_dir(&temp).unwrap().count(), 0);
+
+    // The spare account the next new project takes: the spares are its.
+    let made = std::process::Command::new(env!("CARGO_BIN_EXE_kip"))
+        .arg("prepare-account")
+        .arg(cache.join("accounts"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let _prune = PruneAccounts(&first, cache.clone());
+    let waiting = std::fs::read_dir(cache.join("accounts/spare"))
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .next()
+        .unwrap();
+    let uid: u32 = passwd_uid(&waiting);
+    let run = prepare();
+    assert_eq!(run.code, 0, "{}", run.snapshot());
+    let spares = premade_spares(&cache);
+    assert_eq!(spares.len(), 2, "{}", run.snapshot());
+    for spare in &spares {
+        assert_eq!(std::fs::metadata(spare).unwrap().uid(), uid);
+        assert_eq!(
+            std::fs::metadata(spare.join("PG_VERSION")).unwrap().uid(),
+            uid
+        );
+    }
+
+    // The next new project takes that account and that spare, with its database made ahead of time.
+    let second = Stack::new(config);
+    let run = apply_with_spares(&second, &cache);
+    assert!(run.stderr.contains("+database."), "{}", run.stderr);
+    assert_eq!(second.project.read(".kip/account").trim(), waiting);
+    assert_eq!(
+        databases(&second),
+        [["shop", "postgres", "-1", "true", "UTF8"]]
+    );
+    wait_for_no_preparer(&cache);
+    let destroy = on_cache(&second, &cache, &["destroy", "--auto-approve"]);
+    assert_eq!(second.project.run_with(destroy).code, 0);
+}
+
+/// Waits (up to 60 s) until no `kip prepare-spare` of `cache` runs (the one an apply started in the background).
+fn wait_for_no_preparer(cache: &std::path::Path) {
+    let cache = cache.to_string_lossy().into_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while crate::support::all_pids().into_iter().any(|pid| {
+        let cmdline = crate::support::cmdline(pid);
+        cmdline.iter().any(|arg| arg == "prepare-spare")
+            && cmdline.iter().any(|arg| arg.starts_with(&cache))
+    }) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a preparer of {cache} ran for 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The uid of the account `name`, from /etc/passwd.
+fn passwd_uid(name: &str) -> u32 {
+    std::fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            (fields.first() == Some(&name)).then(|| fields[2].parse().unwrap())
+        })
+        .unwrap()
+}
+
+/// Deletes the spare accounts (and spares) of a test's cache however the test ends (`kip cache prune`).
+struct PruneAccounts<'a>(&'a Stack, PathBuf);
+
+impl Drop for PruneAccounts<'_> {
+    fn drop(&mut self) {
+        let prune = on_cache(self.0, &self.1, &["cache", "prune"]);
+        let _ = self.0.project.run_with(prune);
+    }
+}
+
 /// Two `kip apply`s of the same change at once: each reads ahead before the state lock is its own, and the one that
 /// waits for the lock must not plan from what it read before the other applied (the role would look missing, and
 /// be created again). Exactly one of them adds the role; the other finds nothing to do, and so does a plan after.
