@@ -795,12 +795,17 @@ fn prepare_spare_with(
     Ok(made)
 }
 
+/// How long a preparer whose asking account is gone waits for another preparer to make the next new project's
+/// spare account.
+const SPARE_ACCOUNT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Whom a spare of a template in `templates_dir` is prepared for: `requested` (the account whose provisioning asked)
 /// while it has an account. When that account was deleted meanwhile (its project destroyed right after the apply
 /// that asked: a CI job's last step, a benchmark's loop), PostgreSQL's step could not run as it ("could not look
 /// up effective user ID"), and its copy would belong to no one: the spare goes to the spare account the next new
-/// project takes ([`SpareAccounts::waiting`], kept in the cache that holds the templates, `<cache>/templates`).
-/// `None` when neither exists; `Some(None)` when kip gives spares to no account (not root).
+/// project takes ([`SpareAccounts::waiting`], kept in the cache that holds the templates, `<cache>/templates`),
+/// made now when none waits. `None` when there is no such account; `Some(None)` when kip gives spares to no
+/// account (not root).
 fn spare_owner(requested: Option<(u32, u32)>, templates_dir: &Path) -> Option<Option<(u32, u32)>> {
     let Some((uid, _)) = requested else {
         return Some(None);
@@ -808,9 +813,28 @@ fn spare_owner(requested: Option<(u32, u32)>, templates_dir: &Path) -> Option<Op
     if matches!(kip_core::runas::lookup_uid(uid), Ok(Some(_))) {
         return Some(requested);
     }
-    let waiting = templates_dir
-        .parent()
-        .and_then(|cache| SpareAccounts::in_cache(cache).waiting())?;
+    // Only where spare accounts are kept at all (as root, unless they are turned off).
+    let accounts = SpareAccounts::in_cache(templates_dir.parent()?);
+    if !accounts.dir().exists() {
+        return None;
+    }
+    let deadline = std::time::Instant::now() + SPARE_ACCOUNT_WAIT;
+    let waiting = loop {
+        if let Some(waiting) = accounts.waiting() {
+            break waiting;
+        }
+        // None waits: the next new project's is made now. The apply that took the last one starts its preparer
+        // only once it is done, and may itself be waiting for this very spare; a preparer already at work
+        // (`prepare` then returns at once) is waited for.
+        if let Err(error) = accounts.prepare() {
+            tracing::debug!("cannot make a spare account: {error}");
+            return None;
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     tracing::debug!(
         "the account of uid {uid} is gone: the spare goes to uid {}, the next new project's",
         waiting.0

@@ -1235,8 +1235,9 @@ fn a_preparer_killed_while_making_a_spare_s_database_leaves_nothing_behind() {
 
 /// A spare asked for by an account that was deleted before its preparer ran PostgreSQL as it (the project destroyed
 /// right after its apply, as a CI job's last step does): PostgreSQL cannot run as a uid without an account, so the
-/// spare goes to the spare account the next new project takes, which then finds it its own. With no such account
-/// waiting, nothing is prepared for no one, and the preparer leaves nothing behind.
+/// spare goes to the spare account the next new project takes, which then finds it its own; when none waits, the
+/// preparer makes it. Where spare accounts are not kept at all, nothing is prepared for no one, and the preparer
+/// leaves nothing behind.
 #[test]
 fn a_spare_asked_for_by_an_account_deleted_meanwhile_goes_to_the_next_new_projects_account() {
     use std::os::unix::fs::MetadataExt as _;
@@ -1279,7 +1280,7 @@ fn a_spare_asked_for_by_an_account_deleted_meanwhile_goes_to_the_next_new_projec
         first.project.run_with(command)
     };
 
-    // No spare account waits: nothing is made, and nothing is left.
+    // Spare accounts are not kept in this cache (yet): nothing is made, and nothing is left.
     let run = prepare();
     assert_eq!(run.code, 0, "{}", run.snapshot());
     assert!(premade_spares(&cache).is_empty());
@@ -1294,12 +1295,7 @@ fn a_spare_asked_for_by_an_account_deleted_meanwhile_goes_to_the_next_new_projec
         .unwrap();
     assert!(made.success());
     let _prune = PruneAccounts(&first, cache.clone());
-    let waiting = std::fs::read_dir(cache.join("accounts/spare"))
-        .unwrap()
-        .flatten()
-        .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .next()
-        .unwrap();
+    let waiting = spare_account_names(&cache).remove(0);
     let uid: u32 = passwd_uid(&waiting);
     let run = prepare();
     assert_eq!(run.code, 0, "{}", run.snapshot());
@@ -1323,8 +1319,34 @@ fn a_spare_asked_for_by_an_account_deleted_meanwhile_goes_to_the_next_new_projec
         [["shop", "postgres", "-1", "true", "UTF8"]]
     );
     wait_for_no_preparer(&cache);
+
+    // No spare account waits now (the second project took it, and kip's own preparer of the next is off here):
+    // the spare's preparer makes the next new project's account itself, and gives the spare to it.
+    assert_eq!(spare_account_names(&cache), Vec::<String>::new());
+    let emptied = premade_spares(&cache).remove(0);
+    std::fs::remove_dir_all(&emptied).unwrap();
+    let run = prepare();
+    assert_eq!(run.code, 0, "{}", run.snapshot());
+    let made = spare_account_names(&cache);
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert_eq!(
+        std::fs::metadata(&emptied).unwrap().uid(),
+        passwd_uid(&made[0])
+    );
     let destroy = on_cache(&second, &cache, &["destroy", "--auto-approve"]);
     assert_eq!(second.project.run_with(destroy).code, 0);
+}
+
+/// The spare accounts waiting in `cache` (their names).
+fn spare_account_names(cache: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(cache.join("accounts/spare"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Waits (up to 60 s) until no `kip prepare-spare` of `cache` runs (the one an apply started in the background).
