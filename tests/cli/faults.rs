@@ -134,6 +134,7 @@ fn a_second_kip_waits_for_the_lock_then_names_the_holder() {
 #[test]
 fn sigkill_at_any_point_leaves_a_state_the_next_apply_repairs() {
     let config = "postgres \"main\" {\n  version = \"16\"\n  role \"app\" { login = true }\n  role \"reader\" {}\n  database \"shop\" {\n    owner      = \"app\"\n    extensions = [\"pgcrypto\"]\n  }\n}\n";
+    let started = unix_now();
     let stack = Stack::new(config);
     // Warm the toolchain and template so the kills land in provisioning, spawning and converging.
     stack.ok(&["resolve"]);
@@ -173,12 +174,22 @@ fn sigkill_at_any_point_leaves_a_state_the_next_apply_repairs() {
     // Kills that landed while the template was built (initdb and its standalone backends outlive the kip that
     // started them) leave no shared memory behind: the segment of the running postmaster is the account's only
     // one, and it is attached.
-    let left = unattached_segments(&stack);
+    let left = unattached_segments(&stack, started);
     assert!(left.is_empty(), "{}", left.join("\n"));
 }
 
-/// The SysV segments of the account `postgres.main` of `stack` runs as that nothing is attached to.
-fn unattached_segments(stack: &Stack) -> Vec<String> {
+/// Now, in seconds since the epoch (as /proc/sysvipc/shm gives a segment's creation time).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The SysV segments of the account `postgres.main` of `stack` runs as that nothing is attached to, made at or after
+/// `since` (a uid is given again once its account is deleted: a segment another test's account left under the same
+/// uid earlier is not this test's).
+fn unattached_segments(stack: &Stack, since: u64) -> Vec<String> {
     let state: serde_json::Value =
         serde_json::from_str(&stack.project.read(".kip/state.json")).unwrap();
     let data_dir = state["instances"]["postgres.main"]["data_dir"]
@@ -191,7 +202,12 @@ fn unattached_segments(stack: &Stack) -> Vec<String> {
         .skip(1)
         .filter(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            fields.get(7) == Some(&account.to_string().as_str()) && fields.get(6) == Some(&"0")
+            fields.get(7) == Some(&account.to_string().as_str())
+                && fields.get(6) == Some(&"0")
+                && fields
+                    .get(13)
+                    .and_then(|ctime| ctime.parse::<u64>().ok())
+                    .is_some_and(|ctime| ctime >= since)
         })
         .map(|line| format!("a segment of the project's account ({account}), unattached: {line}"))
         .collect()
@@ -199,6 +215,7 @@ fn unattached_segments(stack: &Stack) -> Vec<String> {
 
 #[test]
 fn a_template_build_killed_with_its_tools_leaves_no_shared_memory() {
+    let started = unix_now();
     let stack = Stack::new("postgres \"main\" {\n  version = \"16\"\n}\n");
     stack.ok(&["resolve"]);
     let builds = stack.project.cache_dir().join("templates").join(".tmp");
@@ -275,7 +292,7 @@ fn a_template_build_killed_with_its_tools_leaves_no_shared_memory() {
     );
     let run = stack.kip(&["apply", "--auto-approve"]);
     assert_eq!(run.code, 0, "{}", run.snapshot());
-    let left = unattached_segments(&stack);
+    let left = unattached_segments(&stack, started);
     assert!(left.is_empty(), "{}", left.join("\n"));
 }
 
