@@ -447,6 +447,12 @@ impl Claim {
     }
 }
 
+/// Whether spare accounts are turned off (`KIP_SPARE_ACCOUNTS=0`): no account is made ahead of time, by the
+/// detached `kip prepare-account` or by a spare's preparer.
+pub fn spare_accounts_off() -> bool {
+    std::env::var_os("KIP_SPARE_ACCOUNTS").is_some_and(|value| value == "0")
+}
+
 /// System accounts made ahead of time, so that the first apply of a new project as root takes one instead of
 /// waiting for `useradd` (8–25 ms here: it fsyncs the four account files a dozen times). They are kept in the cache
 /// (`accounts/spare/<name>`, an empty file per account, written once the account exists); a project takes one by

@@ -823,9 +823,12 @@ fn spare_owner(requested: Option<(u32, u32)>, templates_dir: &Path) -> Option<Op
         if let Some(waiting) = accounts.waiting() {
             break waiting;
         }
-        // None waits: the next new project's is made now. The apply that took the last one starts its preparer
-        // only once it is done, and may itself be waiting for this very spare; a preparer already at work
-        // (`prepare` then returns at once) is waited for.
+        // None waits: the next new project's is made now (unless spare accounts are turned off). The apply that
+        // took the last one starts its preparer only once it is done, and may itself be waiting for this very
+        // spare; a preparer already at work (`prepare` then returns at once) is waited for.
+        if kip_core::runas::spare_accounts_off() {
+            return None;
+        }
         if let Err(error) = accounts.prepare() {
             tracing::debug!("cannot make a spare account: {error}");
             return None;

@@ -77,7 +77,7 @@ pub fn launch_wanted() {
     let Ok(kip) = std::env::current_exe() else {
         return;
     };
-    if !off("KIP_SPARE_ACCOUNTS") {
+    if !kip_core::runas::spare_accounts_off() {
         for spares in accounts {
             let mut command = Command::new(&kip);
             command.arg("prepare-account").arg(spares.dir());
