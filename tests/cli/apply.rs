@@ -1241,7 +1241,7 @@ fn a_preparer_killed_while_making_a_spare_s_database_leaves_nothing_behind() {
 #[test]
 fn a_spare_asked_for_by_an_account_deleted_meanwhile_goes_to_the_next_new_projects_account() {
     use std::os::unix::fs::MetadataExt as _;
-    if std::fs::metadata("/proc/self").map(|m| m.uid()).ok() != Some(0) {
+    if !crate::support::is_root() {
         return;
     }
     let config = "postgres \"main\" {\n  version = \"16\"\n  database \"shop\" {}\n}\n";
@@ -1297,8 +1297,8 @@ fn a_spare_asked_for_by_an_account_deleted_meanwhile_goes_to_the_next_new_projec
         .status()
         .unwrap();
     assert!(made.success());
-    let _prune = PruneAccounts(&first, cache.clone());
-    let waiting = spare_account_names(&cache).remove(0);
+    let _prune = crate::security::PruneOnDrop(&first, cache.clone());
+    let waiting = crate::security::spare_accounts(&cache).remove(0);
     let uid: u32 = passwd_uid(&waiting);
     let run = prepare(true);
     assert_eq!(run.code, 0, "{}", run.snapshot());
@@ -1326,16 +1326,22 @@ fn a_spare_asked_for_by_an_account_deleted_meanwhile_goes_to_the_next_new_projec
     // No spare account waits now (the second project took it, and kip's own preparer of the next is off here):
     // the spare's preparer makes the next new project's account itself, and gives the spare to it; unless spare
     // accounts are turned off (KIP_SPARE_ACCOUNTS=0, as the tests run kip), when it makes none and no spare.
-    assert_eq!(spare_account_names(&cache), Vec::<String>::new());
+    assert_eq!(
+        crate::security::spare_accounts(&cache),
+        Vec::<String>::new()
+    );
     let emptied = premade_spares(&cache).remove(0);
     std::fs::remove_dir_all(&emptied).unwrap();
     let run = prepare(true);
     assert_eq!(run.code, 0, "{}", run.snapshot());
-    assert_eq!(spare_account_names(&cache), Vec::<String>::new());
+    assert_eq!(
+        crate::security::spare_accounts(&cache),
+        Vec::<String>::new()
+    );
     assert!(!emptied.exists());
     let run = prepare(false);
     assert_eq!(run.code, 0, "{}", run.snapshot());
-    let made = spare_account_names(&cache);
+    let made = crate::security::spare_accounts(&cache);
     assert_eq!(made.len(), 1, "{made:?}");
     assert_eq!(
         std::fs::metadata(&emptied).unwrap().uid(),
@@ -1343,18 +1349,6 @@ fn a_spare_asked_for_by_an_account_deleted_meanwhile_goes_to_the_next_new_projec
     );
     let destroy = on_cache(&second, &cache, &["destroy", "--auto-approve"]);
     assert_eq!(second.project.run_with(destroy).code, 0);
-}
-
-/// The spare accounts waiting in `cache` (their names).
-fn spare_account_names(cache: &std::path::Path) -> Vec<String> {
-    std::fs::read_dir(cache.join("accounts/spare"))
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|entry| entry.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Waits (up to 60 s) until no `kip prepare-spare` of `cache` runs (the one an apply started in the background).
@@ -1384,16 +1378,6 @@ fn passwd_uid(name: &str) -> u32 {
             (fields.first() == Some(&name)).then(|| fields[2].parse().unwrap())
         })
         .unwrap()
-}
-
-/// Deletes the spare accounts (and spares) of a test's cache however the test ends (`kip cache prune`).
-struct PruneAccounts<'a>(&'a Stack, PathBuf);
-
-impl Drop for PruneAccounts<'_> {
-    fn drop(&mut self) {
-        let prune = on_cache(self.0, &self.1, &["cache", "prune"]);
-        let _ = self.0.project.run_with(prune);
-    }
 }
 
 /// Two `kip apply`s of the same change at once: each reads ahead before the state lock is its own, and the one that

@@ -440,7 +440,7 @@ fn pid_owner(pid: u32) -> String {
 }
 
 /// The spare accounts in `cache` (their names), as the registry lists them.
-fn spare_accounts(cache: &std::path::Path) -> Vec<String> {
+pub(crate) fn spare_accounts(cache: &std::path::Path) -> Vec<String> {
     std::fs::read_dir(cache.join("accounts/spare"))
         .map(|entries| {
             entries
@@ -478,7 +478,7 @@ fn in_passwd(name: &str) -> bool {
 }
 
 /// Deletes the spare accounts of a test's cache however the test ends (`kip cache prune`).
-struct PruneOnDrop<'a>(&'a Stack, std::path::PathBuf);
+pub(crate) struct PruneOnDrop<'a>(pub(crate) &'a Stack, pub(crate) std::path::PathBuf);
 
 impl Drop for PruneOnDrop<'_> {
     fn drop(&mut self) {
@@ -490,8 +490,7 @@ impl Drop for PruneOnDrop<'_> {
 
 #[test]
 fn a_new_project_takes_an_account_made_ahead_of_time_and_never_one_a_planted_file_names() {
-    use std::os::unix::fs::MetadataExt as _;
-    if std::fs::metadata("/proc/self").map(|m| m.uid()).ok() != Some(0) {
+    if !crate::support::is_root() {
         return;
     }
     let config = "postgres \"main\" {\n  version = \"16\"\n}\n";
@@ -571,8 +570,7 @@ fn a_new_project_takes_an_account_made_ahead_of_time_and_never_one_a_planted_fil
 
 #[test]
 fn a_spare_account_preparer_killed_at_any_moment_leaves_no_account_behind() {
-    use std::os::unix::fs::MetadataExt as _;
-    if std::fs::metadata("/proc/self").map(|m| m.uid()).ok() != Some(0) {
+    if !crate::support::is_root() {
         return;
     }
     let cache = tempfile::tempdir().unwrap();
@@ -635,8 +633,7 @@ fn claim(cache: &std::path::Path, name: &str) -> std::path::PathBuf {
 
 #[test]
 fn a_spare_account_taken_by_a_killed_kip_goes_unless_its_project_recorded_it() {
-    use std::os::unix::fs::MetadataExt as _;
-    if std::fs::metadata("/proc/self").map(|m| m.uid()).ok() != Some(0) {
+    if !crate::support::is_root() {
         return;
     }
     let config = "valkey \"cache\" {\n  version = \"9\"\n}\n";

@@ -402,3 +402,9 @@ pub fn cmdline(pid: u32) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// Whether the tests run as root (the tests of accounts kip makes need it).
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata("/proc/self").map(|m| m.uid()).ok() == Some(0)
+}
