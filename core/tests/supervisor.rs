@@ -2710,6 +2710,90 @@ async fn without_a_probe_a_settle_time_fails_a_process_that_exits_at_once_and_re
     }
 }
 
+/// A Python server that binds a unix socket at `socket` or a loopback `port` after `delay_s`, then says so on its
+/// output, and serves until stopped.
+fn late_listener(socket: Option<&Path>, port: Option<u16>, delay_s: f64) -> Vec<String> {
+    let script = format!(
+        "import socket, sys, time\n\
+         time.sleep({delay_s})\n\
+         if {unix}:\n    s = socket.socket(socket.AF_UNIX); s.bind({socket:?})\n\
+         else:\n    s = socket.socket(); s.bind(('127.0.0.1', {port}))\n\
+         s.listen(); print('listening', flush=True)\n\
+         while True: s.accept()[0].close()\n",
+        unix = if socket.is_some() { "True" } else { "False" },
+        socket = socket
+            .map(|path| path.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        port = port.unwrap_or(0),
+    );
+    vec!["-c".to_owned(), script]
+}
+
+#[tokio::test]
+async fn a_socket_or_port_that_starts_listening_is_seen_before_the_next_interval() {
+    let daemon = TestDaemon::start();
+    let mut client = daemon.client().await;
+    // Checks every 3 s; the servers listen after 0.3 s. A probe that waited for its interval would take 3 s: one
+    // woken by the socket appearing in its directory, or by the process's output, takes well under 2 s.
+    let interval = Duration::from_secs(3);
+    let socket = daemon.path("run/late.sock");
+    std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+    let port = free_port();
+    let cases = [
+        (
+            "unix",
+            late_listener(Some(&socket), None, 0.3),
+            ProbeKind::Socket {
+                path: socket.clone(),
+            },
+        ),
+        (
+            "tcp",
+            late_listener(None, Some(port), 0.3),
+            ProbeKind::Tcp {
+                host: "127.0.0.1".to_owned(),
+                port,
+            },
+        ),
+    ];
+    for (name, args, probe) in cases {
+        let mut spec = daemon.script(name, "", probe);
+        spec.program = python().to_owned();
+        spec.args = args;
+        spec.probe.interval = interval;
+        spec.probe.timeout = Duration::from_secs(20);
+        let clock = Instant::now();
+        let status = client.start(spec).await.unwrap();
+        let took = clock.elapsed();
+        assert_eq!(status.state, ProcessState::Ready, "{name}");
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+            "{name}: ready after {took:?}, with checks every {interval:?}"
+        );
+        client.stop(name).await.unwrap();
+        assert_gone(status.pid.unwrap());
+    }
+}
+
+#[tokio::test]
+async fn output_that_wakes_a_probe_does_not_spend_its_retries() {
+    let daemon = TestDaemon::start();
+    let mut client = daemon.client().await;
+    // Forty lines of output before the one the probe waits for: each wakes a check that fails. Two failed checks
+    // are allowed, and the interval (1 s) passes once at most before "ready": still ready.
+    let mut chatty = daemon.script(
+        "chatty",
+        "for i in $(seq 40); do echo \"loading $i\"; sleep 0.01; done; echo ready; exec sleep 30",
+        log_line("^ready$"),
+    );
+    chatty.probe.interval = Duration::from_secs(1);
+    chatty.probe.retries = Some(2);
+    let status = client.start(chatty).await.unwrap();
+    assert_eq!(status.state, ProcessState::Ready);
+    client.stop("chatty").await.unwrap();
+    assert_gone(status.pid.unwrap());
+}
+
 #[tokio::test]
 async fn restart_delay_is_the_first_backoff_and_doubles() {
     let daemon = TestDaemon::start();

@@ -12,10 +12,17 @@
 //! listening socket belongs to the spawned process group: for a unix socket, the peer credentials of the connection
 //! name the process that called `listen` (or else the socket's inode in `/proc/net/unix` is looked for among the
 //! group's open files); for a TCP port, the inodes of the sockets listening on it (`/proc/net/tcp`, `tcp6`) are.
+//!
+//! Between its intervals a socket, tcp or `log_line` probe also checks as soon as the process shows a sign of life
+//! (see [`Wake`]): a file appearing where its socket will be, or a write to its log. A server that starts
+//! listening is then seen within microseconds rather than up to an interval (and tokio's millisecond timer) late;
+//! the interval stays the fallback for a server that does neither.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
+use inotify::{EventStream, Inotify, WatchMask};
 use regex_lite::Regex;
 use tokio::time::Instant;
 
@@ -202,6 +209,50 @@ pub(super) struct Prober {
     group: u32,
     /// The socket or port the check connects to, if it connects to one.
     target: Option<Target>,
+    /// What wakes the probe before its next interval, when anything can.
+    wake: Option<Wake>,
+}
+
+/// The signs of life that wake a probe between its intervals: an inotify instance watching the directory of the
+/// socket a socket probe connects to (a file created or moved there: the server bound it) and the process's log (a
+/// write: servers say when they listen and when they are ready). Only the probes whose check is cheap (one connect,
+/// or reading the log's new bytes) are woken; one that forks a command or sends a request keeps its interval.
+/// Without inotify (no instances left, an unreadable directory) the probe just checks every interval.
+struct Wake {
+    events: EventStream<[u8; 1024]>,
+}
+
+impl Wake {
+    fn new(kind: &ProbeKind, log: &Path) -> Option<Wake> {
+        if !matches!(
+            kind,
+            ProbeKind::Socket { .. } | ProbeKind::Tcp { .. } | ProbeKind::LogLine { .. }
+        ) {
+            return None;
+        }
+        let inotify = Inotify::init().ok()?;
+        let mut watched = inotify.watches().add(log, WatchMask::MODIFY).is_ok();
+        if let ProbeKind::Socket { path } = kind
+            && let Some(dir) = path.parent()
+        {
+            let created = WatchMask::CREATE | WatchMask::MOVED_TO;
+            watched |= inotify.watches().add(dir, created).is_ok();
+        }
+        if !watched {
+            return None;
+        }
+        let events = inotify.into_event_stream([0; 1024]).ok()?;
+        Some(Wake { events })
+    }
+
+    /// Returns at the next event (any of them is worth a check). Once inotify fails, never: the probe is left to
+    /// its interval.
+    async fn next(&mut self) {
+        match self.events.next().await {
+            Some(Ok(_)) => {}
+            _ => std::future::pending().await,
+        }
+    }
 }
 
 impl Prober {
@@ -254,6 +305,7 @@ impl Prober {
             retries: spec.probe.retries,
             group,
             target: Target::of(&spec.probe.kind),
+            wake: Wake::new(&spec.probe.kind, &spec.log),
         })
     }
 
@@ -267,10 +319,16 @@ impl Prober {
         }
         tokio::time::sleep_until((self.started + self.initial_delay).min(self.deadline)).await;
         let mut failed = 0u32;
+        let mut woken = false;
+        let mut next = Instant::now();
         loop {
             // Checks start every `interval` (not `interval` after the last one ended), so a slow check does not
-            // stretch the cadence: a server that is up is seen at most one interval late.
-            let next = Instant::now() + self.interval;
+            // stretch the cadence: a server that is up is seen at most one interval late. A check woken in
+            // between keeps the cadence, and its failure does not count against `retries` (a process that
+            // writes its log often would spend them in no time).
+            if !woken {
+                next = Instant::now() + self.interval;
+            }
             let budget = self
                 .deadline
                 .saturating_duration_since(Instant::now())
@@ -281,7 +339,9 @@ impl Prober {
                 Err(_) => format!("the check did not finish within {} ms", budget.as_millis()),
             };
             let now = Instant::now();
-            failed = failed.saturating_add(1);
+            if !woken {
+                failed = failed.saturating_add(1);
+            }
             if let Some(retries) = self.retries
                 && failed > retries
             {
@@ -298,7 +358,17 @@ impl Prober {
                     waited: now - self.started,
                 });
             }
-            tokio::time::sleep_until(next.min(self.deadline)).await;
+            let interval = tokio::time::sleep_until(next.min(self.deadline));
+            woken = match &mut self.wake {
+                Some(wake) => tokio::select! {
+                    () = interval => false,
+                    () = wake.next() => true,
+                },
+                None => {
+                    interval.await;
+                    false
+                }
+            };
         }
     }
 
