@@ -311,53 +311,69 @@ pub(super) fn group_holds_socket(group: u32, inodes: &[u64]) -> bool {
 /// this is a few system calls per descriptor. `None` when the kernel or the permissions do not allow it (the
 /// caller falls back to `/proc/net`).
 pub(super) fn group_listens_on(group: u32, port: u16) -> Option<bool> {
-    use rustix::io::Errno;
-    use rustix::process::{Pid, PidfdFlags, PidfdGetfdFlags, pidfd_getfd, pidfd_open};
+    // The leader first: most servers listen in the process that was spawned, and finding the other members means
+    // reading every process's stat (~150 files on a quiet machine), on the path of every start.
+    let leader_is_member =
+        stat(group).is_some_and(|stat| stat.process_group == group && !stat.is_dead());
+    if leader_is_member && listens_on(group, port)? {
+        return Some(true);
+    }
     let members = group_members(group);
     if members.is_empty() {
         // No /proc, or the group is gone: the caller's fallback decides.
         return None;
     }
     for (pid, _) in members {
-        let pidfd = match pidfd_open(Pid::from_raw(pid as i32)?, PidfdFlags::empty()) {
-            Ok(pidfd) => pidfd,
-            // Exited meanwhile: the other members may still hold the socket.
-            Err(Errno::SRCH) => continue,
-            Err(_) => return None,
-        };
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        if pid != group && listens_on(pid, port)? {
+            return Some(true);
+        }
+    }
+    Some(false)
+}
+
+/// Whether the process `pid` holds a socket listening on `port` (false when it exited meanwhile); `None` when this
+/// kernel or account cannot ask.
+fn listens_on(pid: u32, port: u16) -> Option<bool> {
+    use rustix::io::Errno;
+    use rustix::process::{Pid, PidfdFlags, PidfdGetfdFlags, pidfd_getfd, pidfd_open};
+    let pidfd = match pidfd_open(Pid::from_raw(pid as i32)?, PidfdFlags::empty()) {
+        Ok(pidfd) => pidfd,
+        // Exited meanwhile: the other members may still hold the socket.
+        Err(Errno::SRCH) => return Some(false),
+        Err(_) => return None,
+    };
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Some(false);
+    };
+    for fd in fds.flatten() {
+        let is_socket = std::fs::read_link(fd.path())
+            .is_ok_and(|target| target.to_string_lossy().starts_with("socket:["));
+        let Some(number) = fd
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<i32>().ok())
+        else {
             continue;
         };
-        for fd in fds.flatten() {
-            let is_socket = std::fs::read_link(fd.path())
-                .is_ok_and(|target| target.to_string_lossy().starts_with("socket:["));
-            let Some(number) = fd
-                .file_name()
-                .to_str()
-                .and_then(|name| name.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            if !is_socket {
-                continue;
-            }
-            let socket = match pidfd_getfd(&pidfd, number, PidfdGetfdFlags::empty()) {
-                Ok(socket) => socket,
-                // Closed, or the process exited, meanwhile.
-                Err(Errno::BADF | Errno::SRCH) => continue,
-                // This kernel or account cannot ask: the caller falls back to /proc/net.
-                Err(_) => return None,
-            };
-            let listening = rustix::net::sockopt::socket_acceptconn(&socket).unwrap_or(false);
-            let bound = rustix::net::getsockname(&socket).ok().and_then(|address| {
-                rustix::net::SocketAddrV4::try_from(address.clone())
-                    .map(|v4| v4.port())
-                    .or_else(|_| rustix::net::SocketAddrV6::try_from(address).map(|v6| v6.port()))
-                    .ok()
-            });
-            if listening && bound == Some(port) {
-                return Some(true);
-            }
+        if !is_socket {
+            continue;
+        }
+        let socket = match pidfd_getfd(&pidfd, number, PidfdGetfdFlags::empty()) {
+            Ok(socket) => socket,
+            // Closed, or the process exited, meanwhile.
+            Err(Errno::BADF | Errno::SRCH) => continue,
+            // This kernel or account cannot ask: the caller falls back to /proc/net.
+            Err(_) => return None,
+        };
+        let listening = rustix::net::sockopt::socket_acceptconn(&socket).unwrap_or(false);
+        let bound = rustix::net::getsockname(&socket).ok().and_then(|address| {
+            rustix::net::SocketAddrV4::try_from(address.clone())
+                .map(|v4| v4.port())
+                .or_else(|_| rustix::net::SocketAddrV6::try_from(address).map(|v6| v6.port()))
+                .ok()
+        });
+        if listening && bound == Some(port) {
+            return Some(true);
         }
     }
     Some(false)
