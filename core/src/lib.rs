@@ -32,3 +32,4 @@ pub mod source;
 pub mod state;
 pub mod supervise;
 pub mod supervisor;
+pub mod wake;

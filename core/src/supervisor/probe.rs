@@ -21,14 +21,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use futures_util::StreamExt as _;
-use inotify::{EventStream, Inotify, WatchMask};
 use regex_lite::Regex;
 use tokio::time::Instant;
 
 use super::logfile::LogScanner;
 use super::procfs;
 use crate::engine::{ProbeKind, RunAs, SpawnSpec};
+use crate::wake::Wake;
 
 /// The shortest interval between checks: a zero interval would spin. A socket or port check is one connect (a few
 /// microseconds; whose listener it is, is read only once one answers), so it may run every millisecond, as the
@@ -213,69 +212,16 @@ pub(super) struct Prober {
     wake: Option<Wake>,
 }
 
-/// The signs of life that wake a probe between its intervals: an inotify instance watching the directory of the
-/// socket a socket probe connects to (a file created or moved there: the server bound it) and the process's log (a
-/// write: servers say when they listen and when they are ready). Only the probes whose check is cheap (one connect,
-/// or reading the log's new bytes) are woken; one that forks a command or sends a request keeps its interval.
-/// Without inotify (no instances left, an unreadable directory) the probe just checks every interval.
-///
-/// Closing an inotify instance waits for the kernel's grace period for its watches (`synchronize_srcu`; 13–16 ms
-/// measured here), so a wake is closed on a blocking thread, never on the supervisor's: the start it served is
-/// answered meanwhile.
-struct Wake {
-    events: Option<EventStream<[u8; 1024]>>,
-}
-
-impl Drop for Wake {
-    fn drop(&mut self) {
-        let Some(events) = self.events.take() else {
-            return;
-        };
-        let inotify = events.into_inotify();
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn_blocking(move || drop(inotify));
-            }
-            Err(_) => drop(inotify),
-        }
-    }
-}
-
-impl Wake {
-    fn new(kind: &ProbeKind, log: &Path) -> Option<Wake> {
-        if !matches!(
-            kind,
-            ProbeKind::Socket { .. } | ProbeKind::Tcp { .. } | ProbeKind::LogLine { .. }
-        ) {
-            return None;
-        }
-        let inotify = Inotify::init().ok()?;
-        let mut watched = inotify.watches().add(log, WatchMask::MODIFY).is_ok();
-        if let ProbeKind::Socket { path } = kind
-            && let Some(dir) = path.parent()
-        {
-            let created = WatchMask::CREATE | WatchMask::MOVED_TO;
-            watched |= inotify.watches().add(dir, created).is_ok();
-        }
-        if !watched {
-            return None;
-        }
-        let events = inotify.into_event_stream([0; 1024]).ok()?;
-        Some(Wake {
-            events: Some(events),
-        })
-    }
-
-    /// Returns at the next event (any of them is worth a check). Once inotify fails, never: the probe is left to
-    /// its interval.
-    async fn next(&mut self) {
-        let Some(events) = &mut self.events else {
-            return std::future::pending().await;
-        };
-        match events.next().await {
-            Some(Ok(_)) => {}
-            _ => std::future::pending().await,
-        }
+/// The signs of life that wake a probe between its intervals: a file created or moved into the directory of the
+/// socket a socket probe connects to (the server bound it), and a write to the process's log (servers say when
+/// they listen and when they are ready). Only the probes whose check is cheap (one connect, or reading the log's
+/// new bytes) are woken; one that forks a command or sends a request keeps its interval. Without inotify (no
+/// instances left, an unreadable directory) the probe just checks every interval.
+fn wake_for(kind: &ProbeKind, log: &Path) -> Option<Wake> {
+    match kind {
+        ProbeKind::Socket { path } => Wake::new(&[log], path.parent().as_slice()),
+        ProbeKind::Tcp { .. } | ProbeKind::LogLine { .. } => Wake::new(&[log], &[]),
+        _ => None,
     }
 }
 
@@ -329,7 +275,7 @@ impl Prober {
             retries: spec.probe.retries,
             group,
             target: Target::of(&spec.probe.kind),
-            wake: Wake::new(&spec.probe.kind, &spec.log),
+            wake: wake_for(&spec.probe.kind, &spec.log),
         })
     }
 
