@@ -1,11 +1,12 @@
-//! Waking on a sign of life in the file system, for the waits that would otherwise poll: a readiness probe between
-//! its intervals, a client waiting for a server that is still starting. An inotify instance watches the files and
-//! directories given; the waiter goes on at the next event, and keeps its own timer as the fallback (events are
-//! hints, never the only way on).
+//! Waking on a sign of life in the file system, for a wait that would otherwise poll: the supervisor's readiness
+//! probes between their intervals. An inotify instance watches the files and directories given; the waiter goes on
+//! at the next event, and keeps its own timer as the fallback (events are hints, never the only way on).
 //!
-//! Closing an inotify instance waits for the kernel's grace period for its watches (`synchronize_srcu`; 13–16 ms
-//! measured on this machine kind, on the path of every start until it was moved), so a [`Wake`] is closed on a
-//! blocking thread when dropped inside a tokio runtime.
+//! Closing an inotify instance that watched anything waits for the kernel's grace period for its watches
+//! (`synchronize_srcu`; 8–24 ms measured on this machine kind, on the path of every start until it was moved), so a
+//! [`Wake`] is closed on a blocking thread when dropped inside a tokio runtime. That suits the supervisor, which
+//! lives on; a short-lived `kip` command would pay the close at its exit anyway (tried for PostgreSQL's first
+//! session, and reverted: the exit waited for it), so the commands poll.
 
 use std::path::Path;
 

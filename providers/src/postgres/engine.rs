@@ -64,7 +64,6 @@ fn creates_plain_database(ctx: &InstanceCtx, args: &InstanceArgs) -> bool {
 pub(super) fn connector(ctx: &InstanceCtx, args: &InstanceArgs) -> Connector {
     let mut connector = Connector::new(&ctx.run_dir, args.port);
     connector.user = args.superuser.clone();
-    connector.status_file = Some(ctx.data_dir.join("postmaster.pid"));
     let own = ctx
         .secrets
         .get(SUPERUSER_PASSWORD)

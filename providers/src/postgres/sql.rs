@@ -41,9 +41,6 @@ pub struct Connector {
     pub fallback: Option<Password>,
     /// How long to keep retrying while the server is starting up (socket missing, or "starting up").
     pub startup_timeout: Duration,
-    /// The server's `postmaster.pid`, when known: its status line says when a server that is starting up takes
-    /// sessions, and each rewrite of it wakes a connect waiting for that.
-    pub status_file: Option<PathBuf>,
     /// Keep this session's statements out of the server log (`log_statement = none`,
     /// `log_min_error_statement = panic`), so that no password lands there. Only a superuser may set these, so
     /// turn it off to connect as an ordinary role.
@@ -60,7 +57,6 @@ impl Connector {
             password: None,
             fallback: None,
             startup_timeout: Duration::from_secs(10),
-            status_file: None,
             quiet_log: true,
         }
     }
@@ -87,7 +83,6 @@ impl Connector {
         }
         let mut fallback = self.fallback.as_ref();
         let deadline = Instant::now() + self.startup_timeout;
-        let mut wake = None;
         loop {
             match config.connect(NoTls).await {
                 Ok((client, connection)) => {
@@ -98,12 +93,10 @@ impl Connector {
                     });
                     return Ok(client);
                 }
-                // The socket is there a few milliseconds before the server takes sessions, and the first session of
-                // a fresh instance is on the path to ready: again once the server says it is ready, or in 2 ms.
+                // Every 2 ms: the socket is there a few milliseconds before the server takes sessions, and the
+                // first session of a fresh instance is on the path to ready.
                 Err(source) if Instant::now() < deadline && is_starting_up(&source) => {
-                    let answered =
-                        source.code() == Some(&tokio_postgres::error::SqlState::CANNOT_CONNECT_NOW);
-                    self.wait_starting(answered, &mut wake).await;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
                 }
                 Err(source)
                     if fallback.is_some()
@@ -125,50 +118,6 @@ impl Connector {
             }
         }
     }
-}
-
-impl Connector {
-    /// Waits up to 2 ms for a server that is starting up, less when its status line in `postmaster.pid` says
-    /// "ready" sooner (PostgreSQL rewrites that file when it starts taking sessions): a connect made earlier would
-    /// only be refused again, each refusal a backend forked on a server busy starting. Only a server that
-    /// `answered` "starting up" has written the file: before its socket is there, the file may be a killed
-    /// server's, which says "ready" forever. `wake` is kept between the calls of one connect.
-    async fn wait_starting(&self, answered: bool, wake: &mut Option<kip_core::wake::Wake>) {
-        let pause = tokio::time::sleep(Duration::from_millis(2));
-        let Some(status_file) = self.status_file.as_ref().filter(|_| answered) else {
-            return pause.await;
-        };
-        if wake.is_none() {
-            *wake = kip_core::wake::Wake::new(&[status_file], &[]);
-        }
-        // Read after the watch is set: a rewrite in between is seen either here or as an event.
-        if says_ready(status_file) {
-            return;
-        }
-        tokio::pin!(pause);
-        let Some(watch) = wake else {
-            return pause.await;
-        };
-        loop {
-            tokio::select! {
-                () = &mut pause => return,
-                () = watch.next() => {
-                    if says_ready(status_file) {
-                        return;
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Whether the status line of a `postmaster.pid` (its eighth) says the server takes sessions.
-fn says_ready(status_file: &Path) -> bool {
-    std::fs::read_to_string(status_file).is_ok_and(|text| {
-        text.lines()
-            .nth(7)
-            .is_some_and(|status| status.trim() == "ready")
-    })
 }
 
 /// "The database system is starting up", or no socket yet / nobody listening on it.
@@ -994,28 +943,4 @@ async fn run_batch(client: &Client, database: &str, statements: &[Sql]) -> Resul
         statements[0].shown()
     );
     Err(PgError::sql(database, summary, batch_error))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_status_line_of_postmaster_pid_says_when_sessions_are_taken() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("postmaster.pid");
-        let lines = |status: &str| {
-            format!("4711\n/data\n1796122187\n5432\n/run\n\n 10043769    622608\n{status}\n")
-        };
-        assert!(!says_ready(&file), "no file");
-        std::fs::write(&file, lines("starting")).unwrap();
-        assert!(!says_ready(&file));
-        std::fs::write(&file, lines("ready   ")).unwrap();
-        assert!(says_ready(&file));
-        std::fs::write(&file, "4711\n/data\n").unwrap();
-        assert!(
-            !says_ready(&file),
-            "an older server's file has no status line"
-        );
-    }
 }
