@@ -2854,11 +2854,14 @@ async fn start_after_a_kill_waits_for_the_worker(replace_program: bool) {
     };
     // The leader refuses to start while `held` exists, as a postmaster refuses a shared memory block still in use;
     // its worker holds it for 0.8 s after the leader died. Both are the same shell in the same directory, as a
-    // postmaster and its backends are one program in one data directory.
+    // postmaster and its backends are one program in one data directory. The leader says it is up only once its
+    // worker runs that program (not `setsid` on its way there): the probe passes the moment it says so.
     let script = format!(
         "if [ -e held ]; then echo 'held by a worker'; exit 1; fi\n\
          touch held\n\
-         ( setsid {} -c 'while kill -0 $0 2>/dev/null; do sleep 0.05; done; sleep 0.8; rm -f held' $$ & )\n\
+         rm -f worker-up\n\
+         ( setsid {} -c 'touch worker-up; while kill -0 $0 2>/dev/null; do sleep 0.05; done; sleep 0.8; rm -f held' $$ & )\n\
+         while [ ! -e worker-up ]; do sleep 0.01; done\n\
          echo up\n\
          while :; do sleep 1; done",
         program.display()
