@@ -140,7 +140,9 @@ fn ready() -> Block {
     Block::new(
         "ready",
         "How kip knows the process is ready: exactly one probe kind (`http`, `tcp`, `exec`, `log_line` or \
-         `socket`), tried every `interval` until it passes or `timeout` runs out. Until it passes, nothing \
+         `socket`), tried every `interval` until it passes or `timeout` runs out; a `tcp`, `socket` or \
+         `log_line` probe is also tried at once whenever the process writes output or a file appears where \
+         its socket will be, so a server is seen ready as it starts listening. Until it passes, nothing \
          that depends on the process starts; if it never does, the apply fails and shows the process's \
          last log lines. Without a `ready` block a process counts as ready once it has run for 100 ms \
          without exiting (a job: once started).",
@@ -163,7 +165,8 @@ fn ready() -> Block {
             "retries",
             T::Count,
             "Failed attempts allowed before giving up, on top of `timeout`: with `retries = 2` the probe \
-             fails at the third failed attempt (or at `timeout`, whichever comes first). Only `timeout` \
+             fails at the third failed attempt (or at `timeout`, whichever comes first). Only the attempts \
+             made every `interval` count, not those made at once on the process's output. Only `timeout` \
              limits attempts when unset.",
         ),
     ])
