@@ -2776,6 +2776,40 @@ async fn a_socket_or_port_that_starts_listening_is_seen_before_the_next_interval
 }
 
 #[tokio::test]
+async fn a_tcp_probe_passes_for_a_listener_that_is_not_the_groups_leader() {
+    // The check asks the group's leader first, and only then reads every process to find the other members: a
+    // server started by a shell that stays (the leader) listens in a child of the group, and is still its own.
+    let daemon = TestDaemon::start();
+    let mut client = daemon.client().await;
+    let port = free_port();
+    let mut spec = daemon.script(
+        "wrapped",
+        &format!(
+            "{} -m http.server {port} --bind 127.0.0.1 --directory . & echo $! > server.child; wait",
+            python().display()
+        ),
+        ProbeKind::Tcp {
+            host: "127.0.0.1".to_owned(),
+            port,
+        },
+    );
+    spec.probe.timeout = Duration::from_secs(20);
+    let status = client.start(spec).await.unwrap();
+    assert_eq!(status.state, ProcessState::Ready);
+    let leader = status.pid.unwrap();
+    let child: u32 = std::fs::read_to_string(daemon.path("server.child"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_ne!(child, leader, "the server is not the leader");
+    std::net::TcpStream::connect(("127.0.0.1", port)).expect("ready means listening");
+    client.stop("wrapped").await.unwrap();
+    assert_gone(leader);
+    assert_gone(child);
+}
+
+#[tokio::test]
 async fn output_that_wakes_a_probe_does_not_spend_its_retries() {
     let daemon = TestDaemon::start();
     let mut client = daemon.client().await;
