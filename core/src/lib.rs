@@ -32,4 +32,4 @@ pub mod source;
 pub mod state;
 pub mod supervise;
 pub mod supervisor;
-pub mod wake;
+pub(crate) mod wake;

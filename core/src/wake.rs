@@ -5,8 +5,8 @@
 //! Closing an inotify instance that watched anything waits for the kernel's grace period for its watches
 //! (`synchronize_srcu`; 8–24 ms measured on this machine kind, on the path of every start until it was moved), so a
 //! [`Wake`] is closed on a blocking thread when dropped inside a tokio runtime. That suits the supervisor, which
-//! lives on; a short-lived `kip` command would pay the close at its exit anyway (tried for PostgreSQL's first
-//! session, and reverted: the exit waited for it), so the commands poll.
+//! lives on. A `kip` command's runtime waits for its blocking threads when it shuts down, so a command would still
+//! wait for the close: the commands poll (tried for PostgreSQL's first session and reverted, see BENCHMARKS.md).
 
 use std::path::Path;
 
