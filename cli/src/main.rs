@@ -151,6 +151,10 @@ fn main() -> ExitCode {
     let stderr_style = Style::for_stderr(cli.color);
     logging::init(cli.verbose, stderr_style.color);
     let result = run(cli);
+    // Files a command wrote whose fsyncs run on their own threads (`kip_core::fsutil::sync_soon`) are durable before
+    // it exits, also where no durable state write waited for them.
+    let settled = kip_core::fsutil::settle();
+    let result = result.and_then(|status| settled.map(|()| status).map_err(Into::into));
     commands::spare::launch_wanted();
     match result {
         Ok(status) => status.into(),

@@ -247,6 +247,7 @@ impl State {
     /// Makes what [`State::checkpoint`] wrote durable: fsyncs the state file and its directory.
     pub fn sync(kip_dir: &Path) -> Result<(), StateError> {
         let path = kip_dir.join(STATE_FILE);
+        settle_owed(&path)?;
         crate::fsutil::sync_with_dir(&path).map_err(|source| StateError::Io {
             action: "sync",
             path,
@@ -274,12 +275,23 @@ impl State {
         }
         // Mode 0600, a temp file renamed over the state; fsynced with its directory when `durable`.
         let write = if durable {
+            settle_owed(&path)?;
             crate::fsutil::write_private
         } else {
             crate::fsutil::write_private_unsynced
         };
         write(&path, text.as_bytes(), None).map_err(io("write", &path))
     }
+}
+
+/// The files written for what the state records, whose fsyncs are still running ([`crate::fsutil::sync_soon`]),
+/// made durable before the state is: a state that survives a power loss never names an instance whose files did not.
+fn settle_owed(path: &Path) -> Result<(), StateError> {
+    crate::fsutil::settle().map_err(|source| StateError::Io {
+        action: "write",
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 mod migrate {

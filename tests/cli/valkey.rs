@@ -572,6 +572,41 @@ fn a_lost_state_never_opens_access_and_says_how_to_recover() {
     assert_eq!(pong, "PONG");
 }
 
+/// The ACL file's fsync runs beside Valkey's first start, so a power loss can leave it empty while the state (made
+/// durable after it, at the end of the apply) survives: Valkey reads an empty ACL file as a `default` user with no
+/// password. The next start writes it again from the state first: the socket still asks for the password.
+#[test]
+fn an_acl_file_a_power_loss_left_empty_is_written_again_before_the_next_start() {
+    let stack = Stack::new("valkey \"cache\" {\n  version = \"9\"\n}\n");
+    stack.ok(&["apply", "--auto-approve"]);
+    let url = stack.url("valkey.cache");
+    stack.ok(&["down"]);
+    let acl = stack
+        .project
+        .path()
+        .join(".kip/run/valkey.cache/data/users.acl");
+    std::fs::write(&acl, "").unwrap();
+    stack.ok(&["up"]);
+    let socket_path = url
+        .strip_prefix("unix://")
+        .and_then(|rest| rest.split('?').next())
+        .unwrap()
+        .to_owned();
+    let denied = redis::cmd("PING")
+        .query::<String>(&mut connect(&format!("unix://{socket_path}")))
+        .unwrap_err();
+    assert_eq!(denied.code(), Some("NOAUTH"), "{denied}");
+    let pong: String = redis::cmd("PING").query(&mut connect(&url)).unwrap();
+    assert_eq!(pong, "PONG", "the password in the state works as before");
+    assert!(
+        std::fs::read_to_string(&acl)
+            .unwrap()
+            .starts_with("user default on #"),
+        "written again"
+    );
+    assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
+}
+
 /// A kip killed after its first provisioning wrote the ACL file and before the state had the password: the state
 /// says the provisioning is unfinished and holds no password. The next `kip up` (and, the same way, `kip apply`)
 /// provisions again as the first time, the ACL file gets the password that is now saved, and the instance works.

@@ -269,9 +269,12 @@ impl Engine for Valkey {
             Self::write_config(ctx, &args)
                 .map_err(|error| vk_error("cannot write the Valkey configuration", error))?;
             // The default user's password exists before the first start; from then on the file is Valkey's. One
-            // a killed kip wrote before it could save the password was never Valkey's, and is written again.
+            // a killed kip wrote before it could save the password was never Valkey's, and is written again; so is
+            // an empty one (a power loss before its fsync, which runs beside the start), which Valkey would read
+            // as a default user without a password.
             let acl_file = ctx.data_dir.join(ACL_FILE);
-            if ctx.provision_unfinished || !acl_file.exists() {
+            let missing = !std::fs::metadata(&acl_file).is_ok_and(|metadata| metadata.len() > 0);
+            if ctx.provision_unfinished || missing {
                 let line = format!(
                     "user default on #{} ~* &* +@all\n",
                     password_hash(&default_password(ctx, &args))
