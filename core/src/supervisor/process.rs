@@ -818,6 +818,9 @@ impl Runner {
             .send_modify(|status| status.state = ProcessState::Ready);
         if let Some(first) = first.take() {
             let _ = first.send(Ok(self.status.borrow().clone()));
+            // The send only wakes the request's task; on this thread it would write the answer after the record
+            // (a rename of the table, 0.1-0.3 ms). Yielding lets it answer first.
+            tokio::task::yield_now().await;
         }
         self.save();
         let ready_at = Instant::now();
