@@ -361,7 +361,8 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 /// of time when `spares` holds one, recorded in `.kip/account`; else nothing here, and [`resolve_run_as`] creates
 /// the project's account. Either way the project had none, so a spare is wanted for the next new project
 /// ([`take_wanted_spare_accounts`]). The record is written without an fsync, on the way to ready; the apply makes
-/// it durable with the state ([`sync_recorded_accounts`]).
+/// it durable with the state: its fsync runs beside the engine's start ([`crate::fsutil::sync_soon`]), and
+/// [`sync_recorded_accounts`] waits for it.
 pub fn take_project_account(project_dir: &Path, spares: &SpareAccounts) -> Result<(), RunAsError> {
     if rustix::process::geteuid().as_raw() != 0 {
         return Ok(());
@@ -376,9 +377,15 @@ pub fn take_project_account(project_dir: &Path, spares: &SpareAccounts) -> Resul
     };
     let kip_dir = project_dir.join(".kip");
     let path = kip_dir.join(ACCOUNT_FILE);
-    let recorded = std::fs::create_dir_all(&kip_dir).and_then(|()| {
-        crate::fsutil::write_private_unsynced(&path, format!("{}\n", entry.name).as_bytes(), None)
-    });
+    let recorded = std::fs::create_dir_all(&kip_dir)
+        .and_then(|()| {
+            crate::fsutil::write_private_unsynced(
+                &path,
+                format!("{}\n", entry.name).as_bytes(),
+                None,
+            )
+        })
+        .and_then(|()| crate::fsutil::sync_soon(&path));
     match recorded {
         Ok(()) => {
             tracing::info!(
@@ -409,20 +416,23 @@ pub fn take_project_account(project_dir: &Path, spares: &SpareAccounts) -> Resul
 static UNSYNCED_RECORDS: std::sync::Mutex<Vec<(PathBuf, Claim)>> =
     std::sync::Mutex::new(Vec::new());
 
-/// Makes the `.kip/account` files [`take_project_account`] wrote durable (fsyncs them and their directory), then
-/// lets go of the spares' claims: the record is now what keeps the account.
+/// Waits until the `.kip/account` files [`take_project_account`] wrote are durable (their fsyncs, started when
+/// they were written, are settled), then lets go of the spares' claims: the record is now what keeps the account.
 pub fn sync_recorded_accounts() -> Result<(), RunAsError> {
     let records = std::mem::take(
         &mut *UNSYNCED_RECORDS
             .lock()
             .unwrap_or_else(|poison| poison.into_inner()),
     );
-    for (path, claim) in records {
-        crate::fsutil::sync_with_dir(&path).map_err(|source| RunAsError::Io {
-            action: "write",
-            path,
-            source,
-        })?;
+    let Some((first, _)) = records.first() else {
+        return Ok(());
+    };
+    crate::fsutil::settle().map_err(|source| RunAsError::Io {
+        action: "write",
+        path: first.clone(),
+        source,
+    })?;
+    for (_, claim) in records {
         claim.release();
     }
     Ok(())
