@@ -812,15 +812,15 @@ impl Runner {
             }
             tracing::info!(name = %spec.name, pid, "ready after {} ms", started.elapsed().as_millis());
         }
-        // The caller hears first and the record follows: it is off the path to ready, and a daemon killed in
-        // between leaves the record `starting` with its pid, which the next daemon adopts and probes again.
+        // The record follows the send, on this thread, before the request's task writes the answer (the runtime
+        // has one thread: yielding here let the answer out first, which moved no benchmark, and a daemon killed
+        // right after its caller heard `ready` then left a `starting` record that the next daemon probed again).
+        // A daemon killed before the record leaves it `starting` with its pid, which the next daemon adopts and
+        // probes again.
         self.status
             .send_modify(|status| status.state = ProcessState::Ready);
         if let Some(first) = first.take() {
             let _ = first.send(Ok(self.status.borrow().clone()));
-            // The send only wakes the request's task; on this thread it would write the answer after the record
-            // (a rename of the table, 0.1-0.3 ms). Yielding lets it answer first.
-            tokio::task::yield_now().await;
         }
         self.save();
         let ready_at = Instant::now();
