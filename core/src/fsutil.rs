@@ -73,7 +73,7 @@ static OWED: Mutex<Vec<(PathBuf, JoinHandle<std::io::Result<()>>)>> = Mutex::new
 
 /// Makes `path` (written without fsyncs) durable on a thread of its own, so that what comes next (an engine's
 /// start, which reads the file from the page cache) does not wait for the disk: an fsync of a file and of its
-/// directory took 1.6-2.2 ms on the project's machines, a tenth of a Valkey's apply beyond its own start.
+/// directory took 1.6-2.2 ms on the project's machines, a fifth of what kip adds to a Valkey's own start.
 /// [`settle`] waits for it; the state's durable writes call [`settle`] first, so a file an engine needs (a Valkey's
 /// ACL file with its default user's password) is durable before any state that says the engine was provisioned is,
 /// and every `kip` command calls it before it exits. Where no thread can be started, syncs at once.
