@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use kip_registry::mirror::MirrorIndex;
 use kip_schemas::Version;
@@ -44,6 +45,39 @@ pub struct ResolveSettings {
     pub platform: String,
     /// The content-addressed store of unpacked toolchains.
     pub store: PathBuf,
+    /// The mirrors' indexes, shared by every resolver made from these settings and their clones.
+    pub indexes: SharedIndexes,
+}
+
+/// The mirrors' indexes one command has fetched or is fetching, by mirror: every resolver made from one
+/// [`ResolveSettings`] (the instances of an apply each resolve with their own) shares them, so a mirror's index is
+/// fetched once per command, and [`Resolver::prefetch_index`] can start that fetch while the command still checks
+/// the configuration and plans. A fetch that failed is not kept: the next resolver that needs the index tries
+/// again and reports its own error.
+#[derive(Clone, Default)]
+pub struct SharedIndexes(Arc<Mutex<HashMap<String, IndexCell>>>);
+
+type IndexCell = Arc<tokio::sync::OnceCell<(Location, MirrorIndex)>>;
+
+impl SharedIndexes {
+    fn cell(&self, mirror: &str) -> IndexCell {
+        let mut cells = self.0.lock().unwrap_or_else(|poison| poison.into_inner());
+        Arc::clone(cells.entry(mirror.to_owned()).or_default())
+    }
+}
+
+impl std::fmt::Debug for SharedIndexes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cells = self.0.lock().unwrap_or_else(|poison| poison.into_inner());
+        f.debug_list()
+            .entries(
+                cells
+                    .iter()
+                    .filter(|(_, cell)| cell.initialized())
+                    .map(|(mirror, _)| mirror),
+            )
+            .finish()
+    }
 }
 
 impl ResolveSettings {
@@ -348,7 +382,6 @@ pub struct Resolver<'p> {
     progress: &'p dyn Progress,
     /// Builds its HTTP client at the first URL only.
     fetcher: Fetcher,
-    indexes: HashMap<String, (Location, MirrorIndex)>,
 }
 
 impl std::fmt::Debug for Resolver<'_> {
@@ -365,7 +398,6 @@ impl<'p> Resolver<'p> {
             settings,
             progress,
             fetcher: Fetcher::new(RetryPolicy::default()),
-            indexes: HashMap::new(),
         }
     }
 
@@ -545,14 +577,27 @@ impl<'p> Resolver<'p> {
         }
     }
 
-    /// The index of `engine`'s mirror, fetched once per run.
-    async fn index(&mut self, engine: &str) -> Result<(Location, MirrorIndex), ResolveError> {
+    /// Fetches the index of `engine`'s mirror ahead of the first resolve that needs it (a request kip.lock does
+    /// not pin yet): the resolvers made from the same settings then find it fetched, or wait for this fetch
+    /// instead of making their own. What fails here is left for that resolve to find and report.
+    pub async fn prefetch_index(&self, engine: &str) {
+        if let Err(error) = self.index(engine).await {
+            tracing::debug!("fetching the index of {engine}'s mirror ahead: {error}");
+        }
+    }
+
+    /// The index of `engine`'s mirror, fetched once per command ([`SharedIndexes`]).
+    async fn index(&self, engine: &str) -> Result<(Location, MirrorIndex), ResolveError> {
         let Some(mirror) = self.settings.mirror_or_local(engine)? else {
             return Err(self.settings.no_mirror(vec![engine.to_owned()]));
         };
-        if let Some(cached) = self.indexes.get(&mirror) {
-            return Ok(cached.clone());
-        }
+        let cell = self.settings.indexes.cell(&mirror);
+        cell.get_or_try_init(|| self.fetch_index(mirror))
+            .await
+            .cloned()
+    }
+
+    async fn fetch_index(&self, mirror: String) -> Result<(Location, MirrorIndex), ResolveError> {
         let index_error = |source: IndexError| ResolveError::Index {
             location: mirror.clone(),
             source,
@@ -570,8 +615,6 @@ impl<'p> Resolver<'p> {
             location: location.to_string(),
             source: error.into(),
         })?;
-        self.indexes
-            .insert(mirror, (location.clone(), index.clone()));
         Ok((location, index))
     }
 
@@ -678,6 +721,73 @@ fn remove_leftovers(temp: &Path, sha256: &str) {
                 std::fs::remove_file(&path)
             };
         }
+    }
+}
+
+/// The engines among `requests` whose resolve will read their mirror's index: neither a `KIP_<ENGINE>_BINDIR` nor
+/// a pinned toolchain already in the store (kept under `policy`) answers them. Each engine once.
+pub fn needing_index(
+    requests: &[Request],
+    lock: &LockFile,
+    policy: &Policy,
+    settings: &ResolveSettings,
+) -> Vec<String> {
+    let mut engines: Vec<String> = Vec::new();
+    for request in requests {
+        let engine = request.engine.as_str();
+        if settings.bindirs.contains_key(engine) || engines.iter().any(|e| e == engine) {
+            continue;
+        }
+        let cached = lock
+            .pin(engine, &request.spec_text())
+            .filter(|_| policy.keeps_pin(engine))
+            .and_then(|pin| pin.hashes.get(&settings.platform))
+            .is_some_and(|hash| settings.store.join(format!("sha256-{hash}")).is_dir());
+        if !cached {
+            engines.push(engine.to_owned());
+        }
+    }
+    engines
+}
+
+/// Fetches, on a thread of its own, the mirror indexes the resolves of `engines` will read, into `settings`'
+/// [`SharedIndexes`]: the fetch (an HTTP client, a request, the parse; 2-3 ms over loopback) overlaps what the
+/// command does before its first resolve instead of following it. Nothing is fetched twice: a resolve that comes
+/// first or later shares the same fetch. Engines with one mirror are fetched once; a local mirror needs no thread.
+pub fn prefetch_indexes(settings: &ResolveSettings, engines: Vec<String>) {
+    let mut mirrors: Vec<String> = Vec::new();
+    let engines: Vec<String> = engines
+        .into_iter()
+        .filter(|engine| match settings.mirror_or_local(engine) {
+            Ok(Some(mirror)) if mirror.contains("://") && !mirrors.contains(&mirror) => {
+                mirrors.push(mirror);
+                true
+            }
+            _ => false,
+        })
+        .collect();
+    if engines.is_empty() {
+        return;
+    }
+    let settings = settings.clone();
+    let spawned = std::thread::Builder::new()
+        .name("kip-index".into())
+        .spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            let resolver = Resolver::new(settings, &crate::fetch::NoProgress);
+            runtime.block_on(async {
+                for engine in &engines {
+                    resolver.prefetch_index(engine).await;
+                }
+            });
+        });
+    if let Err(error) = spawned {
+        tracing::debug!("no thread to fetch the mirror indexes ahead: {error}");
     }
 }
 

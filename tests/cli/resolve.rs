@@ -606,3 +606,33 @@ fn two_kips_resolving_the_same_artifact_download_it_once() {
     assert_eq!(server.requests(&path), 1, "one download for two resolvers");
     assert_eq!(store_entries(&project).len(), 1);
 }
+
+/// A new project's apply reads its mirror's index once however many instances resolve against it: the fetch starts
+/// beside the plan and every instance's resolve shares it (each fetched its own before). A fetch that failed is not
+/// kept: the resolve that needs the index tries again, and the apply goes on.
+#[test]
+fn a_new_projects_instances_share_one_fetch_of_the_index_and_a_failed_one_is_tried_again() {
+    let stack = crate::apply::Stack::new(
+        "postgres \"a\" {\n  version = \"16\"\n}\n\npostgres \"b\" {\n  version = \"16\"\n}\n\n\
+         valkey \"cache\" {\n  version = \"9\"\n}\n",
+    );
+    stack.ok(&["apply", "--auto-approve"]);
+    assert_eq!(
+        stack.server.requests("index.json"),
+        1,
+        "one fetch of the index"
+    );
+    stack.ok(&["destroy", "--auto-approve"]);
+
+    // Without kip.lock the pins go, and the index is read again; its first answer is a 404, not retried by the
+    // fetch itself: whichever of the read-ahead and the first resolve got it, the next one asks again.
+    std::fs::remove_file(stack.project.path().join("kip.lock")).unwrap();
+    stack.server.fail("index.json", Fault::Status(404), 1);
+    stack.ok(&["apply", "--auto-approve"]);
+    assert_eq!(
+        stack.server.requests("index.json"),
+        3,
+        "the failed fetch and one more"
+    );
+    assert!(stack.project.read("kip.lock").contains("valkey"));
+}

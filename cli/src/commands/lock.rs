@@ -37,7 +37,7 @@ pub struct ResolveArgs {
     pub vars: VarArgs,
 }
 
-fn settings() -> anyhow::Result<ResolveSettings> {
+pub(crate) fn settings() -> anyhow::Result<ResolveSettings> {
     let cache = super::project::cache_dir()?;
     let engines = kip_schemas::engines().iter().map(|engine| engine.name);
     Ok(ResolveSettings::from_env(engines, &cache))
@@ -72,18 +72,25 @@ fn check_sources(
 
 /// [`check_sources`] for plan and apply, on the configuration they checked. A kip.lock that cannot be read fails
 /// here, before a plan is shown: a drift check (`kip plan --detailed-exitcode`) must not pass on a lock that
-/// `kip apply --locked` then refuses.
-pub(crate) fn check_sources_for(context: &Context, checked: &Checked) -> anyhow::Result<()> {
+/// `kip apply --locked` then refuses. Answers the engines whose resolve will read their mirror's index (no pinned
+/// toolchain in the store answers them), for apply to fetch ahead.
+pub(crate) fn check_sources_for(
+    context: &Context,
+    checked: &Checked,
+    settings: &ResolveSettings,
+) -> anyhow::Result<Vec<String>> {
     let Some(config) = checked.config.as_ref() else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     let lock = LockFile::read(&context.dir.join(LOCK_FILE)).map_err(lock_error)?;
-    check_sources(
-        &resolve::requests(config),
+    let requests = resolve::requests(config);
+    check_sources(&requests, &lock, &Policy::UseLock, settings)?;
+    Ok(resolve::needing_index(
+        &requests,
         &lock,
         &Policy::UseLock,
-        &settings()?,
-    )
+        settings,
+    ))
 }
 
 /// What both commands start from: the declared specs, kip.lock (and its path), and where to resolve.

@@ -127,7 +127,7 @@ pub fn plan(context: &Context, args: PlanArgs) -> anyhow::Result<ExitStatus> {
     let Some(checked) = checked_config(context, &args.vars)? else {
         return Ok(ExitStatus::Failure);
     };
-    super::lock::check_sources_for(context, &checked)?;
+    super::lock::check_sources_for(context, &checked, &super::lock::settings()?)?;
     let project = project?;
     let state = State::read(&project.kip_dir).map_err(state_error)?;
     let mut plan = plan_against(
