@@ -51,7 +51,7 @@ pub struct ResolveSettings {
 
 /// The mirrors' indexes one command has fetched or is fetching, by mirror: every resolver made from one
 /// [`ResolveSettings`] (the instances of an apply each resolve with their own) shares them, so a mirror's index is
-/// fetched once per command, and [`Resolver::prefetch_index`] can start that fetch while the command still checks
+/// fetched once per command, and [`prefetch_indexes`] can start that fetch while the command still checks
 /// the configuration and plans. A fetch that failed is not kept: the next resolver that needs the index tries
 /// again and reports its own error.
 #[derive(Clone, Default)]
@@ -577,20 +577,17 @@ impl<'p> Resolver<'p> {
         }
     }
 
-    /// Fetches the index of `engine`'s mirror ahead of the first resolve that needs it (a request kip.lock does
-    /// not pin yet): the resolvers made from the same settings then find it fetched, or wait for this fetch
-    /// instead of making their own. What fails here is left for that resolve to find and report.
-    pub async fn prefetch_index(&self, engine: &str) {
-        if let Err(error) = self.index(engine).await {
-            tracing::debug!("fetching the index of {engine}'s mirror ahead: {error}");
-        }
-    }
-
     /// The index of `engine`'s mirror, fetched once per command ([`SharedIndexes`]).
     async fn index(&self, engine: &str) -> Result<(Location, MirrorIndex), ResolveError> {
         let Some(mirror) = self.settings.mirror_or_local(engine)? else {
             return Err(self.settings.no_mirror(vec![engine.to_owned()]));
         };
+        self.index_of(mirror).await
+    }
+
+    /// The index of `mirror`: fetched by this resolver, or by another made from the same settings (one that
+    /// [`prefetch_indexes`] runs ahead), which this one then waits for instead of fetching its own.
+    async fn index_of(&self, mirror: String) -> Result<(Location, MirrorIndex), ResolveError> {
         let cell = self.settings.indexes.cell(&mirror);
         cell.get_or_try_init(|| self.fetch_index(mirror))
             .await
@@ -724,49 +721,13 @@ fn remove_leftovers(temp: &Path, sha256: &str) {
     }
 }
 
-/// The engines among `requests` whose resolve will read their mirror's index: neither a `KIP_<ENGINE>_BINDIR` nor
-/// a pinned toolchain already in the store (kept under `policy`) answers them. Each engine once.
-pub fn needing_index(
-    requests: &[Request],
-    lock: &LockFile,
-    policy: &Policy,
-    settings: &ResolveSettings,
-) -> Vec<String> {
-    let mut engines: Vec<String> = Vec::new();
-    for request in requests {
-        let engine = request.engine.as_str();
-        if settings.bindirs.contains_key(engine) || engines.iter().any(|e| e == engine) {
-            continue;
-        }
-        let cached = lock
-            .pin(engine, &request.spec_text())
-            .filter(|_| policy.keeps_pin(engine))
-            .and_then(|pin| pin.hashes.get(&settings.platform))
-            .is_some_and(|hash| settings.store.join(format!("sha256-{hash}")).is_dir());
-        if !cached {
-            engines.push(engine.to_owned());
-        }
-    }
-    engines
-}
-
-/// Fetches, on a thread of its own, the mirror indexes the resolves of `engines` will read, into `settings`'
+/// Fetches, on a thread of its own, the indexes of `mirrors` (what [`check_sources`] answered) into `settings`'
 /// [`SharedIndexes`]: the fetch (an HTTP client, a request, the parse; 2-3 ms over loopback) overlaps what the
 /// command does before its first resolve instead of following it. Nothing is fetched twice: a resolve that comes
-/// first or later shares the same fetch. Engines with one mirror are fetched once; a local mirror needs no thread.
-pub fn prefetch_indexes(settings: &ResolveSettings, engines: Vec<String>) {
-    let mut mirrors: Vec<String> = Vec::new();
-    let engines: Vec<String> = engines
-        .into_iter()
-        .filter(|engine| match settings.mirror_or_local(engine) {
-            Ok(Some(mirror)) if mirror.contains("://") && !mirrors.contains(&mirror) => {
-                mirrors.push(mirror);
-                true
-            }
-            _ => false,
-        })
-        .collect();
-    if engines.is_empty() {
+/// first or later shares the same fetch. A local mirror (a path) is read when needed, on no thread of its own.
+pub fn prefetch_indexes(settings: &ResolveSettings, mut mirrors: Vec<String>) {
+    mirrors.retain(|mirror| mirror.contains("://"));
+    if mirrors.is_empty() {
         return;
     }
     let settings = settings.clone();
@@ -781,8 +742,10 @@ pub fn prefetch_indexes(settings: &ResolveSettings, engines: Vec<String>) {
             };
             let resolver = Resolver::new(settings, &crate::fetch::NoProgress);
             runtime.block_on(async {
-                for engine in &engines {
-                    resolver.prefetch_index(engine).await;
+                for mirror in mirrors {
+                    if let Err(error) = resolver.index_of(mirror.clone()).await {
+                        tracing::debug!("fetching the index of {mirror} ahead: {error}");
+                    }
                 }
             });
         });
@@ -794,16 +757,20 @@ pub fn prefetch_indexes(settings: &ResolveSettings, engines: Vec<String>) {
 /// Checks, before anything is written, that every request can be resolved from somewhere: a
 /// `KIP_<ENGINE>_BINDIR`, a pinned toolchain already in the store (kept under `policy`), a configured mirror, or
 /// the local mirror. One error names every engine that has none of these, so one `kip mirror build` gets them all.
+/// Answers the mirrors whose indexes the resolves will read (those of the requests no pinned toolchain in the
+/// store answers), each once, for [`prefetch_indexes`].
 pub fn check_sources(
     requests: &[Request],
     lock: &LockFile,
     policy: &Policy,
     settings: &ResolveSettings,
-) -> Result<(), ResolveError> {
+) -> Result<Vec<String>, ResolveError> {
+    let mut seen: Vec<&str> = Vec::new();
     let mut missing: Vec<String> = Vec::new();
+    let mut mirrors: Vec<String> = Vec::new();
     for request in requests {
         let engine = request.engine.as_str();
-        if settings.bindirs.contains_key(engine) || missing.iter().any(|m| m == engine) {
+        if settings.bindirs.contains_key(engine) || seen.contains(&engine) {
             continue;
         }
         let cached = lock
@@ -811,12 +778,18 @@ pub fn check_sources(
             .filter(|_| policy.keeps_pin(engine))
             .and_then(|pin| pin.hashes.get(&settings.platform))
             .is_some_and(|hash| settings.store.join(format!("sha256-{hash}")).is_dir());
-        if !cached && settings.mirror_or_local(engine)?.is_none() {
-            missing.push(engine.to_owned());
+        if cached {
+            continue;
+        }
+        seen.push(engine);
+        match settings.mirror_or_local(engine)? {
+            None => missing.push(engine.to_owned()),
+            Some(mirror) if !mirrors.contains(&mirror) => mirrors.push(mirror),
+            Some(_) => {}
         }
     }
     if missing.is_empty() {
-        Ok(())
+        Ok(mirrors)
     } else {
         Err(settings.no_mirror(missing))
     }
@@ -931,7 +904,7 @@ mod tests {
             |lock: &LockFile, policy: &Policy, settings: &ResolveSettings| match check_sources(
                 &requests, lock, policy, settings,
             ) {
-                Ok(()) => Vec::new(),
+                Ok(_) => Vec::new(),
                 Err(ResolveError::NoMirror { engines, .. }) => engines,
                 Err(other) => panic!("{other}"),
             };
@@ -990,6 +963,19 @@ mod tests {
             .engine_mirrors
             .insert("alpha".to_owned(), "https://mirror.invalid/".to_owned());
         assert!(missing(&lock, &Policy::Upgrade(Vec::new()), &settings).is_empty());
+        // What the resolves will read, each mirror once, for the apply to fetch ahead.
+        assert_eq!(
+            check_sources(&requests, &lock, &Policy::Upgrade(Vec::new()), &settings).unwrap(),
+            [
+                "https://mirror.invalid/".to_owned(),
+                local.display().to_string()
+            ]
+        );
+        // With alpha's toolchain pinned and unpacked, only beta's mirror is read.
+        assert_eq!(
+            check_sources(&requests, &lock, &Policy::UseLock, &settings).unwrap(),
+            [local.display().to_string()]
+        );
 
         // A broken local index is an error of its own, naming the file.
         settings.engine_mirrors.clear();

@@ -150,8 +150,8 @@ pub fn apply(context: &Context, args: ApplyArgs) -> anyhow::Result<ExitStatus> {
     // Engines that no mirror has stop the apply here, before the state lock creates .kip/. The indexes of the
     // mirrors the walk will resolve against are fetched from now on, beside the plan (`resolve::prefetch_indexes`).
     let resolve = resolve_settings(&project);
-    let needing_index = super::lock::check_sources_for(context, &checked, &resolve)?;
-    kip_core::resolve::prefetch_indexes(&resolve, needing_index);
+    let mirrors = super::lock::check_sources_for(context, &checked, &resolve)?;
+    kip_core::resolve::prefetch_indexes(&resolve, mirrors);
     let _lock = StateLock::acquire(&project.kip_dir, args.lock_timeout).map_err(state_error)?;
     let mut state = State::read(&project.kip_dir).map_err(state_error)?;
     let (config, graph) = config_and_graph(&checked);

@@ -66,14 +66,14 @@ fn check_sources(
     lock: &LockFile,
     policy: &Policy,
     settings: &ResolveSettings,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<String>> {
     resolve::check_sources(requests, lock, policy, settings).map_err(resolve_error)
 }
 
 /// [`check_sources`] for plan and apply, on the configuration they checked. A kip.lock that cannot be read fails
 /// here, before a plan is shown: a drift check (`kip plan --detailed-exitcode`) must not pass on a lock that
-/// `kip apply --locked` then refuses. Answers the engines whose resolve will read their mirror's index (no pinned
-/// toolchain in the store answers them), for apply to fetch ahead.
+/// `kip apply --locked` then refuses. Answers the mirrors whose indexes the resolves will read, for apply to fetch
+/// ahead.
 pub(crate) fn check_sources_for(
     context: &Context,
     checked: &Checked,
@@ -83,14 +83,12 @@ pub(crate) fn check_sources_for(
         return Ok(Vec::new());
     };
     let lock = LockFile::read(&context.dir.join(LOCK_FILE)).map_err(lock_error)?;
-    let requests = resolve::requests(config);
-    check_sources(&requests, &lock, &Policy::UseLock, settings)?;
-    Ok(resolve::needing_index(
-        &requests,
+    check_sources(
+        &resolve::requests(config),
         &lock,
         &Policy::UseLock,
         settings,
-    ))
+    )
 }
 
 /// What both commands start from: the declared specs, kip.lock (and its path), and where to resolve.
