@@ -16,6 +16,20 @@ pub(crate) fn connect(url: &str) -> redis::Connection {
         .unwrap_or_else(|error| panic!("cannot connect to {url}: {error}"))
 }
 
+/// The socket path in a URL `kip url` printed (the temp project's path needs no percent-decoding).
+fn socket_of(url: &str) -> &str {
+    url.strip_prefix("unix://")
+        .and_then(|rest| rest.split('?').next())
+        .unwrap()
+}
+
+/// The instance's socket asked `PING` by a client that sends no password: Valkey's refusal.
+fn ping_without_password(url: &str) -> redis::RedisError {
+    redis::cmd("PING")
+        .query::<String>(&mut connect(&format!("unix://{}", socket_of(url))))
+        .unwrap_err()
+}
+
 fn config_get(url: &str, name: &str) -> String {
     let pair: Vec<String> = redis::cmd("CONFIG")
         .arg("GET")
@@ -112,16 +126,7 @@ fn end_to_end(version: &str) {
         .unwrap_err();
     assert_eq!(refused.code(), Some("NOPERM"), "{refused}");
     // Without a password, nothing.
-    // (The temp project's path needs no percent-decoding.)
-    let socket_path = url
-        .strip_prefix("unix://")
-        .and_then(|rest| rest.split('?').next())
-        .unwrap()
-        .to_owned();
-    let mut anonymous = connect(&format!("unix://{socket_path}"));
-    let denied = redis::cmd("PING")
-        .query::<String>(&mut anonymous)
-        .unwrap_err();
+    let denied = ping_without_password(&url);
     assert_eq!(denied.code(), Some("NOAUTH"), "{denied}");
 
     assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
@@ -286,7 +291,7 @@ fn end_to_end(version: &str) {
     // Destroy leaves no process, no directory, no socket.
     stack.ok(&["destroy", "--auto-approve"]);
     assert!(!std::path::Path::new(&format!("/proc/{restarted}")).exists());
-    assert!(!PathBuf::from(&socket_path).exists());
+    assert!(!PathBuf::from(socket_of(&url)).exists());
     assert!(
         !stack.project.path().join(".kip/run/valkey.cache").exists(),
         "the instance's directory is left"
@@ -556,15 +561,8 @@ fn a_lost_state_never_opens_access_and_says_how_to_recover() {
         "{}",
         run.stderr
     );
-    let socket_path = url
-        .strip_prefix("unix://")
-        .and_then(|rest| rest.split('?').next())
-        .unwrap()
-        .to_owned();
-    if std::path::Path::new(&socket_path).exists() {
-        let denied = redis::cmd("PING")
-            .query::<String>(&mut connect(&format!("unix://{socket_path}")))
-            .unwrap_err();
+    if std::path::Path::new(socket_of(&url)).exists() {
+        let denied = ping_without_password(&url);
         assert_eq!(denied.code(), Some("NOAUTH"), "{denied}");
     }
     // The old URL (the password kip had) still works: nothing was reset.
@@ -587,14 +585,7 @@ fn an_acl_file_a_power_loss_left_empty_is_written_again_before_the_next_start() 
         .join(".kip/run/valkey.cache/data/users.acl");
     std::fs::write(&acl, "").unwrap();
     stack.ok(&["up"]);
-    let socket_path = url
-        .strip_prefix("unix://")
-        .and_then(|rest| rest.split('?').next())
-        .unwrap()
-        .to_owned();
-    let denied = redis::cmd("PING")
-        .query::<String>(&mut connect(&format!("unix://{socket_path}")))
-        .unwrap_err();
+    let denied = ping_without_password(&url);
     assert_eq!(denied.code(), Some("NOAUTH"), "{denied}");
     let pong: String = redis::cmd("PING").query(&mut connect(&url)).unwrap();
     assert_eq!(pong, "PONG", "the password in the state works as before");
