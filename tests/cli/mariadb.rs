@@ -518,6 +518,27 @@ fn a_lost_state_never_opens_access_and_says_how_to_recover() {
     assert_eq!(sql(&new_url, &["SELECT id FROM shop.kept"]), [["7"]]);
 }
 
+/// kip.cnf's fsync runs beside the server's first start, so a power loss can leave it empty while the state
+/// survives; a server started on an empty one would listen on the network with the defaults. The next start
+/// renders it again first: unix socket only, and the same login works.
+#[test]
+fn a_config_a_power_loss_left_empty_is_rendered_again_before_the_next_start() {
+    let stack = Stack::new("mariadb \"main\" {\n  version = \"10.11\"\n}\n");
+    stack.ok(&["apply", "--auto-approve"]);
+    let url = stack.url("mariadb.main");
+    stack.ok(&["down"]);
+    let cnf = stack
+        .project
+        .path()
+        .join(".kip/run/mariadb.main/data/kip.cnf");
+    let rendered = std::fs::read_to_string(&cnf).unwrap();
+    assert!(rendered.contains("skip-networking"), "{rendered}");
+    std::fs::write(&cnf, "").unwrap();
+    stack.ok(&["up"]);
+    assert_eq!(std::fs::read_to_string(&cnf).unwrap(), rendered);
+    assert_eq!(sql(&url, &["SELECT 1"]), [["1"]]);
+}
+
 /// Hostile names: a database and a user whose names hold quotes, a backtick, a dot, spaces, unicode and shell
 /// metacharacters converge, log in through their exported url, plan nothing more, and are pruned.
 #[test]
