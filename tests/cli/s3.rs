@@ -147,37 +147,67 @@ fn a_failed_start_reports_the_engines_log_tail() {
     assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
 }
 
-/// Another account's file at one of the instance's gRPC socket paths in /tmp (weed names them after its ports):
-/// the start is refused, naming the file, and the file stays, since kip removes only its engine account's files
-/// there; once it is gone, the instance starts. `kip down` leaves none of the instance's own sockets behind.
+/// Another account's file at one of the instance's gRPC socket paths in /tmp (weed names them after its ports, and
+/// another kip's instance may have had that port while this one was down): `kip apply` gives that port up for a
+/// new one, as it does a port another program listens on, says so and keeps the new one in state; the file stays,
+/// since kip removes only its engine account's files there. The data stays, the plan after it is empty, and
+/// `kip down` leaves none of the instance's own sockets behind.
 #[test]
-fn another_accounts_file_at_a_socket_path_is_refused_and_left_alone() {
+fn another_accounts_file_at_a_socket_path_moves_the_port_and_is_left_alone() {
     if uid_of("self") != 0 {
         return;
     }
-    let stack = Stack::new("s3 \"store\" {\n  version = \"4\"\n}\n");
+    /// Removes the planted file however the test ends.
+    struct Planted(PathBuf);
+    impl Drop for Planted {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let stack = Stack::new("s3 \"store\" {\n  version = \"4\"\n  bucket \"keep\" {}\n}\n");
     stack.ok(&["apply", "--auto-approve"]);
+    let s3 = client(&stack);
+    block_on(s3.put_object("keep", "a/b.txt", "kept")).unwrap();
     stack.ok(&["down"]);
-    let sockets = kip_providers::s3::config::grpc_sockets(&state_ports(&stack, "s3.store"));
+    let before = state_ports(&stack, "s3.store");
+    let sockets = kip_providers::s3::config::grpc_sockets(&before);
     let left: Vec<&PathBuf> = sockets.iter().filter(|socket| socket.exists()).collect();
     assert!(left.is_empty(), "left in /tmp after down: {left:?}");
-    let planted = &sockets[0];
-    std::fs::write(planted, "theirs").unwrap();
-    std::os::unix::fs::chown(planted, Some(65534), Some(65534)).unwrap();
+    let from = before["volume-grpc"];
+    let planted = Planted(PathBuf::from(format!(
+        "/tmp/seaweedfs-volume-grpc-{from}.sock"
+    )));
+    assert!(sockets.contains(&planted.0), "{sockets:?}");
+    std::fs::write(&planted.0, "theirs").unwrap();
+    std::os::unix::fs::chown(&planted.0, Some(65534), Some(65534)).unwrap();
 
-    let run = stack.kip(&["apply", "--auto-approve"]);
-    assert_eq!(run.code, 1, "{}", run.snapshot());
+    let apply = stack.ok(&["apply", "--auto-approve"]);
+    let after = state_ports(&stack, "s3.store");
+    let to = after["volume-grpc"];
+    assert_ne!(to, from);
     assert!(
-        run.stderr.contains(&planted.display().to_string())
-            && run.stderr.contains("another account's"),
+        apply
+            .stderr
+            .contains(&crate::support::moved_port_line(from, "volume-grpc", to)),
         "{}",
-        run.stderr
+        apply.snapshot()
     );
-    assert_eq!(std::fs::read_to_string(planted).unwrap(), "theirs");
-
-    std::fs::remove_file(planted).unwrap();
-    stack.ok(&["apply", "--auto-approve"]);
+    // Only that port moved; the S3 API keeps its address.
+    let mut unmoved = after.clone();
+    unmoved.insert("volume-grpc".to_owned(), from);
+    assert_eq!(unmoved, before);
+    assert_eq!(std::fs::read_to_string(&planted.0).unwrap(), "theirs");
+    let owner = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&planted.0).unwrap());
+    assert_eq!(owner, 65534);
+    let read = s3.get_object_retrying("keep", "a/b.txt", Duration::from_secs(10));
+    assert_eq!(block_on(read).unwrap(), "kept");
     assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
+
+    stack.ok(&["down"]);
+    let sockets = kip_providers::s3::config::grpc_sockets(&after);
+    let left: Vec<&PathBuf> = sockets.iter().filter(|socket| socket.exists()).collect();
+    assert!(left.is_empty(), "left in /tmp after down: {left:?}");
+    assert_eq!(std::fs::read_to_string(&planted.0).unwrap(), "theirs");
 }
 
 #[test]

@@ -196,8 +196,9 @@ const PORT_TRIES: usize = 3;
 ///
 /// - A port its configuration declares ([`Engine::ports`]) that something else holds refuses the start: the user
 ///   chose it, and only they can choose another.
-/// - A port kip chose (kept in the context's `ports`) that something else holds is given up for a new free one:
-///   one taken while the instance did not run (an outgoing connection may get any port of the ephemeral range),
+/// - A port kip chose (kept in the context's `ports`) that something else holds, or that the engine cannot use
+///   ([`Engine::port_unusable`]), is given up for a new free one: one taken while the instance did not run (an
+///   outgoing connection may get any port of the ephemeral range, another kip's instance a port this one had),
 ///   or between this check and the engine's bind (another kip choosing at the same moment). The instance is then
 ///   provisioned again, so that its configuration names the new port, `moved` is called (to save the state before
 ///   anything runs on the new port), and the start is tried again, at most [`PORT_TRIES`] times.
@@ -223,7 +224,7 @@ pub async fn start_on_free_ports(
             Vec::new()
         } else {
             check_declared_ports(engine, ctx)?;
-            taken_chosen_ports(ctx)
+            taken_chosen_ports(engine, ctx)
         };
         if taken.is_empty() {
             let specs = engine.spawn_specs(ctx)?;
@@ -233,7 +234,7 @@ pub async fn start_on_free_ports(
                 Err(error) => error,
             };
             // The engine could not bind a port that was free a moment ago if another program has it now.
-            taken = taken_chosen_ports(ctx);
+            taken = taken_chosen_ports(engine, ctx);
             if taken.is_empty() {
                 return Err(error);
             }
@@ -263,11 +264,15 @@ fn check_declared_ports(engine: &dyn Engine, ctx: &InstanceCtx) -> Result<(), In
     Ok(())
 }
 
-/// The ports kip chose for the instance that something else holds now, with their names.
-fn taken_chosen_ports(ctx: &InstanceCtx) -> Vec<(String, u16)> {
+/// The ports kip chose for the instance that something else holds now (or keeps it from using: see
+/// [`Engine::port_unusable`]), with their names.
+fn taken_chosen_ports(engine: &dyn Engine, ctx: &InstanceCtx) -> Vec<(String, u16)> {
     ctx.ports
         .iter()
-        .filter(|(_, port)| std::net::TcpListener::bind(("127.0.0.1", **port)).is_err())
+        .filter(|(name, port)| {
+            std::net::TcpListener::bind(("127.0.0.1", **port)).is_err()
+                || engine.port_unusable(ctx, name, **port)
+        })
         .map(|(name, port)| (name.clone(), *port))
         .collect()
 }

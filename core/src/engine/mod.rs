@@ -275,13 +275,21 @@ impl InstanceCtx {
     /// [`InstanceCtx::port`], and none of `declared` either (ports the instance's configuration names, free until
     /// its process binds them).
     pub fn port_besides(&mut self, name: &str, declared: &[u16]) -> Result<u16, EngineError> {
+        self.port_where(name, |port| !declared.contains(&port))
+    }
+
+    /// [`InstanceCtx::port`], and only one `usable` accepts (not the declared ports, say, nor one whose name a
+    /// file already has: see [`Engine::port_unusable`]).
+    pub fn port_where(
+        &mut self,
+        name: &str,
+        usable: impl Fn(u16) -> bool,
+    ) -> Result<u16, EngineError> {
         if let Some(port) = self.ports.get(name) {
             return Ok(*port);
         }
-        let port = free_port(|port| {
-            declared.contains(&port) || self.ports.values().any(|kept| *kept == port)
-        })
-        .map_err(|error| EngineError::with_source("cannot find a free loopback port", error))?;
+        let port = free_port(|port| !usable(port) || self.ports.values().any(|kept| *kept == port))
+            .map_err(|error| EngineError::with_source("cannot find a free loopback port", error))?;
         self.ports.insert(name.to_owned(), port);
         Ok(port)
     }
@@ -388,6 +396,15 @@ pub trait Engine: Send + Sync {
             .and_then(|port| u16::try_from(port).ok())
             .into_iter()
             .collect()
+    }
+
+    /// Whether something other than a listener keeps the instance from using `port`, which kip chose for its
+    /// listener `name`: another account's file at a path the engine names after the port (SeaweedFS's gRPC
+    /// sockets in /tmp), which kip may not remove. Asked before a start while nothing of the instance runs; such a
+    /// port is given up for a new one, as one another program listens on is. A provider that chooses ports
+    /// ([`InstanceCtx::port_where`]) refuses these from the start.
+    fn port_unusable(&self, _instance: &InstanceCtx, _name: &str, _port: u16) -> bool {
+        false
     }
 
     /// Runs when the instance is destroyed, once none of its processes runs and before its directories are

@@ -61,10 +61,22 @@ pub fn assign_ports(ctx: &mut InstanceCtx, args: &InstanceArgs) -> Result<(), En
         if name == S3_PORT && args.port.is_some() {
             continue;
         }
-        // Never the declared S3 port: it is free until weed binds it, and the kernel may offer it.
-        ctx.port_besides(name, args.port.as_slice())?;
+        // Never the declared S3 port: it is free until weed binds it, and the kernel may offer it. Nor one whose
+        // gRPC socket path has a file already: another account's would stop weed, and is not kip's to remove.
+        ctx.port_where(name, |port| {
+            Some(port) != args.port && grpc_socket(name, port).is_none_or(|path| !path.exists())
+        })?;
     }
     Ok(())
+}
+
+/// Whether another account's file is at the path of the gRPC socket SeaweedFS names after the port `name` (the
+/// instance's own are removed by the supervisor before each start).
+pub fn grpc_socket_taken(name: &str, port: u16, account: u32) -> bool {
+    grpc_socket(name, port).is_some_and(|path| {
+        std::fs::symlink_metadata(path)
+            .is_ok_and(|metadata| std::os::unix::fs::MetadataExt::uid(&metadata) != account)
+    })
 }
 
 /// The port kept under `name`, or an error saying provision has not run.
@@ -225,14 +237,21 @@ pub fn volumes_on_disk(data_dir: &Path) -> Vec<u32> {
 
 /// The unix sockets SeaweedFS serves its gRPC servers on for these ports, in `/tmp` (it has no flag for them).
 pub fn grpc_sockets(ports: &BTreeMap<String, u16>) -> Vec<PathBuf> {
+    ports
+        .iter()
+        .filter_map(|(name, port)| grpc_socket(name, *port))
+        .collect()
+}
+
+/// The unix socket SeaweedFS serves a gRPC server on when the port kept under `name` is `port`, if it is a
+/// gRPC port.
+fn grpc_socket(name: &str, port: u16) -> Option<PathBuf> {
     GRPC_SOCKETS
         .iter()
-        .filter_map(|(component, name)| {
-            ports.get(*name).map(|port| {
-                Path::new("/tmp").join(format!("seaweedfs-{component}-grpc-{port}.sock"))
-            })
+        .find(|(_, grpc)| *grpc == name)
+        .map(|(component, _)| {
+            Path::new("/tmp").join(format!("seaweedfs-{component}-grpc-{port}.sock"))
         })
-        .collect()
 }
 
 #[cfg(test)]

@@ -247,22 +247,15 @@ impl Engine for S3 {
                     .map_err(io_error("write", &path))
                     .map_err(|error| s3_error("cannot write SeaweedFS's configuration", error))?;
             }
-            // SeaweedFS listens on these too. The supervisor removes the instance's own (`leaves`) before each
-            // start; a file another account put at one of those paths would stop weed, and is not kip's to remove.
-            let account = RunAs::uid_or_own(ctx.run_as.as_ref());
-            for socket in config::grpc_sockets(&ctx.ports) {
-                if let Ok(metadata) = std::fs::symlink_metadata(&socket)
-                    && std::os::unix::fs::MetadataExt::uid(&metadata) != account
-                {
-                    return Err(EngineError::new(format!(
-                        "{} is in the way of SeaweedFS's gRPC socket, and it is another account's",
-                        socket.display()
-                    ))
-                    .hint("ask its owner to remove it (weed names its sockets after the instance's ports), then apply again"));
-                }
-            }
             Ok(())
         })
+    }
+
+    /// SeaweedFS listens on unix sockets in /tmp too, named after its gRPC ports. The supervisor removes the
+    /// instance's own (`leaves`) before each start; another account's file at one of those paths would stop weed,
+    /// and is not kip's to remove: that port is given up for a new one.
+    fn port_unusable(&self, ctx: &InstanceCtx, name: &str, port: u16) -> bool {
+        config::grpc_socket_taken(name, port, RunAs::uid_or_own(ctx.run_as.as_ref()))
     }
 
     fn spawn_specs(&self, ctx: &InstanceCtx) -> Result<Vec<SpawnSpec>, EngineError> {

@@ -147,6 +147,8 @@ impl Journal {
 pub struct Fake {
     pub journal: Journal,
     squatter: Squatter,
+    /// Ports the engine cannot use though nothing listens on them ([`Engine::port_unusable`]).
+    unusable: Arc<Mutex<Vec<u16>>>,
 }
 
 /// Another program that takes the port kip chooses for an instance right after provisioning chose it, before the
@@ -158,6 +160,23 @@ impl Fake {
     /// Makes another program take the port chosen by each of the next `provisions` provisionings, and hold it.
     pub fn take_chosen_port_after_next_provisions(&self, provisions: u32) {
         self.squatter.lock().0 = provisions;
+    }
+
+    /// Makes `port` one the engine cannot use, as another account's file named after it would (SeaweedFS's gRPC
+    /// sockets in /tmp): never chosen, and given up when kept.
+    pub fn make_port_unusable(&self, port: u16) {
+        self.unusable
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .push(port);
+    }
+
+    fn usable(&self, port: u16) -> bool {
+        !self
+            .unusable
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .contains(&port)
     }
 
     /// The ports taken that way, in order.
@@ -284,12 +303,16 @@ impl Engine for Fake {
                 ctx.secrets.0.insert(PASSWORD.into(), password);
             }
             if args.listens {
-                let port = ctx.port(LISTEN_PORT)?;
+                let port = ctx.port_where(LISTEN_PORT, |port| self.usable(port))?;
                 self.squatter.take(port)?;
             }
             self.journal.record(&ctx.address, "provisioned");
             Ok(())
         })
+    }
+
+    fn port_unusable(&self, _ctx: &InstanceCtx, _name: &str, port: u16) -> bool {
+        !self.usable(port)
     }
 
     fn spawn_specs(&self, ctx: &InstanceCtx) -> Result<Vec<SpawnSpec>, EngineError> {

@@ -431,6 +431,32 @@ fn a_chosen_port_taken_during_the_start_is_given_up_for_a_new_one() {
     );
 }
 
+/// A kept port the engine cannot use though nothing listens on it (another account's file named after it, as
+/// SeaweedFS names its gRPC sockets in /tmp), found while the instance was down: `kip up` gives it up for a new one,
+/// saved in the state, which is never an unusable one, and spawns nothing on the old one.
+#[test]
+fn a_kept_port_the_engine_cannot_use_is_given_up_for_a_new_one() {
+    let (setup, engine, supervisors) = setup();
+    let harness = Harness::new(&setup, "fake \"main\" {\n  listens = true\n}\n");
+    harness.apply_clean("apply");
+    let first = harness.state().instances[&fake("main")].ports[LISTEN_PORT];
+    harness.down().unwrap();
+    engine.make_port_unusable(first);
+    harness.up().expect("the start on a new port succeeds");
+    let second = harness.state().instances[&fake("main")].ports[LISTEN_PORT];
+    assert_ne!(second, first);
+    assert_eq!(harness.running(&fake("main")).len(), 1);
+    let spawned = supervisors.spawned();
+    assert_eq!(spawned, ["fake.main", "fake.main"], "{spawned:?}");
+    let plan = harness.plan().unwrap();
+    assert!(
+        plan.changes
+            .iter()
+            .all(|change| change.action == Action::Noop),
+        "{plan:?}"
+    );
+}
+
 /// The same, with the port taken between provisioning and the start (the check before the start finds it), not
 /// during the bind.
 #[test]
