@@ -264,7 +264,9 @@ const ADDED_CONVERGED: &str = r#"postgres "added" {
 /// template to `SELECT 1` (the floor), `kip apply` with an empty templates dir (kip's cold path), and `initdb`,
 /// start and `SELECT 1` by hand (the bare cold path). No KIP_LOG: logging is work the bare starts do not do. Each
 /// step starts after a `sync`, untimed, so that none pays for the writeback of the one before (a destroy deletes
-/// a data dir just before).
+/// a data dir just before); the applies of new projects also wait until no spare is being prepared, as the added
+/// ones do: the spare the previous new project's provisioning asked for is copied in the background right after
+/// it, and an apply timed during that copy shares the two cores and the disk with it.
 fn against_floor(harness: &Harness, runs: usize) {
     // A warm cache, and the account kip runs this project's PostgreSQL as, which the bare starts use too (postgres
     // refuses root). kip removes a project's account with its last instance, so this project (its server idle)
@@ -290,12 +292,12 @@ fn against_floor(harness: &Harness, runs: usize) {
     let mut floor = Vec::new();
     let mut cold = Vec::new();
     for index in 0..runs {
-        crate::floor::settle();
+        crate::floor::quiet();
         let project = harness.project(EMPTY_INSTANCE);
         kip.push(project.expect(0, &["apply", "--auto-approve"]).elapsed);
         drop(project);
 
-        crate::floor::settle();
+        crate::floor::quiet();
         let project = harness.project(ONE_ROLE_ONE_DATABASE);
         let run = project.expect(0, &["apply", "--auto-approve"]);
         assert!(
