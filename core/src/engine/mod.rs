@@ -317,7 +317,7 @@ pub fn free_port(taken: impl Fn(u16) -> bool) -> std::io::Result<u16> {
         }
         if refused.len() >= 64 {
             return Err(std::io::Error::other(
-                "every port the kernel offered is one the instance has already",
+                "every port the kernel offered is one the instance has already or cannot use",
             ));
         }
         refused.push(listener);
