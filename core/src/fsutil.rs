@@ -93,8 +93,13 @@ pub fn sync_soon(path: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Held while a [`settle`] joins what it took: another thread's settle waits for those too, instead of finding
+/// nothing owed and returning while they still run.
+static SETTLING: Mutex<()> = Mutex::new(());
+
 /// Waits for every fsync [`sync_soon`] started; the first that failed is the error, naming its file.
 pub fn settle() -> std::io::Result<()> {
+    let _one_at_a_time = SETTLING.lock().unwrap_or_else(|poison| poison.into_inner());
     join_owed(std::mem::take(
         &mut *OWED.lock().unwrap_or_else(|poison| poison.into_inner()),
     ))

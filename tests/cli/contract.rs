@@ -679,9 +679,14 @@ fn down_and_destroy_leave_no_supervisor_behind() {
     stack.ok(&["resolve"]);
     let left_after = |command: &str, round: u32| {
         stack.ok(&[command, "--auto-approve"][..if command == "down" { 1 } else { 2 }]);
-        // A daemon that found the lock taken gives up after a second (LOCK_PATIENCE): wait that out.
-        std::thread::sleep(Duration::from_millis(1500));
-        let left = supervisors_of(stack.root());
+        // A daemon that found the lock taken gives up after a second (LOCK_PATIENCE): wait that out, and as long
+        // again for a loaded machine to let it exit.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut left = supervisors_of(stack.root());
+        while !left.is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            left = supervisors_of(stack.root());
+        }
         assert!(
             left.is_empty(),
             "round {round}: a supervisor still runs after kip {command}: {left:?}, {}\nkip ps:\n{}",
