@@ -371,13 +371,17 @@ fn engine_account(stack: &Stack) -> (String, String, String) {
 fn other_local_accounts_polling_a_first_start_never_get_in() {
     let (_client_dir, client) = client();
     let port = free_port();
+    // A Valkey beside it keeps the project, and so its engine account, through MariaDB's destroys: kip deletes the
+    // account with the project's last instance, and useradd hands a freed uid to the next account at once (another
+    // test's, whose userdel would then find this test's poller running as it).
     let stack = Stack::new(&format!(
-        "mariadb \"main\" {{\n  version = \"10.11\"\n  port    = {port}\n}}\n"
+        "mariadb \"main\" {{\n  version = \"10.11\"\n  port    = {port}\n}}\n\nvalkey \"keep\" {{\n  version = \"8\"\n}}\n"
     ));
     // The first apply makes the engine's account (and the template); the polled first starts come after.
     stack.ok(&["apply", "--auto-approve"]);
     let (account, uid, gid) = engine_account(&stack);
-    stack.ok(&["destroy", "--auto-approve"]);
+    let destroy = || stack.ok(&["destroy", "mariadb.main", "--auto-approve"]);
+    destroy();
     let socket = stack
         .project
         .path()
@@ -403,7 +407,7 @@ fn other_local_accounts_polling_a_first_start_never_get_in() {
     std::thread::sleep(Duration::from_millis(300));
     for _ in 0..2 {
         stack.ok(&["apply", "--auto-approve"]);
-        stack.ok(&["destroy", "--auto-approve"]);
+        destroy();
     }
     // First starts whose kip is SIGKILLed at each moment (provisioning, starting, the socket appearing): the
     // server is left with the bootstrap password, and the next apply still gets in and secures it.
@@ -412,7 +416,7 @@ fn other_local_accounts_polling_a_first_start_never_get_in() {
         crate::support::settled(&stack, "mariadb.main");
     }
     stack.ok(&["apply", "--auto-approve"]);
-    stack.ok(&["destroy", "--auto-approve"]);
+    destroy();
     kill_when_exists(stack.command(&["apply", "--auto-approve"]), &socket);
     crate::support::settled(&stack, "mariadb.main");
     stack.ok(&["apply", "--auto-approve"]);
@@ -436,6 +440,11 @@ fn other_local_accounts_polling_a_first_start_never_get_in() {
         "{seen_by_engine}"
     );
     assert_eq!(sql(&stack.url("mariadb.main"), &["SELECT 1"]), [["1"]]);
+    assert_eq!(
+        engine_account(&stack),
+        (account, uid, gid),
+        "the same account throughout"
+    );
 }
 
 /// A declared root password changes live (the same process): the old one stops working, the new one works, also
