@@ -97,12 +97,12 @@ pub fn sync_soon(path: &Path) -> std::io::Result<()> {
 /// nothing owed and returning while they still run.
 static SETTLING: Mutex<()> = Mutex::new(());
 
-/// Waits for every fsync [`sync_soon`] started; the first that failed is the error, naming its file.
+/// Waits for every fsync [`sync_soon`] started; the first that failed is the error, naming its file. The queue is
+/// not held while it waits: another instance's provisioning may owe its own fsync meanwhile.
 pub fn settle() -> std::io::Result<()> {
     let _one_at_a_time = SETTLING.lock().unwrap_or_else(|poison| poison.into_inner());
-    join_owed(std::mem::take(
-        &mut *OWED.lock().unwrap_or_else(|poison| poison.into_inner()),
-    ))
+    let owed = std::mem::take(&mut *OWED.lock().unwrap_or_else(|poison| poison.into_inner()));
+    join_owed(owed)
 }
 
 fn join_owed(owed: Vec<(PathBuf, JoinHandle<std::io::Result<()>>)>) -> std::io::Result<()> {
@@ -299,6 +299,36 @@ mod tests {
             "cannot make /b/users.acl durable: disk gone"
         );
         assert!(join_owed(Vec::new()).is_ok());
+    }
+
+    /// Two settles at once (two instances of an apply, or two tests): the one that finds the queue already taken
+    /// waits for the fsyncs the other is joining, and never returns while one it owes still runs.
+    #[test]
+    fn a_settle_waits_for_the_fsyncs_another_settle_is_joining() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let synced = std::sync::Arc::new(AtomicBool::new(false));
+        let path =
+            PathBuf::from("/owed/by/a_settle_waits_for_the_fsyncs_another_settle_is_joining");
+        let slow = {
+            let synced = std::sync::Arc::clone(&synced);
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                synced.store(true, Ordering::SeqCst);
+                Ok(())
+            })
+        };
+        let owed = || OWED.lock().unwrap().iter().any(|(owed, _)| *owed == path);
+        OWED.lock().unwrap().push((path.clone(), slow));
+        let first = std::thread::spawn(settle);
+        while owed() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        settle().unwrap();
+        assert!(
+            synced.load(Ordering::SeqCst),
+            "settle returned while an fsync it owed was still running"
+        );
+        first.join().unwrap().unwrap();
     }
 
     #[test]
