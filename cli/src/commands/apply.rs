@@ -76,11 +76,6 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
     Ok(answer.trim() == "yes")
 }
 
-fn resolve_settings(project: &kip_core::project::Project) -> kip_core::resolve::ResolveSettings {
-    let engines = kip_schemas::engines().iter().map(|engine| engine.name);
-    kip_core::resolve::ResolveSettings::from_env(engines, &project.cache)
-}
-
 /// Reads a saved plan and checks it still applies: same state (lineage and serial), same configuration.
 fn saved_plan(
     context: &Context,
@@ -149,7 +144,7 @@ pub fn apply(context: &Context, args: ApplyArgs) -> anyhow::Result<ExitStatus> {
     };
     // Engines that no mirror has stop the apply here, before the state lock creates .kip/. The indexes of the
     // mirrors the walk will resolve against are fetched from now on, beside the plan (`resolve::prefetch_indexes`).
-    let resolve = resolve_settings(&project);
+    let resolve = super::lock::settings_in(&project.cache);
     let mirrors = super::lock::check_sources_for(context, &checked, &resolve)?;
     kip_core::resolve::prefetch_indexes(&resolve, mirrors);
     let _lock = StateLock::acquire(&project.kip_dir, args.lock_timeout).map_err(state_error)?;

@@ -38,9 +38,13 @@ pub struct ResolveArgs {
 }
 
 pub(crate) fn settings() -> anyhow::Result<ResolveSettings> {
-    let cache = super::project::cache_dir()?;
+    Ok(settings_in(&super::project::cache_dir()?))
+}
+
+/// The resolve settings of every command: every engine kip knows, the mirrors from the environment, `cache`'s store.
+pub(crate) fn settings_in(cache: &std::path::Path) -> ResolveSettings {
     let engines = kip_schemas::engines().iter().map(|engine| engine.name);
-    Ok(ResolveSettings::from_env(engines, &cache))
+    ResolveSettings::from_env(engines, cache)
 }
 
 fn resolve_error(error: resolve::ResolveError) -> anyhow::Error {
