@@ -625,6 +625,23 @@ impl SpareAccounts {
         }
     }
 
+    /// [`SpareAccounts::lock`] without blocking, tried again until `limit` has passed. The lock can be held for a
+    /// moment by a process that is not a preparer at work: a child that a preparer forked to run `useradd` shares
+    /// the lock from the fork to its exec, also when the preparer was killed meanwhile. A preparer that gave up at
+    /// once then made no spare, though no other preparer was making one.
+    fn lock_within(&self, limit: std::time::Duration) -> io::Result<Option<std::fs::File>> {
+        let started = std::time::Instant::now();
+        loop {
+            if let Some(file) = self.lock(false)? {
+                return Ok(Some(file));
+            }
+            if started.elapsed() >= limit {
+                return Ok(None);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
     /// Makes one spare account, unless one is waiting already or another preparer is at it (as root only). An
     /// account is named in `pending/` before `useradd` and moved to `spare/` once it exists, so that a preparer
     /// killed halfway leaves a name the next one (or a prune) deletes, never an account no one knows of.
@@ -637,7 +654,7 @@ impl SpareAccounts {
             path: self.dir.clone(),
             source,
         };
-        let Some(_lock) = self.lock(false).map_err(io_error)? else {
+        let Some(_lock) = self.lock_within(PREPARER_LOCK_WAIT).map_err(io_error)? else {
             return Ok(());
         };
         self.remove_pending();
@@ -751,6 +768,10 @@ fn account_tool_running(name: &str) -> bool {
             && args.any(|arg| arg == name.as_bytes())
     })
 }
+
+/// How long a preparer waits for the preparers' lock before it leaves the spare to the one holding it: longer than
+/// a `useradd` takes on a busy machine, short enough that preparers wanting the lock at once never pile up.
+const PREPARER_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 static WANTED_SPARE_ACCOUNTS: std::sync::Mutex<Vec<SpareAccounts>> =
     std::sync::Mutex::new(Vec::new());

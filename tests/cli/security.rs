@@ -625,6 +625,65 @@ fn a_spare_account_preparer_killed_at_any_moment_leaves_no_account_behind() {
     assert!(!in_passwd(&spares[0]), "the spare outlived the prune");
 }
 
+/// `kip cache prune` of a bare cache dir however the test ends: the spare accounts made in it go.
+struct PruneCacheOnDrop<'a>(&'a std::path::Path);
+
+impl Drop for PruneCacheOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(env!("CARGO_BIN_EXE_kip"))
+            .args(["cache", "prune"])
+            .env("KIP_CACHE_DIR", self.0)
+            .output();
+    }
+}
+
+/// The preparers' lock held for a moment by something that is not making a spare (as a child a preparer forked for
+/// `useradd` holds it until its exec, also after the preparer was killed): the next preparer waits for it and makes
+/// the spare, rather than leaving none. Held here by `flock(1)` for 300 ms.
+#[test]
+fn a_preparer_waits_for_a_lock_held_for_a_moment_and_makes_the_spare() {
+    if !crate::support::is_root() {
+        return;
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let _prune = PruneCacheOnDrop(cache.path());
+    let accounts = cache.path().join("accounts");
+    std::fs::create_dir_all(&accounts).unwrap();
+    let lock = accounts.join(".lock");
+    let mut holder = std::process::Command::new("flock")
+        .arg(&lock)
+        .args(["sleep", "0.3"])
+        .spawn()
+        .unwrap();
+    let held = || {
+        !std::process::Command::new("flock")
+            .arg("--nonblock")
+            .arg(&lock)
+            .arg("true")
+            .status()
+            .unwrap()
+            .success()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !held() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "flock never took the lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let prepared = std::process::Command::new(env!("CARGO_BIN_EXE_kip"))
+        .arg("prepare-account")
+        .arg(&accounts)
+        .status()
+        .unwrap();
+    let _ = holder.wait();
+    assert!(prepared.success());
+    let spares = spare_accounts(cache.path());
+    assert_eq!(spares.len(), 1, "{spares:?}");
+    assert!(in_passwd(&spares[0]));
+}
+
 /// The claim a kip that took a spare account leaves in the spares' `taken/`, when it was killed before the
 /// project's record of the account was durable.
 fn claim(cache: &std::path::Path, name: &str) -> std::path::PathBuf {
