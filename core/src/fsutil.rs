@@ -12,6 +12,14 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     write(path, contents, None, true)
 }
 
+/// [`write_atomically`] with the fsyncs handed to a thread ([`sync_soon`]): atomic at once, durable once
+/// [`settle`] has run (every durable state write settles first). For a file whose fsync need not hold up what comes
+/// next: kip.lock, written as an apply resolves a version, before the engine that uses it starts.
+pub fn write_atomically_soon(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    write(path, contents, None, false)?;
+    sync_soon(path)
+}
+
 /// [`write_atomically`] without the fsyncs, for a file kip writes again before every use (an engine's
 /// configuration, which every provisioning renders anew before a start): a reader still sees the old file or the
 /// new one, also after kip is killed; a power loss that loses it is repaired by the next start.

@@ -242,6 +242,17 @@ impl LockFile {
         })
     }
 
+    /// [`LockFile::write`] with the fsyncs on a thread ([`crate::fsutil::write_atomically_soon`]): readers see the
+    /// old file or the new one at once; it is durable before any state written after it is.
+    pub fn write_soon(&self, path: &Path) -> Result<(), LockError> {
+        crate::fsutil::write_atomically_soon(path, self.render().as_bytes()).map_err(|source| {
+            LockError::Write {
+                path: path.to_path_buf(),
+                source,
+            }
+        })
+    }
+
     pub fn pin(&self, engine: &str, spec: &str) -> Option<&Pin> {
         self.pins.get(&(engine.to_owned(), spec.to_owned()))
     }

@@ -634,6 +634,29 @@ fn a_first_provisioning_killed_before_its_password_was_saved_is_done_again() {
     assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
 }
 
+/// kip.lock is written as the apply resolves a version, before the engine that uses it starts: a kip SIGKILLed at
+/// the start leaves the pin in place (the version a finished apply would have pinned), and the next apply, which
+/// finds the instance half made, keeps that pin and ends with nothing left to plan.
+#[test]
+fn a_kip_killed_at_the_start_has_already_pinned_the_version_in_kip_lock() {
+    let stack = Stack::new("valkey \"cache\" {\n  version = \"9\"\n}\n");
+    let lock = stack.project.path().join("kip.lock");
+    assert!(!lock.exists());
+    kill_when_logged(
+        stack.command(&["apply", "--auto-approve"]),
+        "valkey.cache: starting",
+    );
+    let pinned = std::fs::read_to_string(&lock).expect("kip.lock written before the start");
+    assert!(pinned.contains("engine \"valkey\" \"9\""), "{pinned}");
+    assert!(pinned.contains("sha256:"), "{pinned}");
+    stack.ok(&["apply", "--auto-approve"]);
+    assert_eq!(std::fs::read_to_string(&lock).unwrap(), pinned);
+    assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
+    let pong: String = redis::cmd("PING")
+        .query(&mut connect(&stack.url("valkey.cache")))
+        .unwrap();
+    assert_eq!(pong, "PONG");
+}
 /// `kip connect` runs valkey-cli (or redis-cli) on the instance's socket, as `default` or as a user, with the
 /// password in its environment.
 #[test]

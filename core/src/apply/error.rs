@@ -49,6 +49,8 @@ pub enum InstanceError {
     },
     #[error("kip.lock lacks a pin for {0} and --locked forbids adding one")]
     Locked(String),
+    #[error(transparent)]
+    Lock(#[from] LockError),
     #[error("cannot {action} {}", path.display())]
     Io {
         action: &'static str,
@@ -87,6 +89,7 @@ impl InstanceError {
                 log.display()
             )),
             InstanceError::Locked(_) => Some("run `kip lock` and commit kip.lock".into()),
+            InstanceError::Lock(error) => error.hint().map(str::to_owned),
             InstanceError::StillRunning { .. } => Some(
                 "see `kip ps`; stop them (kip down), then run the command again".into(),
             ),

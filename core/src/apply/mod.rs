@@ -286,8 +286,13 @@ impl Applier<'_> {
             .lock
             .into_inner()
             .unwrap_or_else(|poison| poison.into_inner());
+        // Each pin the walks added was written then (`resolve_toolchain`), its fsyncs on a thread; waited for here
+        // when no state write above did.
         if lock != run.lock_before {
-            lock.write(&self.project.dir.join(crate::lock::LOCK_FILE))?;
+            crate::fsutil::settle().map_err(|source| crate::lock::LockError::Write {
+                path: self.project.dir.join(crate::lock::LOCK_FILE),
+                source,
+            })?;
         }
         let failures = run
             .failures
@@ -372,7 +377,18 @@ impl Applier<'_> {
                 let toolchain = resolver
                     .resolve(&request, &mut lock, &Policy::UseLock)
                     .await?;
-                locked(shared_lock).pins.extend(lock.pins);
+                // kip.lock is written as soon as a pin is added, before the engine that uses it starts, its
+                // fsyncs on a thread: they are not on the way to ready, and the state's durable write at the end
+                // of the apply waits for them. Written under the mutex, so the last file holds every pin.
+                let mut shared = locked(shared_lock);
+                let adds = lock
+                    .pins
+                    .iter()
+                    .any(|(key, pin)| shared.pins.get(key) != Some(pin));
+                if adds {
+                    shared.pins.extend(lock.pins);
+                    shared.write_soon(&self.project.dir.join(crate::lock::LOCK_FILE))?;
+                }
                 Some(toolchain)
             }
             _ => None,
