@@ -84,10 +84,11 @@ pub fn settle() {
         .status();
 }
 
-/// Waits (untimed, up to 30 s) until no `kip prepare-spare` runs, then [`settle`]s: the spare a provisioning asks
-/// for is copied in the background right after the apply, and a step timed during that copy measures the machine's
-/// two cores and disk shared with it, not kip. The steps of the Terraform comparison start from a quiet machine on
-/// both sides.
+/// Waits (untimed, up to 30 s) until no `kip prepare-spare` or `kip prepare-account` runs, then [`settle`]s: the
+/// spare a provisioning asks for is copied in the background right after the apply (and, as root, the next new
+/// project's account made: a `useradd` that fsyncs the account files a dozen times), and a step timed during that
+/// work measures the machine's two cores and disk shared with it, not kip. The steps of the Terraform comparison
+/// start from a quiet machine on both sides.
 pub fn quiet() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while preparing() && std::time::Instant::now() < deadline {
@@ -96,7 +97,7 @@ pub fn quiet() {
     settle();
 }
 
-/// Whether a `kip prepare-spare` process runs (its command line, from /proc).
+/// Whether a `kip prepare-spare` or `kip prepare-account` process runs (its command line, from /proc).
 fn preparing() -> bool {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return false;
@@ -105,7 +106,7 @@ fn preparing() -> bool {
         std::fs::read(entry.path().join("cmdline")).is_ok_and(|cmdline| {
             cmdline
                 .split(|byte| *byte == 0)
-                .any(|arg| arg == b"prepare-spare")
+                .any(|arg| arg == b"prepare-spare" || arg == b"prepare-account")
         })
     })
 }

@@ -84,7 +84,7 @@ pub struct KipApplies {
 }
 
 impl KipApplies {
-    /// Warms the toolchain cache with a first apply, then times `runs` applies.
+    /// Warms the toolchain cache with a first apply, then times `runs` applies, each from a quiet machine.
     pub fn measure(
         harness: &Harness,
         engine: &str,
@@ -109,6 +109,9 @@ impl KipApplies {
         let mut projects: Vec<Project<'_>> = Vec::new();
         for _ in 0..runs {
             let project = harness.project(config);
+            // A new project's apply starts from a quiet machine, not during the background work the previous
+            // one left (the next project's account, made as root), as a developer's next new project does.
+            crate::floor::quiet();
             let run = project.expect(0, &["apply", "--auto-approve"]);
             applies.record(&run);
             projects.push(project);
