@@ -271,7 +271,7 @@ impl State {
         text.push('\n');
         if path.exists() {
             let backup = kip_dir.join(format!("{STATE_FILE}.backup"));
-            std::fs::copy(&path, &backup).map_err(io("back up", &backup))?;
+            back_up(&path, &backup).map_err(io("back up", &backup))?;
         }
         // Mode 0600, a temp file renamed over the state; fsynced with its directory when `durable`.
         let write = if durable {
@@ -282,6 +282,28 @@ impl State {
         };
         write(&path, text.as_bytes(), None).map_err(io("write", &path))
     }
+}
+
+/// Keeps the state about to be replaced as `backup`: a hard link to it, renamed over the previous backup, rather
+/// than a copy of its bytes (a truncate and a write of the old backup, at every step of an apply). The state file
+/// is only ever replaced by a rename, never written in place, so the link keeps exactly the state as it was. A copy
+/// where the file system has no hard links.
+fn back_up(path: &Path, backup: &Path) -> std::io::Result<()> {
+    let temp = backup.with_file_name(format!(".{STATE_FILE}.backup.{}.tmp", std::process::id()));
+    let linked = match std::fs::hard_link(path, &temp) {
+        // Left by a killed kip that had this process's pid.
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(&temp)?;
+            std::fs::hard_link(path, &temp)
+        }
+        linked => linked,
+    };
+    if linked.is_err() {
+        return std::fs::copy(path, backup).map(drop);
+    }
+    std::fs::rename(&temp, backup).inspect_err(|_| {
+        let _ = std::fs::remove_file(&temp);
+    })
 }
 
 /// The files written for what the state records, whose fsyncs are still running ([`crate::fsutil::sync_soon`]),
@@ -524,6 +546,49 @@ mod tests {
             std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
             0o600
         );
+    }
+
+    /// The backup is the state each write replaced, kept apart from it: writing, removing or editing the state in
+    /// place afterwards leaves the backup as it was, and a stale temp link of a killed kip is no obstacle.
+    #[test]
+    fn the_backup_is_the_state_each_write_replaced_and_stays_apart_from_it() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let backup = dir.path().join(format!("{STATE_FILE}.backup"));
+        let mut state = State::read(dir.path()).unwrap();
+        state.checkpoint(dir.path()).unwrap();
+        assert!(
+            !backup.exists(),
+            "nothing to back up before the first write"
+        );
+        let first = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
+        std::fs::write(
+            dir.path()
+                .join(format!(".{STATE_FILE}.backup.{}.tmp", std::process::id())),
+            "left by a killed kip",
+        )
+        .unwrap();
+        state.checkpoint(dir.path()).unwrap();
+        assert_eq!(std::fs::read_to_string(&backup).unwrap(), first);
+        let second = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
+        state.write(dir.path()).unwrap();
+        assert_eq!(std::fs::read_to_string(&backup).unwrap(), second);
+        let path = dir.path().join(STATE_FILE);
+        assert_ne!(
+            std::fs::metadata(&path).unwrap().ino(),
+            std::fs::metadata(&backup).unwrap().ino()
+        );
+        assert_eq!(std::fs::metadata(&backup).unwrap().mode() & 0o777, 0o600);
+        std::fs::write(&path, "edited in place").unwrap();
+        assert_eq!(std::fs::read_to_string(&backup).unwrap(), second);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&backup).unwrap(), second);
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, [format!("{STATE_FILE}.backup")], "no temp left");
     }
 
     #[test]
