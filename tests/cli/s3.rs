@@ -102,7 +102,7 @@ fn an_internal_port_taken_while_down_is_given_up_and_the_objects_stay() {
     block_on(client(&stack).put_object("keep", "a/b.txt", "kept")).unwrap();
     stack.ok(&["down"]);
     let master = state_ports(&stack, "s3.store")["master"];
-    let holder = std::net::TcpListener::bind(("127.0.0.1", master)).unwrap();
+    let holder = crate::support::hold_freed_port(master);
     let run = stack.ok(&["apply", "--auto-approve"]);
     let moved = state_ports(&stack, "s3.store")["master"];
     assert_ne!(moved, master);
@@ -115,7 +115,9 @@ fn an_internal_port_taken_while_down_is_given_up_and_the_objects_stay() {
     let s3 = client(&stack);
     let read = s3.get_object_retrying("keep", "a/b.txt", Duration::from_secs(10));
     assert_eq!(block_on(read).unwrap(), "kept");
-    assert!(std::net::TcpStream::connect(("127.0.0.1", master)).is_ok());
+    if holder.is_some() {
+        assert!(std::net::TcpStream::connect(("127.0.0.1", master)).is_ok());
+    }
     assert_eq!(stack.kip(&["plan", "--detailed-exitcode"]).code, 0);
     drop(holder);
 }

@@ -196,6 +196,18 @@ pub fn kill_when_exists(mut command: Command, path: &Path) {
     );
 }
 
+/// Binds `port` on 127.0.0.1 for a test that wants a port an engine freed (after `kip down`) taken by another
+/// program. `None` when something else took it first: the tests run at once, and any outgoing connection may get
+/// a port of the ephemeral range, which is where kip allocates its own. The test's premise holds either way (the
+/// port is taken); only what it asserts of its own holder needs the listener.
+pub fn hold_freed_port(port: u16) -> Option<std::net::TcpListener> {
+    match std::net::TcpListener::bind(("127.0.0.1", port)) {
+        Ok(listener) => Some(listener),
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => None,
+        Err(error) => panic!("cannot bind 127.0.0.1:{port}: {error}"),
+    }
+}
+
 /// A free loopback port no other test of this binary was given, for a test to declare. It is below the kernel's
 /// ephemeral range (`ip_local_port_range`), which is where every port kip chooses for an instance and every
 /// client connection's own port come from: the tests run at once, and a declared port from that range can be
