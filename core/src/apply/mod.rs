@@ -144,7 +144,6 @@ pub struct ApplyRun {
     state: Mutex<State>,
     serial_before: u64,
     lock: Mutex<LockFile>,
-    lock_before: LockFile,
     failures: Mutex<Vec<InstanceFailure>>,
     skipped: Mutex<Vec<Address>>,
 }
@@ -159,12 +158,11 @@ impl Applier<'_> {
 
     /// Starts an apply of `state`: reads kip.lock.
     pub fn begin(&self, state: State) -> Result<ApplyRun, ApplyError> {
-        let lock_before = LockFile::read(&self.project.dir.join(crate::lock::LOCK_FILE))?;
+        let lock = LockFile::read(&self.project.dir.join(crate::lock::LOCK_FILE))?;
         Ok(ApplyRun {
             serial_before: state.serial,
             state: Mutex::new(state),
-            lock: Mutex::new(lock_before.clone()),
-            lock_before,
+            lock: Mutex::new(lock),
             failures: Mutex::new(Vec::new()),
             skipped: Mutex::new(Vec::new()),
         })
@@ -269,8 +267,8 @@ impl Applier<'_> {
         locked(&run.skipped).extend(skipped);
     }
 
-    /// Ends `run`: the state, written by the walks without fsyncs, made durable once; kip.lock written when it
-    /// changed; the state handed back in `state`.
+    /// Ends `run`: the state, written by the walks without fsyncs, made durable once, and kip.lock, which the walks
+    /// wrote as they added pins; the state handed back in `state`.
     pub fn finish(&self, run: ApplyRun, state: &mut State) -> Result<(), ApplyError> {
         *state = run
             .state
@@ -282,18 +280,13 @@ impl Applier<'_> {
         }
         // The account the project took from the spares, recorded without an fsync on the way to ready.
         crate::runas::sync_recorded_accounts()?;
-        let lock = run
-            .lock
-            .into_inner()
-            .unwrap_or_else(|poison| poison.into_inner());
-        // Each pin the walks added was written then (`resolve_toolchain`), its fsyncs on a thread; waited for here
-        // when no state write above did.
-        if lock != run.lock_before {
-            crate::fsutil::settle().map_err(|source| crate::lock::LockError::Write {
-                path: self.project.dir.join(crate::lock::LOCK_FILE),
-                source,
-            })?;
-        }
+        // kip.lock's fsyncs, owed since a walk added a pin (`resolve_toolchain`), when no state sync above waited
+        // for them (an instance that failed before its first state write). Every other file a walk writes follows
+        // a state write, so the sync above has waited for it; with nothing owed this returns at once.
+        crate::fsutil::settle().map_err(|source| crate::lock::LockError::Write {
+            path: self.project.dir.join(crate::lock::LOCK_FILE),
+            source,
+        })?;
         let failures = run
             .failures
             .into_inner()
