@@ -591,6 +591,29 @@ mod tests {
         assert_eq!(names, [format!("{STATE_FILE}.backup")], "no temp left");
     }
 
+    /// A symlink put where the backup goes (or where its temp link goes) is replaced, never followed: the state and
+    /// its secrets never reach the file it points to. (A copy to the backup path, as before, wrote through it.)
+    #[test]
+    fn a_symlink_at_the_backup_path_is_replaced_not_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().join("elsewhere");
+        std::fs::write(&target, "untouched").unwrap();
+        let mut state = State::read(dir.path()).unwrap();
+        state.checkpoint(dir.path()).unwrap();
+        let backup = dir.path().join(format!("{STATE_FILE}.backup"));
+        std::os::unix::fs::symlink(&target, &backup).unwrap();
+        std::os::unix::fs::symlink(
+            &target,
+            dir.path()
+                .join(format!(".{STATE_FILE}.backup.{}.tmp", std::process::id())),
+        )
+        .unwrap();
+        state.checkpoint(dir.path()).unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
+        assert!(std::fs::symlink_metadata(&backup).unwrap().is_file());
+    }
+
     #[test]
     fn malformed_state_names_the_position() {
         let dir = tempfile::tempdir().unwrap();
