@@ -57,10 +57,7 @@ pub(crate) struct Steps;
 
 impl kip_core::apply::Report for Steps {
     fn step(&self, address: &Address, what: &str) {
-        // One write per line: stderr is unbuffered, and `writeln!` writes each piece of the line on its own (six
-        // writes, each waking whatever reads the pipe: a CI log, a terminal, a benchmark).
-        let line = format!("{address}: {what}\n");
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        let _ = writeln!(std::io::stderr().lock(), "{address}: {what}");
     }
 }
 

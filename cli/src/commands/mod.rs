@@ -34,7 +34,9 @@ pub struct Context {
     pub color: ColorChoice,
 }
 
-/// `--var name=value`, repeatable; shared by every command that reads the configuration.
+// `--var name=value`, repeatable; shared by every command that reads the configuration. A plain comment, not a doc
+// comment: clap takes an `Args` struct's doc comment as the `about` of the command it is flattened into, and with
+// the subcommands' arguments built only when one is used (`defer` on `Command`) it would replace theirs.
 #[derive(Debug, Clone, clap::Args)]
 pub struct VarArgs {
     /// Set an input variable: --var name=value (repeatable). KIP_VAR_name=value in the environment does the same
