@@ -266,14 +266,12 @@ impl State {
                 source,
             }
         };
-        std::fs::create_dir_all(kip_dir).map_err(io("create", kip_dir))?;
         let mut text = serde_json::to_string_pretty(self).expect("state serialises");
         text.push('\n');
-        if path.exists() {
-            let backup = kip_dir.join(format!("{STATE_FILE}.backup"));
-            back_up(&path, &backup).map_err(io("back up", &backup))?;
-        }
-        // Mode 0600, a temp file renamed over the state; fsynced with its directory when `durable`.
+        let backup = kip_dir.join(format!("{STATE_FILE}.backup"));
+        back_up(&path, &backup).map_err(io("back up", &backup))?;
+        // Mode 0600, a temp file renamed over the state (its directory made first when there is none); fsynced
+        // with its directory when `durable`.
         let write = if durable {
             settle_owed(&path)?;
             crate::fsutil::write_private
@@ -286,8 +284,8 @@ impl State {
 
 /// Keeps the state about to be replaced as `backup`: a hard link to it, renamed over the previous backup, rather
 /// than a copy of its bytes (a truncate and a write of the old backup, at every step of an apply). The state file
-/// is only ever replaced by a rename, never written in place, so the link keeps exactly the state as it was. A copy
-/// where the file system has no hard links.
+/// is only ever replaced by a rename, never written in place, so the link keeps exactly the state as it was. Nothing
+/// when there is no state yet (the first write); a copy ([`copy_to_backup`]) where the file system has no hard links.
 fn back_up(path: &Path, backup: &Path) -> std::io::Result<()> {
     let temp = backup.with_file_name(format!(".{STATE_FILE}.backup.{}.tmp", std::process::id()));
     let linked = match std::fs::hard_link(path, &temp) {
@@ -298,12 +296,19 @@ fn back_up(path: &Path, backup: &Path) -> std::io::Result<()> {
         }
         linked => linked,
     };
-    if linked.is_err() {
-        return std::fs::copy(path, backup).map(drop);
+    match linked {
+        Ok(()) => std::fs::rename(&temp, backup).inspect_err(|_| {
+            let _ = std::fs::remove_file(&temp);
+        }),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(_) => copy_to_backup(path, backup),
     }
-    std::fs::rename(&temp, backup).inspect_err(|_| {
-        let _ = std::fs::remove_file(&temp);
-    })
+}
+
+/// The backup as a copy of the state's bytes, written as every private file is (mode 0600, a temp file renamed into
+/// place): a symlink at `backup` is replaced, never written through.
+fn copy_to_backup(path: &Path, backup: &Path) -> std::io::Result<()> {
+    crate::fsutil::write_private_unsynced(backup, &std::fs::read(path)?, None)
 }
 
 /// The files written for what the state records, whose fsyncs are still running ([`crate::fsutil::sync_soon`]),
@@ -612,6 +617,30 @@ mod tests {
         state.checkpoint(dir.path()).unwrap();
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
         assert!(std::fs::symlink_metadata(&backup).unwrap().is_file());
+    }
+
+    /// The copy taken where hard links fail replaces a symlink at the backup path too: the state and its secrets
+    /// never reach the file it points to. (`std::fs::copy` to the backup path wrote through it.)
+    #[test]
+    fn the_backup_copied_where_links_fail_replaces_a_symlink_too() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().join("elsewhere");
+        std::fs::write(&target, "untouched").unwrap();
+        let path = dir.path().join(STATE_FILE);
+        std::fs::write(&path, "{\"secret\": \"s3cr3t\"}").unwrap();
+        let backup = dir.path().join(format!("{STATE_FILE}.backup"));
+        std::os::unix::fs::symlink(&target, &backup).unwrap();
+        copy_to_backup(&path, &backup).unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
+        let metadata = std::fs::symlink_metadata(&backup).unwrap();
+        assert!(metadata.is_file());
+        assert_eq!(metadata.permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::read_to_string(&backup).unwrap(),
+            "{\"secret\": \"s3cr3t\"}"
+        );
     }
 
     #[test]
