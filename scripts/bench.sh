@@ -44,8 +44,10 @@ done
 mkdir -p "$(dirname "$out")"
 
 cargo build --release --locked -p kip-cli -p kip-bench
+# .cargo/config.toml builds for the host named explicitly: the binaries are under its name.
+release="$CARGO_TARGET_DIR/$(rustc --print host-tuple)/release"
 if [ ! -f "$KIP_TEST_MIRROR/index.json" ]; then
-  KIP="$CARGO_TARGET_DIR/release/kip" scripts/test-mirror.sh >/dev/null
+  KIP="$release/kip" scripts/test-mirror.sh >/dev/null
 fi
 # Benchmark names among the arguments (not options, nor their values).
 named=()
@@ -70,5 +72,5 @@ if [ "${#named[@]}" -eq 0 ]; then
   cargo bench --locked -p kip-bench --bench inprocess | tee "$divan"
   divan_args=(--divan "$divan")
 fi
-"$CARGO_TARGET_DIR/release/kip-bench" "${divan_args[@]}" --report "$out" "${args[@]}"
+"$release/kip-bench" "${divan_args[@]}" --report "$out" "${args[@]}"
 echo "bench: the report is $out"

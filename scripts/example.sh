@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 cache="${XDG_CACHE_HOME:-$HOME/.cache}/kip"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$cache/target}"
 cargo build --release --locked -p kip-cli
-kip="$CARGO_TARGET_DIR/release/kip"
+# .cargo/config.toml builds for the host named explicitly: the binaries are under its name.
+kip="$CARGO_TARGET_DIR/$(rustc --print host-tuple)/release/kip"
 
 "$kip" -C examples/shop lint
 "$kip" -C examples/shop graph

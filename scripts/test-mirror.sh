@@ -11,8 +11,9 @@
 #    its binaries' --version from an unpacked copy;
 # 3. publishes each into ${KIP_TEST_MIRROR:-$XDG_CACHE_HOME/kip/test-mirror}.
 #
-# KIP is the kip binary to run, ${CARGO_TARGET_DIR:-$HOME/.cache/kip/target}/debug/kip by default (built with
-# `cargo build -p kip-cli` when it is not there). A rerun with everything present does no network I/O.
+# KIP is the kip binary to run, ${CARGO_TARGET_DIR:-$HOME/.cache/kip/target}/HOST/debug/kip by default, HOST being
+# `rustc --print host-tuple` (.cargo/config.toml builds for it; built with `cargo build -p kip-cli` when it is not
+# there). A rerun with everything present does no network I/O.
 # --refresh asks the registries again for newer builds. --no-publish only builds the archives (into the package
 # cache). Prints one line per artifact on stdout and, last, the mirror directory (the archives' with --no-publish).
 set -euo pipefail
@@ -38,7 +39,14 @@ done
 cache_home="${XDG_CACHE_HOME:-$HOME/.cache}"
 cache="${KIP_TEST_CACHE:-$cache_home/kip/test-packages}"
 mirror="${KIP_TEST_MIRROR:-$cache_home/kip/test-mirror}"
-KIP="${KIP:-${CARGO_TARGET_DIR:-$HOME/.cache/kip/target}/debug/kip}"
+target_dir="${CARGO_TARGET_DIR:-$HOME/.cache/kip/target}"
+if [[ -z "${KIP:-}" ]]; then
+  command -v rustc >/dev/null || {
+    echo "test-mirror: error: no rustc to find kip's build directory (set KIP=/path/to/kip)" >&2
+    exit 1
+  }
+  KIP="$target_dir/$(rustc --print host-tuple)/debug/kip"
+fi
 
 if [[ ! -x "$KIP" ]]; then
   command -v cargo >/dev/null || {
@@ -46,7 +54,7 @@ if [[ ! -x "$KIP" ]]; then
     exit 1
   }
   echo "test-mirror: building kip (cargo build -p kip-cli)" >&2
-  (cd "$(dirname "$0")/.." && CARGO_TARGET_DIR="$(dirname "$(dirname "$KIP")")" cargo build -q -p kip-cli >&2)
+  (cd "$(dirname "$0")/.." && CARGO_TARGET_DIR="$target_dir" cargo build -q -p kip-cli >&2)
   [[ -x "$KIP" ]] || {
     echo "test-mirror: error: cargo built kip, but not at $KIP (set KIP=/path/to/kip)" >&2
     exit 1

