@@ -910,12 +910,16 @@ pub fn remove_project_account(project_dir: &Path) {
     }
 }
 
-/// Deletes the account `name` (only ever one of kip's form), logging a failure: an account left behind owns
-/// nothing.
+/// Deletes the account `name` (only ever one of kip's form), and what it owned in `/dev/shm`; logs a failure (an
+/// account left behind owns nothing more).
 fn delete_account(name: &str) {
     if !is_kip_account(name) {
         return;
     }
+    let uid = lookup_local_user(name)
+        .ok()
+        .flatten()
+        .map(|entry| entry.uid);
     for attempt in 0..20u64 {
         // In the C locale, so that its messages are the ones looked for below.
         match Command::new("userdel")
@@ -923,7 +927,12 @@ fn delete_account(name: &str) {
             .env("LC_ALL", "C")
             .output()
         {
-            Ok(output) if output.status.success() => return,
+            Ok(output) if output.status.success() => {
+                if let Some(uid) = uid {
+                    remove_shared_memory_of(Path::new(SHARED_MEMORY_DIR), uid);
+                }
+                return;
+            }
             // Another user tool holds the account files' lock, or a process still runs as the account (userdel's
             // exit status 8): the background preparation of a spare for it (PostgreSQL in single-user mode, well
             // under a second). Both end by themselves; tried again for up to ~6 s.
@@ -944,6 +953,29 @@ fn delete_account(name: &str) {
                 tracing::warn!("cannot run userdel for `{name}`: {error}");
                 return;
             }
+        }
+    }
+}
+
+/// Where POSIX shared memory and semaphores live as files.
+const SHARED_MEMORY_DIR: &str = "/dev/shm";
+
+/// Removes the regular files directly in `dir` that `uid` owns: the POSIX shared memory and semaphores of an
+/// account that was just deleted. An engine SIGKILLed before its instance was destroyed leaves them (PostgreSQL's
+/// dynamic shared memory, `PostgreSQL.<n>`, which only the next start on the same data directory would remove);
+/// nothing of the account runs any more (`userdel` refuses while anything does), and an account that later gets
+/// the same uid must not find them readable. Symlinks and directories are left alone.
+fn remove_shared_memory_of(dir: &Path, uid: u32) {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let owned = std::fs::symlink_metadata(&path)
+            .is_ok_and(|metadata| metadata.file_type().is_file() && metadata.uid() == uid);
+        if owned && let Err(error) = std::fs::remove_file(&path) {
+            tracing::warn!(path = %path.display(), "cannot remove a deleted account's shared memory: {error}");
         }
     }
 }
@@ -1064,6 +1096,37 @@ pub fn chown_tree(path: &Path, run_as: &RunAs) -> Result<(), RunAsError> {
 
 #[cfg(test)]
 mod tests {
+    /// A deleted account's files in the shared-memory directory go; its symlinks and directories, and every other
+    /// account's file, stay.
+    #[test]
+    fn a_deleted_accounts_shared_memory_goes_and_nothing_else() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        let own = std::fs::metadata(dir.path()).unwrap().uid();
+        std::fs::write(dir.path().join("PostgreSQL.1234"), b"segment").unwrap();
+        std::fs::write(dir.path().join("sem.lock"), b"semaphore").unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        // Another account's file, where the test may give one away (as root).
+        let theirs = dir.path().join("PostgreSQL.5678");
+        std::fs::write(&theirs, b"theirs").unwrap();
+        let given_away = std::os::unix::fs::chown(&theirs, Some(own + 1), None).is_ok();
+        remove_shared_memory_of(dir.path(), own);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        if given_away {
+            assert_eq!(left, ["PostgreSQL.5678", "link", "sub"]);
+        } else {
+            assert_eq!(left, ["link", "sub"]);
+        }
+        assert!(outside.path().exists(), "the symlink's target stays");
+    }
+
     use std::os::unix::fs::PermissionsExt as _;
 
     use super::*;

@@ -707,13 +707,33 @@ fn down_and_destroy_leave_no_supervisor_behind() {
 }
 
 /// The supervisor and then the postmaster SIGKILLed: nothing will start on that data directory again, so no
-/// postmaster removes the SysV segment the killed one named in `postmaster.pid`. The destroy that follows removes
-/// it, and only it.
+/// postmaster removes the SysV segment the killed one named in `postmaster.pid`, nor its POSIX dynamic shared
+/// memory (`/dev/shm/PostgreSQL.<n>`). The destroy that follows removes the segment, and only it; the account's
+/// files in `/dev/shm` go with the account (as root, where kip makes one per project).
 #[test]
 fn a_destroy_after_the_supervisor_and_postmaster_were_killed_leaves_no_shared_memory() {
+    use std::os::unix::fs::MetadataExt as _;
     let stack = Contract::new("postgres \"main\" {\n  version = \"16\"\n}\n");
     stack.ok(&["apply", "--auto-approve"]);
     let data_dir = stack.data_dir("postgres.main");
+    let account = std::fs::metadata(&data_dir).unwrap().uid();
+    let in_dev_shm = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir("/dev/shm")
+            .unwrap()
+            .flatten()
+            .filter(|entry| {
+                std::fs::symlink_metadata(entry.path())
+                    .is_ok_and(|metadata| metadata.is_file() && metadata.uid() == account)
+            })
+            .map(|entry| entry.path())
+            .collect()
+    };
+    let separate_account = account != std::fs::metadata("/proc/self").unwrap().uid();
+    // Another account's file there is no business of the destroy's.
+    let foreign = tempfile::Builder::new()
+        .prefix("kip-test-foreign-")
+        .tempfile_in("/dev/shm")
+        .unwrap();
     let pid_file = std::fs::read_to_string(data_dir.join("postmaster.pid")).unwrap();
     let segment: Vec<String> = pid_file
         .lines()
@@ -742,8 +762,22 @@ fn a_destroy_after_the_supervisor_and_postmaster_were_killed_leaves_no_shared_me
     sigkill(postmaster);
     wait_gone(postmaster, Duration::from_secs(10));
     assert!(listed(), "a SIGKILLed postmaster leaves its segment");
+    if separate_account {
+        assert!(
+            !in_dev_shm().is_empty(),
+            "a SIGKILLed postmaster leaves its dynamic shared memory in /dev/shm"
+        );
+    }
     stack.ok(&["destroy", "--auto-approve"]);
     assert!(!listed(), "the segment {segment:?} outlived the destroy");
+    if separate_account {
+        let left = in_dev_shm();
+        assert!(left.is_empty(), "the account's files outlived it: {left:?}");
+    }
+    assert!(
+        foreign.path().exists(),
+        "another account's file was removed"
+    );
     assert!(postmasters_under(stack.root()).is_empty());
 }
 
