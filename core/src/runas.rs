@@ -919,7 +919,9 @@ fn delete_account(name: &str) {
     let uid = lookup_local_user(name)
         .ok()
         .flatten()
-        .map(|entry| entry.uid);
+        .map(|entry| entry.uid)
+        // Never root's, whatever an account of kip's form was made with.
+        .filter(|&uid| uid != 0);
     for attempt in 0..20u64 {
         // In the C locale, so that its messages are the ones looked for below.
         match Command::new("userdel")
