@@ -596,18 +596,31 @@ mod tests {
         assert_eq!(names, [format!("{STATE_FILE}.backup")], "no temp left");
     }
 
+    /// A file outside `dir` that holds "untouched", and a symlink to it at `dir`'s backup path: (the file's
+    /// directory, the file, the backup path).
+    fn symlink_at_the_backup_path(dir: &Path) -> (tempfile::TempDir, PathBuf, PathBuf) {
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().join("elsewhere");
+        std::fs::write(&target, "untouched").unwrap();
+        let backup = dir.join(format!("{STATE_FILE}.backup"));
+        std::os::unix::fs::symlink(&target, &backup).unwrap();
+        (outside, target, backup)
+    }
+
+    /// The symlink's target kept what it held, and a file of its own replaced the symlink.
+    fn not_written_through(target: &Path, backup: &Path) {
+        assert_eq!(std::fs::read_to_string(target).unwrap(), "untouched");
+        assert!(std::fs::symlink_metadata(backup).unwrap().is_file());
+    }
+
     /// A symlink put where the backup goes (or where its temp link goes) is replaced, never followed: the state and
     /// its secrets never reach the file it points to. (A copy to the backup path, as before, wrote through it.)
     #[test]
     fn a_symlink_at_the_backup_path_is_replaced_not_written_through() {
         let dir = tempfile::tempdir().unwrap();
-        let outside = tempfile::tempdir().unwrap();
-        let target = outside.path().join("elsewhere");
-        std::fs::write(&target, "untouched").unwrap();
         let mut state = State::read(dir.path()).unwrap();
         state.checkpoint(dir.path()).unwrap();
-        let backup = dir.path().join(format!("{STATE_FILE}.backup"));
-        std::os::unix::fs::symlink(&target, &backup).unwrap();
+        let (_outside, target, backup) = symlink_at_the_backup_path(dir.path());
         std::os::unix::fs::symlink(
             &target,
             dir.path()
@@ -615,8 +628,7 @@ mod tests {
         )
         .unwrap();
         state.checkpoint(dir.path()).unwrap();
-        assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
-        assert!(std::fs::symlink_metadata(&backup).unwrap().is_file());
+        not_written_through(&target, &backup);
     }
 
     /// The copy taken where hard links fail replaces a symlink at the backup path too: the state and its secrets
@@ -625,17 +637,12 @@ mod tests {
     fn the_backup_copied_where_links_fail_replaces_a_symlink_too() {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
-        let outside = tempfile::tempdir().unwrap();
-        let target = outside.path().join("elsewhere");
-        std::fs::write(&target, "untouched").unwrap();
+        let (_outside, target, backup) = symlink_at_the_backup_path(dir.path());
         let path = dir.path().join(STATE_FILE);
         std::fs::write(&path, "{\"secret\": \"s3cr3t\"}").unwrap();
-        let backup = dir.path().join(format!("{STATE_FILE}.backup"));
-        std::os::unix::fs::symlink(&target, &backup).unwrap();
         copy_to_backup(&path, &backup).unwrap();
-        assert_eq!(std::fs::read_to_string(&target).unwrap(), "untouched");
+        not_written_through(&target, &backup);
         let metadata = std::fs::symlink_metadata(&backup).unwrap();
-        assert!(metadata.is_file());
         assert_eq!(metadata.permissions().mode() & 0o777, 0o600);
         assert_eq!(
             std::fs::read_to_string(&backup).unwrap(),
