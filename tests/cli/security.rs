@@ -802,3 +802,34 @@ fn a_spare_account_taken_by_a_killed_kip_goes_unless_its_project_recorded_it() {
     }
     assert!(!in_passwd(&first) && !in_passwd(&third));
 }
+
+/// The ELF header's type and whether a program header asks for an interpreter (the dynamic loader).
+fn elf_type_and_interpreter(path: &str) -> (u16, bool) {
+    let bytes = std::fs::read(path).unwrap();
+    let u16_at = |at: usize| u16::from_le_bytes(bytes[at..at + 2].try_into().unwrap());
+    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+    let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+    assert_eq!(&bytes[..4], b"\x7fELF", "{path} is an ELF file");
+    assert_eq!(bytes[4], 2, "{path} is a 64-bit ELF file");
+    let (offset, size, count) = (u64_at(0x20) as usize, u16_at(0x36) as usize, u16_at(0x38));
+    const PT_INTERP: u32 = 3;
+    let interpreter = (0..count as usize).any(|index| u32_at(offset + index * size) == PT_INTERP);
+    (u16_at(0x10), interpreter)
+}
+
+/// kip and its supervisor run as root and are loaded at a random address: position-independent executables
+/// (`ET_DYN`), also linked statically (`.cargo/config.toml`), where no dynamic loader is asked for.
+#[test]
+fn kip_and_its_supervisor_are_position_independent() {
+    const ET_DYN: u16 = 3;
+    let kip = env!("CARGO_BIN_EXE_kip");
+    let supervisor = env!("CARGO_BIN_EXE_kip-supervisor");
+    for binary in [kip, supervisor] {
+        let (kind, interpreter) = elf_type_and_interpreter(binary);
+        assert_eq!(kind, ET_DYN, "{binary} is not position-independent");
+        // Linked statically unless RUSTFLAGS replaced the config's flags (they reach this test too).
+        if cfg!(target_feature = "crt-static") {
+            assert!(!interpreter, "{binary} asks for a dynamic loader");
+        }
+    }
+}
