@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use async_nats::{Client, ConnectErrorKind, ConnectOptions};
+use async_nats::{Client, ConnectErrorKind, ConnectOptions, ReconnectToServer, Server};
 
 use super::NatsError;
 
@@ -27,6 +27,7 @@ impl Connector {
             .connection_timeout(Duration::from_secs(5))
             .request_timeout(Some(REQUEST_TIMEOUT))
             .max_reconnects(Some(3))
+            .reconnect_to_server_callback(|servers, _info| async move { at_once(servers) })
             .ignore_discovered_servers()
             .connect(format!("nats://127.0.0.1:{}", self.port))
             .await
@@ -67,6 +68,20 @@ impl Connector {
     }
 }
 
+/// The first attempt at a server, to be made now: async-nats sleeps before every attempt, the first one included,
+/// for the delay its backoff gives (zero for the first), and tokio's timer rounds a zero sleep up to its next
+/// millisecond tick: 1.1 ms of every connection, measured on the way to ready. `None` (a server tried already)
+/// leaves the attempt to the default selection and backoff.
+fn at_once(servers: Vec<Server>) -> Option<ReconnectToServer> {
+    servers
+        .into_iter()
+        .find(|server| !server.did_connect && server.failed_attempts == 0)
+        .map(|server| ReconnectToServer {
+            addr: server.addr,
+            delay: Some(Duration::ZERO),
+        })
+}
+
 /// Whether JetStream answers for the client's account (`$JS.API.INFO`): it does once it recovered its streams.
 pub async fn jetstream_answers(
     client: &Client,
@@ -87,5 +102,30 @@ pub async fn serves(port: u16, token: &str) -> bool {
     match connector.connect_with(token).await {
         Ok(client) => jetstream_answers(&client).await.is_ok(),
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(failed_attempts: usize, did_connect: bool) -> Server {
+        Server {
+            addr: "nats://127.0.0.1:4222".parse().unwrap(),
+            failed_attempts,
+            did_connect,
+            is_discovered: false,
+            last_error: None,
+        }
+    }
+
+    /// Only a first attempt goes at once; a retry, and a reconnect after a dropped connection, keep the backoff.
+    #[test]
+    fn only_the_first_attempt_at_a_server_skips_the_backoff() {
+        let first = at_once(vec![server(0, false)]).expect("the first attempt");
+        assert_eq!(first.delay, Some(Duration::ZERO));
+        assert_eq!(first.addr, server(0, false).addr);
+        assert!(at_once(vec![server(1, false)]).is_none());
+        assert!(at_once(vec![server(0, true)]).is_none());
     }
 }
