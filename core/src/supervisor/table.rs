@@ -4,13 +4,15 @@
 //! The daemon keeps one [`Record`] per supervised process and rewrites the whole file on every change: a spawn (its
 //! pid and start time are on disk before the readiness probe runs, so a daemon killed during a start still knows
 //! them), a state change, a restart, and a stop (the record goes once the process is gone, not before, so a daemon
-//! killed during a stop leaves the process to the next one). Writes are atomic (temp file, rename) and the file is
-//! private (0600, in a 0700 directory): specs carry environment variables, which may hold secrets.
+//! killed during a stop leaves the process to the next one). Writes are atomic (a temp file exchanged with the
+//! table) and the file is private (0600, in a 0700 directory): specs carry environment variables, which may hold
+//! secrets.
 //!
 //! Writes are not fsynced, on purpose: the table describes processes that run now, and it is for a daemon that was
 //! killed, whose writes the kernel keeps (a killed process loses nothing it wrote). What an fsync adds is survival
 //! of a machine crash, after which none of the processes the table lists runs any more; it would cost two disk
-//! flushes on the way to every process's start (before and after its spawn), for nothing.
+//! flushes on the way to every process's start (before and after its spawn), for nothing. For the same reason the
+//! new table takes the old one's place by an exchange rather than a rename over it, which ext4 makes flush.
 //!
 //! A record names a process by pid and start time (`/proc/PID/stat` field 22): a pid alone could have been reused
 //! by an unrelated process since, which the next daemon must neither adopt nor signal.
@@ -85,13 +87,17 @@ pub(super) enum LoadError {
     Malformed(String),
 }
 
-/// Reads the table at `path`; a missing file is an empty table.
+/// Reads the table at `path`; a missing or empty file is an empty table.
 pub(super) fn load(path: &Path) -> Result<Vec<Record>, LoadError> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(error) => return Err(LoadError::Io(error)),
     };
+    // What a power loss can leave of a table written without an fsync ([`replace`]); no process it named runs.
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
     let file: TableFile =
         serde_json::from_slice(&bytes).map_err(|error| LoadError::Malformed(error.to_string()))?;
     if file.version != FORMAT_VERSION {
@@ -193,6 +199,22 @@ pub(super) fn set_aside(path: &Path) {
     }
 }
 
+/// Puts the file at `temp` in the place of `path`, atomically: `path` names either the old table or the new one.
+///
+/// The two are exchanged and the old one, now at `temp`, unlinked. A rename over an existing file makes ext4 write
+/// the new file's data out first (`auto_da_alloc`): 0.2-0.3 ms before every spawn and every answer that a process is
+/// ready, measured; an exchange is not a replacement and costs a few microseconds. What the flush buys is a file
+/// that survives a power loss with its contents, which the table does not need (the module's docs): after a
+/// machine crash none of its processes runs, and a table a power loss left empty is read as an empty table.
+/// Where there is no table yet, or the file system cannot exchange, a plain rename.
+fn replace(temp: &Path, path: &Path) -> std::io::Result<()> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    match renameat_with(CWD, temp, CWD, path, RenameFlags::EXCHANGE) {
+        Ok(()) => std::fs::remove_file(temp),
+        Err(_) => std::fs::rename(temp, path),
+    }
+}
+
 /// Writes `contents` to `path` atomically with mode 0600, creating its directory with mode 0700.
 fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let dir = path
@@ -218,7 +240,7 @@ fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
         // A temp file left by a crash keeps its old mode through `open`: set it.
         file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         file.write_all(contents)?;
-        std::fs::rename(&temp, path)
+        replace(&temp, path)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&temp);
@@ -321,5 +343,42 @@ mod tests {
         set_aside(&path);
         assert!(!path.exists());
         assert!(dir.path().join("supervisor/table.json.unreadable").exists());
+    }
+
+    /// Each write puts a new file in the table's place (a reader that opened the old one keeps reading it whole)
+    /// and leaves nothing else in the directory, a temp file a killed daemon left included; an empty table, what a
+    /// power loss can leave of one, is an empty table rather than a malformed one.
+    #[test]
+    fn a_write_takes_the_old_tables_place_and_leaves_nothing_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("supervisor/table.json");
+        let store = Store::new(path.clone(), [record(1, None, None)]);
+        let old = std::fs::File::open(&path).unwrap();
+        let old_inode = old.metadata().unwrap().ino();
+        std::fs::write(
+            path.with_file_name(format!(".table.json.{}.tmp", std::process::id())),
+            "left by a killed daemon",
+        )
+        .unwrap();
+        store.put(record(2, None, None));
+        assert_ne!(std::fs::metadata(&path).unwrap().ino(), old_inode);
+        assert_eq!(
+            std::io::read_to_string(old)
+                .unwrap()
+                .matches("\"sequence\"")
+                .count(),
+            1,
+            "the old table, whole"
+        );
+        assert_eq!(load(&path).unwrap().len(), 2);
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["table.json"]);
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+
+        std::fs::write(&path, "").unwrap();
+        assert_eq!(load(&path).unwrap(), Vec::new());
     }
 }
