@@ -486,7 +486,9 @@ pub async fn bring_up(
     if !jobs {
         engine.ready(ctx).await?;
         if !ctx.initialized {
-            engine.after_start(ctx).await?;
+            if let Some(step) = engine.after_start(ctx) {
+                step.await?;
+            }
             ctx.initialized = true;
         }
     }

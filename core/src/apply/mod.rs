@@ -669,6 +669,12 @@ impl Applier<'_> {
             engine.provision(&mut ctx).await?;
             lifecycle.provisioning = false;
             ctx.provision_unfinished = false;
+            // An engine with no after-start step has nothing to finish after the first start: the instance is
+            // initialized with this save, and nothing is written between its start and ready.
+            if !lifecycle.initialized && engine.after_start(&mut ctx).is_none() {
+                lifecycle.initialized = true;
+                ctx.initialized = true;
+            }
             self.save(state, &ctx, engine, instance_change.as_ref(), &lifecycle)?;
         }
 
@@ -742,7 +748,9 @@ impl Applier<'_> {
             started = true;
         }
         if !lifecycle.initialized && !jobs {
-            engine.after_start(&mut ctx).await?;
+            if let Some(step) = engine.after_start(&mut ctx) {
+                step.await?;
+            }
             lifecycle.initialized = true;
             ctx.initialized = true;
             self.save(state, &ctx, engine, instance_change.as_ref(), &lifecycle)?;

@@ -420,14 +420,18 @@ pub trait Engine: Send + Sync {
         Box::pin(async { Ok(()) })
     }
 
-    /// Runs once in the life of an instance, after its first start, before anything else may use it (and again if
-    /// kip stopped before it finished, so it must be idempotent). It may change the instance's secrets: a
-    /// bootstrap credential replaced by the instance's own, for one.
+    /// The step that runs once in the life of an instance, after its first start, before anything else may use it
+    /// (and again if kip stopped before it finished, so it must be idempotent). It may change the instance's
+    /// secrets: a bootstrap credential replaced by the instance's own, for one.
+    ///
+    /// `None` (the default): the engine has no such step. Its instances count as initialized from their first
+    /// provisioning, which is saved before their first start anyway, so nothing is written between their start and
+    /// ready. Core also calls this to learn which it is, so the step must do nothing until its future is polled.
     fn after_start<'a>(
         &'a self,
         _instance: &'a mut InstanceCtx,
-    ) -> BoxFuture<'a, Result<(), EngineError>> {
-        Box::pin(async { Ok(()) })
+    ) -> Option<BoxFuture<'a, Result<(), EngineError>>> {
+        None
     }
 
     /// Applies a change of the instance's own attributes to the running instance (its configuration was

@@ -357,8 +357,8 @@ impl Engine for MariaDb {
     fn after_start<'a>(
         &'a self,
         ctx: &'a mut InstanceCtx,
-    ) -> BoxFuture<'a, Result<(), EngineError>> {
-        Box::pin(async move {
+    ) -> Option<BoxFuture<'a, Result<(), EngineError>>> {
+        Some(Box::pin(async move {
             let args: InstanceArgs = ctx.args()?;
             // The ready step's session, unless the server dropped it since (killed and restarted in between).
             let kept = match ctx.session.take::<mysql_async::Conn>() {
@@ -382,7 +382,7 @@ impl Engine for MariaDb {
             ctx.secrets.0.insert(ROOT_PASSWORD.into(), password);
             ctx.secrets.remove(BOOTSTRAP_PASSWORD);
             Ok(())
-        })
+        }))
     }
 
     fn restart_because(&self, change: &Change) -> Option<Vec<String>> {

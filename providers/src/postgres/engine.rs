@@ -337,8 +337,8 @@ impl Engine for Postgres {
     fn after_start<'a>(
         &'a self,
         ctx: &'a mut InstanceCtx,
-    ) -> BoxFuture<'a, Result<(), EngineError>> {
-        Box::pin(async move {
+    ) -> Option<BoxFuture<'a, Result<(), EngineError>>> {
+        Some(Box::pin(async move {
             let args: InstanceArgs = ctx.args()?;
             let client = match ctx.session.take::<tokio_postgres::Client>() {
                 Some(client) if !client.is_closed() => client,
@@ -368,7 +368,7 @@ impl Engine for Postgres {
             // The objects' converge, next, goes on in this session too.
             ctx.session.keep(client);
             Ok(())
-        })
+        }))
     }
 
     fn reconfigure<'a>(

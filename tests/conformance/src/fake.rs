@@ -86,6 +86,12 @@ pub fn schema() -> &'static EngineSchema {
                     "It gets a loopback port kip chooses (named `listen`), passed as `port=N`.",
                 )
                 .with_default(false),
+                Arg::new(
+                    "after_start",
+                    T::Bool,
+                    "It has an after-start step (false: it has none, as most engines).",
+                )
+                .with_default(true),
             ])
             .blocks(vec![
                 Block::named_object("item", "name", "An object in the fake's store.")
@@ -222,6 +228,7 @@ struct FakeArgs {
     password: Option<String>,
     delay_ms: u64,
     listens: bool,
+    after_start: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -379,9 +386,15 @@ impl Engine for Fake {
     fn after_start<'a>(
         &'a self,
         ctx: &'a mut InstanceCtx,
-    ) -> BoxFuture<'a, Result<(), EngineError>> {
-        self.journal.record(&ctx.address, "after start");
-        Box::pin(async { Ok(()) })
+    ) -> Option<BoxFuture<'a, Result<(), EngineError>>> {
+        let args: FakeArgs = ctx.args().ok()?;
+        args.after_start
+            .then(|| -> BoxFuture<'a, Result<(), EngineError>> {
+                Box::pin(async move {
+                    self.journal.record(&ctx.address, "after start");
+                    Ok(())
+                })
+            })
     }
 
     fn reconfigure<'a>(

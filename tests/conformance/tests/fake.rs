@@ -62,6 +62,43 @@ fake "c" { depends_on = [fake.a, fake.b] }
     assert!(started("c") > done("a") && started("c") > done("b"));
 }
 
+/// An engine without an after-start step has its instances initialized with their first provisioning, saved
+/// before they start: nothing runs and nothing is written between their start and ready, so such an instance's
+/// first apply writes the state once less than one whose engine has the step.
+#[test]
+fn an_instance_without_an_after_start_step_is_initialized_with_its_provisioning() {
+    let first_apply = |config: &str| {
+        let (setup, fake_engine, _) = setup();
+        let harness = Harness::new(&setup, config);
+        harness.apply_clean("apply");
+        let state = harness.state();
+        let steps = fake_engine
+            .journal
+            .events()
+            .iter()
+            .filter(|event| event.what == "after start")
+            .count();
+        (
+            state.serial,
+            state.instances[&fake("main")].lifecycle.clone(),
+            steps,
+        )
+    };
+    let (with_serial, with, with_steps) = first_apply("fake \"main\" {}\n");
+    let (without_serial, without, without_steps) =
+        first_apply("fake \"main\" { after_start = false }\n");
+    assert!(
+        with.initialized && without.initialized,
+        "{with:?} {without:?}"
+    );
+    assert_eq!((with_steps, without_steps), (1, 0));
+    assert_eq!(
+        without_serial + 1,
+        with_serial,
+        "the write after ready is gone"
+    );
+}
+
 /// What an engine reads ahead for a plan reaches its refresh, and is read when the plan begins: a change made
 /// behind kip's back after the apply is drift the plan shows. An instance that does not run is planned from the
 /// state, and what was read ahead for it is dropped.
