@@ -519,3 +519,72 @@ fn a_process_killed_at_any_point_of_a_first_apply_is_repaired_by_the_next() {
         1,
     );
 }
+
+/// A project deleted without `kip destroy` (a removed checkout, a CI workspace wiped between jobs) leaves nothing
+/// running: its supervisor sees that the lock file it holds was deleted with `.kip/`, stops the engine and the
+/// process (with their discard sequences: their data is gone), and exits. Left alone, they would have run on for
+/// ever, with no kip able to reach them.
+#[test]
+fn a_deleted_project_leaves_no_engine_or_supervisor_running() {
+    let config = "valkey \"cache\" {\n  version = \"9\"\n}\n\nprocess \"worker\" {\n  command = [\"sleep\", \"600\"]\n}\n";
+    let stack = Stack::new(config);
+    stack.ok(&["apply", "--auto-approve"]);
+    let pids = vec![
+        crate::support::pid_of(&stack, "valkey.cache"),
+        crate::support::pid_of(&stack, "process.worker"),
+        stack
+            .project
+            .read(".kip/supervisor.pid")
+            .trim()
+            .parse()
+            .unwrap(),
+    ];
+    let _restore = Restore {
+        stack: &stack,
+        config,
+        pids: pids.clone(),
+    };
+    std::fs::remove_dir_all(stack.project.path()).unwrap();
+    for pid in pids {
+        crate::support::wait_gone(pid, Duration::from_secs(15));
+    }
+}
+
+/// Before the stack's own destroy: the project's directory again, so that the destroy runs and removes the account
+/// kip made for the project (as root), which the deleted project could not; and what a failed test left running,
+/// killed.
+struct Restore<'a> {
+    stack: &'a Stack,
+    config: &'a str,
+    pids: Vec<u32>,
+}
+
+impl Drop for Restore<'_> {
+    fn drop(&mut self) {
+        for &pid in &self.pids {
+            if crate::support::alive(pid) {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+            }
+        }
+        let _ = std::fs::create_dir_all(self.stack.project.path());
+        let _ = std::fs::write(self.stack.project.path().join("kip.hcl"), self.config);
+    }
+}
+
+/// A project moved elsewhere is not gone: its supervisor and engines run on, and kip reaches them at the new path.
+#[test]
+fn a_moved_project_keeps_its_engines_running() {
+    let stack = Stack::new("process \"worker\" {\n  command = [\"sleep\", \"600\"]\n}\n");
+    stack.ok(&["apply", "--auto-approve"]);
+    let worker = crate::support::pid_of(&stack, "process.worker");
+    let moved = stack.project.path().with_extension("moved");
+    std::fs::rename(stack.project.path(), &moved).unwrap();
+    // Two of the supervisor's checks.
+    std::thread::sleep(Duration::from_secs(5));
+    let alive = crate::support::alive(worker);
+    std::fs::rename(&moved, stack.project.path()).unwrap();
+    assert!(alive, "the worker runs on in the moved project");
+    assert_eq!(crate::support::pid_of(&stack, "process.worker"), worker);
+}

@@ -9,7 +9,9 @@
 //! connection's peer must be the daemon's own effective uid or root: anyone else gets one `forbidden` error line
 //! and is disconnected. On shutdown (a `shutdown` request, or SIGTERM or SIGINT when it handles signals) it stops
 //! every process, newest first, so that a process is stopped before the ones it was started after, then removes its
-//! socket and pid file, if they are still its own.
+//! socket and pid file, if they are still its own. It does the same when its project is gone: the lock file it
+//! holds was unlinked (`.kip/` deleted with its project: a removed checkout, a CI workspace wiped between jobs),
+//! after which no kip could reach its processes again, and they would run on, unsupervisable, for ever.
 //!
 //! At start-up, before it serves anything, the daemon reads the persisted table: a process whose pid is alive with
 //! the recorded start time is adopted (see [`super::process`]); one whose leader is gone is dropped (the next
@@ -55,6 +57,8 @@ use crate::engine::SpawnSpec;
 const LOCK_PATIENCE: Duration = Duration::from_secs(1);
 /// How much longer than its probe's timeout a start waits for a process of the same spec that is starting already.
 const SETTLE_MARGIN: Duration = Duration::from_secs(1);
+/// How often the daemon checks that its project still exists ([`project_gone`]).
+const GONE_CHECK: Duration = Duration::from_secs(2);
 
 /// How the daemon runs, beyond its directory.
 #[derive(Debug, Clone)]
@@ -120,9 +124,15 @@ pub async fn run_daemon_with(
             kip_version: env!("CARGO_PKG_VERSION").to_owned(),
         },
         owner: rustix::process::geteuid().as_raw(),
-        _lock: lock,
+        lock,
     });
     tracing::info!(socket = %daemon.files.socket.display(), pid = daemon.info.pid, "supervisor listening");
+    let lock_file = lock_path(kip_dir);
+    let gone = project_gone(&daemon.lock, &lock_file);
+    tokio::pin!(gone);
+    // Whether the processes are stopped with their discard sequence: their data went with the project, and what they
+    // would write on the way out (Valkey refuses to exit when its last save fails) has nowhere to go.
+    let mut discard = false;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -136,6 +146,14 @@ pub async fn run_daemon_with(
                 }
             },
             () = daemon.exit.notified() => break,
+            () = &mut gone => {
+                tracing::warn!(
+                    lock = %lock_file.display(),
+                    "the project's .kip directory is gone (its lock file was deleted): stopping every process"
+                );
+                discard = true;
+                break;
+            }
             received = next_signal(&mut signals) => match received {
                 Received::Stop(name) => {
                     tracing::info!("{name} received: stopping every process");
@@ -145,7 +163,7 @@ pub async fn run_daemon_with(
             },
         }
     }
-    daemon.supervisor.shutdown().await;
+    daemon.supervisor.shutdown(discard).await;
     daemon.files.remove();
     tracing::info!("supervisor stopped");
     Ok(())
@@ -197,6 +215,31 @@ async fn acquire_lock(kip_dir: &Path, socket: &Path) -> Result<std::fs::File, Su
         tracing::warn!(lock = %path.display(), "cannot write the pid into the lock file: {error}");
     }
     Ok(file)
+}
+
+/// Returns once the lock file the daemon holds (`lock`, at `path`) has been unlinked and nothing at `path` is that
+/// file any more: its project's `.kip/` was deleted. A project moved elsewhere keeps its link, and its daemon.
+async fn project_gone(lock: &std::fs::File, path: &Path) {
+    let mut checks = tokio::time::interval(GONE_CHECK);
+    checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        checks.tick().await;
+        if unlinked(lock, path) {
+            return;
+        }
+    }
+}
+
+/// Whether the open file `file` has no name left, at `path` or anywhere.
+fn unlinked(file: &std::fs::File, path: &Path) -> bool {
+    let Ok(held) = file.metadata() else {
+        return false;
+    };
+    if held.nlink() > 0 {
+        return false;
+    }
+    !std::fs::symlink_metadata(path)
+        .is_ok_and(|named| (named.dev(), named.ino()) == (held.dev(), held.ino()))
 }
 
 /// The pid a daemon wrote into the lock file it holds.
@@ -366,7 +409,7 @@ struct Daemon {
     /// The daemon's effective uid: with root, the only peer it serves.
     owner: u32,
     /// The project's daemon lock, held while this lives.
-    _lock: std::fs::File,
+    lock: std::fs::File,
 }
 
 impl Daemon {
@@ -399,7 +442,7 @@ impl Daemon {
                 self.supervisor.wait(&name, until, timeout_ms).await?,
             )),
             Request::Shutdown => {
-                self.supervisor.shutdown().await;
+                self.supervisor.shutdown(false).await;
                 // Before answering, so that a client that got the answer finds no socket to connect to.
                 self.files.remove();
                 Ok(Value::Null)
@@ -926,9 +969,9 @@ impl Supervisor {
         }
     }
 
-    /// Stops every process, the most recently started first, and waits for the stops of leftovers; no start is
-    /// accepted from here on.
-    async fn shutdown(&self) {
+    /// Stops every process, the most recently started first (with its discard sequence when `discard`), and waits
+    /// for the stops of leftovers; no start is accepted from here on.
+    async fn shutdown(&self, discard: bool) {
         let mut entries: Vec<(String, Entry)> = {
             let mut table = self.table();
             table.shutting_down = true;
@@ -936,7 +979,7 @@ impl Supervisor {
         };
         entries.sort_by_key(|(_, entry)| std::cmp::Reverse(entry.sequence));
         for (name, entry) in entries {
-            if let Err(error) = entry.handle.stop(false).await {
+            if let Err(error) = entry.handle.stop(discard).await {
                 tracing::warn!(name = %name, "{error}");
             }
         }
