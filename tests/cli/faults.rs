@@ -574,11 +574,35 @@ impl Drop for Restore<'_> {
 }
 
 /// A project moved elsewhere is not gone: its supervisor and engines run on, and kip reaches them at the new path.
+/// Nor can another local account make it look gone: it may not delete the project's `.kip/` or the lock file.
 #[test]
-fn a_moved_project_keeps_its_engines_running() {
+fn a_moved_project_keeps_its_engines_running_and_no_other_account_can_stop_them() {
     let stack = Stack::new("process \"worker\" {\n  command = [\"sleep\", \"600\"]\n}\n");
     stack.ok(&["apply", "--auto-approve"]);
     let worker = crate::support::pid_of(&stack, "process.worker");
+    let kip_dir = stack.project.path().join(".kip");
+    if crate::support::is_root() {
+        let attempt = format!(
+            "rm -f '{lock}'; rm -rf '{dir}'",
+            lock = kip_dir.join("supervisor.lock").display(),
+            dir = kip_dir.display()
+        );
+        let refused = std::process::Command::new("setpriv")
+            .args([
+                "--reuid=nobody",
+                "--regid=nogroup",
+                "--clear-groups",
+                "sh",
+                "-c",
+            ])
+            .arg(&attempt)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .output()
+            .expect("setpriv runs rm as nobody");
+        assert!(!refused.status.success(), "nobody's rm failed");
+        assert!(kip_dir.join("supervisor.lock").exists());
+    }
     let moved = stack.project.path().with_extension("moved");
     std::fs::rename(stack.project.path(), &moved).unwrap();
     // Two of the supervisor's checks.
