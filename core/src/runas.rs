@@ -561,6 +561,85 @@ impl SpareAccounts {
         None
     }
 
+    /// Notes that the project in `project_dir` runs its engines as its own account `name` (`users/<name>/`, a file
+    /// per project naming its directory), so that a prune can tell an account whose projects are all gone
+    /// ([`SpareAccounts::prune`]). Written once per project and account, without an fsync (a note lost to a power
+    /// loss only keeps an account longer); a failure is logged, never fatal.
+    pub fn note_user(&self, name: &str, project_dir: &Path) {
+        if !is_kip_account(name) || rustix::process::geteuid().as_raw() != 0 {
+            return;
+        }
+        let digest =
+            <sha2::Sha256 as sha2::Digest>::digest(project_dir.as_os_str().as_encoded_bytes());
+        let users = self.dir.join("users").join(name);
+        let note = users.join(hex(&digest[..8]));
+        if note.exists() {
+            return;
+        }
+        let written = make_private_dir(&self.dir.join("users"))
+            .and_then(|()| make_private_dir(&users))
+            .and_then(|()| {
+                crate::fsutil::write_private_unsynced(
+                    &note,
+                    project_dir.as_os_str().as_encoded_bytes(),
+                    None,
+                )
+            });
+        if let Err(error) = written {
+            tracing::debug!("cannot note {}: {error}", note.display());
+        }
+    }
+
+    /// Deletes the accounts noted in `users/` whose projects are all gone (no `.kip/` left, or one that names another
+    /// account now) and that no process runs as (called with the lock held). Returns how many it deleted.
+    fn remove_unused(&self) -> usize {
+        use std::os::unix::ffi::OsStringExt as _;
+        let users = self.dir.join("users");
+        let Ok(entries) = std::fs::read_dir(&users) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for name in entries
+            .flatten()
+            .filter_map(|entry| entry.file_name().into_string().ok())
+            .filter(|name| is_kip_account(name))
+        {
+            let notes = users.join(&name);
+            let projects: Vec<PathBuf> = std::fs::read_dir(&notes)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .filter_map(|entry| std::fs::read(entry.path()).ok())
+                        .map(|bytes| PathBuf::from(std::ffi::OsString::from_vec(bytes)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let in_use = projects
+                .iter()
+                .any(|project| project.join(".kip").is_dir() && project_account(project) == name);
+            if in_use {
+                continue;
+            }
+            match lookup_local_user(&name) {
+                Ok(Some(entry)) if entry.uid != 0 => {
+                    if runs_as(entry.uid) {
+                        continue;
+                    }
+                    delete_account(&name);
+                    if matches!(lookup_local_user(&name), Ok(None)) {
+                        removed += 1;
+                        let _ = std::fs::remove_dir_all(&notes);
+                    }
+                }
+                Ok(None) => {
+                    let _ = std::fs::remove_dir_all(&notes);
+                }
+                _ => {}
+            }
+        }
+        removed
+    }
+
     /// Deletes the accounts that takers killed before their project durably recorded them left in `taken/` (an
     /// unlocked file whose project's `.kip/account` does not name it); a claim still locked is a taker at work.
     fn remove_abandoned(&self) {
@@ -700,11 +779,12 @@ impl SpareAccounts {
         }
     }
 
-    /// Deletes every spare account and what killed preparers left, once a preparer at work is done (as root
-    /// only). Returns how many accounts it deleted.
-    pub fn prune(&self) -> Result<usize, RunAsError> {
+    /// Deletes every spare account and what killed preparers left, once a preparer at work is done, and the
+    /// accounts of projects that are gone ([`SpareAccounts::note_user`]) (as root only). Returns how many spare
+    /// accounts it deleted, and how many of gone projects.
+    pub fn prune(&self) -> Result<(usize, usize), RunAsError> {
         if rustix::process::geteuid().as_raw() != 0 || !self.dir.exists() {
-            return Ok(0);
+            return Ok((0, 0));
         }
         let Some(_lock) = self.lock(true).map_err(|source| RunAsError::Io {
             action: "lock",
@@ -712,10 +792,11 @@ impl SpareAccounts {
             source,
         })?
         else {
-            return Ok(0);
+            return Ok((0, 0));
         };
         self.remove_pending();
         self.remove_abandoned();
+        let unused = self.remove_unused();
         let mut removed = 0;
         for name in self.names_in("spare") {
             if std::fs::remove_file(self.dir.join("spare").join(&name)).is_ok()
@@ -725,12 +806,38 @@ impl SpareAccounts {
                 removed += 1;
             }
         }
-        Ok(removed)
+        Ok((removed, unused))
     }
 }
 
 /// Makes `dir` 0700, and its missing parents as any directory is made (the cache holding the accounts must stay
 /// reachable for the engines' accounts).
+/// Whether a process runs as `uid` (its real or effective uid, from /proc); one that exited and waits to be reaped
+/// (a zombie) does not run.
+fn runs_as(uid: u32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    entries.flatten().any(|entry| {
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+            return false;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .map(str::trim)
+        };
+        let zombie = field("State:").is_some_and(|state| state.starts_with('Z'));
+        !zombie
+            && field("Uid:").is_some_and(|uids| {
+                uids.split_whitespace()
+                    .take(2)
+                    .any(|id| id.parse() == Ok(uid))
+            })
+    })
+}
+
 fn make_private_dir(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt as _;
     if let Some(parent) = dir.parent() {

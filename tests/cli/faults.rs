@@ -523,7 +523,8 @@ fn a_process_killed_at_any_point_of_a_first_apply_is_repaired_by_the_next() {
 /// A project deleted without `kip destroy` (a removed checkout, a CI workspace wiped between jobs) leaves nothing
 /// running: its supervisor sees that the lock file it holds was deleted with `.kip/`, stops the engine and the
 /// process (with their discard sequences: their data is gone), and exits. Left alone, they would have run on for
-/// ever, with no kip able to reach them.
+/// ever, with no kip able to reach them. Then (as root) `kip cache prune` deletes the account kip made for the
+/// project, and only that one: a project that still runs keeps its own.
 #[test]
 fn a_deleted_project_leaves_no_engine_or_supervisor_running() {
     let config = "valkey \"cache\" {\n  version = \"9\"\n}\n\nprocess \"worker\" {\n  command = [\"sleep\", \"600\"]\n}\n";
@@ -544,10 +545,53 @@ fn a_deleted_project_leaves_no_engine_or_supervisor_running() {
         config,
         pids: pids.clone(),
     };
+    let owner = |stack: &Stack| {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(stack.project.path().join(".kip/run/valkey.cache"))
+            .unwrap()
+            .uid()
+    };
+    let account = owner(&stack);
+    // Another project on the same cache, still there.
+    let other = Stack::new("valkey \"cache\" {\n  version = \"9\"\n}\n");
+    let on_the_cache = |args: &[&str]| {
+        let mut command = other.command(args);
+        command.env("KIP_CACHE_DIR", stack.project.cache_dir());
+        other.project.run_with(command)
+    };
+    assert_eq!(on_the_cache(&["apply", "--auto-approve"]).code, 0);
+    let others = owner(&other);
+
     std::fs::remove_dir_all(stack.project.path()).unwrap();
     for pid in pids {
         crate::support::wait_gone(pid, Duration::from_secs(15));
     }
+    // Nothing of the project made again on the way out (the supervisor's table, written as each process stopped).
+    assert!(!stack.project.path().exists());
+    if crate::support::is_root() {
+        let exists = |uid: u32| {
+            std::process::Command::new("getent")
+                .args(["passwd", &uid.to_string()])
+                .output()
+                .unwrap()
+                .status
+                .success()
+        };
+        assert!(account != others && exists(account) && exists(others));
+        let pruned = on_the_cache(&["cache", "prune"]);
+        assert_eq!(pruned.code, 0, "{}", pruned.snapshot());
+        assert!(
+            pruned
+                .stdout
+                .contains("Deleted 1 account of projects that are gone"),
+            "{}",
+            pruned.stdout
+        );
+        assert!(!exists(account), "the deleted project's account is gone");
+        assert!(exists(others), "the other project keeps its account");
+    }
+    let destroyed = on_the_cache(&["destroy", "--auto-approve"]);
+    assert_eq!(destroyed.code, 0, "{}", destroyed.snapshot());
 }
 
 /// Before the stack's own destroy: the project's directory again, so that the destroy runs and removes the account

@@ -25,12 +25,18 @@ pub fn run(_context: &Context, command: Command) -> anyhow::Result<ExitStatus> {
                 templates.display()
             );
             let accounts = kip_core::runas::SpareAccounts::in_cache(&cache);
-            let deleted = accounts.prune()?;
+            let (deleted, unused) = accounts.prune()?;
             if deleted > 0 {
                 println!(
                     "Deleted {deleted} spare account{} ({}).",
                     if deleted == 1 { "" } else { "s" },
                     accounts.dir().display()
+                );
+            }
+            if unused > 0 {
+                println!(
+                    "Deleted {unused} account{} of projects that are gone (deleted without `kip destroy`).",
+                    if unused == 1 { "" } else { "s" },
                 );
             }
             Ok(ExitStatus::Success)

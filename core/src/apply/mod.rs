@@ -401,15 +401,22 @@ impl Applier<'_> {
         let run_as = if engine.runs_as_caller() && instance.run_as.is_none() {
             None
         } else {
-            if instance.run_as.is_none() && self.run_as_env.is_none() {
-                let spares = crate::runas::SpareAccounts::in_cache(&self.project.cache);
+            let own = instance.run_as.is_none() && self.run_as_env.is_none();
+            let spares = crate::runas::SpareAccounts::in_cache(&self.project.cache);
+            if own {
                 crate::runas::take_project_account(&self.project.dir, &spares)?;
             }
-            crate::runas::resolve_run_as(
+            let account = crate::runas::project_account(&self.project.dir);
+            let run_as = crate::runas::resolve_run_as(
                 instance.run_as.as_deref(),
                 self.run_as_env.as_deref(),
-                &crate::runas::project_account(&self.project.dir),
-            )?
+                &account,
+            )?;
+            // What `kip cache prune` reads to delete the account once this project is gone without a destroy.
+            if own && run_as.is_some() {
+                spares.note_user(&account, &self.project.dir);
+            }
+            run_as
         };
         let dirs = self.project.instance_dirs(address, run_as.as_ref());
         let templates = self.project.templates();

@@ -130,6 +130,8 @@ pub(super) fn calls_for_a_supervisor(path: &Path) -> bool {
 pub(super) struct Store {
     path: PathBuf,
     records: Mutex<BTreeMap<u64, Record>>,
+    /// Set once the project is gone ([`Store::stop_writing`]): no write makes its directories again.
+    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
@@ -138,6 +140,7 @@ impl Store {
     pub fn new(path: PathBuf, records: impl IntoIterator<Item = Record>) -> Store {
         let store = Store {
             path,
+            stopped: std::sync::atomic::AtomicBool::new(false),
             records: Mutex::new(
                 records
                     .into_iter()
@@ -174,9 +177,19 @@ impl Store {
         }
     }
 
+    /// Writes nothing from now on: the project's `.kip/` was deleted, and a write would make it again (a project
+    /// directory with nothing but a table in it).
+    pub fn stop_writing(&self) {
+        self.stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Writes the table. A failure is logged, not returned: the processes run on either way, and refusing to
     /// supervise them because the disk is full would be worse than a table the next daemon cannot use.
     fn write(&self, records: &BTreeMap<u64, Record>) {
+        if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         let file = TableFile {
             version: FORMAT_VERSION,
             daemon_pid: std::process::id(),
