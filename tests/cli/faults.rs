@@ -569,15 +569,18 @@ fn a_deleted_project_leaves_no_engine_or_supervisor_running() {
     // Nothing of the project made again on the way out (the supervisor's table, written as each process stopped).
     assert!(!stack.project.path().exists());
     if crate::support::is_root() {
-        let exists = |uid: u32| {
-            std::process::Command::new("getent")
-                .args(["passwd", &uid.to_string()])
+        // By name: a uid freed here may be given to another test's new account at once.
+        let passwd = |key: String| {
+            let output = std::process::Command::new("getent")
+                .args(["passwd", &key])
                 .output()
-                .unwrap()
-                .status
-                .success()
+                .unwrap();
+            let line = String::from_utf8_lossy(&output.stdout).into_owned();
+            line.split(':').next().unwrap_or_default().to_owned()
         };
-        assert!(account != others && exists(account) && exists(others));
+        let (account, others) = (passwd(account.to_string()), passwd(others.to_string()));
+        let exists = |name: &String| !passwd(name.clone()).is_empty();
+        assert!(account.starts_with("kip-") && others.starts_with("kip-") && account != others);
         let pruned = on_the_cache(&["cache", "prune"]);
         assert_eq!(pruned.code, 0, "{}", pruned.snapshot());
         assert!(
@@ -587,8 +590,8 @@ fn a_deleted_project_leaves_no_engine_or_supervisor_running() {
             "{}",
             pruned.stdout
         );
-        assert!(!exists(account), "the deleted project's account is gone");
-        assert!(exists(others), "the other project keeps its account");
+        assert!(!exists(&account), "the deleted project's account is gone");
+        assert!(exists(&others), "the other project keeps its account");
     }
     let destroyed = on_the_cache(&["destroy", "--auto-approve"]);
     assert_eq!(destroyed.code, 0, "{}", destroyed.snapshot());
