@@ -810,8 +810,6 @@ impl SpareAccounts {
     }
 }
 
-/// Makes `dir` 0700, and its missing parents as any directory is made (the cache holding the accounts must stay
-/// reachable for the engines' accounts).
 /// Whether a process runs as `uid` (its real or effective uid, from /proc); one that exited and waits to be reaped
 /// (a zombie) does not run.
 fn runs_as(uid: u32) -> bool {
@@ -838,6 +836,8 @@ fn runs_as(uid: u32) -> bool {
     })
 }
 
+/// Makes `dir` 0700, and its missing parents as any directory is made (the cache holding the accounts must stay
+/// reachable for the engines' accounts).
 fn make_private_dir(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt as _;
     if let Some(parent) = dir.parent() {
