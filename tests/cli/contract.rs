@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::apply::Stack;
-use crate::support::{Run, alive, all_pids, cmdline, free_port, wait_gone};
+use crate::support::{Run, alive, all_pids, cmdline, free_port, sigkill, signal, wait_gone};
 
 /// A [`Stack`] whose drop also stops what kip itself failed to stop.
 struct Contract {
@@ -197,17 +197,6 @@ fn password_of(url: &str) -> String {
 
 // ---------------------------------------------------------------------------------------------------------------
 // Processes, read from /proc.
-
-fn signal(pid: u32, name: &str) {
-    let _ = Command::new("kill")
-        .args([format!("-{name}"), pid.to_string()])
-        .stderr(Stdio::null())
-        .status();
-}
-
-fn sigkill(pid: u32) {
-    signal(pid, "KILL");
-}
 
 /// Every live postmaster (`…/postgres -D DIR`) whose data directory lies under `root`, with that directory.
 fn postmasters_under(root: &Path) -> Vec<(u32, PathBuf)> {

@@ -610,9 +610,7 @@ impl Drop for Restore<'_> {
     fn drop(&mut self) {
         for &pid in &self.pids {
             if crate::support::alive(pid) {
-                let _ = std::process::Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status();
+                crate::support::sigkill(pid);
             }
         }
         let _ = std::fs::create_dir_all(self.stack.project.path());
@@ -634,19 +632,7 @@ fn a_moved_project_keeps_its_engines_running_and_no_other_account_can_stop_them(
             lock = kip_dir.join("supervisor.lock").display(),
             dir = kip_dir.display()
         );
-        let refused = std::process::Command::new("setpriv")
-            .args([
-                "--reuid=nobody",
-                "--regid=nogroup",
-                "--clear-groups",
-                "sh",
-                "-c",
-            ])
-            .arg(&attempt)
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .output()
-            .expect("setpriv runs rm as nobody");
+        let refused = crate::support::as_nobody(&attempt);
         assert!(!refused.status.success(), "nobody's rm failed");
         assert!(kip_dir.join("supervisor.lock").exists());
     }

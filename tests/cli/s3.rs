@@ -726,31 +726,19 @@ fn another_local_user_polling_during_the_first_start_never_gets_in() {
 }
 
 /// `curl` run as `nobody` (its arguments as one shell line): the status, stdout and stderr.
-fn as_nobody(arguments: &str) -> std::process::Output {
-    std::process::Command::new("setpriv")
-        .args([
-            "--reuid=nobody",
-            "--regid=nogroup",
-            "--clear-groups",
-            "sh",
-            "-c",
-        ])
-        .arg(format!("curl --max-time 5 {arguments}"))
-        .env_clear()
-        .env("PATH", "/usr/bin:/bin")
-        .output()
-        .unwrap()
+fn curl_as_nobody(arguments: &str) -> std::process::Output {
+    crate::support::as_nobody(&format!("curl --max-time 5 {arguments}"))
 }
 
 /// The HTTP status curl run as `nobody` gets (`000` for none).
 fn as_nobody_curl(arguments: &str) -> String {
-    let output = as_nobody(&format!("-s -o /dev/null -w '%{{http_code}}' {arguments}"));
+    let output = curl_as_nobody(&format!("-s -o /dev/null -w '%{{http_code}}' {arguments}"));
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// How curl run as `nobody` failed: its exit status and what it said.
 fn as_nobody_curl_error(arguments: &str) -> (i32, String) {
-    let output = as_nobody(&format!("-sS -o /dev/null {arguments}"));
+    let output = curl_as_nobody(&format!("-sS -o /dev/null {arguments}"));
     assert!(!output.status.success(), "curl {arguments} succeeded");
     (
         output.status.code().unwrap_or(-1),

@@ -420,3 +420,33 @@ pub fn is_root() -> bool {
     use std::os::unix::fs::MetadataExt as _;
     std::fs::metadata("/proc/self").map(|m| m.uid()).ok() == Some(0)
 }
+
+/// `shell_line` run by `sh -c` as `nobody` (another local account than kip's and its engines'): its status, stdout
+/// and stderr.
+pub fn as_nobody(shell_line: &str) -> std::process::Output {
+    std::process::Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "sh",
+            "-c",
+            shell_line,
+        ])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .expect("setpriv runs a command as nobody")
+}
+
+/// Sends the signal `name` (`KILL`, `TERM`, …) to `pid`, whether or not it still runs.
+pub fn signal(pid: u32, name: &str) {
+    let _ = std::process::Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
+pub fn sigkill(pid: u32) {
+    signal(pid, "KILL");
+}

@@ -140,6 +140,14 @@ impl Journal {
     }
 
     /// When `what` happened to `address`, first.
+    /// How many times the fake did `what`, to any instance.
+    pub fn count(&self, what: &str) -> usize {
+        self.events()
+            .iter()
+            .filter(|event| event.what == what)
+            .count()
+    }
+
     pub fn when(&self, address: &str, what: &str) -> Option<Instant> {
         self.events()
             .into_iter()

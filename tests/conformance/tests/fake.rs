@@ -72,12 +72,7 @@ fn an_instance_without_an_after_start_step_is_initialized_with_its_provisioning(
         let harness = Harness::new(&setup, config);
         harness.apply_clean("apply");
         let state = harness.state();
-        let steps = fake_engine
-            .journal
-            .events()
-            .iter()
-            .filter(|event| event.what == "after start")
-            .count();
+        let steps = fake_engine.journal.count("after start");
         (
             state.serial,
             state.instances[&fake("main")].lifecycle.clone(),
@@ -391,13 +386,7 @@ fn a_forced_replacement_plans_minus_plus_and_starts_afresh() {
         "the new instance gets its objects again"
     );
     harness.apply_clean("replace");
-    let provisions = fake_engine
-        .journal
-        .events()
-        .iter()
-        .filter(|event| event.what == "provisioned")
-        .count();
-    assert_eq!(provisions, 2);
+    assert_eq!(fake_engine.journal.count("provisioned"), 2);
 }
 
 #[test]
