@@ -152,7 +152,6 @@ pub async fn run_daemon_with(
                     "the project's .kip directory is gone (its lock file was deleted): stopping every process"
                 );
                 discard = true;
-                daemon.supervisor.store.stop_writing();
                 break;
             }
             received = next_signal(&mut signals) => match received {

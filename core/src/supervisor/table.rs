@@ -130,8 +130,6 @@ pub(super) fn calls_for_a_supervisor(path: &Path) -> bool {
 pub(super) struct Store {
     path: PathBuf,
     records: Mutex<BTreeMap<u64, Record>>,
-    /// Set once the project is gone ([`Store::stop_writing`]): no write makes its directories again.
-    stopped: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
@@ -140,7 +138,6 @@ impl Store {
     pub fn new(path: PathBuf, records: impl IntoIterator<Item = Record>) -> Store {
         let store = Store {
             path,
-            stopped: std::sync::atomic::AtomicBool::new(false),
             records: Mutex::new(
                 records
                     .into_iter()
@@ -177,19 +174,9 @@ impl Store {
         }
     }
 
-    /// Writes nothing from now on: the project's `.kip/` was deleted, and a write would make it again (a project
-    /// directory with nothing but a table in it).
-    pub fn stop_writing(&self) {
-        self.stopped
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-
     /// Writes the table. A failure is logged, not returned: the processes run on either way, and refusing to
     /// supervise them because the disk is full would be worse than a table the next daemon cannot use.
     fn write(&self, records: &BTreeMap<u64, Record>) {
-        if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
-            return;
-        }
         let file = TableFile {
             version: FORMAT_VERSION,
             daemon_pid: std::process::id(),
@@ -228,28 +215,40 @@ fn replace(temp: &Path, path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Writes `contents` to `path` atomically with mode 0600, creating its directory with mode 0700.
+/// Writes `contents` to `path` atomically with mode 0600, creating its directory (not its parents) with mode 0700.
 fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     let dir = path
         .parent()
         .filter(|dir| !dir.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
     let name = path
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_default();
     let temp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
+    let open = || {
+        std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
-            .open(&temp)?;
+            .open(&temp)
+    };
+    let result = (|| {
+        let mut file = match open() {
+            // The table's own directory is made at the first write (and again should someone remove it), never its
+            // parents: the last writes of a daemon whose project's `.kip/` was deleted fail, rather than make a
+            // project directory with nothing but a table in it. Each later write is spared the `mkdir`.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+                    Err(error) if error.kind() != std::io::ErrorKind::AlreadyExists => {
+                        return Err(error);
+                    }
+                    _ => open()?,
+                }
+            }
+            opened => opened?,
+        };
         // A temp file left by a crash keeps its old mode through `open`: set it.
         file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         file.write_all(contents)?;
@@ -393,5 +392,26 @@ mod tests {
 
         std::fs::write(&path, "").unwrap();
         assert_eq!(load(&path).unwrap(), Vec::new());
+    }
+
+    /// A write makes the table's own directory when someone removed it, never its parents: a daemon whose project's
+    /// `.kip/` was deleted does not make it again with its last writes.
+    #[test]
+    fn a_write_makes_the_tables_directory_but_never_its_parents() {
+        let dir = tempfile::tempdir().unwrap();
+        let kip_dir = dir.path().join(".kip");
+        std::fs::create_dir(&kip_dir).unwrap();
+        let path = kip_dir.join("supervisor/table.json");
+        let store = Store::new(path.clone(), [record(1, None, None)]);
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+        store.put(record(2, None, None));
+        assert_eq!(load(&path).unwrap().len(), 2);
+        assert_eq!(
+            std::fs::metadata(path.parent().unwrap()).unwrap().mode() & 0o777,
+            0o700
+        );
+        std::fs::remove_dir_all(&kip_dir).unwrap();
+        store.put(record(3, None, None));
+        assert!(!kip_dir.exists());
     }
 }
