@@ -622,7 +622,7 @@ impl SpareAccounts {
             }
             match lookup_local_user(&name) {
                 Ok(Some(entry)) if entry.uid != 0 => {
-                    if runs_as(entry.uid) {
+                    if crate::supervisor::running_as(entry.uid) {
                         continue;
                     }
                     delete_account(&name);
@@ -808,32 +808,6 @@ impl SpareAccounts {
         }
         Ok((removed, unused))
     }
-}
-
-/// Whether a process runs as `uid` (its real or effective uid, from /proc); one that exited and waits to be reaped
-/// (a zombie) does not run.
-fn runs_as(uid: u32) -> bool {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return true;
-    };
-    entries.flatten().any(|entry| {
-        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
-            return false;
-        };
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix(name))
-                .map(str::trim)
-        };
-        let zombie = field("State:").is_some_and(|state| state.starts_with('Z'));
-        !zombie
-            && field("Uid:").is_some_and(|uids| {
-                uids.split_whitespace()
-                    .take(2)
-                    .any(|id| id.parse() == Ok(uid))
-            })
-    })
 }
 
 /// Makes `dir` 0700, and its missing parents as any directory is made (the cache holding the accounts must stay
@@ -1205,6 +1179,10 @@ pub fn chown_tree(path: &Path, run_as: &RunAs) -> Result<(), RunAsError> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
     /// A deleted account's files in the shared-memory directory go; its symlinks and directories, and every other
     /// account's file, stay.
     #[test]
@@ -1235,10 +1213,6 @@ mod tests {
         }
         assert!(outside.path().exists(), "the symlink's target stays");
     }
-
-    use std::os::unix::fs::PermissionsExt as _;
-
-    use super::*;
 
     #[test]
     fn a_project_s_recorded_account_is_believed_only_from_kip_s_own_private_file_and_of_kip_s_form()

@@ -101,7 +101,7 @@ pub use daemon::{DaemonOptions, run_daemon, run_daemon_with};
 pub use error::{RequestError, SupervisorError, quote_tail};
 pub use logfile::tail as log_tail;
 pub use process::DEFAULT_MAX_RESTARTS;
-pub use procfs::{pids, working_in};
+pub use procfs::{pids, running_as, working_in};
 pub use protocol::PROTOCOL_VERSION;
 
 use crate::engine::ProbeKind;

@@ -25,6 +25,16 @@ pub fn working_in(dir: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// Whether a process runs as `uid` (the owner of its `/proc` entry: its effective uid); a zombie, which only waits to
+/// be reaped, does not run.
+pub fn running_as(uid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    pids().any(|pid| {
+        std::fs::metadata(format!("/proc/{pid}")).is_ok_and(|metadata| metadata.uid() == uid)
+            && stat(pid).is_some_and(|stat| !stat.is_dead())
+    })
+}
+
 /// Every process's pid, as `/proc` lists them now (none without `/proc`).
 pub fn pids() -> impl Iterator<Item = u32> {
     std::fs::read_dir("/proc")
@@ -382,6 +392,46 @@ fn listens_on(pid: u32, port: u16) -> Option<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A process of the uid runs as it; once killed and not yet reaped (a zombie), it no longer does.
+    #[test]
+    fn running_as_sees_a_live_process_of_the_uid_and_not_its_zombie() {
+        use std::os::unix::process::CommandExt as _;
+        assert!(running_as(rustix::process::geteuid().as_raw()));
+        // A uid no account has, where the test may switch to it (as root).
+        const UNUSED: u32 = 3_999_999_937;
+        assert!(!running_as(UNUSED));
+        if !rustix::process::geteuid().is_root() {
+            return;
+        }
+        /// Killed and reaped however the test ends.
+        struct Reaped(std::process::Child);
+        impl Drop for Reaped {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let child = Reaped(
+            std::process::Command::new("sleep")
+                .arg("30")
+                .uid(UNUSED)
+                .gid(UNUSED)
+                .spawn()
+                .unwrap(),
+        );
+        assert!(running_as(UNUSED));
+        rustix::process::kill_process(
+            rustix::process::Pid::from_child(&child.0),
+            rustix::process::Signal::KILL,
+        )
+        .unwrap();
+        // Not reaped yet: a zombie until `wait`.
+        while !stat(child.0.id()).is_some_and(|stat| stat.is_dead()) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(!running_as(UNUSED));
+    }
 
     #[test]
     fn stat_fields_are_counted_after_the_command_name() {
