@@ -1183,6 +1183,35 @@ mod tests {
 
     use super::*;
 
+    /// A project's note names its directory byte for byte, whatever the name holds (quotes, spaces, unicode, shell
+    /// metacharacters): a prune keeps the account while that project's `.kip/` names it, and drops the note once the
+    /// project is gone (here the account itself does not exist, so nothing is deleted). As root only: only root
+    /// notes accounts.
+    #[test]
+    fn a_note_names_a_hostile_project_directory_and_goes_with_the_project() {
+        if rustix::process::geteuid().as_raw() != 0 {
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let project = root.path().join("pro ject \"q\" 'x' ü $(id) ;&|*");
+        std::fs::create_dir_all(project.join(".kip")).unwrap();
+        let name = derived_account(&project);
+        assert!(lookup_local_user(&name).unwrap().is_none(), "{name} exists");
+        let spares = SpareAccounts::in_cache(&root.path().join("cache"));
+        spares.note_user(&name, &project);
+        let notes = spares.dir().join("users").join(&name);
+        let noted: Vec<Vec<u8>> = std::fs::read_dir(&notes)
+            .unwrap()
+            .map(|entry| std::fs::read(entry.unwrap().path()).unwrap())
+            .collect();
+        assert_eq!(noted, [project.as_os_str().as_encoded_bytes()]);
+        assert_eq!(spares.remove_unused(), 0);
+        assert!(notes.exists(), "kept while the project names the account");
+        std::fs::remove_dir_all(&project).unwrap();
+        assert_eq!(spares.remove_unused(), 0);
+        assert!(!notes.exists(), "dropped with the project");
+    }
+
     /// A deleted account's files in the shared-memory directory go; its symlinks and directories, and every other
     /// account's file, stay.
     #[test]
